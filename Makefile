@@ -1,0 +1,40 @@
+# FleetDesk: `make run` starts the app, `make test` proves it, `make bench` measures it.
+# Each target sets up .venv (and, as root, the Debian packages it needs) by itself.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint contracts bench lab-test system-deps-test system-deps-run clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+system-deps-run:
+	@scripts/system-deps.sh run
+
+system-deps-test:
+	@scripts/system-deps.sh test
+
+run: $(STAMP) system-deps-run
+	$(BIN)/fleetdesk-gui
+
+lint: $(STAMP)
+	$(BIN)/ruff check fleetdesk tests benchmarks
+	$(BIN)/vermin --no-tips --violations -t=3.8- fleetdesk/agent
+
+contracts: $(STAMP)
+	$(BIN)/lint-imports
+
+test: $(STAMP) system-deps-test lint contracts
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) system-deps-test
+	$(BIN)/python benchmarks/lab_up.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache

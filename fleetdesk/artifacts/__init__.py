@@ -1,0 +1,1 @@
+"""Artifacts: the content-addressed store, manifests and Ed25519 signing."""

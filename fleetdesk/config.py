@@ -1,0 +1,51 @@
+"""Typed settings: where FleetDesk keeps its data, cache and configuration.
+
+Paths come from platformdirs; every one can be overridden by a FLEETDESK_* variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "fleetdesk"
+
+
+def _dir_from_env(var: str, default: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value).expanduser() if value else Path(default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things live. Build it with `Settings.load()`; tests pass their own paths."""
+
+    data_dir: Path
+    cache_dir: Path
+    config_dir: Path
+    db_url: str
+
+    @classmethod
+    def load(cls, db_url: str | None = None) -> Settings:
+        data_dir = _dir_from_env("FLEETDESK_DATA_DIR", platformdirs.user_data_dir(APP_NAME))
+        cache_dir = _dir_from_env("FLEETDESK_CACHE_DIR", platformdirs.user_cache_dir(APP_NAME))
+        config_dir = _dir_from_env("FLEETDESK_CONFIG_DIR", platformdirs.user_config_dir(APP_NAME))
+        url = db_url or os.environ.get("FLEETDESK_DB") or f"sqlite:///{data_dir / 'fleetdesk.db'}"
+        return cls(data_dir=data_dir, cache_dir=cache_dir, config_dir=config_dir, db_url=url)
+
+    @property
+    def user_profiles_dir(self) -> Path:
+        """Operators' own device profiles; they override shipped ones of the same name."""
+        return self.config_dir / "device_profiles"
+
+    @property
+    def lab_cache_dir(self) -> Path:
+        """Cached lab root filesystems (debootstrap tarballs and their extracted bases)."""
+        return self.cache_dir / "lab"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_dir, self.cache_dir, self.config_dir):
+            path.mkdir(parents=True, exist_ok=True)

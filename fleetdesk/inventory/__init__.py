@@ -1,0 +1,1 @@
+"""The inventory: SQLAlchemy models, Alembic migrations, and a repository that returns dataclasses."""

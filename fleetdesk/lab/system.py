@@ -1,0 +1,119 @@
+"""Running the host's own tools (ip, mount, tc, ssh-keygen, debootstrap) for the lab.
+
+Every failure becomes a LabError that names the command and what it printed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from fleetdesk.errors import LabError, NotRootError
+
+# Debian packages that provide the host tools the lab calls, for the error message.
+HOST_TOOLS = {
+    "ip": "iproute2",
+    "tc": "iproute2",
+    "mount": "mount",
+    "umount": "mount",
+    "unshare": "util-linux",
+    "ssh-keygen": "openssh-client",
+    "debootstrap": "debootstrap",
+    "tar": "tar",
+    "chroot": "coreutils",
+}
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise NotRootError(
+            "the lab needs root (network namespaces, mounts, sshd)",
+            fix="run it as root, e.g. `sudo fleetdesk lab up ...`",
+        )
+
+
+def require_tools(names: Sequence[str]) -> None:
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        packages = sorted({HOST_TOOLS.get(n, n) for n in missing})
+        raise LabError(
+            f"missing host tools: {', '.join(missing)}",
+            fix=f"install them: apt-get install {' '.join(packages)}",
+        )
+
+
+def run(
+    argv: Sequence[str | Path],
+    *,
+    check: bool = True,
+    input: bytes | None = None,
+    timeout: float = 60.0,
+    step: str | None = None,
+    device: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a host command with a timeout; raise LabError naming it on failure when `check`."""
+    args = [str(a) for a in argv]
+    try:
+        proc = subprocess.run(args, input=input, capture_output=True, timeout=timeout, check=False, env=env)
+    except FileNotFoundError:
+        require_tools([args[0]])
+        raise
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(
+            f"`{' '.join(args)}` did not finish within {timeout:.0f} s",
+            fix="check the host's load and try again",
+            step=step,
+            device=device,
+            cause=exc,
+        ) from None
+    if check and proc.returncode != 0:
+        said = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
+        detail = said[-1] if said else f"exit status {proc.returncode}"
+        raise LabError(f"`{' '.join(args)}` failed: {detail}", step=step, device=device)
+    return proc
+
+
+def is_mountpoint(path: Path) -> bool:
+    """True when `path` is a mount point, read from /proc/self/mountinfo (no extra process)."""
+    target = str(path)
+    for mount in mounts_under(Path(target)):
+        if mount == target:
+            return True
+    return False
+
+
+def mounts_under(prefix: Path) -> list[str]:
+    """Mount points at or under `prefix`, deepest first so they can be unmounted in order."""
+    base = str(prefix).rstrip("/")
+    found: list[str] = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        for line in fh:
+            point = _unescape(line.split()[4])
+            if point == base or point.startswith(base + "/"):
+                found.append(point)
+    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) + 1 and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def unmount_all(prefix: Path) -> None:
+    """Unmount everything at or under `prefix`, lazily where a busy mount would block."""
+    for point in mounts_under(prefix):
+        proc = run(["umount", point], check=False)
+        if proc.returncode != 0 and is_mountpoint(Path(point)):
+            run(["umount", "-l", point], check=False)

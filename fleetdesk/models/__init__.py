@@ -1,0 +1,1 @@
+"""Models: ONNX import and validation, per-target optimization variants, benchmarks."""

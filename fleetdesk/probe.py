@@ -1,0 +1,1 @@
+"""One SSH round trip that identifies a device and matches it to a profile."""

@@ -1,0 +1,6 @@
+"""Device profiles: the schema of device_profiles/*.toml, their loader and the matcher."""
+
+from fleetdesk.profiles.loader import ProfileSet, load_profile_file, load_profiles
+from fleetdesk.profiles.schema import LabHardware, MatchRules, Profile
+
+__all__ = ["LabHardware", "MatchRules", "Profile", "ProfileSet", "load_profile_file", "load_profiles"]

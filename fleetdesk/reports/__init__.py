@@ -1,0 +1,1 @@
+"""Offline fleet reports in PDF, HTML, CSV and JSON."""

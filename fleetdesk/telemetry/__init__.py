@@ -1,0 +1,1 @@
+"""Telemetry: stream ingestion from device agents, ring buffers, downsampled history."""

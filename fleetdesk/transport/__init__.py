@@ -1,0 +1,1 @@
+"""SSH to devices: connection pool, run, resumable verified push, host-key trust, credentials."""

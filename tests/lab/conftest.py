@@ -1,0 +1,123 @@
+"""The real virtual fleet, brought up once per test session through the `fleetdesk lab` CLI.
+
+Every profile is in it; arm64 devices run under qemu-user. Without root or the host tools the
+lab tests skip, and with CI=true they fail instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from tests.conftest import skip_or_fail
+
+SPEC = "rpi4:1,rpi5:1,jetson-orin-nano:1,jetson-xavier-nx:1,ipc-x86:2,ipc-x86-nvidia:1"
+HOST_TOOLS = ("ip", "tc", "nsenter", "unshare", "debootstrap", "ssh-keygen", "zstd")
+
+
+def fleetdesk(*args: str, env: dict[str, str] | None = None, timeout: float = 1800, user: str | None = None,
+              check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real `fleetdesk` command line (as `user` when given)."""
+    argv = [sys.executable, "-m", "fleetdesk", *args]
+    if user:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env or dict(os.environ),
+                          check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fleetdesk {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def lab_namespaces() -> list[str]:
+    folder = Path("/run/netns")
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("fdlab-")) if folder.is_dir() else []
+
+
+@dataclass
+class Fleet:
+    """The running lab as the tests see it."""
+
+    lab_dir: Path
+    state: dict[str, Any]
+    env: dict[str, str]
+    up_output: str = ""
+    torn_down: bool = field(default=False)
+
+    @property
+    def devices(self) -> list[dict[str, Any]]:
+        return self.state["devices"]
+
+    def device(self, name: str) -> dict[str, Any]:
+        return next(d for d in self.devices if d["name"] == name)
+
+    def by_profile(self, profile: str) -> dict[str, Any]:
+        return next(d for d in self.devices if d["profile"] == profile)
+
+    def refresh(self) -> dict[str, Any]:
+        proc = fleetdesk("lab", "status", "--json", env=self.env, check=True)
+        self.state = json.loads(proc.stdout)
+        return self.state
+
+    def fault(self, device: str, *args: str) -> str:
+        return fleetdesk("lab", "fault", device, *args, env=self.env, check=True, timeout=300).stdout
+
+    async def connect(self, device: dict[str, Any], *, user: str = "root",
+                      known_hosts: str | None = None, **kwargs: Any) -> asyncssh.SSHClientConnection:
+        return await asyncssh.connect(
+            device["address"], username=user, client_keys=[self.state["ssh_key"]],
+            known_hosts=known_hosts or self.state["known_hosts"], connect_timeout=30, **kwargs,
+        )
+
+    def ssh(self, device: dict[str, Any], command: str, **kwargs: Any) -> asyncssh.SSHCompletedProcess:
+        async def go() -> asyncssh.SSHCompletedProcess:
+            async with await self.connect(device, **kwargs) as conn:
+                return await conn.run(command, check=False, timeout=120)
+
+        return asyncio.run(go())
+
+
+def require_lab_host() -> None:
+    if sys.platform != "linux":
+        skip_or_fail("the lab needs Linux")
+    if os.geteuid() != 0:
+        skip_or_fail("the lab needs root")
+    missing = [t for t in HOST_TOOLS if shutil.which(t) is None]
+    if missing:
+        skip_or_fail(f"host tools missing: {', '.join(missing)} (make test installs them as root)")
+
+
+@pytest.fixture(scope="session")
+def lab_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    require_lab_host()
+    lab_dir = tmp_path_factory.mktemp("lab")
+    env = dict(os.environ)
+    env["FLEETDESK_LAB_DIR"] = str(lab_dir)
+    return env
+
+
+@pytest.fixture(scope="session")
+def fleet(lab_env: dict[str, str]) -> Iterator[Fleet]:
+    if lab_namespaces():
+        pytest.fail(f"a lab is already up on this machine ({lab_namespaces()[0]} ...): run `fleetdesk lab down` first")
+    proc = fleetdesk("lab", "up", "--devices", SPEC, env=lab_env)
+    if proc.returncode != 0:
+        fleetdesk("lab", "down", env=lab_env)
+        pytest.fail(f"`fleetdesk lab up` failed:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
+    lab = Fleet(lab_dir=Path(lab_env["FLEETDESK_LAB_DIR"]), state={}, env=lab_env, up_output=proc.stdout)
+    lab.refresh()
+    # Tests in this process (and helpers they call) find the same lab.
+    os.environ["FLEETDESK_LAB_DIR"] = lab_env["FLEETDESK_LAB_DIR"]
+    yield lab
+    if not lab.torn_down:
+        fleetdesk("lab", "down", env=lab_env)

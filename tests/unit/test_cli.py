@@ -1,0 +1,44 @@
+"""The command line: bad lab input is one clear line on stderr, exit status 2, nothing touched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fleetdesk.cli import main
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [("rpi3:1", "unknown profile 'rpi3'"), ("rpi4:x", "cannot read 'rpi4:x'"), ("", "empty")],
+)
+def test_lab_up_with_a_bad_spec_prints_one_line_and_exits_2(
+    spec: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["lab", "up", "--devices", spec]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: ") and words in lines[0]
+
+
+def test_lab_up_json_error_is_a_json_document(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lab", "up", "--devices", "rpi3:1", "--json"]) == 2
+    out, _ = capsys.readouterr()
+    data = json.loads(out)
+    assert data["error"] == "LabSpecError"
+    assert "rpi3" in data["message"] and data["fix"]
+
+
+def test_unknown_fault_names_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lab", "fault", "rpi4-01", "explode"]) == 2
+    _, err = capsys.readouterr()
+    assert "unknown fault 'explode'" in err and "rekey" in err
+
+
+def test_version() -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
