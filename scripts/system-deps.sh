@@ -7,7 +7,7 @@ what=${1:-test}
 # Qt's offscreen platform and xcb need these shared libraries.
 run_pkgs=(libgl1 libegl1 libxkbcommon0 libfontconfig1 libglib2.0-0 libdbus-1-3)
 # The lab: namespaces (iproute2), real sshd, debootstrap + qemu-user for arm64 devices, zstd tarballs.
-test_pkgs=(iproute2 openssh-server openssh-client debootstrap qemu-user-static binfmt-support zstd
+test_pkgs=(iproute2 iptables openssh-server openssh-client debootstrap qemu-user-static binfmt-support zstd
            util-linux mount procps xz-utils)
 
 pkgs=("${run_pkgs[@]}")

@@ -19,7 +19,7 @@ from fleetdesk.errors import LabError
 from fleetdesk.lab import netns
 from fleetdesk.lab.identity import FAKE_PROC_FILES, LAB_DIR_IN_DEVICE, hardware_json, write_identity
 from fleetdesk.lab.state import LabDevice
-from fleetdesk.lab.system import is_mountpoint, run, unmount_all
+from fleetdesk.lab.system import is_mountpoint, package_env, run, unmount_all
 from fleetdesk.profiles import Profile
 
 SSH_READY_TIMEOUT = 60.0  # an arm64 sshd under qemu takes a few seconds to start
@@ -99,15 +99,7 @@ def prepare(dev: LabDevice, profile: Profile, base: Path, authorized_key: str) -
 def _first_sensor_write(dev: LabDevice) -> None:
     # The /proc files must exist before they can be bind-mounted, so write one sample now.
     run([sys.executable, "-m", "fleetdesk.lab.sensors", "--root", dev.root, "--hardware", hardware_path(dev),
-         "--once", "--boot-time", str(time.time())], step="write sensors", device=dev.name, env=_child_env())
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # The sensors process is this package run from wherever FleetDesk is installed or checked out.
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+         "--once", "--boot-time", str(time.time())], step="write sensors", device=dev.name, env=package_env())
 
 
 def boot(dev: LabDevice) -> None:
@@ -119,7 +111,7 @@ def boot(dev: LabDevice) -> None:
             ["ip", "netns", "exec", dev.netns, "unshare", "--uts", "/bin/sh", "-c", 'hostname "$0" && exec "$@"',
              dev.name, sys.executable, "-m", "fleetdesk.lab.sensors", "--root", dev.root,
              "--hardware", str(hardware_path(dev)), "--boot-time", str(dev.boot_time)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=_child_env(),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=package_env(),
         )
     finally:
         log.close()
@@ -218,6 +210,7 @@ def destroy(dev: LabDevice) -> None:
     """Processes, mounts, files and network of the device: all gone."""
     if Path(f"/run/netns/{dev.netns}").exists():
         shutdown(dev)
+    netns.clear_shaping(dev.device_dir, dev.index, dev.address)
     unmount_all(dev.device_dir)
     if not is_mountpoint(dev.device_dir):
         shutil.rmtree(dev.device_dir, ignore_errors=True)

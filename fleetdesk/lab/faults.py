@@ -42,13 +42,18 @@ def _number(fault: str, args: Sequence[str], low: float, high: float, unit: str,
     return value
 
 
-def _netem(dev: LabDevice) -> str | None:
+def _shaping(dev: LabDevice) -> str | None:
     parts = []
     if dev.faults.get("delay_ms"):
         parts.append(f"delay {dev.faults['delay_ms']:g}ms")
     if dev.faults.get("loss_pct"):
         parts.append(f"loss {dev.faults['loss_pct']:g}%")
     return " ".join(parts) or None
+
+
+def _apply_shaping(dev: LabDevice) -> None:
+    netns.set_shaping(dev.device_dir, dev.index, dev.address,
+                      float(dev.faults.get("delay_ms", 0)), float(dev.faults.get("loss_pct", 0)))
 
 
 def apply_fault(name: str, fault: str, args: Sequence[str] = (), paths: LabPaths | None = None,
@@ -85,9 +90,8 @@ def _apply(state: LabState, dev: LabDevice, fault: str, args: Sequence[str], pro
             dev.faults["delay_ms"] = _number(fault, args, 0, 60_000, "milliseconds")
         else:
             dev.faults["loss_pct"] = _number(fault, args, 0, 100, "percent")
-        netem = _netem(dev)
-        netns.set_netem(dev.veth, netem)
-        return f"traffic to the device: {netem or 'unshaped'}"
+        _apply_shaping(dev)
+        return f"traffic to the device: {_shaping(dev) or 'unshaped'}"
     if fault == "stop-ssh":
         device.stop_sshd(dev)
         dev.faults["ssh"] = "stopped"
@@ -133,9 +137,9 @@ def _restore(dev: LabDevice, profiles: ProfileSet | None) -> str:
     if dev.faults.pop("cut", None):
         netns.set_link(dev.veth, up=True)
         undone.append("link up")
-    if _netem(dev):
+    if _shaping(dev):
         undone.append("traffic unshaped")
-    netns.set_netem(dev.veth, None)
+    netns.clear_shaping(dev.device_dir, dev.index, dev.address)
     if dev.faults.pop("ssh", None):
         device.start_sshd(dev)
         undone.append("sshd started")

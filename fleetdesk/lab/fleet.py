@@ -34,7 +34,7 @@ from fleetdesk.lab.system import require_root, require_tools, run, unmount_all
 from fleetdesk.profiles import ProfileSet, load_profiles
 
 Progress = Callable[[str], None]
-HOST_TOOLS = ("ip", "tc", "mount", "umount", "unshare", "nsenter", "chroot", "ssh-keygen", "tar", "zstd")
+HOST_TOOLS = ("ip", "iptables", "mount", "umount", "unshare", "nsenter", "chroot", "ssh-keygen", "tar", "zstd")
 BOOT_WORKERS = 4
 
 
@@ -205,6 +205,7 @@ def _down_locked(paths: LabPaths, progress: Progress) -> int:
         netns.delete_device_network(name, "")
     for veth in netns.lab_veths():
         run(["ip", "link", "del", veth], check=False)
+    netns.remove_shaping_chain()
     unmount_all(paths.devices_dir)
     shutil.rmtree(paths.devices_dir, ignore_errors=True)
     netns.delete_bridge()

@@ -37,7 +37,7 @@ class LabDevice:
     netns: str
     veth: str
     root: str
-    # Faults in effect, e.g. {"cut": True, "netem": "delay 200ms", "ssh": "stopped", "disk": "full"}.
+    # Faults in effect, e.g. {"cut": True, "delay_ms": 200, "ssh": "stopped", "disk": "full"}.
     faults: dict[str, Any] = field(default_factory=dict)
     host_key_fingerprint: str = ""
     boot_time: float = 0.0

@@ -1,4 +1,4 @@
-"""Running the host's own tools (ip, mount, tc, ssh-keygen, debootstrap) for the lab.
+"""Running the host's own tools (ip, iptables, mount, ssh-keygen, debootstrap) for the lab.
 
 Every failure becomes a LabError that names the command and what it printed.
 """
@@ -16,7 +16,8 @@ from fleetdesk.errors import LabError, NotRootError
 # Debian packages that provide the host tools the lab calls, for the error message.
 HOST_TOOLS = {
     "ip": "iproute2",
-    "tc": "iproute2",
+    "iptables": "iptables",
+    "nsenter": "util-linux",
     "mount": "mount",
     "umount": "mount",
     "unshare": "util-linux",
@@ -75,6 +76,14 @@ def run(
         detail = said[-1] if said else f"exit status {proc.returncode}"
         raise LabError(f"`{' '.join(args)}` failed: {detail}", step=step, device=device)
     return proc
+
+
+def package_env() -> dict[str, str]:
+    """The environment for a lab helper process (`python -m fleetdesk.lab...`): this FleetDesk on its path."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
 
 
 def is_mountpoint(path: Path) -> bool:

@@ -58,9 +58,15 @@ def load_profiles(user_dir: Path | None = None, shipped_dir: Path | None = None)
     if user_dir is not None:
         dirs = [*dirs, user_dir]
     for folder in dirs:
-        if not folder.is_dir():
+        try:
+            if not folder.is_dir():
+                continue
+            paths = sorted(folder.glob("*.toml"))
+        except OSError as exc:
+            result.errors.append(ProfileError(f"cannot be read ({exc.strerror})", path=str(folder),
+                                              fix="check the folder's permissions"))
             continue
-        for path in sorted(folder.glob("*.toml")):
+        for path in paths:
             try:
                 profile = load_profile_file(path)
             except ProfileError as exc:

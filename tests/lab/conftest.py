@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import skip_or_fail
 
 SPEC = "rpi4:1,rpi5:1,jetson-orin-nano:1,jetson-xavier-nx:1,ipc-x86:2,ipc-x86-nvidia:1"
-HOST_TOOLS = ("ip", "tc", "nsenter", "unshare", "debootstrap", "ssh-keygen", "zstd")
+HOST_TOOLS = ("ip", "iptables", "nsenter", "unshare", "debootstrap", "ssh-keygen", "zstd")
 
 
 def fleetdesk(*args: str, env: dict[str, str] | None = None, timeout: float = 1800, user: str | None = None,
@@ -74,9 +74,10 @@ class Fleet:
 
     async def connect(self, device: dict[str, Any], *, user: str = "root",
                       known_hosts: str | None = None, **kwargs: Any) -> asyncssh.SSHClientConnection:
+        kwargs.setdefault("client_keys", [self.state["ssh_key"]])
         return await asyncssh.connect(
-            device["address"], username=user, client_keys=[self.state["ssh_key"]],
-            known_hosts=known_hosts or self.state["known_hosts"], connect_timeout=30, **kwargs,
+            device["address"], username=user, known_hosts=known_hosts or self.state["known_hosts"],
+            connect_timeout=30, **kwargs,
         )
 
     def ssh(self, device: dict[str, Any], command: str, **kwargs: Any) -> asyncssh.SSHCompletedProcess:

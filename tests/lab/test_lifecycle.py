@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,14 +49,17 @@ def test_up_while_a_lab_is_up_is_refused_and_changes_nothing(fleet: Fleet) -> No
     assert fleet.refresh() == before
 
 
-def test_up_without_root_is_refused_before_anything_is_built(fleet: Fleet, tmp_path: Path) -> None:
-    env = dict(fleet.env, FLEETDESK_LAB_DIR=str(tmp_path / "lab"), HOME=str(tmp_path))
+def test_up_without_root_is_refused_before_anything_is_built(fleet: Fleet) -> None:
+    home = Path(tempfile.mkdtemp(prefix="fleetdesk-nobody-"))
+    home.chmod(0o777)  # the unprivileged user needs a home of its own
+    env = dict(fleet.env, HOME=str(home), FLEETDESK_LAB_DIR=str(home / "lab"),
+               FLEETDESK_DATA_DIR=str(home / "data"), FLEETDESK_CONFIG_DIR=str(home / "config"))
     namespaces = lab_namespaces()
-    proc = fleetdesk("lab", "up", "--devices", "ipc-x86:1", env=env, user="nobody")
+    proc = fleetdesk("lab", "up", "--devices", "ipc-x86:1", env=env, user="65534")
     assert proc.returncode == 2
     assert "needs root" in proc.stderr and proc.stderr.strip().count("\n") == 0
     assert lab_namespaces() == namespaces
-    assert not (tmp_path / "lab" / "state.json").exists()
+    assert not (home / "lab" / "state.json").exists()
 
 
 def test_a_bad_spec_builds_nothing(fleet: Fleet) -> None:
