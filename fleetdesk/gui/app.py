@@ -25,6 +25,8 @@ from PySide6.QtWidgets import (
 
 from fleetdesk import __version__
 from fleetdesk.config import Settings
+from fleetdesk.errors import FleetDeskError
+from fleetdesk.inventory.database import open_database
 from fleetdesk.resources import data_dir, data_file
 
 FLEET_COLUMNS = ("Status", "Hostname", "Address", "Profile", "Architecture", "Runtime", "Active model", "Last seen")
@@ -113,7 +115,10 @@ def create_app(argv: Sequence[str]) -> QApplication:
 async def run_window(window: MainWindow) -> None:
     closed = asyncio.Event()
     app = QApplication.instance()
-    assert app is not None
+    assert isinstance(app, QApplication)
+    # Qt must not stop the loop by itself when the window closes: the coroutine ends it, after
+    # background work has been cancelled in order.
+    app.setQuitOnLastWindowClosed(False)
     app.lastWindowClosed.connect(closed.set)
     window.show()
     await closed.wait()
@@ -122,9 +127,17 @@ async def run_window(window: MainWindow) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.load()
     settings.ensure_dirs()
+    try:
+        engine = open_database(settings.db_url)
+    except FleetDeskError as exc:
+        print(f"fleetdesk-gui: {exc}", file=sys.stderr)
+        return 2
     app = create_app(sys.argv if argv is None else argv)
     window = MainWindow(settings)
-    asyncio.run(run_window(window), loop_factory=qasync.QEventLoop)
+    # One asyncio loop on the Qt thread (DESIGN.md, runtime model); qasync.run also works on Python 3.11,
+    # whose asyncio.run has no loop_factory.
+    qasync.run(run_window(window))
+    engine.dispose()
     del app
     return 0
 

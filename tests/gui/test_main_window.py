@@ -39,3 +39,24 @@ def test_window_geometry_is_remembered(qtbot: QtBot, tmp_path: Path) -> None:
     second = MainWindow(Settings.load())
     qtbot.addWidget(second)
     assert (second.width(), second.height()) == (700, 450)
+
+
+def test_the_window_runs_on_one_qasync_loop_and_quits_when_closed(qtbot: QtBot) -> None:
+    import asyncio
+
+    import qasync
+    from PySide6.QtCore import QTimer
+
+    from fleetdesk.gui.app import run_window
+
+    create_app([])
+    window = MainWindow(Settings.load())
+    seen: list[bool] = []
+
+    async def check_loop_then_close() -> None:
+        seen.append(isinstance(asyncio.get_running_loop(), qasync.QEventLoop))
+        window.close()
+
+    QTimer.singleShot(50, lambda: asyncio.ensure_future(check_loop_then_close()))
+    qasync.run(asyncio.wait_for(run_window(window), timeout=10))
+    assert seen == [True]
