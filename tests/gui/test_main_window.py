@@ -26,10 +26,7 @@ def test_window_shows_the_fleet_table_and_the_database_in_use(qtbot: QtBot) -> N
     assert window.grab().save(str(ARTIFACTS / "main-window.png"))
 
 
-def test_window_geometry_is_remembered(qtbot: QtBot, tmp_path: Path) -> None:
-    from PySide6.QtCore import QSettings
-
-    QSettings.setPath(QSettings.Format.NativeFormat, QSettings.Scope.UserScope, str(tmp_path))
+def test_window_geometry_is_remembered(qtbot: QtBot) -> None:
     create_app([])
     first = MainWindow(Settings.load())
     qtbot.addWidget(first)
