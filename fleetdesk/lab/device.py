@@ -17,9 +17,11 @@ from pathlib import Path
 
 from fleetdesk.errors import LabError
 from fleetdesk.lab import netns
-from fleetdesk.lab.identity import FAKE_PROC_FILES, LAB_DIR_IN_DEVICE, hardware_json, write_identity
+from fleetdesk.lab.identity import FAKE_PROC_FILES, hardware_json, write_identity
+from fleetdesk.lab.sensors import SensorModel, write_sensors
+from fleetdesk.lab.standins import PROC_DIR
 from fleetdesk.lab.state import LabDevice
-from fleetdesk.lab.system import is_mountpoint, package_env, run, unmount_all
+from fleetdesk.lab.system import is_mountpoint, package_env, run, stop_processes, unmount_all
 from fleetdesk.profiles import Profile
 
 SSH_READY_TIMEOUT = 60.0  # an arm64 sshd under qemu takes a few seconds to start
@@ -59,7 +61,7 @@ def mount_pseudo_filesystems(dev: LabDevice) -> None:
     run(["mount", "--bind", "/dev", root / "dev"], step="mount /dev", device=dev.name)
     run(["mount", "--bind", "/dev/pts", root / "dev" / "pts"], step="mount /dev/pts", device=dev.name)
     for name in FAKE_PROC_FILES:
-        source = root / LAB_DIR_IN_DEVICE / "proc" / name
+        source = root / PROC_DIR / name
         run(["mount", "--bind", source, root / "proc" / name], step=f"bind /proc/{name}", device=dev.name)
 
 
@@ -91,15 +93,11 @@ def prepare(dev: LabDevice, profile: Profile, base: Path, authorized_key: str) -
     write_identity(root, dev.name, dev.address, profile)
     (root / "etc" / "ssh" / "lab_authorized_keys").write_text(authorized_key.strip() + "\n")
     dev.host_key_fingerprint = generate_host_keys(dev)
-    hardware_path(dev).write_text(json.dumps(hardware_json(dev.name, profile), indent=2))
-    _first_sensor_write(dev)
-    mount_pseudo_filesystems(dev)
-
-
-def _first_sensor_write(dev: LabDevice) -> None:
+    hardware = hardware_json(dev.name, profile)
+    hardware_path(dev).write_text(json.dumps(hardware, indent=2))
     # The /proc files must exist before they can be bind-mounted, so write one sample now.
-    run([sys.executable, "-m", "fleetdesk.lab.sensors", "--root", dev.root, "--hardware", hardware_path(dev),
-         "--once", "--boot-time", str(time.time())], step="write sensors", device=dev.name, env=package_env())
+    write_sensors(root, SensorModel(hardware))
+    mount_pseudo_filesystems(dev)
 
 
 def boot(dev: LabDevice) -> None:
@@ -174,10 +172,7 @@ def stop_sshd(dev: LabDevice) -> None:
     """Stop the listening sshd, as `systemctl stop ssh` does; open sessions stay up."""
     pid = sshd_pid(dev)
     if pid is not None:
-        os.kill(pid, 15)
-        deadline = time.monotonic() + 5
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        stop_processes([pid], grace=5.0)
     (Path(dev.root) / "run" / "sshd.pid").unlink(missing_ok=True)
 
 

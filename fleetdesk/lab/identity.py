@@ -6,16 +6,17 @@ Identity goes where real hardware puts it (device-tree model, /etc/nv_tegra_rele
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from pathlib import Path
 from typing import Any
 
-from fleetdesk.lab.standins import standin_files
+from fleetdesk.lab.standins import PROC_DIR, PROC_FILES, standin_files
 from fleetdesk.profiles import LabHardware, Profile
 
-LAB_DIR_IN_DEVICE = "var/lib/fleetdesk-lab"
-# Files under LAB_DIR_IN_DEVICE/proc that are bind-mounted over the device's /proc.
-FAKE_PROC_FILES = ("cpuinfo", "meminfo", "stat", "uptime")
+# Files under PROC_DIR bind-mounted over the device's /proc: cpuinfo is static (written here),
+# the others the sensors process keeps rewriting.
+FAKE_PROC_FILES = ("cpuinfo", *PROC_FILES)
 
 SSHD_CONFIG = """\
 # Written by `fleetdesk lab`: a real OpenSSH sshd for one virtual device.
@@ -83,29 +84,9 @@ def _write(root: Path, rel: str, text: str, mode: int = 0o644) -> Path:
 
 
 def hardware_json(name: str, profile: Profile) -> dict[str, Any]:
-    """The hardware description the sensors process animates."""
-    hw = profile.lab
-    assert hw is not None
-    return {
-        "name": name,
-        "profile": profile.name,
-        "arch": profile.arch,
-        "cpu_count": hw.cpu_count,
-        "cpu_model": hw.cpu_model,
-        "cpu_max_mhz": hw.cpu_max_mhz,
-        "cpu_min_mhz": hw.cpu_min_mhz,
-        "memory_mb": hw.memory_mb,
-        "swap_mb": hw.swap_mb,
-        "disk_gb": hw.disk_gb,
-        "thermal_zones": list(hw.thermal_zones),
-        "gpu": hw.gpu,
-        "gpu_name": hw.gpu_name,
-        "gpu_memory_mb": hw.gpu_memory_mb,
-        "gpu_max_mhz": hw.gpu_max_mhz,
-        "tegra_model": hw.tegra_model,
-        "power_rails": list(hw.power_rails),
-        "tools": list(hw.tools),
-    }
+    """The hardware description the sensors process animates (it ignores keys it does not use)."""
+    assert profile.lab is not None
+    return {"name": name, "profile": profile.name, "arch": profile.arch, **dataclasses.asdict(profile.lab)}
 
 
 def write_identity(root: Path, name: str, address: str, profile: Profile) -> None:
@@ -135,7 +116,7 @@ def write_identity(root: Path, name: str, address: str, profile: Profile) -> Non
         }
         for key, value in dmi.items():
             _write(root, f"sys/class/dmi/id/{key}", value + "\n")
-    _write(root, f"{LAB_DIR_IN_DEVICE}/proc/cpuinfo", cpuinfo(hw, profile.arch))
+    _write(root, f"{PROC_DIR}/cpuinfo", cpuinfo(hw, profile.arch))
     for rel, source in standin_files(list(hw.tools)).items():
         _write(root, rel, source.read_text(encoding="utf-8"), 0o755)
     _write(root, "etc/ssh/sshd_config", SSHD_CONFIG.format(address=address))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fleetdesk.errors import LabError
 from fleetdesk.lab.state import BRIDGE, BRIDGE_ADDRESS, NETNS_PREFIX, PREFIX_LEN, VETH_PREFIX
-from fleetdesk.lab.system import package_env, run
+from fleetdesk.lab.system import package_env, run, stop_processes
 
 LAB_NETWORK = ipaddress.ip_network("198.18.0.0/15")
 _FIRST_DEVICE = ipaddress.ip_address("198.18.1.0")
@@ -69,27 +69,7 @@ def netns_pids(netns: str) -> list[int]:
 
 def kill_netns_processes(netns: str, grace: float = 2.0) -> None:
     """SIGTERM everything running in the namespace, then SIGKILL what is left after `grace`."""
-    pids = netns_pids(netns)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            pids = [p for p in pids if _alive(p)]
-            if not pids:
-                return
-            time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().split(") ")[-1][:1] != "Z"
-    except FileNotFoundError:
-        return False
+    stop_processes(netns_pids(netns), grace=grace)
 
 
 def delete_device_network(netns: str, veth: str) -> None:
@@ -180,13 +160,7 @@ def _kill_pid_file(path: Path) -> None:
         pid = int(path.read_text())
     except (FileNotFoundError, ValueError):
         return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + 2
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    stop_processes([pid])
     path.unlink(missing_ok=True)
 
 

@@ -5,9 +5,13 @@ Every failure becomes a LabError that names the command and what it printed.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,16 +112,32 @@ def mounts_under(prefix: Path) -> list[str]:
 
 
 def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal.
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) + 1 and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
+    # mountinfo writes space, tab, newline and backslash as three octal digits after a backslash.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(") ")[-1][:1] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def stop_processes(pids: Sequence[int], grace: float = 2.0) -> None:
+    """SIGTERM the processes, then SIGKILL those still alive after `grace` seconds."""
+    remaining = list(pids)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in remaining:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while remaining and time.monotonic() < deadline:
+            remaining = [p for p in remaining if _alive(p)]
+            if remaining:
+                time.sleep(0.02)
+        if not remaining:
+            return
 
 
 def unmount_all(prefix: Path) -> None:
