@@ -35,6 +35,7 @@ test: $(STAMP) system-deps-test lint contracts
 
 bench: $(STAMP) system-deps-test
 	$(BIN)/python benchmarks/lab_up.py
+	$(BIN)/python benchmarks/discovery_probe.py --devices 100 --with-push
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache

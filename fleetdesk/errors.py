@@ -74,3 +74,82 @@ class LabSpecError(LabError):
 
 class NotRootError(LabError):
     """The lab needs root (network namespaces, mounts, sshd)."""
+
+
+class InventoryError(FleetDeskError):
+    """The inventory database cannot be read, written or migrated."""
+
+
+class DatabaseTooNewError(InventoryError):
+    """The database was written by a newer FleetDesk; it is left untouched."""
+
+
+class DeviceNotFoundError(InventoryError):
+    """No device in the inventory matches the name, address or id the operator gave."""
+
+
+class TransportError(FleetDeskError):
+    """Talking to a device over SSH failed. `device` and `step` say where."""
+
+
+class UnreachableError(TransportError):
+    """The device did not answer on its SSH port (down, cut off, wrong address)."""
+
+
+class AuthFailedError(TransportError):
+    """The device refused every credential FleetDesk offered."""
+
+
+class HostKeyUnknownError(TransportError):
+    """The device presented a host key nobody has trusted yet; carries its fingerprint."""
+
+    def __init__(self, message: str, *, fingerprint: str, public_key: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.fingerprint = fingerprint
+        self.public_key = public_key
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "fingerprint": self.fingerprint}
+
+
+class HostKeyChangedError(TransportError):
+    """The device presented a host key different from the pinned one; refused until re-trusted."""
+
+    def __init__(self, message: str, *, pinned: tuple[str, ...], presented: str, public_key: str = "",
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.pinned = pinned
+        self.presented = presented
+        self.public_key = public_key
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "pinned": list(self.pinned), "presented": self.presented}
+
+
+class CommandTimeoutError(TransportError):
+    """A connection or a remote command took longer than its timeout."""
+
+
+class RemoteCommandError(TransportError):
+    """A remote command ran and failed; carries its exit status and stderr."""
+
+    def __init__(self, message: str, *, exit_status: int | None = None, stderr: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.exit_status = exit_status
+        self.stderr = stderr
+
+
+class DiskFullError(TransportError):
+    """The device has no space left where FleetDesk writes."""
+
+
+class CredentialError(FleetDeskError):
+    """A secret cannot be stored or read."""
+
+
+class KeyringUnavailableError(CredentialError):
+    """There is no OS keyring backend; FleetDesk never falls back to plaintext."""
+
+
+class DiscoveryError(FleetDeskError):
+    """Browsing mDNS, adding a host or sweeping a network failed or was refused."""

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 from fleetdesk import __version__
 from fleetdesk.config import Settings
 from fleetdesk.errors import FleetDeskError
-from fleetdesk.inventory.database import open_database
+from fleetdesk.inventory import open_inventory
 from fleetdesk.resources import data_dir, data_file
 
 FLEET_COLUMNS = ("Status", "Hostname", "Address", "Profile", "Architecture", "Runtime", "Active model", "Last seen")
@@ -128,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.load()
     settings.ensure_dirs()
     try:
-        engine = open_database(settings.db_url)
+        # Opening migrates an older inventory and refuses one from a newer FleetDesk, before any window.
+        inventory = open_inventory(settings.db_url)
     except FleetDeskError as exc:
         print(f"fleetdesk-gui: {exc}", file=sys.stderr)
         return 2
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One asyncio loop on the Qt thread (DESIGN.md, runtime model); qasync.run also works on Python 3.11,
     # whose asyncio.run has no loop_factory.
     qasync.run(run_window(window))
-    engine.dispose()
+    inventory.close()
     del app
     return 0
 

@@ -146,10 +146,13 @@ def cpuinfo(hw: LabHardware, arch: str) -> str:
     """/proc/cpuinfo in the kernel's format for this CPU (aarch64 or x86_64)."""
     blocks = []
     if arch == "aarch64":
+        # NVIDIA's own cores (Denver, Carmel) carry implementer 0x4e ('N'); Cortex cores Arm's 0x41
+        # (MIDR_EL1 implementer codes, as util-linux lscpu-arm.c lists them).
+        implementer = "0x4e" if hw.cpu_model in ("Carmel", "Denver", "Denver 2") else "0x41"
         for n in range(hw.cpu_count):
             blocks.append(
                 f"processor\t: {n}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
-                f"CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\n"
+                f"CPU implementer\t: {implementer}\nCPU architecture: 8\nCPU variant\t: 0x0\n"
                 f"CPU part\t: {hw.cpu_part or '0xd08'}\nCPU revision\t: 3\n"
             )
         tail = ""

@@ -20,7 +20,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from tests.conftest import skip_or_fail
+from tests.conftest import in_ci, skip_or_fail
 
 SPEC = "rpi4:1,rpi5:1,jetson-orin-nano:1,jetson-xavier-nx:1,ipc-x86:2,ipc-x86-nvidia:1"
 HOST_TOOLS = ("ip", "iptables", "nsenter", "unshare", "debootstrap", "ssh-keygen", "zstd")
@@ -98,10 +98,24 @@ def require_lab_host() -> None:
         skip_or_fail(f"host tools missing: {', '.join(missing)} (make test installs them as root)")
 
 
+def reused_lab_dir() -> str | None:
+    """A lab the developer already brought up, named by FLEETDESK_TEST_REUSE_LAB (never in CI).
+
+    Lets several people work against one running fleet without each bringing one up: the
+    fixture then uses it as is and never takes it down. Tests that change the fleet as a whole
+    (`test_lifecycle`) skip in this mode.
+    """
+    folder = os.environ.get("FLEETDESK_TEST_REUSE_LAB")
+    if folder and in_ci():
+        pytest.fail("FLEETDESK_TEST_REUSE_LAB is for development; CI brings up its own lab", pytrace=False)
+    return folder or None
+
+
 @pytest.fixture(scope="session")
 def lab_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     require_lab_host()
-    lab_dir = tmp_path_factory.mktemp("lab")
+    reused = reused_lab_dir()
+    lab_dir = Path(reused) if reused else tmp_path_factory.mktemp("lab")
     env = dict(os.environ)
     env["FLEETDESK_LAB_DIR"] = str(lab_dir)
     return env
@@ -109,6 +123,12 @@ def lab_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def fleet(lab_env: dict[str, str]) -> Iterator[Fleet]:
+    if reused_lab_dir():
+        lab = Fleet(lab_dir=Path(lab_env["FLEETDESK_LAB_DIR"]), state={}, env=lab_env, torn_down=True)
+        lab.refresh()
+        os.environ["FLEETDESK_LAB_DIR"] = lab_env["FLEETDESK_LAB_DIR"]
+        yield lab
+        return
     if lab_namespaces():
         pytest.fail(f"a lab is already up on this machine ({lab_namespaces()[0]} ...): run `fleetdesk lab down` first")
     proc = fleetdesk("lab", "up", "--devices", SPEC, env=lab_env)
@@ -122,3 +142,14 @@ def fleet(lab_env: dict[str, str]) -> Iterator[Fleet]:
     yield lab
     if not lab.torn_down:
         fleetdesk("lab", "down", env=lab_env)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # test_lifecycle takes the session's fleet down, so it runs after every other lab test,
+    # whatever the file names; with a reused lab it does not run at all.
+    last = [item for item in items if item.module.__name__.endswith("test_lifecycle")]
+    for item in last:
+        items.remove(item)
+        items.append(item)
+        if os.environ.get("FLEETDESK_TEST_REUSE_LAB") and not in_ci():
+            item.add_marker(pytest.mark.skip(reason="takes the fleet down; skipped with FLEETDESK_TEST_REUSE_LAB"))

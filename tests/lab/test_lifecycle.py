@@ -1,7 +1,7 @@
 """Bringing the lab up and down: bad requests are refused whole, `down` leaves nothing behind,
 and `down` also cleans up after an `up` that was killed half-way.
 
-This module runs after the other lab modules: it takes the session's fleet down.
+This module runs after every other lab module (tests/lab/conftest.py orders it): it takes the fleet down.
 """
 
 from __future__ import annotations

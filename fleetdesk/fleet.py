@@ -1,0 +1,325 @@
+"""The operator's fleet: the inventory, the device profiles and one SSH pool, and the operations over them.
+
+The CLI and the GUI both call these: discover, add, sweep, trust, probe, run, group. No Qt here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from fleetdesk.config import Settings
+from fleetdesk.discovery.manual import resolve_host
+from fleetdesk.discovery.mdns import DiscoveryEvent, MdnsBrowser
+from fleetdesk.discovery.sweep import sweep
+from fleetdesk.errors import (
+    ConfigError,
+    FleetDeskError,
+    HostKeyChangedError,
+    HostKeyUnknownError,
+    KeyringUnavailableError,
+    UnreachableError,
+)
+from fleetdesk.inventory import Inventory, open_inventory
+from fleetdesk.inventory.records import Device, Group, ProbeFacts
+from fleetdesk.probe import probe
+from fleetdesk.profiles import ProfileSet, load_profiles
+from fleetdesk.profiles.matcher import ProfileMatch, match_profile
+from fleetdesk.transport import credentials, sshconfig
+from fleetdesk.transport.hostkey import PublicKey
+from fleetdesk.transport.knownhosts import import_known_hosts
+from fleetdesk.transport.pool import SSHPool
+from fleetdesk.transport.results import DeviceOutcome, FanOutResult
+from fleetdesk.transport.shell import shell_quote
+from fleetdesk.transport.target import SSHTarget
+from fleetdesk.transport.trust import fetch_host_key
+
+PROBE_TIMEOUT = 60.0
+DEFAULT_USER = "root"
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """One device's probe: the facts and the profile it matched, or the error that stopped it."""
+
+    device: Device
+    facts: ProbeFacts | None = None
+    match: ProfileMatch | None = None
+    error: FleetDeskError | None = None
+
+    @property
+    def status(self) -> str:
+        if self.error is None:
+            return "succeeded"
+        return "unreachable" if isinstance(self.error, UnreachableError) else "failed"
+
+
+@dataclass(frozen=True)
+class TrustOutcome:
+    """A host key the operator trusted for a device, and the keys it replaced (a re-trust)."""
+
+    device: Device
+    key: PublicKey
+    replaced: tuple[str, ...] = ()  # fingerprints no longer trusted
+    already_trusted: bool = False
+    source: str = "operator"
+
+
+class Fleet:
+    """`async with Fleet.open() as fleet: await fleet.probe(fleet.select(all_devices=True))`."""
+
+    def __init__(self, inventory: Inventory, profiles: ProfileSet, *, pool: SSHPool | None = None,
+                 ssh_config: str | os.PathLike[str] | None = None) -> None:
+        self.inventory = inventory
+        self.profiles = profiles
+        self.pool = pool or SSHPool()
+        self.ssh_config = ssh_config
+        self._live_services: dict[int, set[tuple[str, str]]] = {}  # device id -> mDNS services not gone
+
+    @classmethod
+    def open(cls, db_url: str | None = None, *, ssh_config: str | os.PathLike[str] | None = None) -> Fleet:
+        settings = Settings.load(db_url)
+        profiles = load_profiles(settings.user_profiles_dir)
+        return cls(open_inventory(settings.db_url), profiles, ssh_config=ssh_config)
+
+    async def __aenter__(self) -> Fleet:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.pool.close()
+        self.inventory.close()
+
+    # -- choosing devices ----------------------------------------------------------------------------
+
+    def select(self, refs: Sequence[str] = (), *, group: str | None = None, all_devices: bool = False) -> list[Device]:
+        """Devices by name/address/id, the members of a group, or all; each device once, in the order given."""
+        if not refs and group is None and not all_devices:
+            raise ConfigError("no devices chosen", fix="name devices, or use --group NAME or --all")
+        chosen: dict[int, Device] = {}
+        if all_devices:
+            chosen.update((d.id, d) for d in self.inventory.devices())
+        if group is not None:
+            chosen.update((d.id, d) for d in self.inventory.devices(group=group))
+        for ref in refs:
+            device = self.inventory.device(ref)
+            chosen.setdefault(device.id, device)
+        return list(chosen.values())
+
+    def target(self, device: Device) -> SSHTarget:
+        """How to reach the device: the inventory row, its pinned keys and profile, then ~/.ssh/config.
+
+        The operator's ssh config is looked up by the device's name, as `ssh NAME` would; it supplies
+        HostName, Port, User and IdentityFile unless the inventory holds a non-default user or port.
+        """
+        profile = self.profiles.profiles.get(device.profile) if device.profile else None
+        target = SSHTarget(
+            device=device.name,
+            host=device.address or device.hostname or device.name,
+            port=device.port,
+            username=device.username,
+            pinned_host_keys=tuple(k.public_key for k in self.inventory.host_keys(device.id)),
+            password_account=device.password_account,
+            ciphers=profile.ssh_ciphers if profile else (),
+            transport=device.transport,
+            device_id=device.id,
+        )
+        entry = sshconfig.resolve(device.name, config_path=self.ssh_config)
+        sshconfig.check_supported(entry, device=device.name)
+        explicit = {"host"} if entry.hostname == device.name.lower() else set()
+        if device.username != DEFAULT_USER or device.password_account:
+            explicit.add("username")
+        if device.port != 22:
+            explicit.add("port")
+        return sshconfig.apply_ssh_config(target, entry, explicit=explicit)
+
+    # -- finding devices -----------------------------------------------------------------------------
+
+    def apply_discovery_event(self, event: DiscoveryEvent) -> Device | None:
+        """Record what mDNS saw; a device whose last live service said goodbye (or expired) goes offline."""
+        service = (event.sighting.service_type or "", event.sighting.instance_name or "")
+        if event.kind in ("seen", "updated"):
+            device = self.inventory.record_sighting(event.sighting)
+            self._live_services.setdefault(device.id, set()).add(service)
+            return device
+        host = event.sighting.host_name or (event.sighting.addresses[0] if event.sighting.addresses else None)
+        if host is None:
+            return None
+        try:
+            device = self.inventory.device(host)
+        except FleetDeskError:
+            return None
+        live = self._live_services.get(device.id, set())
+        live.discard(service)
+        return device if live else self.inventory.set_online(device.id, False)
+
+    async def discover(self, interfaces: Iterable[str] | None = None, timeout: float = 3.0, *,
+                       on_device: Callable[[Device], None] | None = None) -> list[Device]:
+        """Browse mDNS for `timeout` seconds, recording every device into the inventory as it appears."""
+        if not 0 < timeout <= 600:
+            raise ConfigError(f"a browse time of {timeout} s is out of range", fix="use 1 to 600 seconds")
+        found: dict[int, Device] = {}
+
+        def on_event(event: DiscoveryEvent) -> None:
+            device = self.apply_discovery_event(event)
+            if device is not None and event.kind != "gone":
+                found[device.id] = device
+                if on_device is not None:
+                    on_device(device)
+
+        async with MdnsBrowser(interfaces, on_event=on_event) as browser:
+            await asyncio.sleep(timeout)
+            await browser.settle(1.0)
+        return sorted((self.inventory.device(i) for i in found), key=lambda d: d.name)
+
+    async def add(self, host: str, *, port: int = 22, username: str = DEFAULT_USER, name: str | None = None,
+                  password: str | None = None, transport: str | None = None,
+                  interfaces: Iterable[str] | None = None) -> Device:
+        """Add a device by hostname or address (it must resolve; a .local name is asked on `interfaces` by
+        mDNS only); a password goes to the keyring only."""
+        await resolve_host(host, port, interfaces=interfaces)
+        if password is not None:
+            # Refuse before the inventory changes: a device added without the password it came with
+            # would leave the operator guessing what was stored.
+            status = await asyncio.to_thread(credentials.keyring_status)
+            if not status.usable:
+                raise KeyringUnavailableError(status.message, fix=status.fix, step="store password")
+        device = self.inventory.add_device(host, port=port, username=username, name=name)
+        return self.set_login(device, username=username, password=password, transport=transport)
+
+    def set_login(self, device: Device, *, username: str | None = None, port: int | None = None,
+                  password: str | None = None, transport: str | None = None) -> Device:
+        """Change how FleetDesk logs in to a device; the password is stored in the OS keyring, never here."""
+        account = None
+        if password is not None:
+            account = credentials.password_account(username or device.username, device.id)
+            credentials.set_secret(account, password)
+        return self.inventory.set_connection(device.id, username=username, port=port, transport=transport,
+                                             password_account=account)
+
+    async def sweep(self, cidr: str, *, port: int = 22, rate: float | None = None) -> list[Device]:
+        """Connect to `port` across an operator-typed CIDR and record every SSH server that answered."""
+        options = {"rate": rate} if rate is not None else {}
+        sightings = await sweep(cidr, port=port, **options)
+        devices = {d.id: d for d in (self.inventory.record_sighting(s) for s in sightings)}
+        return sorted(devices.values(), key=lambda d: d.name)
+
+    # -- trust ---------------------------------------------------------------------------------------
+
+    async def presented_key(self, device: Device) -> PublicKey:
+        """The host key the device presents now, fetched without trusting it or logging in."""
+        return await fetch_host_key(self.target(device))
+
+    async def trust(self, device: Device, fingerprint: str) -> TrustOutcome:
+        """Pin the device's current host key, after the operator confirmed its fingerprint.
+
+        The fingerprint must be the one the device presents right now; if another key was pinned before,
+        it is replaced (the operator re-trusts a reinstalled device).
+        """
+        wanted = fingerprint.strip()
+        if not wanted.startswith("SHA256:"):
+            raise ConfigError(f"{wanted!r} is not a SHA256 fingerprint", device=device.name, step="trust",
+                              fix="copy it as `ssh-keygen -lf` prints it: SHA256:followed by 43 characters")
+        key = await self.presented_key(device)
+        if key.fingerprint != wanted:
+            raise HostKeyChangedError(
+                f"the device presents {key.fingerprint}, not {wanted}; nothing was trusted",
+                pinned=(wanted,), presented=key.fingerprint, public_key=key.line, device=device.name, step="trust",
+                fix="compare the fingerprint at the device's console (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key"
+                    ".pub`) and give the one it prints")
+        pinned = self.inventory.host_keys(device.id)
+        if any(k.fingerprint == key.fingerprint for k in pinned):
+            return TrustOutcome(device, key, already_trusted=True)
+        replaced = tuple(k.fingerprint for k in pinned)
+        if replaced:
+            self.inventory.forget_host_keys(device.id)
+        self.inventory.pin_host_key(device.id, key.line, source="operator")
+        return TrustOutcome(self.inventory.device(device.id), key, replaced=replaced)
+
+    def trust_from_known_hosts(self, device: Device, path: str | os.PathLike[str] | None = None) -> list[PublicKey]:
+        """Pin the keys the operator's known_hosts already trusts for the device (by address and by name)."""
+        entry = sshconfig.resolve(device.name, config_path=self.ssh_config)
+        files = [os.fspath(path)] if path is not None else list(sshconfig.known_hosts_files(entry))
+        keys: dict[str, PublicKey] = {}
+        for host in dict.fromkeys([*device.addresses, device.name, device.hostname, entry.hostname]):
+            if host:
+                for key in import_known_hosts(host, device.port, path=files):
+                    keys.setdefault(key.fingerprint, key)
+        if not keys:
+            raise HostKeyUnknownError(
+                f"known_hosts ({', '.join(files)}) has no key for it", fingerprint="", public_key="",
+                device=device.name, step="trust",
+                fix=f"check the key at the device and run `fleetdesk trust {shell_quote(device.name)}`")
+        pinned = {k.fingerprint for k in self.inventory.host_keys(device.id)}
+        for key in keys.values():
+            if key.fingerprint not in pinned:
+                self.inventory.pin_host_key(device.id, key.line, source="known_hosts")
+        return list(keys.values())
+
+    # -- probing and running -------------------------------------------------------------------------
+
+    async def probe(self, devices: Sequence[Device], *,
+                    on_outcome: Callable[[ProbeOutcome], None] | None = None) -> list[ProbeOutcome]:
+        """Identify each device in one SSH round trip, match its profile and store both; all at once."""
+
+        async def one(device: Device) -> ProbeOutcome:
+            try:
+                target = self.target(device)
+
+                async def run(command: str) -> tuple[int | None, bytes, bytes]:
+                    result = await self.pool.run(target, command, timeout=PROBE_TIMEOUT)
+                    return result.exit_status, result.stdout_bytes, result.stderr_bytes
+
+                facts = await probe(run, device=device.name)
+            except FleetDeskError as exc:
+                outcome = ProbeOutcome(device, error=exc)
+                if isinstance(exc, UnreachableError):
+                    outcome = ProbeOutcome(self.inventory.set_online(device.id, False), error=exc)
+            else:
+                match = match_profile(facts, self.profiles)
+                stored = self.inventory.save_probe(device.id, facts, profile=match.profile if match else None)
+                outcome = ProbeOutcome(stored, facts=facts, match=match)
+            if on_outcome is not None:
+                on_outcome(outcome)
+            return outcome
+
+        return list(await asyncio.gather(*(one(d) for d in devices)))
+
+    async def run(self, devices: Sequence[Device], command: str, *, timeout: float | None = 60.0) -> FanOutResult:
+        """Run one shell command on every device at once: one outcome each, and who was unreachable."""
+        targets: list[SSHTarget] = []
+        refused: list[tuple[str, FleetDeskError]] = []
+        for device in devices:
+            try:
+                targets.append(self.target(device))
+            except FleetDeskError as exc:
+                refused.append((device.name, exc))
+        result = await self.pool.run_many(targets, command, timeout=timeout)
+        by_name = {d.name: d for d in devices}
+        for outcome in result.outcomes:
+            device = by_name.get(outcome.device)
+            if device is not None:
+                self.inventory.set_online(device.id, outcome.status != "unreachable")
+        if refused:
+            result = FanOutResult((*result.outcomes, *(DeviceOutcome(n, error=e) for n, e in refused)))
+        return result
+
+    # -- groups --------------------------------------------------------------------------------------
+
+    def group(self, devices: Sequence[Device], name: str, *, remove: bool = False) -> Group:
+        ids = [d.id for d in devices]
+        if remove:
+            return self.inventory.remove_from_group(name, ids)
+        return self.inventory.add_to_group(name, ids)
+
+
+def is_trust_problem(error: BaseException) -> bool:
+    """A host-key refusal: the operator must act (trust or re-trust) before anything else works."""
+    return isinstance(error, HostKeyUnknownError | HostKeyChangedError)
+

@@ -1,0 +1,225 @@
+"""The inventory's tables as SQLAlchemy 2.0 typed models; the Alembic migrations create exactly these.
+
+Nothing outside fleetdesk.inventory sees these classes: the repository turns rows into records.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+# Named constraints, so that later migrations (SQLite batch mode included) can refer to them by name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite keeps no zone, so it is put back on read)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored: give a timezone-aware one")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Device-supplied text may hold what neither SQLite's nor PostgreSQL's text can: lone surrogates (bytes
+# that were not UTF-8, decoded with surrogateescape) and NUL (PostgreSQL refuses it). Those characters,
+# and the escape character itself, are written as ESCAPE + "u" + 4 hex digits; everything else as is.
+_ESCAPE = "\u241b"  # SYMBOL FOR ESCAPE: rare in names, and visible when someone reads the table by hand
+
+
+def _needs_escape(char: str) -> bool:
+    return char in (_ESCAPE, "\x00") or "\ud800" <= char <= "\udfff"
+
+
+class DeviceText(TypeDecorator[str]):
+    """Text stored faithfully on every backend, whatever characters a device sent."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None or not any(_needs_escape(c) for c in value):
+            return value
+        return "".join(f"{_ESCAPE}u{ord(c):04x}" if _needs_escape(c) else c for c in value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None or _ESCAPE not in value:
+            return value
+        out, i = [], 0
+        while i < len(value):
+            if value[i] == _ESCAPE and value[i + 1:i + 2] == "u":
+                out.append(chr(int(value[i + 2:i + 6], 16)))
+                i += 6
+            else:
+                out.append(value[i])
+                i += 1
+        return "".join(out)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class DeviceRow(Base):
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(DeviceText, unique=True)
+    hostname: Mapped[str] = mapped_column(DeviceText, default="")
+    port: Mapped[int] = mapped_column(Integer, default=22)
+    username: Mapped[str] = mapped_column(DeviceText, default="root")
+    transport: Mapped[str] = mapped_column(String(16), default="asyncssh")
+    # The keyring account NAME that holds the password; the secret itself never enters the database.
+    password_account: Mapped[str | None] = mapped_column(DeviceText)
+    profile: Mapped[str | None] = mapped_column(DeviceText)
+    source: Mapped[str] = mapped_column(String(16))
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    probed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # ProbeFacts, one column each, so reports and filters can use them.
+    machine_id: Mapped[str] = mapped_column(DeviceText, default="", index=True)
+    arch: Mapped[str] = mapped_column(DeviceText, default="")
+    os_name: Mapped[str] = mapped_column(DeviceText, default="")
+    kernel: Mapped[str] = mapped_column(DeviceText, default="")
+    python: Mapped[str] = mapped_column(DeviceText, default="")
+    cpu_model: Mapped[str] = mapped_column(DeviceText, default="")
+    cpu_count: Mapped[int] = mapped_column(Integer, default=0)
+    ram_mb: Mapped[int] = mapped_column(Integer, default=0)
+    disk_total_mb: Mapped[int] = mapped_column(Integer, default=0)
+    disk_free_mb: Mapped[int] = mapped_column(Integer, default=0)
+    model: Mapped[str] = mapped_column(DeviceText, default="")
+    tegra_release: Mapped[str] = mapped_column(DeviceText, default="")
+    dmi_vendor: Mapped[str] = mapped_column(DeviceText, default="")
+    dmi_product: Mapped[str] = mapped_column(DeviceText, default="")
+    gpu: Mapped[str] = mapped_column(DeviceText, default="")
+    gpu_memory_mb: Mapped[int] = mapped_column(Integer, default=0)
+
+    addresses: Mapped[list[AddressRow]] = relationship(
+        back_populates="device", cascade="all, delete-orphan", passive_deletes=True,
+        order_by=lambda: [AddressRow.last_seen.desc(), AddressRow.id])
+    names: Mapped[list[NameRow]] = relationship(
+        back_populates="device", cascade="all, delete-orphan", passive_deletes=True, order_by="NameRow.id")
+    services: Mapped[list[ServiceRow]] = relationship(
+        back_populates="device", cascade="all, delete-orphan", passive_deletes=True, order_by="ServiceRow.id")
+    host_keys: Mapped[list[HostKeyRow]] = relationship(
+        back_populates="device", cascade="all, delete-orphan", passive_deletes=True, order_by="HostKeyRow.id")
+    groups: Mapped[list[GroupRow]] = relationship(
+        secondary="group_members", back_populates="devices", order_by="GroupRow.name")
+
+
+class AddressRow(Base):
+    """One address (IP or DNS name) the device was reached or seen at, on the device's port."""
+
+    __tablename__ = "device_addresses"
+    __table_args__ = (UniqueConstraint("device_id", "address", name="uq_device_addresses_device_id_address"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    address: Mapped[str] = mapped_column(DeviceText, index=True)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    device: Mapped[DeviceRow] = relationship(back_populates="addresses")
+
+
+class NameRow(Base):
+    """An mDNS host name ("rpi4-01.local.") or service instance name ("rpi4-01") the device announced."""
+
+    __tablename__ = "device_names"
+    __table_args__ = (UniqueConstraint("device_id", "kind", "name", name="uq_device_names_device_id_kind_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # "host" | "instance"
+    name: Mapped[str] = mapped_column(DeviceText)
+    # The name with ASCII letters lowered and no trailing dot: mDNS names compare case-insensitively
+    # for ASCII only (RFC 6762 section 16), the same on SQLite and PostgreSQL.
+    match_key: Mapped[str] = mapped_column(DeviceText, index=True)
+
+    device: Mapped[DeviceRow] = relationship(back_populates="names")
+
+
+class ServiceRow(Base):
+    """The latest announcement of one mDNS service instance by the device, TXT record included."""
+
+    __tablename__ = "device_services"
+    __table_args__ = (UniqueConstraint("device_id", "service_type", "instance_name",
+                                       name="uq_device_services_device_id_service_type_instance_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    service_type: Mapped[str] = mapped_column(DeviceText)
+    instance_name: Mapped[str] = mapped_column(DeviceText, default="")
+    host_name: Mapped[str] = mapped_column(DeviceText, default="")
+    port: Mapped[int] = mapped_column(Integer)
+    txt: Mapped[bytes] = mapped_column(LargeBinary)  # see repository._encode_txt
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    device: Mapped[DeviceRow] = relationship(back_populates="services")
+
+
+class HostKeyRow(Base):
+    __tablename__ = "host_keys"
+    __table_args__ = (UniqueConstraint("device_id", "fingerprint", name="uq_host_keys_device_id_fingerprint"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    key_type: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(DeviceText)  # "TYPE BASE64", without the comment
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(32))
+    pinned_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    device: Mapped[DeviceRow] = relationship(back_populates="host_keys")
+
+
+class GroupRow(Base):
+    """A named set of devices ("line A"); added by migration 0002."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(DeviceText, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    devices: Mapped[list[DeviceRow]] = relationship(
+        secondary="group_members", back_populates="groups", order_by="DeviceRow.id")
+
+
+class GroupMemberRow(Base):
+    __tablename__ = "group_members"
+    __table_args__ = (Index("ix_group_members_device_id", "device_id"),)
+
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)

@@ -1,0 +1,263 @@
+"""The asyncssh engine: connect with our own host-key trust, run commands, write file ranges over SFTP.
+
+Every asyncssh, socket and timeout exception is translated to a FleetDeskError in `translate_error`, here only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncssh
+from asyncssh.encryption import get_encryption_algs
+from asyncssh.public_key import get_public_key_algs
+
+from fleetdesk.errors import (
+    AuthFailedError,
+    CommandTimeoutError,
+    FleetDeskError,
+    TransportError,
+    UnreachableError,
+)
+from fleetdesk.transport.results import RunResult, decode_output
+from fleetdesk.transport.session import (
+    ByteRange,
+    ConnectionLostError,
+    ConnectTimeoutError,
+    RemoteWriteError,
+    existing_identity_files,
+    first_failure,
+    password_of,
+)
+from fleetdesk.transport.target import SSHTarget
+from fleetdesk.transport.trust import check_host_key, host_key_algorithms, public_key_of
+
+_UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN,
+                       errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT}
+
+
+def cipher_order(preferred: Sequence[str]) -> list[str]:
+    """The profile's ciphers first (those asyncssh knows), then asyncssh's own defaults, so a device that
+    lacks the preferred ones still connects, as OpenSSH's `Ciphers` with a `^` prefix would."""
+    known = {a.decode() for a in get_encryption_algs()}
+    first = [c for c in preferred if c in known]
+    rest = [a.decode() for a in asyncssh.encryption.get_default_encryption_algs() if a.decode() not in first]
+    return first + rest
+
+
+def translate_error(exc: BaseException, target: SSHTarget, step: str) -> FleetDeskError:
+    """The one place asyncssh/socket errors become operator errors naming the device and the step."""
+    where = f"{target.host}:{target.port}"
+    if isinstance(exc, FleetDeskError):
+        return exc
+    if isinstance(exc, socket.gaierror):
+        return UnreachableError(f"cannot resolve {target.host!r}", device=target.device, step=step, cause=exc,
+                                fix="check the device's hostname or use its address")
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return ConnectTimeoutError(f"no SSH handshake from {where} within {target.connect_timeout:g} s",
+                                   device=target.device, step=step, cause=exc,
+                                   fix="check that the device is on and on this network")
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return AuthFailedError(f"{target.username}@{where} refused every key and password offered",
+                               device=target.device, step=step, cause=exc,
+                               fix="add the operator's public key to the device's authorized_keys, or store "
+                                   "the password with `fleetdesk login DEVICE --password-stdin`")
+    if isinstance(exc, asyncssh.KeyImportError | asyncssh.KeyEncryptionError):
+        return AuthFailedError(f"an identity file cannot be used: {exc}", device=target.device, step=step,
+                               cause=exc, fix="check the identity files configured for this device")
+    if isinstance(exc, asyncssh.ConnectionLost | asyncssh.ChannelOpenError | asyncssh.DisconnectError):
+        return ConnectionLostError(f"the connection to {where} was lost ({exc})", device=target.device, step=step,
+                                   cause=exc, fix="check the device and the network, then retry")
+    if isinstance(exc, asyncssh.SFTPError):
+        return RemoteWriteError(f"the device refused a file operation: {exc.reason}", device=target.device,
+                                step=step, cause=exc, fix="check the path, its permissions and free space")
+    if isinstance(exc, OSError):
+        if isinstance(exc, FileNotFoundError) and step == "connect":
+            return AuthFailedError(f"identity file {exc.filename} does not exist", device=target.device, step=step,
+                                   cause=exc, fix="check the identity files configured for this device")
+        if exc.errno in _UNREACHABLE_ERRNOS or isinstance(exc, ConnectionError):
+            return UnreachableError(f"{where} did not accept an SSH connection ({os.strerror(exc.errno or 0)})",
+                                    device=target.device, step=step, cause=exc,
+                                    fix="check that the device is on, on this network, and runs sshd")
+    if isinstance(exc, asyncssh.Error):
+        return TransportError(f"SSH error talking to {where}: {exc}", device=target.device, step=step, cause=exc)
+    return TransportError(f"unexpected error talking to {where}: {exc!r}", device=target.device, step=step, cause=exc)
+
+
+class _Client(asyncssh.SSHClient):
+    """Checks the host key against the target's pins during key exchange, before any credential is sent."""
+
+    def __init__(self, target: SSHTarget) -> None:
+        self.target = target
+        self.refusal: FleetDeskError | None = None
+        self.lost = False
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        try:
+            check_host_key(self.target, public_key_of(key.algorithm.decode(), key.public_data))
+        except FleetDeskError as exc:
+            self.refusal = exc  # asyncssh only sees "not trusted"; connect() raises this instead
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+def _connect_options(target: SSHTarget, password: str | None) -> dict[str, Any]:
+    known_key_algs = {a.decode() for a in get_public_key_algs()}
+    return {
+        "port": target.port,
+        "username": target.username,
+        # Nothing is trusted up front, so every presented key reaches _Client.validate_host_public_key.
+        # `()` would make asyncssh read ~/.ssh/known_hosts and None would switch checking off.
+        "known_hosts": ([], [], []),
+        "x509_trusted_certs": None,
+        "config": None,  # the target is already resolved from ~/.ssh/config; never apply it twice
+        "server_host_key_algs": [a for a in host_key_algorithms(target) if a in known_key_algs],
+        "encryption_algs": cipher_order(target.ciphers),
+        "agent_path": () if target.use_agent else None,
+        # Files named (even if all missing) mean exactly those; none named means OpenSSH's defaults.
+        "client_keys": existing_identity_files(target) if target.identity_files else (),
+        "password": password,
+        "kbdint_auth": password is not None,
+        "connect_timeout": target.connect_timeout,
+        "login_timeout": target.connect_timeout,
+        "keepalive_interval": 30,
+        "keepalive_count_max": 3,
+    }
+
+
+class AsyncsshSession:
+    """One authenticated asyncssh connection to one device, with one SFTP client opened on first push."""
+
+    def __init__(self, target: SSHTarget, conn: asyncssh.SSHClientConnection, client: _Client) -> None:
+        self.target = target
+        self._conn = conn
+        self._client = client
+        self._sftp: asyncssh.SFTPClient | None = None
+        self._sftp_lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, target: SSHTarget) -> AsyncsshSession:
+        client = _Client(target)
+        password = await password_of(target)
+        try:
+            conn, _ = await asyncssh.create_connection(lambda: client, target.host,
+                                                       **_connect_options(target, password))
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise (client.refusal or translate_error(exc, target, "connect")) from None
+        except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
+            if client.refusal is not None:
+                raise client.refusal from None
+            raise translate_error(exc, target, "connect") from None
+        return cls(target, conn, client)
+
+    @property
+    def is_open(self) -> bool:
+        return not self._client.lost
+
+    async def run(self, command: str, *, timeout: float | None) -> RunResult:
+        started = time.monotonic()
+        try:
+            process = await self._conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
+        except (OSError, asyncssh.Error) as exc:
+            raise translate_error(exc, self.target, "run") from None
+        try:
+            completed = await process.wait(check=False, timeout=timeout)
+        except asyncssh.TimeoutError:
+            self._stop(process)
+            raise CommandTimeoutError(f"command did not finish within {timeout:g} s: {command[:120]}",
+                                      device=self.target.device, step="run",
+                                      fix="raise the timeout or check what the command waits for") from None
+        except asyncio.CancelledError:
+            self._stop(process)
+            raise
+        except (OSError, asyncssh.Error) as exc:
+            raise translate_error(exc, self.target, "run") from None
+        out, err = completed.stdout or b"", completed.stderr or b""
+        assert isinstance(out, bytes) and isinstance(err, bytes)
+        return RunResult(device=self.target.device, command=command, exit_status=completed.exit_status,
+                         stdout=decode_output(out), stderr=decode_output(err), exit_signal=(
+                             completed.exit_signal[0] if completed.exit_signal else None),
+                         seconds=time.monotonic() - started, stdout_bytes=out, stderr_bytes=err)
+
+    @staticmethod
+    def _stop(process: asyncssh.SSHClientProcess[bytes]) -> None:
+        # OpenSSH's sshd honours the "signal" channel request (RFC 4254 6.9) since 7.9; older ones ignore it,
+        # and closing the channel then leaves the command to die of SIGPIPE/SIGHUP.
+        try:
+            process.send_signal("KILL")
+        except (OSError, asyncssh.Error):
+            pass
+        process.close()
+
+    async def _sftp_client(self) -> asyncssh.SFTPClient:
+        async with self._sftp_lock:
+            if self._sftp is None:
+                try:
+                    self._sftp = await self._conn.start_sftp_client()
+                except (OSError, asyncssh.Error) as exc:
+                    raise translate_error(exc, self.target, "push") from None
+            return self._sftp
+
+    async def write_ranges(self, remote_path: str, local_path: str, ranges: Sequence[ByteRange], *,
+                           truncate_to: int | None, requests_in_flight: int,
+                           on_written: Callable[[int], None]) -> None:
+        sftp = await self._sftp_client()
+        # OpenSSH's sftp-server answers limits@openssh.com with max-write-length 256 KiB - 1024
+        # (sftp-server.c, SFTP_MAX_MSG_LENGTH - 1024): split our blocks to fit, never beyond.
+        write_len = sftp.limits.max_write_len or 32768
+        pieces = [(off + i, min(write_len, length - i)) for off, length in ranges for i in range(0, length, write_len)]
+        loop = asyncio.get_running_loop()
+        fd = os.open(local_path, os.O_RDONLY)
+        try:
+            try:
+                # block_size=0: one SFTP request per write() call; we size and parallelise them ourselves.
+                remote = await sftp.open(remote_path, asyncssh.FXF_WRITE | asyncssh.FXF_CREAT,
+                                         asyncssh.SFTPAttrs(permissions=0o600), encoding=None, block_size=0)
+            except (OSError, asyncssh.Error) as exc:
+                raise translate_error(exc, self.target, "push") from None
+            try:
+                if truncate_to is not None:
+                    await remote.truncate(truncate_to)
+                todo = iter(pieces)
+
+                async def writer() -> None:
+                    for offset, length in todo:  # the shared iterator hands each piece to one writer
+                        data = await loop.run_in_executor(None, os.pread, fd, length, offset)
+                        await remote.write(data, offset)
+                        on_written(length)
+
+                await first_failure([writer() for _ in range(max(1, min(requests_in_flight, len(pieces))))])
+            finally:
+                if not self._client.lost:
+                    await asyncio.shield(self._close_quietly(remote))
+        except (OSError, asyncssh.Error) as exc:
+            raise translate_error(exc, self.target, "push") from None
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    async def _close_quietly(remote: asyncssh.SFTPClientFile) -> None:
+        try:
+            await remote.close()
+        except (OSError, asyncssh.Error):
+            pass
+
+    def abort(self) -> None:
+        self._client.lost = True
+        self._conn.abort()
+
+    async def close(self) -> None:
+        self._client.lost = True
+        self._conn.close()
+        try:
+            await asyncio.wait_for(self._conn.wait_closed(), timeout=5)
+        except (TimeoutError, OSError, asyncssh.Error):
+            pass

@@ -1,0 +1,1 @@
+"""Inventory tests: SQLite and a real PostgreSQL."""
