@@ -34,6 +34,7 @@ from fleetdesk.transport.target import TRANSPORTS
 
 # ProbeFacts.hostname is stored in devices.hostname, which an mDNS host name fills until the first probe.
 _FACT_COLUMNS = tuple(f.name for f in fields(ProbeFacts) if f.name != "hostname")
+DEFAULT_SSH_PORT = 22
 _NOT_FOUND_FIX = "run `fleetdesk devices` to see the names, addresses and ids the inventory knows"
 
 
@@ -387,8 +388,20 @@ def _default_name(sighting: Sighting) -> str:
     return addresses[0] if addresses else "device"
 
 
+def _ssh_port(sighting: Sighting) -> int | None:
+    """The SSH port a sighting tells of: a sweep's or a manual add's port, or an _ssh._tcp service's.
+
+    Other services carry their own ports (avahi's _workstation._tcp announces 9, the discard port),
+    which say nothing about where SSH listens.
+    """
+    if sighting.service_type is None or sighting.service_type.lower().rstrip(".") == "_ssh._tcp.local":
+        return sighting.port
+    return None
+
+
 def _match(session: Session, sighting: Sighting) -> DeviceRow | None:
-    """The row a sighting belongs to: the same mDNS host name, else a shared address on the same port."""
+    """The row a sighting belongs to: the same mDNS host name, else a shared address on the same SSH port
+    (for a service that tells no SSH port: a shared address, preferring the row on port 22)."""
     if sighting.host_name:
         row = session.scalars(select(DeviceRow).join(NameRow).where(
             NameRow.kind == "host", NameRow.match_key == _match_key(sighting.host_name))
@@ -398,20 +411,28 @@ def _match(session: Session, sighting: Sighting) -> DeviceRow | None:
     addresses = _dedupe(sighting.addresses)
     if not addresses:
         return None
-    return session.scalars(select(DeviceRow).join(AddressRow).where(
-        AddressRow.address.in_(addresses), DeviceRow.port == sighting.port)
-        .order_by(DeviceRow.first_seen, DeviceRow.id).limit(1)).first()
+    port = _ssh_port(sighting)
+    query = select(DeviceRow).join(AddressRow).where(AddressRow.address.in_(addresses))
+    if port is not None:
+        query = query.where(DeviceRow.port == port)
+    else:
+        query = query.order_by((DeviceRow.port != DEFAULT_SSH_PORT).asc())
+    return session.scalars(query.order_by(DeviceRow.first_seen, DeviceRow.id).limit(1)).first()
 
 
 def _record(session: Session, sighting: Sighting, *, online: bool, name: str | None = None) -> DeviceRow:
     seen = _utc(sighting.seen_at)
     row = _match(session, sighting)
+    ssh_port = _ssh_port(sighting)
     if row is None:
         row = DeviceRow(name=_free_name(session, name or _default_name(sighting)), source=sighting.source,
-                        port=sighting.port, username="root", transport="asyncssh", first_seen=seen,
+                        port=ssh_port or DEFAULT_SSH_PORT, username="root", transport="asyncssh", first_seen=seen,
                         hostname="", online=False, **{f: getattr(ProbeFacts(), f) for f in _FACT_COLUMNS})
         session.add(row)
         session.flush()
+    elif ssh_port is not None and sighting.source == "mdns" and row.port != ssh_port:
+        # The device itself announces where its SSH listens (it may have been created from another service).
+        row.port = ssh_port
     addresses = _dedupe(sighting.addresses)
     if addresses:
         # An address is at one device at a time: a device that took over another's DHCP lease now owns it.

@@ -67,6 +67,21 @@ def test_a_shared_address_on_the_same_port_is_the_same_device_and_another_port_i
     assert behind_nat.name == "198.18.1.12-2"
 
 
+def test_only_an_ssh_service_says_where_ssh_listens(inventory: Inventory) -> None:
+    # avahi announces _workstation._tcp on port 9 (discard); it may arrive before _ssh._tcp.
+    workstation = inventory.record_sighting(Sighting(
+        "mdns", ("198.18.1.12",), port=9, host_name="rpi5-02.local.", instance_name="rpi5-02 [dc:a6:32:00:00:02]",
+        service_type="_workstation._tcp.local.", seen_at=T0))
+    assert workstation.port == 22
+    ssh_service = inventory.record_sighting(replace(ssh("rpi5-02", "198.18.1.12"), port=2222))
+    assert ssh_service.id == workstation.id and ssh_service.port == 2222
+    # Another non-SSH service at that address, without a host name, is the same device too.
+    other = inventory.record_sighting(Sighting("mdns", ("198.18.1.12",), port=8080, instance_name="rpi5-02 web",
+                                               service_type="_http._tcp.local.", seen_at=T0))
+    assert other.id == workstation.id and other.port == 2222
+    assert len(inventory.devices()) == 1
+
+
 def test_the_newest_address_comes_first_and_an_address_moves_with_its_device(inventory: Inventory) -> None:
     a = inventory.record_sighting(ssh("ipc-01", "198.18.1.20"))
     b = inventory.record_sighting(ssh("ipc-02", "198.18.1.21"))
