@@ -550,6 +550,7 @@ def run(
     os.set_blocking(wfd, False)
     old_fd = signal.set_wakeup_fd(wfd)
     old = {s: signal.signal(s, lambda signum, _: stop.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
+    skipping = False
     try:
         last = time.monotonic()
         while True:
@@ -563,10 +564,16 @@ def run(
             last = now
             try:
                 write_sensors(root, model)
-            except OSError:
-                if root.is_dir():
-                    raise
-                break
+            except OSError as exc:
+                if not root.is_dir():
+                    break
+                # The files live on the device's disk here, not in a kernel's sysfs: a full disk (the
+                # fill-disk fault) skips updates until there is room again, it never kills the init.
+                if not skipping:
+                    print(f"sensors: cannot update ({exc.strerror}); retrying every {interval:g} s", file=sys.stderr)
+                skipping = True
+            else:
+                skipping = False
     finally:
         signal.set_wakeup_fd(old_fd)
         for s, handler in old.items():

@@ -18,21 +18,23 @@ from asyncssh.encryption import get_encryption_algs
 from asyncssh.public_key import get_public_key_algs
 
 from fleetdesk.errors import (
-    AuthFailedError,
     CommandTimeoutError,
     FleetDeskError,
     TransportError,
-    UnreachableError,
 )
 from fleetdesk.transport.results import RunResult, decode_output
 from fleetdesk.transport.session import (
     ByteRange,
-    ConnectionLostError,
-    ConnectTimeoutError,
-    RemoteWriteError,
+    auth_refused,
+    connection_lost,
     existing_identity_files,
+    file_refused,
     first_failure,
+    no_handshake,
     password_of,
+    refused_connection,
+    unresolvable,
+    unusable_identity,
 )
 from fleetdesk.transport.target import SSHTarget
 from fleetdesk.transport.trust import check_host_key, host_key_algorithms, public_key_of
@@ -52,38 +54,23 @@ def cipher_order(preferred: Sequence[str]) -> list[str]:
 
 def translate_error(exc: BaseException, target: SSHTarget, step: str) -> FleetDeskError:
     """The one place asyncssh/socket errors become operator errors naming the device and the step."""
-    where = f"{target.host}:{target.port}"
     if isinstance(exc, FleetDeskError):
         return exc
     if isinstance(exc, socket.gaierror):
-        return UnreachableError(f"cannot resolve {target.host!r}", device=target.device, step=step, cause=exc,
-                                fix="check the device's hostname or use its address")
+        return unresolvable(target, step, exc)
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return ConnectTimeoutError(f"no SSH handshake from {where} within {target.connect_timeout:g} s",
-                                   device=target.device, step=step, cause=exc,
-                                   fix="check that the device is on and on this network")
+        return no_handshake(target, step, exc)
     if isinstance(exc, asyncssh.PermissionDenied):
-        return AuthFailedError(f"{target.username}@{where} refused every key and password offered",
-                               device=target.device, step=step, cause=exc,
-                               fix="add the operator's public key to the device's authorized_keys, or store "
-                                   "the password with `fleetdesk login DEVICE --password-stdin`")
+        return auth_refused(target, step, exc)
     if isinstance(exc, asyncssh.KeyImportError | asyncssh.KeyEncryptionError):
-        return AuthFailedError(f"an identity file cannot be used: {exc}", device=target.device, step=step,
-                               cause=exc, fix="check the identity files configured for this device")
+        return unusable_identity(target, step, exc, str(exc))
     if isinstance(exc, asyncssh.ConnectionLost | asyncssh.ChannelOpenError | asyncssh.DisconnectError):
-        return ConnectionLostError(f"the connection to {where} was lost ({exc})", device=target.device, step=step,
-                                   cause=exc, fix="check the device and the network, then retry")
+        return connection_lost(target, step, exc)
     if isinstance(exc, asyncssh.SFTPError):
-        return RemoteWriteError(f"the device refused a file operation: {exc.reason}", device=target.device,
-                                step=step, cause=exc, fix="check the path, its permissions and free space")
-    if isinstance(exc, OSError):
-        if isinstance(exc, FileNotFoundError) and step == "connect":
-            return AuthFailedError(f"identity file {exc.filename} does not exist", device=target.device, step=step,
-                                   cause=exc, fix="check the identity files configured for this device")
-        if exc.errno in _UNREACHABLE_ERRNOS or isinstance(exc, ConnectionError):
-            return UnreachableError(f"{where} did not accept an SSH connection ({os.strerror(exc.errno or 0)})",
-                                    device=target.device, step=step, cause=exc,
-                                    fix="check that the device is on, on this network, and runs sshd")
+        return file_refused(target, step, exc, exc.reason)
+    if isinstance(exc, OSError) and (exc.errno in _UNREACHABLE_ERRNOS or isinstance(exc, ConnectionError)):
+        return refused_connection(target, step, exc, os.strerror(exc.errno or 0))
+    where = f"{target.host}:{target.port}"
     if isinstance(exc, asyncssh.Error):
         return TransportError(f"SSH error talking to {where}: {exc}", device=target.device, step=step, cause=exc)
     return TransportError(f"unexpected error talking to {where}: {exc!r}", device=target.device, step=step, cause=exc)

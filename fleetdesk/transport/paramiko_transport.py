@@ -21,16 +21,19 @@ from fleetdesk.errors import (
     CommandTimeoutError,
     FleetDeskError,
     TransportError,
-    UnreachableError,
 )
 from fleetdesk.transport.results import RunResult, decode_output
 from fleetdesk.transport.session import (
     ByteRange,
     ConnectionLostError,
-    ConnectTimeoutError,
-    RemoteWriteError,
+    auth_refused,
+    connection_lost,
     existing_identity_files,
+    file_refused,
+    no_handshake,
     password_of,
+    refused_connection,
+    unresolvable,
 )
 from fleetdesk.transport.target import SSHTarget
 from fleetdesk.transport.trust import check_host_key, host_key_algorithms, public_key_of
@@ -49,42 +52,27 @@ class _Cancelled(Exception):
 
 def translate_error(exc: BaseException, target: SSHTarget, step: str) -> FleetDeskError:
     """The one place paramiko/socket errors become operator errors naming the device and the step."""
-    where = f"{target.host}:{target.port}"
     if isinstance(exc, FleetDeskError):
         return exc
     if isinstance(exc, socket.gaierror):
-        return UnreachableError(f"cannot resolve {target.host!r}", device=target.device, step=step, cause=exc,
-                                fix="check the device's hostname or use its address")
+        return unresolvable(target, step, exc)
     if isinstance(exc, TimeoutError | socket.timeout):
-        return ConnectTimeoutError(f"no SSH answer from {where} within {target.connect_timeout:g} s",
-                                   device=target.device, step=step, cause=exc,
-                                   fix="check that the device is on and on this network")
+        return no_handshake(target, step, exc)
     if isinstance(exc, paramiko.AuthenticationException):
-        return AuthFailedError(f"{target.username}@{where} refused every key and password offered",
-                               device=target.device, step=step, cause=exc,
-                               fix="add the operator's public key to the device's authorized_keys, or store "
-                                   "the password with `fleetdesk login DEVICE --password-stdin`")
+        return auth_refused(target, step, exc)
     if isinstance(exc, paramiko.PasswordRequiredException):
         return AuthFailedError(f"an identity file is encrypted: {exc}", device=target.device, step=step, cause=exc,
                                fix="load the key into ssh-agent or store its passphrase in the keyring")
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        return UnreachableError(f"{where} did not accept an SSH connection", device=target.device, step=step,
-                                cause=exc, fix="check that the device is on, on this network, and runs sshd")
+        return refused_connection(target, step, exc)
     if step in ("push", "write") and isinstance(exc, OSError) and not isinstance(exc, ConnectionError | EOFError):
-        return RemoteWriteError(f"the device refused a file operation: {exc}", device=target.device, step="push",
-                                cause=exc, fix="check the path, its permissions and free space")
+        return file_refused(target, "push", exc, exc)
     if isinstance(exc, EOFError | ConnectionError | paramiko.ChannelException) or (
             isinstance(exc, paramiko.SSHException) and step != "connect"):
-        return ConnectionLostError(f"the connection to {where} was lost ({exc or type(exc).__name__})",
-                                   device=target.device, step=step, cause=exc,
-                                   fix="check the device and the network, then retry")
-    if isinstance(exc, FileNotFoundError) and step == "connect":
-        return AuthFailedError(f"identity file {exc.filename} does not exist", device=target.device, step=step,
-                               cause=exc, fix="check the identity files configured for this device")
+        return connection_lost(target, step, exc)
     if isinstance(exc, OSError) and exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-        return UnreachableError(f"{where} did not accept an SSH connection ({os.strerror(exc.errno or 0)})",
-                                device=target.device, step=step, cause=exc,
-                                fix="check that the device is on, on this network, and runs sshd")
+        return refused_connection(target, step, exc, os.strerror(exc.errno or 0))
+    where = f"{target.host}:{target.port}"
     if isinstance(exc, paramiko.SSHException):
         return TransportError(f"SSH error talking to {where}: {exc}", device=target.device, step=step, cause=exc)
     return TransportError(f"unexpected error talking to {where}: {exc!r}", device=target.device, step=step, cause=exc)

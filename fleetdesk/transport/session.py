@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
-from fleetdesk.errors import CommandTimeoutError, TransportError, UnreachableError
+from fleetdesk.errors import AuthFailedError, CommandTimeoutError, TransportError, UnreachableError
 from fleetdesk.transport import credentials
 from fleetdesk.transport.results import RunResult
 from fleetdesk.transport.target import SSHTarget
@@ -87,3 +87,45 @@ def existing_identity_files(target: SSHTarget) -> list[str]:
     """The target's identity files that exist. As with OpenSSH, a configured file that is missing is
     skipped, not an error (ssh(1) only mentions it under -v); the other credentials are still tried."""
     return [p for p in target.identity_files if os.path.isfile(os.path.expanduser(p))]
+
+
+# The operator's wording of the failures both transports meet; each library's translate_error picks one.
+
+def unresolvable(target: SSHTarget, step: str, cause: BaseException) -> UnreachableError:
+    return UnreachableError(f"cannot resolve {target.host!r}", device=target.device, step=step, cause=cause,
+                            fix="check the device's hostname or use its address")
+
+
+def no_handshake(target: SSHTarget, step: str, cause: BaseException) -> ConnectTimeoutError:
+    return ConnectTimeoutError(f"no SSH handshake from {target.host}:{target.port} within "
+                               f"{target.connect_timeout:g} s", device=target.device, step=step, cause=cause,
+                               fix="check that the device is on and on this network")
+
+
+def auth_refused(target: SSHTarget, step: str, cause: BaseException) -> AuthFailedError:
+    return AuthFailedError(f"{target.username}@{target.host}:{target.port} refused every key and password offered",
+                           device=target.device, step=step, cause=cause,
+                           fix="add the operator's public key to the device's authorized_keys, or store "
+                               "the password with `fleetdesk login DEVICE --password-stdin`")
+
+
+def refused_connection(target: SSHTarget, step: str, cause: BaseException, reason: str = "") -> UnreachableError:
+    return UnreachableError(f"{target.host}:{target.port} did not accept an SSH connection"
+                            + (f" ({reason})" if reason else ""), device=target.device, step=step, cause=cause,
+                            fix="check that the device is on, on this network, and runs sshd")
+
+
+def connection_lost(target: SSHTarget, step: str, cause: BaseException) -> ConnectionLostError:
+    return ConnectionLostError(f"the connection to {target.host}:{target.port} was lost "
+                               f"({cause or type(cause).__name__})", device=target.device, step=step, cause=cause,
+                               fix="check the device and the network, then retry")
+
+
+def file_refused(target: SSHTarget, step: str, cause: BaseException, reason: object) -> RemoteWriteError:
+    return RemoteWriteError(f"the device refused a file operation: {reason}", device=target.device, step=step,
+                            cause=cause, fix="check the path, its permissions and free space")
+
+
+def unusable_identity(target: SSHTarget, step: str, cause: BaseException, what: str) -> AuthFailedError:
+    return AuthFailedError(f"an identity file cannot be used: {what}", device=target.device, step=step,
+                           cause=cause, fix="check the identity files configured for this device")

@@ -81,9 +81,14 @@ def test_fill_disk_makes_writes_fail_and_free_disk_makes_them_work(fleet: Fleet,
     full = fleet.ssh(victim, "dd if=/dev/zero of=/root/big bs=64k count=64 2>&1; df -k / | tail -1")
     assert "No space left on device" in full.stdout
     assert full.stdout.split()[-3] == "0"  # df's Available column
+    uptime = "cat /proc/uptime"
+    before = fleet.ssh(victim, uptime).stdout
+    time.sleep(2.5)  # the sensors tick (1 s) meets the full disk: the device must live through it
     fleet.fault(victim["name"], "free-disk")
     ok = fleet.ssh(victim, "rm -f /root/big; dd if=/dev/zero of=/root/big bs=64k count=64 && rm /root/big")
     assert ok.exit_status == 0, ok.stderr
+    time.sleep(1.5)
+    assert fleet.ssh(victim, uptime).stdout != before  # the init still keeps the sensors moving
 
 
 def test_rekey_replaces_the_host_key_as_a_reflashed_device_would(fleet: Fleet, victim: dict, tmp_path) -> None:
