@@ -29,9 +29,9 @@ from typing import Any
 from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from fleetdesk.discovery.mdns import DiscoveryEvent, MdnsBrowser
+from fleetdesk.discovery.mdns import MdnsBrowser
 from fleetdesk.fleet import Fleet
-from fleetdesk.inventory import open_inventory
+from fleetdesk.inventory import Device, open_inventory
 from fleetdesk.probe import probe_command
 from fleetdesk.profiles import load_profiles
 
@@ -55,22 +55,22 @@ async def fleetdesk_discovery(workdir: Path, wanted: set[str], everyone: set[str
     marks: dict[str, float] = {}
     start = time.perf_counter()
 
-    def on_event(event: DiscoveryEvent) -> None:
-        device = fleet.apply_discovery_event(event)
-        if device is not None and event.kind != "gone":
-            seen.update(device.addresses)
-            if "wanted" not in marks and wanted <= seen:
-                marks["wanted"] = time.perf_counter() - start
-            if everyone <= seen:
-                marks["everyone"] = time.perf_counter() - start
-                done.set()
+    def on_device(device: Device) -> None:
+        seen.update(device.addresses)
+        if "wanted" not in marks and wanted <= seen:
+            marks["wanted"] = time.perf_counter() - start
+        if everyone <= seen and "everyone" not in marks:
+            marks["everyone"] = time.perf_counter() - start
+            done.set()
 
-    browser = MdnsBrowser([BRIDGE], on_event=on_event)
+    recorder = fleet.recorder(on_device)
+    browser = MdnsBrowser([BRIDGE], on_event=recorder.push)
     await browser.start()
     try:
         await asyncio.wait_for(done.wait(), 60)
     finally:
         await browser.stop()
+        await recorder.close()
         await fleet.close()
     return marks["wanted"], marks["everyone"]
 

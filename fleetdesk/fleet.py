@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -143,11 +144,32 @@ class Fleet:
 
     def apply_discovery_event(self, event: DiscoveryEvent) -> Device | None:
         """Record what mDNS saw; a device whose last live service said goodbye (or expired) goes offline."""
-        service = (event.sighting.service_type or "", event.sighting.instance_name or "")
-        if event.kind in ("seen", "updated"):
-            device = self.inventory.record_sighting(event.sighting)
-            self._live_services.setdefault(device.id, set()).add(service)
-            return device
+        return self.apply_discovery_events([event])[0]
+
+    def apply_discovery_events(self, events: Sequence[DiscoveryEvent]) -> list[Device | None]:
+        """apply_discovery_event for many, in order; each run of sightings is one inventory transaction."""
+        results: list[Device | None] = []
+        run: list[DiscoveryEvent] = []
+
+        def flush() -> None:
+            devices = self.inventory.record_sightings([e.sighting for e in run])
+            for event, device in zip(run, devices, strict=True):
+                self._live_services.setdefault(device.id, set()).add(_service_key(event))
+            results.extend(devices)
+            run.clear()
+
+        for event in events:
+            if event.kind in ("seen", "updated"):
+                run.append(event)
+                continue
+            if run:
+                flush()
+            results.append(self._service_gone(event))
+        if run:
+            flush()
+        return results
+
+    def _service_gone(self, event: DiscoveryEvent) -> Device | None:
         host = event.sighting.host_name or (event.sighting.addresses[0] if event.sighting.addresses else None)
         if host is None:
             return None
@@ -156,8 +178,12 @@ class Fleet:
         except FleetDeskError:
             return None
         live = self._live_services.get(device.id, set())
-        live.discard(service)
+        live.discard(_service_key(event))
         return device if live else self.inventory.set_online(device.id, False)
+
+    def recorder(self, on_device: Callable[[Device], None] | None = None) -> DiscoveryRecorder:
+        """Something to hand MdnsBrowser as `on_event`: it writes to the inventory in batches, off the loop."""
+        return DiscoveryRecorder(self, on_device)
 
     async def discover(self, interfaces: Iterable[str] | None = None, timeout: float = 3.0, *,
                        on_device: Callable[[Device], None] | None = None) -> list[Device]:
@@ -166,16 +192,18 @@ class Fleet:
             raise ConfigError(f"a browse time of {timeout} s is out of range", fix="use 1 to 600 seconds")
         found: dict[int, Device] = {}
 
-        def on_event(event: DiscoveryEvent) -> None:
-            device = self.apply_discovery_event(event)
-            if device is not None and event.kind != "gone":
-                found[device.id] = device
-                if on_device is not None:
-                    on_device(device)
+        def seen(device: Device) -> None:
+            found[device.id] = device
+            if on_device is not None:
+                on_device(device)
 
-        async with MdnsBrowser(interfaces, on_event=on_event) as browser:
-            await asyncio.sleep(timeout)
-            await browser.settle(1.0)
+        recorder = self.recorder(seen)
+        try:
+            async with MdnsBrowser(interfaces, on_event=recorder.push) as browser:
+                await asyncio.sleep(timeout)
+                await browser.settle(1.0)
+        finally:
+            await recorder.close()
         return sorted((self.inventory.device(i) for i in found), key=lambda d: d.name)
 
     async def add(self, host: str, *, port: int = 22, username: str = DEFAULT_USER, name: str | None = None,
@@ -323,3 +351,56 @@ def is_trust_problem(error: BaseException) -> bool:
     """A host-key refusal: the operator must act (trust or re-trust) before anything else works."""
     return isinstance(error, HostKeyUnknownError | HostKeyChangedError)
 
+
+def _service_key(event: DiscoveryEvent) -> tuple[str, str]:
+    return (event.sighting.service_type or "", event.sighting.instance_name or "")
+
+
+class DiscoveryRecorder:
+    """Takes mDNS events on the loop and writes them to the inventory in its own thread, a batch at a time.
+
+    The loop never waits on the database, so resolving the next device goes on while the last is stored;
+    `on_device` is called on the loop for every device seen or updated, once it is in the inventory.
+    """
+
+    def __init__(self, fleet: Fleet, on_device: Callable[[Device], None] | None = None) -> None:
+        self._fleet = fleet
+        self._on_device = on_device
+        self._pending: list[DiscoveryEvent] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        # Its own thread, so the loop (and the GUI on it) never waits on the database.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleetdesk-discovery")
+        self._task = asyncio.get_running_loop().create_task(self._write(), name="discovery recorder")
+
+    def push(self, event: DiscoveryEvent) -> None:
+        self._pending.append(event)
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Store what is still pending, then stop."""
+        self._closing = True
+        self._wake.set()
+        try:
+            await self._task
+        finally:
+            self._executor.shutdown(wait=False)
+
+    async def _write(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                # Small batches: the first devices of a floor are in the inventory (and on screen) while
+                # the rest are still being stored; one transaction per batch keeps the commits few.
+                batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+                devices = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._fleet.apply_discovery_events, batch)
+                for event, device in zip(batch, devices, strict=True):
+                    if device is not None and event.kind != "gone" and self._on_device is not None:
+                        self._on_device(device)
+            if self._closing:
+                return
+
+
+BATCH = 16  # discovery events per inventory transaction

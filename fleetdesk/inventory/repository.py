@@ -6,7 +6,7 @@ One Engine, one short transaction per call; writers queue on the database's writ
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -90,12 +90,18 @@ class Inventory:
 
     def record_sighting(self, sighting: Sighting) -> Device:
         """Add or update the device a sighting shows; the same mDNS host name or address means the same device."""
-        if not sighting.host_name and not _dedupe(sighting.addresses):
-            raise InventoryError("a sighting with neither an address nor a host name cannot be recorded",
-                                 fix="record services once their address or host name is resolved",
-                                 step="record sighting")
+        return self.record_sightings([sighting])[0]
+
+    def record_sightings(self, sightings: Sequence[Sighting]) -> list[Device]:
+        """record_sighting for many, in one transaction (a browse that hears a whole floor at once)."""
+        for sighting in sightings:
+            if not sighting.host_name and not _dedupe(sighting.addresses):
+                raise InventoryError("a sighting with neither an address nor a host name cannot be recorded",
+                                     fix="record services once their address or host name is resolved",
+                                     step="record sighting")
         with self._session(write=True) as session:
-            return _device(_record(session, sighting, online=True))
+            rows = [_record(session, sighting, online=True) for sighting in sightings]
+            return [_device(row) for row in rows]
 
     def add_device(self, host: str, *, port: int = 22, username: str = "root", name: str | None = None) -> Device:
         """Add a device the operator names by hostname or address; one already known is returned unchanged."""
