@@ -39,9 +39,7 @@ def _lab_table(state: Any) -> str:
     for dev in state.devices:
         faults = ",".join(f"{k}={v}" if v is not True else k for k, v in sorted(dev.faults.items())) or "-"
         rows.append((dev.name, dev.address, dev.profile, dev.arch, faults))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.append("")
+    lines = [_table(rows), ""]
     lines.append(f"ssh key:     {state.ssh_key}")
     lines.append(f"known hosts: {state.known_hosts}")
     lines.append(f"try:         ssh -i {state.ssh_key} -o UserKnownHostsFile={state.known_hosts} "
@@ -196,7 +194,7 @@ def cmd_login(args: argparse.Namespace) -> int:
 
     async def work(fleet: Any) -> int:
         device = fleet.inventory.device(args.device)
-        device = fleet.set_login(device, username=args.user, port=args.port, password=password,
+        device = await fleet.set_login(device, username=args.user, port=args.port, password=password,
                                  transport=args.transport)
         text = (f"{_safe(device.name)}: log in as {_safe(device.username)} on port {device.port} over "
                 f"{device.transport}" + ("; password in the OS keyring" if device.password_account else ""))

@@ -219,15 +219,16 @@ class Fleet:
             if not status.usable:
                 raise KeyringUnavailableError(status.message, fix=status.fix, step="store password")
         device = self.inventory.add_device(host, port=port, username=username, name=name)
-        return self.set_login(device, username=username, password=password, transport=transport)
+        return await self.set_login(device, username=username, password=password, transport=transport)
 
-    def set_login(self, device: Device, *, username: str | None = None, port: int | None = None,
-                  password: str | None = None, transport: str | None = None) -> Device:
+    async def set_login(self, device: Device, *, username: str | None = None, port: int | None = None,
+                        password: str | None = None, transport: str | None = None) -> Device:
         """Change how FleetDesk logs in to a device; the password is stored in the OS keyring, never here."""
         account = None
         if password is not None:
             account = credentials.password_account(username or device.username, device.id)
-            credentials.set_secret(account, password)
+            # Off the loop: D-Bus may wait on the operator to unlock the keyring.
+            await asyncio.to_thread(credentials.set_secret, account, password)
         return self.inventory.set_connection(device.id, username=username, port=port, transport=transport,
                                              password_account=account)
 
@@ -235,7 +236,7 @@ class Fleet:
         """Connect to `port` across an operator-typed CIDR and record every SSH server that answered."""
         options = {"rate": rate} if rate is not None else {}
         sightings = await sweep(cidr, port=port, **options)
-        devices = {d.id: d for d in (self.inventory.record_sighting(s) for s in sightings)}
+        devices = {d.id: d for d in self.inventory.record_sightings(sightings)} if sightings else {}
         return sorted(devices.values(), key=lambda d: d.name)
 
     # -- trust ---------------------------------------------------------------------------------------
@@ -345,11 +346,6 @@ class Fleet:
         if remove:
             return self.inventory.remove_from_group(name, ids)
         return self.inventory.add_to_group(name, ids)
-
-
-def is_trust_problem(error: BaseException) -> bool:
-    """A host-key refusal: the operator must act (trust or re-trust) before anything else works."""
-    return isinstance(error, HostKeyUnknownError | HostKeyChangedError)
 
 
 def _service_key(event: DiscoveryEvent) -> tuple[str, str]:

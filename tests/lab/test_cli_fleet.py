@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,14 +48,13 @@ class Operator:
 
     def cli(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
             ) -> subprocess.CompletedProcess[str]:
-        import sys
-
         return subprocess.run([sys.executable, "-m", "fleetdesk", *args], capture_output=True, text=True,
                               input=stdin if stdin is not None else "", env=env or self.env, timeout=600, check=False)
 
     def json(self, *args: str, ok: bool = True, **kwargs: Any) -> Any:
-        proc = self.cli(*args, "--json", **kwargs) if "--" not in args else self.cli(
-            *args[:args.index("--")], "--json", *args[args.index("--"):], **kwargs)
+        # --json goes before a `--` that starts a remote command.
+        at = args.index("--") if "--" in args else len(args)
+        proc = self.cli(*args[:at], "--json", *args[at:], **kwargs)
         if ok:
             assert proc.returncode == 0, f"fleetdesk {' '.join(args)}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         return json.loads(proc.stdout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,7 +61,7 @@ def test_the_operators_ssh_config_supplies_user_port_and_key_unless_the_inventor
     assert (target.host, target.username, target.port) == ("198.18.1.20", "pi", 2222)
     assert target.identity_files[0].endswith("/.ssh/line2")
 
-    device = fleet.set_login(device, username="fleet", port=22)
+    device = asyncio.run(fleet.set_login(device, username="fleet", port=22))
     target = fleet.target(device)
     assert (target.username, target.port) == ("fleet", 2222)  # the operator chose the user; 22 is the default
 
