@@ -195,9 +195,10 @@ def cmd_login(args: argparse.Namespace) -> int:
     async def work(fleet: Any) -> int:
         device = fleet.inventory.device(args.device)
         device = await fleet.set_login(device, username=args.user, port=args.port, password=password,
-                                 transport=args.transport)
+                                       transport=args.transport, identity_file=args.identity)
         text = (f"{_safe(device.name)}: log in as {_safe(device.username)} on port {device.port} over "
-                f"{device.transport}" + ("; password in the OS keyring" if device.password_account else ""))
+                f"{device.transport}" + ("; password in the OS keyring" if device.password_account else "")
+                + (f"; key file {_safe(device.identity_file)}" if device.identity_file else ""))
         _emit(args, _device_json(fleet, device), text)
         return 0
 
@@ -431,6 +432,8 @@ def _fleet_parsers(sub: Any) -> None:
     p = common(sub.add_parser("login", help="change how FleetDesk logs in to a device"))
     p.add_argument("device", metavar="DEVICE")
     login_options(p, defaults=False)
+    p.add_argument("--identity", metavar="KEYFILE",
+                   help="log in with this private key file ('' goes back to ~/.ssh/config and the defaults)")
     p.set_defaults(func=cmd_login)
 
     p = common(sub.add_parser("sweep", help="look for SSH servers across a network you name (opt-in)"))

@@ -126,6 +126,7 @@ class Fleet:
             port=device.port,
             username=device.username,
             pinned_host_keys=tuple(k.public_key for k in self.inventory.host_keys(device.id)),
+            identity_files=(os.path.expanduser(device.identity_file),) if device.identity_file else (),
             password_account=device.password_account,
             ciphers=profile.ssh_ciphers if profile else (),
             transport=device.transport,
@@ -138,6 +139,9 @@ class Fleet:
             explicit.add("username")
         if device.port != 22:
             explicit.add("port")
+        if device.identity_file:
+            # The operator chose this key for this device: ssh config's IdentityFile does not override it.
+            explicit.add("identity_files")
         return sshconfig.apply_ssh_config(target, entry, explicit=explicit)
 
     # -- finding devices -----------------------------------------------------------------------------
@@ -193,7 +197,8 @@ class Fleet:
         found: dict[int, Device] = {}
 
         def seen(device: Device) -> None:
-            found[device.id] = device
+            if device.online:
+                found[device.id] = device
             if on_device is not None:
                 on_device(device)
 
@@ -222,15 +227,27 @@ class Fleet:
         return await self.set_login(device, username=username, password=password, transport=transport)
 
     async def set_login(self, device: Device, *, username: str | None = None, port: int | None = None,
-                        password: str | None = None, transport: str | None = None) -> Device:
-        """Change how FleetDesk logs in to a device; the password is stored in the OS keyring, never here."""
+                        password: str | None = None, transport: str | None = None,
+                        identity_file: str | None = None) -> Device:
+        """Change how FleetDesk logs in to a device; the password is stored in the OS keyring, never here.
+
+        `identity_file` names a private key file for the device ("" goes back to ssh config and defaults);
+        it must exist and be readable now, so a typo is caught here and not at the next connect.
+        """
+        if identity_file:
+            path = os.path.expanduser(identity_file)
+            if not os.path.isfile(path) or not os.access(path, os.R_OK):
+                raise ConfigError(f"the key file {identity_file} does not exist or cannot be read",
+                                  device=device.name, step="set login",
+                                  fix="choose the private key file (e.g. ~/.ssh/id_ed25519), not the .pub")
+            identity_file = os.path.abspath(path)
         account = None
         if password is not None:
             account = credentials.password_account(username or device.username, device.id)
             # Off the loop: D-Bus may wait on the operator to unlock the keyring.
             await asyncio.to_thread(credentials.set_secret, account, password)
         return self.inventory.set_connection(device.id, username=username, port=port, transport=transport,
-                                             password_account=account)
+                                             password_account=account, identity_file=identity_file)
 
     async def sweep(self, cidr: str, *, port: int = 22, rate: float | None = None) -> list[Device]:
         """Connect to `port` across an operator-typed CIDR and record every SSH server that answered."""
@@ -356,7 +373,7 @@ class DiscoveryRecorder:
     """Takes mDNS events on the loop and writes them to the inventory in its own thread, a batch at a time.
 
     The loop never waits on the database, so resolving the next device goes on while the last is stored;
-    `on_device` is called on the loop for every device seen or updated, once it is in the inventory.
+    `on_device` is called on the loop for every device seen, updated or gone, once it is in the inventory.
     """
 
     def __init__(self, fleet: Fleet, on_device: Callable[[Device], None] | None = None) -> None:
@@ -392,8 +409,9 @@ class DiscoveryRecorder:
                 batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
                 devices = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._fleet.apply_discovery_events, batch)
-                for event, device in zip(batch, devices, strict=True):
-                    if device is not None and event.kind != "gone" and self._on_device is not None:
+                for device in devices:
+                    # A device whose last service went is reported too: it is offline now.
+                    if device is not None and self._on_device is not None:
                         self._on_device(device)
             if self._closing:
                 return

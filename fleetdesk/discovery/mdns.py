@@ -89,6 +89,28 @@ def instance_label(name: str, service_type: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class NetworkInterface:
+    """One address of a network card of this computer, as the discovery panel offers it."""
+
+    name: str  # "eth0"
+    address: str  # "198.18.0.1"
+    prefix: int  # 24
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.address}/{self.prefix})"
+
+
+def local_interfaces() -> list[NetworkInterface]:
+    """The IPv4 addresses of this computer's network cards, loopback last (read locally, nothing is sent)."""
+    import ifaddr  # zeroconf's own dependency for the same question
+
+    found = [NetworkInterface(adapter.nice_name, ip.ip, ip.network_prefix)
+             for adapter in ifaddr.get_adapters() for ip in adapter.ips if isinstance(ip.ip, str)]
+    return sorted(found, key=lambda i: (i.address.startswith("127."), i.name, i.address))
+
+
 def interface_choice(interfaces: Iterable[str] | None) -> tuple[list[str] | InterfaceChoice, IPVersion]:
     """zeroconf's interfaces and IP version for the operator's choice (None = every interface, IPv4)."""
     if interfaces is None:

@@ -102,6 +102,8 @@ class DeviceRow(Base):
     transport: Mapped[str] = mapped_column(String(16), default="asyncssh")
     # The keyring account NAME that holds the password; the secret itself never enters the database.
     password_account: Mapped[str | None] = mapped_column(DeviceText)
+    # A private key file the operator chose for this device (its passphrase, if any, stays in the keyring).
+    identity_file: Mapped[str | None] = mapped_column(DeviceText)
     profile: Mapped[str | None] = mapped_column(DeviceText)
     source: Mapped[str] = mapped_column(String(16))
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)

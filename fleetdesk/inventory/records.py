@@ -68,6 +68,7 @@ class Device:
     online: bool
     groups: tuple[str, ...]
     source: str  # how it first entered the inventory: "mdns" | "sweep" | "manual"
+    identity_file: str | None = None  # a private key file chosen for this device; None = ssh config / defaults
 
     @property
     def address(self) -> str:

@@ -161,8 +161,9 @@ class Inventory:
             return _device(_get(session, keep.id))
 
     def set_connection(self, device_id: int, *, username: str | None = None, port: int | None = None,
-                       transport: str | None = None, password_account: str | None = None) -> Device:
-        """Change how to reach a device; None leaves a setting as it is, password_account="" clears it."""
+                       transport: str | None = None, password_account: str | None = None,
+                       identity_file: str | None = None) -> Device:
+        """Change how to reach a device; None leaves a setting as it is, "" clears password_account/identity_file."""
         if username is not None and not username.strip():
             raise InventoryError("the user name is empty", fix="give the SSH user, e.g. root")
         if port is not None:
@@ -179,6 +180,8 @@ class Inventory:
                 row.transport = transport
             if password_account is not None:
                 row.password_account = password_account or None
+            if identity_file is not None:
+                row.identity_file = identity_file or None
             return _device(row)
 
     def rename(self, device_id: int, name: str) -> Device:
@@ -205,6 +208,11 @@ class Inventory:
     def host_keys(self, device_id: int) -> list[HostKey]:
         with self._session() as session:
             return [_host_key(k) for k in _get(session, device_id).host_keys]
+
+    def trusted_device_ids(self) -> set[int]:
+        """The devices that have at least one pinned host key (one query, for the fleet view)."""
+        with self._session() as session:
+            return set(session.scalars(select(HostKeyRow.device_id).distinct()))
 
     def pin_host_key(self, device_id: int, public_key: str, *, source: str = "operator") -> HostKey:
         """Trust `public_key` ("ssh-ed25519 AAAA... [comment]") for the device; pinning it twice is harmless."""
@@ -530,7 +538,7 @@ def _device(row: DeviceRow) -> Device:
         profile=row.profile,
         facts=ProbeFacts(hostname=row.hostname if row.probed_at else "", **{f: getattr(row, f) for f in _FACT_COLUMNS}),
         probed_at=row.probed_at, first_seen=row.first_seen, last_seen=row.last_seen, online=row.online,
-        groups=tuple(sorted(g.name for g in row.groups)), source=row.source)
+        groups=tuple(sorted(g.name for g in row.groups)), source=row.source, identity_file=row.identity_file)
 
 
 def _host_key(row: HostKeyRow) -> HostKey:

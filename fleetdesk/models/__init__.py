@@ -1,1 +1,48 @@
 """Models: ONNX import and validation, per-target optimization variants, benchmarks."""
+
+from fleetdesk.models.card import (
+    CorruptModelError,
+    EmptyModelError,
+    ExternalDataError,
+    ExternalDataMissingError,
+    ExternalDataOutsideError,
+    ExternalFile,
+    IrVersionTooNewError,
+    ModelCard,
+    ModelCheckError,
+    ModelError,
+    ModelNotFoundError,
+    ModelRuntimeError,
+    ModelTooLargeError,
+    NotAModelFileError,
+    NotOnnxError,
+    OpsetTooNewError,
+    TensorSpec,
+    TruncatedModelError,
+)
+from fleetdesk.models.importer import DEFAULT_MAX_BYTES, RuntimeSupport, inspect_model, onnxruntime_support
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "CorruptModelError",
+    "EmptyModelError",
+    "ExternalDataError",
+    "ExternalDataMissingError",
+    "ExternalDataOutsideError",
+    "ExternalFile",
+    "IrVersionTooNewError",
+    "ModelCard",
+    "ModelCheckError",
+    "ModelError",
+    "ModelNotFoundError",
+    "ModelRuntimeError",
+    "ModelTooLargeError",
+    "NotAModelFileError",
+    "NotOnnxError",
+    "OpsetTooNewError",
+    "RuntimeSupport",
+    "TensorSpec",
+    "TruncatedModelError",
+    "inspect_model",
+    "onnxruntime_support",
+]

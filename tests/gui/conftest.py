@@ -16,3 +16,11 @@ def _private_qsettings(tmp_path: Path) -> None:
 
     for fmt in (QSettings.Format.NativeFormat, QSettings.Format.IniFormat):
         QSettings.setPath(fmt, QSettings.Scope.UserScope, str(tmp_path / "qsettings"))
+
+
+@pytest.fixture
+def screens(tmp_path: Path) -> Path:
+    """Where a test writes its screenshots: a folder under the test's temp directory."""
+    folder = tmp_path / "screens"
+    folder.mkdir(exist_ok=True)
+    return folder

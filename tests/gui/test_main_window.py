@@ -1,59 +1,186 @@
-"""The main window opens on the default database, shows the fleet table and remembers its size."""
+"""The main window over a real SQLite inventory: the table, filters, groups, layout, drops and quitting.
+
+Devices here come from sightings written to the inventory (as discovery writes them); the lab tests in
+tests/lab/test_gui_lab.py drive the same window against real devices.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
-from pytestqt.qtbot import QtBot
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent
+from PySide6.QtWidgets import QApplication, QWidget
 
-from fleetdesk.config import Settings
-from fleetdesk.gui.app import FLEET_COLUMNS, MainWindow, create_app
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-def test_window_shows_the_fleet_table_and_the_database_in_use(qtbot: QtBot) -> None:
-    create_app([])
-    settings = Settings.load()
-    window = MainWindow(settings)
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitExposed(window)
-    headers = [window.fleet_table.horizontalHeaderItem(i).text() for i in range(window.fleet_table.columnCount())]
-    assert headers == list(FLEET_COLUMNS)
-    assert window.database_label.text() == f"Database: sqlite:///{settings.data_dir / 'fleetdesk.db'}"
-    ARTIFACTS.mkdir(exist_ok=True)
-    assert window.grab().save(str(ARTIFACTS / "main-window.png"))
+from fleetdesk.gui.fleet_model import COLUMNS
+from fleetdesk.inventory import open_inventory
+from fleetdesk.inventory.records import Sighting
+from tests.gui_harness import GuiSession, gui_session
 
 
-def test_window_geometry_is_remembered(qtbot: QtBot) -> None:
-    create_app([])
-    first = MainWindow(Settings.load())
-    qtbot.addWidget(first)
-    first.show()
-    first.resize(700, 450)  # inside the offscreen screen's 800x600
-    first.close()
-    second = MainWindow(Settings.load())
-    qtbot.addWidget(second)
-    assert (second.width(), second.height()) == (700, 450)
+def sighting(n: int) -> Sighting:
+    return Sighting("mdns", (f"198.18.1.{n}",), host_name=f"cam-{n:02d}.local.", instance_name=f"cam-{n:02d}",
+                    service_type="_ssh._tcp.local.")
 
 
-def test_the_window_runs_on_one_qasync_loop_and_quits_when_closed(qtbot: QtBot) -> None:
-    import asyncio
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'fleet.db'}"
 
-    import qasync
-    from PySide6.QtCore import QTimer
 
-    from fleetdesk.gui.app import run_window
+@pytest.fixture
+def session(db_url: str, screens: Path) -> Iterator[GuiSession]:
+    with open_inventory(db_url) as inventory:
+        inventory.record_sightings([sighting(n) for n in range(10, 16)])
+        inventory.add_to_group("line A", [d.id for d in inventory.devices()[:2]])
+    with gui_session(db_url, screens) as s:
+        yield s
 
-    create_app([])
-    window = MainWindow(Settings.load())
-    seen: list[bool] = []
 
-    async def check_loop_then_close() -> None:
-        seen.append(isinstance(asyncio.get_running_loop(), qasync.QEventLoop))
-        window.close()
+def model_file(folder: Path, name: str = "classifier.onnx") -> Path:
+    """A small real CNN classifier, as an exporter would write it."""
+    rng = np.random.default_rng(7)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "conv_w")
+    fc = numpy_helper.from_array(rng.standard_normal((4, 5)).astype(np.float32), "fc_w")
+    nodes = [helper.make_node("Conv", ["image", "conv_w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc_w"], ["scores"])]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 5])], [weight, fc])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = folder / name
+    onnx.save(model, str(path))
+    return path
 
-    QTimer.singleShot(50, lambda: asyncio.ensure_future(check_loop_then_close()))
-    qasync.run(asyncio.wait_for(run_window(window), timeout=10))
-    assert seen == [True]
+
+def drop_files(widget: QWidget, paths: list[Path], at: QPoint) -> str:
+    """Drag files from a file manager over `widget` and drop them at `at`; returns what the overlay said."""
+    data = QMimeData()
+    data.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    args = (Qt.DropAction.CopyAction, data, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    enter = QDragEnterEvent(at, *args)
+    QApplication.sendEvent(widget, enter)
+    assert enter.isAccepted(), "the window refused the drag: the operator would get no message"
+    QApplication.sendEvent(widget, QDragMoveEvent(at, *args))
+    overlay = widget.window().drop_overlay
+    said = overlay.label.text() if overlay.isVisible() else ""
+    QApplication.sendEvent(widget, QDropEvent(at.toPointF(), *args))
+    assert not overlay.isVisible()
+    return said
+
+
+def test_the_window_shows_every_device_in_the_inventory_and_the_database(session: GuiSession) -> None:
+    window = session.window
+    headers = [window.fleet_model.headerData(i, Qt.Orientation.Horizontal) for i in range(len(COLUMNS))]
+    assert headers == ["Status", "Hostname", "Address", "Profile", "Architecture", "Runtime", "Active model",
+                       "Last seen"]
+    assert window.fleet_filter.rowCount() == 6
+    names = [window.fleet_filter.index(r, 1).data() for r in range(6)]
+    assert names == sorted(names) == [f"cam-{n:02d}" for n in range(10, 16)]
+    assert window.database_label.text().startswith("Database: sqlite:///")
+    # Seen by mDNS, no host key pinned yet: untrusted, and the status bar counts them as online.
+    assert {window.fleet_filter.index(r, 0).data() for r in range(6)} == {"Untrusted"}
+    assert window.devices_label.text() == "Devices online: 6 / 6"
+    session.screenshot(window, "main-window-inventory")
+
+
+def test_text_status_and_group_filters_narrow_the_table(session: GuiSession) -> None:
+    window = session.window
+    window.search.setText("198.18.1.12")
+    assert window.fleet_filter.rowCount() == 1
+    window.search.clear()
+    window.status_filter.setCurrentIndex(window.status_filter.findData("offline"))
+    assert window.fleet_filter.rowCount() == 0
+    window.status_filter.setCurrentIndex(0)
+    window.group_tree.choose("line A")
+    assert window.fleet_filter.rowCount() == 2
+    assert window.group_tree.topLevelItem(1).text(0) == "line A (2)"
+
+
+def test_grouping_from_the_selection_updates_the_tree_and_the_inventory(session: GuiSession, db_url: str) -> None:
+    window = session.window
+    ids = [window.fleet_model.view_at(r).id for r in range(3, 6)]
+    window.select_devices(ids)
+    assert sorted(window.selected_ids()) == sorted(ids)
+    activity = session.call(lambda: window.bridge.change_group(window.selected_ids(), "line B"))
+    session.wait(lambda: not activity.running, "grouping to finish")
+    assert activity.state == "succeeded", activity.summary
+    labels = [window.group_tree.topLevelItem(i).text(0) for i in range(window.group_tree.topLevelItemCount())]
+    assert labels == ["All devices (6)", "line A (2)", "line B (3)"]
+    with open_inventory(db_url) as inventory:
+        assert sorted(inventory.devices(group="line B"), key=lambda d: d.id) == sorted(
+            (inventory.device(i) for i in ids), key=lambda d: d.id)
+
+
+def test_dropping_a_text_file_says_why_not_and_imports_nothing(session: GuiSession, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model")
+    window = session.window
+    said = session.call(lambda: drop_files(window, [notes], QPoint(50, 50)))
+    assert said.startswith("Cannot drop here: notes.txt is not an ONNX model")
+    assert "notes.txt is not an ONNX model" in window.statusBar().currentMessage()
+    assert window.models_view.cards() == []
+
+
+def test_dropping_an_onnx_file_on_the_window_imports_it_into_models(session: GuiSession, tmp_path: Path) -> None:
+    path = model_file(tmp_path)
+    window = session.window
+    said = session.call(lambda: drop_files(window, [path], QPoint(50, 50)))
+    assert said == "Drop to import classifier.onnx into Models"
+    session.wait(lambda: window.models_view.cards(), "the model to be imported")
+    card = window.models_view.cards()[0]
+    assert card.name == "classifier" and card.inputs[0].name == "image"
+    assert window.tabs.currentWidget() is window.models_view
+    session.screenshot(window, "models-view")
+
+
+def test_dropping_a_model_on_an_untrusted_device_says_why_not(session: GuiSession, tmp_path: Path) -> None:
+    path = model_file(tmp_path)
+    window = session.window
+    table = window.fleet_table
+    rect = table.visualRect(window.fleet_filter.index(0, 1))
+    said = session.call(lambda: drop_files(table.viewport(), [path], rect.center()))
+    assert said.startswith("Cannot deploy here: cam-10 is not trusted yet")
+    message = window.statusBar().currentMessage()
+    assert "Cannot deploy here" in message and "cam-10 is not trusted yet" in message
+    assert window.models_view.cards() == []
+
+
+def test_quitting_cancels_running_work_in_order(session: GuiSession) -> None:
+    window = session.window
+    order: list[str] = []
+
+    async def long(activity: object, name: str) -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            order.append(name)
+
+    first = session.call(lambda: window.bridge.activities.start("first", lambda a: long(a, "first")))
+    second = session.call(lambda: window.bridge.activities.start("second", lambda a: long(a, "second")))
+    session.settle()
+    assert window.activity_label.text() == "2 operations running"
+    session.run(window.shutdown())
+    assert order == ["second", "first"]
+    assert (first.state, second.state) == ("cancelled", "cancelled")
+
+
+def test_window_layout_is_remembered(db_url: str, screens: Path) -> None:
+    with gui_session(db_url, screens) as first:
+        first.window.resize(780, 580)  # inside the offscreen screen, above the window's minimum size
+        first.window.h_splitter.setSizes([150, 400, 210])
+        first.window.fleet_table.horizontalHeader().resizeSection(1, 222)
+        sizes = first.window.h_splitter.sizes()
+        assert (first.window.width(), first.window.height()) == (780, 580)
+    with gui_session(db_url, screens) as second:
+        assert (second.window.width(), second.window.height()) == (780, 580)
+        assert second.window.h_splitter.sizes() == sizes
+        assert second.window.fleet_table.horizontalHeader().sectionSize(1) == 222

@@ -40,9 +40,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_the_package_has_two_revisions_in_a_line() -> None:
-    assert known_revisions() == {"0001", "0002"}
-    assert head_revision() == "0002"
+def test_the_package_has_three_revisions_in_a_line() -> None:
+    assert known_revisions() == {"0001", "0002", "0003"}
+    assert head_revision() == "0003"
 
 
 def test_an_empty_database_is_migrated_to_head(db_url: str) -> None:
@@ -50,7 +50,7 @@ def test_an_empty_database_is_migrated_to_head(db_url: str) -> None:
         assert inventory.devices() == []
     engine = open_database(db_url)
     try:
-        assert _revisions(engine) == {"0002"}
+        assert _revisions(engine) == {"0003"}
         assert {"devices", "device_addresses", "device_names", "device_services", "host_keys", "groups",
                 "group_members"} <= set(inspect(engine).get_table_names())
     finally:
@@ -99,10 +99,15 @@ def test_a_database_at_0001_keeps_its_data_when_upgraded(engine: Engine, db_url:
         assert device.facts.ram_mb == 3794 and device.facts.machine_id == "m-1"
         assert device.first_seen.isoformat() == "2024-05-01T08:00:00+00:00"
         assert [k.fingerprint for k in inventory.host_keys(7)] == ["SHA256:abc"]
-        # What 0002 added works on the old data.
+        # What 0002 and 0003 added works on the old data.
         inventory.add_to_group("line A", [7])
         assert inventory.device(7).groups == ("line A",)
-    assert _revisions(engine) == {"0002"}
+        assert device.identity_file is None
+        inventory.set_connection(7, identity_file="/home/op/.ssh/line_a")
+        assert inventory.device(7).identity_file == "/home/op/.ssh/line_a"
+        inventory.set_connection(7, identity_file="")
+        assert inventory.device(7).identity_file is None
+    assert _revisions(engine) == {"0003"}
 
 
 def test_a_database_from_a_newer_fleetdesk_is_refused_and_untouched_postgresql(postgres_url: str) -> None:

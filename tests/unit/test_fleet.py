@@ -66,6 +66,22 @@ def test_the_operators_ssh_config_supplies_user_port_and_key_unless_the_inventor
     assert (target.username, target.port) == ("fleet", 2222)  # the operator chose the user; 22 is the default
 
 
+def test_a_key_file_chosen_for_a_device_is_used_instead_of_the_ssh_config_one(fleet: Fleet, tmp_path: Path) -> None:
+    device = fleet.inventory.add_device("198.18.1.21", name="line2-pi-08")
+    key = tmp_path / "line2 operator key"
+    key.write_text("not checked here: the transport reads it\n")
+    chosen = asyncio.run(fleet.set_login(device, identity_file=str(key)))
+    assert chosen.identity_file == str(key)
+    assert fleet.target(chosen).identity_files == (str(key),)
+    with pytest.raises(ConfigError, match="does not exist or cannot be read") as missing:
+        asyncio.run(fleet.set_login(chosen, identity_file=str(tmp_path / "typo")))
+    assert "private key file" in (missing.value.fix or "")
+    assert fleet.inventory.device(device.id).identity_file == str(key)
+    back = asyncio.run(fleet.set_login(chosen, identity_file=""))
+    assert back.identity_file is None
+    assert fleet.target(back).identity_files[0].endswith("/.ssh/line2")
+
+
 def test_a_device_reached_through_a_jump_host_is_refused_clearly(fleet: Fleet) -> None:
     device = fleet.inventory.add_device("198.18.1.21", name="jump-pi-01")
     with pytest.raises(ConfigError, match="ProxyJump"):

@@ -1,0 +1,505 @@
+"""The one object between the widgets and the core: it runs fleet work on the qasync loop and reports in signals.
+
+Widgets never touch the inventory, SSH or the network; they call a method here (which starts a
+registered Activity) and render what the signals carry: `DeviceView` values, groups, trust requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from PySide6.QtCore import QObject, Signal
+
+from fleetdesk.discovery.mdns import MdnsBrowser
+from fleetdesk.errors import (
+    ConfigError,
+    FleetDeskError,
+    HostKeyChangedError,
+    HostKeyUnknownError,
+    UnreachableError,
+)
+from fleetdesk.fleet import Fleet, ProbeOutcome
+from fleetdesk.inventory.records import Device, Group, HostKey
+from fleetdesk.models.card import ModelCard
+from fleetdesk.models.importer import inspect_model
+from fleetdesk.profiles.matcher import ProfileMatch, match_profile
+from fleetdesk.transport import credentials
+from fleetdesk.transport.credentials import KeyringStatus
+from fleetdesk.transport.hostkey import PublicKey
+from fleetdesk.transport.shell import shell_join
+
+from .activities import Activities, Activity
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STATUSES = ("online", "offline", "untrusted", "unreachable", "busy")
+ARTIFACT_ROOT = "/opt/fleetdesk/artifacts"  # DESIGN.md, "The device side"
+OFFLINE_AFTER_START = 4.0  # seconds of browsing after which a device that did not answer is shown offline
+
+
+def device_status(device: Device, *, trusted: bool, busy: bool, unreachable: bool) -> str:
+    """What the fleet table says about a device, most urgent first."""
+    if busy:
+        return "busy"
+    if unreachable:
+        return "unreachable"
+    if not device.online:
+        return "offline"
+    if not trusted:
+        return "untrusted"
+    return "online"
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """A device as the window shows it: the inventory row plus what this session learnt."""
+
+    device: Device
+    status: str
+    trusted: bool
+    problem: str = ""  # the last error met with this device, in operator words
+
+    @property
+    def id(self) -> int:
+        return self.device.id
+
+
+@dataclass(frozen=True)
+class TrustRequest:
+    """The operator must decide about this key: new (nothing pinned) or changed (pinned differs)."""
+
+    device: Device
+    presented: PublicKey
+    pinned: tuple[HostKey, ...]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.pinned)
+
+
+@dataclass(frozen=True)
+class Login:
+    """How to log in to devices, as the credentials dialog gives it; the password only passes through."""
+
+    username: str
+    key_file: str | None = None
+    password: str | None = None
+
+
+class FleetBridge(QObject):
+    """Owns the `Fleet` for the window; every method that does I/O runs as a registered Activity."""
+
+    devices_reset = Signal(list)  # list[DeviceView]
+    device_changed = Signal(object)  # DeviceView
+    device_removed = Signal(int)
+    groups_changed = Signal(list)  # list[Group]
+    browsing_changed = Signal(bool)
+    trust_requested = Signal(object)  # TrustRequest
+    notice = Signal(str)  # a short operator message for the status bar
+    model_imported = Signal(object)  # ModelCard
+
+    def __init__(self, fleet: Fleet, activities: Activities) -> None:
+        super().__init__()
+        self.fleet = fleet
+        self.activities = activities
+        self._devices: dict[int, Device] = {}
+        self._trusted: set[int] = set()
+        self._unreachable: set[int] = set()
+        self._problems: dict[int, str] = {}
+        self._groups: list[Group] = []
+        self._browse: Activity | None = None
+        # One thread for the inventory: reads and writes stay in order and the loop never waits on SQL.
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleetdesk-inventory")
+        self._closed = False
+        activities.busy_changed.connect(self._refresh_busy)
+        self._busy: set[int] = set()
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_thread, functools.partial(fn, *args, **kwargs))
+
+    async def load(self) -> list[DeviceView]:
+        """Read the whole inventory (off the loop) and announce it."""
+        inventory = self.fleet.inventory
+        devices = await self._db(inventory.devices)
+        self._trusted = await self._db(inventory.trusted_device_ids)
+        self._groups = await self._db(inventory.groups)
+        self._devices = {d.id: d for d in devices}
+        views = [self.view(d) for d in devices]
+        self.devices_reset.emit(views)
+        self.groups_changed.emit(list(self._groups))
+        return views
+
+    def view(self, device: Device) -> DeviceView:
+        return DeviceView(device, device_status(device, trusted=device.id in self._trusted,
+                                                busy=device.id in self._busy,
+                                                unreachable=device.id in self._unreachable),
+                          device.id in self._trusted, self._problems.get(device.id, ""))
+
+    def device(self, device_id: int) -> Device | None:
+        return self._devices.get(device_id)
+
+    def views(self) -> list[DeviceView]:
+        return [self.view(d) for d in self._devices.values()]
+
+    def groups(self) -> list[Group]:
+        return list(self._groups)
+
+    def host_keys(self, device_id: int) -> list[HostKey]:
+        return self.fleet.inventory.host_keys(device_id)
+
+    def profile_match(self, device: Device) -> ProfileMatch | None:
+        """Why the device has its profile: the matcher re-run on the stored facts (pure, no I/O)."""
+        return match_profile(device.facts, self.fleet.profiles) if device.probed_at else None
+
+    def ssh_command(self, device_id: int) -> str:
+        """The command line that opens a terminal on the device, for the operator to copy."""
+        device = self._devices[device_id]
+        target = self.fleet.target(device)
+        argv = ["ssh"]
+        if target.port != 22:
+            argv += ["-p", str(target.port)]
+        for key in target.identity_files[:1]:
+            argv += ["-i", key]
+        argv.append(f"{target.username}@{target.host}")
+        return shell_join(argv)
+
+    async def keyring_status(self) -> KeyringStatus:
+        return await asyncio.to_thread(credentials.keyring_status)
+
+    # -- live updates ------------------------------------------------------------------------------
+
+    def _update(self, device: Device) -> None:
+        before = self._devices.get(device.id)
+        if before is not None and not before.online and device.online:
+            self._unreachable.discard(device.id)  # it is back on the network: try again before saying so
+        self._devices[device.id] = device
+        self.device_changed.emit(self.view(device))
+
+    def _forget(self, device_id: int) -> None:
+        self._devices.pop(device_id, None)
+        self._trusted.discard(device_id)
+        self._unreachable.discard(device_id)
+        self._problems.pop(device_id, None)
+        self.device_removed.emit(device_id)
+
+    def _refresh_busy(self) -> None:
+        busy = self.activities.busy_devices()
+        changed, self._busy = busy ^ self._busy, busy
+        for device_id in changed:
+            device = self._devices.get(device_id)
+            if device is not None:
+                self.device_changed.emit(self.view(device))
+
+    def _problem(self, device_id: int, error: FleetDeskError | None) -> None:
+        if error is None:
+            self._problems.pop(device_id, None)
+            self._unreachable.discard(device_id)
+            return
+        self._problems[device_id] = str(error)
+        if isinstance(error, UnreachableError):
+            self._unreachable.add(device_id)
+        if isinstance(error, (HostKeyChangedError, HostKeyUnknownError)):
+            # Shown as untrusted until the operator reviews the key; the inventory keeps what was pinned.
+            self._trusted.discard(device_id)
+
+    # -- discovery ---------------------------------------------------------------------------------
+
+    @property
+    def browsing(self) -> bool:
+        return self._browse is not None and self._browse.running
+
+    def start_browsing(self, interfaces: Sequence[str] | None) -> Activity:
+        """Watch the network by mDNS until stopped: devices appear and go offline in the table as they do."""
+        if self._browse is not None and self._browse.running:
+            return self._browse
+        chosen = list(interfaces) if interfaces else None
+        where = ", ".join(chosen) if chosen else "all network cards"
+
+        async def job(activity: Activity) -> int:
+            seen: set[int] = set()
+
+            def on_device(device: Device) -> None:
+                if device.online:
+                    seen.add(device.id)
+                self._update(device)
+                activity.report(None, f"on {where}: {len(seen)} device(s) answered")
+
+            recorder = self.fleet.recorder(on_device)
+            try:
+                async with MdnsBrowser(chosen, on_event=recorder.push):
+                    self.browsing_changed.emit(True)
+                    activity.report(None, f"on {where}: listening")
+                    await asyncio.sleep(OFFLINE_AFTER_START)
+                    await self._mark_silent_offline(seen)
+                    await asyncio.Event().wait()  # until cancelled by stop_browsing or quit
+            finally:
+                await asyncio.shield(recorder.close())
+                self.browsing_changed.emit(False)
+            return len(seen)
+
+        self._browse = self.activities.start(f"Discovery (mDNS on {where})", job,
+                                             summarize=lambda n: f"stopped; {n} device(s) answered")
+        return self._browse
+
+    async def _mark_silent_offline(self, seen: set[int]) -> None:
+        """Devices known by mDNS that did not announce themselves since browsing began are offline now."""
+        for device in list(self._devices.values()):
+            if device.online and device.services and device.id not in seen:
+                self._update(await self._db(self.fleet.inventory.set_online, device.id, False))
+
+    def stop_browsing(self) -> None:
+        if self._browse is not None:
+            self._browse.cancel()
+
+    def add_device(self, host: str, *, port: int = 22, username: str = "root", name: str | None = None,
+                   interfaces: Sequence[str] | None = None) -> Activity:
+        async def job(activity: Activity) -> Device:
+            activity.report(None, f"resolving {host}")
+            device = await self.fleet.add(host, port=port, username=username, name=name, interfaces=interfaces)
+            self._update(device)
+            return device
+
+        return self.activities.start(f"Add {host}", job, summarize=lambda d: f"added as {d.name}")
+
+    def sweep(self, cidr: str, port: int = 22) -> Activity:
+        async def job(activity: Activity) -> list[Device]:
+            activity.report(None, f"connecting to TCP port {port} across {cidr}")
+            devices = await self.fleet.sweep(cidr, port=port)
+            for device in devices:
+                self._update(device)
+            return devices
+
+        return self.activities.start(f"Sweep {cidr}", job,
+                                     summarize=lambda ds: f"{len(ds)} SSH server(s) answered")
+
+    # -- probing, trust, credentials -----------------------------------------------------------------
+
+    def _chosen(self, device_ids: Sequence[int]) -> list[Device]:
+        missing = [i for i in device_ids if i not in self._devices]
+        if missing:
+            raise ConfigError("a chosen device is no longer in the inventory", fix="refresh and choose again")
+        return [self._devices[i] for i in device_ids]
+
+    def probe(self, device_ids: Sequence[int]) -> Activity:
+        devices = self._chosen(device_ids)
+        done: list[ProbeOutcome] = []
+
+        async def job(activity: Activity) -> list[ProbeOutcome]:
+            def on_outcome(outcome: ProbeOutcome) -> None:
+                done.append(outcome)
+                self._problem(outcome.device.id, outcome.error)
+                self._update(outcome.device)
+                activity.report(len(done) / len(devices), f"{len(done)} of {len(devices)} answered")
+
+            return await self.fleet.probe(devices, on_outcome=on_outcome)
+
+        def summarize(outcomes: object) -> str:
+            assert isinstance(outcomes, list)
+            ok = sum(o.error is None for o in outcomes)
+            failed = [o for o in outcomes if o.error is not None]
+            text = f"{ok} of {len(outcomes)} identified"
+            if failed:
+                text += "; " + "; ".join(str(o.error) for o in failed[:3])
+            return text
+
+        title = f"Probe {devices[0].name}" if len(devices) == 1 else f"Probe {len(devices)} devices"
+        return self.activities.start(title, job, devices=[d.id for d in devices], summarize=summarize)
+
+    def request_trust(self, device_id: int) -> Activity:
+        """Fetch the key the device presents now and ask the operator (`trust_requested`); trusts nothing."""
+        device = self._chosen([device_id])[0]
+
+        async def job(activity: Activity) -> TrustRequest | None:
+            activity.report(None, f"asking {device.address or device.name} for its host key")
+            presented = await self.fleet.presented_key(device)
+            pinned = tuple(await self._db(self.fleet.inventory.host_keys, device.id))
+            if any(k.fingerprint == presented.fingerprint for k in pinned):
+                self._trusted.add(device.id)
+                self._update(device)
+                return None
+            request = TrustRequest(device, presented, pinned)
+            self.trust_requested.emit(request)
+            return request
+
+        def summarize(request: object) -> str:
+            if request is None:
+                return "its key is already trusted"
+            assert isinstance(request, TrustRequest)
+            return "its host key CHANGED: review it" if request.changed else "new key: waiting for the operator"
+
+        return self.activities.start(f"Check the host key of {device.name}", job, devices=[device.id],
+                                     summarize=summarize)
+
+    def trust(self, device_id: int, fingerprint: str) -> Activity:
+        """Pin the key the operator confirmed; the device must still present exactly that key."""
+        device = self._chosen([device_id])[0]
+
+        async def job(activity: Activity) -> str:
+            outcome = await self.fleet.trust(device, fingerprint)
+            self._trusted.add(device.id)
+            self._problem(device.id, None)
+            self._update(outcome.device)
+            return "replaced the old key" if outcome.replaced else "trusted"
+
+        return self.activities.start(f"Trust {device.name}", job, devices=[device.id], summarize=str)
+
+    def set_login(self, device_ids: Sequence[int], login: Login) -> Activity:
+        devices = self._chosen(device_ids)
+
+        async def job(activity: Activity) -> int:
+            for n, device in enumerate(devices, 1):
+                updated = await self.fleet.set_login(device, username=login.username, password=login.password,
+                                                     identity_file=login.key_file if login.key_file else "")
+                self._update(updated)
+                activity.report(n / len(devices), f"{n} of {len(devices)} saved")
+            return len(devices)
+
+        where = "the OS keyring" if login.password else "the inventory"
+        return self.activities.start(f"Save the login for {len(devices)} device(s)", job,
+                                     summarize=lambda n: f"saved for {n} device(s) in {where}")
+
+    # -- groups and removal --------------------------------------------------------------------------
+
+    def change_group(self, device_ids: Sequence[int], name: str, *, remove: bool = False) -> Activity:
+        devices = self._chosen(device_ids)
+        name = name.strip()
+
+        async def job(activity: Activity) -> Group:
+            if not name:
+                raise ConfigError("the group has no name", fix="type a name such as 'line A'")
+            inventory = self.fleet.inventory
+            ids = [d.id for d in devices]
+            group = await self._db(inventory.remove_from_group if remove else inventory.add_to_group, name, ids)
+            for device_id in ids:
+                self._update(await self._db(inventory.device, device_id))
+            self._groups = await self._db(inventory.groups)
+            self.groups_changed.emit(list(self._groups))
+            return group
+
+        verb = "Take" if remove else "Put"
+        where = "out of" if remove else "in"
+        return self.activities.start(f"{verb} {len(devices)} device(s) {where} {name!r}", job,
+                                     summarize=lambda g: "done")
+
+    def remove_devices(self, device_ids: Sequence[int]) -> Activity:
+        devices = self._chosen(device_ids)
+
+        async def job(activity: Activity) -> int:
+            for device in devices:
+                await self._db(self.fleet.inventory.remove, device.id)
+                self._forget(device.id)
+            self._groups = await self._db(self.fleet.inventory.groups)
+            self.groups_changed.emit(list(self._groups))
+            return len(devices)
+
+        return self.activities.start(f"Remove {len(devices)} device(s)", job,
+                                     summarize=lambda n: f"{n} removed from the inventory")
+
+    # -- models ----------------------------------------------------------------------------------------
+
+    def import_models(self, paths: Sequence[str],
+                      then: Callable[[list[ModelCard]], None] | None = None) -> Activity:
+        """Check each dropped file as an ONNX model (in a worker thread: a big model takes seconds)."""
+        chosen = list(paths)
+
+        async def job(activity: Activity) -> list[ModelCard]:
+            loop = asyncio.get_running_loop()
+            cards: list[ModelCard] = []
+            errors: list[FleetDeskError] = []
+            for n, path in enumerate(chosen):
+                activity.report(n / len(chosen), f"checking {os.path.basename(path)}")
+                try:
+                    card = await loop.run_in_executor(None, inspect_model, path)
+                except FleetDeskError as exc:
+                    errors.append(exc)
+                    continue
+                cards.append(card)
+                self.model_imported.emit(card)
+            if errors and not cards:
+                raise errors[0]
+            if errors:
+                activity.detail = "; ".join(str(e) for e in errors[:2])
+            if then is not None:
+                then(cards)
+            return cards
+
+        def summarize(cards: object) -> str:
+            assert isinstance(cards, list)
+            return f"{len(cards)} of {len(chosen)} model(s) imported"
+
+        title = f"Import {os.path.basename(chosen[0])}" if len(chosen) == 1 else f"Import {len(chosen)} models"
+        return self.activities.start(title, job, summarize=summarize)
+
+    # -- pushing a model -------------------------------------------------------------------------------
+
+    def push_model(self, path: str | os.PathLike[str], sha256: str, device_ids: Sequence[int],
+                   title: str = "") -> Activity:
+        """Push a verified model file to each device's artifact folder, resumable, with bytes/s and ETA."""
+        devices = self._chosen(device_ids)
+        remote = f"{ARTIFACT_ROOT}/{sha256}/{os.path.basename(os.fspath(path))}"
+
+        async def job(activity: Activity) -> dict[str, str]:
+            size = os.path.getsize(path)
+            total = size * len(devices)
+            done: dict[int, int] = {}
+            outcomes: dict[str, str] = {}
+
+            def progress_of(device: Device) -> Callable[[int, int], None]:
+                def progress(sent: int, _total: int) -> None:
+                    done[device.id] = sent
+                    activity.report_bytes(sum(done.values()), total, f"{len(devices)} device(s)")
+                return progress
+
+            async def one(device: Device) -> None:
+                try:
+                    await self.fleet.pool.push(self.fleet.target(device), path, remote,
+                                               progress=progress_of(device))
+                except FleetDeskError as exc:
+                    self._problem(device.id, exc)
+                    self._update(device)
+                    outcomes[device.name] = str(exc)
+                else:
+                    outcomes[device.name] = "ok"
+
+            await asyncio.gather(*(one(d) for d in devices))
+            failed = {k: v for k, v in outcomes.items() if v != "ok"}
+            if failed and len(failed) == len(devices):
+                first = next(iter(failed.values()))
+                raise FleetDeskError(f"the model reached no device: {first}",
+                                     fix="fix the first device's problem, then drop the model again")
+            return outcomes
+
+        def summarize(outcomes: object) -> str:
+            assert isinstance(outcomes, dict)
+            ok = [k for k, v in outcomes.items() if v == "ok"]
+            failed = [f"{k}: {v}" for k, v in outcomes.items() if v != "ok"]
+            return f"verified on {len(ok)} of {len(outcomes)} device(s)" + ("; " + "; ".join(failed[:3]) if failed
+                                                                           else "")
+
+        return self.activities.start(title or f"Push {os.path.basename(os.fspath(path))}", job,
+                                     devices=[d.id for d in devices], summarize=summarize)
+
+    # -- quitting --------------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Cancel every activity newest first, then close SSH and the inventory, in that order."""
+        if self._closed:
+            return
+        self._closed = True
+        started = time.monotonic()
+        await self.activities.cancel_all()
+        await self.fleet.close()
+        self._db_thread.shutdown(wait=True)
+        log.debug("bridge closed in %.2f s", time.monotonic() - started)

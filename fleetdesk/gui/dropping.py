@@ -1,0 +1,226 @@
+"""Files dropped on the window: which are models, which devices they go to, and why a drop is refused.
+
+`plan_drop` is the rule (pure, tested directly); `DropOverlay` says it while the drag is over the
+window; `ModelsView` lists imported models and `DeployDialog` confirms a push to exactly the targets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFrame,
+    QLabel,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from fleetdesk.models.card import ModelCard
+
+from .activities import human_bytes
+from .bridge import DeviceView
+from .fleet_model import plain
+
+MODEL_SUFFIX = ".onnx"
+DEPLOYABLE = ("online",)
+
+
+@dataclass(frozen=True)
+class DropPlan:
+    """What a drop will do: import `models`, then (with `targets`) open the deployment for them."""
+
+    models: tuple[str, ...]
+    refused: tuple[str, ...]  # one reason per file that is not taken
+    targets: tuple[int, ...] = ()
+    blocked: tuple[str, ...] = ()  # one reason per chosen device that cannot take a model now
+    onto_devices: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        return bool(self.models) and not self.blocked
+
+    @property
+    def message(self) -> str:
+        """One or two lines for the overlay and the status bar."""
+        if not self.models:
+            return "Cannot drop here: " + (self.refused[0] if self.refused else "nothing to import")
+        if self.blocked:
+            return "Cannot deploy here: " + "; ".join(self.blocked[:2]) + (" …" if len(self.blocked) > 2 else "")
+        names = ", ".join(os.path.basename(p) for p in self.models[:2]) + (" …" if len(self.models) > 2 else "")
+        text = (f"Drop to deploy {names} to {len(self.targets)} device(s)" if self.onto_devices
+                else f"Drop to import {names} into Models")
+        if self.refused:
+            text += f"\n(skipping {len(self.refused)} file(s): {self.refused[0]})"
+        return text
+
+
+def file_problem(path: str) -> str | None:
+    """Why `path` cannot be imported as a model; None when it can be tried."""
+    name = plain(os.path.basename(path.rstrip("/")) or path)
+    if not path:
+        return "that is not a file on this computer"
+    if os.path.isdir(path):
+        return f"{name} is a folder; drop the .onnx file inside it"
+    if not path.lower().endswith(MODEL_SUFFIX):
+        return f"{name} is not an ONNX model (only .onnx files can be imported)"
+    if not os.path.isfile(path):
+        return f"{name} is not a readable file"
+    return None
+
+
+def plan_drop(paths: Sequence[str], targets: Sequence[DeviceView] | None = None) -> DropPlan:
+    """The drop's plan: models to import and, dropped on devices, whether every one of them can take it."""
+    models: list[str] = []
+    refused: list[str] = []
+    for path in paths:
+        problem = file_problem(path)
+        if problem is None:
+            models.append(path)
+        else:
+            refused.append(problem)
+    if targets is None:
+        return DropPlan(tuple(models), tuple(refused))
+    blocked = []
+    for view in targets:
+        if view.status not in DEPLOYABLE:
+            why = {
+                "offline": "is offline",
+                "untrusted": "is not trusted yet (use Trust… first)",
+                "unreachable": "did not answer over SSH",
+                "busy": "is busy with another operation",
+            }[view.status]
+            blocked.append(f"{plain(view.device.name)} {why}")
+    if not targets:
+        blocked.append("no device is chosen")
+    return DropPlan(tuple(models), tuple(refused), tuple(v.id for v in targets), tuple(blocked), onto_devices=True)
+
+
+class DropOverlay(QFrame):
+    """A translucent banner over the window while files are dragged over it, saying what a drop does."""
+
+    def __init__(self, parent: QWidget) -> None:
+        super().__init__(parent)
+        self.setObjectName("DropOverlay")
+        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        layout = QVBoxLayout(self)
+        self.label = QLabel("", self)
+        self.label.setObjectName("DropHint")
+        self.label.setTextFormat(Qt.TextFormat.PlainText)
+        self.label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.label.setWordWrap(True)
+        layout.addWidget(self.label)
+        self.hide()
+
+    def show_plan(self, plan: DropPlan) -> None:
+        self.label.setText(plan.message)
+        self.setProperty("refused", not plan.accepted)
+        self.style().unpolish(self)
+        self.style().polish(self)
+        parent = self.parentWidget()
+        assert parent is not None
+        width = min(parent.width() - 40, 560)
+        self.setGeometry((parent.width() - width) // 2, 16, width, 96)
+        self.raise_()
+        self.show()
+
+
+def shape_text(card: ModelCard) -> str:
+    def one(spec: object) -> str:
+        name = getattr(spec, "name", "")
+        dtype = getattr(spec, "dtype", "")
+        shape = getattr(spec, "shape", None)
+        dims = "?" if shape is None else "×".join(str(d) for d in shape) or "scalar"
+        return f"{plain(name)} {dtype}[{dims}]"
+
+    return ", ".join(one(s) for s in card.inputs) + " → " + ", ".join(one(s) for s in card.outputs)
+
+
+class ModelsView(QWidget):
+    """The models imported so far: name, size, opset, inputs and outputs, parameters, digest."""
+
+    COLUMNS = ("Model", "Size", "Opset", "Inputs → outputs", "Parameters", "SHA-256")
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        self.hint = QLabel("No models yet. Drop .onnx files anywhere on the window, or use "
+                           "File ▸ Import model… (Ctrl+O).", self)
+        self.hint.setObjectName("EmptyHint")
+        self.hint.setWordWrap(True)
+        self.tree = QTreeWidget(self)
+        self.tree.setObjectName("ModelsTree")
+        self.tree.setHeaderLabels(list(self.COLUMNS))
+        self.tree.setRootIsDecorated(False)
+        self.tree.setAlternatingRowColors(True)
+        layout.addWidget(self.hint)
+        layout.addWidget(self.tree, 1)
+        self._cards: dict[str, ModelCard] = {}
+
+    def add(self, card: ModelCard) -> None:
+        if card.sha256 in self._cards:
+            return
+        self._cards[card.sha256] = card
+        opset = card.opset.get("ai.onnx", 0)
+        item = QTreeWidgetItem([plain(card.name), human_bytes(card.size_bytes), str(opset), shape_text(card),
+                                f"{card.parameter_count:,}", card.sha256[:12]])
+        item.setToolTip(0, plain(card.path))
+        item.setToolTip(5, card.sha256)
+        self.tree.addTopLevelItem(item)
+        for column in range(len(self.COLUMNS)):
+            self.tree.resizeColumnToContents(column)
+        self.hint.setVisible(False)
+
+    def cards(self) -> list[ModelCard]:
+        return list(self._cards.values())
+
+
+class DeployDialog(QDialog):
+    """Confirms pushing models to exactly the devices they were dropped on. Staged waves come with rollouts."""
+
+    confirmed = Signal(list, list)  # list[ModelCard], list[int] device ids
+
+    def __init__(self, cards: Sequence[ModelCard], targets: Sequence[DeviceView], parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("DeployDialog")
+        self.setWindowTitle("Deploy models")
+        self._cards = list(cards)
+        self._targets = [v.id for v in targets]
+        layout = QVBoxLayout(self)
+        heading = QLabel(f"Deploy {len(cards)} model(s) to {len(targets)} device(s)", self)
+        heading.setObjectName("Heading")
+        layout.addWidget(heading)
+        models = QLabel("\n".join(f"• {plain(c.name)} — {human_bytes(c.size_bytes)}, {shape_text(c)}"
+                                  for c in cards), self)
+        models.setTextFormat(Qt.TextFormat.PlainText)
+        models.setWordWrap(True)
+        layout.addWidget(models)
+        names = ", ".join(plain(v.device.name) for v in targets[:8]) + (" …" if len(targets) > 8 else "")
+        devices = QLabel(f"Targets: {names}", self)
+        devices.setTextFormat(Qt.TextFormat.PlainText)
+        devices.setWordWrap(True)
+        layout.addWidget(devices)
+        plan = QLabel("Plan: all targets at once. Each device receives the file in its artifact folder and "
+                      "FleetDesk checks its SHA-256 there before calling it done; an interrupted push "
+                      "resumes where it stopped.", self)
+        plan.setObjectName("EmptyHint")
+        plan.setWordWrap(True)
+        layout.addWidget(plan)
+        buttons = QDialogButtonBox(self)
+        self.push_button = QPushButton(f"Push to {len(targets)} device(s)", self)
+        buttons.addButton(self.push_button, QDialogButtonBox.ButtonRole.AcceptRole)
+        buttons.addButton(QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self._confirm)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+
+    def _confirm(self) -> None:
+        self.confirmed.emit(self._cards, self._targets)
+        self.accept()

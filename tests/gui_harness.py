@@ -1,0 +1,156 @@
+"""The real window on a qasync loop, for GUI tests: a loop watch, screenshots and leak checks.
+
+`gui_session` builds `MainWindow` over a real inventory exactly as `fleetdesk-gui` does. Tests drive it
+with `session.run(coroutine)`; every run is watched, and the test fails if the loop stalled for more
+than 100 ms, or if a widget, an active timer or an asyncio task outlives the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+STALL_LIMIT = 0.100  # seconds the loop may be kept from running (the issue's quality bar)
+
+
+class GuiSession:
+    """One window, its bridge and its loop; see the module docstring."""
+
+    def __init__(self, window: Any, loop: asyncio.AbstractEventLoop, screens: Path) -> None:
+        from fleetdesk.gui.loopwatch import LoopWatch
+
+        self.window = window
+        self.bridge = window.bridge
+        self.loop = loop
+        self.screens = screens
+        self.watch = LoopWatch()
+        self.stall_notes: list[str] = []
+
+    def run(self, awaitable: Awaitable[T], timeout: float = 60.0) -> T:
+        async def watched() -> T:
+            self.watch.start()
+            before = len(self.watch.stalls)
+            try:
+                return await asyncio.wait_for(awaitable, timeout)
+            finally:
+                self.watch.stop()
+                worst = max(self.watch.stalls[before:], default=0.0)
+                if worst > STALL_LIMIT:
+                    self.stall_notes.append(f"{worst * 1000:.0f} ms")
+
+        # Not run_until_complete: qasync's processes Qt events once more after the loop stopped, with no
+        # running loop set, so a task stepping then fails in get_running_loop(). Production runs one
+        # coroutine for the whole session and never meets this; a test runs the loop many times.
+        future = asyncio.ensure_future(watched(), loop=self.loop)
+        future.add_done_callback(lambda _f: self.loop.stop())
+        self.loop.run_forever()
+        if not future.done():
+            raise RuntimeError("the loop stopped before the test's step finished")
+        return future.result()
+
+    async def until(self, predicate: Callable[[], object], what: str, timeout: float = 15.0) -> None:
+        """Let the window run until `predicate()` is true; fail naming `what` after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for: {what}")
+            await asyncio.sleep(0.02)
+
+    def wait(self, predicate: Callable[[], object], what: str, timeout: float = 15.0) -> None:
+        self.run(self.until(predicate, what, timeout), timeout + 5)
+
+    def settle(self, seconds: float = 0.1) -> None:
+        self.run(asyncio.sleep(seconds))
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Do `fn` inside the running loop (a click whose handler starts work)."""
+        async def inside() -> T:
+            return fn()
+
+        return self.run(inside())
+
+    def screenshot(self, widget: Any, name: str) -> Path:
+        """Save a picture of `widget` (outside the watched loop: grabbing is test work, not the app's)."""
+        path = self.screens / f"{name}.png"
+        assert widget.grab().save(str(path)), f"could not save {path}"
+        shared = os.environ.get("FLEETDESK_SCREENSHOTS")
+        if shared:  # a developer's folder to look at the pictures from one place
+            Path(shared).mkdir(parents=True, exist_ok=True)
+            widget.grab().save(str(Path(shared) / f"{name}.png"))
+        return path
+
+
+def _live_timers() -> list[Any]:
+    from PySide6.QtCore import QTimer
+
+    found = []
+    for obj in gc.get_objects():
+        if isinstance(obj, QTimer):
+            try:
+                if obj.isActive():
+                    found.append(obj)
+            except RuntimeError:  # the C++ side is already gone
+                continue
+    return found
+
+
+@contextmanager
+def gui_session(db_url: str, screens: Path, *, ssh_config: str | None = None,
+                interfaces: list[str] | None = None) -> Iterator[GuiSession]:
+    """The window over a fresh Fleet on `db_url`; on exit the quit path runs and leaks are checked."""
+    import qasync
+    from PySide6.QtCore import QCoreApplication, QEvent
+    from PySide6.QtWidgets import QApplication
+
+    from fleetdesk.config import Settings
+    from fleetdesk.fleet import Fleet
+    from fleetdesk.gui.app import build_window, create_app
+    from fleetdesk.inventory import open_inventory
+    from fleetdesk.profiles import load_profiles
+
+    if interfaces is not None:
+        os.environ["FLEETDESK_MDNS_INTERFACES"] = ",".join(interfaces)
+    app = create_app([])
+    app.setQuitOnLastWindowClosed(False)  # as run_window does: shutdown ends the session, not Qt
+    before = set(QApplication.topLevelWidgets())
+    timers_before = set(map(id, _live_timers()))
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    fleet = Fleet(open_inventory(db_url), load_profiles(Settings.load().user_profiles_dir), ssh_config=ssh_config)
+    window = build_window(fleet, Settings.load(db_url), browse_on_start=False)
+    session = GuiSession(window, loop, screens)
+    try:
+        window.show()
+        app.processEvents()  # the first paint (fonts, style polish) happens once, before the watch
+        session.run(window.start())
+        yield session
+        session.run(window.shutdown())
+        assert not window.isVisible(), "the window did not close after shutdown"
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        assert not pending, f"tasks outlived the window: {pending}"
+    finally:
+        if not loop.is_closed():
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+        window.deleteLater()
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        app.processEvents()
+        loop.close()
+        asyncio.set_event_loop(None)
+        os.environ.pop("FLEETDESK_MDNS_INTERFACES", None)
+    leaked = [w for w in QApplication.topLevelWidgets() if w not in before and not w.objectName().startswith("qt_")]
+    assert not leaked, f"widgets outlived the window: {leaked}"
+    timers = [t for t in _live_timers() if id(t) not in timers_before]
+    assert not timers, f"active timers outlived the window: {timers}"
+    if session.stall_notes:
+        pytest.fail(f"the event loop stalled longer than {STALL_LIMIT * 1000:.0f} ms: {session.stall_notes}",
+                    pytrace=False)

@@ -1,0 +1,224 @@
+"""The operator's window against the real lab: devices appear by themselves, trust and credentials go
+through the dialogs, a changed host key is flagged, a dropped model reaches a device, and a device that
+leaves the network turns offline without a refresh.
+
+The window is the real MainWindow on a qasync loop (tests/gui_harness.py: it fails on any loop stall
+over 100 ms and on leaked widgets, timers or tasks). mDNS is bound to the lab bridge only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PySide6.QtCore import Qt
+
+from fleetdesk.gui.bridge import Login
+from fleetdesk.gui.dialogs import CredentialsDialog, TrustDialog
+from fleetdesk.gui.dropping import DeployDialog
+from fleetdesk.lab.rootfs import LAB_PASSWORD, LAB_USER
+from fleetdesk.transport import credentials
+from tests.gui.test_main_window import drop_files, model_file
+from tests.gui_harness import GuiSession, gui_session
+from tests.keyring_daemon import KeyringDaemon, keyring_daemon
+from tests.lab.conftest import Fleet
+
+pytestmark = pytest.mark.lab
+__all__ = ["keyring_daemon"]
+
+LAB_BRIDGE = "198.18.0.1"
+
+
+def host_key_fingerprint(device: dict[str, Any]) -> str:
+    pub = Path(device["root"]) / "etc/ssh/ssh_host_ed25519_key.pub"
+    return subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
+                          check=True).stdout.split()[1]
+
+
+@pytest.fixture(scope="module")
+def screens(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("screens")
+
+
+@pytest.fixture(scope="module")
+def session(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory, screens: Path,
+            keyring_daemon: KeyringDaemon) -> Iterator[GuiSession]:
+    """One operator's window for the whole module, on a fresh inventory, browsing the lab bridge."""
+    import pytestqt.qtbot  # noqa: F401 - the QApplication comes from pytest-qt's plugin
+
+    home = tmp_path_factory.mktemp("operator")
+    config = home / "ssh_config"
+    config.write_text(f"Host *\n  IdentityFile {fleet.state['ssh_key']}\n  IdentitiesOnly yes\n")
+    with gui_session(f"sqlite:///{home / 'fleet.db'}", screens, ssh_config=str(config),
+                     interfaces=[LAB_BRIDGE]) as s:
+        yield s
+
+
+def row_of(session: GuiSession, name: str) -> Any:
+    for view in session.window.fleet_model.views():
+        if view.device.name == name:
+            return view
+    return None
+
+
+def status_of(session: GuiSession, name: str) -> str:
+    view = row_of(session, name)
+    return view.status if view is not None else "absent"
+
+
+def last_dialog(session: GuiSession, kind: type) -> Any:
+    dialogs = [d for d in session.window._dialogs if isinstance(d, kind)]
+    return dialogs[-1] if dialogs else None
+
+
+def test_lab_devices_appear_in_the_table_by_themselves(session: GuiSession, fleet: Fleet, qtbot: Any) -> None:
+    window = session.window
+    assert window.discovery_panel.chosen_interfaces() == [LAB_BRIDGE]
+    started = time.monotonic()
+    session.call(lambda: qtbot.mouseClick(window.discovery_panel.browse_button, Qt.MouseButton.LeftButton))
+    names = {d["name"] for d in fleet.devices}
+    first_seen: list[float] = []
+    session.wait(lambda: (first_seen or (row_of(session, sorted(names)[0]) and first_seen.append(
+        time.monotonic() - started))) and all(row_of(session, n) for n in names),
+        "every lab device in the fleet table", timeout=30)
+    for device in fleet.devices:
+        view = row_of(session, device["name"])
+        assert view.device.address == device["address"]
+        assert view.status == "untrusted"  # seen, never trusted
+    assert window.discovery_panel.browse_button.text() == "Stop discovery"
+    assert window.devices_label.text().startswith(f"Devices online: {len(names)} / ")
+    print(f"first lab device in the table {first_seen[0]:.2f} s after Start discovery")
+    window.resize(1280, 800)
+    session.settle(0.3)
+    session.screenshot(window, "main-window-lab-fleet")
+
+
+def trust_through_the_dialog(session: GuiSession, qtbot: Any, name: str, *, changed: bool) -> TrustDialog:
+    window = session.window
+    view = row_of(session, name)
+    window.select_devices([view.id])
+    session.call(lambda: window.trust_action.trigger())
+    session.wait(lambda: last_dialog(session, TrustDialog) is not None, "the trust dialog")
+    dialog = last_dialog(session, TrustDialog)
+    assert dialog.isVisible() and dialog.key_changed is changed
+    return dialog
+
+
+def test_trusting_a_device_through_the_dialog_pins_the_fingerprint_it_shows(
+        session: GuiSession, fleet: Fleet, qtbot: Any) -> None:
+    device = fleet.by_profile("ipc-x86")
+    dialog = trust_through_the_dialog(session, qtbot, device["name"], changed=False)
+    assert dialog.fingerprint_label.text() == host_key_fingerprint(device)
+    session.screenshot(dialog, "trust-dialog-new-key")
+    session.call(lambda: qtbot.mouseClick(dialog.trust_button, Qt.MouseButton.LeftButton))
+    session.wait(lambda: status_of(session, device["name"]) == "online", "the device to be trusted")
+    keys = session.bridge.host_keys(row_of(session, device["name"]).id)
+    assert [k.fingerprint for k in keys] == [host_key_fingerprint(device)]
+
+
+def test_probing_from_the_window_fills_profile_and_architecture(session: GuiSession, fleet: Fleet) -> None:
+    device = fleet.by_profile("ipc-x86")
+    window = session.window
+    view = row_of(session, device["name"])
+    window.select_devices([view.id])
+    session.call(lambda: window.probe_action.trigger())
+    session.wait(lambda: row_of(session, device["name"]).device.probed_at is not None, "the probe")
+    view = row_of(session, device["name"])
+    assert (view.device.profile, view.device.facts.arch, view.status) == ("ipc-x86", "x86_64", "online")
+    index = window.index_of(view.id)
+    assert window.fleet_filter.index(index.row(), 3).data() == "ipc-x86"
+    session.settle(0.2)
+    session.screenshot(window.detail, "device-detail-probed")
+
+
+def test_credentials_round_trip_through_the_keyring_daemon(session: GuiSession, fleet: Fleet, qtbot: Any) -> None:
+    device = fleet.by_profile("ipc-x86")
+    window = session.window
+    view = row_of(session, device["name"])
+    window.select_devices([view.id])
+    session.call(lambda: window.login_action.trigger())
+    session.wait(lambda: last_dialog(session, CredentialsDialog) is not None, "the credentials dialog")
+    dialog = last_dialog(session, CredentialsDialog)
+    dialog.username_edit.setText(LAB_USER)
+    dialog.password_radio.setChecked(True)
+    qtbot.keyClicks(dialog.password_edit, LAB_PASSWORD)
+    assert dialog.save_button.isEnabled(), dialog.reason.text()
+    session.call(lambda: qtbot.mouseClick(dialog.save_button, Qt.MouseButton.LeftButton))
+    session.wait(lambda: row_of(session, device["name"]).device.password_account is not None, "the login saved")
+    stored = row_of(session, device["name"]).device
+    assert stored.username == LAB_USER
+    # The secret is in the real Secret Service, not in the inventory.
+    assert credentials.get_secret(stored.password_account) == LAB_PASSWORD
+    # ... and it works: a probe logs in as the lab user with that password (the lab key is root's only).
+    activity = session.call(lambda: session.bridge.probe([stored.id]))
+    session.wait(lambda: not activity.running, "the probe as the lab user")
+    assert activity.state == "succeeded" and activity.summary.startswith("1 of 1 identified"), activity.summary
+    back = session.call(lambda: session.bridge.set_login([stored.id], Login("root")))
+    session.wait(lambda: not back.running, "root login restored")
+
+
+def test_a_changed_host_key_shows_the_warning_with_both_fingerprints(
+        session: GuiSession, fleet: Fleet, qtbot: Any) -> None:
+    device = fleet.by_profile("ipc-x86")
+    old = host_key_fingerprint(device)
+    fleet.fault(device["name"], "rekey")
+    new = host_key_fingerprint(device)
+    assert new != old
+    view = row_of(session, device["name"])
+    activity = session.call(lambda: session.bridge.probe([view.id]))
+    session.wait(lambda: not activity.running, "the probe to meet the new key")
+    assert "changed" in activity.summary.lower() or "host key" in activity.summary.lower(), activity.summary
+    assert status_of(session, device["name"]) == "untrusted"
+    dialog = trust_through_the_dialog(session, qtbot, device["name"], changed=True)
+    assert dialog.warning.isVisible()
+    shown = " ".join(label.text() for label in dialog.findChildren(type(dialog.fingerprint_label)))
+    assert old in shown and new in shown
+    assert not dialog.trust_button.isEnabled()
+    session.screenshot(dialog, "trust-dialog-changed-key")
+    dialog.checked_box.setChecked(True)
+    session.call(lambda: qtbot.mouseClick(dialog.trust_button, Qt.MouseButton.LeftButton))
+    session.wait(lambda: status_of(session, device["name"]) == "online", "the new key to be trusted")
+    assert [k.fingerprint for k in session.bridge.host_keys(view.id)] == [new]
+
+
+def test_a_model_dropped_on_a_trusted_device_reaches_it_verified(
+        session: GuiSession, fleet: Fleet, tmp_path: Path, qtbot: Any) -> None:
+    device = fleet.by_profile("ipc-x86")
+    window = session.window
+    path = model_file(tmp_path, "line-camera classifier.onnx")
+    view = row_of(session, device["name"])
+    window.select_devices([view.id])
+    rect = window.fleet_table.visualRect(window.index_of(view.id).siblingAtColumn(1))
+    said = session.call(lambda: drop_files(window.fleet_table.viewport(), [path], rect.center()))
+    assert said == "Drop to deploy line-camera classifier.onnx to 1 device(s)"
+    session.wait(lambda: last_dialog(session, DeployDialog) is not None, "the deployment dialog")
+    dialog = last_dialog(session, DeployDialog)
+    session.screenshot(dialog, "deploy-dialog")
+    session.call(lambda: qtbot.mouseClick(dialog.push_button, Qt.MouseButton.LeftButton))
+    push = session.bridge.activities.all()[-1]
+    assert push.title == "Deploy line-camera classifier"
+    session.wait(lambda: not push.running, "the push", timeout=60)
+    assert push.state == "succeeded", push.summary
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    remote = f"/opt/fleetdesk/artifacts/{digest}/line-camera classifier.onnx"
+    result = fleet.ssh(device, f"sha256sum '{remote}'")
+    assert result.stdout.split()[0] == digest
+
+
+def test_a_device_that_leaves_turns_offline_and_comes_back(session: GuiSession, fleet: Fleet) -> None:
+    device = [d for d in fleet.devices if d["profile"] == "ipc-x86"][-1]
+    seen: list[str] = []
+    session.bridge.device_changed.connect(
+        lambda view: seen.append(view.status) if view.device.name == device["name"] else None)
+    reboot = asyncio.ensure_future(asyncio.to_thread(fleet.fault, device["name"], "reboot", "8"),
+                                   loop=session.loop)
+    session.wait(lambda: status_of(session, device["name"]) == "offline", "the device to turn offline", timeout=30)
+    session.run(reboot, timeout=120)
+    session.wait(lambda: status_of(session, device["name"]) != "offline", "the device to be back", timeout=30)
+    assert "offline" in seen
