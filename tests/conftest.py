@@ -28,3 +28,25 @@ def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     monkeypatch.setenv("FLEETDESK_CONFIG_DIR", str(home / "config"))
     monkeypatch.delenv("FLEETDESK_DB", raising=False)
     return home
+
+
+def as_unprivileged(code: str, folder: Path) -> str:
+    """Run Python `code` as `nobody` (when we are root) and return its stdout.
+
+    Root reads any file whatever its mode, so "cannot read the file" is only seen by another user;
+    `folder` is opened to that user first. Without root the code simply runs as us.
+    """
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        for part in [folder, *folder.parents]:
+            if part == Path("/"):
+                break
+            part.chmod(part.stat().st_mode | 0o055)
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout

@@ -89,7 +89,7 @@ class GuiSession:
         return path
 
 
-def _live_timers() -> list[Any]:
+def live_timers() -> list[Any]:
     from PySide6.QtCore import QTimer
 
     found = []
@@ -122,7 +122,7 @@ def gui_session(db_url: str, screens: Path, *, ssh_config: str | None = None,
     app = create_app([])
     app.setQuitOnLastWindowClosed(False)  # as run_window does: shutdown ends the session, not Qt
     before = set(QApplication.topLevelWidgets())
-    timers_before = set(map(id, _live_timers()))
+    timers_before = set(map(id, live_timers()))
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     fleet = Fleet(open_inventory(db_url), load_profiles(Settings.load().user_profiles_dir), ssh_config=ssh_config)
@@ -147,9 +147,14 @@ def gui_session(db_url: str, screens: Path, *, ssh_config: str | None = None,
         loop.close()
         asyncio.set_event_loop(None)
         os.environ.pop("FLEETDESK_MDNS_INTERFACES", None)
+        # qasync's loop and the window's QObjects must die here, in the GUI thread: left to a later
+        # garbage collection they may be destroyed in a worker thread ("Timers cannot be stopped ...").
+        del window, loop
+        session.window = session.bridge = session.loop = None  # type: ignore[assignment]
+        gc.collect()
     leaked = [w for w in QApplication.topLevelWidgets() if w not in before and not w.objectName().startswith("qt_")]
     assert not leaked, f"widgets outlived the window: {leaked}"
-    timers = [t for t in _live_timers() if id(t) not in timers_before]
+    timers = [t for t in live_timers() if id(t) not in timers_before]
     assert not timers, f"active timers outlived the window: {timers}"
     if session.stall_notes:
         pytest.fail(f"the event loop stalled longer than {STALL_LIMIT * 1000:.0f} ms: {session.stall_notes}",

@@ -53,7 +53,8 @@ def interfaces_from_env() -> list[str] | None:
 def build_window(fleet: Fleet, settings: Settings, *, browse_on_start: bool = True) -> MainWindow:
     """The window over `fleet`, as `fleetdesk-gui` opens it."""
     pinned = interfaces_from_env()
-    cards = local_interfaces()
+    # Devices are never behind loopback: offering it would only invite a choice that finds nothing.
+    cards = [c for c in local_interfaces() if not c.address.startswith("127.")]
     if pinned is not None:
         cards = [c for c in cards if c.address in pinned]
     bridge = FleetBridge(fleet, Activities())

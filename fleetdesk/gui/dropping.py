@@ -126,8 +126,11 @@ class DropOverlay(QFrame):
         self.style().polish(self)
         parent = self.parentWidget()
         assert parent is not None
-        width = min(parent.width() - 40, 560)
-        self.setGeometry((parent.width() - width) // 2, 16, width, 96)
+        width = min(parent.width() - 40, 620)
+        margins = self.layout().contentsMargins()
+        text_height = self.label.heightForWidth(width - margins.left() - margins.right() - 8)
+        height = max(72, text_height + margins.top() + margins.bottom() + 16)
+        self.setGeometry((parent.width() - width) // 2, 16, width, height)
         self.raise_()
         self.show()
 

@@ -74,6 +74,7 @@ class MainWindow(QMainWindow):
         self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
         self._dialogs: list[QDialog] = []
+        self._icons: list[tuple[QAction, str]] = []  # re-drawn when the theme changes
         self._closing = False
         self._closed = False
         self._browse_on_start = browse_on_start
@@ -208,6 +209,7 @@ class MainWindow(QMainWindow):
         action = QAction(text, self)
         if icon_name:
             action.setIcon(icon(icon_name))
+            self._icons.append((action, icon_name))
         if shortcut is not None:
             action.setShortcut(QKeySequence(shortcut))
             action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
@@ -501,6 +503,11 @@ class MainWindow(QMainWindow):
         apply_theme(app, name)
         self._qsettings().setValue("main/theme", name)
         self.dark_action.setChecked(name == "dark")
+        for action, icon_name in self._icons:  # icons have a light and a dark drawing
+            action.setIcon(icon(icon_name))
+        self.tabs.setTabIcon(0, icon("probe"))
+        self.tabs.setTabIcon(1, icon("model"))
+        self.discovery_panel.refresh_icons()
 
     # -- drag and drop ----------------------------------------------------------------------------------------
 

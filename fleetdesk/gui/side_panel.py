@@ -166,6 +166,11 @@ class DiscoveryPanel(QGroupBox):
         layout.addStretch(1)
         self._show_all_hint()
 
+    def refresh_icons(self) -> None:
+        self.browse_button.setIcon(icon("stop" if self.browse_button.isChecked() else "discover"))
+        self.add_button.setIcon(icon("add-device"))
+        self.sweep_button.setIcon(icon("sweep"))
+
     def chosen_interfaces(self) -> list[str]:
         return [address for address, box in self.interface_boxes.items() if box.isChecked()]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,28 @@ def screens(tmp_path: Path) -> Path:
     folder = tmp_path / "screens"
     folder.mkdir(exist_ok=True)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_widgets_or_timers() -> Iterator[None]:
+    """Every GUI test leaves no top-level widget and no running timer behind (qtbot's own teardown,
+    which closes what a test registered, runs before this check)."""
+    from PySide6.QtCore import QCoreApplication, QEvent
+    from PySide6.QtWidgets import QApplication
+
+    from tests.gui_harness import live_timers
+
+    before = set(QApplication.topLevelWidgets())
+    timers_before = {id(t) for t in live_timers()}
+    yield
+    app = QApplication.instance()
+    if app is None:
+        return
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    leaked = [w for w in QApplication.topLevelWidgets()
+              if w not in before and w.isVisible() and not w.objectName().startswith("qt_")]
+    timers = [t for t in live_timers() if id(t) not in timers_before]
+    for widget in leaked:
+        widget.close()
+    assert not leaked, f"widgets left open by the test: {leaked}"
+    assert not timers, f"timers left running by the test: {timers}"

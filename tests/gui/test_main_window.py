@@ -15,10 +15,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
-from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent
+from PySide6.QtGui import QDragEnterEvent, QDragLeaveEvent, QDragMoveEvent, QDropEvent
 from PySide6.QtWidgets import QApplication, QWidget
 
-from fleetdesk.gui.fleet_model import COLUMNS
+from fleetdesk.gui.fleet_model import COLUMNS, encode_device_ids
 from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory.records import Sighting
 from tests.gui_harness import GuiSession, gui_session
@@ -184,3 +184,73 @@ def test_window_layout_is_remembered(db_url: str, screens: Path) -> None:
         assert (second.window.width(), second.window.height()) == (780, 580)
         assert second.window.h_splitter.sizes() == sizes
         assert second.window.fleet_table.horizontalHeader().sectionSize(1) == 222
+
+
+def test_devices_dragged_onto_a_group_join_it_and_a_move_leaves_the_old_one(session: GuiSession) -> None:
+    window = session.window
+    tree = window.group_tree
+    ids = [window.fleet_model.view_at(r).id for r in range(3, 5)]
+
+    def drag_onto(group_row: int, ids: list[int], action: Qt.DropAction) -> None:
+        data = encode_device_ids(ids)
+        at = tree.visualItemRect(tree.topLevelItem(group_row)).center()
+        args = (action, data, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+        enter = QDragEnterEvent(at, *args)
+        QApplication.sendEvent(tree.viewport(), enter)
+        assert enter.isAccepted()
+        QApplication.sendEvent(tree.viewport(), QDragMoveEvent(at, *args))
+        QApplication.sendEvent(tree.viewport(), QDropEvent(at.toPointF(), *args))
+
+    session.call(lambda: drag_onto(1, ids, Qt.DropAction.CopyAction))  # onto "line A"
+    session.wait(lambda: tree.topLevelItem(1).text(0) == "line A (4)", "line A to have 4 devices")
+    # Shown "line A", two of its devices dragged onto a new group "line B" move there.
+    session.wait(lambda: not window.bridge.activities.running(), "grouping to finish")
+    session.call(lambda: window.bridge.change_group([ids[0]], "line B"))
+    session.wait(lambda: tree.topLevelItemCount() == 3, "line B in the tree")
+    tree.choose("line A")
+    session.call(lambda: drag_onto(2, ids, Qt.DropAction.MoveAction))
+    session.wait(lambda: tree.topLevelItem(2).text(0) == "line B (2)" and
+                 tree.topLevelItem(1).text(0) == "line A (2)", "the move from line A to line B")
+    assert {window.fleet_model.view_of(i).device.groups for i in ids} == {("line B",)}
+
+
+def test_the_ssh_command_for_a_device_is_copied_to_the_clipboard(session: GuiSession) -> None:
+    window = session.window
+    view = window.fleet_model.view_at(0)
+    window.select_devices([view.id])
+    command = window.copy_ssh_command()
+    assert command == f"ssh root@{view.device.address}"
+    assert QApplication.clipboard().text() == command
+    assert window.statusBar().currentMessage() == f"Copied: {command}"
+
+
+def test_the_drop_target_says_what_a_drop_will_do_while_dragging(session: GuiSession, tmp_path: Path) -> None:
+    window = session.window
+    path = model_file(tmp_path)
+    data = QMimeData()
+    data.setUrls([QUrl.fromLocalFile(str(path))])
+    args = (Qt.DropAction.CopyAction, data, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    rect = window.fleet_table.visualRect(window.fleet_filter.index(1, 1))
+    QApplication.sendEvent(window.fleet_table.viewport(), QDragEnterEvent(rect.center(), *args))
+    QApplication.sendEvent(window.fleet_table.viewport(), QDragMoveEvent(rect.center(), *args))
+    assert window.drop_overlay.isVisible()
+    assert window.drop_overlay.label.text().startswith("Cannot deploy here: cam-11 is not trusted yet")
+    session.screenshot(window, "drop-target-refused")
+    QApplication.sendEvent(window, QDragEnterEvent(QPoint(40, 40), *args))
+    QApplication.sendEvent(window, QDragMoveEvent(QPoint(40, 40), *args))
+    assert window.drop_overlay.label.text() == "Drop to import classifier.onnx into Models"
+    session.screenshot(window, "drop-target-import")
+    QApplication.sendEvent(window, QDragLeaveEvent())
+    assert not window.drop_overlay.isVisible()
+
+
+def test_the_dark_theme_is_remembered_and_redraws_the_icons(db_url: str, screens: Path) -> None:
+    with gui_session(db_url, screens) as first:
+        light = first.window.probe_action.icon().pixmap(16, 16).toImage()
+        first.window.dark_action.trigger()
+        dark = first.window.probe_action.icon().pixmap(16, 16).toImage()
+        assert light != dark
+        first.screenshot(first.window, "main-window-dark")
+    with gui_session(db_url, screens) as second:
+        assert second.window.dark_action.isChecked()
+        second.window.dark_action.trigger()  # back to light for the tests that follow

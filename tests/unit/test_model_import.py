@@ -38,6 +38,7 @@ from fleetdesk.models import (
     inspect_model,
     onnxruntime_support,
 )
+from tests.conftest import as_unprivileged
 from tests.fixtures.models.build import (
     CNN_PARAMETERS,
     MLP_PARAMETERS,
@@ -451,11 +452,12 @@ def test_a_missing_file_is_refused(tmp_path: Path) -> None:
     assert exc.message.startswith("gone.onnx does not exist")
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_an_unreadable_file_is_refused(cnn: Path) -> None:
     cnn.chmod(0)
-    try:
-        exc = refused(cnn, NotAModelFileError)
-    finally:
-        cnn.chmod(0o644)
-    assert "permission denied" in exc.message
+    said = as_unprivileged(
+        "from fleetdesk.models import inspect_model\n"
+        "try:\n"
+        f"    inspect_model({str(cnn)!r})\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc.message, '|', exc.fix)\n", cnn.parent)
+    assert said.startswith("NotAModelFileError") and "permission denied" in said
