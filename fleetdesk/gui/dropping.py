@@ -121,9 +121,10 @@ class DropOverlay(QFrame):
 
     def show_plan(self, plan: DropPlan) -> None:
         self.label.setText(plan.message)
-        self.setProperty("refused", not plan.accepted)
-        self.style().unpolish(self)
-        self.style().polish(self)
+        # The theme draws a refusal in red (QLabel#DropHint[refused="true"]); a changed property needs a re-polish.
+        self.label.setProperty("refused", not plan.accepted)
+        self.label.style().unpolish(self.label)
+        self.label.style().polish(self.label)
         parent = self.parentWidget()
         assert parent is not None
         width = min(parent.width() - 40, 620)

@@ -20,7 +20,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from fleetdesk.gui.bridge import Login
-from fleetdesk.gui.dialogs import CredentialsDialog, TrustDialog
+from fleetdesk.gui.dialogs import AddDeviceDialog, CredentialsDialog, SweepDialog, TrustDialog
 from fleetdesk.gui.dropping import DeployDialog
 from fleetdesk.lab.rootfs import LAB_PASSWORD, LAB_USER
 from fleetdesk.transport import credentials
@@ -209,6 +209,44 @@ def test_a_model_dropped_on_a_trusted_device_reaches_it_verified(
     remote = f"/opt/fleetdesk/artifacts/{digest}/line-camera classifier.onnx"
     result = fleet.ssh(device, f"sha256sum '{remote}'")
     assert result.stdout.split()[0] == digest
+
+
+def test_a_removed_device_comes_back_by_address_through_the_add_dialog(
+        session: GuiSession, fleet: Fleet, qtbot: Any) -> None:
+    device = fleet.by_profile("ipc-x86-nvidia") if any(
+        d["profile"] == "ipc-x86-nvidia" for d in fleet.devices) else fleet.devices[-1]
+    window = session.window
+    gone = row_of(session, device["name"])
+    window.select_devices([gone.id])
+    session.call(lambda: window.remove_action.trigger())
+    session.wait(lambda: row_of(session, device["name"]) is None, "the device removed from the table")
+    session.call(lambda: window.add_action.trigger())
+    session.wait(lambda: last_dialog(session, AddDeviceDialog) is not None, "the add dialog")
+    dialog = last_dialog(session, AddDeviceDialog)
+    qtbot.keyClicks(dialog.host_edit, device["address"])
+    qtbot.keyClicks(dialog.name_edit, device["name"])
+    session.call(lambda: qtbot.mouseClick(dialog.add_button, Qt.MouseButton.LeftButton))
+    session.wait(lambda: row_of(session, device["name"]) is not None, "the device added back")
+    back = row_of(session, device["name"])
+    assert (back.device.address, back.device.source) == (device["address"], "manual")
+
+
+def test_a_sweep_typed_in_the_dialog_finds_the_lab_devices(session: GuiSession, fleet: Fleet, qtbot: Any) -> None:
+    window = session.window
+    session.call(lambda: window.sweep_action.trigger())
+    session.wait(lambda: last_dialog(session, SweepDialog) is not None, "the sweep dialog")
+    dialog = last_dialog(session, SweepDialog)
+    qtbot.keyClicks(dialog.cidr_edit, "198.18.1.0/28")
+    assert dialog.sweep_button.text() == "Sweep 14 addresses"
+    session.screenshot(dialog, "sweep-dialog")
+    session.call(lambda: qtbot.mouseClick(dialog.sweep_button, Qt.MouseButton.LeftButton))
+    sweep = session.bridge.activities.all()[-1]
+    assert sweep.title == "Sweep 198.18.1.0/28"
+    session.wait(lambda: not sweep.running, "the sweep", timeout=60)
+    in_range = [d for d in fleet.devices if int(d["address"].rsplit(".", 1)[1]) < 15]
+    assert sweep.summary == f"{len(in_range)} SSH server(s) answered"
+    for device in in_range:  # already known by mDNS: found again, not doubled
+        assert sum(v.device.address == device["address"] for v in window.fleet_model.views()) == 1
 
 
 def test_a_device_that_leaves_turns_offline_and_comes_back(session: GuiSession, fleet: Fleet) -> None:
