@@ -258,9 +258,11 @@ class FleetFilter(QSortFilterProxyModel):
             return False
         if self._text:
             device = view.device
-            haystack = " ".join((device.name, device.hostname, *device.addresses, device.profile or "",
-                                 device.facts.arch, device.facts.os_name, *device.groups)).casefold()
-            return all(word in haystack for word in self._text.split())
+            # Each typed word must begin a word of the device ("line a" finds group "line A", not every
+            # name with an "a" in it; "198.18.1" finds addresses by prefix).
+            words = " ".join((device.name, device.hostname, *device.addresses, device.profile or "",
+                              device.facts.arch, device.facts.os_name, *device.groups)).casefold().split()
+            return all(any(w.startswith(typed) for w in words) for typed in self._text.split())
         return True
 
     def device_ids(self, rows: Iterable[QModelIndex]) -> list[int]:

@@ -434,9 +434,13 @@ def test_an_empty_file_is_refused(tmp_path: Path) -> None:
     assert "export the model again" in exc.fix
 
 
-def test_a_folder_is_refused_and_its_models_are_suggested(tmp_path: Path, cnn: Path) -> None:
-    exc = refused(tmp_path, NotAModelFileError)
-    assert exc.message == f"{tmp_path.name} is a folder, not a model file (it holds small_cnn.onnx)"
+def test_a_folder_is_refused_and_its_models_are_suggested(tmp_path: Path) -> None:
+    # A folder of its own: `refused` snapshots the parent, and pytest's base folder may hold a lab's /proc.
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    save_cnn(folder / "small_cnn.onnx")
+    exc = refused(folder, NotAModelFileError)
+    assert exc.message == "exports is a folder, not a model file (it holds small_cnn.onnx)"
     assert "Pick the .onnx file" in exc.fix
 
 
