@@ -36,6 +36,7 @@ test: $(STAMP) system-deps-test lint contracts
 bench: $(STAMP) system-deps-test
 	$(BIN)/python benchmarks/lab_up.py
 	$(BIN)/python benchmarks/discovery_probe.py --devices 100 --with-push
+	$(BIN)/python benchmarks/gui_fleet.py --seconds 30
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache

@@ -132,6 +132,7 @@ def gui_session(db_url: str, screens: Path, *, ssh_config: str | None = None,
         window.show()
         app.processEvents()  # the first paint (fonts, style polish) happens once, before the watch
         session.run(window.start())
+        session.settle(0.05)  # what start() queued for the next pass (the status bar counts) has run
         yield session
         session.run(window.shutdown())
         assert not window.isVisible(), "the window did not close after shutdown"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from PySide6.QtCore import QByteArray, QEvent, QModelIndex, QObject, QPoint, QSettings, Qt
+from PySide6.QtCore import QByteArray, QEvent, QModelIndex, QObject, QPoint, QSettings, Qt, QTimer
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
@@ -75,6 +75,9 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self._dialogs: list[QDialog] = []
         self._icons: list[tuple[QAction, str]] = []  # re-drawn when the theme changes
+        self._counting = False
+        self._detail_id: int | None = None  # the device the detail pane shows
+        self._detail_keys: list = []  # its pinned keys, read when it was chosen
         self._closing = False
         self._closed = False
         self._browse_on_start = browse_on_start
@@ -308,13 +311,20 @@ class MainWindow(QMainWindow):
 
     def _device_changed(self, view: DeviceView) -> None:
         self.fleet_model.upsert(view)
-        if view.id in self.selected_ids():
-            self._show_detail()
+        if view.id == self._detail_id:
+            self._show_detail(fresh=False)
 
     def _device_removed(self, device_id: int) -> None:
         self.fleet_model.remove(device_id)
 
     def _counts_changed(self, *_args: object) -> None:
+        # Live updates arrive a batch at a time: count once per pass of the loop, not once per device.
+        if not self._counting:
+            self._counting = True
+            QTimer.singleShot(0, self._count)
+
+    def _count(self) -> None:
+        self._counting = False
         online, total = self.fleet_model.counts()
         self.devices_label.setText(f"Devices online: {online} / {total}")
         self.group_tree.set_total(total)
@@ -347,7 +357,7 @@ class MainWindow(QMainWindow):
 
     def _selection_changed(self, *_args: object) -> None:
         self._update_actions()
-        self._show_detail()
+        self._show_detail(fresh=True)
 
     def _update_actions(self) -> None:
         count = len(self.selected_ids())
@@ -357,14 +367,20 @@ class MainWindow(QMainWindow):
         self.ssh_action.setEnabled(count == 1)
         self.ungroup_action.setEnabled(count > 0 and self.fleet_filter.group is not None)
 
-    def _show_detail(self) -> None:
+    def _show_detail(self, *, fresh: bool) -> None:
+        """Show the one selected device; its pinned keys are read when it is chosen (or after a trust),
+        not on every live update of its status."""
         views = self.selected_views()
         if len(views) != 1:
+            self._detail_id = None
             self.detail.show_device(None, match=None, host_keys=(), status="")
             return
         view = views[0]
+        if fresh or view.id != self._detail_id or view.trusted != (self._detail_keys != []):
+            self._detail_keys = self.bridge.host_keys(view.id)
+        self._detail_id = view.id
         self.detail.show_device(view.device, match=self.bridge.profile_match(view.device),
-                                host_keys=self.bridge.host_keys(view.id), status=view.status)
+                                host_keys=self._detail_keys, status=view.status)
 
     def _context_menu(self, position: QPoint) -> None:
         if not self.fleet_table.indexAt(position).isValid():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ def device(n: int, *, online: bool = True, groups: tuple[str, ...] = (), name: s
     return Device(id=n, name=name or f"cam-{n:02d}", hostname=f"cam-{n:02d}", addresses=(f"198.18.1.{n}",),
                   mdns_names=(), services=("_ssh._tcp.local.",), port=22, username="root", transport="asyncssh",
                   password_account=None, profile=None, facts=ProbeFacts(), probed_at=None,
-                  first_seen=datetime(2026, 1, 1, tzinfo=timezone.utc), last_seen=None, online=online,
+                  first_seen=datetime(2026, 1, 1, tzinfo=UTC), last_seen=None, online=online,
                   groups=groups, source="mdns")
 
 
