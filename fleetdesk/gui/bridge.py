@@ -444,28 +444,33 @@ class FleetBridge(QObject):
 
     # -- pushing a model -------------------------------------------------------------------------------
 
-    def push_model(self, path: str | os.PathLike[str], sha256: str, device_ids: Sequence[int],
-                   title: str = "") -> Activity:
-        """Push a verified model file to each device's artifact folder, resumable, with bytes/s and ETA."""
+    def push_model(self, card: ModelCard, device_ids: Sequence[int], title: str = "") -> Activity:
+        """Push a model (its .onnx file and any external data files beside it) to each device's artifact
+        folder: resumable, SHA-256 checked on the device, with bytes/s and time left."""
         devices = self._chosen(device_ids)
-        remote = f"{ARTIFACT_ROOT}/{sha256}/{os.path.basename(os.fspath(path))}"
+        folder = os.path.dirname(os.path.abspath(card.path))
+        # External data is named relative to the model's folder (checked on import), so it keeps its place.
+        files = [(card.path, os.path.basename(card.path))] + [
+            (os.path.join(folder, f.location), f.location) for f in card.external_files]
+        remote_root = f"{ARTIFACT_ROOT}/{card.sha256}"
 
         async def job(activity: Activity) -> dict[str, str]:
-            size = os.path.getsize(path)
-            total = size * len(devices)
-            done: dict[int, int] = {}
+            sizes = {local: os.path.getsize(local) for local, _ in files}
+            total = sum(sizes.values()) * len(devices)
+            done: dict[tuple[int, str], int] = {}
             outcomes: dict[str, str] = {}
 
-            def progress_of(device: Device) -> Callable[[int, int], None]:
+            def progress_of(device: Device, local: str) -> Callable[[int, int], None]:
                 def progress(sent: int, _total: int) -> None:
-                    done[device.id] = sent
+                    done[(device.id, local)] = sent
                     activity.report_bytes(sum(done.values()), total, f"{len(devices)} device(s)")
                 return progress
 
             async def one(device: Device) -> None:
                 try:
-                    await self.fleet.pool.push(self.fleet.target(device), path, remote,
-                                               progress=progress_of(device))
+                    for local, relative in files:
+                        await self.fleet.pool.push(self.fleet.target(device), local, f"{remote_root}/{relative}",
+                                                   progress=progress_of(device, local))
                 except FleetDeskError as exc:
                     self._problem(device.id, exc)
                     self._update(device)
@@ -488,8 +493,8 @@ class FleetBridge(QObject):
             return f"verified on {len(ok)} of {len(outcomes)} device(s)" + ("; " + "; ".join(failed[:3]) if failed
                                                                            else "")
 
-        return self.activities.start(title or f"Push {os.path.basename(os.fspath(path))}", job,
-                                     devices=[d.id for d in devices], summarize=summarize)
+        return self.activities.start(title or f"Push {card.name}", job, devices=[d.id for d in devices],
+                                     summarize=summarize)
 
     # -- quitting --------------------------------------------------------------------------------------
 

@@ -605,7 +605,7 @@ class MainWindow(QMainWindow):
 
         def confirmed(chosen: list[ModelCard], ids: list[int]) -> None:
             for card in chosen:
-                self.bridge.push_model(card.path, card.sha256, ids, title=f"Deploy {card.name}")
+                self.bridge.push_model(card, ids, title=f"Deploy {card.name}")
 
         dialog.confirmed.connect(confirmed)
         self._keep(dialog)

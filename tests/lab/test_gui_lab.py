@@ -24,6 +24,7 @@ from fleetdesk.gui.dialogs import AddDeviceDialog, CredentialsDialog, SweepDialo
 from fleetdesk.gui.dropping import DeployDialog
 from fleetdesk.lab.rootfs import LAB_PASSWORD, LAB_USER
 from fleetdesk.transport import credentials
+from tests.fixtures.models.build import save_mlp_external
 from tests.gui.test_main_window import drop_files, model_file
 from tests.gui_harness import GuiSession, gui_session
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
@@ -210,6 +211,27 @@ def test_a_model_dropped_on_a_trusted_device_reaches_it_verified(
     remote = f"/opt/fleetdesk/artifacts/{digest}/line-camera classifier.onnx"
     result = fleet.ssh(device, f"sha256sum '{remote}'")
     assert result.stdout.split()[0] == digest
+
+
+def test_a_model_with_external_weights_arrives_with_them(
+        session: GuiSession, fleet: Fleet, tmp_path: Path, qtbot: Any) -> None:
+    device = fleet.by_profile("ipc-x86")
+    window = session.window
+    model = save_mlp_external(tmp_path / "mlp.onnx")
+    weights = tmp_path / "mlp.weights"
+    view = row_of(session, device["name"])
+    rect = window.fleet_table.visualRect(window.index_of(view.id).siblingAtColumn(1))
+    session.call(lambda: drop_files(window.fleet_table.viewport(), [model], rect.center()))
+    session.wait(lambda: last_dialog(session, DeployDialog) is not None, "the deployment dialog")
+    dialog = last_dialog(session, DeployDialog)
+    session.call(lambda: qtbot.mouseClick(dialog.push_button, Qt.MouseButton.LeftButton))
+    push = session.bridge.activities.all()[-1]
+    session.wait(lambda: not push.running, "the push", timeout=60)
+    assert push.state == "succeeded", push.summary
+    card = next(c for c in window.models_view.cards() if c.name == "mlp")
+    folder = f"/opt/fleetdesk/artifacts/{card.sha256}"
+    listing = fleet.ssh(device, f"cd {folder} && sha256sum mlp.onnx mlp.weights").stdout.split()
+    assert listing[0::2] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in (model, weights)]
 
 
 def test_a_removed_device_comes_back_by_address_through_the_add_dialog(
