@@ -245,7 +245,13 @@ class FleetBridge(QObject):
                     await self._mark_silent_offline(seen)
                     await asyncio.Event().wait()  # until cancelled by stop_browsing or quit
             finally:
-                await asyncio.shield(recorder.close())
+                # What was seen is stored before the activity ends, even if quitting cancels it twice.
+                closing = asyncio.ensure_future(recorder.close())
+                while not closing.done():
+                    try:
+                        await asyncio.shield(closing)
+                    except asyncio.CancelledError:
+                        continue
                 self.browsing_changed.emit(False)
             return len(seen)
 
