@@ -36,6 +36,11 @@ def _literal(host: str) -> str | None:
     return f"{ip}%{zone}" if zone and ip.version == 6 else str(ip)
 
 
+def is_host(host: str) -> bool:
+    """Whether `host` is an address or a well-formed host name (what `resolve_host` will try)."""
+    return _literal(host) is not None or _HOST_NAME.fullmatch(host) is not None
+
+
 async def resolve_host(
     host: str,
     port: int = 22,

@@ -42,8 +42,8 @@ from PySide6.QtWidgets import (
 )
 
 from fleetdesk.gui.activities import CANCELLED, FAILED, SUCCEEDED, Activities, Activity, human_duration
-from fleetdesk.gui.device_detail import visible_text
 from fleetdesk.gui.icons import icon
+from fleetdesk.gui.text import visible_text
 
 COLUMNS = ("Operation", "Devices", "Progress", "Detail", "Elapsed", "Outcome")
 OPERATION, DEVICES, PROGRESS, DETAIL, ELAPSED, OUTCOME = range(len(COLUMNS))

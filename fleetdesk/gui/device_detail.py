@@ -6,7 +6,6 @@ Device strings are data: every value is a plain-text, selectable label, with con
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -27,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from fleetdesk.gui.icons import STATUSES, status_icon
+from fleetdesk.gui.text import visible_text
 from fleetdesk.inventory.records import Device, HostKey
 from fleetdesk.profiles.matcher import ProfileMatch
 
@@ -39,29 +39,11 @@ _KEY_SOURCES = {"operator": "trusted by the operator", "known_hosts": "imported 
 # Characters that reorder or hide text (bidi overrides, zero-width marks, line separators) and control
 # characters are shown as escapes, so a name cannot pretend to be another one or break the layout;
 # general categories per Unicode: Cc control, Cf format, Zl/Zp separators.
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_HIDDEN_CATEGORIES = {"Cf", "Zl", "Zp"}
 # Where a long unbroken run (a 255-byte mDNS label) may wrap on screen: a zero-width space every
 # _RUN characters. DeviceText takes them out again when the operator copies.
 _BREAK = "\u200b"
 _RUN = 40
 _LONG_RUN = re.compile(rf"\S{{{_RUN + 1},}}")
-
-
-def visible_text(text: str) -> str:
-    """`text` as an operator should see it: control and invisible characters as escapes ("\\n", "\\x1b", "\\u202e")."""
-    out: list[str] = []
-    for ch in text:
-        category = unicodedata.category(ch)
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif category == "Cc":
-            out.append(f"\\x{ord(ch):02x}")
-        elif category in _HIDDEN_CATEGORIES:
-            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def _breakable(text: str) -> str:

@@ -33,10 +33,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from fleetdesk.discovery.manual import _HOST_NAME, _literal
+from fleetdesk.discovery.manual import is_host
 from fleetdesk.discovery.sweep import DEFAULT_MAX_HOSTS, sweep_targets
 from fleetdesk.errors import FleetDeskError
-from fleetdesk.gui.device_detail import visible_text
+from fleetdesk.gui.text import visible_text
 from fleetdesk.inventory.records import HostKey
 from fleetdesk.transport.credentials import KeyringStatus
 from fleetdesk.transport.hostkey import PublicKey
@@ -571,7 +571,7 @@ def host_problem(text: str) -> str | None:
     host = text.strip()
     if not host:
         return "Type the device's host name or address (e.g. line2-pi-07 or 192.168.10.21)."
-    if _literal(host) is None and not _HOST_NAME.fullmatch(host):
+    if not is_host(host):
         return (f"{display_text(host, 60)} is neither an address nor a host name: host names have only letters, "
                 "digits, '-', '_' and '.'.")
     return None

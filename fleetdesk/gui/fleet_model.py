@@ -21,6 +21,7 @@ from PySide6.QtCore import (
 
 from .bridge import DeviceView
 from .icons import status_icon
+from .text import visible_text
 
 COLUMNS = ("Status", "Hostname", "Address", "Profile", "Architecture", "Runtime", "Active model", "Last seen")
 DEVICE_IDS_MIME = "application/x-fleetdesk-device-ids"
@@ -40,10 +41,7 @@ ROW_FLAGS = (Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable | Qt.ItemF
 Index = QModelIndex | QPersistentModelIndex
 
 
-def plain(text: str) -> str:
-    """Device text for one table cell: control characters shown as visible escapes, never obeyed."""
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
-                   for ch in text)
+plain = visible_text  # device text in a cell: control and invisible characters spelled out
 
 
 def when(moment: datetime | None) -> str:

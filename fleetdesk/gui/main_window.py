@@ -51,7 +51,7 @@ from .dialogs import AddDeviceDialog, Credentials, CredentialsDialog, NewDevice,
 from .dropping import DeployDialog, DropOverlay, DropPlan, ModelsView, plan_drop
 from .fleet_model import DEVICE_ID_ROLE, STATUS_TEXT, FleetFilter, FleetTableModel, plain
 from .icons import app_icon, icon
-from .side_panel import DiscoveryPanel, GroupTree
+from .side_panel import GROUP_ROLE, DiscoveryPanel, GroupTree
 from .theme import apply_theme, current_theme
 
 
@@ -539,7 +539,7 @@ class MainWindow(QMainWindow):
             return [v for v in (self.fleet_model.view_of(i) for i in ids) if v is not None]
         if watched is self.group_tree.viewport():
             item = self.group_tree.itemAt(position)
-            group = item.data(0, Qt.ItemDataRole.UserRole + 10) if item is not None else None
+            group = item.data(0, GROUP_ROLE) if item is not None else None
             if not group:
                 return None
             return [v for v in self.fleet_model.views() if group in v.device.groups]
