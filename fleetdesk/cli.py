@@ -464,6 +464,12 @@ def _fleet_parsers(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="per device (default 60)")
     p.set_defaults(func=cmd_run, remote_command=[])
 
+    # Commands of later parts live in their own modules; each adds its parsers here.
+    from fleetdesk import cli_runtime, cli_telemetry
+
+    cli_runtime.register(sub, common, choose)
+    cli_telemetry.register(sub, common, choose)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()

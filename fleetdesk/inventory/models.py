@@ -225,3 +225,9 @@ class GroupMemberRow(Base):
 
     group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+
+
+# --- Runtimes installed on devices (migration 0004) ---
+
+
+# --- Telemetry history and events (migration 0005) ---
