@@ -1,0 +1,169 @@
+"""`python -m fleetdesk_agent [--root DIR] [--sysroot DIR] COMMAND ...`: the agent's command line.
+
+Every answer is JSON lines on stdout (protocol.py); bad arguments too. serve, bench and selftest live in
+their own modules, imported only when that command runs (so telemetry never pays for onnxruntime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import traceback
+from typing import Any
+
+from . import protocol
+from .protocol import AgentError
+
+DEFAULT_ROOT = "/opt/fleetdesk"
+# Commands whose module is loaded only when named: module name = command name. Each has
+# add_arguments(subparser) and run(args, emit) -> int.
+LAZY_COMMANDS = {
+    "serve": "run the ONNX Runtime model server for the active model",
+    "bench": "benchmark an artifact on this device",
+    "selftest": "prove the runtime: import onnxruntime, run a tiny inference, list execution providers",
+}
+_GLOBAL_WITH_VALUE = ("--root", "--sysroot")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports bad arguments as an error line instead of usage text and exit status 2 alone."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise AgentError(protocol.BAD_ARGUMENTS, f"{self.prog}: {message}",
+                         fix=f"see `{self.prog} --help` for the commands and options")
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The command word in argv, skipping the global options before it."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _GLOBAL_WITH_VALUE:
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            return arg
+    return None
+
+
+def _lazy_module(name: str) -> Any:
+    try:
+        if name == "serve":
+            from . import serve as module
+        elif name == "bench":
+            from . import bench as module
+        else:
+            from . import selftest as module
+    except ImportError as exc:
+        raise AgentError(protocol.MISSING_MODULE, f"this agent cannot run `{name}`: {exc}",
+                         fix="provision the agent again (fleetdesk provision DEVICE); for a missing "
+                             "onnxruntime/numpy, provision the runtime") from None
+    return module
+
+
+def build_parser(load: str | None = None) -> tuple[ArgumentParser, Any]:
+    """The parser; with `load` naming a lazy command, that command's module is imported and adds its options.
+    Returns (parser, the loaded module or None)."""
+    from . import telemetry
+
+    parser = ArgumentParser(prog="fleetdesk-agent", description="FleetDesk's on-device agent (JSON lines).")
+    parser.add_argument("--root", default=os.environ.get("FLEETDESK_ROOT") or DEFAULT_ROOT,
+                        help="the FleetDesk root on this device (default $FLEETDESK_ROOT or /opt/fleetdesk)")
+    parser.add_argument("--sysroot", default="", help="prefix for /proc and /sys reads (tests)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    commands.add_parser("status", help="the agent, runtime, active model and server")
+    telemetry.add_arguments(commands.add_parser("telemetry", help="print a sample every interval"))
+    p = commands.add_parser("activate", help="switch the active model to an artifact")
+    p.add_argument("sha", metavar="SHA")
+    p.add_argument("--confirm-within", type=float, default=None, metavar="S",
+                   help="revert by itself unless confirmed within S seconds")
+    p = commands.add_parser("confirm", help="keep the pending activation")
+    p.add_argument("sha", metavar="SHA")
+    commands.add_parser("rollback", help="go back to the previous model")
+    p = commands.add_parser("watchdog")  # started by activate, detached; not for people
+    p.add_argument("sha", metavar="SHA")
+    p.add_argument("--token", required=True)
+    loaded = None
+    for name, text in LAZY_COMMANDS.items():
+        p = commands.add_parser(name, help=text)
+        if name == load:
+            loaded = _lazy_module(name)
+            loaded.add_arguments(p)
+    return parser, loaded
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise protocol.Stopped(signum)
+
+
+def dispatch(args: argparse.Namespace, module: Any) -> int:
+    from . import state, status
+
+    emit = protocol.emit
+    root = args.root
+    if module is not None:
+        return int(module.run(args, emit) or 0)
+    if args.command == "telemetry":
+        from . import telemetry
+
+        return telemetry.run(args, emit)
+    if args.command == "status":
+        emit(status.collect(root))
+    elif args.command == "activate":
+        def spawn(sha: str, token: str) -> int:
+            return state.spawn_watchdog(root, sha, token, os.path.join(root, "log", "watchdog.log"))
+
+        emit(protocol.result("activate", **state.activate(root, args.sha, args.confirm_within, spawn=spawn)))
+    elif args.command == "confirm":
+        emit(protocol.result("confirm", **state.confirm(root, args.sha)))
+    elif args.command == "rollback":
+        emit(protocol.result("rollback", **state.rollback(root)))
+    elif args.command == "watchdog":
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # it outlives the SSH session that started it
+        state.check_sha(args.sha)
+        record = state.watch(root, args.sha, args.token)
+        emit(protocol.event("reverted", **record) if record else protocol.event("watchdog-done", sha=args.sha))
+    return protocol.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, _stop)
+    try:
+        try:
+            name = command_of(argv)
+            parser, module = build_parser(name if name in LAZY_COMMANDS else None)
+            args = parser.parse_args(argv)
+            args.root = os.path.abspath(args.root)
+            return dispatch(args, module)
+        except AgentError as exc:
+            protocol.emit(exc.line())
+            return protocol.EXIT_ERROR
+        except (protocol.Stopped, KeyboardInterrupt):
+            return protocol.EXIT_OK
+        except BrokenPipeError:
+            raise
+        except Exception as exc:  # a bug: still one error line, and the traceback for the log
+            traceback.print_exc(file=sys.stderr)
+            protocol.emit(AgentError(protocol.INTERNAL, f"{type(exc).__name__}: {exc}",
+                                     fix="report this with the agent's stderr").line())
+            return protocol.EXIT_ERROR
+    except (BrokenPipeError, protocol.Stopped):
+        # The reader went away (SSH session closed, `| head`): end quietly. Point stdout at /dev/null so the
+        # interpreter's final flush does not complain (the Python docs' advice for SIGPIPE).
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+        except OSError:
+            pass
+        return protocol.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,433 @@
+"""`serve`: the on-device ONNX Runtime model server for the active model, on a localhost HTTP port.
+
+It keeps running with no model or a broken one (not ready, with the reason), reloads when ROOT/current
+moves or on SIGHUP, micro-batches and caches as configured, and writes ROOT/run/serve-stats.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from . import inference, protocol
+from .batching import MicroBatcher, ResultCache
+from .inference import LoadedModel, ModelLoadError, RequestError, RuntimeMissing
+from .servestats import ServeStats, stats_document, write_atomically
+
+DEFAULT_PORT = 8750
+STATS_INTERVAL_S = 1.0
+# A request thread never waits for the batch worker longer than this (a wedged provider answers 500).
+RUN_TIMEOUT_S = 300.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0: any free one, see the event)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: localhost only)")
+    parser.add_argument("--model", default=None,
+                        help="serve this .onnx file or artifact directory instead of ROOT/current")
+    parser.add_argument("--providers", default=",".join(inference.DEFAULT_PROVIDERS),
+                        help="execution providers in order of preference, comma-separated (the profile's order)")
+    parser.add_argument("--max-batch", type=int, default=8, help="rows per micro-batch (1: no batching)")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0,
+                        help="how long the first request of a batch waits for companions")
+    parser.add_argument("--cache-size", type=int, default=0, help="LRU cache entries keyed by input hash (0: off)")
+    parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
+
+
+class Served:
+    """What answers requests for one loaded model: the model, its batcher (if batching applies), its cache."""
+
+    def __init__(self, model: LoadedModel, max_batch: int, max_wait_s: float, cache_size: int,
+                 stats: ServeStats) -> None:
+        self.model = model
+        self.cache = ResultCache(cache_size)
+        self.batcher: MicroBatcher | None = None
+        if model.batchable and max_batch > 1:
+            _, np = inference.import_runtime()
+            self.batcher = MicroBatcher(model.run, lambda arrays: np.concatenate(arrays, axis=0),
+                                        max_batch, max_wait_s, on_run=stats.record_run)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+class Ticket:
+    """One inference request's hold on the model that was served when it began (a swap does not split it)."""
+
+    __slots__ = ("announced", "served")
+
+    def __init__(self, served: Served | None) -> None:
+        self.served = served
+        self.announced = False
+
+
+class ModelServer:
+    """The server's state, independent of HTTP: which model is served, and answering each endpoint."""
+
+    def __init__(self, root: str, providers: list[str], model_path: str | None = None, max_batch: int = 8,
+                 max_wait_ms: float = 5.0, cache_size: int = 0, threads: int | None = None) -> None:
+        self.root = root
+        self.providers = providers
+        self.model_path = model_path
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.cache_size = cache_size
+        self.threads = threads
+        self.stats = ServeStats()
+        self.served: Served | None = None
+        self.reason = "starting"
+        self.skipped: list[dict[str, str]] = []
+        self._target: str | None = None
+        self._loaded_once = False
+
+    # --- which model --------------------------------------------------------------------------------------
+
+    def refresh(self, force: bool = False) -> dict[str, Any] | None:
+        """Load the model again if ROOT/current points elsewhere (or when forced); the event to report, if any."""
+        target = self.model_path if self.model_path else inference.active_artifact(self.root)
+        if self._loaded_once and not force and target == self._target:
+            return None
+        self._loaded_once = True
+        self._target = target
+        if target is None:
+            self._swap(None, "no active model: {} does not point at an artifact; activate one "
+                             "(`fleetdesk-agent activate SHA`)".format(os.path.join(self.root, "current")), [])
+            return {"type": "event", "event": "model-unloaded", "reason": self.reason}
+        sha = os.path.basename(os.path.normpath(target))
+        try:
+            if self.model_path:
+                sha, path = inference.resolve_model(self.root, target)
+            else:
+                path = inference.model_file(target)
+            model = inference.load_model(sha, path, self.providers, self.threads)
+        except Exception as exc:  # whatever a model does to onnxruntime, the server stays up, not ready
+            text = str(exc) if isinstance(exc, (ModelLoadError, RuntimeMissing, OSError)) else repr(exc)
+            self._swap(None, f"model {sha} failed to load: {text}", [])
+            return {"type": "event", "event": "model-failed", "model": sha, "reason": self.reason}
+        self._swap(Served(model, self.max_batch, self.max_wait_s, self.cache_size, self.stats), "", model.skipped)
+        return {"type": "event", "event": "model-loaded", "model": model.sha, "provider": model.provider,
+                "skipped": model.skipped, "batchable": model.batchable}
+
+    def _swap(self, served: Served | None, reason: str, skipped: list[dict[str, str]]) -> None:
+        old, self.served = self.served, served  # one reference assignment: requests see old or new
+        self.reason = reason
+        self.skipped = skipped
+        if old is not None:
+            old.close()  # requests already queued on the old model still get their answers
+
+    def close(self) -> None:
+        self._swap(None, "stopped", [])
+
+    # --- endpoints ----------------------------------------------------------------------------------------
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        served = self.served
+        body = {"ready": served is not None, "model": served.model.sha if served else None,
+                "provider": served.model.provider if served else None,
+                "reason": self.reason if served is None else "", "skipped": self.skipped}
+        return (200 if served is not None else 503), body
+
+    def model_info(self) -> tuple[int, dict[str, Any]]:
+        served = self.served
+        if served is None:
+            return 503, {"error": f"not ready: {self.reason}"}
+        return 200, served.model.describe()
+
+    def stats_body(self) -> dict[str, Any]:
+        served = self.served
+        body = self.stats_file()
+        body.update({"ready": served is not None, "reason": self.reason if served is None else "",
+                     "runs": self.stats.runs, "max_batch": self.max_batch,
+                     "max_wait_ms": self.max_wait_s * 1000.0, "batching": bool(served and served.batcher)})
+        return body
+
+    def stats_file(self) -> dict[str, Any]:
+        served = self.served
+        return stats_document(self.stats.snapshot(), served.model.sha if served else None,
+                              served.model.provider if served else None, len(served.cache) if served else 0)
+
+    def begin(self) -> Ticket:
+        """A POST /v1/infer starts: fix which model answers it, and tell its batcher one is on the way."""
+        ticket = Ticket(self.served)
+        if ticket.served is not None and ticket.served.batcher is not None:
+            ticket.served.batcher.expect()
+            ticket.announced = True
+        return ticket
+
+    def end(self, ticket: Ticket) -> None:
+        if ticket.announced and ticket.served is not None and ticket.served.batcher is not None:
+            ticket.served.batcher.forget()  # it never reached the batcher
+        ticket.announced = False
+
+    def infer(self, body: bytes, ticket: Ticket | None = None) -> tuple[int, dict[str, Any]]:
+        """(status, answer) of one POST /v1/infer; every failure is a JSON error, never an exception."""
+        started = time.monotonic()
+        ticket = ticket if ticket is not None else Ticket(self.served)
+        try:
+            answer = self._infer(body, ticket)
+        except RequestError as exc:
+            self.stats.record_request(None, ok=False)
+            return exc.status, {"error": exc.message}
+        ms = (time.monotonic() - started) * 1000.0
+        answer["ms"] = round(ms, 3)
+        self.stats.record_request(ms, ok=True, cached=answer["cached"])
+        return 200, answer
+
+    def _infer(self, body: bytes, ticket: Ticket) -> dict[str, Any]:
+        served = ticket.served
+        if served is None:
+            raise RequestError(503, f"no model is ready: {self.reason}")
+        try:
+            payload = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise RequestError(400, f"the body is not JSON: {exc}") from exc
+        model = served.model
+        feeds = inference.decode_inputs(model, payload)
+        key = inference.input_key(model.sha, feeds) if served.cache.size else None
+        hit = served.cache.get(key) if key else None
+        if hit is not None:
+            return {"outputs": hit, "model": model.sha, "batch": 0, "cached": True}
+        try:
+            if served.batcher is not None:
+                outputs, batch = served.batcher.submit(feeds, timeout=RUN_TIMEOUT_S, expected=ticket.announced)
+                ticket.announced = False
+            else:
+                outputs = model.run(feeds)
+                first = next(iter(feeds.values()))
+                batch = int(first.shape[0]) if first.ndim else 1
+                self.stats.record_run(batch)
+        except Exception as exc:  # onnxruntime's own exception types; the message is what the caller needs
+            raise RequestError(500, f"onnxruntime failed to run model {model.sha}: {inference.one_line(exc)}") from exc
+        encoded = {name: inference.encode_tensor(name, outputs[i]) for i, name in enumerate(model.output_names)}
+        if key:
+            served.cache.put(key, encoded)
+        return {"outputs": encoded, "model": model.sha, "batch": batch, "cached": False}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: an application sends many requests on one connection
+    server_version = "fleetdesk-agent"
+    timeout = 60  # a client that stops sending mid-request frees its thread
+    # Headers and body go out in two writes; with Nagle on, the second waits for the client's delayed ACK
+    # (40 ms on Linux) and every answer takes 40 ms more: measured here, 44 ms per request with one client.
+    disable_nagle_algorithm = True
+
+    @property
+    def app(self) -> ModelServer:
+        return self.server.app  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # stdout carries the agent's JSON lines; an access log would only fill the device's disk
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/v1/health":
+            self._send(*self.app.health())
+        elif path == "/v1/model":
+            self._send(*self.app.model_info())
+        elif path == "/v1/stats":
+            self._send(200, self.app.stats_body())
+        elif path == "/v1/infer":
+            self._send(405, {"error": "use POST for /v1/infer"})
+        else:
+            self._send(404, {"error": f"no endpoint {json.dumps(path)}: there are /v1/health, /v1/model, "
+                                      "/v1/stats and POST /v1/infer"})
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path != "/v1/infer":
+            self._send(404 if path not in ("/v1/health", "/v1/model", "/v1/stats") else 405,
+                       {"error": f"POST goes to /v1/infer, not {json.dumps(path)}"})
+            self.close_connection = True  # its body, if any, was not read
+            return
+        ticket = self.app.begin()
+        try:
+            body = self._read_body()
+            if body is None:
+                return
+            self._send(*self.app.infer(body, ticket))
+        finally:
+            self.app.end(ticket)
+
+    def _read_body(self) -> bytes | None:
+        limit = int(self.server.max_body_bytes)  # type: ignore[attr-defined]
+        if self.headers.get("Transfer-Encoding"):
+            self._refuse(411, "send the body with a Content-Length, not Transfer-Encoding")
+            return None
+        length_text = self.headers.get("Content-Length")
+        try:
+            length = int(length_text) if length_text is not None else -1
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._refuse(411 if length_text is None else 400, "the request needs a valid Content-Length")
+            return None
+        if length > limit:
+            self.app.stats.record_request(None, ok=False)
+            self._refuse(413, f"the body is {length} bytes, more than --max-body-mb allows ({limit} bytes); "
+                              "send smaller requests or restart serve with a larger --max-body-mb", limit)
+            return None
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.close_connection = True
+            return None
+        return body
+
+    def _refuse(self, status: int, message: str, drain_limit: int = 0) -> None:
+        """Answer before reading the body, then close; drain at most `drain_limit` bytes so the client
+        can read the answer instead of a connection reset (no more than the limit is ever read)."""
+        self._send(status, {"error": message}, close=True)
+        if drain_limit:
+            try:
+                self.connection.settimeout(1.0)
+                left = drain_limit
+                while left > 0:
+                    chunk = self.connection.recv(min(left, 1 << 16))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+            except OSError:
+                pass
+
+    def _send(self, status: int, body: dict[str, Any], close: bool = False) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True  # the client went away; nothing to answer
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+def _error(emit: Callable[[dict[str, Any]], None], code: str, message: str, fix: str) -> int:
+    emit({"type": "error", "code": code, "message": message, "fix": fix})
+    return 2
+
+
+def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int:
+    root = str(args.root)
+    try:
+        inference.import_runtime()
+    except RuntimeMissing as exc:
+        return _error(emit, "no-runtime", str(exc), "run `fleetdesk provision DEVICE`")
+    if args.max_batch < 1 or args.max_wait_ms < 0 or args.cache_size < 0 or args.max_body_mb <= 0:
+        return _error(emit, protocol.BAD_ARGUMENTS, "--max-batch must be >= 1, --max-wait-ms and --cache-size >= 0, "
+                      "--max-body-mb > 0", "pass values in those ranges")
+    providers = [p.strip() for p in str(args.providers).split(",") if p.strip()]
+    app = ModelServer(root, providers, model_path=args.model, max_batch=args.max_batch,
+                      max_wait_ms=args.max_wait_ms, cache_size=args.cache_size, threads=args.threads)
+    try:
+        httpd = _HTTPServer((args.host, args.port), _Handler)
+    except OSError as exc:
+        fix = ("stop the other server on that port or pass another --port" if exc.errno == errno.EADDRINUSE
+               else "check --host and --port")
+        return _error(emit, "port-unavailable", f"cannot listen on {args.host}:{args.port}: {exc}", fix)
+    httpd.app = app  # type: ignore[attr-defined]
+    httpd.max_body_bytes = int(args.max_body_mb * 1024 * 1024)  # type: ignore[attr-defined]
+
+    flags = {"stop": False, "reload": False}
+    _install_signals(flags)
+    run_dir = os.path.join(root, "run")
+    os.makedirs(run_dir, exist_ok=True)
+    pid_file = os.path.join(run_dir, "serve.pid")
+    with open(pid_file, "w", encoding="utf-8") as handle:
+        handle.write(f"{os.getpid()}\n")
+    stats_path = os.path.join(run_dir, "serve-stats.json")
+    # HTTP answers first (health says "loading") so that a large model's load does not look like a dead server.
+    app.reason = "loading the model"
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.25},
+                              name="fleetdesk-http", daemon=True)
+    thread.start()
+    try:
+        first = app.refresh(force=True)
+        health = app.health()[1]
+        emit({"type": "event", "event": "serving", "host": args.host, "port": httpd.server_address[1],
+              "pid": os.getpid(), "ready": health["ready"], "model": health["model"],
+              "provider": health["provider"], "reason": health["reason"], "skipped": health["skipped"],
+              "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "cache_size": args.cache_size})
+        if first is not None and first["event"] == "model-failed":
+            _report(emit, first)
+        next_tick = 0.0
+        while not flags["stop"]:
+            if flags["reload"]:
+                flags["reload"] = False
+                _report(emit, app.refresh(force=True))
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + STATS_INTERVAL_S
+                _report(emit, app.refresh())
+                _write_stats(app, stats_path)
+            time.sleep(0.1)  # signals only set flags; this loop acts on them within 0.1 s
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        app.close()
+        _write_stats(app, stats_path)
+        _remove_pid_file(pid_file)
+    snapshot = app.stats.snapshot()
+    _report(emit, {"type": "result", "command": "serve", "requests": snapshot["requests"],
+                   "errors": snapshot["errors"], "cache_hits": snapshot["cache_hits"], "runs": snapshot["runs"]})
+    return 0
+
+
+def _report(emit: Callable[[dict[str, Any]], None], event: dict[str, Any] | None) -> None:
+    """Emit, but a reader that went away (a closed SSH channel) never stops the server."""
+    if event is not None:
+        try:
+            emit(event)
+        except (OSError, ValueError):
+            pass
+
+
+def _write_stats(app: ModelServer, path: str) -> None:
+    try:
+        write_atomically(path, app.stats_file())
+    except OSError:
+        pass  # a full disk must not take inference down; the next tick tries again
+
+
+def _install_signals(flags: dict[str, bool]) -> None:
+    def stop(signum: int, frame: Any) -> None:
+        flags["stop"] = True
+
+    def reload(signum: int, frame: Any) -> None:
+        flags["reload"] = True
+
+    try:
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+    except ValueError:
+        pass  # not the main thread (run() called from a test's thread): no signals, the caller stops it
+
+
+def _remove_pid_file(path: str) -> None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            mine = handle.read().strip() == str(os.getpid())
+        if mine:
+            os.unlink(path)
+    except OSError:
+        pass
