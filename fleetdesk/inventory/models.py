@@ -229,5 +229,71 @@ class GroupMemberRow(Base):
 
 # --- Runtimes installed on devices (migration 0004) ---
 
+class DeviceRuntimeRow(Base):
+    """The runtime provisioning last installed and proved on one device (one row per device)."""
+
+    __tablename__ = "device_runtimes"
+    __table_args__ = (UniqueConstraint("device_id", name="uq_device_runtimes_device_id"),
+                      Index("ix_device_runtimes_runtime_id", "runtime_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    runtime_id: Mapped[str] = mapped_column(String(64))
+    agent_version: Mapped[str] = mapped_column(String(64))
+    device_root: Mapped[str] = mapped_column(DeviceText)
+    onnxruntime: Mapped[str] = mapped_column(DeviceText)  # the version the device's selftest reported
+    providers: Mapped[str] = mapped_column(DeviceText)  # JSON list, in the order onnxruntime gave them
+    python: Mapped[str] = mapped_column(DeviceText)
+    provisioned_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
 
 # --- Telemetry history and events (migration 0005) ---
+
+# The metrics a minute of history keeps (names as in fleetdesk.telemetry.sample.METRICS): avg and max of each.
+HISTORY_METRICS: tuple[str, ...] = ("cpu_pct", "mem_pct", "temp_c", "gpu_pct", "gpu_temp_c", "latency_p95_ms",
+                                    "infer_rate", "infer_errors")
+
+
+class TelemetryMinuteRow(Base):
+    """One device's telemetry over one minute, downsampled for reports; NULL where no sample had the metric."""
+
+    __tablename__ = "telemetry_minutes"
+    __table_args__ = (Index("ix_telemetry_minutes_minute", "minute"),)
+
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)  # the minute's start, UTC
+    samples: Mapped[int] = mapped_column()
+    # float columns: SQLAlchemy maps a `float` annotation to Float (double precision on PostgreSQL).
+    cpu_pct_avg: Mapped[float | None] = mapped_column()
+    cpu_pct_max: Mapped[float | None] = mapped_column()
+    mem_pct_avg: Mapped[float | None] = mapped_column()
+    mem_pct_max: Mapped[float | None] = mapped_column()
+    temp_c_avg: Mapped[float | None] = mapped_column()
+    temp_c_max: Mapped[float | None] = mapped_column()
+    gpu_pct_avg: Mapped[float | None] = mapped_column()
+    gpu_pct_max: Mapped[float | None] = mapped_column()
+    gpu_temp_c_avg: Mapped[float | None] = mapped_column()
+    gpu_temp_c_max: Mapped[float | None] = mapped_column()
+    latency_p95_ms_avg: Mapped[float | None] = mapped_column()
+    latency_p95_ms_max: Mapped[float | None] = mapped_column()
+    infer_rate_avg: Mapped[float | None] = mapped_column()
+    infer_rate_max: Mapped[float | None] = mapped_column()
+    infer_errors_avg: Mapped[float | None] = mapped_column()
+    infer_errors_max: Mapped[float | None] = mapped_column()
+
+
+class EventRow(Base):
+    """Something an operator should see in the device's log: an alert that fired, a stream that dropped."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_device_id_at", "device_id", "at"), Index("ix_events_at", "at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # NULL for an event of the whole fleet; a device's events go with the device.
+    device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(DeviceText)  # "alert", "stream", ...
+    message: Mapped[str] = mapped_column(DeviceText)
+    metric: Mapped[str | None] = mapped_column(DeviceText)
+    value: Mapped[float | None] = mapped_column()
+    bound: Mapped[float | None] = mapped_column()

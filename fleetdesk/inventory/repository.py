@@ -61,6 +61,11 @@ class Inventory:
         self._reads = sessionmaker(engine, expire_on_commit=False)
         self._writes = sessionmaker(for_writing(engine), expire_on_commit=False)
 
+    @property
+    def engine(self) -> Engine:
+        """The database engine, for the repositories of later parts (runtimes, telemetry) that share it."""
+        return self._engine
+
     def close(self) -> None:
         self._engine.dispose()
 

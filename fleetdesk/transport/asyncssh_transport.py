@@ -24,7 +24,9 @@ from fleetdesk.errors import (
 )
 from fleetdesk.transport.results import RunResult, decode_output
 from fleetdesk.transport.session import (
+    CLOSE_WAIT,
     ByteRange,
+    RemoteLines,
     auth_refused,
     connection_lost,
     existing_identity_files,
@@ -237,6 +239,9 @@ class AsyncsshSession:
         except (OSError, asyncssh.Error):
             pass
 
+    def stream(self, command: str) -> RemoteLines:
+        return _AsyncsshLines(self, command)
+
     def abort(self) -> None:
         self._client.lost = True
         self._conn.abort()
@@ -246,5 +251,68 @@ class AsyncsshSession:
         self._conn.close()
         try:
             await asyncio.wait_for(self._conn.wait_closed(), timeout=5)
+        except (TimeoutError, OSError, asyncssh.Error):
+            pass
+
+
+class _AsyncsshLines(RemoteLines):
+    """A command's stdout read in chunks as asyncssh receives them; stderr drained by a task of its own."""
+
+    def __init__(self, session: AsyncsshSession, command: str) -> None:
+        super().__init__(session.target, command)
+        self._session = session
+        self._process: asyncssh.SSHClientProcess[bytes] | None = None
+        self._stderr_task: asyncio.Task[None] | None = None
+
+    async def _open(self) -> None:
+        try:
+            self._process = await self._session._conn.create_process(self.command, encoding=None,
+                                                                     stdin=asyncssh.DEVNULL)
+        except (OSError, asyncssh.Error) as exc:
+            raise translate_error(exc, self.target, "stream") from None
+        self._stderr_task = asyncio.get_running_loop().create_task(self._drain_stderr())
+
+    async def _drain_stderr(self) -> None:
+        assert self._process is not None
+        try:
+            while data := await self._process.stderr.read(65536):
+                self._keep_stderr(data)
+        except (OSError, asyncssh.Error):
+            pass  # the stdout reader reports the lost connection
+
+    async def _read_chunk(self) -> bytes:
+        assert self._process is not None
+        try:
+            data = await self._process.stdout.read(65536)
+        except (OSError, asyncssh.Error) as exc:
+            raise translate_error(exc, self.target, "stream") from None
+        if data:
+            return data
+        # EOF on stdout: the exit status follows (RFC 4254 6.10) just before the channel closes.
+        try:
+            await asyncio.wait_for(self._process.wait_closed(), CLOSE_WAIT)
+        except (TimeoutError, OSError, asyncssh.Error):
+            pass
+        # asyncssh reports exit status -1 with an exit signal (RFC 4254 6.10): no status then.
+        status = self._process.exit_status
+        self.exit_status = status if status is not None and status >= 0 else None
+        signal = self._process.exit_signal
+        self.exit_signal = signal[0] if signal else None
+        if self.exit_status is None and self.exit_signal is None and not self._session.is_open:
+            raise connection_lost(self.target, "stream", ConnectionError("the connection closed"))
+        return b""
+
+    async def _stop(self) -> None:
+        if self._stderr_task is not None:
+            self._stderr_task.cancel()
+        process = self._process
+        if process is None:
+            return
+        if process.exit_status is None and process.exit_signal is None and self._session.is_open:
+            AsyncsshSession._stop(process)
+        else:
+            process.close()
+        try:
+            await asyncio.wait_for(process.wait_closed(), CLOSE_WAIT)
         except (TimeoutError, OSError, asyncssh.Error):
             pass

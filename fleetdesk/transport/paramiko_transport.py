@@ -24,8 +24,10 @@ from fleetdesk.errors import (
 )
 from fleetdesk.transport.results import RunResult, decode_output
 from fleetdesk.transport.session import (
+    CLOSE_WAIT,
     ByteRange,
     ConnectionLostError,
+    RemoteLines,
     auth_refused,
     connection_lost,
     existing_identity_files,
@@ -257,6 +259,9 @@ class ParamikoSession:
         except _Cancelled:
             raise ConnectionLostError("the push was interrupted", device=self.target.device, step="push") from None
 
+    def stream(self, command: str) -> RemoteLines:
+        return _ParamikoLines(self, command)
+
     def _transport_active(self) -> bool:
         transport = self._client.get_transport()
         return transport is not None and transport.is_active()
@@ -270,3 +275,115 @@ class ParamikoSession:
     async def close(self) -> None:
         self._aborted = True
         await asyncio.get_running_loop().run_in_executor(self._executor, self._client.close)
+
+
+# Chunks a stream's reader thread may hand the loop before it waits for the loop to take them.
+STREAM_CHUNKS_AHEAD = 64
+# How often a stream's reader thread wakes from a blocking read to check whether it should stop.
+STREAM_POLL = 0.5
+
+
+class _ParamikoLines(RemoteLines):
+    """A command's stdout read by a thread of its own, chunks handed to the loop through a queue.
+
+    A stream lives as long as the device streams, so it does not borrow a thread of the pool's
+    paramiko executor: a fleet of streaming devices would hold every one and starve run and push.
+    The open runs on that executor like any other call; the long read gets its own daemon thread.
+    """
+
+    def __init__(self, session: ParamikoSession, command: str) -> None:
+        super().__init__(session.target, command)
+        self._session = session
+        self._chan: paramiko.Channel | None = None
+        self._queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
+        self._room = threading.Semaphore(STREAM_CHUNKS_AHEAD)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    async def _open(self) -> None:
+        def blocking(cancel: threading.Event) -> paramiko.Channel:
+            chan = self._session._transport().open_session(timeout=self.target.connect_timeout)
+            try:
+                chan.exec_command(self.command)
+                chan.shutdown_write()
+            except BaseException:
+                chan.close()
+                raise
+            chan.settimeout(STREAM_POLL)
+            return chan
+
+        self._chan = await self._session._call("stream", blocking)
+        loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._pump, args=(loop, self._chan), daemon=True,
+                                        name=f"fleetdesk-stream-{self.target.device[:40]}")
+        self._thread.start()
+
+    def _pump(self, loop: asyncio.AbstractEventLoop, chan: paramiko.Channel) -> None:
+        def hand(item: bytes | BaseException) -> None:
+            while not self._room.acquire(timeout=STREAM_POLL):
+                if self._stopping.is_set():
+                    return
+            try:
+                loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            except RuntimeError:  # the loop has closed: nobody is reading any more
+                self._stopping.set()
+
+        try:
+            while not self._stopping.is_set():
+                while chan.recv_stderr_ready():
+                    data = chan.recv_stderr(65536)
+                    try:
+                        loop.call_soon_threadsafe(self._keep_stderr, data)
+                    except RuntimeError:  # the loop has closed: nobody is reading any more
+                        return
+                try:
+                    data = chan.recv(65536)
+                except TimeoutError:
+                    continue
+                hand(data)
+                if not data:
+                    return
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            hand(exc)
+
+    async def _read_chunk(self) -> bytes:
+        item = await self._queue.get()
+        self._room.release()
+        if isinstance(item, BaseException):
+            raise translate_error(item, self.target, "stream")
+        if item:
+            return item
+        chan = self._chan
+        assert chan is not None
+        await asyncio.get_running_loop().run_in_executor(self._session._executor, chan.status_event.wait,
+                                                         CLOSE_WAIT)
+        while chan.recv_stderr_ready():
+            self._keep_stderr(chan.recv_stderr(65536))
+        # paramiko keeps -1 when no exit-status came: the command died of a signal (exit-signal, RFC 4254
+        # 6.10) if the connection is still up, or the connection went down under it.
+        if chan.exit_status >= 0:
+            self.exit_status = chan.exit_status
+        elif self._session.is_open:
+            self.exit_signal = "unknown"
+        else:
+            raise connection_lost(self.target, "stream", EOFError("the connection closed"))
+        return b""
+
+    async def _stop(self) -> None:
+        self._stopping.set()
+        chan = self._chan
+        if chan is None:
+            return
+        # Closing the channel makes sshd hang up on the command (SIGHUP to its session, SIGPIPE on its
+        # next write); paramiko has no signal request to send first.
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._session._executor, self._close_quietly, chan)
+        except RuntimeError:  # the pool's executor is shut down: the pool closed the connection already
+            self._close_quietly(chan)
+
+    @staticmethod
+    def _close_quietly(chan: paramiko.Channel) -> None:
+        try:
+            chan.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the connection is gone, and the command with it

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from types import TracebackType
 
 from fleetdesk.errors import ConfigError, FleetDeskError, RemoteCommandError, TransportError
@@ -15,7 +16,7 @@ from fleetdesk.transport.asyncssh_transport import AsyncsshSession
 from fleetdesk.transport.paramiko_transport import ParamikoSession
 from fleetdesk.transport.push import BLOCK_SIZE, LocalFile, digest_file, push_file
 from fleetdesk.transport.results import DeviceOutcome, FanOutResult, ProgressCallback, PushResult, RunResult
-from fleetdesk.transport.session import DeviceSession
+from fleetdesk.transport.session import DeviceSession, RemoteLines
 from fleetdesk.transport.target import TRANSPORTS, SSHTarget
 
 DEFAULT_MAX_OPERATIONS = 32
@@ -124,6 +125,19 @@ class SSHPool:
             session = await self.session(target)
             return await push_file(session, local, remote_path, mode=mode, progress=progress,
                                    requests_in_flight=self.requests_in_flight, make_dirs=make_dirs)
+
+    @asynccontextmanager
+    async def stream(self, target: SSHTarget, command: str) -> AsyncIterator[RemoteLines]:
+        """`async with pool.stream(target, cmd) as lines: async for line in lines: ...` over the device's
+        pooled connection. A stream lives as long as the device streams, so it takes no operation slot
+        (a streaming fleet would hold them all); leaving the block kills the command on the device."""
+        session = await self.session(target)
+        lines = session.stream(command)
+        try:
+            await lines.open()
+            yield lines
+        finally:
+            await lines.close()
 
     async def run_many(self, targets: Iterable[SSHTarget], command: str, *,
                        timeout: float | None = 60.0) -> FanOutResult:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from types import TracebackType
 from typing import Any, Protocol
 
 from fleetdesk.errors import AuthFailedError, CommandTimeoutError, TransportError, UnreachableError
 from fleetdesk.transport import credentials
-from fleetdesk.transport.results import RunResult
+from fleetdesk.transport.results import RunResult, decode_output
 from fleetdesk.transport.target import SSHTarget
 
 # (offset, length) of one byte range of the local file to write at the same offset on the device.
@@ -59,6 +60,101 @@ class DeviceSession(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    def stream(self, command: str) -> RemoteLines:
+        """The lines of a long-running command's stdout as they come, without taking a slot of the pool:
+        `async with session.stream(cmd) as lines: async for line in lines: ...`; closing kills the command."""
+        ...
+
+
+# One line of a stream longer than this is cut here and handed on in pieces (a device that never sends a
+# newline must not make the laptop buffer without end).
+MAX_LINE_BYTES = 1 << 20
+# The end of a stream's stderr kept for the error message when the command fails.
+STDERR_KEPT = 4096
+# How long closing a stream waits for the device to confirm the channel closed (a cut link never does).
+CLOSE_WAIT = 2.0
+
+
+class RemoteLines:
+    """Lines (without the newline; bytes that are not UTF-8 become U+FFFD) of one remote command's stdout.
+
+    Each transport opens the command in `_open`, returns stdout chunks from `_read_chunk` (b"" at EOF),
+    and kills the command in `_stop`. stderr is drained beside stdout (unread, it would fill the channel's
+    window and stall stdout) and its last few KiB kept in `stderr_tail`. At EOF `exit_status` (or
+    `exit_signal`) is set; a connection that drops raises ConnectionLostError (an UnreachableError).
+    """
+
+    def __init__(self, target: SSHTarget, command: str) -> None:
+        self.target = target
+        self.command = command
+        self.exit_status: int | None = None
+        self.exit_signal: str | None = None
+        self.bytes_read = 0
+        self._stderr = bytearray()
+        self._buffer = bytearray()
+        self._eof = False
+        self._opened = False
+        self._closed = False
+
+    @property
+    def stderr_tail(self) -> str:
+        return decode_output(bytes(self._stderr))
+
+    def _keep_stderr(self, data: bytes) -> None:
+        self._stderr += data
+        del self._stderr[:-STDERR_KEPT]
+
+    async def __aenter__(self) -> RemoteLines:
+        await self.open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if not self._opened:
+            self._opened = True
+            await self._open()
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            at = self._buffer.find(b"\n", 0, MAX_LINE_BYTES)
+            if at >= 0:
+                line = bytes(self._buffer[:at])
+                del self._buffer[:at + 1]
+                return decode_output(line)
+            if len(self._buffer) >= MAX_LINE_BYTES or (self._eof and self._buffer):
+                line = bytes(self._buffer[:MAX_LINE_BYTES])
+                del self._buffer[:MAX_LINE_BYTES]
+                return decode_output(line)
+            if self._eof:
+                raise StopAsyncIteration
+            chunk = await self._read_chunk()
+            self.bytes_read += len(chunk)
+            if chunk:
+                self._buffer += chunk
+            else:
+                self._eof = True
+
+    async def close(self) -> None:
+        """Stop the command if it still runs (idempotent); what was not read is dropped."""
+        if self._opened and not self._closed:
+            self._closed = True
+            await self._stop()
+
+    async def _open(self) -> None:
+        raise NotImplementedError
+
+    async def _read_chunk(self) -> bytes:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
 
 
 async def first_failure(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:

@@ -40,9 +40,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_the_package_has_three_revisions_in_a_line() -> None:
-    assert known_revisions() == {"0001", "0002", "0003"}
-    assert head_revision() == "0003"
+def test_the_package_has_five_revisions_in_a_line() -> None:
+    assert known_revisions() == {"0001", "0002", "0003", "0004", "0005"}
+    assert head_revision() == "0005"
 
 
 def test_an_empty_database_is_migrated_to_head(db_url: str) -> None:
@@ -50,7 +50,7 @@ def test_an_empty_database_is_migrated_to_head(db_url: str) -> None:
         assert inventory.devices() == []
     engine = open_database(db_url)
     try:
-        assert _revisions(engine) == {"0003"}
+        assert _revisions(engine) == {"0005"}
         assert {"devices", "device_addresses", "device_names", "device_services", "host_keys", "groups",
                 "group_members"} <= set(inspect(engine).get_table_names())
     finally:
@@ -107,7 +107,7 @@ def test_a_database_at_0001_keeps_its_data_when_upgraded(engine: Engine, db_url:
         assert inventory.device(7).identity_file == "/home/op/.ssh/line_a"
         inventory.set_connection(7, identity_file="")
         assert inventory.device(7).identity_file is None
-    assert _revisions(engine) == {"0003"}
+    assert _revisions(engine) == {"0005"}
 
 
 def test_a_database_from_a_newer_fleetdesk_is_refused_and_untouched_postgresql(postgres_url: str) -> None:

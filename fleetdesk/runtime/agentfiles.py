@@ -1,0 +1,161 @@
+"""The files provisioning puts on a device besides the wheels: the agent tree (versioned by its content), the
+`fleetdesk-agent` launcher, the supervisor that keeps `serve` running where there is no systemd, and the unit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fleetdesk.agent
+from fleetdesk.transport.shell import shell_quote
+
+AGENT_PACKAGE = "fleetdesk_agent"  # the agent's import name on a device (a file tree, not an installed package)
+VERSION_LENGTH = 16
+UNIT_NAME = "fleetdesk-agent.service"
+UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
+
+
+@dataclass(frozen=True)
+class AgentFile:
+    relpath: str  # POSIX path inside the package, e.g. "procfs.py"
+    path: Path
+    sha256: str
+    size: int
+    # The bytes as read when the version was computed: what is pushed, even if the source changes meanwhile.
+    data: bytes = field(default=b"", repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class AgentTree:
+    """Every .py file of fleetdesk/agent and the version they make together (a hash of names and contents)."""
+
+    version: str
+    files: tuple[AgentFile, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def agent_tree(source: Path | None = None) -> AgentTree:
+    """Read the agent's source tree (default: the installed fleetdesk/agent); caches and non-Python files are left."""
+    folder = Path(source) if source is not None else Path(fleetdesk.agent.__file__).parent
+    files = []
+    for path in sorted(folder.rglob("*.py")):
+        rel = path.relative_to(folder)
+        if "__pycache__" in rel.parts or any(part.startswith(".") for part in rel.parts):
+            continue
+        data = path.read_bytes()
+        files.append(AgentFile(rel.as_posix(), path, hashlib.sha256(data).hexdigest(), len(data), data))
+    listing = "".join(f"{f.relpath}\0{f.sha256}\n" for f in files)
+    return AgentTree(hashlib.sha256(listing.encode()).hexdigest()[:VERSION_LENGTH], tuple(files))
+
+
+@dataclass(frozen=True)
+class DeviceLayout:
+    """The paths of the device layout under ROOT (common contract: agent/, bin/, runtimes/, keys/, run/, log/)."""
+
+    root: str
+
+    def join(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def agent_dir(self, version: str) -> str:
+        return self.join("agent", version)
+
+    def agent_file(self, version: str, relpath: str) -> str:
+        return self.join("agent", version, AGENT_PACKAGE, relpath)
+
+    def runtime_dir(self, runtime_id: str) -> str:
+        return self.join("runtimes", runtime_id)
+
+    @property
+    def launcher(self) -> str:
+        return self.join("bin", "fleetdesk-agent")
+
+    @property
+    def supervisor(self) -> str:
+        return self.join("bin", "fleetdesk-supervise")
+
+    @property
+    def fleet_pub(self) -> str:
+        return self.join("keys", "fleet.pub")
+
+    @property
+    def supervise_pid(self) -> str:
+        return self.join("run", "supervise.pid")
+
+
+def launcher_script(root: str) -> str:
+    """ROOT/bin/fleetdesk-agent: the agent with the runtime venv's Python when there is one, else python3."""
+    q = shell_quote(root)
+    return f"""#!/bin/sh
+# The FleetDesk agent, written by `fleetdesk provision`; JSON lines on stdout (see the agent's protocol).
+ROOT={q}
+PY="$ROOT/runtimes/current/venv/bin/python"
+[ -x "$PY" ] || PY=python3
+PYTHONPATH="$ROOT/agent/current${{PYTHONPATH:+:$PYTHONPATH}}"
+export PYTHONPATH
+exec "$PY" -m {AGENT_PACKAGE} --root "$ROOT" "$@"
+"""
+
+
+def supervisor_script(root: str) -> str:
+    """ROOT/bin/fleetdesk-supervise: keeps `fleetdesk-agent serve` running where no systemd does.
+
+    It restarts the server when it exits, waiting longer after each quick exit (1 s doubling to 60 s, reset
+    once a run lasted a minute), and stops it on SIGTERM. Started detached (setsid) by provisioning.
+    """
+    q = shell_quote(root)
+    return f"""#!/bin/sh
+# Keeps the FleetDesk model server running (no systemd on this device); written by `fleetdesk provision`.
+ROOT={q}
+mkdir -p "$ROOT/run" "$ROOT/log"
+echo $$ > "$ROOT/run/supervise.pid"
+child=
+stop() {{
+  [ -n "$child" ] && kill "$child" 2>/dev/null && wait "$child" 2>/dev/null
+  rm -f "$ROOT/run/supervise.pid"
+  exit 0
+}}
+trap stop TERM INT HUP
+pause=1
+while :; do
+  started=$(date +%s)
+  "$ROOT/bin/fleetdesk-agent" serve >>"$ROOT/log/serve.log" 2>&1 &
+  child=$!
+  wait "$child"
+  status=$?
+  child=
+  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) serve exited with status $status; restarting in $pause s" \\
+    >>"$ROOT/log/supervise.log"
+  if [ $(( $(date +%s) - started )) -ge 60 ]; then pause=1; fi
+  sleep "$pause" &
+  child=$!
+  wait "$child"
+  child=
+  pause=$(( pause * 2 )); [ "$pause" -gt 60 ] && pause=60
+done
+"""
+
+
+def systemd_unit(root: str) -> str:
+    """fleetdesk-agent.service: `fleetdesk-agent serve`, restarted by systemd when it exits."""
+    # systemd.exec(5): ExecStart takes an absolute path; quoting keeps a root with spaces one word.
+    launcher = posixpath.join(root, "bin", "fleetdesk-agent")
+    quoted = '"' + launcher.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"""[Unit]
+Description=FleetDesk model server (fleetdesk-agent serve)
+After=network.target
+
+[Service]
+ExecStart={quoted} serve
+Restart=always
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+"""
