@@ -37,6 +37,9 @@ bench: $(STAMP) system-deps-test
 	$(BIN)/python benchmarks/lab_up.py
 	$(BIN)/python benchmarks/discovery_probe.py --devices 100 --with-push
 	$(BIN)/python benchmarks/gui_fleet.py --seconds 30
+	benchmarks/device_side.sh $(BIN)/python
+	$(BIN)/python benchmarks/serve_batching.py --seconds 10
+	$(BIN)/python benchmarks/telemetry_dashboard.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache
