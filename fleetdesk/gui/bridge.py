@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from PySide6.QtCore import QObject, Signal
@@ -28,15 +29,20 @@ from fleetdesk.errors import (
 )
 from fleetdesk.fleet import Fleet, ProbeOutcome
 from fleetdesk.inventory.records import Device, Group, HostKey
+from fleetdesk.inventory.telemetry_repo import TelemetryRepo
 from fleetdesk.models.card import ModelCard
 from fleetdesk.models.importer import inspect_model
 from fleetdesk.profiles.matcher import ProfileMatch, match_profile
+from fleetdesk.telemetry.alerts import AlertEvent, AlertMonitor, Threshold
+from fleetdesk.telemetry.buffers import Arrival, TelemetryStore
+from fleetdesk.telemetry.history import TelemetryHistory
+from fleetdesk.telemetry.hub import StreamState, TelemetryHub
 from fleetdesk.transport import credentials
 from fleetdesk.transport.credentials import KeyringStatus
 from fleetdesk.transport.hostkey import PublicKey
 from fleetdesk.transport.shell import shell_join
 
-from .activities import Activities, Activity
+from .activities import Activities, Activity, _loop
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -95,6 +101,30 @@ class Login:
     password: str | None = None
 
 
+@dataclass(frozen=True)
+class StreamView:
+    """A device's telemetry stream as the dashboard shows it."""
+
+    device_id: int
+    text: str  # "streaming", "streaming (agentless)", "connecting", "reconnecting in 8 s", "stopped"
+    live: bool  # samples are expected now
+    detail: str = ""  # why it is not streaming, in operator words
+
+
+def stream_view(state: StreamState) -> StreamView:
+    detail = str(state.last_error) if state.last_error is not None else ""
+    if state.mode == "agent":
+        return StreamView(state.device_id, "streaming", True)
+    if state.mode == "agentless":
+        return StreamView(state.device_id, "streaming (agentless)", True,
+                          "No FleetDesk agent on the device: read from /proc and /sys over SSH (provision it for "
+                          "GPU and inference figures)")
+    if state.mode == "reconnecting":
+        wait = f" in {state.retry_in:.0f} s" if state.retry_in is not None else ""
+        return StreamView(state.device_id, f"reconnecting{wait}", False, detail)
+    return StreamView(state.device_id, state.mode, False, detail)
+
+
 class FleetBridge(QObject):
     """Owns the `Fleet` for the window; every method that does I/O runs as a registered Activity."""
 
@@ -106,6 +136,8 @@ class FleetBridge(QObject):
     trust_requested = Signal(object)  # TrustRequest
     notice = Signal(str)  # a short operator message for the status bar
     model_imported = Signal(object)  # ModelCard
+    alert_event = Signal(object)  # AlertEvent, raised or cleared
+    stream_changed = Signal(object)  # StreamView: a device's telemetry stream in words
 
     def __init__(self, fleet: Fleet, activities: Activities) -> None:
         super().__init__()
@@ -122,6 +154,15 @@ class FleetBridge(QObject):
         self._closed = False
         activities.busy_changed.connect(self._refresh_busy)
         self._busy: set[int] = set()
+        # Live telemetry: bounded buffers in memory, judged against the alert thresholds as each sample lands
+        # (subscribed first, so a row is marked in the same pass that paints its sample).
+        self.telemetry = TelemetryStore()
+        self.alerts = AlertMonitor()
+        self.telemetry.subscribe(self._sample_stored)
+        self._hub: TelemetryHub | None = None  # made when the first stream starts
+        self._history: TelemetryHistory | None = None  # the per-minute history the hub writes (for reports)
+        self._alert_writes: set[asyncio.Future[None]] = set()
+        self._events: TelemetryRepo | None = None  # the inventory's event log, where alerts are written
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -188,6 +229,10 @@ class FleetBridge(QObject):
         self.device_changed.emit(self.view(device))
 
     def _forget(self, device_id: int) -> None:
+        if self._hub is not None:
+            self._hub.stop([device_id])
+        self.telemetry.forget([device_id])
+        self.alerts.forget(device_id)
         self._devices.pop(device_id, None)
         self._trusted.discard(device_id)
         self._unreachable.discard(device_id)
@@ -502,7 +547,71 @@ class FleetBridge(QObject):
         return self.activities.start(title or f"Push {card.name}", job, devices=[d.id for d in devices],
                                      summarize=summarize)
 
-    # -- quitting --------------------------------------------------------------------------------------
+    # -- live telemetry and alerts ---------------------------------------------------------------------
+
+    def _sample_stored(self, arrival: Arrival) -> None:
+        for event in self.alerts.check(arrival.device_id, arrival.sample):
+            self._alert(event)
+
+    def set_thresholds(self, thresholds: Sequence[Threshold]) -> None:
+        """Judge samples against these thresholds from now on; alerts whose rule went away are cleared."""
+        for event in self.alerts.set_thresholds(thresholds, at=time.time()):
+            self._alert(event)
+
+    def _alert(self, event: AlertEvent) -> None:
+        self.alert_event.emit(event)
+        if self._closed:
+            return
+        # Logged in the inventory's thread, in order; quitting waits for the writes (close()).
+        if self._events is None:
+            self._events = TelemetryRepo.of(self.fleet.inventory)
+        future = _loop().run_in_executor(self._db_thread, functools.partial(record_alert, self._events, event))
+        self._alert_writes.add(future)
+        future.add_done_callback(self._alert_written)
+
+    def _alert_written(self, future: asyncio.Future[None]) -> None:
+        self._alert_writes.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("could not log an alert in the inventory: %s", future.exception())
+
+    def _telemetry_hub(self) -> TelemetryHub:
+        if self._hub is None:
+            self._history = TelemetryHistory.open(self.fleet.inventory)
+            self._hub = TelemetryHub(self.fleet, self.telemetry, self._history, interval=1.0)
+            self._hub.on_state = self._stream_state
+        return self._hub
+
+    def _stream_state(self, state: StreamState) -> None:
+        self.stream_changed.emit(stream_view(state))
+
+    def start_streaming(self, device_ids: Sequence[int]) -> list[Device]:
+        """Stream telemetry from these devices (every trusted one if none): one SSH channel each, reconnecting
+        by itself, until stopped or quit. Untrusted devices are left out (SSH would refuse their key); returns
+        the devices that stream."""
+        chosen = self._chosen(device_ids) if device_ids else list(self._devices.values())
+        devices = [d for d in chosen if d.id in self._trusted]
+        skipped = len(chosen) - len(devices)
+        if not devices:
+            self.notice.emit("No trusted device to stream from: check and trust its host key first (Trust…).")
+            return []
+        hub = self._telemetry_hub()
+        hub.start(devices)
+        for device in devices:
+            self._stream_state(hub.state(device.id))
+        text = f"Streaming telemetry from {len(devices)} device(s)"
+        if skipped and device_ids:
+            text += f"; {skipped} not trusted yet, left out (Trust… first)"
+        self.notice.emit(text)
+        return devices
+
+    def stop_streaming(self, device_ids: Sequence[int]) -> None:
+        """Stop these devices' streams (every stream if none); what they sent stays on screen."""
+        if self._hub is None:
+            return
+        ids = [i for i in (device_ids or self._hub.streaming()) if i in self._hub.streaming()]
+        self._hub.stop(ids)
+        for device_id in ids:
+            self._stream_state(StreamState(device_id, mode="stopped"))
 
     async def close(self) -> None:
         """Cancel every activity newest first, then close SSH and the inventory, in that order."""
@@ -510,7 +619,20 @@ class FleetBridge(QObject):
             return
         self._closed = True
         started = time.monotonic()
+        if self._hub is not None:
+            self._hub.on_state = None  # the window is going: streams that end now have no one to tell
+            await self._hub.close()  # the streams first: they use the SSH pool closed below
+        if self._history is not None:
+            await self._history.close()
         await self.activities.cancel_all()
+        if self._alert_writes:
+            await asyncio.gather(*self._alert_writes, return_exceptions=True)
         await self.fleet.close()
         self._db_thread.shutdown(wait=True)
         log.debug("bridge closed in %.2f s", time.monotonic() - started)
+
+
+def record_alert(events: TelemetryRepo, event: AlertEvent) -> None:
+    """Write one alert, raised or cleared, to the inventory's event log (runs in the inventory's thread)."""
+    events.log_event(event.device_id, "alert", event.message, metric=event.metric, value=event.value,
+                     bound=event.bound, at=datetime.fromtimestamp(event.at, UTC))

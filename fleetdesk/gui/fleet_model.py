@@ -18,6 +18,8 @@ from PySide6.QtCore import (
     QSortFilterProxyModel,
     Qt,
 )
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication, QStyle
 
 from .bridge import DeviceView
 from .icons import status_icon
@@ -42,6 +44,12 @@ Index = QModelIndex | QPersistentModelIndex
 
 
 plain = visible_text  # device text in a cell: control and invisible characters spelled out
+
+
+def alert_icon() -> QIcon:
+    """The warning sign of a device with raised telemetry alerts (the style's own, as in the dashboard)."""
+    style = QApplication.style()
+    return style.standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning) if style is not None else QIcon()
 
 
 def when(moment: datetime | None) -> str:
@@ -76,6 +84,7 @@ class FleetTableModel(QAbstractTableModel):
         super().__init__(parent)  # type: ignore[arg-type]
         self._rows: list[DeviceView] = []
         self._row_of: dict[int, int] = {}
+        self._alerts: dict[int, tuple[str, ...]] = {}  # device id -> its raised telemetry alerts, in words
 
     # -- changes -----------------------------------------------------------------------------------
 
@@ -99,10 +108,27 @@ class FleetTableModel(QAbstractTableModel):
         self._rows[row] = view
         self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
 
+    def set_alerts(self, device_id: int, messages: Sequence[str]) -> None:
+        """Mark a device's Hostname cell with a warning sign while telemetry alerts are raised on it."""
+        before = self._alerts.get(device_id, ())
+        if tuple(messages) == before:
+            return
+        if messages:
+            self._alerts[device_id] = tuple(messages)
+        else:
+            self._alerts.pop(device_id, None)
+        row = self._row_of.get(device_id)
+        if row is not None:
+            self.dataChanged.emit(self.index(row, 1), self.index(row, 1))
+
+    def alerts(self, device_id: int) -> tuple[str, ...]:
+        return self._alerts.get(device_id, ())
+
     def remove(self, device_id: int) -> None:
         row = self._row_of.get(device_id)
         if row is None:
             return
+        self._alerts.pop(device_id, None)
         self.beginRemoveRows(QModelIndex(), row, row)
         del self._rows[row]
         self._row_of = {v.id: n for n, v in enumerate(self._rows)}
@@ -154,8 +180,10 @@ class FleetTableModel(QAbstractTableModel):
             return view.id
         if role == Qt.ItemDataRole.DecorationRole and column == 0:
             return status_icon(view.status)
+        if role == Qt.ItemDataRole.DecorationRole and column == 1 and view.id in self._alerts:
+            return alert_icon()
         if role == Qt.ItemDataRole.ToolTipRole:
-            return self._tooltip(view)
+            return self._tooltip(view) + "".join(f"\nTelemetry alert: {m}" for m in self._alerts.get(view.id, ()))
         return None
 
     @staticmethod

@@ -41,11 +41,15 @@ from PySide6.QtWidgets import (
 )
 
 from fleetdesk.discovery.mdns import NetworkInterface
+from fleetdesk.errors import FleetDeskError
 from fleetdesk.models.card import ModelCard
+from fleetdesk.telemetry.alerts import AlertEvent, Threshold, thresholds_from_json, thresholds_to_json
 
 from .activities import Activity
 from .activity_view import ActivityView
+from .alerts_dialog import ThresholdsDialog
 from .bridge import STATUSES, DeviceView, FleetBridge, Login, TrustRequest
+from .dashboard import Dashboard
 from .device_detail import DeviceDetail
 from .dialogs import AddDeviceDialog, Credentials, CredentialsDialog, NewDevice, SweepDialog, TrustDialog
 from .dropping import DeployDialog, DropOverlay, DropPlan, ModelsView, plan_drop
@@ -147,6 +151,8 @@ class MainWindow(QMainWindow):
         self.tabs.setObjectName("MainTabs")
         self.tabs.addTab(fleet_page, icon("probe"), "Fleet")
         self.tabs.addTab(self.models_view, icon("model"), "Models")
+        self.dashboard = Dashboard(bridge.telemetry, bridge.alerts, self)
+        self.tabs.addTab(self.dashboard, "Telemetry")
 
         # -- side panels ---------------------------------------------------------------------------------
         self.group_tree = GroupTree(self)
@@ -198,6 +204,12 @@ class MainWindow(QMainWindow):
         self.discovery_panel.sweep_requested.connect(self.open_sweep_dialog)
         self.detail.probe_requested.connect(lambda device_id: self.bridge.probe([device_id]))
         self.detail.trust_requested.connect(self.bridge.request_trust)
+        bridge.alert_event.connect(self.dashboard.add_alert)
+        bridge.alert_event.connect(self._alert_changed)
+        bridge.stream_changed.connect(lambda v: self.dashboard.set_stream_state(v.device_id, v.text, v.live, v.detail))
+        self.dashboard.stream_requested.connect(self.set_streaming)
+        self.dashboard.thresholds_requested.connect(self.open_thresholds_dialog)
+        self._restore_thresholds()
         self.fleet_table.selectionModel().selectionChanged.connect(self._selection_changed)
         for signal in (self.fleet_model.rowsInserted, self.fleet_model.rowsRemoved, self.fleet_model.modelReset,
                        self.fleet_model.dataChanged):
@@ -247,6 +259,12 @@ class MainWindow(QMainWindow):
                                           QKeySequence.StandardKey.Delete, "remove", "Forget the selected devices")
         self.import_action = self._action("Import model…", self.open_import_dialog, "Ctrl+O", "model",
                                           "Import .onnx model files")
+        self.stream_action = self._action("Stream telemetry", lambda: self.set_streaming(self.selected_ids(), True),
+                                          "Ctrl+Shift+T", "", "Stream live telemetry from the selected devices")
+        self.unstream_action = self._action("Stop telemetry", lambda: self.set_streaming(self.selected_ids(), False),
+                                            None, "", "Stop the selected devices' telemetry streams")
+        self.thresholds_action = self._action("Alert thresholds…", self.open_thresholds_dialog, None, "",
+                                              "Set the bounds that raise telemetry alerts")
         self.find_action = self._action("Filter devices", lambda: self.search.setFocus(), "Ctrl+F")
         self.quit_action = self._action("Quit", self.close, QKeySequence.StandardKey.Quit)
         self.dark_action = self._action("Dark theme", lambda on: self.set_theme("dark" if on else "light"),
@@ -254,7 +272,8 @@ class MainWindow(QMainWindow):
         self.dark_action.setCheckable(True)
         self.dark_action.setChecked(current_theme() == "dark")
         self.device_actions = (self.probe_action, self.trust_action, self.login_action, self.group_action,
-                               self.ungroup_action, self.ssh_action, self.remove_action)
+                               self.ungroup_action, self.ssh_action, self.stream_action, self.unstream_action,
+                               self.remove_action)
 
         menus = self.menuBar()
         file_menu = menus.addMenu("&File")
@@ -270,6 +289,7 @@ class MainWindow(QMainWindow):
         view_menu = menus.addMenu("&View")
         view_menu.addAction(self.find_action)
         view_menu.addAction(self.dark_action)
+        view_menu.addAction(self.thresholds_action)
 
         toolbar = self.addToolBar("Main")
         toolbar.setObjectName("MainToolbar")
@@ -307,15 +327,19 @@ class MainWindow(QMainWindow):
 
     def _devices_reset(self, views: list[DeviceView]) -> None:
         self.fleet_model.reset(views)
+        ordered = sorted(views, key=lambda v: v.device.name.casefold())
+        self.dashboard.set_devices([(v.id, v.device.name, v.status) for v in ordered])
         self._counts_changed()
 
     def _device_changed(self, view: DeviceView) -> None:
         self.fleet_model.upsert(view)
+        self.dashboard.upsert(view.id, view.device.name, view.status)
         if view.id == self._detail_id:
             self._show_detail(fresh=False)
 
     def _device_removed(self, device_id: int) -> None:
         self.fleet_model.remove(device_id)
+        self.dashboard.remove(device_id)
 
     def _counts_changed(self, *_args: object) -> None:
         # Live updates arrive a batch at a time: count once per pass of the loop, not once per device.
@@ -416,6 +440,47 @@ class MainWindow(QMainWindow):
         ids = self.selected_ids()
         if len(ids) == 1:
             self.bridge.request_trust(ids[0])
+
+    def _alert_changed(self, event: AlertEvent) -> None:
+        active = self.bridge.alerts.active(event.device_id)
+        self.fleet_model.set_alerts(event.device_id, [e.message for e in active.values()])
+
+    def set_streaming(self, device_ids: Sequence[int], on: bool) -> None:
+        """Start (or stop) telemetry for these devices, every trusted one if none; shows the dashboard."""
+        try:
+            if on:
+                self.bridge.start_streaming(device_ids)
+                self.tabs.setCurrentWidget(self.dashboard)
+            else:
+                self.bridge.stop_streaming(device_ids)
+        except FleetDeskError as exc:
+            self.statusBar().showMessage(str(exc), 15000)
+
+    def open_thresholds_dialog(self) -> ThresholdsDialog:
+        dialog = ThresholdsDialog(self.bridge.alerts.thresholds, self)
+        dialog.submitted.connect(self.set_thresholds)
+        self._keep(dialog)
+        return dialog
+
+    def set_thresholds(self, thresholds: list[Threshold]) -> None:
+        """Use and remember (QSettings) the operator's alert thresholds."""
+        self.bridge.set_thresholds(thresholds)
+        self._qsettings().setValue("telemetry/thresholds", thresholds_to_json(thresholds))
+        self.dashboard.thresholds_changed()
+
+    def _restore_thresholds(self) -> None:
+        stored = self._qsettings().value("telemetry/thresholds")
+        if not isinstance(stored, str) or not stored:
+            self.dashboard.thresholds_changed()
+            return
+        try:
+            thresholds = thresholds_from_json(stored)
+        except FleetDeskError as exc:
+            self.statusBar().showMessage(f"Alert thresholds: {exc}; using the defaults", 15000)
+            self.dashboard.thresholds_changed()
+            return
+        self.bridge.set_thresholds(thresholds)
+        self.dashboard.thresholds_changed()
 
     def _keep(self, dialog: QDialog) -> QDialog:
         # Dialogs are opened with open() (never exec() in a coroutine) and kept until they finish.
@@ -524,6 +589,7 @@ class MainWindow(QMainWindow):
         self.tabs.setTabIcon(0, icon("probe"))
         self.tabs.setTabIcon(1, icon("model"))
         self.discovery_panel.refresh_icons()
+        self.dashboard.refresh_theme()
 
     # -- drag and drop ----------------------------------------------------------------------------------------
 
@@ -642,7 +708,8 @@ class MainWindow(QMainWindow):
                              ("main/fleet_header", self.fleet_table.horizontalHeader().restoreState),
                              ("main/splitter", self.h_splitter.restoreState),
                              ("main/activity_splitter", self.v_splitter.restoreState),
-                             ("main/left_splitter", self.left_splitter.restoreState)):
+                             ("main/left_splitter", self.left_splitter.restoreState),
+                             ("main/dashboard_splitter", self.dashboard.splitter.restoreState)):
             value = stored.value(key)
             if isinstance(value, QByteArray):
                 restore(value)
@@ -657,6 +724,7 @@ class MainWindow(QMainWindow):
         stored.setValue("main/splitter", self.h_splitter.saveState())
         stored.setValue("main/activity_splitter", self.v_splitter.saveState())
         stored.setValue("main/left_splitter", self.left_splitter.saveState())
+        stored.setValue("main/dashboard_splitter", self.dashboard.splitter.saveState())
         stored.setValue("main/tab", self.tabs.currentIndex())
         stored.sync()
 
@@ -668,6 +736,7 @@ class MainWindow(QMainWindow):
         self.save_layout()
         for dialog in list(self._dialogs):
             dialog.reject()
+        self.dashboard.shutdown()
         await self.bridge.close()
         self._closed = True
         self.close()
