@@ -15,6 +15,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from .state import sha256_file
+
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
 # onnxruntime's NodeArg.type strings ("tensor(float)") and the numpy dtype names a request uses.
@@ -116,16 +118,10 @@ def resolve_model(root: str, what: str) -> tuple[str, str]:
     if os.path.isdir(what):
         return os.path.basename(os.path.normpath(what)), model_file(what)
     if os.path.isfile(what):
-        return file_sha256(what), what
+        return sha256_file(what), what
     raise ModelLoadError(f"no artifact {what!r}: neither {under_root} nor a file or directory")
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- The session and its provider ---------------------------------------------------------------------------

@@ -158,7 +158,8 @@ def check_signature(folder: str, root: str) -> str:
     return "not-checked"
 
 
-def _sha256_file(path: str) -> str:
+def sha256_file(path: str) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks (artifacts can be large)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -206,7 +207,7 @@ def verify_artifact(root: str, sha: str) -> dict[str, Any]:
                 raise AgentError(BAD_ARTIFACT, f"artifact {sha}: manifest names {rel[:200]!r}, outside the artifact",
                                  fix="rebuild the artifact on the laptop; a manifest lists files inside it only")
             try:
-                actual = _sha256_file(path)
+                actual = sha256_file(path)
             except OSError as exc:
                 raise AgentError(BAD_ARTIFACT, f"artifact {sha}: {rel[:200]!r} cannot be read ({exc.strerror})",
                                  fix="push the artifact again") from None

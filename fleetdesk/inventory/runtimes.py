@@ -6,17 +6,13 @@ One row per device: the latest provisioning replaces the one before.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from fleetdesk.errors import DeviceNotFoundError, InventoryError
-from fleetdesk.inventory.database import for_writing
 from fleetdesk.inventory.models import DeviceRow, DeviceRuntimeRow
 from fleetdesk.inventory.repository import Inventory
 
@@ -39,11 +35,8 @@ class DeviceRuntimes:
     """Reads and writes device_runtimes over the inventory's own engine (one short transaction per call)."""
 
     def __init__(self, inventory: Inventory) -> None:
-        # Same package as the Inventory: its engine is shared, never a second pool to the same database.
-        engine = inventory.engine
-        self._reads = sessionmaker(engine, expire_on_commit=False)
-        self._writes = sessionmaker(for_writing(engine), expire_on_commit=False)
-        self._url = engine.url.render_as_string(hide_password=True)
+        # Same package as the Inventory: its engine and its transactions (with their error translation) are shared.
+        self._session = inventory._session
 
     def record(self, device_id: int, *, runtime_id: str, agent_version: str, device_root: str, onnxruntime: str,
                providers: Sequence[str], python: str, at: datetime | None = None) -> DeviceRuntime:
@@ -88,20 +81,6 @@ class DeviceRuntimes:
             return list(session.scalars(select(DeviceRuntimeRow.device_id)
                                         .where(DeviceRuntimeRow.runtime_id == runtime_id)
                                         .order_by(DeviceRuntimeRow.device_id)))
-
-    @contextmanager
-    def _session(self, *, write: bool = False) -> Iterator[Session]:
-        maker = self._writes if write else self._reads
-        try:
-            with maker.begin() as session:
-                yield session
-        except IntegrityError as exc:
-            raise InventoryError(f"the inventory refused the change ({exc.orig})",
-                                 fix="another FleetDesk may have changed the same device; try again",
-                                 cause=exc) from None
-        except SQLAlchemyError as exc:
-            raise InventoryError(f"cannot use the inventory {self._url} ({exc.__class__.__name__}: {exc})",
-                                 fix="check that the database is reachable and writable", cause=exc) from None
 
 
 def _record(row: DeviceRuntimeRow) -> DeviceRuntime:
