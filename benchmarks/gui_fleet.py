@@ -34,7 +34,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -348,6 +348,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     db_url = f"sqlite:///{workdir / 'inventory.db'}"
     fill_inventory(db_url, args.devices, random.Random(args.seed))
 
+    return run_in_window(db_url, (1280, 800), lambda window: bench(window, args.seconds, args.seed,
+                                                                   not args.no_select, args.profile_second))
+
+
+def run_in_window(db_url: str, size: tuple[int, int], job: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Show the real main window on a qasync loop over `db_url`, run `job(window)` to its end, shut down.
+
+    Shared by the GUI benchmarks (telemetry_dashboard.py imports it)."""
     app = create_app([sys.argv[0]])
     app.setQuitOnLastWindowClosed(False)
     loop = qasync.QEventLoop(app)
@@ -355,13 +363,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     settings = Settings.load(db_url)
     fleet = Fleet(open_inventory(db_url), load_profiles(settings.user_profiles_dir))
     window = build_window(fleet, settings, browse_on_start=False)
-    window.resize(1280, 800)
+    window.resize(*size)
     window.show()
     app.processEvents()  # the first paint (fonts, style polish) happens once, before any measurement
 
-    async def whole() -> dict[str, Any]:
+    async def whole() -> Any:
         try:
-            return await bench(window, args.seconds, args.seed, not args.no_select, args.profile_second)
+            return await job(window)
         finally:
             await window.shutdown()
 

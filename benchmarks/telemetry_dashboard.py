@@ -49,20 +49,16 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt loads
 
 import numpy as np
 import pyqtgraph as pg
-import qasync
+from gui_fleet import run_in_window  # benchmarks/ is the script's folder, so on sys.path
 from PySide6 import __version__ as PYSIDE_VERSION
 from PySide6.QtCore import QEvent, QObject, QSettings, QTimer, QtMsgType, qInstallMessageHandler, qVersion
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QScrollArea, QVBoxLayout, QWidget
 
-from fleetdesk.config import Settings
-from fleetdesk.fleet import Fleet
-from fleetdesk.gui.app import build_window, create_app
 from fleetdesk.gui.loopwatch import LoopWatch
 from fleetdesk.gui.main_window import MainWindow
 from fleetdesk.gui.overview import FLUSH_MS, OVERVIEW_METRICS, SPARK_SECONDS
 from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory.records import Sighting
-from fleetdesk.profiles import load_profiles
 from fleetdesk.telemetry.buffers import Arrival, TelemetryStore
 from fleetdesk.telemetry.simulate import SimulatedFleet, deliver
 
@@ -377,33 +373,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     db_url = f"sqlite:///{workdir / 'inventory.db'}"
     fill_inventory(db_url, args.devices)
 
-    app = create_app([sys.argv[0]])
-    app.setQuitOnLastWindowClosed(False)
-    loop = qasync.QEventLoop(app)
-    asyncio.set_event_loop(loop)
-    settings = Settings.load(db_url)
-    fleet = Fleet(open_inventory(db_url), load_profiles(settings.user_profiles_dir))
-    window = build_window(fleet, settings, browse_on_start=False)
-    window.resize(1600, 1000)
-    window.show()
-    app.processEvents()
-
-    async def whole() -> dict[str, Any]:
-        try:
-            return await bench(window, args)
-        finally:
-            await window.shutdown()
-
-    future = asyncio.ensure_future(whole(), loop=loop)
-    future.add_done_callback(lambda _f: loop.stop())
-    try:
-        loop.run_forever()
-        return future.result()
-    finally:
-        window.deleteLater()
-        app.processEvents()
-        loop.close()
-        asyncio.set_event_loop(None)
+    return run_in_window(db_url, (1600, 1000), lambda window: bench(window, args))
 
 
 def show(result: dict[str, Any]) -> None:
