@@ -153,3 +153,31 @@ class KeyringUnavailableError(CredentialError):
 
 class DiscoveryError(FleetDeskError):
     """Browsing mDNS, adding a host or sweeping a network failed or was refused."""
+
+
+class ProvisionError(FleetDeskError):
+    """A device cannot be provisioned: untrusted, no profile, no python3, or no runtime built for it."""
+
+
+class RuntimeBundleError(ConfigError):
+    """A runtime bundle or a wheel brought for one is missing, damaged or for another platform."""
+
+
+class ArtifactStoreError(FleetDeskError):
+    """The artifact store cannot be read or written, or refuses a change; stored data is left unchanged."""
+
+
+class StoreEntryNotFoundError(ArtifactStoreError):
+    """No model record or artifact matches the name, name@version or id the operator gave."""
+
+
+class ModelNameClashError(ArtifactStoreError):
+    """A model of this name and version is already stored with different bytes."""
+
+
+class InvalidModelNameError(ArtifactStoreError):
+    """A model name or version that cannot be stored (it becomes a file name)."""
+
+
+class StoreFullError(ArtifactStoreError):
+    """The laptop's disk filled while the store wrote; what was being written was removed."""

@@ -133,10 +133,13 @@ class OverviewModel(QAbstractTableModel):
     def upsert(self, device_id: int, name: str, status: str) -> None:
         row = self._row_of.get(device_id)
         if row is None:
-            row = len(self._rows)
+            # In name order, like the fleet table: a device discovered later does not land at the bottom.
+            key = (name.casefold(), name, device_id)
+            row = next((n for n, r in enumerate(self._rows) if (r.name.casefold(), r.name, r.device_id) > key),
+                       len(self._rows))
             self.beginInsertRows(QModelIndex(), row, row)
-            self._rows.append(OverviewRow(device_id, name, status))
-            self._row_of[device_id] = row
+            self._rows.insert(row, OverviewRow(device_id, name, status))
+            self._row_of = {r.device_id: n for n, r in enumerate(self._rows)}
             self.endInsertRows()
             return
         current = self._rows[row]

@@ -105,7 +105,11 @@ class Inventory:
                                      fix="record services once their address or host name is resolved",
                                      step="record sighting")
         with self._session(write=True) as session:
-            rows = [_record(session, sighting, online=True) for sighting in sightings]
+            # A device's services arrive together: later sightings of a host name already matched in this
+            # batch go to that row without a query (and the autoflush each query would cost).
+            by_host: dict[str, DeviceRow] = {}
+            rows = [_record(session, sighting, online=True, recent=by_host) for sighting in sightings]
+            session.flush()
             return [_device(row) for row in rows]
 
     def add_device(self, host: str, *, port: int = 22, username: str = "root", name: str | None = None) -> Device:
@@ -418,9 +422,15 @@ def _ssh_port(sighting: Sighting) -> int | None:
     return None
 
 
-def _match(session: Session, sighting: Sighting) -> DeviceRow | None:
+def _match(session: Session, sighting: Sighting, recent: dict[str, DeviceRow] | None = None) -> DeviceRow | None:
     """The row a sighting belongs to: the same mDNS host name, else a shared address on the same SSH port
-    (for a service that tells no SSH port: a shared address, preferring the row on port 22)."""
+    (for a service that tells no SSH port: a shared address, preferring the row on port 22).
+
+    `recent` maps host names' match keys to the rows they matched earlier in the same transaction."""
+    if sighting.host_name and recent is not None:
+        row = recent.get(_match_key(sighting.host_name))
+        if row is not None:
+            return row
     if sighting.host_name:
         row = session.scalars(select(DeviceRow).join(NameRow).where(
             NameRow.kind == "host", NameRow.match_key == _match_key(sighting.host_name))
@@ -439,26 +449,31 @@ def _match(session: Session, sighting: Sighting) -> DeviceRow | None:
     return session.scalars(query.order_by(DeviceRow.first_seen, DeviceRow.id).limit(1)).first()
 
 
-def _record(session: Session, sighting: Sighting, *, online: bool, name: str | None = None) -> DeviceRow:
+def _record(session: Session, sighting: Sighting, *, online: bool, name: str | None = None,
+            recent: dict[str, DeviceRow] | None = None) -> DeviceRow:
     seen = _utc(sighting.seen_at)
-    row = _match(session, sighting)
+    row = _match(session, sighting, recent)
     ssh_port = _ssh_port(sighting)
     if row is None:
         row = DeviceRow(name=_free_name(session, name or _default_name(sighting)), source=sighting.source,
                         port=ssh_port or DEFAULT_SSH_PORT, username="root", transport="asyncssh", first_seen=seen,
-                        hostname="", online=False, **{f: getattr(ProbeFacts(), f) for f in _FACT_COLUMNS})
+                        hostname="", online=False, **{f: getattr(ProbeFacts(), f) for f in _FACT_COLUMNS},
+                        # Known empty: after the INSERT, reading them would otherwise cost a SELECT each.
+                        addresses=[], names=[], services=[], host_keys=[], groups=[])
         session.add(row)
         session.flush()
     elif ssh_port is not None and sighting.source == "mdns" and row.port != ssh_port:
         # The device itself announces where its SSH listens (it may have been created from another service).
         row.port = ssh_port
     addresses = _dedupe(sighting.addresses)
-    if addresses:
-        # An address is at one device at a time: a device that took over another's DHCP lease now owns it.
-        session.execute(delete(AddressRow).where(
-            AddressRow.address.in_(addresses), AddressRow.device_id != row.id,
-            AddressRow.device_id.in_(select(DeviceRow.id).where(DeviceRow.port == row.port))))
     known = {a.address: a for a in row.addresses}
+    taken = [address for address in addresses if address not in known]
+    if taken:
+        # An address is at one device at a time: a device that took over another's DHCP lease now owns it.
+        # (An address this row already has cannot be on another row of the same port: this ran when it came.)
+        session.execute(delete(AddressRow).where(
+            AddressRow.address.in_(taken), AddressRow.device_id != row.id,
+            AddressRow.device_id.in_(select(DeviceRow.id).where(DeviceRow.port == row.port))))
     for address in addresses:
         if address in known:
             known[address].last_seen = max(known[address].last_seen, seen)
@@ -475,8 +490,9 @@ def _record(session: Session, sighting: Sighting, *, online: bool, name: str | N
     if online:
         row.online = True
         row.last_seen = seen if row.last_seen is None else max(row.last_seen, seen)
-    session.flush()
-    return row
+    if recent is not None and sighting.host_name:
+        recent[_match_key(sighting.host_name)] = row
+    return row  # the next query's autoflush writes it
 
 
 def _record_service(row: DeviceRow, sighting: Sighting, seen: datetime) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetdesk.artifacts.signing import FleetSigningKey
-from fleetdesk.errors import DiskFullError, FleetDeskError, RemoteCommandError, UnreachableError
+from fleetdesk.errors import DiskFullError, FleetDeskError, ProvisionError, RemoteCommandError, UnreachableError
 from fleetdesk.inventory.records import Device
 from fleetdesk.inventory.runtimes import DeviceRuntimes
 from fleetdesk.profiles.schema import Profile
@@ -166,12 +166,43 @@ for i in range(0, len(pairs), 2):
         now = None
     if now == target:
         continue
+    if now is not None and pairs[i].endswith("/current"):
+        # What was current stays as the one to go back to ("previous"); anything older is pruned later.
+        keep = path[:-len("current")] + "previous"
+        tmp = keep + ".fleetdesk-new"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(now, tmp)
+        os.replace(tmp, keep)
     tmp = path + ".fleetdesk-new"
     if os.path.lexists(tmp):
         os.unlink(tmp)
     os.symlink(target, tmp)
     os.replace(tmp, path)
     print(pairs[i])
+"""
+
+# argv: root folder... Removes every version folder in ROOT/<folder> that neither `current` nor `previous`
+# points at (runtimes hold ~40 MB of wheels and a venv each); prints what it removed.
+_PRUNE_PY = r"""
+import os, shutil, sys
+root = sys.argv[1]
+for folder in sys.argv[2:]:
+    base = os.path.join(root, folder)
+    keep = set()
+    for name in ("current", "previous"):
+        try:
+            keep.add(os.readlink(os.path.join(base, name)))
+        except OSError:
+            pass
+    if not keep:
+        continue
+    for entry in sorted(os.listdir(base)):
+        path = os.path.join(base, entry)
+        if entry in keep or entry in ("current", "previous") or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        print(folder + "/" + entry)
 """
 
 # argv: root supervisor version. Stops a supervisor of another version, starts ours detached, waits for its pid.
@@ -244,7 +275,7 @@ def choose_runtime(store: RuntimeStore, profile: Profile, ref: str | None, *, de
     if ref is not None:
         runtime = store.get(ref)
         if (runtime.arch, runtime.python) != (profile.arch, profile.python):
-            raise FleetDeskError(
+            raise ProvisionError(
                 f"runtime {runtime.id} is for {runtime.arch}, {runtime.python}, but {profile.name} devices are "
                 f"{profile.arch}, {profile.python}: its wheels would not install", device=device,
                 step="choose runtime",
@@ -252,7 +283,7 @@ def choose_runtime(store: RuntimeStore, profile: Profile, ref: str | None, *, de
         return runtime
     runtime = store.newest_for(profile.arch, profile.python, profile.name)
     if runtime is None:
-        raise FleetDeskError(f"no runtime for {profile.name} ({profile.arch}, {profile.python})", device=device,
+        raise ProvisionError(f"no runtime for {profile.name} ({profile.arch}, {profile.python})", device=device,
                              step="choose runtime",
                              fix=f"`fleetdesk runtime build --profile {profile.name}` while this laptop reaches a "
                                  "package index, or `fleetdesk runtime import-wheel FILE --profile "
@@ -379,15 +410,15 @@ class Provisioner:
     def _prepare(self, device: Device, runtime_ref: str | None) -> _Device:
         name = device.name
         if not self.fleet.inventory.host_keys(device.id):
-            raise FleetDeskError("is not trusted yet, so FleetDesk does not log in to it", device=name,
+            raise ProvisionError("is not trusted yet, so FleetDesk does not log in to it", device=name,
                                  step="check device", fix=f"`fleetdesk trust {shell_quote(name)}` after checking "
                                                           "its fingerprint")
         if not device.profile:
-            raise FleetDeskError("has no profile yet (it was never probed, or no profile matched)", device=name,
+            raise ProvisionError("has no profile yet (it was never probed, or no profile matched)", device=name,
                                  step="check device", fix=f"`fleetdesk probe {shell_quote(name)}`")
         profile = self.fleet.profiles.profiles.get(device.profile)
         if profile is None:
-            raise FleetDeskError(f"its profile {device.profile!r} is not among the device profiles", device=name,
+            raise ProvisionError(f"its profile {device.profile!r} is not among the device profiles", device=name,
                                  step="check device", fix="restore the profile file, or probe the device again")
         runtime = choose_runtime(self.store, profile, runtime_ref, device=name)
         return _Device(device, self.fleet.target(device), profile, runtime, DeviceLayout(profile.device_root))
@@ -418,6 +449,11 @@ class Provisioner:
         # Proved before the server is (re)started on it: a runtime that fails its selftest is not served.
         proof = await self._selftest(d)
         await self._register(d, state, unit_pushed=any(i.remote == UNIT_PATH for i in to_push))
+        if any(c.startswith("switched") for c in d.changed):
+            # Only after the server runs on the new versions: older ones than `previous` are not needed.
+            pruned = await self.fleet.pool.run(d.target, python_command(_PRUNE_PY, layout.root, "runtimes", "agent"),
+                                               timeout=COMMAND_TIMEOUT, check=True)
+            d.changed.extend(f"removed {line}" for line in pruned.stdout.split() if line)
         providers = tuple(str(p) for p in proof.get("providers", ()))
         python = str(proof.get("python") or state.get("python") or "")
         DeviceRuntimes(self.fleet.inventory).record(
@@ -469,22 +505,22 @@ class Provisioner:
     def _check(self, d: _Device, state: dict[str, Any], items: list[_Item], wheels: list[_Item]) -> None:
         name, runtime = d.device.name, d.runtime
         if not state.get("python3"):
-            raise FleetDeskError("has no python3, which the agent and the runtime need", device=name,
+            raise ProvisionError("has no python3, which the agent and the runtime need", device=name,
                                  step="check python3",
                                  fix="install Python 3.8 or newer with venv from the OS image (Debian/Ubuntu: "
                                      "python3 and python3-venv), then provision again")
         if not state.get("venv") and not state.get("installed"):
-            raise FleetDeskError("its python3 has no venv/ensurepip module, so no runtime venv can be made",
+            raise ProvisionError("its python3 has no venv/ensurepip module, so no runtime venv can be made",
                                  device=name, step="check python3",
                                  fix="install the OS package python3-venv (from the OS image or a local mirror), "
                                      "then provision again")
         python, machine = str(state.get("python", "")), str(state.get("machine", ""))
         if machine and machine != runtime.arch:
-            raise FleetDeskError(f"is {machine}, but runtime {runtime.id} is for {runtime.arch}", device=name,
+            raise ProvisionError(f"is {machine}, but runtime {runtime.id} is for {runtime.arch}", device=name,
                                  step="check device",
                                  fix=f"probe it again (`fleetdesk probe {shell_quote(name)}`) so its profile fits")
         if _python_tag(python) != runtime.python:
-            raise FleetDeskError(f"runs Python {python}, but runtime {runtime.id} is built for {runtime.python}",
+            raise ProvisionError(f"runs Python {python}, but runtime {runtime.id} is built for {runtime.python}",
                                  device=name, step="check python3",
                                  fix=f"build a runtime for {_python_tag(python) or 'its Python'} (a profile with "
                                      f"python = \"{_python_tag(python)}\") and provision with --runtime ID")

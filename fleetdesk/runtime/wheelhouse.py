@@ -23,7 +23,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion
 
 from fleetdesk import __version__
-from fleetdesk.errors import ConfigError, FleetDeskError
+from fleetdesk.errors import FleetDeskError, RuntimeBundleError
 from fleetdesk.profiles.schema import Profile
 from fleetdesk.runtime.store import Runtime, RuntimeStore, WheelFile, sha256_file
 
@@ -119,7 +119,7 @@ def inspect_wheel(path: Path) -> WheelInfo:
     try:
         name, version, _build, tags = parse_wheel_filename(path.name)
     except (InvalidWheelFilename, InvalidVersion) as exc:
-        raise ConfigError(f"{path.name} is not a wheel file name ({exc})", step="import wheel",
+        raise RuntimeBundleError(f"{path.name} is not a wheel file name ({exc})", step="import wheel",
                           fix="give the .whl file as published: NAME-VERSION-PYTHON-ABI-PLATFORM.whl") from None
     try:
         size = path.stat().st_size
@@ -127,22 +127,23 @@ def inspect_wheel(path: Path) -> WheelInfo:
             names = archive.namelist()
             dist_info = {n.split("/", 1)[0] for n in names if n.split("/", 1)[0].endswith(".dist-info")}
             if len(dist_info) != 1:
-                raise ConfigError(f"{path.name} has no single .dist-info folder, so it is not a wheel",
+                raise RuntimeBundleError(f"{path.name} has no single .dist-info folder, so it is not a wheel",
                                   step="import wheel", fix=fix)
             folder = dist_info.pop()
             wheel_meta = _member(archive, f"{folder}/WHEEL")
             metadata = _member(archive, f"{folder}/METADATA")
             bad = archive.testzip()
     except zipfile.BadZipFile as exc:
-        raise ConfigError(f"{path.name} is not a zip archive, so it is not a wheel ({exc})", step="import wheel",
+        raise RuntimeBundleError(f"{path.name} is not a zip archive, so it is not a wheel ({exc})", step="import wheel",
                           fix=fix) from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}", step="import wheel",
+        raise RuntimeBundleError(f"cannot read {path}: {exc.strerror or exc}", step="import wheel",
                           fix="check the file's path and permissions") from None
     if wheel_meta is None or "Wheel-Version:" not in wheel_meta:
-        raise ConfigError(f"{path.name} has no WHEEL metadata, so it is not a wheel", step="import wheel", fix=fix)
+        raise RuntimeBundleError(f"{path.name} has no WHEEL metadata, so it is not a wheel", step="import wheel",
+                                 fix=fix)
     if bad is not None:
-        raise ConfigError(f"{path.name} is damaged: {bad} fails its CRC check", step="import wheel", fix=fix)
+        raise RuntimeBundleError(f"{path.name} is damaged: {bad} fails its CRC check", step="import wheel", fix=fix)
     requires: tuple[str, ...] = ()
     if metadata is not None:
         requires = tuple(email.parser.Parser().parsestr(metadata, headersonly=True).get_all("Requires-Dist") or ())
@@ -163,7 +164,7 @@ def check_fits(wheel: WheelInfo, target: TargetPlatform, family: str) -> None:
     platforms = sorted({t.platform for t in wheel.tags})
     arch_ok = any(p == "any" or p.endswith(target.arch) for p in platforms)
     what = "Python" if arch_ok else "architecture"
-    raise ConfigError(
+    raise RuntimeBundleError(
         f"{wheel.path.name} is built for {wheel.tag_text()}, which {family} devices cannot install "
         f"(wrong {what}): they need {target.python} on {target.arch} "
         f"(cp3x-abi3 or py3-none also fit; platforms manylinux_2_{MIN_GLIBC_MINOR}..2_{MAX_GLIBC_MINOR}, "
@@ -255,10 +256,10 @@ async def build_runtime(profile: Profile, store: RuntimeStore, *, requirements: 
         try:
             Requirement(text)
         except InvalidRequirement as exc:
-            raise ConfigError(f"{text!r} is not a requirement ({exc})", step="build runtime",
+            raise RuntimeBundleError(f"{text!r} is not a requirement ({exc})", step="build runtime",
                               fix='write it as pip does, e.g. "onnxruntime>=1.17"') from None
     if not reqs:
-        raise ConfigError(f"profile {profile.name} lists no wheels", step="build runtime",
+        raise RuntimeBundleError(f"profile {profile.name} lists no wheels", step="build runtime",
                           fix="add [runtime] wheels to the profile, or pass --requirement")
     pip = await _pip_version()
     folder = store.new_folder()
@@ -316,7 +317,7 @@ def import_wheel(path: Path, profile: Profile, store: RuntimeStore, *, base: Run
     if base is None:
         base = store.newest_for(target.arch, target.python, profile.name)
     elif (base.arch, base.python) != (target.arch, target.python):
-        raise ConfigError(f"runtime {base.id} is for {base.arch}, {base.python}, not {profile.name}'s "
+        raise RuntimeBundleError(f"runtime {base.id} is for {base.arch}, {base.python}, not {profile.name}'s "
                           f"{target.describe()}", step="import wheel",
                           fix=f"choose a base built for {profile.name} (`fleetdesk runtime list`)")
     kept = [w for w in (base.wheels if base else ()) if not same_package(w.project, wheel.project)]
@@ -326,7 +327,7 @@ def import_wheel(path: Path, profile: Profile, store: RuntimeStore, *, base: Run
     missing = _missing_dependencies(wheel, kept, target)
     if missing:
         where = f"runtime {base.id}" if base else "no runtime (there is none for this platform yet)"
-        raise ConfigError(
+        raise RuntimeBundleError(
             f"{wheel.path.name} needs {', '.join(missing)}, which {where} does not hold; no runtime was made",
             step="import wheel",
             fix=f"build a base that has them, e.g. `fleetdesk runtime build --profile {profile.name} "
@@ -339,7 +340,7 @@ def import_wheel(path: Path, profile: Profile, store: RuntimeStore, *, base: Run
         # The operator's file is copied, never linked: it may be changed in place later.
         shutil.copyfile(wheel.path, folder / "wheels" / wheel.path.name)
         if sha256_file(folder / "wheels" / wheel.path.name) != wheel.sha256:
-            raise ConfigError(f"{wheel.path.name} changed while it was imported", step="import wheel",
+            raise RuntimeBundleError(f"{wheel.path.name} changed while it was imported", step="import wheel",
                               fix="import it again once it is fully copied")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

@@ -102,6 +102,18 @@ def test_the_overview_has_a_row_per_device_with_the_latest_values_from_the_store
     assert dashboard.delegate.painted - before == len(NAMES) * len(OVERVIEW_METRICS)
 
 
+def test_a_device_that_arrives_later_takes_its_place_in_name_order(session: GuiSession) -> None:
+    model = session.window.dashboard.model
+    model.upsert(9001, "cam-015", "untrusted")
+    model.upsert(9002, "aaa-first", "untrusted")
+    model.upsert(9003, "zz-last", "untrusted")
+    names = [model.index(r, 0).data() for r in range(model.rowCount())]
+    assert names == sorted(names, key=str.casefold) and names[0] == "aaa-first" and names[-1] == "zz-last"
+    assert names.index("cam-015") == names.index("cam-01") + 1
+    # Every row is still found by its device id after the inserts moved the others down.
+    assert all(model.row_at(model.row_of(i)).device_id == i for i in model.device_ids())
+
+
 def test_only_rows_with_new_samples_are_repainted_and_arrivals_are_coalesced(session: GuiSession) -> None:
     dashboard = session.window.dashboard
     sim = simulate(session)

@@ -150,7 +150,29 @@ def test_current_links_switch_atomically_and_only_when_they_change(tmp_path: Pat
     third = sh(python_command(prov._LINKS_PY, str(root), "runtimes/current", "r2", "agent/current", "v1"))
     assert third.stdout.split() == ["runtimes/current"]
     assert (root / "runtimes" / "current").readlink() == Path("r2")
-    assert sorted(p.name for p in (root / "runtimes").iterdir()) == ["current"]  # no temp link left
+    assert (root / "runtimes" / "previous").readlink() == Path("r1")  # the one to go back to
+    assert sorted(p.name for p in (root / "runtimes").iterdir()) == ["current", "previous"]  # no temp link left
+
+
+def test_versions_older_than_previous_are_pruned_and_current_and_previous_kept(tmp_path: Path) -> None:
+    root = tmp_path / "device root"
+    for version in ("r1", "r2", "r3"):
+        (root / "runtimes" / version / "venv").mkdir(parents=True)
+        (root / "runtimes" / version / "venv" / "big").write_bytes(b"x" * 1000)
+    (root / "agent" / "v1" / "fleetdesk_agent").mkdir(parents=True)
+    (root / "agent" / "v2" / "fleetdesk_agent").mkdir(parents=True)
+    (root / "runtimes" / "stray-file").write_text("not a version folder")
+    for target in ("r1", "r2", "r3"):
+        assert sh(python_command(prov._LINKS_PY, str(root), "runtimes/current", target, "agent/current", "v2")
+                  ).returncode == 0
+    pruned = sh(python_command(prov._PRUNE_PY, str(root), "runtimes", "agent"))
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.split() == ["runtimes/r1", "agent/v1"]
+    assert sorted(p.name for p in (root / "runtimes").iterdir()) == ["current", "previous", "r2", "r3", "stray-file"]
+    assert (root / "runtimes" / "current").readlink() == Path("r3")
+    assert (root / "runtimes" / "previous").readlink() == Path("r2")
+    assert sorted(p.name for p in (root / "agent").iterdir()) == ["current", "v2"]
+    assert sh(python_command(prov._PRUNE_PY, str(root), "runtimes", "agent")).stdout == ""  # nothing more to do
 
 
 def test_an_outcome_says_unreachable_apart_from_failed() -> None:
