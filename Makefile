@@ -40,6 +40,7 @@ bench: $(STAMP) system-deps-test
 	benchmarks/device_side.sh $(BIN)/python
 	$(BIN)/python benchmarks/serve_batching.py --seconds 10
 	$(BIN)/python benchmarks/telemetry_dashboard.py
+	$(BIN)/python benchmarks/model_variants.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache

@@ -7,6 +7,8 @@ the two is settled by the revert rule, never left half-switched), and swaps link
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import errno
 import fcntl
@@ -21,6 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from . import ed25519
 from .protocol import (
     BAD_ARGUMENTS,
     BAD_ARTIFACT,
@@ -34,6 +37,9 @@ from .protocol import (
 )
 
 STATE_FILE = "state.json"
+MANIFEST_NAME = "manifest.json"  # the artifact layout of fleetdesk/artifacts/records.py
+SIGNATURE_NAME = "manifest.json.sig"
+BAD_SIGNATURE = "bad-signature"  # an artifact not signed by the fleet key, or no usable fleet key on the device
 HISTORY_LIMIT = 50  # entries kept in state.json's "history"
 MAX_CONFIRM_WITHIN_S = 7 * 24 * 3600.0
 WATCHDOG_POLL_S = 1.0  # how soon a watchdog notices a confirmation and ends
@@ -153,9 +159,57 @@ def switch_link(root: str, name: str, sha: str | None) -> None:
 
 
 def check_signature(folder: str, root: str) -> str:
-    """HOOK for artifact signatures (Ed25519 over manifest.json with ROOT/keys/fleet.pub), which land with
-    rollouts. Until then every artifact is "not-checked", and activate says so in its result."""
-    return "not-checked"
+    """The artifact's manifest.json must carry a valid Ed25519 signature (manifest.json.sig: base64, one line)
+    by the fleet key ROOT/keys/fleet.pub. Returns "valid"; raises AgentError(BAD_SIGNATURE) otherwise."""
+    manifest_path = os.path.join(folder, MANIFEST_NAME)
+    signature_path = os.path.join(folder, SIGNATURE_NAME)
+    key_path = os.path.join(root, "keys", "fleet.pub")
+    name = os.path.basename(folder.rstrip(os.sep))
+    try:
+        with open(manifest_path, "rb") as f:
+            manifest = f.read()
+    except OSError as exc:
+        raise AgentError(BAD_ARTIFACT, f"artifact {name}: manifest.json cannot be read ({exc.strerror})",
+                         fix="push the artifact again") from None
+    try:
+        with open(signature_path, "rb") as f:
+            signature_text = f.read()
+    except FileNotFoundError:
+        raise AgentError(BAD_SIGNATURE, f"artifact {name} has no signature ({SIGNATURE_NAME} is missing)",
+                         fix="push the artifact as the FleetDesk store made it (fleetdesk model export), "
+                             "signed on the laptop") from None
+    except OSError as exc:
+        raise AgentError(BAD_SIGNATURE, f"artifact {name}: {SIGNATURE_NAME} cannot be read ({exc.strerror})",
+                         fix="push the artifact again") from None
+    try:
+        with open(key_path, "rb") as f:
+            pem = f.read()
+    except FileNotFoundError:
+        raise AgentError(BAD_SIGNATURE, f"this device has no fleet key ({key_path} is missing), so no artifact "
+                         "can be trusted", fix="provision the device (fleetdesk provision DEVICE) to install "
+                                               "the fleet's public key") from None
+    except OSError as exc:
+        raise AgentError(BAD_SIGNATURE, f"the fleet key {key_path} cannot be read ({exc.strerror})",
+                         fix="check the FleetDesk root's permissions, or provision the device again") from None
+    try:
+        public = ed25519.public_key_from_pem(pem)
+    except ed25519.InvalidKey as exc:
+        raise AgentError(BAD_SIGNATURE, f"the fleet key {key_path} is malformed: {exc}",
+                         fix="provision the device again to replace it with the fleet's public key "
+                             "(fleetdesk model export-key shows it)") from None
+    try:
+        signature = base64.b64decode(signature_text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        signature = b""
+    if len(signature) != 64:
+        raise AgentError(BAD_SIGNATURE, f"artifact {name}: {SIGNATURE_NAME} is not a base64 Ed25519 signature",
+                         fix="push the artifact again as the FleetDesk store made it")
+    if not ed25519.verify(public, manifest, signature):
+        raise AgentError(BAD_SIGNATURE, f"artifact {name}: the signature does not match manifest.json and the "
+                         f"fleet key {key_path} (the manifest was changed, or signed by another laptop's key)",
+                         fix="push the artifact again from the laptop whose key this device trusts; if the key "
+                             "changed, provision the device again with the new fleet key")
+    return "valid"
 
 
 def sha256_file(path: str) -> str:
@@ -186,38 +240,44 @@ def _manifest_entries(manifest: Any) -> list[tuple[str, str]]:
 
 
 def verify_artifact(root: str, sha: str) -> dict[str, Any]:
-    """ROOT/artifacts/<sha> must exist, and every file its manifest.json lists must have the listed SHA-256."""
+    """ROOT/artifacts/<sha> must exist, hold a manifest.json whose SHA-256 is <sha> (the id covers every byte),
+    signed by the fleet key, and every file the manifest lists must have the listed SHA-256."""
     folder = artifact_dir(root, sha)
     if not os.path.isdir(folder):
         raise AgentError(NOT_FOUND, f"artifact {sha} is not on this device ({folder} does not exist)",
                          fix="push the artifact to the device before activating it")
-    manifest_path = os.path.join(folder, "manifest.json")
+    manifest_path = os.path.join(folder, MANIFEST_NAME)
+    if not os.path.isfile(manifest_path):
+        raise AgentError(BAD_ARTIFACT, f"artifact {sha} has no manifest.json: only signed artifacts are activated",
+                         fix="push the artifact as the FleetDesk store made it (manifest, signature and files)")
+    signature = check_signature(folder, root)  # the manifest is trusted before anything it says is used
+    if sha256_file(manifest_path) != sha:
+        raise AgentError(BAD_ARTIFACT, f"artifact {sha}: manifest.json's SHA-256 is not the artifact's id",
+                         fix="push the artifact again into ROOT/artifacts/<the SHA-256 of its manifest.json>")
+    try:
+        with open(manifest_path, encoding="utf-8") as f:
+            entries = _manifest_entries(json.load(f))
+    except (OSError, ValueError) as exc:
+        raise AgentError(BAD_ARTIFACT, f"artifact {sha}: manifest.json cannot be read ({exc})",
+                         fix="push the artifact again") from None
     checked = 0
-    if os.path.exists(manifest_path):
+    real = os.path.realpath(folder)
+    for rel, digest in entries:
+        path = os.path.realpath(os.path.join(folder, rel))
+        if not rel or os.path.isabs(rel) or not path.startswith(real + os.sep):
+            raise AgentError(BAD_ARTIFACT, f"artifact {sha}: manifest names {rel[:200]!r}, outside the artifact",
+                             fix="rebuild the artifact on the laptop; a manifest lists files inside it only")
         try:
-            with open(manifest_path, encoding="utf-8") as f:
-                entries = _manifest_entries(json.load(f))
-        except (OSError, ValueError) as exc:
-            raise AgentError(BAD_ARTIFACT, f"artifact {sha}: manifest.json cannot be read ({exc})",
+            actual = sha256_file(path)
+        except OSError as exc:
+            raise AgentError(BAD_ARTIFACT, f"artifact {sha}: {rel[:200]!r} cannot be read ({exc.strerror})",
                              fix="push the artifact again") from None
-        real = os.path.realpath(folder)
-        for rel, digest in entries:
-            path = os.path.realpath(os.path.join(folder, rel))
-            if not rel or os.path.isabs(rel) or not path.startswith(real + os.sep):
-                raise AgentError(BAD_ARTIFACT, f"artifact {sha}: manifest names {rel[:200]!r}, outside the artifact",
-                                 fix="rebuild the artifact on the laptop; a manifest lists files inside it only")
-            try:
-                actual = sha256_file(path)
-            except OSError as exc:
-                raise AgentError(BAD_ARTIFACT, f"artifact {sha}: {rel[:200]!r} cannot be read ({exc.strerror})",
-                                 fix="push the artifact again") from None
-            if actual != digest.lower():
-                raise AgentError(BAD_ARTIFACT, f"artifact {sha}: {rel[:200]!r} has SHA-256 {actual}, "
-                                 f"the manifest says {digest[:64]}",
-                                 fix="push the artifact again (the copy on the device is damaged)")
-            checked += 1
-    return {"manifest": os.path.exists(manifest_path), "files_checked": checked,
-            "signature": check_signature(folder, root)}
+        if actual != digest.lower():
+            raise AgentError(BAD_ARTIFACT, f"artifact {sha}: {rel[:200]!r} has SHA-256 {actual}, "
+                             f"the manifest says {digest[:64]}",
+                             fix="push the artifact again (the copy on the device is damaged)")
+        checked += 1
+    return {"manifest": True, "files_checked": checked, "signature": signature}
 
 
 def _remember(state: dict[str, Any], entry: dict[str, Any]) -> None:

@@ -57,6 +57,10 @@ class FleetSigningKey:
             return self.public_path.read_bytes()
         return _public_pem(self._key().public_key())
 
+    def unlock(self) -> None:
+        """Open (or make) the private key now, so a keyring problem shows before long work, not after it."""
+        self._key()
+
     def sign(self, data: bytes) -> bytes:
         """The 64-byte Ed25519 signature of `data` (RFC 8032)."""
         return self._key().sign(data)

@@ -7,6 +7,7 @@ qasync loop, and on quit cancels background work in order before the loop stops.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -87,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     app = create_app(sys.argv if argv is None else argv)
     window = build_window(fleet, settings)
+    # Everything imported so far (Qt, onnx, onnxruntime, numpy, SQLAlchemy) lives as long as the app: moved out
+    # of the collector's reach, so a full collection triggered in a worker thread (an import optimizing a
+    # model) holds the interpreter lock for less time and the window does not stall on it.
+    gc.freeze()
     # One asyncio loop on the Qt thread (DESIGN.md, runtime model); qasync.run also works on Python 3.11,
     # whose asyncio.run has no loop_factory.
     qasync.run(run_window(window))

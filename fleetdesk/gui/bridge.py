@@ -7,18 +7,24 @@ registered Activity) and render what the signals carry: `DeviceView` values, gro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from PySide6.QtCore import QObject, Signal
 
+from fleetdesk.artifacts.records import MANIFEST_NAME, SIGNATURE_NAME, ModelRecord, VerifyResult
+from fleetdesk.artifacts.store import ArtifactStore
+from fleetdesk.config import Settings
 from fleetdesk.discovery.mdns import MdnsBrowser
 from fleetdesk.errors import (
     ConfigError,
@@ -30,8 +36,9 @@ from fleetdesk.errors import (
 from fleetdesk.fleet import Fleet, ProbeOutcome
 from fleetdesk.inventory.records import Device, Group, HostKey
 from fleetdesk.inventory.telemetry_repo import TelemetryRepo
+from fleetdesk.models import service as model_service
 from fleetdesk.models.card import ModelCard
-from fleetdesk.models.importer import inspect_model
+from fleetdesk.models.report import Progress
 from fleetdesk.profiles.matcher import ProfileMatch, match_profile
 from fleetdesk.telemetry.alerts import AlertEvent, AlertMonitor, Threshold
 from fleetdesk.telemetry.buffers import Arrival, TelemetryStore
@@ -42,13 +49,14 @@ from fleetdesk.transport.credentials import KeyringStatus
 from fleetdesk.transport.hostkey import PublicKey
 from fleetdesk.transport.shell import shell_join
 
-from .activities import Activities, Activity, _loop
+from .activities import Activities, Activity, _loop, human_duration
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATUSES = ("online", "offline", "untrusted", "unreachable", "busy")
-ARTIFACT_ROOT = "/opt/fleetdesk/artifacts"  # DESIGN.md, "The device side"
+DEVICE_ROOT = "/opt/fleetdesk"  # DESIGN.md, "The device side"; a profile's device_root replaces it
+ARTIFACT_ROOT = f"{DEVICE_ROOT}/artifacts"
 OFFLINE_AFTER_START = 4.0  # seconds of browsing after which a device that did not answer is shown offline
 
 
@@ -135,7 +143,9 @@ class FleetBridge(QObject):
     browsing_changed = Signal(bool)
     trust_requested = Signal(object)  # TrustRequest
     notice = Signal(str)  # a short operator message for the status bar
-    model_imported = Signal(object)  # ModelCard
+    model_imported = Signal(object)  # ModelRecord, just imported and signed
+    models_changed = Signal(list)  # list[ModelRecord]: everything in the store
+    model_removed = Signal(str)  # the ref of a model version deleted from the store
     alert_event = Signal(object)  # AlertEvent, raised or cleared
     stream_changed = Signal(object)  # StreamView: a device's telemetry stream in words
 
@@ -163,6 +173,7 @@ class FleetBridge(QObject):
         self._history: TelemetryHistory | None = None  # the per-minute history the hub writes (for reports)
         self._alert_writes: set[asyncio.Future[None]] = set()
         self._events: TelemetryRepo | None = None  # the inventory's event log, where alerts are written
+        self._store: ArtifactStore | None = None  # the signed artifact store, opened on first use
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -460,38 +471,145 @@ class FleetBridge(QObject):
 
     # -- models ----------------------------------------------------------------------------------------
 
-    def import_models(self, paths: Sequence[str],
-                      then: Callable[[list[ModelCard]], None] | None = None) -> Activity:
-        """Check each dropped file as an ONNX model (in a worker thread: a big model takes seconds)."""
-        chosen = list(paths)
+    def artifact_store(self) -> ArtifactStore:
+        """The signed artifact store under the user data directory (FLEETDESK_DATA_DIR), opened on first use."""
+        if self._store is None:
+            self._store = ArtifactStore.default(Settings.load())
+        return self._store
 
-        async def job(activity: Activity) -> list[ModelCard]:
-            loop = asyncio.get_running_loop()
-            cards: list[ModelCard] = []
-            errors: list[FleetDeskError] = []
-            for n, path in enumerate(chosen):
-                activity.report(n / len(chosen), f"checking {os.path.basename(path)}")
-                try:
-                    card = await loop.run_in_executor(None, inspect_model, path)
-                except FleetDeskError as exc:
-                    errors.append(exc)
-                    continue
-                cards.append(card)
-                self.model_imported.emit(card)
-            if errors and not cards:
-                raise errors[0]
-            if errors:
-                activity.detail = "; ".join(str(e) for e in errors[:2])
+    def profile_names(self) -> list[str]:
+        """Every device profile FleetDesk knows (shipped and the operator's)."""
+        return sorted(self.fleet.profiles.profiles)
+
+    def fleet_profiles(self, device_ids: Sequence[int] = ()) -> list[str]:
+        """The profiles of these devices (of every device in the inventory if none), each once."""
+        devices = [self._devices[i] for i in device_ids if i in self._devices] if device_ids \
+            else list(self._devices.values())
+        return sorted({d.profile for d in devices if d.profile})
+
+    def bench_devices(self, profiles: Sequence[str]) -> list[Device]:
+        """Devices that can time variants now: trusted, online, not busy, of one of these profiles."""
+        return [d for d in self._devices.values()
+                if d.profile in profiles and self.view(d).status == "online"]
+
+    async def _models(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # Store work reads, hashes and signs files (and may wait on the keyring): never on the loop.
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+    def load_models(self) -> Activity:
+        """Read the store's model records and announce them (`models_changed`)."""
+        async def job(activity: Activity) -> list[ModelRecord]:
+            activity.report(None, "reading the artifact store")
+            records = await self._models(lambda: self.artifact_store().models())
+            self.models_changed.emit(list(records))
+            return records
+
+        return self.activities.start("Read the model store", job, summarize=lambda rs: f"{len(rs)} model(s)")
+
+    def import_model(self, path: str, *, name: str | None = None, version: str | None = None,
+                     samples: str | None = None, profiles: Sequence[str] = (), time_on_devices: bool = False,
+                     then: Callable[[ModelRecord], None] | None = None) -> Activity:
+        """Import, optimize for each profile and sign one model (`fleetdesk model import`), in a worker thread.
+
+        Progress (stage, step n of m, elapsed, time left) goes to the activity; cancelling the activity sets
+        the import's cancel event and waits for the worker to stop: a cancelled import writes nothing.
+        """
+        chosen = tuple(profiles)
+        loop = _loop()
+        cancel = threading.Event()
+        benches: list[model_service.DeviceBench] = []
+
+        async def job(activity: Activity) -> ModelRecord:
+            started = time.monotonic()
+            bench = None
+            if time_on_devices:  # online devices of the chosen profiles with a provisioned runtime
+                ready = await self._db(model_service.bench_devices, self.fleet, chosen)
+                if ready:
+                    bench = model_service.DeviceBench(self.fleet, ready, loop)
+                    benches.append(bench)
+
+            def on_progress(progress: Progress) -> None:
+                if not cancel.is_set():
+                    activity.report(progress.done / progress.total if progress.total else None,
+                                    progress_text(progress, time.monotonic() - started))
+
+            def progress(step: Progress) -> None:  # called in the worker thread
+                loop.call_soon_threadsafe(on_progress, step)
+
+            store = await self._models(self.artifact_store)
+            activity.report(None, f"checking {os.path.basename(path)}")
+            work = loop.run_in_executor(None, functools.partial(
+                model_service.import_model, path, name=name, version=version, samples=samples, profiles=chosen or None,
+                store=store, catalog=self.fleet.profiles, progress=progress, cancel=cancel, device_bench=bench))
+            try:
+                record = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                cancel.set()
+                activity.detail = "cancelling: waiting for the current step to stop"
+                activity.changed.emit()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(work)  # the worker stops at its next step and writes nothing
+                raise
+            self.model_imported.emit(record)
             if then is not None:
-                then(cards)
-            return cards
+                then(record)
+            return record
 
-        def summarize(cards: object) -> str:
-            assert isinstance(cards, list)
-            return f"{len(cards)} of {len(chosen)} model(s) imported"
+        def summarize(record: object) -> str:
+            assert isinstance(record, ModelRecord)
+            report = record.report
+            if report is None:
+                return f"imported as {record.ref}"
+            chosen_text = ", ".join(f"{p.profile}: {p.chosen}" for p in report.profiles)
+            failures = [f"{d}: {why}" for b in benches for d, why in b.failures.items()]
+            return f"imported as {record.ref} ({chosen_text})" + (
+                "; accuracy checked on synthetic samples only" if report.synthetic else "") + (
+                "; not timed on " + "; ".join(failures[:2]) if failures else "")
 
-        title = f"Import {os.path.basename(chosen[0])}" if len(chosen) == 1 else f"Import {len(chosen)} models"
-        return self.activities.start(title, job, summarize=summarize)
+        return self.activities.start(f"Import {os.path.basename(path)}", job, summarize=summarize)
+
+    def verify_models(self, ref: str = "", then: Callable[[list[VerifyResult]], None] | None = None) -> Activity:
+        """Check every byte and the signature of a model's artifacts (every model's with no ref)."""
+        async def job(activity: Activity) -> list[VerifyResult]:
+            activity.report(None, "hashing files and checking signatures")
+            results = await self._models(lambda: self.artifact_store().verify(ref or None))
+            if then is not None:
+                then(list(results))
+            return list(results)
+
+        def summarize(results: object) -> str:
+            assert isinstance(results, list)
+            bad = [r for r in results if not r.ok]
+            return (f"{len(results)} artifact(s) intact and signed" if not bad else
+                    f"{len(bad)} of {len(results)} artifact(s) FAILED: {bad[0].ref}: {'; '.join(bad[0].problems[:2])}")
+
+        return self.activities.start(f"Verify {ref or 'every model'}", job, summarize=summarize)
+
+    def export_model(self, ref: str, dest: str, profile: str | None = None) -> Activity:
+        """Write a model's artifacts (or one profile's) to a .tar file the operator chose."""
+        async def job(activity: Activity) -> str:
+            activity.report(None, f"writing {os.path.basename(dest)}")
+            return str(await self._models(lambda: self.artifact_store().export(ref, Path(dest), profile=profile)))
+
+        return self.activities.start(f"Export {ref}", job, summarize=lambda p: f"written to {p}")
+
+    def remove_model(self, ref: str) -> Activity:
+        """Delete a model version and the artifacts no other version uses; the view forgets it."""
+        async def job(activity: Activity) -> list[str]:
+            removed = await self._models(lambda: self.artifact_store().remove(ref))
+            self.model_removed.emit(ref)
+            return list(removed)
+
+        return self.activities.start(f"Remove {ref}", job, summarize=lambda ids: f"{len(ids)} artifact(s) deleted")
+
+    def export_public_key(self, dest: str) -> Activity:
+        """Save the fleet's public signing key (PEM) where the operator chose (made on first use)."""
+        async def job(activity: Activity) -> str:
+            pem = await self._models(lambda: self.artifact_store().public_key_pem())
+            await self._models(Path(dest).write_bytes, pem)
+            return dest
+
+        return self.activities.start("Export the public signing key", job, summarize=lambda p: f"saved to {p}")
 
     # -- pushing a model -------------------------------------------------------------------------------
 
@@ -546,6 +664,67 @@ class FleetBridge(QObject):
 
         return self.activities.start(title or f"Push {card.name}", job, devices=[d.id for d in devices],
                                      summarize=summarize)
+
+    def push_artifacts(self, record: ModelRecord, device_ids: Sequence[int], title: str = "") -> Activity:
+        """Push to each device the artifact chosen for its profile (the FP32 baseline when its profile has none):
+        the signed folder as the store keeps it (manifest, signature, model files), into ROOT/artifacts/<id>/,
+        resumable and SHA-256 checked on the device."""
+        devices = self._chosen(device_ids)
+
+        async def job(activity: Activity) -> dict[str, str]:
+            store = self.artifact_store()
+            plans: dict[int, tuple[str, list[tuple[str, str]]]] = {}  # device -> (artifact id, [(local, remote)])
+            for device in devices:
+                artifact_id = record.artifacts.get(device.profile or "", record.baseline)
+                artifact = await self._models(store.artifact, artifact_id)
+                root = self._device_root(device)
+                names = [MANIFEST_NAME, SIGNATURE_NAME, *(f.path for f in artifact.files)]
+                plans[device.id] = (artifact.id, [(os.path.join(artifact.folder, *n.split("/")),
+                                                   f"{root}/artifacts/{artifact.id}/{n}") for n in names])
+            sizes = {local: os.path.getsize(local) for _id, files in plans.values() for local, _r in files}
+            total = sum(sizes[local] for _id, files in plans.values() for local, _r in files)
+            done: dict[tuple[int, str], int] = {}
+            outcomes: dict[str, str] = {}
+
+            def progress_of(device: Device, local: str) -> Callable[[int, int], None]:
+                def progress(sent: int, _total: int) -> None:
+                    done[(device.id, local)] = sent
+                    activity.report_bytes(sum(done.values()), total, f"{len(devices)} device(s)")
+                return progress
+
+            async def one(device: Device) -> None:
+                try:
+                    for local, remote in plans[device.id][1]:
+                        await self.fleet.pool.push(self.fleet.target(device), local, remote,
+                                                   progress=progress_of(device, local))
+                except FleetDeskError as exc:
+                    self._problem(device.id, exc)
+                    self._update(device)
+                    outcomes[device.name] = str(exc)
+                else:
+                    outcomes[device.name] = "ok"
+
+            await asyncio.gather(*(one(d) for d in devices))
+            failed = {k: v for k, v in outcomes.items() if v != "ok"}
+            if failed and len(failed) == len(devices):
+                first = next(iter(failed.values()))
+                raise FleetDeskError(f"the model reached no device: {first}",
+                                     fix="fix the first device's problem, then deploy the model again")
+            return outcomes
+
+        def summarize(outcomes: object) -> str:
+            assert isinstance(outcomes, dict)
+            ok = [k for k, v in outcomes.items() if v == "ok"]
+            failed = [f"{k}: {v}" for k, v in outcomes.items() if v != "ok"]
+            return f"verified on {len(ok)} of {len(outcomes)} device(s)" + ("; " + "; ".join(failed[:3]) if failed
+                                                                           else "")
+
+        return self.activities.start(title or f"Deploy {record.ref}", job, devices=[d.id for d in devices],
+                                     summarize=summarize)
+
+    def _device_root(self, device: Device) -> str:
+        profile = self.fleet.profiles.profiles.get(device.profile) if device.profile else None
+        return (profile.device_root if profile is not None else DEVICE_ROOT).rstrip("/") or DEVICE_ROOT
 
     # -- live telemetry and alerts ---------------------------------------------------------------------
 
@@ -636,3 +815,14 @@ def record_alert(events: TelemetryRepo, event: AlertEvent) -> None:
     """Write one alert, raised or cleared, to the inventory's event log (runs in the inventory's thread)."""
     events.log_event(event.device_id, "alert", event.message, metric=event.metric, value=event.value,
                      bound=event.bound, at=datetime.fromtimestamp(event.at, UTC))
+
+
+def progress_text(progress: Progress, elapsed: float) -> str:
+    """An import's progress as the activity view shows it: the step, how far, time spent and time left."""
+    parts = [progress.message]
+    if progress.total:
+        parts.append(f"step {progress.done} of {progress.total}")
+    parts.append(f"{human_duration(elapsed)} elapsed")
+    if 0 < progress.done < progress.total:
+        parts.append(f"about {human_duration(elapsed / progress.done * (progress.total - progress.done))} left")
+    return ", ".join(parts)

@@ -1,7 +1,7 @@
 """Files dropped on the window: which are models, which devices they go to, and why a drop is refused.
 
 `plan_drop` is the rule (pure, tested directly); `DropOverlay` says it while the drag is over the
-window; `ModelsView` lists imported models and `DeployDialog` confirms a push to exactly the targets.
+window; `DeployDialog` confirms a push of imported models to exactly the targets.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from fleetdesk.models.card import ModelCard
+from fleetdesk.artifacts.records import ModelRecord
 
 from .activities import human_bytes
 from .bridge import DeviceView
@@ -136,84 +136,52 @@ class DropOverlay(QFrame):
         self.show()
 
 
-def shape_text(card: ModelCard) -> str:
-    def one(spec: object) -> str:
-        name = getattr(spec, "name", "")
-        dtype = getattr(spec, "dtype", "")
-        shape = getattr(spec, "shape", None)
-        dims = "?" if shape is None else "×".join(str(d) for d in shape) or "scalar"
-        return f"{plain(name)} {dtype}[{dims}]"
-
-    return ", ".join(one(s) for s in card.inputs) + " → " + ", ".join(one(s) for s in card.outputs)
-
-
-class ModelsView(QWidget):
-    """The models imported so far: name, size, opset, inputs and outputs, parameters, digest."""
-
-    COLUMNS = ("Model", "Size", "Opset", "Inputs → outputs", "Parameters", "SHA-256")
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        layout = QVBoxLayout(self)
-        self.hint = QLabel("No models yet. Drop .onnx files anywhere on the window, or use "
-                           "File ▸ Import model… (Ctrl+O).", self)
-        self.hint.setObjectName("EmptyHint")
-        self.hint.setWordWrap(True)
-        self.tree = QTreeWidget(self)
-        self.tree.setObjectName("ModelsTree")
-        self.tree.setHeaderLabels(list(self.COLUMNS))
-        self.tree.setRootIsDecorated(False)
-        self.tree.setAlternatingRowColors(True)
-        layout.addWidget(self.hint)
-        layout.addWidget(self.tree, 1)
-        self._cards: dict[str, ModelCard] = {}
-
-    def add(self, card: ModelCard) -> None:
-        if card.sha256 in self._cards:
-            return
-        self._cards[card.sha256] = card
-        opset = card.opset.get("ai.onnx", 0)
-        item = QTreeWidgetItem([plain(card.name), human_bytes(card.size_bytes), str(opset), shape_text(card),
-                                f"{card.parameter_count:,}", card.sha256[:12]])
-        item.setToolTip(0, plain(card.path))
-        item.setToolTip(5, card.sha256)
-        self.tree.addTopLevelItem(item)
-        for column in range(len(self.COLUMNS)):
-            self.tree.resizeColumnToContents(column)
-        self.hint.setVisible(False)
-
-    def cards(self) -> list[ModelCard]:
-        return list(self._cards.values())
+def variant_for(record: ModelRecord, profile: str | None) -> str:
+    """Which variant a device of `profile` gets from `record`, in words: the profile's chosen one, else FP32."""
+    report = record.report
+    result = report.profile(profile) if report is not None and profile else None
+    if result is None or profile not in record.artifacts:
+        return "FP32 as imported (no variant was made for " + (f"profile {plain(profile)})" if profile
+                                                                 else "a device with no profile)")
+    chosen = result.variant(result.chosen)
+    size = f", {human_bytes(chosen.size_bytes)}" if chosen is not None and chosen.size_bytes else ""
+    return f"{result.chosen}{size}"
 
 
 class DeployDialog(QDialog):
-    """Confirms pushing models to exactly the devices they were dropped on. Staged waves come with rollouts."""
+    """Confirms pushing models to exactly the devices they were dropped on: each device gets the signed artifact
+    chosen for its profile. Staged waves come with rollouts."""
 
-    confirmed = Signal(list, list)  # list[ModelCard], list[int] device ids
+    confirmed = Signal(list, list)  # list[ModelRecord], list[int] device ids
 
-    def __init__(self, cards: Sequence[ModelCard], targets: Sequence[DeviceView], parent: QWidget | None = None):
+    def __init__(self, records: Sequence[ModelRecord], targets: Sequence[DeviceView],
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("DeployDialog")
         self.setWindowTitle("Deploy models")
-        self._cards = list(cards)
+        self._records = list(records)
         self._targets = [v.id for v in targets]
         layout = QVBoxLayout(self)
-        heading = QLabel(f"Deploy {len(cards)} model(s) to {len(targets)} device(s)", self)
+        heading = QLabel(f"Deploy {', '.join(plain(r.ref) for r in records)} to {len(targets)} device(s)", self)
         heading.setObjectName("Heading")
+        heading.setTextFormat(Qt.TextFormat.PlainText)
+        heading.setWordWrap(True)
         layout.addWidget(heading)
-        models = QLabel("\n".join(f"• {plain(c.name)} — {human_bytes(c.size_bytes)}, {shape_text(c)}"
-                                  for c in cards), self)
-        models.setTextFormat(Qt.TextFormat.PlainText)
-        models.setWordWrap(True)
-        layout.addWidget(models)
-        names = ", ".join(plain(v.device.name) for v in targets[:8]) + (" …" if len(targets) > 8 else "")
-        devices = QLabel(f"Targets: {names}", self)
-        devices.setTextFormat(Qt.TextFormat.PlainText)
-        devices.setWordWrap(True)
-        layout.addWidget(devices)
-        plan = QLabel("Plan: all targets at once. Each device receives the file in its artifact folder and "
-                      "FleetDesk checks its SHA-256 there before calling it done; an interrupted push "
-                      "resumes where it stopped.", self)
+        self.plan = QTreeWidget(self)
+        self.plan.setObjectName("DeployPlan")
+        self.plan.setHeaderLabels(["Device", "Profile", "Model", "Variant"])
+        self.plan.setRootIsDecorated(False)
+        for view in targets:
+            for record in records:
+                self.plan.addTopLevelItem(QTreeWidgetItem([
+                    plain(view.device.name), plain(view.device.profile or "unknown"), plain(record.ref),
+                    variant_for(record, view.device.profile)]))
+        for column in range(4):
+            self.plan.resizeColumnToContents(column)
+        layout.addWidget(self.plan)
+        plan = QLabel("Plan: all targets at once. Each device receives the signed artifact (manifest, signature, "
+                      "model files) in its artifact folder and FleetDesk checks every file's SHA-256 there before "
+                      "calling it done; an interrupted push resumes where it stopped.", self)
         plan.setObjectName("EmptyHint")
         plan.setWordWrap(True)
         layout.addWidget(plan)
@@ -226,5 +194,5 @@ class DeployDialog(QDialog):
         layout.addWidget(buttons)
 
     def _confirm(self) -> None:
-        self.confirmed.emit(self._cards, self._targets)
+        self.confirmed.emit(self._records, self._targets)
         self.accept()

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QMainWindow,
     QMenu,
+    QMessageBox,
     QSplitter,
     QTableView,
     QTabWidget,
@@ -40,9 +41,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from fleetdesk.artifacts.records import ModelRecord
 from fleetdesk.discovery.mdns import NetworkInterface
 from fleetdesk.errors import FleetDeskError
-from fleetdesk.models.card import ModelCard
 from fleetdesk.telemetry.alerts import AlertEvent, Threshold, thresholds_from_json, thresholds_to_json
 
 from .activities import Activity
@@ -52,9 +53,11 @@ from .bridge import STATUSES, DeviceView, FleetBridge, Login, TrustRequest
 from .dashboard import Dashboard
 from .device_detail import DeviceDetail
 from .dialogs import AddDeviceDialog, Credentials, CredentialsDialog, NewDevice, SweepDialog, TrustDialog
-from .dropping import DeployDialog, DropOverlay, DropPlan, ModelsView, plan_drop
+from .dropping import DeployDialog, DropOverlay, DropPlan, plan_drop
 from .fleet_model import DEVICE_ID_ROLE, STATUS_TEXT, FleetFilter, FleetTableModel, plain
 from .icons import app_icon, icon
+from .model_import import ImportDialog, ImportRequest
+from .models_view import ModelsView
 from .side_panel import GROUP_ROLE, DiscoveryPanel, GroupTree
 from .theme import apply_theme, current_theme
 
@@ -85,6 +88,8 @@ class MainWindow(QMainWindow):
         self._closing = False
         self._closed = False
         self._browse_on_start = browse_on_start
+        self._pending_imports: list[tuple[str, list[DeviceView]]] = []  # dropped models waiting for their dialog
+        self._import_dialog: ImportDialog | None = None
         stored = self._qsettings()
         if chosen_interfaces is None:
             remembered = stored.value("discovery/interfaces", [])
@@ -192,7 +197,14 @@ class MainWindow(QMainWindow):
         bridge.groups_changed.connect(self._groups_changed)
         bridge.browsing_changed.connect(self._browsing_changed)
         bridge.trust_requested.connect(self.open_trust_dialog)
-        bridge.model_imported.connect(self.models_view.add)
+        bridge.model_imported.connect(self.models_view.add_record)
+        bridge.models_changed.connect(self.models_view.set_records)
+        bridge.model_removed.connect(self.models_view.remove_record)
+        self.models_view.import_requested.connect(lambda: self.open_import_dialog())
+        self.models_view.verify_requested.connect(self.verify_model)
+        self.models_view.export_requested.connect(self.open_export_dialog)
+        self.models_view.remove_requested.connect(self.confirm_remove_model)
+        self.models_view.export_key_requested.connect(self.open_export_key_dialog)
         bridge.notice.connect(lambda text: self.statusBar().showMessage(text, 10000))
         bridge.activities.added.connect(self._activity_added)
         bridge.activities.finished.connect(self._activity_finished)
@@ -211,6 +223,7 @@ class MainWindow(QMainWindow):
         self.dashboard.thresholds_requested.connect(self.open_thresholds_dialog)
         self._restore_thresholds()
         self.fleet_table.selectionModel().selectionChanged.connect(self._selection_changed)
+        self.tabs.currentChanged.connect(self._tab_changed)
         for signal in (self.fleet_model.rowsInserted, self.fleet_model.rowsRemoved, self.fleet_model.modelReset,
                        self.fleet_model.dataChanged):
             signal.connect(self._counts_changed)
@@ -257,8 +270,8 @@ class MainWindow(QMainWindow):
                                        "Copy the ssh command line that opens a terminal on the device")
         self.remove_action = self._action("Remove from inventory", self.remove_selected,
                                           QKeySequence.StandardKey.Delete, "remove", "Forget the selected devices")
-        self.import_action = self._action("Import model…", self.open_import_dialog, "Ctrl+O", "model",
-                                          "Import .onnx model files")
+        self.import_action = self._action("Import model…", lambda: self.open_import_dialog(), "Ctrl+O", "model",
+                                          "Import an .onnx model and optimize it for the fleet's profiles")
         self.stream_action = self._action("Stream telemetry", lambda: self.set_streaming(self.selected_ids(), True),
                                           "Ctrl+Shift+T", "", "Stream live telemetry from the selected devices")
         self.unstream_action = self._action("Stop telemetry", lambda: self.set_streaming(self.selected_ids(), False),
@@ -320,6 +333,7 @@ class MainWindow(QMainWindow):
     async def start(self) -> None:
         """Load the inventory, then begin browsing if asked to: the window is on screen meanwhile."""
         await self.bridge.load()
+        self.bridge.load_models()
         if self._browse_on_start:
             self.set_browsing(True)
 
@@ -405,6 +419,10 @@ class MainWindow(QMainWindow):
         self._detail_id = view.id
         self.detail.show_device(view.device, match=self.bridge.profile_match(view.device),
                                 host_keys=self._detail_keys, status=view.status)
+
+    def _tab_changed(self, _index: int) -> None:
+        # The device pane says nothing about models: the Models view gets its width.
+        self.detail.setHidden(self.tabs.currentWidget() is self.models_view)
 
     def _context_menu(self, position: QPoint) -> None:
         if not self.fleet_table.indexAt(position).isValid():
@@ -571,12 +589,104 @@ class MainWindow(QMainWindow):
         if ids:
             self.bridge.remove_devices(ids)
 
-    def open_import_dialog(self) -> None:
-        dialog = QFileDialog(self, "Import ONNX models")
-        dialog.setFileMode(QFileDialog.FileMode.ExistingFiles)
-        dialog.setNameFilter("ONNX models (*.onnx)")
-        dialog.filesSelected.connect(lambda paths: self.handle_drop(plan_drop(list(paths))))
+    def open_import_dialog(self, path: str = "", targets: Sequence[DeviceView] = ()) -> ImportDialog:
+        """The import dialog for `path` (empty: the operator browses); with `targets`, the deployment to them
+        opens once the import succeeded. Dropped models beyond the first wait for this dialog to finish."""
+        target_list = list(targets)
+        ids = [v.id for v in target_list]
+        fleet_profiles = self.bridge.fleet_profiles(ids) or (self.bridge.fleet_profiles() if not ids else [])
+        dialog = ImportDialog(path, profiles=self.bridge.profile_names(), fleet_profiles=fleet_profiles,
+                              can_time_on_devices=bool(self.bridge.bench_devices(self.bridge.profile_names())),
+                              parent=self)
+        if target_list:
+            names = ", ".join(plain(v.device.name) for v in target_list[:4]) + (" …" if len(target_list) > 4 else "")
+            dialog.setWindowTitle(f"Import model, then deploy to {names}")
+
+        def submitted(request: ImportRequest) -> None:
+            self.import_model(request, target_list)
+
+        dialog.submitted.connect(submitted)
+        dialog.finished.connect(self._next_import)
+        self._import_dialog = dialog
         self._keep(dialog)
+        return dialog
+
+    def _next_import(self, *_args: object) -> None:
+        self._import_dialog = None
+        if self._pending_imports:
+            path, targets = self._pending_imports.pop(0)
+            # After this dialog has gone (finished fires inside its close).
+            QTimer.singleShot(0, lambda: self.open_import_dialog(path, targets))
+
+    def import_model(self, request: ImportRequest, targets: Sequence[DeviceView] = ()) -> Activity:
+        """Run the import as an activity; on success the Models view selects the new record (and, for a drop on
+        devices, the deployment opens); on failure the operator reads the problem and the fix."""
+        target_list = list(targets)
+
+        def imported(record: ModelRecord) -> None:
+            # The view already shows and selects it (bridge.model_imported); a drop on devices goes on to deploy.
+            if target_list:
+                self.open_deploy_dialog([record], target_list)
+            else:
+                self.tabs.setCurrentWidget(self.models_view)
+
+        activity = self.bridge.import_model(request.path, name=request.name, version=request.version,
+                                            samples=request.samples, profiles=request.profiles,
+                                            time_on_devices=request.time_on_devices, then=imported)
+        activity.changed.connect(lambda: self._import_changed(activity))
+        return activity
+
+    def _import_changed(self, activity: Activity) -> None:
+        if activity.state == "failed" and activity.error is not None and not getattr(activity, "_told", False):
+            activity._told = True  # type: ignore[attr-defined]
+            error = activity.error
+            box = QMessageBox(QMessageBox.Icon.Warning, activity.title, f"The model was not imported: {error.message}",
+                              QMessageBox.StandardButton.Ok, self)
+            box.setObjectName("ImportFailed")
+            box.setTextFormat(Qt.TextFormat.PlainText)
+            if error.fix:
+                box.setInformativeText(f"Fix: {error.fix}")
+            self._keep(box)
+
+    def verify_model(self, ref: str) -> Activity:
+        return self.bridge.verify_models(ref, then=self.models_view.show_verify)
+
+    def open_export_dialog(self, ref: str) -> QFileDialog | None:
+        if not ref:
+            return None
+        dialog = QFileDialog(self, f"Export {ref}")
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setNameFilter("Tar archives (*.tar)")
+        dialog.setDefaultSuffix("tar")
+        dialog.selectFile(ref.replace("@", "-") + ".tar")
+        dialog.fileSelected.connect(lambda dest: self.bridge.export_model(ref, dest))
+        self._keep(dialog)
+        return dialog
+
+    def open_export_key_dialog(self) -> QFileDialog:
+        dialog = QFileDialog(self, "Export the fleet's public signing key")
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setNameFilter("PEM public keys (*.pub *.pem)")
+        dialog.selectFile("fleet.pub")
+        dialog.fileSelected.connect(self.bridge.export_public_key)
+        self._keep(dialog)
+        return dialog
+
+    def confirm_remove_model(self, ref: str) -> QMessageBox | None:
+        if not ref:
+            return None
+        box = QMessageBox(QMessageBox.Icon.Question, f"Remove {ref}",
+                          f"Remove {ref} and its artifacts from the store on this computer?",
+                          QMessageBox.StandardButton.Cancel, self)
+        box.setObjectName("ConfirmRemoveModel")
+        box.setTextFormat(Qt.TextFormat.PlainText)
+        box.setInformativeText("Devices that already have it keep their copy. This cannot be undone; export it "
+                               "first to keep a copy.")
+        remove = box.addButton("Remove", QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.buttonClicked.connect(lambda button: self.bridge.remove_model(ref) if button is remove else None)
+        self._keep(box)
+        return box
 
     def set_theme(self, name: str) -> None:
         app = QApplication.instance()
@@ -588,6 +698,7 @@ class MainWindow(QMainWindow):
             action.setIcon(icon(icon_name))
         self.tabs.setTabIcon(0, icon("probe"))
         self.tabs.setTabIcon(1, icon("model"))
+        self.models_view.refresh_theme()
         self.discovery_panel.refresh_icons()
         self.dashboard.refresh_theme()
 
@@ -648,8 +759,9 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
             self.handle_drop(plan_drop(dropped_paths(event)))
 
-    def handle_drop(self, plan: DropPlan) -> Activity | None:
-        """Import the plan's models; dropped on devices, then open the deployment for exactly those devices."""
+    def handle_drop(self, plan: DropPlan) -> ImportDialog | None:
+        """Open the import dialog for each dropped model in turn; dropped on devices, each successful import
+        then opens the deployment for exactly those devices."""
         if not plan.accepted:
             self.statusBar().showMessage(plan.message, 15000)
             self.last_refusal = plan.message
@@ -657,21 +769,18 @@ class MainWindow(QMainWindow):
         if plan.refused:
             self.statusBar().showMessage("Skipped: " + "; ".join(plan.refused), 15000)
         targets = [v for v in (self.fleet_model.view_of(i) for i in plan.targets) if v is not None]
+        self._pending_imports.extend((path, targets) for path in plan.models)
+        if self._import_dialog is not None:
+            return self._import_dialog  # the others open when this one is done
+        path, first_targets = self._pending_imports.pop(0)
+        return self.open_import_dialog(path, first_targets)
 
-        def imported(cards: list[ModelCard]) -> None:
-            if plan.onto_devices and cards:
-                self.open_deploy_dialog(cards, targets)
-            elif cards:
-                self.tabs.setCurrentWidget(self.models_view)
+    def open_deploy_dialog(self, records: list[ModelRecord], targets: list[DeviceView]) -> DeployDialog:
+        dialog = DeployDialog(records, targets, self)
 
-        return self.bridge.import_models(plan.models, then=imported)
-
-    def open_deploy_dialog(self, cards: list[ModelCard], targets: list[DeviceView]) -> DeployDialog:
-        dialog = DeployDialog(cards, targets, self)
-
-        def confirmed(chosen: list[ModelCard], ids: list[int]) -> None:
-            for card in chosen:
-                self.bridge.push_model(card, ids, title=f"Deploy {card.name}")
+        def confirmed(chosen: list[ModelRecord], ids: list[int]) -> None:
+            for record in chosen:
+                self.bridge.push_artifacts(record, ids, title=f"Deploy {record.ref}")
 
         dialog.confirmed.connect(confirmed)
         self._keep(dialog)
@@ -713,18 +822,24 @@ class MainWindow(QMainWindow):
             value = stored.value(key)
             if isinstance(value, QByteArray):
                 restore(value)
+        self.models_view.restore_layout(stored)
         tab = stored.value("main/tab")
         if tab is not None:
             self.tabs.setCurrentIndex(int(tab))
+        self._tab_changed(self.tabs.currentIndex())
 
     def save_layout(self) -> None:
         stored = self._qsettings()
         stored.setValue("main/geometry", self.saveGeometry())
         stored.setValue("main/fleet_header", self.fleet_table.horizontalHeader().saveState())
+        hidden = self.detail.isHidden()
+        self.detail.setHidden(False)  # saved as the Fleet tab shows it, not collapsed by the Models tab
         stored.setValue("main/splitter", self.h_splitter.saveState())
+        self.detail.setHidden(hidden)
         stored.setValue("main/activity_splitter", self.v_splitter.saveState())
         stored.setValue("main/left_splitter", self.left_splitter.saveState())
         stored.setValue("main/dashboard_splitter", self.dashboard.splitter.saveState())
+        self.models_view.save_layout(stored)
         stored.setValue("main/tab", self.tabs.currentIndex())
         stored.sync()
 

@@ -22,6 +22,13 @@ from fleetdesk.models.card import (
 )
 from fleetdesk.models.importer import DEFAULT_MAX_BYTES, RuntimeSupport, inspect_model, onnxruntime_support
 
+# optimize
+# isort: split
+from fleetdesk.models.card import OptimizationCancelled, SamplesError, VariantBuildError
+from fleetdesk.models.evaluate import compare, run_outputs, time_local
+from fleetdesk.models.optimize import optimize_model
+from fleetdesk.models.samples import SampleSet, load_samples
+
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "CorruptModelError",
@@ -45,4 +52,17 @@ __all__ = [
     "TruncatedModelError",
     "inspect_model",
     "onnxruntime_support",
+]
+
+# optimize
+__all__ += [
+    "OptimizationCancelled",
+    "SampleSet",
+    "SamplesError",
+    "VariantBuildError",
+    "compare",
+    "load_samples",
+    "optimize_model",
+    "run_outputs",
+    "time_local",
 ]

@@ -169,6 +169,30 @@ class ModelRuntimeError(ModelError):
     """onnxruntime refused to create a session for the model on CPU."""
 
 
+class SamplesError(ModelError):
+    """A sample input file for calibration and accuracy checks is unusable; names the file, the input and the fix."""
+
+    def __init__(self, message: str, *, path: str, fix: str, cause: BaseException | None = None) -> None:
+        super().__init__(message, path=path, fix=fix, cause=cause)
+        self.step = "load samples"
+
+
+class VariantBuildError(ModelError):
+    """One optimization step (graph, INT8, FP16) could not build or run its variant of the model."""
+
+    def __init__(self, message: str, *, path: str, fix: str, cause: BaseException | None = None) -> None:
+        super().__init__(message, path=path, fix=fix, cause=cause)
+        self.step = "optimize model"
+
+
+class OptimizationCancelled(ModelError):
+    """The operator cancelled an optimization; nothing outside its work folder was written."""
+
+    def __init__(self, message: str, *, path: str, fix: str, cause: BaseException | None = None) -> None:
+        super().__init__(message, path=path, fix=fix, cause=cause)
+        self.step = "optimize model"
+
+
 # -- reading a card's contents off a ModelProto -----------------------------------------------
 
 # TensorProto.DataType -> (numpy / ml_dtypes name, bits per element). Names follow numpy and

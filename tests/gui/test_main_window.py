@@ -19,6 +19,7 @@ from PySide6.QtGui import QDragEnterEvent, QDragLeaveEvent, QDragMoveEvent, QDro
 from PySide6.QtWidgets import QApplication, QWidget
 
 from fleetdesk.gui.fleet_model import COLUMNS, encode_device_ids
+from fleetdesk.gui.model_import import ImportDialog
 from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory.records import Sighting
 from tests.gui_harness import GuiSession, gui_session
@@ -127,19 +128,22 @@ def test_dropping_a_text_file_says_why_not_and_imports_nothing(session: GuiSessi
     said = session.call(lambda: drop_files(window, [notes], QPoint(50, 50)))
     assert said.startswith("Cannot drop here: notes.txt is not an ONNX model")
     assert "notes.txt is not an ONNX model" in window.statusBar().currentMessage()
-    assert window.models_view.cards() == []
+    assert window._import_dialog is None and window.models_view.records() == []
 
 
-def test_dropping_an_onnx_file_on_the_window_imports_it_into_models(session: GuiSession, tmp_path: Path) -> None:
+def test_dropping_an_onnx_file_on_the_window_opens_its_import_dialog(session: GuiSession, tmp_path: Path) -> None:
     path = model_file(tmp_path)
     window = session.window
     said = session.call(lambda: drop_files(window, [path], QPoint(50, 50)))
     assert said == "Drop to import classifier.onnx into Models"
-    session.wait(lambda: window.models_view.cards(), "the model to be imported")
-    card = window.models_view.cards()[0]
-    assert card.name == "classifier" and card.inputs[0].name == "image"
-    assert window.tabs.currentWidget() is window.models_view
-    session.screenshot(window, "models-view")
+    dialog = window._import_dialog
+    assert isinstance(dialog, ImportDialog) and dialog.isVisible()
+    assert (dialog.path_edit.text(), dialog.name_edit.text()) == (str(path), "classifier")
+    # No device has a profile yet: every known profile is checked.
+    assert dialog.chosen_profiles() == tuple(sorted(window.bridge.profile_names()))
+    session.screenshot(dialog, "import-dialog")
+    dialog.reject()
+    assert window.models_view.records() == []
 
 
 def test_dropping_a_model_on_an_untrusted_device_says_why_not(session: GuiSession, tmp_path: Path) -> None:
@@ -151,7 +155,7 @@ def test_dropping_a_model_on_an_untrusted_device_says_why_not(session: GuiSessio
     assert said.startswith("Cannot deploy here: cam-10 is not trusted yet")
     message = window.statusBar().currentMessage()
     assert "Cannot deploy here" in message and "cam-10 is not trusted yet" in message
-    assert window.models_view.cards() == []
+    assert window._import_dialog is None and window.models_view.records() == []
 
 
 def test_quitting_cancels_running_work_in_order(session: GuiSession) -> None:

@@ -6,6 +6,7 @@ with nvidia-smi (ipc-x86-nvidia)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import time
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetdesk.transport import SSHPool, SSHTarget, shell_join, shell_quote
 from tests.lab.conftest import Fleet
@@ -22,6 +25,7 @@ pytestmark = pytest.mark.lab
 AGENT_DIR = Path(__file__).resolve().parents[2] / "fleetdesk" / "agent"
 DEVICE_TREE = "/opt/fleetdesk/agent/dev"
 SENSORS = "/var/lib/fleetdesk-lab/sensors"
+TEST_KEY = Ed25519PrivateKey.generate()  # a throwaway fleet key, never the operator's
 
 
 def pinned_keys(fleet: Fleet, address: str) -> tuple[str, ...]:
@@ -156,17 +160,36 @@ def test_agent_on_an_nvidia_pc_reads_nvidia_smi(fleet: Fleet) -> None:
         assert 0 <= s["gpu"]["util_pct"] <= 100 and s["gpu"]["power_w"] > 0
 
 
-def test_the_watchdog_outlives_the_ssh_session_and_reverts(fleet: Fleet) -> None:
+def signed_artifact(root: Path, payload: bytes) -> str:
+    """A signed artifact under ROOT/artifacts/<sha>/ (layout of fleetdesk/artifacts/records.py) and the test key as
+    ROOT/keys/fleet.pub: activation takes signed artifacts only. The id is the SHA-256 of manifest.json."""
+    digest = hashlib.sha256(payload).hexdigest()
+    data = json.dumps({"files": [{"path": "model.onnx", "sha256": digest}], "model": "model.onnx"},
+                      sort_keys=True, separators=(",", ":")).encode()
+    sha = hashlib.sha256(data).hexdigest()
+    folder = root / "artifacts" / sha
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(payload)
+    (folder / "manifest.json").write_bytes(data)
+    (folder / "manifest.json.sig").write_bytes(base64.b64encode(TEST_KEY.sign(data)) + b"\n")
+    (root / "keys").mkdir(exist_ok=True)
+    (root / "keys" / "fleet.pub").write_bytes(TEST_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return sha
+
+
+def test_the_watchdog_outlives_the_ssh_session_and_reverts(fleet: Fleet, tmp_path: Path) -> None:
     target = lab_target(fleet, fleet.by_profile("ipc-x86"))
     root = "/tmp/fleetdesk-agent-test/it's a root"
-    a, b = (hashlib.sha256(name).hexdigest() for name in (b"model A", b"model B"))
+    local = tmp_path / "root"
+    a, b = (signed_artifact(local, payload) for payload in (b"model A", b"model B"))
 
     async def setup_and_activate() -> dict[str, Any]:
         async with SSHPool() as pool:
             await push_agent(pool, target)
             await pool.run(target, shell_join(["rm", "-rf", "/tmp/fleetdesk-agent-test"]), check=True)
-            await pool.run(target, shell_join(["mkdir", "-p", f"{root}/artifacts/{a}", f"{root}/artifacts/{b}"]),
-                           check=True)
+            for path in sorted(p for p in local.rglob("*") if p.is_file()):  # artifacts and keys/fleet.pub
+                await pool.push(target, path, f"{root}/{path.relative_to(local).as_posix()}")
             first = await pool.run(target, agent_command("--root", root, "activate", a), check=True)
             assert json.loads(first.stdout)["active"] == a
             second = await pool.run(target, agent_command("--root", root, "activate", b, "--confirm-within", "3"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -24,6 +25,7 @@ from PySide6.QtCore import Qt
 from fleetdesk.gui.bridge import Login
 from fleetdesk.gui.dialogs import AddDeviceDialog, CredentialsDialog, SweepDialog, TrustDialog
 from fleetdesk.gui.dropping import DeployDialog
+from fleetdesk.gui.model_import import ImportDialog
 from fleetdesk.lab.rootfs import LAB_PASSWORD, LAB_USER
 from fleetdesk.transport import credentials
 from tests.fixtures.models.build import save_mlp_external
@@ -58,9 +60,18 @@ def session(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory, screens: Pat
     home = tmp_path_factory.mktemp("operator")
     config = home / "ssh_config"
     config.write_text(f"Host *\n  IdentityFile {fleet.state['ssh_key']}\n  IdentitiesOnly yes\n")
-    with gui_session(f"sqlite:///{home / 'fleet.db'}", screens, ssh_config=str(config),
-                     interfaces=[LAB_BRIDGE]) as s:
-        yield s
+    # The artifact store (and its signing key) of this operator only, not the user's data folder.
+    before = os.environ.get("FLEETDESK_DATA_DIR")
+    os.environ["FLEETDESK_DATA_DIR"] = str(home / "data")
+    try:
+        with gui_session(f"sqlite:///{home / 'fleet.db'}", screens, ssh_config=str(config),
+                         interfaces=[LAB_BRIDGE]) as s:
+            yield s
+    finally:
+        if before is None:
+            os.environ.pop("FLEETDESK_DATA_DIR", None)
+        else:
+            os.environ["FLEETDESK_DATA_DIR"] = before
 
 
 def row_of(session: GuiSession, name: str) -> Any:
@@ -191,49 +202,66 @@ def test_a_changed_host_key_shows_the_warning_with_both_fingerprints(
     assert [k.fingerprint for k in session.bridge.host_keys(view.id)] == [new]
 
 
-def test_a_model_dropped_on_a_trusted_device_reaches_it_verified(
-        session: GuiSession, fleet: Fleet, tmp_path: Path, qtbot: Any) -> None:
-    device = fleet.by_profile("ipc-x86")
+def drop_import_and_deploy(session: GuiSession, qtbot: Any, model: Path, view: Any) -> tuple[Any, Any]:
+    """Drop `model` on the device's row, import it through the dialog, push through the deployment dialog;
+    returns the push activity and the artifact the device's profile got."""
     window = session.window
-    path = model_file(tmp_path, "line-camera classifier.onnx")
-    view = row_of(session, device["name"])
     window.select_devices([view.id])
     rect = window.fleet_table.visualRect(window.index_of(view.id).siblingAtColumn(1))
-    said = session.call(lambda: drop_files(window.fleet_table.viewport(), [path], rect.center()))
-    assert said == "Drop to deploy line-camera classifier.onnx to 1 device(s)"
-    session.wait(lambda: last_dialog(session, DeployDialog) is not None, "the deployment dialog")
+    said = session.call(lambda: drop_files(window.fleet_table.viewport(), [model], rect.center()))
+    assert said == f"Drop to deploy {model.name} to 1 device(s)"
+    session.wait(lambda: last_dialog(session, ImportDialog) is not None, "the import dialog")
+    importing = last_dialog(session, ImportDialog)
+    assert importing.chosen_profiles() == (view.device.profile,)  # the target's profile, checked by default
+    importing.time_box.setChecked(False)
+    session.call(lambda: qtbot.mouseClick(importing.import_button, Qt.MouseButton.LeftButton))
+    session.wait(lambda: last_dialog(session, DeployDialog) is not None, "the deployment dialog", timeout=240)
     dialog = last_dialog(session, DeployDialog)
+    record = window.models_view.selected()
+    assert record is not None
+    row = dialog.plan.topLevelItem(0)
+    assert (row.text(0), row.text(1), row.text(2)) == (view.device.name, view.device.profile, record.ref)
     session.screenshot(dialog, "deploy-dialog")
     session.call(lambda: qtbot.mouseClick(dialog.push_button, Qt.MouseButton.LeftButton))
     push = session.bridge.activities.all()[-1]
-    assert push.title == "Deploy line-camera classifier"
+    assert push.title == f"Deploy {record.ref}"
     session.wait(lambda: not push.running, "the push", timeout=60)
+    store = session.bridge.artifact_store()
+    artifact = store.artifact(record.artifacts.get(view.device.profile, record.baseline))
+    return push, artifact
+
+
+def remote_digests(fleet: Fleet, device: dict[str, Any], artifact: Any) -> dict[str, str]:
+    folder = f"/opt/fleetdesk/artifacts/{artifact.id}"
+    names = ["manifest.json", "manifest.json.sig", *(f.path for f in artifact.files)]
+    listing = fleet.ssh(device, f"cd {folder} && sha256sum " + " ".join(shlex.quote(n) for n in names)).stdout
+    return {line.split(None, 1)[1].strip(): line.split()[0] for line in listing.splitlines()}
+
+
+def test_a_model_dropped_on_a_trusted_device_reaches_it_signed_and_verified(
+        session: GuiSession, fleet: Fleet, tmp_path: Path, qtbot: Any) -> None:
+    device = fleet.by_profile("ipc-x86")
+    path = model_file(tmp_path, "line-camera classifier.onnx")
+    push, artifact = drop_import_and_deploy(session, qtbot, path, row_of(session, device["name"]))
     assert push.state == "succeeded", push.summary
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    remote = f"/opt/fleetdesk/artifacts/{digest}/line-camera classifier.onnx"
-    result = fleet.ssh(device, f"sha256sum '{remote}'")
-    assert result.stdout.split()[0] == digest
+    digests = remote_digests(fleet, device, artifact)
+    local = Path(artifact.folder)
+    assert digests["manifest.json"] == hashlib.sha256((local / "manifest.json").read_bytes()).hexdigest() \
+        == artifact.id  # the artifact's id is its manifest's hash: the device holds exactly what was signed
+    for f in artifact.files:
+        assert digests[f.path] == f.sha256
 
 
 def test_a_model_with_external_weights_arrives_with_them(
         session: GuiSession, fleet: Fleet, tmp_path: Path, qtbot: Any) -> None:
     device = fleet.by_profile("ipc-x86")
-    window = session.window
     model = save_mlp_external(tmp_path / "mlp.onnx")
-    weights = tmp_path / "mlp.weights"
-    view = row_of(session, device["name"])
-    rect = window.fleet_table.visualRect(window.index_of(view.id).siblingAtColumn(1))
-    session.call(lambda: drop_files(window.fleet_table.viewport(), [model], rect.center()))
-    session.wait(lambda: last_dialog(session, DeployDialog) is not None, "the deployment dialog")
-    dialog = last_dialog(session, DeployDialog)
-    session.call(lambda: qtbot.mouseClick(dialog.push_button, Qt.MouseButton.LeftButton))
-    push = session.bridge.activities.all()[-1]
-    session.wait(lambda: not push.running, "the push", timeout=60)
+    push, artifact = drop_import_and_deploy(session, qtbot, model, row_of(session, device["name"]))
     assert push.state == "succeeded", push.summary
-    card = next(c for c in window.models_view.cards() if c.name == "mlp")
-    folder = f"/opt/fleetdesk/artifacts/{card.sha256}"
-    listing = fleet.ssh(device, f"cd {folder} && sha256sum mlp.onnx mlp.weights").stdout.split()
-    assert listing[0::2] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in (model, weights)]
+    digests = remote_digests(fleet, device, artifact)
+    assert {f.path for f in artifact.files} <= set(digests)
+    for f in artifact.files:
+        assert digests[f.path] == f.sha256
 
 
 def test_a_removed_device_comes_back_by_address_through_the_add_dialog(

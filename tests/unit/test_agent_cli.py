@@ -3,6 +3,7 @@ FleetDesk root and a fake /proc and /sys written by the lab's sensor model, with
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetdesk.lab.sensors import SensorModel, write_sensors
 from fleetdesk.lab.standins import PROC_DIR, PROC_FILES, SENSORS_DIR, standin_files
@@ -232,15 +235,28 @@ def test_bad_arguments_are_an_error_line(root: Path, args: list[str], words: str
 
 # --- activate / confirm / rollback / watchdog --------------------------------------------------------------
 
-def artifact(root: Path, payload: bytes, extra: dict[str, Any] | None = None) -> str:
-    """An artifact under ROOT/artifacts/<sha>/ with a model file and a manifest listing its SHA-256."""
+# Activation takes signed artifacts only: the tests sign with a throwaway fleet key (never the operator's).
+TEST_KEY = Ed25519PrivateKey.generate()
+
+
+def artifact(root: Path, payload: bytes, extra: dict[str, Any] | None = None,
+             files: list[dict[str, str]] | None = None) -> str:
+    """A signed artifact under ROOT/artifacts/<sha>/ as the store lays it out (fleetdesk/artifacts/records.py): a
+    model file, a canonical manifest listing its SHA-256 (or `files`), the manifest's signature, and the test key
+    as ROOT/keys/fleet.pub. The id is the SHA-256 of manifest.json's bytes."""
     digest = hashlib.sha256(payload).hexdigest()
-    manifest = {"files": [{"path": "model.onnx", "sha256": digest}], **(extra or {})}
-    sha = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode() + payload).hexdigest()
+    manifest = {"files": files or [{"path": "model.onnx", "sha256": digest}], "model": "model.onnx",
+                "payload": digest, **(extra or {})}
+    data = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    sha = hashlib.sha256(data).hexdigest()
     folder = root / "artifacts" / sha
     folder.mkdir(parents=True)
     (folder / "model.onnx").write_bytes(payload)
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").write_bytes(data)
+    (folder / "manifest.json.sig").write_bytes(base64.b64encode(TEST_KEY.sign(data)) + b"\n")
+    (root / "keys").mkdir(exist_ok=True)
+    (root / "keys" / "fleet.pub").write_bytes(TEST_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return sha
 
 
@@ -262,7 +278,7 @@ def test_activate_confirm_rollback(root: Path) -> None:
     a, b = artifact(root, b"model A"), artifact(root, b"model B")
     assert one(root, "activate", a) == {
         "type": "result", "command": "activate", "active": a, "previous": None, "changed": True, "pending": None,
-        "verified": {"manifest": True, "files_checked": 1, "signature": "not-checked"}, "serve_reloaded": None}
+        "verified": {"manifest": True, "files_checked": 1, "signature": "valid"}, "serve_reloaded": None}
     assert os.readlink(root / "current") == f"artifacts/{a}"  # relative: the root can move
     res = one(root, "activate", b, "--confirm-within", "60")
     assert (res["active"], res["previous"], res["pending"]["sha"]) == (b, a, b)
@@ -324,9 +340,7 @@ def test_artifacts_that_are_missing_damaged_or_escape_are_refused(root: Path) ->
     (root / "artifacts" / a / "model.onnx").write_bytes(b"model A, damaged")
     err = one(root, "activate", a)
     assert err["code"] == "bad-artifact" and "'model.onnx'" in err["message"]
-    outside = artifact(root, b"x")
-    (root / "artifacts" / outside / "manifest.json").write_text(json.dumps(
-        {"files": [{"path": "../../state.json", "sha256": "0" * 64}]}))
+    outside = artifact(root, b"x", files=[{"path": "../../state.json", "sha256": "0" * 64}])  # signed, even
     err = one(root, "activate", outside)
     assert err["code"] == "bad-artifact" and "outside the artifact" in err["message"]
     assert current(root) is None and not (root / "state.json").exists()

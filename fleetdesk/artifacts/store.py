@@ -1,0 +1,710 @@
+"""The content-addressed, signed artifact store under the user data folder: model records and their artifacts.
+
+    ROOT/objects/<id>/...                one artifact per folder (layout in fleetdesk/artifacts/records.py)
+    ROOT/models/<name>/<version>.json    one model record: card, optimization report, artifact ids per profile
+    ROOT/tmp/                            staging; whatever is left there is a crashed write, removed on next write
+    ROOT/.lock                           flock held by every writer (the GUI and the CLI may run at once)
+
+An artifact appears by renaming a complete staging folder into objects/, and a record by replacing its file
+(temp + fsync + rename): a crash leaves either nothing or a whole artifact, never half of one.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fleetdesk import __version__
+from fleetdesk.artifacts.records import (
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    Artifact,
+    ArtifactFile,
+    ModelRecord,
+    VerifyResult,
+)
+from fleetdesk.artifacts.signing import FleetSigningKey
+from fleetdesk.config import Settings
+from fleetdesk.errors import (
+    ArtifactStoreError,
+    InvalidModelNameError,
+    ModelNameClashError,
+    StoreEntryNotFoundError,
+    StoreFullError,
+)
+from fleetdesk.models.card import ModelCard
+from fleetdesk.models.report import BASELINE, OptimizationReport, Variant
+
+RECORD_FORMAT = "fleetdesk-model/1"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ID = re.compile(r"^[0-9a-f]{64}$")
+_BLOCK = 1 << 20
+
+
+def canonical_json(data: Mapping[str, Any]) -> bytes:
+    """The one byte form of a manifest: sorted keys, no spaces, UTF-8 (what is hashed and signed)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def key_fingerprint(public_pem: bytes) -> str:
+    """"SHA256:" and the hex SHA-256 of the key's DER SubjectPublicKeyInfo (what the manifest's "key" holds)."""
+    public = serialization.load_pem_public_key(public_pem)
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "SHA256:" + hashlib.sha256(der).hexdigest()
+
+
+def check_name(value: str, what: str = "name") -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidModelNameError(
+            f"{str(value)[:80]!r} is not a usable model {what}",
+            fix=f"use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (e.g. --{what} "
+                + ("resnet50-line2" if what == "name" else "2") + ")", step="store model")
+    return value
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {"fleetdesk": __version__}
+    for module in ("onnx", "onnxruntime"):
+        with contextlib.suppress(ImportError):
+            versions[module] = str(__import__(module).__version__)
+    return versions
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _full(exc: OSError, what: str) -> ArtifactStoreError:
+    if exc.errno == errno.ENOSPC:
+        return StoreFullError(f"the disk filled while {what}; nothing of it was kept", step="store model",
+                              fix="free space in the FleetDesk data folder (fleetdesk model remove REF drops "
+                                  "models you no longer need) and import again", cause=exc)
+    return ArtifactStoreError(f"cannot {what}: {exc.strerror or exc}", step="store model", cause=exc,
+                              fix="check the FleetDesk data folder's permissions and free space")
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One artifact to write: where its files come from and what its manifest says."""
+
+    sources: tuple[tuple[str, Path], ...]  # (path inside the artifact, file to copy)
+    model_file: str
+    recipe: str
+    profiles: tuple[str, ...]
+    variant: Variant | None
+
+
+class ArtifactStore:
+    """`ArtifactStore.default().add_model(card, report, name="resnet", source_folder=...)`."""
+
+    def __init__(self, root: Path, signer: FleetSigningKey) -> None:
+        self.root = Path(root)
+        self.signer = signer
+        with contextlib.suppress(OSError), self._locked(blocking=False) as got:
+            if got:
+                self._clean_staging()
+
+    @classmethod
+    def default(cls, settings: Settings | None = None) -> ArtifactStore:
+        settings = settings or Settings.load()
+        return cls(settings.data_dir / "artifacts", FleetSigningKey.default(settings))
+
+    @property
+    def objects(self) -> Path:
+        return self.root / "objects"
+
+    @property
+    def records(self) -> Path:
+        return self.root / "models"
+
+    def public_key_pem(self) -> bytes:
+        return self.signer.public_pem()
+
+    # -- reading ----------------------------------------------------------------------------------------
+
+    def models(self) -> list[ModelRecord]:
+        """Every model record, by name, newest version first within a name."""
+        found = []
+        if self.records.is_dir():
+            for path in sorted(self.records.glob("*/*.json")):
+                found.append(self._read_record(path))
+        return sorted(found, key=lambda r: (r.name, _newest_first(r)))
+
+    def model(self, ref: str) -> ModelRecord:
+        """"name" (its newest version) or "name@version"."""
+        name, _, version = str(ref).partition("@")
+        versions = [r for r in self.models() if r.name == name]
+        if version:
+            versions = [r for r in versions if r.version == version]
+        if not versions:
+            known = ", ".join(sorted({r.ref for r in self.models()})) or "none yet"
+            raise StoreEntryNotFoundError(f"no model {str(ref)[:80]!r} in the store", step="find model",
+                                          fix=f"give NAME or NAME@VERSION of a stored model ({known[:400]})")
+        return versions[0]
+
+    def artifacts(self) -> list[Artifact]:
+        out = []
+        if self.objects.is_dir():
+            for folder in sorted(self.objects.iterdir()):
+                if _ID.match(folder.name):
+                    with contextlib.suppress(ArtifactStoreError):
+                        out.append(self._read_artifact(folder))
+        return out
+
+    def artifact(self, id_or_prefix: str) -> Artifact:
+        """An artifact by its id or a unique prefix of at least 6 hex digits."""
+        text = str(id_or_prefix).lower()
+        if not re.fullmatch(r"[0-9a-f]{6,64}", text):
+            raise StoreEntryNotFoundError(f"{str(id_or_prefix)[:80]!r} is not an artifact id", step="find artifact",
+                                          fix="give the artifact's SHA-256 or its first 6 or more hex digits")
+        matches = [p for p in self.objects.glob(f"{text}*") if _ID.match(p.name)] if self.objects.is_dir() else []
+        if len(matches) != 1:
+            what = "no artifact" if not matches else f"{len(matches)} artifacts"
+            raise StoreEntryNotFoundError(f"{what} with id {text}{'' if len(text) == 64 else '...'} in the store",
+                                          step="find artifact", fix="give more of the id (`fleetdesk model show REF` "
+                                                                    "lists the ids)" if matches else
+                                          "list the stored models with `fleetdesk model list`")
+        return self._read_artifact(matches[0])
+
+    def _read_artifact(self, folder: Path) -> Artifact:
+        try:
+            data = (folder / MANIFEST_NAME).read_bytes()
+            manifest = json.loads(data)
+            files = tuple(ArtifactFile(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in manifest["files"])
+            return Artifact(id=folder.name, folder=str(folder), name=str(manifest["name"]),
+                            version=str(manifest["version"]), recipe=str(manifest["recipe"]),
+                            profiles=tuple(manifest.get("profiles", ())), model_file=str(manifest["model"]),
+                            files=files, size_bytes=sum(f.size for f in files), created=str(manifest["created"]),
+                            manifest=manifest)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ArtifactStoreError(f"artifact {folder.name}: manifest.json cannot be read ({exc})",
+                                     step="read artifact",
+                                     fix="run `fleetdesk model verify`; remove and re-import the model it belongs "
+                                         "to") from None
+
+    def _read_record(self, path: Path) -> ModelRecord:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            report = data.get("report")
+            return ModelRecord(name=str(data["name"]), version=str(data["version"]),
+                               source_sha256=str(data["source_sha256"]), imported_at=str(data["imported_at"]),
+                               card=data.get("card", {}),
+                               report=None if report is None else OptimizationReport.from_dict(report),
+                               baseline=str(data.get("baseline", "")),
+                               artifacts={str(k): str(v) for k, v in dict(data.get("artifacts", {})).items()})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ArtifactStoreError(f"the model record {path} cannot be read ({exc})", step="read model",
+                                     fix="restore it from a backup, or delete it and import the model again") from None
+
+    # -- adding -----------------------------------------------------------------------------------------
+
+    def existing(self, name: str, version: str | None, source_sha256: str) -> ModelRecord | None:
+        """What `add_model` would do, decided before any work: the stored record when this exact model is
+        already there (a re-import is a no-op), None when it would be new; ModelNameClashError when
+        name@version holds other bytes. Nothing is written."""
+        check_name(name)
+        if version is not None:
+            check_name(version, "version")
+        same_name = [r for r in self.models() if r.name == name]
+        if version is None:
+            return next((r for r in same_name if r.source_sha256 == source_sha256), None)
+        record = next((r for r in same_name if r.version == version), None)
+        if record is None:
+            return None
+        if record.source_sha256 != source_sha256:
+            raise ModelNameClashError(
+                f"model {name}@{version} is already stored from other bytes (stored source SHA-256 "
+                f"{record.source_sha256}, this file {source_sha256}); nothing was written", step="store model",
+                fix=f"import it as a new version (--version {_next_version(same_name)}, or leave --version out) "
+                    f"or under another name (--name {name}-2)")
+        return record
+
+    def add_model(self, card: ModelCard, report: OptimizationReport, *, name: str, version: str | None = None,
+                  source_folder: Path) -> ModelRecord:
+        """Store the model as imported (the baseline) and each profile's chosen variant, signed, and its record.
+
+        Variants with the same bytes become one artifact listing all their profiles. An unchanged re-import
+        returns the stored record and writes nothing; on any failure nothing of this call is left.
+        """
+        with self._locked():
+            self._clean_staging()
+            found = self.existing(name, version, card.sha256)
+            if found is not None:
+                return found
+            if version is None:
+                version = _next_version([r for r in self.models() if r.name == name])
+            plans = self._plan(card, report, Path(source_folder))
+            pem = self.public_key_pem()
+            created_now: list[Path] = []
+            try:
+                ids = []
+                for plan in plans:
+                    ids.append(self._write_artifact(plan, card, report, name, version, pem, created_now))
+                record = self._record(card, report, name, version, plans, ids)
+                self._write_record(record)
+            except BaseException:
+                for folder in created_now:
+                    shutil.rmtree(folder, ignore_errors=True)
+                raise
+            return record
+
+    def _plan(self, card: ModelCard, report: OptimizationReport, source_folder: Path) -> list[_Planned]:
+        model_path = Path(card.path)
+        baseline_sources = ((model_path.name, model_path),
+                            *((ext.location.replace(os.sep, "/"), source_folder / ext.location)
+                              for ext in card.external_files))
+        baseline_profiles = []
+        groups: dict[tuple[tuple[str, str], ...], list[tuple[str, Variant]]] = {}
+        for result in report.profiles:
+            variant = result.chosen_variant
+            if variant.recipe == BASELINE:
+                baseline_profiles.append(result.profile)
+                continue
+            if not variant.files:
+                raise ArtifactStoreError(f"profile {result.profile}: the chosen variant {variant.recipe} has no "
+                                         "files", step="store model", fix="re-run the import (the optimizer lost "
+                                                                          "its output)")
+            folder = Path(variant.folder)
+            key = tuple((rel, _sha256(folder / rel)) for rel in variant.files)
+            groups.setdefault(key, []).append((result.profile, variant))
+        plans = [_Planned(tuple(baseline_sources), model_path.name, BASELINE, tuple(sorted(baseline_profiles)),
+                          None)]
+        for members in groups.values():
+            variant = members[0][1]
+            device_ms: dict[str, float] = {}
+            for _profile, v in members:
+                device_ms.update(v.device_latency_ms)
+            merged = replace(variant, device_latency_ms=device_ms)
+            folder = Path(variant.folder)
+            sources = tuple((rel, folder / rel) for rel in variant.files)
+            plans.append(_Planned(sources, variant.files[0], variant.recipe,
+                                  tuple(sorted(p for p, _v in members)), merged))
+        return plans
+
+    def _manifest(self, plan: _Planned, files: list[dict[str, Any]], card: ModelCard, report: OptimizationReport,
+                  name: str, version: str, pem: bytes) -> dict[str, Any]:
+        variant = plan.variant
+        accuracy = variant.accuracy.to_dict() if variant is not None and variant.accuracy is not None else None
+        local_ms = variant.local_latency_ms if variant is not None else _baseline_local_ms(report)
+        device_ms = dict(variant.device_latency_ms) if variant is not None else _baseline_device_ms(report)
+        return {
+            "format": MANIFEST_FORMAT, "name": name, "version": version, "source_sha256": card.sha256,
+            "recipe": plan.recipe, "profiles": list(plan.profiles), "model": plan.model_file, "files": files,
+            "inputs": [spec.to_dict() for spec in card.inputs], "outputs": [spec.to_dict() for spec in card.outputs],
+            "accuracy": accuracy, "latency": {"local_ms": local_ms, "device_ms": device_ms},
+            "tolerance": report.tolerance.to_dict(),
+            "samples": {"count": report.samples, "synthetic": report.synthetic, "source": report.samples_source},
+            "created": _now(), "tools": _tool_versions(), "key": key_fingerprint(pem),
+        }
+
+    def _write_artifact(self, plan: _Planned, card: ModelCard, report: OptimizationReport, name: str, version: str,
+                        pem: bytes, created_now: list[Path]) -> str:
+        staging = self.root / "tmp" / f"artifact-{uuid.uuid4().hex}"
+        try:
+            staging.mkdir(parents=True)
+            files = []
+            for rel, source in plan.sources:
+                _safe_relative(rel)
+                target = staging / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                files.append({"path": rel, **_copy(source, target)})
+            data = canonical_json(self._manifest(plan, files, card, report, name, version, pem))
+            signature = self.signer.sign(data)
+            _write_bytes(staging / MANIFEST_NAME, data)
+            _write_bytes(staging / SIGNATURE_NAME, base64.b64encode(signature) + b"\n")
+            artifact_id = hashlib.sha256(data).hexdigest()
+            self.objects.mkdir(parents=True, exist_ok=True)
+            final = self.objects / artifact_id
+            os.rename(staging, final)
+            created_now.append(final)
+            _fsync_dir(self.objects)
+            return artifact_id
+        except OSError as exc:
+            raise _full(exc, f"storing the {plan.recipe} artifact of {name}@{version}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _record(self, card: ModelCard, report: OptimizationReport, name: str, version: str,
+                plans: Sequence[_Planned], ids: Sequence[str]) -> ModelRecord:
+        by_profile = {profile: artifact_id for plan, artifact_id in zip(plans, ids, strict=True)
+                      for profile in plan.profiles}
+        # The work folders are gone after the import: the report points at the stored copies instead.
+        stored = {(plan.recipe, profile): self.objects / artifact_id
+                  for plan, artifact_id in zip(plans, ids, strict=True) for profile in plan.profiles}
+        results = []
+        for result in report.profiles:
+            variants = tuple(replace(v, folder=str(stored.get((v.recipe, result.profile), "")))
+                             for v in result.variants)
+            results.append(replace(result, variants=variants))
+        return ModelRecord(name=name, version=version, source_sha256=card.sha256, imported_at=_now(),
+                           card=card.to_dict(), report=replace(report, profiles=tuple(results)), baseline=ids[0],
+                           artifacts=by_profile)
+
+    def _write_record(self, record: ModelRecord) -> None:
+        data = {"format": RECORD_FORMAT, "name": record.name, "version": record.version,
+                "source_sha256": record.source_sha256, "imported_at": record.imported_at, "card": dict(record.card),
+                "report": record.report.to_dict() if record.report else None, "baseline": record.baseline,
+                "artifacts": dict(record.artifacts)}
+        folder = self.records / record.name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_bytes(folder / f"{record.version}.json", json.dumps(data, indent=1, sort_keys=True).encode(),
+                         atomic=True)
+        except OSError as exc:
+            raise _full(exc, f"writing the record of {record.ref}") from None
+
+    # -- verifying ----------------------------------------------------------------------------------------
+
+    def verify(self, ref_or_id: str | None = None) -> list[VerifyResult]:
+        """Check artifacts byte for byte against their manifests and the manifests against their signatures.
+
+        None checks every artifact and every record; a model ref checks that record's artifacts; an id (or a
+        unique prefix) checks one artifact. Every file is read and hashed again: no size or time shortcut.
+        """
+        results: list[VerifyResult] = []
+        if ref_or_id is None:
+            records = self.models()
+            ids = sorted({p.name for p in self.objects.iterdir()} if self.objects.is_dir() else set())
+            ids += sorted({i for r in records for i in _record_ids(r)} - set(ids))
+        else:
+            try:
+                records = [self.model(ref_or_id)]
+                ids = sorted(set(_record_ids(records[0])))
+            except StoreEntryNotFoundError:
+                records, ids = [], [self._id_of(ref_or_id)]
+        # Labels come from the records, never from the manifest being checked (it may be the tampered part).
+        labels: dict[str, str] = {}
+        for r in records:
+            labels[r.baseline] = f"{r.ref} fp32"
+            chosen: dict[str, list[str]] = {}
+            for profile, artifact_id in r.artifacts.items():
+                chosen.setdefault(artifact_id, []).append(profile)
+            for artifact_id, profiles in chosen.items():
+                if artifact_id != r.baseline:
+                    labels[artifact_id] = f"{r.ref} {_recipe_for(r, profiles[0])} ({', '.join(sorted(profiles))})"
+        for artifact_id in ids:
+            results.append(self._verify_one(artifact_id, labels.get(artifact_id, "")))
+        return results
+
+    def _id_of(self, text: str) -> str:
+        lowered = str(text).lower()
+        if _ID.match(lowered):
+            return lowered  # checked even when its folder is gone: verify reports it missing
+        return self.artifact(text).id
+
+    def _verify_one(self, artifact_id: str, label: str) -> VerifyResult:
+        folder = self.objects / artifact_id
+        problems: list[str] = []
+
+        def result() -> VerifyResult:
+            return VerifyResult(artifact_id, label, not problems, tuple(problems))
+
+        if not _ID.match(artifact_id):
+            problems.append(f"{artifact_id[:80]!r} in objects/ is not an artifact (its name is not a SHA-256)")
+            return result()
+        if not folder.is_dir():
+            problems.append(f"the artifact folder {folder} is missing")
+            return result()
+        try:
+            data = (folder / MANIFEST_NAME).read_bytes()
+        except OSError as exc:
+            problems.append(f"{MANIFEST_NAME} cannot be read ({exc.strerror})")
+            return result()
+        if hashlib.sha256(data).hexdigest() != artifact_id:
+            problems.append(f"{MANIFEST_NAME} changed: its SHA-256 is no longer the artifact id")
+        problems.extend(self._signature_problems(folder, data))
+        try:
+            manifest = json.loads(data)
+            listed = {str(f["path"]): (int(f["size"]), str(f["sha256"])) for f in manifest["files"]}
+            if not label:
+                label = f"{manifest.get('name')}@{manifest.get('version')} {manifest.get('recipe')}"
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{MANIFEST_NAME} does not list its files ({exc})")
+            return result()
+        for rel, (size, digest) in sorted(listed.items()):
+            path = folder / rel
+            try:
+                _safe_relative(rel)
+            except ArtifactStoreError:
+                problems.append(f"the manifest names {rel[:200]!r}, outside the artifact")
+                continue
+            if path.is_symlink() or not path.is_file():
+                problems.append(f"{rel}: " + ("is a symlink" if path.is_symlink() else "is missing"))
+                continue
+            try:
+                actual_size, actual = path.stat().st_size, _sha256(path)
+            except OSError as exc:
+                problems.append(f"{rel}: cannot be read ({exc.strerror})")
+                continue
+            if actual_size != size:
+                problems.append(f"{rel}: {actual_size} bytes, the manifest says {size}")
+            if actual != digest:
+                problems.append(f"{rel}: SHA-256 {actual}, the manifest says {digest}")
+        expected = set(listed) | {MANIFEST_NAME, SIGNATURE_NAME}
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder).as_posix()
+            if path.is_dir() and not path.is_symlink():
+                if not any(e.startswith(rel + "/") for e in expected):
+                    problems.append(f"{rel}/: an extra folder the manifest does not list")
+            elif rel not in expected:
+                problems.append(f"{rel}: an extra file the manifest does not list")
+        return result()
+
+    def _signature_problems(self, folder: Path, data: bytes) -> list[str]:
+        try:
+            text = (folder / SIGNATURE_NAME).read_bytes()
+        except FileNotFoundError:
+            return [f"{SIGNATURE_NAME} is missing: the artifact is not signed"]
+        except OSError as exc:
+            return [f"{SIGNATURE_NAME} cannot be read ({exc.strerror})"]
+        try:
+            signature = base64.b64decode(text.strip(), validate=True)
+        except ValueError:
+            return [f"{SIGNATURE_NAME} is not base64"]
+        public = serialization.load_pem_public_key(self.public_key_pem())
+        assert isinstance(public, Ed25519PublicKey)
+        try:
+            public.verify(signature, data)
+        except InvalidSignature:
+            return [f"{SIGNATURE_NAME} does not match {MANIFEST_NAME} and this laptop's fleet key"]
+        if text != base64.b64encode(signature) + b"\n":
+            return [f"{SIGNATURE_NAME} changed (its bytes are not the store's encoding of the signature)"]
+        return []
+
+    # -- export and removal -----------------------------------------------------------------------------
+
+    def export(self, ref_or_id: str, dest: Path, profile: str | None = None) -> Path:
+        """A .tar laid out as a device root: artifacts/<id>/... and keys/fleet.pub (`tar -C ROOT -xf` on a
+        device, or carried by hand). A model ref exports all its artifacts, or only `profile`'s."""
+        try:
+            record: ModelRecord | None = self.model(ref_or_id)
+        except StoreEntryNotFoundError:
+            record = None
+        if record is not None:
+            if profile is not None:
+                if profile not in record.artifacts:
+                    raise StoreEntryNotFoundError(
+                        f"{record.ref} has no variant for profile {profile!r}", step="export",
+                        fix=f"use one of: {', '.join(sorted(record.artifacts)) or 'none (re-import with --profile)'}")
+                ids = [record.artifacts[profile]]
+            else:
+                ids = sorted(set(_record_ids(record)))
+            stem = f"{record.name}-{record.version}" + (f"-{profile}" if profile else "")
+        else:
+            artifact = self.artifact(ref_or_id)
+            ids, stem = [artifact.id], f"{artifact.name}-{artifact.version}-{artifact.id[:12]}"
+        broken = [r for r in (self._verify_one(i, "") for i in ids) if not r.ok]
+        if broken:
+            raise ArtifactStoreError(f"artifact {broken[0].artifact} fails verification: {broken[0].problems[0]}",
+                                     step="export", fix="run `fleetdesk model verify`; remove and re-import the "
+                                                        "model")
+        dest = Path(dest)
+        target = dest / f"{stem}.tar" if dest.is_dir() else dest
+        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+        try:
+            with tarfile.open(temp, "w", format=tarfile.PAX_FORMAT) as tar:
+                for artifact_id in ids:
+                    folder = self.objects / artifact_id
+                    _add_dir(tar, f"artifacts/{artifact_id}")
+                    for path in sorted(folder.rglob("*")):
+                        name = f"artifacts/{artifact_id}/{path.relative_to(folder).as_posix()}"
+                        if path.is_dir():
+                            _add_dir(tar, name)
+                        else:
+                            _add_file(tar, name, path)
+                _add_dir(tar, "keys")
+                pem = self.public_key_pem()
+                info = _info("keys/fleet.pub", len(pem), 0o644)
+                tar.addfile(info, io.BytesIO(pem))
+            os.replace(temp, target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise _full(exc, f"writing {target}") from None
+        return target
+
+    def remove(self, ref: str) -> list[str]:
+        """Remove a model version and the artifacts no other record uses; returns the artifact ids removed."""
+        with self._locked():
+            name, _, version = str(ref).partition("@")
+            if not version and len([r for r in self.models() if r.name == name]) > 1:
+                versions = ", ".join(r.ref for r in self.models() if r.name == name)
+                raise StoreEntryNotFoundError(f"{name} has several versions ({versions}); say which to remove",
+                                              step="remove model", fix=f"give NAME@VERSION, e.g. {name}@"
+                                                                       f"{self.model(name).version}")
+            record = self.model(ref)
+            keep = {i for r in self.models() if r.ref != record.ref for i in _record_ids(r)}
+            gone = sorted(set(_record_ids(record)) - keep)
+            path = self.records / record.name / f"{record.version}.json"
+            path.unlink()
+            _fsync_dir(path.parent)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only when that was the name's last version
+            for artifact_id in gone:
+                # Renamed away first, so a crash mid-delete never leaves a half artifact under objects/.
+                trash = self.root / "tmp" / f"removed-{artifact_id}"
+                trash.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(self.objects / artifact_id, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            return gone
+
+    # -- housekeeping -----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, blocking: bool = True) -> Iterator[bool]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # Windows: one FleetDesk at a time writes
+            yield True
+            return
+        with open(self.root / ".lock", "a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _clean_staging(self) -> None:
+        """Under the lock no other writer runs: anything in tmp/ is what a crashed write left."""
+        staging = self.root / "tmp"
+        if staging.is_dir():
+            for entry in staging.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
+
+
+def _record_ids(record: ModelRecord) -> list[str]:
+    return [i for i in (record.baseline, *record.artifacts.values()) if i]
+
+
+def _newest_first(record: ModelRecord) -> tuple[int, str]:
+    # Sorted ascending by this key: negate so the latest import comes first.
+    stamp = record.imported_at
+    return (-int(re.sub(r"\D", "", stamp) or 0), record.version)
+
+
+def _next_version(records: Sequence[ModelRecord]) -> str:
+    numbers = [int(r.version) for r in records if r.version.isdigit()]
+    return str(max(numbers, default=0) + 1)
+
+
+def _baseline_local_ms(report: OptimizationReport) -> float | None:
+    for result in report.profiles:
+        base = result.variant(BASELINE)
+        if base is not None and base.local_latency_ms is not None:
+            return base.local_latency_ms
+    return None
+
+
+def _baseline_device_ms(report: OptimizationReport) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    for result in report.profiles:
+        base = result.variant(BASELINE)
+        if base is not None:
+            merged.update(base.device_latency_ms)
+    return merged
+
+
+def _safe_relative(rel: str) -> None:
+    pure = PurePosixPath(rel)
+    if not rel or pure.is_absolute() or ".." in pure.parts or "\\" in rel or rel in (MANIFEST_NAME, SIGNATURE_NAME):
+        raise ArtifactStoreError(f"{rel[:200]!r} cannot be a file of an artifact", step="store model",
+                                 fix="keep a model's files inside its folder")
+
+
+def _copy(source: Path, target: Path) -> dict[str, Any]:
+    """Copy a file, hashing the bytes as they are written; fsync before the folder is renamed into place."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        for block in iter(lambda: src.read(_BLOCK), b""):
+            digest.update(block)
+            dst.write(block)
+            size += len(block)
+        dst.flush()
+        os.fsync(dst.fileno())
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def _write_bytes(path: Path, data: bytes, *, atomic: bool = False) -> None:
+    target = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}") if atomic else path
+    try:
+        with open(target, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if atomic:
+            os.replace(target, path)
+            _fsync_dir(path.parent)
+    except BaseException:
+        if atomic:
+            with contextlib.suppress(OSError):
+                target.unlink()
+        raise
+
+
+def _info(name: str, size: int, mode: int, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+    # Same bytes in, same tar out: no owner names, times or umask leak into an export.
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.type, info.mtime = size, mode, kind, 0
+    return info
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    tar.addfile(_info(name, 0, 0o755, tarfile.DIRTYPE))
+
+
+def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
+    with open(path, "rb") as f:
+        tar.addfile(_info(name, os.fstat(f.fileno()).st_size, 0o644), f)
+
+
+def _recipe_for(record: ModelRecord, profile: str) -> str:
+    """The recipe the record's report chose for `profile` ("variant" when the report does not say)."""
+    result = record.report.profile(profile) if record.report is not None else None
+    return result.chosen if result is not None else "variant"

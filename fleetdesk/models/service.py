@@ -1,0 +1,253 @@
+"""Importing a model end to end (validate, samples, optimize per profile, sign and store) and timing a variant
+on real devices of its profile with `fleetdesk-agent bench`.
+
+`import_model` is synchronous and long: the CLI and the GUI run it in an executor, with a progress callback and a
+threading.Event to cancel. `bench_on_devices` is a coroutine on the fleet's loop; `DeviceBench` lets the worker
+thread call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import onnx
+
+from fleetdesk.artifacts.records import ModelRecord
+from fleetdesk.artifacts.store import ArtifactStore, check_name
+from fleetdesk.errors import FleetDeskError, RemoteCommandError
+from fleetdesk.models.card import OptimizationCancelled
+from fleetdesk.models.importer import DEFAULT_MAX_BYTES, inspect_model
+from fleetdesk.models.report import Progress
+from fleetdesk.profiles import Profile, ProfileSet
+from fleetdesk.transport import shell_join
+
+log = logging.getLogger(__name__)
+
+BENCH_RUNS = 30  # timed inferences per device (after the agent's own warm-up)
+BENCH_TIMEOUT_S = 300.0  # per device, the whole bench command (arm64 boards are slow; qemu slower still)
+CLEANUP_TIMEOUT_S = 30.0
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def choose_profiles(names: Sequence[str] | None, catalog: ProfileSet) -> list[Profile]:
+    """The profiles named (each once, in order), else every profile FleetDesk knows. Unknown name: ProfileError."""
+    if names:
+        return [catalog.get(name) for name in dict.fromkeys(names)]
+    return [catalog.profiles[name] for name in sorted(catalog.profiles)]
+
+
+def import_model(path: str | os.PathLike[str], *, name: str | None = None, version: str | None = None,
+                 samples: str | os.PathLike[str] | None = None, profiles: Sequence[str] | None = None,
+                 store: ArtifactStore, catalog: ProfileSet, progress: ProgressCallback | None = None,
+                 cancel: threading.Event | None = None, device_bench: Callable[..., Mapping[str, float]] | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES, sample_count: int = 16) -> ModelRecord:
+    """Validate, optimize for each profile, sign and store one model; returns its record.
+
+    Fails fast, before any optimization and with nothing written, on an invalid file, an unknown profile, an
+    unusable name or a name clash. An unchanged re-import returns the stored record without optimizing again.
+    `profiles`: the names given, else those of the caller's inventory, else (None) every known profile.
+    """
+    from fleetdesk.models.optimize import optimize_model
+    from fleetdesk.models.samples import load_samples
+
+    say = progress or (lambda _p: None)
+    chosen = choose_profiles(profiles, catalog)
+    say(Progress("validate", f"checking {Path(path).name}", 0, 1))
+    card = inspect_model(path, name=name, max_bytes=max_bytes)
+    model_name = check_name(name or card.name)
+    found = store.existing(model_name, version, card.sha256)
+    if found is not None:
+        say(Progress("store", f"{found.ref} is already stored with the same bytes; nothing to do", 1, 1))
+        return found
+    _check_cancel(cancel, card.path)
+    # The signing key is needed at the end: a locked or missing keyring is said now, before minutes of work.
+    store.signer.unlock()
+    say(Progress("samples", "loading samples" if samples else "generating samples from the declared shapes", 0, 1))
+    sample_set = load_samples(card, samples, count=sample_count)
+    work_root = store.root / "work"
+    work_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="import-", dir=work_root))
+    try:
+        report = optimize_model(card, sample_set, chosen, work, progress=progress, cancel=cancel,
+                                device_bench=device_bench)
+        _check_cancel(cancel, card.path)
+        say(Progress("store", f"signing and storing {model_name}", 0, 1))
+        record = store.add_model(card, report, name=model_name, version=version, source_folder=Path(card.path).parent)
+        say(Progress("store", f"stored as {record.ref}", 1, 1))
+        return record
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_cancel(cancel: threading.Event | None, path: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise OptimizationCancelled("the import was cancelled; nothing was stored", path=path,
+                                    fix="start the import again when you want it")
+
+
+# -- timing on devices -------------------------------------------------------------------------------------------
+
+
+def model_files(model_path: Path) -> list[str]:
+    """The .onnx file's name and the external data files it references (relative to its folder), the .onnx first."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    found: dict[str, None] = {}
+
+    def tensors(graph: onnx.GraphProto) -> None:
+        for tensor in graph.initializer:
+            visit(tensor)
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    visit(attribute.t)
+                for tensor in attribute.tensors:
+                    visit(tensor)
+                if attribute.HasField("g"):
+                    tensors(attribute.g)
+                for sub in attribute.graphs:
+                    tensors(sub)
+
+    def visit(tensor: onnx.TensorProto) -> None:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if location:
+                found[PurePosixPath(location.replace("\\", "/")).as_posix()] = None
+
+    tensors(model.graph)
+    return [model_path.name, *sorted(found)]
+
+
+def _files_digest(folder: Path, files: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode() + b"\0")
+        with open(folder / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def bench_result(stdout: str, stderr: str = "") -> float:
+    """p50_ms from the agent's `bench` output (JSON lines: progress events, then a result or an error line)."""
+    for line in reversed(stdout.splitlines()):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and obj.get("type") == "result" and obj.get("command") == "bench":
+            return float(obj["p50_ms"])
+        if isinstance(obj, dict) and obj.get("type") == "error":
+            raise RemoteCommandError(f"agent bench: {obj.get('code')}: {str(obj.get('message'))[:300]}",
+                                     step="bench", fix=str(obj.get("fix") or "see the agent's message"))
+    last = (stderr.strip().splitlines() or [""])[-1][:300]
+    raise RemoteCommandError("agent bench printed no result line" + (f" ({last})" if last else ""), step="bench",
+                             fix="check the agent on the device (fleetdesk provision DEVICE installs it)")
+
+
+async def bench_on_devices(fleet: Any, devices: Sequence[Any], model_folder: Path, files: Sequence[str], *,
+                           runs: int = BENCH_RUNS, timeout: float = BENCH_TIMEOUT_S,
+                           failures: dict[str, str] | None = None) -> dict[str, float]:
+    """Time one model on each device with `ROOT/bin/fleetdesk-agent bench`: device name -> p50 ms.
+
+    The files go (verified) to ROOT/tmp/bench-<sha>/ and are removed after; a device that fails is left out
+    (its message in `failures`) and never stops the others.
+    """
+    from fleetdesk.inventory.runtimes import DeviceRuntimes
+
+    folder = Path(model_folder)
+    digest = await asyncio.to_thread(_files_digest, folder, files)
+    runtimes = DeviceRuntimes(fleet.inventory)
+
+    async def one(device: Any) -> float:
+        profile = fleet.profiles.profiles.get(device.profile) if device.profile else None
+        runtime = runtimes.get(device.id)
+        root = runtime.device_root if runtime else (profile.device_root if profile else "/opt/fleetdesk")
+        remote = f"{root}/tmp/bench-{digest}"
+        providers = list(profile.execution_providers) if profile else ["CPUExecutionProvider"]
+        target = fleet.target(device)
+        try:
+            for name in files:
+                await fleet.pool.push(target, folder / name, f"{remote}/{name}")
+            command = shell_join([f"{root}/bin/fleetdesk-agent", "bench", remote, "--runs", str(runs),
+                                  "--providers", ",".join(providers)])
+            result = await fleet.pool.run(target, command, timeout=timeout)
+            return bench_result(result.stdout, result.stderr)
+        finally:
+            with contextlib.suppress(FleetDeskError, OSError, asyncio.TimeoutError):
+                await fleet.pool.run(target, shell_join(["rm", "-rf", remote]), timeout=CLEANUP_TIMEOUT_S)
+
+    outcomes = await asyncio.gather(*(one(d) for d in devices), return_exceptions=True)
+    timed: dict[str, float] = {}
+    for device, outcome in zip(devices, outcomes, strict=True):
+        if isinstance(outcome, float):
+            timed[device.name] = outcome
+        elif isinstance(outcome, BaseException):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            message = str(outcome) if isinstance(outcome, FleetDeskError) else f"{type(outcome).__name__}: {outcome}"
+            log.warning("bench on %s failed: %s", device.name, message)
+            if failures is not None:
+                failures[device.name] = message
+    return timed
+
+
+def bench_devices(fleet: Any, profiles: Sequence[str]) -> dict[str, list[Any]]:
+    """Profile name -> the inventory's devices of that profile that are online and have a provisioned runtime."""
+    from fleetdesk.inventory.runtimes import DeviceRuntimes
+
+    runtimes = DeviceRuntimes(fleet.inventory)
+    ready = {r.device_id for r in runtimes.all()}
+    chosen: dict[str, list[Any]] = {}
+    for device in fleet.inventory.devices():
+        if device.online and device.profile in profiles and device.id in ready:
+            chosen.setdefault(device.profile, []).append(device)
+    return chosen
+
+
+class DeviceBench:
+    """The `device_bench` callable optimize_model takes, called from the worker thread: it runs
+    `bench_on_devices` on the fleet's event loop (which must keep running) and waits at most `timeout`."""
+
+    def __init__(self, fleet: Any, devices: Mapping[str, Sequence[Any]], loop: asyncio.AbstractEventLoop, *,
+                 runs: int = BENCH_RUNS, timeout: float = BENCH_TIMEOUT_S) -> None:
+        self.fleet = fleet
+        self.devices = {k: list(v) for k, v in devices.items()}
+        self.loop = loop
+        self.runs = runs
+        self.timeout = timeout
+        self.failures: dict[str, str] = {}
+
+    def __call__(self, profile: Profile, model_path: Path) -> dict[str, float]:
+        devices = self.devices.get(profile.name, [])
+        if not devices:
+            return {}
+        path = Path(model_path)
+        files = model_files(path)
+        future = asyncio.run_coroutine_threadsafe(
+            bench_on_devices(self.fleet, devices, path.parent, files, runs=self.runs, timeout=self.timeout,
+                             failures=self.failures), self.loop)
+        try:
+            # The per-device timeout bounds the run; a little more for the pushes and the clean-up.
+            return future.result(self.timeout + 2 * CLEANUP_TIMEOUT_S + 60)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            for device in devices:
+                self.failures[device.name] = f"bench did not finish within {self.timeout:g} s"
+            return {}
+
+
+__all__ = ["DeviceBench", "bench_devices", "bench_on_devices", "bench_result", "choose_profiles",
+           "import_model", "model_files"]
