@@ -45,7 +45,9 @@ class GuiSession:
                 self.watch.stop()
                 worst = max(self.watch.stalls[before:], default=0.0)
                 if worst > STALL_LIMIT:
-                    self.stall_notes.append(f"{worst * 1000:.0f} ms")
+                    # Named by the test that saw it: a module-wide session reports at its very end.
+                    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0].rpartition("::")[2]
+                    self.stall_notes.append(f"{worst * 1000:.0f} ms" + (f" in {test}" if test else ""))
 
         # Not run_until_complete: qasync's processes Qt events once more after the loop stopped, with no
         # running loop set, so a task stepping then fails in get_running_loop(). Production runs one

@@ -21,6 +21,7 @@ from fleetdesk.config import Settings
 from fleetdesk.discovery.mdns import local_interfaces
 from fleetdesk.errors import FleetDeskError
 from fleetdesk.fleet import Fleet
+from fleetdesk.models.variants import preload as preload_model_tools
 
 from .activities import Activities
 from .bridge import FleetBridge
@@ -58,6 +59,8 @@ def build_window(fleet: Fleet, settings: Settings, *, browse_on_start: bool = Tr
     cards = [c for c in local_interfaces() if not c.address.startswith("127.")]
     if pinned is not None:
         cards = [c for c in cards if c.address in pinned]
+    # The optimizer's heavy imports happen here, before the loop runs, not in a worker thread while it runs.
+    preload_model_tools()
     bridge = FleetBridge(fleet, Activities())
     return MainWindow(bridge, settings.db_url, interfaces=cards, chosen_interfaces=pinned,
                       browse_on_start=browse_on_start)

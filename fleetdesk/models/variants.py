@@ -137,6 +137,46 @@ def optimize_graph(source: Path, out: Path) -> tuple[str, ...]:
     return _check(out, "graph optimization", source)
 
 
+# -- importing onnxruntime's tools without PyTorch -------------------------------------------------
+
+_tools_lock = threading.Lock()
+
+
+def _import_ort_tools() -> None:
+    """Import onnxruntime.tools (quant_pre_process lives under it) without letting it import torch.
+
+    Its __init__ imports torch whenever torch is installed (onnxruntime 1.31.1, tools/__init__.py:
+    `if importlib.util.find_spec("torch"): from .pytorch_export_helpers import ...`), which costs seconds and
+    hundreds of MB in a worker thread and stalls the GUI's loop. FleetDesk never needs that helper, so while the
+    package is first imported, a None in sys.modules makes find_spec answer "not installed" (importlib docs:
+    find_spec returns None for a None entry). A torch that is already imported is left alone.
+    """
+    import sys
+
+    with _tools_lock:
+        if "onnxruntime.tools" in sys.modules or "torch" in sys.modules:
+            return
+        sys.modules["torch"] = None  # type: ignore[assignment]
+        try:
+            import onnxruntime.tools  # noqa: F401
+        finally:
+            if sys.modules.get("torch", 0) is None:
+                del sys.modules["torch"]
+
+
+def preload() -> None:
+    """Import the quantization and FP16 tooling now (about 0.3 s, sympy included).
+
+    For the GUI, before its window runs: a first import in the optimizer's worker thread holds the interpreter
+    lock long enough to stall the window's loop (seen at 100-120 ms in the lab GUI test).
+    """
+    _import_ort_tools()
+    import onnxruntime.quantization
+    import onnxruntime.quantization.shape_inference
+    import onnxruntime.tools.symbolic_shape_infer
+    import onnxruntime.transformers.float16  # noqa: F401
+
+
 # -- quantization pre-processing ------------------------------------------------------------------
 
 
@@ -149,6 +189,7 @@ def prepare_for_quantization(source: Path, out: Path) -> tuple[Path, str]:
     step, and if pre-processing fails altogether the original model is quantized as it is. The
     guide also says the optimization step cannot write models over 2 GB, so it is skipped for those.
     """
+    _import_ort_tools()
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out.mkdir(parents=True, exist_ok=True)

@@ -135,3 +135,27 @@ def test_compare_has_no_top1_for_outputs_that_are_not_classifiers_and_flags_nan(
     assert accuracy.max_abs_error == float("inf") and accuracy.cosine == 0.0
     with pytest.raises(ValueError, match="shape"):
         compare(reference, [[np.ones((1, 16, 32), np.float32)]], synthetic=True)
+
+
+def test_quantization_pre_processing_does_not_drag_in_torch(tmp_path: Path) -> None:
+    """onnxruntime.tools imports torch whenever it is installed (it is, here); FleetDesk keeps it out: seconds
+    and hundreds of MB in a worker thread would stall the window. A fresh interpreter, so nothing imported it yet."""
+    import subprocess
+    import sys
+
+    model = save_mlp_external(tmp_path / "mlp.onnx")
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from fleetdesk.models.variants import prepare_for_quantization\n"
+        f"path, note = prepare_for_quantization(Path({str(model)!r}), Path({str(tmp_path / 'prep')!r}))\n"
+        "assert path.is_file(), note\n"
+        "print('torch imported:', 'torch' in sys.modules, 'ort tools:', 'onnxruntime.tools' in sys.modules)\n"
+        "import torch\n"  # and it is still importable afterwards: no sentinel left behind
+        "print('torch', torch.__version__.split('+')[0])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "torch imported: False ort tools: True"
+    assert lines[1].startswith("torch 2.")
