@@ -35,11 +35,13 @@ from fleetdesk.errors import (
 )
 from fleetdesk.fleet import Fleet, ProbeOutcome
 from fleetdesk.inventory.records import Device, Group, HostKey
+from fleetdesk.inventory.runtimes import DeviceRuntime, DeviceRuntimes
 from fleetdesk.inventory.telemetry_repo import TelemetryRepo
 from fleetdesk.models import service as model_service
-from fleetdesk.models.card import ModelCard
 from fleetdesk.models.report import Progress
 from fleetdesk.profiles.matcher import ProfileMatch, match_profile
+from fleetdesk.runtime.provision import ProvisionOutcome, ProvisionProgress
+from fleetdesk.runtime.provision import provision as provision_devices
 from fleetdesk.telemetry.alerts import AlertEvent, AlertMonitor, Threshold
 from fleetdesk.telemetry.buffers import Arrival, TelemetryStore
 from fleetdesk.telemetry.history import TelemetryHistory
@@ -49,7 +51,7 @@ from fleetdesk.transport.credentials import KeyringStatus
 from fleetdesk.transport.hostkey import PublicKey
 from fleetdesk.transport.shell import shell_join
 
-from .activities import Activities, Activity, _loop, human_duration
+from .activities import Activities, Activity, _loop, human_bytes, human_duration
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,6 +83,7 @@ class DeviceView:
     status: str
     trusted: bool
     problem: str = ""  # the last error met with this device, in operator words
+    runtime: DeviceRuntime | None = None  # what its last provisioning proved, if it was provisioned
 
     @property
     def id(self) -> int:
@@ -174,6 +177,7 @@ class FleetBridge(QObject):
         self._alert_writes: set[asyncio.Future[None]] = set()
         self._events: TelemetryRepo | None = None  # the inventory's event log, where alerts are written
         self._store: ArtifactStore | None = None  # the signed artifact store, opened on first use
+        self._runtimes: dict[int, DeviceRuntime] = {}  # device id -> its provisioned runtime
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -187,6 +191,7 @@ class FleetBridge(QObject):
         devices = await self._db(inventory.devices)
         self._trusted = await self._db(inventory.trusted_device_ids)
         self._groups = await self._db(inventory.groups)
+        self._runtimes = {r.device_id: r for r in await self._db(DeviceRuntimes(inventory).all)}
         self._devices = {d.id: d for d in devices}
         views = [self.view(d) for d in devices]
         self.devices_reset.emit(views)
@@ -197,7 +202,7 @@ class FleetBridge(QObject):
         return DeviceView(device, device_status(device, trusted=device.id in self._trusted,
                                                 busy=device.id in self._busy,
                                                 unreachable=device.id in self._unreachable),
-                          device.id in self._trusted, self._problems.get(device.id, ""))
+                          device.id in self._trusted, self._problems.get(device.id, ""), self._runtimes.get(device.id))
 
     def device(self, device_id: int) -> Device | None:
         return self._devices.get(device_id)
@@ -377,6 +382,40 @@ class FleetBridge(QObject):
             return text
 
         title = f"Probe {devices[0].name}" if len(devices) == 1 else f"Probe {len(devices)} devices"
+        return self.activities.start(title, job, devices=[d.id for d in devices], summarize=summarize)
+
+    def provision(self, device_ids: Sequence[int]) -> Activity:
+        """Install (or bring up to date) the runtime and the agent on each device, as `fleetdesk provision` does:
+        only what is missing is sent, one failing device does not stop the others."""
+        devices = self._chosen(device_ids)
+        bytes_done: dict[str, tuple[int, int]] = {}
+
+        async def job(activity: Activity) -> list[ProvisionOutcome]:
+            def progress(step: ProvisionProgress) -> None:
+                if step.total:
+                    bytes_done[step.device] = (step.done, step.total)
+                    done, total = (sum(v[i] for v in bytes_done.values()) for i in (0, 1))
+                    activity.report_bytes(done, total, f"{step.device}: {step.message}")
+                else:
+                    activity.report(None, f"{step.device}: {step.message}")
+
+            outcomes = await provision_devices(self.fleet, devices, progress=progress)
+            records = await self._db(DeviceRuntimes(self.fleet.inventory).all)
+            self._runtimes = {r.device_id: r for r in records}
+            for device, outcome in zip(devices, outcomes, strict=True):
+                self._problem(device.id, outcome.error)
+                self._update(self._devices.get(device.id, device))
+            return outcomes
+
+        def summarize(outcomes: object) -> str:
+            assert isinstance(outcomes, list)
+            ok = [o for o in outcomes if o.error is None]
+            sent = sum(o.bytes_sent for o in ok)
+            text = f"{len(ok)} of {len(outcomes)} provisioned ({human_bytes(sent)} sent)"
+            failed = [f"{o.device}: {o.error}" for o in outcomes if o.error is not None]
+            return text + ("; " + "; ".join(failed[:3]) if failed else "")
+
+        title = f"Provision {devices[0].name}" if len(devices) == 1 else f"Provision {len(devices)} devices"
         return self.activities.start(title, job, devices=[d.id for d in devices], summarize=summarize)
 
     def request_trust(self, device_id: int) -> Activity:
@@ -612,58 +651,6 @@ class FleetBridge(QObject):
         return self.activities.start("Export the public signing key", job, summarize=lambda p: f"saved to {p}")
 
     # -- pushing a model -------------------------------------------------------------------------------
-
-    def push_model(self, card: ModelCard, device_ids: Sequence[int], title: str = "") -> Activity:
-        """Push a model (its .onnx file and any external data files beside it) to each device's artifact
-        folder: resumable, SHA-256 checked on the device, with bytes/s and time left."""
-        devices = self._chosen(device_ids)
-        folder = os.path.dirname(os.path.abspath(card.path))
-        # External data is named relative to the model's folder (checked on import), so it keeps its place.
-        files = [(card.path, os.path.basename(card.path))] + [
-            (os.path.join(folder, f.location), f.location) for f in card.external_files]
-        remote_root = f"{ARTIFACT_ROOT}/{card.sha256}"
-
-        async def job(activity: Activity) -> dict[str, str]:
-            sizes = {local: os.path.getsize(local) for local, _ in files}
-            total = sum(sizes.values()) * len(devices)
-            done: dict[tuple[int, str], int] = {}
-            outcomes: dict[str, str] = {}
-
-            def progress_of(device: Device, local: str) -> Callable[[int, int], None]:
-                def progress(sent: int, _total: int) -> None:
-                    done[(device.id, local)] = sent
-                    activity.report_bytes(sum(done.values()), total, f"{len(devices)} device(s)")
-                return progress
-
-            async def one(device: Device) -> None:
-                try:
-                    for local, relative in files:
-                        await self.fleet.pool.push(self.fleet.target(device), local, f"{remote_root}/{relative}",
-                                                   progress=progress_of(device, local))
-                except FleetDeskError as exc:
-                    self._problem(device.id, exc)
-                    self._update(device)
-                    outcomes[device.name] = str(exc)
-                else:
-                    outcomes[device.name] = "ok"
-
-            await asyncio.gather(*(one(d) for d in devices))
-            failed = {k: v for k, v in outcomes.items() if v != "ok"}
-            if failed and len(failed) == len(devices):
-                first = next(iter(failed.values()))
-                raise FleetDeskError(f"the model reached no device: {first}",
-                                     fix="fix the first device's problem, then drop the model again")
-            return outcomes
-
-        def summarize(outcomes: object) -> str:
-            assert isinstance(outcomes, dict)
-            ok = [k for k, v in outcomes.items() if v == "ok"]
-            failed = [f"{k}: {v}" for k, v in outcomes.items() if v != "ok"]
-            return f"verified on {len(ok)} of {len(outcomes)} device(s)" + ("; " + "; ".join(failed[:3]) if failed
-                                                                           else "")
-
-        return self.activities.start(title or f"Push {card.name}", job, devices=[d.id for d in devices],
-                                     summarize=summarize)
 
     def push_artifacts(self, record: ModelRecord, device_ids: Sequence[int], title: str = "") -> Activity:
         """Push to each device the artifact chosen for its profile (the FP32 baseline when its profile has none):

@@ -200,7 +200,8 @@ class FleetTableModel(QAbstractTableModel):
         if column == 4:
             return plain(device.facts.arch) or NONE_YET
         if column == 5:
-            return NONE_YET  # filled in by the runtime issue
+            runtime = view.runtime
+            return f"onnxruntime {plain(runtime.onnxruntime)}" if runtime and runtime.onnxruntime else NONE_YET
         if column == 6:
             return NONE_YET  # filled in by the rollout issue
         return when(device.last_seen)
@@ -228,6 +229,11 @@ class FleetTableModel(QAbstractTableModel):
             lines.append("Its host key is not trusted yet: use Trust… to check the fingerprint.")
         if view.problem:
             lines.append(plain(view.problem))
+        runtime = view.runtime
+        if runtime is not None:
+            lines.append(f"Runtime {runtime.runtime_id[:12]}, agent {plain(runtime.agent_version)}, Python "
+                         f"{plain(runtime.python)}; execution providers: {', '.join(map(plain, runtime.providers))}"
+                         f" (provisioned {when(runtime.provisioned_at)})")
         return "\n".join(lines)
 
     def mimeTypes(self) -> list[str]:

@@ -262,6 +262,9 @@ class MainWindow(QMainWindow):
                                          "Check and trust the selected device's host key")
         self.login_action = self._action("Credentials…", self.open_credentials_dialog, "Ctrl+L", "credentials",
                                          "Set the user, key file or password for the selected devices")
+        self.provision_action = self._action("Provision runtime", self.provision_selected, "Ctrl+Shift+P", "",
+                                             "Install the inference runtime and the agent on the selected devices "
+                                             "(only what is missing is sent)")
         self.group_action = self._action("Add to group…", self.open_group_dialog, "Ctrl+G", "group",
                                          "Put the selected devices in a group")
         self.ungroup_action = self._action("Remove from this group", self.remove_from_current_group, None, "",
@@ -284,7 +287,8 @@ class MainWindow(QMainWindow):
                                         "Ctrl+Shift+D")
         self.dark_action.setCheckable(True)
         self.dark_action.setChecked(current_theme() == "dark")
-        self.device_actions = (self.probe_action, self.trust_action, self.login_action, self.group_action,
+        self.device_actions = (self.probe_action, self.trust_action, self.login_action, self.provision_action,
+                               self.group_action,
                                self.ungroup_action, self.ssh_action, self.stream_action, self.unstream_action,
                                self.remove_action)
 
@@ -453,6 +457,11 @@ class MainWindow(QMainWindow):
         ids = self.selected_ids()
         if ids:
             self.bridge.probe(ids)
+
+    def provision_selected(self) -> None:
+        ids = self.selected_ids()
+        if ids:
+            self.bridge.provision(ids)
 
     def trust_selected(self) -> None:
         ids = self.selected_ids()
