@@ -26,6 +26,7 @@ from fleetdesk.gui.bridge import Login
 from fleetdesk.gui.dialogs import AddDeviceDialog, CredentialsDialog, SweepDialog, TrustDialog
 from fleetdesk.gui.dropping import DeployDialog
 from fleetdesk.gui.model_import import ImportDialog
+from fleetdesk.gui.overview import FIRST_METRIC_COLUMN, value_text
 from fleetdesk.lab.rootfs import LAB_PASSWORD, LAB_USER
 from fleetdesk.transport import credentials
 from tests.fixtures.models.build import save_mlp_external
@@ -149,6 +150,35 @@ def test_probing_from_the_window_fills_profile_and_architecture(session: GuiSess
     assert window.fleet_filter.index(index.row(), 3).data() == "ipc-x86"
     session.settle(0.2)
     session.screenshot(window.detail, "device-detail-probed")
+
+
+def test_streaming_a_trusted_lab_device_fills_its_overview_row_from_the_device(
+        session: GuiSession, fleet: Fleet) -> None:
+    device = fleet.by_profile("ipc-x86")  # trusted and probed by the tests above
+    window = session.window
+    view = row_of(session, device["name"])
+    window.select_devices([view.id])
+    session.call(lambda: window.stream_action.trigger())
+    assert window.tabs.currentWidget() is window.dashboard
+    store = session.bridge.telemetry
+    session.wait(lambda: store.buffer(view.id) is not None and len(store.buffer(view.id)) >= 2,
+                 "two samples from the device", timeout=30)
+    latest = store.buffer(view.id).latest
+    # The lab device's own /proc and its CPU's thermal zone (fleetdesk/lab/sensors.py), read over SSH.
+    assert latest.cpu_pct is not None and 0 <= latest.cpu_pct <= 100
+    assert latest.temp_c is not None
+    model = window.dashboard.model
+    model.flush()
+    row = model.row_of(view.id)
+    # The agent where the device has one installed (an earlier lab module may have provisioned it), else the
+    # agentless reader: the Stream column says which one runs.
+    has_agent = fleet.ssh(device, "test -x /opt/fleetdesk/bin/fleetdesk-agent && echo yes || echo no").stdout.strip()
+    assert model.index(row, 1).data() == ("streaming (agent)" if has_agent == "yes" else "streaming (agentless)")
+    assert model.index(row, FIRST_METRIC_COLUMN).data() == value_text("cpu_pct", latest.cpu_pct)
+    session.screenshot(window.dashboard, "dashboard-lab-device")
+    session.call(lambda: window.unstream_action.trigger())
+    session.wait(lambda: model.index(model.row_of(view.id), 1).data() == "stopped", "the stream to stop")
+    window.tabs.setCurrentIndex(0)
 
 
 def test_credentials_round_trip_through_the_keyring_daemon(session: GuiSession, fleet: Fleet, qtbot: Any) -> None:
