@@ -465,11 +465,12 @@ def _fleet_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_run, remote_command=[])
 
     # Commands of later parts live in their own modules; each adds its parsers here.
-    from fleetdesk import cli_models, cli_runtime, cli_telemetry
+    from fleetdesk import cli_models, cli_rollout, cli_runtime, cli_telemetry
 
     cli_runtime.register(sub, common, choose)
     cli_telemetry.register(sub, common, choose)
     cli_models.register(sub, common, choose)
+    cli_rollout.register(sub, common, choose)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -181,3 +181,46 @@ class InvalidModelNameError(ArtifactStoreError):
 
 class StoreFullError(ArtifactStoreError):
     """The laptop's disk filled while the store wrote; what was being written was removed."""
+
+
+class PlanError(FleetDeskError):
+    """A rollout plan is invalid or cannot be resolved against the inventory and the store; names the field."""
+
+    def __init__(self, message: str, *, field: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("step", "plan rollout")
+        super().__init__(f"{field}: {message}" if field else message, **kwargs)
+        self.field = field
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "field": self.field}
+
+
+class RolloutNotFoundError(InventoryError):
+    """No rollout with the id the operator gave is in the inventory."""
+
+
+class RolloutConflictError(FleetDeskError):
+    """Another FleetDesk (a CLI, the GUI) changed the rollout first, or its devices are in another active rollout."""
+
+    def __init__(self, message: str, *, rollout_id: int | None = None, expected: tuple[str, ...] = (),
+                 actual: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.rollout_id = rollout_id
+        self.expected = expected
+        self.actual = actual
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "rollout_id": self.rollout_id, "expected": list(self.expected),
+                "actual": self.actual}
+
+
+class RolloutStepError(FleetDeskError):
+    """A rollout step failed on a device for a reason retrying will not fix; `code` is the agent's error code
+    (bad-signature, bad-artifact, model-load-failed, disk-full, ...)."""
+
+    def __init__(self, message: str, *, code: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.code = code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "code": self.code}

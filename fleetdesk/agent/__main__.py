@@ -23,7 +23,12 @@ LAZY_COMMANDS = {
     "serve": "run the ONNX Runtime model server for the active model",
     "bench": "benchmark an artifact on this device",
     "selftest": "prove the runtime: import onnxruntime, run a tiny inference, list execution providers",
+    "check": "compare an artifact's outputs on its samples with the golden outputs it carries",
 }
+# Commands taking an ARTIFACT that also accept the word "current" (the active model).
+ACCEPT_CURRENT = ("bench", "check")
+DEFAULT_WAIT_LOAD_S = 60.0
+MODEL_LOAD_FAILED = "model-load-failed"  # the error code when the server cannot load what activate switched to
 _GLOBAL_WITH_VALUE = ("--root", "--sysroot")
 
 
@@ -55,6 +60,8 @@ def _lazy_module(name: str) -> Any:
             from . import serve as module
         elif name == "bench":
             from . import bench as module
+        elif name == "check":
+            from . import check as module
         else:
             from . import selftest as module
     except ImportError as exc:
@@ -82,9 +89,16 @@ def build_parser(load: str | None = None) -> tuple[ArgumentParser, Any]:
     p.add_argument("sha", metavar="SHA")
     p.add_argument("--confirm-within", type=float, default=None, metavar="S",
                    help="revert by itself unless confirmed within S seconds")
+    p.add_argument("--wait-load", type=float, default=DEFAULT_WAIT_LOAD_S, metavar="S",
+                   help="wait up to S seconds for the running model server to load it, and go back to the "
+                        f"previous model if it cannot (0: do not wait; default {DEFAULT_WAIT_LOAD_S:g})")
+    p = commands.add_parser("verify", help="check an artifact's signature and every file's hash (no switch)")
+    p.add_argument("sha", metavar="SHA")
     p = commands.add_parser("confirm", help="keep the pending activation")
     p.add_argument("sha", metavar="SHA")
-    commands.add_parser("rollback", help="go back to the previous model")
+    p = commands.add_parser("rollback", help="go back to the previous model")
+    p.add_argument("--wait-load", type=float, default=DEFAULT_WAIT_LOAD_S, metavar="S",
+                   help="wait up to S seconds for the running model server to load it (0: do not wait)")
     p = commands.add_parser("watchdog")  # started by activate, detached; not for people
     p.add_argument("sha", metavar="SHA")
     p.add_argument("--token", required=True)
@@ -107,6 +121,8 @@ def dispatch(args: argparse.Namespace, module: Any) -> int:
     emit = protocol.emit
     root = args.root
     if module is not None:
+        if args.command in ACCEPT_CURRENT and args.artifact == "current":
+            args.artifact = _current(root)
         return int(module.run(args, emit) or 0)
     if args.command == "telemetry":
         from . import telemetry
@@ -115,20 +131,78 @@ def dispatch(args: argparse.Namespace, module: Any) -> int:
     if args.command == "status":
         emit(status.collect(root))
     elif args.command == "activate":
-        def spawn(sha: str, token: str) -> int:
-            return state.spawn_watchdog(root, sha, token, os.path.join(root, "log", "watchdog.log"))
-
-        emit(protocol.result("activate", **state.activate(root, args.sha, args.confirm_within, spawn=spawn)))
+        emit(protocol.result("activate", **activate(args)))
+    elif args.command == "verify":
+        state.check_sha(args.sha)
+        emit(protocol.result("verify", artifact=args.sha, **state.verify_artifact(root, args.sha)))
     elif args.command == "confirm":
         emit(protocol.result("confirm", **state.confirm(root, args.sha)))
     elif args.command == "rollback":
-        emit(protocol.result("rollback", **state.rollback(root)))
+        emit(protocol.result("rollback", **rollback(args)))
     elif args.command == "watchdog":
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # it outlives the SSH session that started it
         state.check_sha(args.sha)
         record = state.watch(root, args.sha, args.token)
         emit(protocol.event("reverted", **record) if record else protocol.event("watchdog-done", sha=args.sha))
     return protocol.EXIT_OK
+
+
+def _current(root: str) -> str:
+    from . import state
+
+    sha = state.link_target(root, "current")
+    if sha is None:
+        raise AgentError(protocol.NOT_FOUND, "there is no active model on this device (ROOT/current is not set)",
+                         fix="activate an artifact first, or name one by its SHA-256")
+    return sha
+
+
+def activate(args: argparse.Namespace) -> dict[str, Any]:
+    """`activate`: switch, then wait for the running server to load the new model; if it cannot, go back and
+    say why (an error line "model-load-failed" with the server's reason)."""
+    import time
+
+    from . import state, status
+
+    root = args.root
+    if args.wait_load < 0:
+        raise AgentError(protocol.BAD_ARGUMENTS, f"--wait-load {args.wait_load:g} is negative",
+                         fix="give the seconds to wait for the model server, or 0 not to wait")
+
+    def spawn(sha: str, token: str) -> int:
+        return state.spawn_watchdog(root, sha, token, os.path.join(root, "log", "watchdog.log"))
+
+    since = time.time()
+    answer = state.activate(root, args.sha, args.confirm_within, spawn=spawn)
+    if not answer.get("changed") or not answer.get("serve_reloaded") or args.wait_load == 0:
+        answer["serving"] = None
+        return answer
+    loaded = status.wait_loaded(root, args.sha, since, args.wait_load)
+    answer["serving"] = loaded
+    if loaded is not None and loaded["loaded"] is False:
+        record = state.undo_failed_load(root, args.sha, loaded["reason"])
+        back = f"; the device went back to {record['to'] or 'no model'}" if record else ""
+        raise AgentError(MODEL_LOAD_FAILED, f"the model server could not load {args.sha}: {loaded['reason']}{back}",
+                         fix="check that the model opens with onnxruntime and the device's execution providers "
+                             "(fleetdesk-agent bench SHA on the device shows the error); the previous model serves")
+    return answer
+
+
+def rollback(args: argparse.Namespace) -> dict[str, Any]:
+    """`rollback`, then wait (like activate) until the running server has the model it went back to; the answer's
+    "serving" says whether it loaded (there is nothing further back to go to when it did not)."""
+    import time
+
+    from . import state, status
+
+    since = time.time()
+    answer = state.rollback(args.root)
+    active = answer.get("active")
+    if active and answer.get("changed") and status.serving(args.root)["running"] and args.wait_load > 0:
+        answer["serving"] = status.wait_loaded(args.root, active, since, args.wait_load)
+    else:
+        answer["serving"] = None
+    return answer
 
 
 def main(argv: list[str] | None = None) -> int:

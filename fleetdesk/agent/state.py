@@ -46,6 +46,10 @@ WATCHDOG_POLL_S = 1.0  # how soon a watchdog notices a confirmation and ends
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
+def is_sha(text: str) -> bool:
+    return bool(_SHA.match(text))
+
+
 def check_sha(sha: str) -> str:
     """An artifact id: the 64 lowercase hex digits of its SHA-256, and nothing else (it becomes a path)."""
     if not isinstance(sha, str) or not _SHA.match(sha):
@@ -364,6 +368,9 @@ def activate(root: str, sha: str, confirm_within: float | None,
         else:
             pending = None
             _remember(state, {"event": "activated", "sha": sha, "previous": current, "at": round(now, 3)})
+        # What undo_failed_load needs to put back an activation without a deadline.
+        state["last_activation"] = {"sha": sha, "previous": current, "previous_before": previous_before,
+                                    "at": round(now, 3)}
         write_state(root, state)
         if current is not None:
             switch_link(root, "previous", current)
@@ -425,6 +432,32 @@ def rollback(root: str, now: float | None = None) -> dict[str, Any]:
         switch_link(root, "previous", current)
         server = reload_server(root)
     return {"active": previous, "from": current, "changed": True, "serve_reloaded": server}
+
+
+def undo_failed_load(root: str, sha: str, reason: str, now: float | None = None) -> dict[str, Any] | None:
+    """The model server could not load `sha` after `activate` switched to it: go back to what ran before
+    (a pending activation is reverted and says so in `last_revert`). None when `sha` is no longer current
+    (someone else moved on meanwhile): nothing is touched then."""
+    check_sha(sha)
+    with locked(root):
+        now = time.time() if now is None else now
+        state = read_state(root)
+        pending = state.get("pending")
+        if isinstance(pending, dict) and pending.get("sha") == sha:
+            return _revert(root, state, f"the model server could not load it: {reason}", now)
+        last = state.get("last_activation")
+        if isinstance(pending, dict) or link_target(root, "current") != sha or not isinstance(last, dict) \
+                or last.get("sha") != sha:
+            return None
+        record = {"sha": sha, "to": last.get("previous"), "reason": f"the model server could not load it: {reason}",
+                  "at": round(now, 3)}
+        state["reverted"] = record
+        _remember(state, dict(record, event="reverted"))
+        write_state(root, state)
+        switch_link(root, "current", last.get("previous"))
+        switch_link(root, "previous", last.get("previous_before"))
+        reload_server(root)
+        return record
 
 
 def watch(root: str, sha: str, token: str) -> dict[str, Any] | None:

@@ -61,6 +61,100 @@ def serve(root: str) -> dict[str, Any] | None:
     return {"pid": pid, "alive": pid > 0 and pid_alive(pid)}
 
 
+STATS_MAX_AGE_S = 10.0  # serve-stats.json older than this no longer says what the server serves (as telemetry)
+# After a switch, a stats write this long after it comes from a server loop that has seen the new link: the loop
+# checks ROOT/current before each write (serve.py, about once a second) and a SIGHUP within 0.1 s.
+SETTLE_S = 1.5
+LOG_TAIL_BYTES = 65536
+
+
+def artifacts(root: str) -> list[str]:
+    """The artifact ids present under ROOT/artifacts (complete or not: `verify` says which are whole)."""
+    try:
+        names = os.listdir(os.path.join(root, "artifacts"))
+    except OSError:
+        return []
+    return sorted(n for n in names if state.is_sha(n) and os.path.isdir(os.path.join(root, "artifacts", n)))
+
+
+def serve_stats(root: str) -> dict[str, Any] | None:
+    """ROOT/run/serve-stats.json as the server last wrote it, or None."""
+    try:
+        with open(os.path.join(root, "run", "serve-stats.json"), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def serving(root: str, now: float | None = None) -> dict[str, Any]:
+    """Whether the model server runs and which model it has loaded (its statistics file, when fresh)."""
+    now = time.time() if now is None else now
+    server = serve(root)
+    running = bool(server and server["alive"])
+    stats = serve_stats(root) if running else None
+    t = stats.get("t") if stats else None
+    age = round(now - float(t), 1) if isinstance(t, (int, float)) else None
+    fresh = age is not None and age <= STATS_MAX_AGE_S
+    return {"running": running, "pid": server["pid"] if server else None,
+            "model": stats.get("model") if stats and fresh else None,
+            "provider": stats.get("provider") if stats and fresh else None, "stats_age_s": age}
+
+
+def load_failure(root: str, sha: str) -> str | None:
+    """The reason of the server's last "model-failed" event for `sha` in ROOT/log/serve.log (the supervisor
+    sends the server's JSON lines there), or None."""
+    try:
+        with open(os.path.join(root, "log", "serve.log"), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and obj.get("event") == "model-failed" and obj.get("model") == sha:
+            return str(obj.get("reason") or "")[:2000] or None
+        if isinstance(obj, dict) and obj.get("event") == "model-loaded" and obj.get("model") == sha:
+            return None
+    return None
+
+
+def wait_loaded(root: str, sha: str, since: float, timeout: float, poll: float = 0.2) -> dict[str, Any] | None:
+    """After ROOT/current moved to `sha` at `since`: wait until the running server reports `sha` loaded.
+
+    {"loaded": True, "seconds"} or {"loaded": False, "reason"}; None when no server runs (nothing to wait for);
+    {"loaded": None, "reason"} when the server keeps no fresh statistics (nothing to watch).
+    A server that reports no model in a statistics write SETTLE_S after the switch failed to load it.
+    """
+    started = time.monotonic()
+    first = serving(root)
+    if not first["running"]:
+        return None
+    if first["stats_age_s"] is None or first["stats_age_s"] > STATS_MAX_AGE_S:
+        return {"loaded": None, "reason": "the model server writes no fresh statistics, so its model is unknown"}
+    while True:
+        view = serving(root)
+        if not view["running"]:
+            return None
+        stats = serve_stats(root) or {}
+        t = stats.get("t")
+        if isinstance(t, (int, float)) and t >= since:
+            if stats.get("model") == sha:
+                return {"loaded": True, "seconds": round(time.monotonic() - started, 2)}
+            if stats.get("model") is None and t >= since + SETTLE_S:
+                reason = load_failure(root, sha) or "the model server has no model loaded after the switch"
+                return {"loaded": False, "reason": reason}
+        if time.monotonic() - started >= timeout:
+            served = stats.get("model")
+            return {"loaded": False, "reason": f"the model server did not load it within {timeout:g} s "
+                                               f"(it serves {served or 'no model'})"}
+        time.sleep(poll)
+
+
 def collect(root: str) -> dict[str, Any]:
     """The status result. A pending activation past its deadline (its watchdog died with a reboot) is settled
     first, so what is reported is what is true."""
@@ -90,6 +184,8 @@ def collect(root: str) -> dict[str, Any]:
         last_revert=st.get("reverted") if isinstance(st.get("reverted"), dict) else None,
         runtime=runtime(root),
         serve=serve(root),
+        serving=serving(root),
+        artifacts=artifacts(root),
         keys=os.path.isfile(os.path.join(root, "keys", "fleet.pub")),
         disk_free_mb=disk["free_mb"] if disk else None,
         agent_path=os.path.dirname(os.path.abspath(__file__)),

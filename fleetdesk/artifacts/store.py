@@ -55,6 +55,7 @@ from fleetdesk.models.card import ModelCard
 from fleetdesk.models.report import BASELINE, OptimizationReport, Variant
 
 RECORD_FORMAT = "fleetdesk-model/1"
+GOLDEN_NAME = "golden.npz"  # sample inputs and the imported model's outputs on them, read by `fleetdesk-agent check`
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _BLOCK = 1 << 20
@@ -256,11 +257,13 @@ class ArtifactStore:
         return record
 
     def add_model(self, card: ModelCard, report: OptimizationReport, *, name: str, version: str | None = None,
-                  source_folder: Path) -> ModelRecord:
+                  source_folder: Path, golden: Path | None = None) -> ModelRecord:
         """Store the model as imported (the baseline) and each profile's chosen variant, signed, and its record.
 
         Variants with the same bytes become one artifact listing all their profiles. An unchanged re-import
         returns the stored record and writes nothing; on any failure nothing of this call is left.
+        `golden` (made by `write_golden`) goes into every artifact as golden.npz, listed and signed like the
+        model, and named by the manifest's "golden" key: the device checks its variant against it.
         """
         with self._locked():
             self._clean_staging()
@@ -270,6 +273,8 @@ class ArtifactStore:
             if version is None:
                 version = _next_version([r for r in self.models() if r.name == name])
             plans = self._plan(card, report, Path(source_folder))
+            if golden is not None:
+                plans = [_with_golden(plan, Path(golden)) for plan in plans]
             pem = self.public_key_pem()
             created_now: list[Path] = []
             try:
@@ -331,6 +336,7 @@ class ArtifactStore:
             "tolerance": report.tolerance.to_dict(),
             "samples": {"count": report.samples, "synthetic": report.synthetic, "source": report.samples_source},
             "created": _now(), "tools": _tool_versions(), "key": key_fingerprint(pem),
+            **({"golden": GOLDEN_NAME} if any(rel == GOLDEN_NAME for rel, _ in plan.sources) else {}),
         }
 
     def _write_artifact(self, plan: _Planned, card: ModelCard, report: OptimizationReport, name: str, version: str,
@@ -616,6 +622,40 @@ class ArtifactStore:
                 else:
                     with contextlib.suppress(OSError):
                         entry.unlink()
+
+
+def _with_golden(plan: _Planned, golden: Path) -> _Planned:
+    if any(rel == GOLDEN_NAME for rel, _ in plan.sources):
+        raise ArtifactStoreError(f"the model has a file named {GOLDEN_NAME}, the name golden outputs take",
+                                 step="store model", fix=f"rename the model's {GOLDEN_NAME} and import it again")
+    return replace(plan, sources=(*plan.sources, (GOLDEN_NAME, golden)))
+
+
+def write_golden(model_path: Path, feeds: Sequence[Mapping[str, Any]], dest: Path) -> Path:
+    """The golden file for `add_model`: each feed (input name -> array) and the outputs of the model at
+    `model_path` on it (onnxruntime, CPU: the reference the laptop checked every variant against).
+
+    Layout (read by fleetdesk/agent/check.py): "input_names", "output_names" (string arrays), and per sample i
+    "s<i:04d>_i<j>" for the j-th input, "s<i:04d>_o<k>" for the k-th output. No pickled objects.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    arrays: dict[str, Any] = {"input_names": np.array(inputs, dtype=str), "output_names": np.array(outputs, dtype=str)}
+    for s, feed in enumerate(feeds):
+        for j, name in enumerate(inputs):
+            arrays[f"s{s:04d}_i{j}"] = np.asarray(feed[name])
+        for k, value in enumerate(session.run(outputs, {n: feed[n] for n in inputs})):
+            arrays[f"s{s:04d}_o{k}"] = np.asarray(value)
+    dest = Path(dest)
+    with open(dest, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    return dest
 
 
 def _record_ids(record: ModelRecord) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -297,3 +298,73 @@ class EventRow(Base):
     metric: Mapped[str | None] = mapped_column(DeviceText)
     value: Mapped[float | None] = mapped_column()
     bound: Mapped[float | None] = mapped_column()
+
+
+# --- Rollouts: the plan, each device's state, the journal of every transition, and the audit log (migration 0006) ---
+# Device ids here are not foreign keys: a rollout's history outlives the removal of a device from the inventory.
+
+class RolloutRow(Base):
+    """One rollout: the plan as the operator gave it, as resolved to devices and waves, and its status."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_status", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_ref: Mapped[str] = mapped_column(Text)  # "name@version"
+    plan: Mapped[str] = mapped_column(Text)  # JSON: RolloutPlan.to_dict()
+    resolved: Mapped[str] = mapped_column(Text)  # JSON: ResolvedPlan.to_dict()
+    status: Mapped[str] = mapped_column(String(32))
+    paused_reason: Mapped[str] = mapped_column(DeviceText, default="")
+    actor: Mapped[str] = mapped_column(DeviceText)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RolloutDeviceRow(Base):
+    """One device in one rollout: its state in the transition table (fleetdesk.rollout.states) and progress."""
+
+    __tablename__ = "rollout_devices"
+
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True)
+    device_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    wave: Mapped[int] = mapped_column(Integer)  # 0-based
+    artifact: Mapped[str] = mapped_column(String(64))
+    previous_artifact: Mapped[str | None] = mapped_column(String(64))  # what it ran before; None until known
+    state: Mapped[str] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str] = mapped_column(DeviceText, default="")
+    gates: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the last gate values measured
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RolloutJournalRow(Base):
+    """One transition, written before the step it names runs; device_id NULL for a change of the rollout's status."""
+
+    __tablename__ = "rollout_journal"
+    __table_args__ = (Index("ix_rollout_journal_rollout_id_id", "rollout_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
+    device_id: Mapped[int | None] = mapped_column(Integer)
+    from_state: Mapped[str] = mapped_column(String(32))  # "" for the rollout's creation
+    event: Mapped[str] = mapped_column(String(32))
+    to_state: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+
+
+class AuditLogRow(Base):
+    """Who did what, when, to which devices, and how it went; never changed or deleted by another table."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"), Index("ix_audit_log_rollout_id", "rollout_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(DeviceText)
+    action: Mapped[str] = mapped_column(DeviceText)
+    rollout_id: Mapped[int | None] = mapped_column(Integer)
+    device_ids: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of ids
+    outcome: Mapped[str] = mapped_column(DeviceText)
+    detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON

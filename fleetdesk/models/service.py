@@ -25,7 +25,7 @@ from typing import Any
 import onnx
 
 from fleetdesk.artifacts.records import ModelRecord
-from fleetdesk.artifacts.store import ArtifactStore, check_name
+from fleetdesk.artifacts.store import ArtifactStore, check_name, write_golden
 from fleetdesk.errors import FleetDeskError, RemoteCommandError
 from fleetdesk.models.card import OptimizationCancelled
 from fleetdesk.models.importer import DEFAULT_MAX_BYTES, inspect_model
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 BENCH_RUNS = 30  # timed inferences per device (after the agent's own warm-up)
 BENCH_TIMEOUT_S = 300.0  # per device, the whole bench command (arm64 boards are slow; qemu slower still)
 CLEANUP_TIMEOUT_S = 30.0
+GOLDEN_SAMPLES = 8  # samples whose expected outputs ship in each artifact (inputs can be large: images)
 
 ProgressCallback = Callable[[Progress], None]
 
@@ -85,7 +86,11 @@ def import_model(path: str | os.PathLike[str], *, name: str | None = None, versi
                                 device_bench=device_bench)
         _check_cancel(cancel, card.path)
         say(Progress("store", f"signing and storing {model_name}", 0, 1))
-        record = store.add_model(card, report, name=model_name, version=version, source_folder=Path(card.path).parent)
+        # The imported model's answers on a few samples travel in every artifact: a rollout's golden-output gate
+        # checks the device's variant against them (`fleetdesk-agent check`).
+        golden = write_golden(Path(card.path), sample_set.feeds[:GOLDEN_SAMPLES], work / "golden.npz")
+        record = store.add_model(card, report, name=model_name, version=version, source_folder=Path(card.path).parent,
+                                 golden=golden)
         say(Progress("store", f"stored as {record.ref}", 1, 1))
         return record
     finally:

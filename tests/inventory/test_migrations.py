@@ -36,13 +36,16 @@ def _revisions(engine: Engine) -> set[str]:
         return set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
 
 
+HEAD = "0006"  # the newest migration: 0006 adds rollouts, their devices, the journal and the audit log
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_the_package_has_five_revisions_in_a_line() -> None:
-    assert known_revisions() == {"0001", "0002", "0003", "0004", "0005"}
-    assert head_revision() == "0005"
+def test_the_package_has_six_revisions_in_a_line() -> None:
+    assert known_revisions() == {"0001", "0002", "0003", "0004", "0005", "0006"}
+    assert head_revision() == HEAD
 
 
 def test_an_empty_database_is_migrated_to_head(db_url: str) -> None:
@@ -50,7 +53,7 @@ def test_an_empty_database_is_migrated_to_head(db_url: str) -> None:
         assert inventory.devices() == []
     engine = open_database(db_url)
     try:
-        assert _revisions(engine) == {"0005"}
+        assert _revisions(engine) == {HEAD}
         assert {"devices", "device_addresses", "device_names", "device_services", "host_keys", "groups",
                 "group_members"} <= set(inspect(engine).get_table_names())
     finally:
@@ -107,7 +110,7 @@ def test_a_database_at_0001_keeps_its_data_when_upgraded(engine: Engine, db_url:
         assert inventory.device(7).identity_file == "/home/op/.ssh/line_a"
         inventory.set_connection(7, identity_file="")
         assert inventory.device(7).identity_file is None
-    assert _revisions(engine) == {"0005"}
+    assert _revisions(engine) == {HEAD}
 
 
 def test_a_database_from_a_newer_fleetdesk_is_refused_and_untouched_postgresql(postgres_url: str) -> None:

@@ -240,17 +240,20 @@ TEST_KEY = Ed25519PrivateKey.generate()
 
 
 def artifact(root: Path, payload: bytes, extra: dict[str, Any] | None = None,
-             files: list[dict[str, str]] | None = None) -> str:
+             files: list[dict[str, str]] | None = None, more: dict[str, bytes] | None = None) -> str:
     """A signed artifact under ROOT/artifacts/<sha>/ as the store lays it out (fleetdesk/artifacts/records.py): a
     model file, a canonical manifest listing its SHA-256 (or `files`), the manifest's signature, and the test key
-    as ROOT/keys/fleet.pub. The id is the SHA-256 of manifest.json's bytes."""
+    as ROOT/keys/fleet.pub. The id is the SHA-256 of manifest.json's bytes. `more`: further files, listed too."""
     digest = hashlib.sha256(payload).hexdigest()
-    manifest = {"files": files or [{"path": "model.onnx", "sha256": digest}], "model": "model.onnx",
-                "payload": digest, **(extra or {})}
+    listed = files or [{"path": "model.onnx", "sha256": digest}] + [
+        {"path": name, "sha256": hashlib.sha256(data).hexdigest()} for name, data in (more or {}).items()]
+    manifest = {"files": listed, "model": "model.onnx", "payload": digest, **(extra or {})}
     data = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
     sha = hashlib.sha256(data).hexdigest()
     folder = root / "artifacts" / sha
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in (more or {}).items():
+        (folder / name).write_bytes(content)
     (folder / "model.onnx").write_bytes(payload)
     (folder / "manifest.json").write_bytes(data)
     (folder / "manifest.json.sig").write_bytes(base64.b64encode(TEST_KEY.sign(data)) + b"\n")
@@ -278,7 +281,8 @@ def test_activate_confirm_rollback(root: Path) -> None:
     a, b = artifact(root, b"model A"), artifact(root, b"model B")
     assert one(root, "activate", a) == {
         "type": "result", "command": "activate", "active": a, "previous": None, "changed": True, "pending": None,
-        "verified": {"manifest": True, "files_checked": 1, "signature": "valid"}, "serve_reloaded": None}
+        "verified": {"manifest": True, "files_checked": 1, "signature": "valid"}, "serve_reloaded": None,
+        "serving": None}  # no model server runs: nothing to wait for
     assert os.readlink(root / "current") == f"artifacts/{a}"  # relative: the root can move
     res = one(root, "activate", b, "--confirm-within", "60")
     assert (res["active"], res["previous"], res["pending"]["sha"]) == (b, a, b)
@@ -450,3 +454,114 @@ def test_the_pushed_tree_runs_on_python_3_8(tmp_path: Path) -> None:
     assert [s["seq"] for s in run("telemetry", "--interval", "0.2", "--count", "2")] == [1, 2]
     assert run("activate", a, "--confirm-within", "30")[0]["pending"]["sha"] == a
     assert run("confirm", a)[0]["changed"] is True
+
+
+# --- verify, check, bench current, and activate waiting for the model server ------------------------------
+
+def cnn_bytes(tmp_path: Path, seed: int) -> bytes:
+    from tests.fixtures.models.build import save_cnn
+
+    return save_cnn(tmp_path / f"cnn-{seed}.onnx", seed=seed).read_bytes()
+
+
+def golden_for(tmp_path: Path, model: bytes, count: int = 4) -> bytes:
+    """golden.npz as the store makes it (fleetdesk.artifacts.store.write_golden) from `model` on generated samples."""
+    from fleetdesk.artifacts.store import write_golden
+    from fleetdesk.models import inspect_model
+    from fleetdesk.models.samples import generate_samples
+
+    path = tmp_path / f"ref-{hashlib.sha256(model).hexdigest()[:8]}.onnx"
+    path.write_bytes(model)
+    feeds = generate_samples(inspect_model(path), count=count).feeds
+    return write_golden(path, feeds, tmp_path / "golden.npz").read_bytes()
+
+
+def test_verify_checks_signature_and_hashes_without_switching(root: Path, tmp_path: Path) -> None:
+    a = artifact(root, cnn_bytes(tmp_path, 0))
+    assert one(root, "verify", a) == {"type": "result", "command": "verify", "artifact": a, "manifest": True,
+                                      "files_checked": 1, "signature": "valid"}
+    assert current(root) is None and not (root / "state.json").exists()  # nothing switched, nothing written
+    (root / "artifacts" / a / "model.onnx").write_bytes(b"tampered")
+    err = one(root, "verify", a)
+    assert err["code"] == "bad-artifact" and "'model.onnx'" in err["message"] and err["fix"]
+    b = artifact(root, b"model B")
+    (root / "artifacts" / b / "manifest.json.sig").unlink()
+    assert one(root, "verify", b)["code"] == "bad-signature"
+    assert one(root, "verify", "../" + b[3:])["code"] == "bad-arguments"
+
+
+def test_status_lists_artifacts_pending_deadline_and_server(root: Path) -> None:
+    a, b = artifact(root, b"model A"), artifact(root, b"model B")
+    (root / "artifacts" / "not-an-artifact").mkdir()
+    one(root, "activate", a)
+    before = time.time()
+    one(root, "activate", b, "--confirm-within", "60")
+    st = one(root, "status")
+    assert st["artifacts"] == sorted([a, b])
+    assert (st["active"], st["previous"], st["pending"]["sha"]) == (b, a, b)
+    assert before + 59 <= st["pending"]["deadline"] <= time.time() + 60
+    assert st["serving"] == {"running": False, "pid": None, "model": None, "provider": None, "stats_age_s": None}
+    one(root, "rollback")
+
+
+def test_check_compares_with_the_golden_outputs_the_artifact_carries(root: Path, tmp_path: Path) -> None:
+    model = cnn_bytes(tmp_path, 0)
+    golden = golden_for(tmp_path, model)
+    same = artifact(root, model, extra={"golden": "golden.npz"}, more={"golden.npz": golden})
+    other = artifact(root, cnn_bytes(tmp_path, 1), extra={"golden": "golden.npz"}, more={"golden.npz": golden})
+    bare = artifact(root, model)
+    res = one(root, "check", same)
+    assert res["command"] == "check" and res["samples"] == 4 and res["provider"] == "CPUExecutionProvider"
+    assert res["min_cosine"] > 0.9999 and res["max_abs_diff"] < 1e-4
+    assert one(root, "check", other)["min_cosine"] < 0.99  # other weights: the gate would catch it
+    err = one(root, "check", bare)
+    assert err["code"] == "no-golden" and "golden" in err["fix"]
+    assert one(root, "check", "current")["code"] == "not-found"
+    one(root, "activate", same)
+    assert one(root, "check", "current")["min_cosine"] == res["min_cosine"]
+    code, lines, err_text = agent(root, "bench", "current", "--runs", "3", "--warmup", "0")
+    assert code == 0, err_text
+    assert lines[-1]["command"] == "bench" and lines[-1]["artifact"] == same and lines[-1]["p95_ms"] > 0
+
+
+def start_server(root: Path) -> subprocess.Popen[bytes]:
+    """`fleetdesk-agent serve` with its JSON lines in ROOT/log/serve.log, as the device's supervisor runs it."""
+    (root / "log").mkdir(exist_ok=True)
+    with open(root / "log" / "serve.log", "ab") as log:
+        server = subprocess.Popen([sys.executable, "-m", "fleetdesk.agent", "--root", str(root), "serve", "--port",
+                                   "0"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    assert wait_for(lambda: (root / "run" / "serve-stats.json").exists(), 60)
+    return server
+
+
+def test_activate_waits_for_the_server_and_goes_back_when_it_cannot_load(root: Path, tmp_path: Path) -> None:
+    a = artifact(root, cnn_bytes(tmp_path, 0))
+    broken = artifact(root, b"this is not an ONNX model")  # signed and whole: only loading it fails
+    server = start_server(root)
+    try:
+        res = one(root, "activate", a, "--confirm-within", "120")
+        assert res["serve_reloaded"] == server.pid and res["serving"]["loaded"] is True
+        assert one(root, "status")["serving"]["model"] == a  # loaded when activate answered, not later
+        one(root, "confirm", a)
+        err = one(root, "activate", broken, "--confirm-within", "120")
+        assert err["code"] == "model-load-failed" and f"went back to {a}" in err["message"]
+        assert f"model {broken} failed to load" in err["message"]  # the server's own reason, from its log
+        st = one(root, "status")
+        assert (st["active"], st["pending"]) == (a, None)
+        assert st["last_revert"]["sha"] == broken and st["last_revert"]["to"] == a
+        assert st["last_revert"]["reason"].startswith("the model server could not load it: ")
+        assert wait_for(lambda: one(root, "status")["serving"]["model"] == a)  # serving the old model again
+        # Without a deadline too: back to a, and `previous` back to what it was.
+        err = one(root, "activate", broken)
+        assert err["code"] == "model-load-failed"
+        assert (current(root), current(root, "previous")) == (a, None)
+        # A rollback waits for the server too: when it answers, the model it went back to is loaded.
+        c = artifact(root, cnn_bytes(tmp_path, 1))
+        assert one(root, "activate", c)["serving"]["loaded"] is True
+        res = one(root, "rollback")
+        assert (res["active"], res["serving"]["loaded"]) == (a, True)
+        assert one(root, "status")["serving"]["model"] == a
+        assert server.poll() is None
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -71,6 +71,14 @@ def test_import_list_show_verify_export_remove(capsys: pytest.CaptureFixture[str
         tar.extractall(tmp_path / "device", filter="data")
     artifact_id = record["artifacts"]["ipc-x86"]
     assert state.verify_artifact(str(tmp_path / "device"), artifact_id)["signature"] == "valid"
+    # The imported model's answers travel signed in the artifact, and the device's agent checks its variant on them.
+    manifest = json.loads((tmp_path / "device" / "artifacts" / artifact_id / "manifest.json").read_text())
+    assert manifest["golden"] == "golden.npz" and "golden.npz" in {f["path"] for f in manifest["files"]}
+    from tests.unit.test_agent_cli import agent
+
+    status, lines, agent_err = agent(tmp_path / "device", "check", artifact_id)
+    assert status == 0, agent_err
+    assert lines[-1]["samples"] == 8 and lines[-1]["min_cosine"] > 0.99  # the chosen variant, within tolerance
 
     code, pem, _ = cli(capsys, "model", "export-key")
     assert code == 0 and isinstance(serialization.load_pem_public_key(pem.encode()), Ed25519PublicKey)

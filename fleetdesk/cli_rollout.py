@@ -1,0 +1,403 @@
+"""`fleetdesk rollout plan|start|status|list|journal|pause|resume|approve|abort|rollback`: staged rollouts from a
+terminal. `start`, `resume` and `approve` drive the rollout in the foreground; Ctrl-C pauses it cleanly.
+
+Exit status: 0 done (or the action asked for succeeded), 3 paused or waiting for approval, 1 failed (or
+aborted while running), 2 a usage error or any other FleetDesk error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+EXIT_FAILED = 1
+EXIT_STOPPED = 3  # paused or waiting for the operator's approval
+_EXIT = {"done": 0, "paused": EXIT_STOPPED, "waiting-approval": EXIT_STOPPED, "failed": EXIT_FAILED,
+         "aborted": EXIT_FAILED, "rolled-back": 0, "rolling-back": EXIT_FAILED, "running": EXIT_FAILED,
+         "planned": 0}
+
+
+def _store() -> Any:
+    from fleetdesk.artifacts.store import ArtifactStore
+
+    return ArtifactStore.default()
+
+
+def _mb(size: float) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+# -- the plan from the command line ------------------------------------------------------------------------
+
+
+def _plan(args: argparse.Namespace, fleet: Any) -> Any:
+    from fleetdesk.rollout.plan import Gates, RolloutPlan, Threshold, TransferPolicy, WavePolicy
+
+    device_ids = tuple(dict.fromkeys(fleet.inventory.device(ref).id for ref in args.device or ()))
+    waves: tuple[int | str, ...] = tuple(int(w) if w.strip().isdigit() else w.strip()
+                                         for w in args.waves.split(",") if w.strip())
+    policy = WavePolicy(success=Threshold.parse(args.success, name="--success"),
+                        errors=Threshold.parse(args.errors, name="--errors"), soak_s=args.soak, approve=args.approve)
+    defaults = Gates()
+    gates = Gates(serving=not args.no_serving_gate,
+                  p95_ms_max=args.p95_max,
+                  p95_ratio_max=_off(args.p95_ratio, defaults.p95_ratio_max),
+                  error_rate_max=_off(args.error_rate_max, defaults.error_rate_max),
+                  golden_min_cosine=_off(args.golden_min, defaults.golden_min_cosine),
+                  temperature_c_max=_off(args.temp_max, defaults.temperature_c_max),
+                  memory_free_pct_min=_off(args.mem_free_min, defaults.memory_free_pct_min))
+    transfer = TransferPolicy(max_parallel=args.max_parallel, bandwidth_bytes_s=args.bandwidth,
+                              prestage=not args.no_prestage, retries=args.retries)
+    return RolloutPlan(model=args.model, devices=device_ids, groups=tuple(args.group or ()),
+                       profiles=tuple(args.profile or ()), waves=waves, policy=policy, gates=gates,
+                       transfer=transfer, unreachable=args.unreachable, unreachable_wait_s=args.unreachable_wait,
+                       confirm_within_s=args.confirm_within, step_timeout_s=args.step_timeout,
+                       actor=args.actor or "")
+
+
+def _off(value: float | None, default: float | None) -> float | None:
+    """A gate option: not given -> the default bound; a negative number -> the gate is off."""
+    if value is None:
+        return default
+    return None if value < 0 else value
+
+
+# -- output ----------------------------------------------------------------------------------------------
+
+
+def _row_json(row: Any) -> dict[str, Any]:
+    data = dataclasses.asdict(row)
+    for key in ("plan", "resolved"):
+        data.pop(key, None)
+    return data
+
+
+def _status_json(repo: Any, rollout_id: int) -> dict[str, Any]:
+    row = repo.get(rollout_id)
+    data = _row_json(row)
+    data["plan"] = row.plan
+    data["devices"] = [dataclasses.asdict(d) for d in repo.devices(rollout_id)]
+    return data
+
+
+def _status_text(fleet: Any, repo: Any, rollout_id: int) -> str:
+    from fleetdesk.cli import _safe, _table
+
+    row = repo.get(rollout_id)
+    names = {d.id: d.name for d in fleet.inventory.devices()}
+    head = f"rollout {row.id}: {_safe(row.model_ref)}, {row.status}"
+    if row.paused_reason:
+        head += f" ({_safe(row.paused_reason)})"
+    head += f"; started by {_safe(row.actor)}"
+    rows = [("WAVE", "DEVICE", "STATE", "SENT", "GATES", "ERROR")]
+    for d in sorted(repo.devices(rollout_id), key=lambda d: (d.wave, names.get(d.device_id, ""))):
+        gates = d.gates or {}
+        verdict = "-" if "passed" not in gates else ("pass" if gates["passed"] else "FAIL")
+        rows.append((str(d.wave + 1), names.get(d.device_id, str(d.device_id)), d.state,
+                     _mb(d.bytes_sent) if d.bytes_sent else "-", verdict, (d.error or "-")[:100]))
+    return head + "\n" + _table(rows)
+
+
+class _Printer:
+    """Progress lines for a rollout in the foreground: every state change, transfers at most every 2 s."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.last: dict[int, float] = {}
+
+    def __call__(self, event: Any) -> None:
+        from fleetdesk.cli import _safe
+
+        if event.kind == "progress":
+            now = time.monotonic()
+            finished = event.bytes_done >= event.bytes_total
+            if not finished and now - self.last.get(event.device_id, 0.0) < 2.0:
+                return
+            self.last[event.device_id] = now
+            eta = f", ETA {event.eta_s:.0f} s" if event.eta_s is not None and not finished else ""
+            name = _safe(event.message.split(":", 1)[0])
+            line = (f"{name}: staging {_mb(event.bytes_done)} of {_mb(event.bytes_total)} at "
+                    f"{event.rate_bytes_s / 1e6:.1f} MB/s{eta}")
+        else:
+            line = _safe(event.message)
+        print(line, file=self.stream, flush=True)
+
+
+# -- commands --------------------------------------------------------------------------------------------
+
+
+def _with_engine(args: argparse.Namespace, work: Callable[[Any, Any], Any], *, quiet: bool = False) -> int:
+    """Open the fleet and the store, make an engine that prints progress, run `work(engine, fleet)`."""
+    from fleetdesk.cli import _open_fleet
+    from fleetdesk.rollout.engine import RolloutEngine
+
+    async def go() -> int:
+        fleet = _open_fleet(args)
+        try:
+            stream = sys.stderr if args.json else sys.stdout
+            engine = RolloutEngine(fleet, _store(), on_event=None if quiet else _Printer(stream),
+                                   actor=getattr(args, "actor", None) or None)
+            return int(await work(engine, fleet))
+        finally:
+            await fleet.close()
+
+    return asyncio.run(go())
+
+
+async def _drive(args: argparse.Namespace, engine: Any, fleet: Any, rollout_id: int) -> int:
+    """Run the rollout in the foreground until it stops; the first Ctrl-C pauses it cleanly (the steps under
+    way finish), a second one stops at once (the journal and the agents' deadlines keep the devices safe)."""
+    from fleetdesk.cli import _emit
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    presses = 0
+
+    def interrupted() -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            print("pausing: the steps under way finish first (Ctrl-C again to stop at once)", file=sys.stderr,
+                  flush=True)
+            with contextlib.suppress(Exception):
+                engine.repo.set_status(rollout_id, "paused", reason="operator (Ctrl-C)", expect="running")
+                engine.repo.audit(engine.actor, "pause", "ok", rollout_id=rollout_id,
+                                  detail={"reason": "Ctrl-C in the terminal"})
+        elif task is not None:
+            task.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+    try:
+        row = await engine.run(rollout_id)
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
+    _emit(args, _status_json(engine.repo, rollout_id), _status_text(fleet, engine.repo, rollout_id))
+    return _EXIT.get(row.status, EXIT_FAILED)
+
+
+def cmd_rollout_plan(args: argparse.Namespace) -> int:
+    from fleetdesk.cli import _emit
+    from fleetdesk.rollout.plan import plan_text, resolve
+
+    async def work(engine: Any, fleet: Any) -> int:
+        resolved = resolve(_plan(args, fleet), fleet.inventory, engine.store)
+        _emit(args, resolved.to_dict(), plan_text(resolved))
+        return 0
+
+    return _with_engine(args, work, quiet=True)
+
+
+def cmd_rollout_start(args: argparse.Namespace) -> int:
+    async def work(engine: Any, fleet: Any) -> int:
+        rollout_id = await engine.start(_plan(args, fleet))
+        print(f"rollout {rollout_id} started", file=sys.stderr if args.json else sys.stdout, flush=True)
+        return await _drive(args, engine, fleet, rollout_id)
+
+    return _with_engine(args, work)
+
+
+def cmd_rollout_resume(args: argparse.Namespace) -> int:
+    async def work(engine: Any, fleet: Any) -> int:
+        await engine.resume(args.id)
+        return await _drive(args, engine, fleet, args.id)
+
+    return _with_engine(args, work)
+
+
+def cmd_rollout_approve(args: argparse.Namespace) -> int:
+    async def work(engine: Any, fleet: Any) -> int:
+        await engine.approve(args.id)
+        if args.no_run:
+            return _show(args, engine, fleet, args.id)
+        return await _drive(args, engine, fleet, args.id)
+
+    return _with_engine(args, work)
+
+
+def _show(args: argparse.Namespace, engine: Any, fleet: Any, rollout_id: int, code: int | None = None) -> int:
+    from fleetdesk.cli import _emit
+
+    _emit(args, _status_json(engine.repo, rollout_id), _status_text(fleet, engine.repo, rollout_id))
+    return 0 if code is None else code
+
+
+def cmd_rollout_pause(args: argparse.Namespace) -> int:
+    async def work(engine: Any, fleet: Any) -> int:
+        await engine.pause(args.id, reason=args.reason)
+        return _show(args, engine, fleet, args.id)
+
+    return _with_engine(args, work, quiet=True)
+
+
+def cmd_rollout_abort(args: argparse.Namespace) -> int:
+    async def work(engine: Any, fleet: Any) -> int:
+        await engine.abort(args.id)
+        return _show(args, engine, fleet, args.id)
+
+    return _with_engine(args, work)
+
+
+def cmd_rollout_rollback(args: argparse.Namespace) -> int:
+    from fleetdesk.errors import ConfigError
+
+    if args.device is not None and args.wave is not None:
+        raise ConfigError("--device and --wave both given", fix="roll back one device, one wave, or (neither) all")
+
+    async def work(engine: Any, fleet: Any) -> int:
+        device_id = fleet.inventory.device(args.device).id if args.device is not None else None
+        wave = args.wave - 1 if args.wave is not None else None
+        row = await engine.rollback(args.id, device_id=device_id, wave=wave)
+        entries = engine.repo.audit_log(rollout_id=args.id, limit=1)
+        ok = bool(entries) and entries[0].action == "rollback" and entries[0].outcome == "ok"
+        return _show(args, engine, fleet, args.id, 0 if ok and row.status != "failed" else EXIT_FAILED)
+
+    return _with_engine(args, work)
+
+
+def cmd_rollout_status(args: argparse.Namespace) -> int:
+    from fleetdesk.cli import _emit
+
+    async def work(engine: Any, fleet: Any) -> int:
+        rollout_id = args.id
+        if rollout_id is None:
+            rows = engine.repo.list(active_only=True) or engine.repo.list()
+            if not rows:
+                _emit(args, None, "no rollouts yet: `fleetdesk rollout plan MODEL --device D` shows what one does")
+                return 0
+            rollout_id = max(r.id for r in rows)
+        return _show(args, engine, fleet, rollout_id)
+
+    return _with_engine(args, work, quiet=True)
+
+
+def cmd_rollout_list(args: argparse.Namespace) -> int:
+    from fleetdesk.cli import _emit, _safe, _table, _when
+
+    async def work(engine: Any, fleet: Any) -> int:
+        rows = engine.repo.list(active_only=args.active)
+        table = [("ID", "MODEL", "STATUS", "DEVICES", "STARTED BY", "UPDATED")]
+        for r in rows:
+            table.append((str(r.id), _safe(r.model_ref), r.status, str(len(engine.repo.devices(r.id))),
+                          _safe(r.actor), _when(r.updated_at)))
+        _emit(args, [_row_json(r) for r in rows], _table(table) if rows else "no rollouts yet")
+        return 0
+
+    return _with_engine(args, work, quiet=True)
+
+
+def cmd_rollout_journal(args: argparse.Namespace) -> int:
+    from fleetdesk.cli import _emit, _safe, _table, _when
+
+    async def work(engine: Any, fleet: Any) -> int:
+        engine.repo.get(args.id)  # a clear error for an unknown id
+        names = {d.id: d.name for d in fleet.inventory.devices()}
+        entries = engine.repo.journal(args.id)
+        audit = engine.repo.audit_log(rollout_id=args.id, limit=10_000)
+        table = [("AT", "DEVICE", "FROM", "EVENT", "TO")]
+        for e in entries:
+            who = "-" if e.device_id is None else names.get(e.device_id, str(e.device_id))
+            table.append((_when(e.at), who, e.from_state or "-", e.event, e.to_state or "-"))
+        actions = [("AT", "WHO", "ACTION", "OUTCOME")] + [(_when(a.at), _safe(a.actor), a.action, a.outcome)
+                                                          for a in reversed(audit)]
+        text = _table(table) + "\n\naudit log\n" + _table(actions)
+        _emit(args, {"journal": [dataclasses.asdict(e) for e in entries],
+                     "audit": [dataclasses.asdict(a) for a in audit]}, text)
+        return 0
+
+    return _with_engine(args, work, quiet=True)
+
+
+# -- the parser ------------------------------------------------------------------------------------------
+
+
+def _plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="NAME or NAME@VERSION in the artifact store")
+    p.add_argument("--device", action="append", metavar="D", help="a target device (name, address or id; repeatable)")
+    p.add_argument("--group", action="append", metavar="G", help="every device of group G (repeatable)")
+    p.add_argument("--profile", action="append", metavar="P", help="every device matching profile P (repeatable)")
+    p.add_argument("--waves", default="1,10%,50%,100%", metavar="LIST",
+                   help="wave sizes as Ansible's serial: counts or shares of all targets (default 1,10%%,50%%,100%%)")
+    p.add_argument("--success", default="100%", metavar="T",
+                   help="devices of a wave that must be done (reached: >=) before the next starts (default 100%%)")
+    p.add_argument("--errors", default="0", metavar="T",
+                   help="failed devices a wave tolerates; more (exceeded: >) pauses the rollout (default 0)")
+    p.add_argument("--soak", type=float, default=0.0, metavar="S", help="seconds of gate measurements (default 0)")
+    p.add_argument("--approve", action="store_true", help="wait for `fleetdesk rollout approve` after every wave")
+    p.add_argument("--max-parallel", type=int, default=4, metavar="N", help="transfers at once (default 4)")
+    p.add_argument("--bandwidth", type=int, metavar="B", help="cap per transfer in bytes/s (default none)")
+    p.add_argument("--no-prestage", action="store_true",
+                   help="activate each device as soon as it is staged, not after the whole wave is")
+    p.add_argument("--retries", type=int, default=3, metavar="N", help="transfer retries with backoff (default 3)")
+    p.add_argument("--unreachable", choices=["wait", "count"], default="wait",
+                   help="wait for an unreachable device (default) or count it as failed")
+    p.add_argument("--unreachable-wait", type=float, default=600.0, metavar="S",
+                   help="how long a wave waits for unreachable devices (default 600)")
+    p.add_argument("--confirm-within", type=float, default=300.0, metavar="S",
+                   help="the device goes back by itself if not confirmed in S seconds (default 300)")
+    p.add_argument("--step-timeout", type=float, default=600.0, metavar="S", help="any one step (default 600)")
+    p.add_argument("--p95-max", type=float, metavar="MS", help="p95 latency bound in ms (default none)")
+    p.add_argument("--p95-ratio", type=float, metavar="R",
+                   help="p95 on the new model / on the old one, same device (default 1.5; negative: off)")
+    p.add_argument("--error-rate-max", type=float, metavar="X", help="server errors per request (default 0.01)")
+    p.add_argument("--golden-min", type=float, metavar="C",
+                   help="lowest cosine agreement with the golden outputs (default 0.99; negative: off)")
+    p.add_argument("--temp-max", type=float, metavar="C", help="hottest zone in °C (default 85; negative: off)")
+    p.add_argument("--mem-free-min", type=float, metavar="PCT", help="free memory in %% (default 10; negative: off)")
+    p.add_argument("--no-serving-gate", action="store_true", help="do not require the server to serve the model")
+    p.add_argument("--actor", metavar="NAME", help="who starts it, for the audit log (default: your OS user)")
+
+
+def register(sub: Any, common: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
+             choose: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add `fleetdesk rollout ...` to the parser."""
+    rollout = sub.add_parser("rollout", help="staged rollouts of a model with health gates, pause and rollback")
+    rs = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
+
+    p = common(rs.add_parser("plan", help="show the waves, devices, variants and thresholds (touches no device)"))
+    _plan_options(p)
+    p.set_defaults(func=cmd_rollout_plan)
+
+    p = common(rs.add_parser("start", help="plan and run a rollout in the foreground (Ctrl-C pauses it)"))
+    _plan_options(p)
+    p.set_defaults(func=cmd_rollout_start)
+
+    def with_id(name: str, text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        q = common(rs.add_parser(name, help=text))
+        q.add_argument("id", type=int, metavar="ID")
+        q.add_argument("--actor", metavar="NAME", help="who does it, for the audit log (default: your OS user)")
+        q.set_defaults(func=func)
+        return q
+
+    p = common(rs.add_parser("status", help="a rollout's devices and states (default: the latest active one)"))
+    p.add_argument("id", type=int, nargs="?", metavar="ID")
+    p.set_defaults(func=cmd_rollout_status)
+
+    p = common(rs.add_parser("list", help="every rollout"))
+    p.add_argument("--active", action="store_true", help="only those not finished")
+    p.set_defaults(func=cmd_rollout_list)
+
+    p = common(rs.add_parser("journal", help="every step of a rollout, in order, and its audit log"))
+    p.add_argument("id", type=int, metavar="ID")
+    p.set_defaults(func=cmd_rollout_journal)
+
+    p = with_id("pause", "stop starting new steps (the steps under way finish)", cmd_rollout_pause)
+    p.add_argument("--reason", default="operator", help="why, for the status and the audit log")
+    with_id("resume", "run a paused (or crashed) rollout again, in the foreground", cmd_rollout_resume)
+    p = with_id("approve", "let the next wave start, and run it in the foreground", cmd_rollout_approve)
+    p.add_argument("--no-run", action="store_true", help="only approve; another process drives it")
+    with_id("abort", "no new steps; devices under verification roll back, the rest are skipped", cmd_rollout_abort)
+    p = with_id("rollback", "put devices back on their previous model: all, one wave, or one device",
+                cmd_rollout_rollback)
+    p.add_argument("--device", metavar="D", help="only this device")
+    p.add_argument("--wave", type=int, metavar="N", help="only wave N (1 = the canary's)")

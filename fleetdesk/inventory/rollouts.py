@@ -1,0 +1,317 @@
+"""Rollouts in the inventory: each rollout's plan and status, its devices' states, the journal and the audit log.
+
+Every change of a device's state goes through `RolloutRepo.record`, which reads the state, applies the transition
+table (fleetdesk.rollout.states) and appends the journal entry in one write transaction: two FleetDesk processes
+recording at once queue on the inventory's write lock, and a refused transition writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fleetdesk.errors import RolloutConflictError, RolloutNotFoundError
+from fleetdesk.inventory import models as orm
+from fleetdesk.inventory.repository import Inventory
+from fleetdesk.rollout import states
+
+if TYPE_CHECKING:
+    from fleetdesk.rollout.plan import ResolvedPlan
+
+ROLLOUT_STATUSES = ("planned", "running", "paused", "waiting-approval", "aborted", "done", "rolling-back",
+                    "rolled-back", "failed")
+# A rollout in one of these may still change its devices: a device belongs to one of them at a time.
+ACTIVE_STATUSES = ("planned", "running", "paused", "waiting-approval", "rolling-back")
+# Fields of a device row that `record` and `update` may set, besides the state.
+DEVICE_FIELDS = ("previous_artifact", "attempts", "bytes_sent", "error", "gates")
+CREATED = "create"  # the journal's event for a rollout's creation (from_state "")
+STATUS = "status"  # the journal's event for a change of the rollout's status
+DEFAULT_AUDIT_LIMIT = 200
+_NOT_FOUND_FIX = "`fleetdesk rollout status` lists the rollouts"
+
+
+@dataclass(frozen=True)
+class RolloutRow:
+    id: int
+    model_ref: str
+    plan: dict[str, Any] = field(hash=False)  # RolloutPlan.to_dict()
+    resolved: dict[str, Any] = field(hash=False)  # ResolvedPlan.to_dict(): ResolvedPlan.from_dict(row.resolved)
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    actor: str
+    paused_reason: str  # why it was paused (or aborted, failed), "" otherwise
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    rollout_id: int
+    device_id: int
+    wave: int
+    artifact: str
+    previous_artifact: str | None  # the artifact the device ran before the rollout; None until the engine knows
+    state: str  # one of fleetdesk.rollout.states.STATES
+    attempts: int
+    bytes_sent: int
+    error: str
+    gates: dict[str, Any] = field(hash=False)
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    id: int  # increasing in the order the entries were written
+    rollout_id: int
+    device_id: int | None  # None for a change of the rollout's status
+    from_state: str
+    event: str
+    to_state: str
+    at: datetime
+    detail: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    action: str  # "start", "pause", "resume", "approve", "abort", "rollback", ...
+    rollout_id: int | None
+    device_ids: tuple[int, ...]
+    outcome: str  # "ok", "refused", "failed", ...
+    detail: dict[str, Any] = field(hash=False)
+
+
+class RolloutRepo:
+    """Reads and writes the rollout tables over the inventory's engine; one short transaction per call."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        # Same package as the Inventory: its transactions, write lock and error translation are shared.
+        self._session = inventory._session
+
+    # -- rollouts --------------------------------------------------------------------------------------
+
+    def create(self, resolved: ResolvedPlan, actor: str) -> RolloutRow:
+        """Store a resolved plan as a "planned" rollout with every device "pending".
+
+        Refused (RolloutConflictError, nothing written) when one of its devices is in another active rollout.
+        """
+        if not resolved.devices:
+            raise ValueError("a resolved plan has at least one device")
+        ids = [d.device_id for d in resolved.devices]
+        with self._session(write=True) as session:
+            busy = session.execute(
+                select(orm.RolloutDeviceRow.device_id, orm.RolloutRow.id, orm.RolloutRow.status)
+                .join(orm.RolloutRow, orm.RolloutRow.id == orm.RolloutDeviceRow.rollout_id)
+                .where(orm.RolloutDeviceRow.device_id.in_(ids), orm.RolloutRow.status.in_(ACTIVE_STATUSES))
+                .order_by(orm.RolloutRow.id, orm.RolloutDeviceRow.device_id)).all()
+            if busy:
+                names = {d.device_id: d.name for d in resolved.devices}
+                first = busy[0]
+                listed = ", ".join(dict.fromkeys(names[device_id] for device_id, _, _ in busy))
+                raise RolloutConflictError(
+                    f"{listed} {'is' if len({b[0] for b in busy}) == 1 else 'are'} already in rollout {first[1]} "
+                    f"({first[2]})", rollout_id=first[1], actual=first[2], step="start rollout",
+                    fix=f"let rollout {first[1]} finish, or abort or roll it back (`fleetdesk rollout abort "
+                        f"{first[1]}`), or leave these devices out")
+            now = _now()
+            row = orm.RolloutRow(model_ref=resolved.model_ref, plan=_json(resolved.plan.to_dict()),
+                                 resolved=_json(resolved.to_dict()), status="planned", paused_reason="", actor=actor,
+                                 created_at=now, updated_at=now)
+            session.add(row)
+            session.flush()
+            for planned in resolved.devices:
+                session.add(orm.RolloutDeviceRow(
+                    rollout_id=row.id, device_id=planned.device_id, wave=planned.wave, artifact=planned.artifact,
+                    previous_artifact=None, state=states.PENDING, attempts=0, bytes_sent=0, error="", gates="{}",
+                    updated_at=now))
+            session.add(orm.RolloutJournalRow(rollout_id=row.id, device_id=None, from_state="", event=CREATED,
+                                              to_state="planned", at=now, detail=_json({"actor": actor})))
+            return _rollout(row)
+
+    def get(self, rollout_id: int) -> RolloutRow:
+        with self._session() as session:
+            return _rollout(_get_rollout(session, rollout_id))
+
+    def list(self, *, active_only: bool = False) -> list[RolloutRow]:
+        """Every rollout, oldest first; only those that may still change devices with active_only."""
+        query = select(orm.RolloutRow).order_by(orm.RolloutRow.id)
+        if active_only:
+            query = query.where(orm.RolloutRow.status.in_(ACTIVE_STATUSES))
+        with self._session() as session:
+            return [_rollout(row) for row in session.scalars(query)]
+
+    def set_status(self, rollout_id: int, status: str, *, reason: str = "",
+                   expect: str | Collection[str] | None = None) -> RolloutRow:
+        """Change the rollout's status (journaled); `reason` replaces paused_reason.
+
+        `expect` is a compare-and-set: when the status is not it (or not one of them) the change is refused
+        with RolloutConflictError and nothing is written (another process paused or aborted it meanwhile).
+        """
+        if status not in ROLLOUT_STATUSES:
+            raise ValueError(f"{status!r} is not a rollout status ({', '.join(ROLLOUT_STATUSES)})")
+        expected = (expect,) if isinstance(expect, str) else tuple(expect) if expect is not None else ()
+        with self._session(write=True) as session:
+            row = _get_rollout(session, rollout_id)
+            if expect is not None and row.status not in expected:
+                raise RolloutConflictError(
+                    f"rollout {rollout_id} is {row.status}, not {' or '.join(expected)}: another FleetDesk changed "
+                    "it", rollout_id=rollout_id, expected=expected, actual=row.status, step=f"set {status}",
+                    fix=f"see `fleetdesk rollout status {rollout_id}` and act on what it says now")
+            now = _now()
+            session.add(orm.RolloutJournalRow(rollout_id=rollout_id, device_id=None, from_state=row.status,
+                                              event=STATUS, to_state=status, at=now,
+                                              detail=_json({"reason": reason} if reason else {})))
+            row.status = status
+            row.paused_reason = reason
+            row.updated_at = now
+            return _rollout(row)
+
+    # -- devices ---------------------------------------------------------------------------------------
+
+    def devices(self, rollout_id: int) -> list[DeviceRow]:
+        """The rollout's devices by wave, then device id."""
+        with self._session() as session:
+            _get_rollout(session, rollout_id)
+            rows = session.scalars(select(orm.RolloutDeviceRow).where(orm.RolloutDeviceRow.rollout_id == rollout_id)
+                                   .order_by(orm.RolloutDeviceRow.wave, orm.RolloutDeviceRow.device_id))
+            return [_device(row) for row in rows]
+
+    def device(self, rollout_id: int, device_id: int) -> DeviceRow:
+        with self._session() as session:
+            return _device(_get_device(session, rollout_id, device_id))
+
+    def record(self, rollout_id: int, device_id: int, event: str, *, detail: Mapping[str, Any] | None = None,
+               **fields: Any) -> DeviceRow:
+        """Apply `event` to the device's state and journal it, in one transaction; returns the new row.
+
+        `detail` goes to the journal entry; its "reconciled" key is where an unreachable device that answers
+        again really is (states.transition). `fields` set any of DEVICE_FIELDS at the same time.
+        A pair the table refuses raises states.TransitionError and writes nothing.
+        """
+        values = _fields(fields)
+        detail = dict(detail or {})
+        with self._session(write=True) as session:
+            row = _get_device(session, rollout_id, device_id)
+            before = row.state
+            after = states.transition(before, event, reconciled=detail.get("reconciled"))
+            now = _now()
+            row.state = after
+            _apply(row, values)
+            row.updated_at = now
+            session.add(orm.RolloutJournalRow(rollout_id=rollout_id, device_id=device_id, from_state=before,
+                                              event=event, to_state=after, at=now, detail=_json(detail)))
+            return _device(row)
+
+    def update(self, rollout_id: int, device_id: int, **fields: Any) -> DeviceRow:
+        """Progress (bytes sent, attempts, the last gate values...) without a change of state or a journal entry."""
+        values = _fields(fields)
+        with self._session(write=True) as session:
+            row = _get_device(session, rollout_id, device_id)
+            _apply(row, values)
+            row.updated_at = _now()
+            return _device(row)
+
+    def journal(self, rollout_id: int, *, device_id: int | None = None) -> list[JournalEntry]:
+        """The rollout's journal in the order it was written (one device's entries when device_id is given)."""
+        query = select(orm.RolloutJournalRow).where(orm.RolloutJournalRow.rollout_id == rollout_id)
+        if device_id is not None:
+            query = query.where(orm.RolloutJournalRow.device_id == device_id)
+        with self._session() as session:
+            _get_rollout(session, rollout_id)
+            rows = session.scalars(query.order_by(orm.RolloutJournalRow.id))
+            return [JournalEntry(r.id, r.rollout_id, r.device_id, r.from_state, r.event, r.to_state, r.at,
+                                 json.loads(r.detail)) for r in rows]
+
+    # -- audit -----------------------------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, outcome: str, *, rollout_id: int | None = None,
+              device_ids: Sequence[int] = (), detail: Mapping[str, Any] | None = None) -> AuditEntry:
+        """Append one entry to the audit log: who did what, to which devices, and how it went."""
+        if not action or not outcome:
+            raise ValueError("an audit entry names its action and its outcome")
+        with self._session(write=True) as session:
+            row = orm.AuditLogRow(at=_now(), actor=actor, action=action, rollout_id=rollout_id,
+                                  device_ids=_json([int(i) for i in device_ids]), outcome=outcome,
+                                  detail=_json(dict(detail or {})))
+            session.add(row)
+            session.flush()
+            return _audit(row)
+
+    def audit_log(self, *, rollout_id: int | None = None, limit: int = DEFAULT_AUDIT_LIMIT) -> list[AuditEntry]:
+        """The newest entries first (of one rollout when given), at most `limit`."""
+        query = select(orm.AuditLogRow)
+        if rollout_id is not None:
+            query = query.where(orm.AuditLogRow.rollout_id == rollout_id)
+        query = query.order_by(orm.AuditLogRow.id.desc()).limit(max(0, limit))
+        with self._session() as session:
+            return [_audit(row) for row in session.scalars(query)]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json(data: object) -> str:
+    # ASCII-only JSON: whatever a device put in a message (NUL, lone surrogates) is stored on both backends.
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def _fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(fields) - set(DEVICE_FIELDS))
+    if unknown:
+        raise TypeError(f"not a rollout device field: {', '.join(unknown)} (fields: {', '.join(DEVICE_FIELDS)})")
+    values = dict(fields)
+    if "gates" in values:
+        values["gates"] = _json(dict(values["gates"]))
+    for name in ("attempts", "bytes_sent"):
+        if name in values:
+            values[name] = int(values[name])
+    if "error" in values:
+        values["error"] = str(values["error"])
+    return values
+
+
+def _apply(row: orm.RolloutDeviceRow, values: Mapping[str, Any]) -> None:
+    for name, value in values.items():
+        setattr(row, name, value)
+
+
+def _get_rollout(session: Session, rollout_id: int) -> orm.RolloutRow:
+    row = session.get(orm.RolloutRow, rollout_id)
+    if row is None:
+        raise RolloutNotFoundError(f"no rollout {rollout_id} in the inventory", fix=_NOT_FOUND_FIX)
+    return row
+
+
+def _get_device(session: Session, rollout_id: int, device_id: int) -> orm.RolloutDeviceRow:
+    row = session.get(orm.RolloutDeviceRow, (rollout_id, device_id))
+    if row is None:
+        _get_rollout(session, rollout_id)
+        raise RolloutNotFoundError(f"device {device_id} is not in rollout {rollout_id}",
+                                   fix=f"`fleetdesk rollout status {rollout_id}` lists its devices")
+    return row
+
+
+def _rollout(row: orm.RolloutRow) -> RolloutRow:
+    return RolloutRow(id=row.id, model_ref=row.model_ref, plan=json.loads(row.plan), resolved=json.loads(row.resolved),
+                      status=row.status, created_at=row.created_at, updated_at=row.updated_at, actor=row.actor,
+                      paused_reason=row.paused_reason)
+
+
+def _device(row: orm.RolloutDeviceRow) -> DeviceRow:
+    return DeviceRow(rollout_id=row.rollout_id, device_id=row.device_id, wave=row.wave, artifact=row.artifact,
+                     previous_artifact=row.previous_artifact, state=row.state, attempts=row.attempts,
+                     bytes_sent=row.bytes_sent, error=row.error, gates=json.loads(row.gates),
+                     updated_at=row.updated_at)
+
+
+def _audit(row: orm.AuditLogRow) -> AuditEntry:
+    return AuditEntry(id=row.id, at=row.at, actor=row.actor, action=row.action, rollout_id=row.rollout_id,
+                      device_ids=tuple(json.loads(row.device_ids)), outcome=row.outcome, detail=json.loads(row.detail))

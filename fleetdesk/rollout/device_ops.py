@@ -1,0 +1,435 @@
+"""The steps of a rollout on one device, through its agent over the fleet's SSH pool: stage an artifact
+(resumable, verified, optionally paced), activate it with a deadline, measure the health gates, confirm,
+roll back, and ask the agent what it really runs (to reconcile after a crash).
+
+Errors: a device that does not answer raises UnreachableError (the engine records LOST); anything else that
+stops a step raises RolloutStepError with the agent's error code or one of ours (STEP_FAILED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import posixpath
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleetdesk.artifacts.records import MANIFEST_NAME, SIGNATURE_NAME, Artifact
+from fleetdesk.artifacts.store import ArtifactStore
+from fleetdesk.errors import (
+    ArtifactStoreError,
+    AuthFailedError,
+    CommandTimeoutError,
+    DiskFullError,
+    FleetDeskError,
+    HostKeyChangedError,
+    HostKeyUnknownError,
+    RolloutStepError,
+    UnreachableError,
+)
+from fleetdesk.inventory.records import Device
+from fleetdesk.rollout.gates import GOLDEN, MEMORY, P95, SERVING, TEMPERATURE, GateResult, GateSample, evaluate
+from fleetdesk.rollout.plan import Gates
+from fleetdesk.transport import shell_join
+from fleetdesk.transport.push import BLOCK_SIZE, push_file
+from fleetdesk.transport.session import ByteRange, DeviceSession, RemoteLines
+from fleetdesk.transport.target import SSHTarget
+
+__all__ = ["AgentView", "DeviceOps", "GateResult", "GateSample", "StageResult", "evaluate"]
+
+DEFAULT_ROOT = "/opt/fleetdesk"
+STEP_TIMEOUT_S = 600.0  # one agent command (a bench on an emulated Pi is slow)
+LOAD_WAIT_S = 120.0  # how long `activate` waits for the model server to load the new model
+BENCH_RUNS = 30
+PACE_SLICE_S = 0.25  # a capped push sends about this much time's worth of bytes per SFTP batch
+
+# Device side, python3 (the agent needs it anyway). argv: root folder name... -> "free present manifest".
+# Free space where the artifact goes (its nearest existing folder), the bytes already there under the final
+# names or as resumable partial files (capped at each file's size), and whether the manifest (pushed last) is there.
+_SPACE_PY = r"""
+import os, sys
+root, folder, names = sys.argv[1], sys.argv[2], sys.argv[3::2]
+sizes = [int(s) for s in sys.argv[4::2]]
+probe = folder
+while not os.path.isdir(probe) and probe not in ("", "/"):
+    probe = os.path.dirname(probe)
+st = os.statvfs(probe or "/")
+present = 0
+for name, size in zip(names, sizes):
+    head, tail = os.path.split(os.path.join(folder, name))
+    best = 0
+    for path in (os.path.join(head, tail), os.path.join(head, "." + tail + ".fleetdesk-partial")):
+        try:
+            best = max(best, min(os.path.getsize(path), size))
+        except OSError:
+            pass
+    present += best
+print(st.f_bavail * st.f_frsize, present, int(os.path.isfile(os.path.join(folder, "manifest.json"))))
+"""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    bytes_sent: int  # what crossed the wire this time
+    seconds: float
+    already_there: bool  # the device held the whole artifact, verified: nothing was sent
+    bytes_total: int = 0  # the artifact's size
+    files: int = 0
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """What the agent says (its `status`), for reconciling after a crash."""
+
+    current: str | None
+    previous: str | None
+    pending: dict[str, Any] | None  # {"sha", "deadline"} of an unconfirmed activation
+    last_revert: dict[str, Any] | None  # {"sha", "to", "reason", "at"}: the last time it went back by itself
+    artifacts: tuple[str, ...]
+    serving: bool  # the model server runs
+    serving_model: str | None  # what it has loaded, from its fresh statistics
+    status: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # the whole status line
+
+
+def device_root(fleet: Any, device: Device) -> str:
+    """Where FleetDesk lives on the device: what provisioning recorded, else the profile's device_root."""
+    from fleetdesk.inventory.runtimes import DeviceRuntimes
+
+    runtime = DeviceRuntimes(fleet.inventory).get(device.id)
+    if runtime is not None:
+        return runtime.device_root
+    profile = fleet.profiles.profiles.get(device.profile) if device.profile else None
+    return profile.device_root if profile else DEFAULT_ROOT
+
+
+def agent_lines(stdout: str) -> list[dict[str, Any]]:
+    """The JSON objects the agent printed, one per line (anything else, e.g. a warning, is skipped)."""
+    out = []
+    for line in stdout.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
+class _PacedSession:
+    """A DeviceSession whose SFTP writes keep to `rate` bytes/s on average: the ranges go in slices of about
+    PACE_SLICE_S worth of bytes, with a sleep after each until the elapsed time matches the bytes sent.
+    Everything else is the pool's session as is. (pool.push has no cap of its own.)"""
+
+    def __init__(self, inner: DeviceSession, rate: int) -> None:
+        self.inner = inner
+        self.target = inner.target
+        self.rate = rate
+
+    @property
+    def is_open(self) -> bool:
+        return self.inner.is_open
+
+    async def run(self, command: str, *, timeout: float | None) -> Any:
+        return await self.inner.run(command, timeout=timeout)
+
+    async def write_ranges(self, remote_path: str, local_path: str, ranges: Sequence[ByteRange], *,
+                           truncate_to: int | None, requests_in_flight: int,
+                           on_written: Callable[[int], None]) -> None:
+        budget = max(BLOCK_SIZE, int(self.rate * PACE_SLICE_S))
+        pieces = [(off + i, min(BLOCK_SIZE, length - i))
+                  for off, length in ranges for i in range(0, length, BLOCK_SIZE)]
+        started, sent, index = time.monotonic(), 0, 0
+        while index < len(pieces):
+            batch, size = [], 0
+            while index < len(pieces) and (not batch or size + pieces[index][1] <= budget):
+                batch.append(pieces[index])
+                size += pieces[index][1]
+                index += 1
+            await self.inner.write_ranges(remote_path, local_path, batch, truncate_to=truncate_to,
+                                          requests_in_flight=requests_in_flight, on_written=on_written)
+            sent += size
+            ahead = sent / self.rate - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def stream(self, command: str) -> RemoteLines:
+        return self.inner.stream(command)
+
+
+class DeviceOps:
+    """`ops = DeviceOps(fleet, store); await ops.stage(device, artifact_id)`; one instance serves every device."""
+
+    def __init__(self, fleet: Any, store: ArtifactStore, *, step_timeout_s: float = STEP_TIMEOUT_S,
+                 load_wait_s: float = LOAD_WAIT_S, bench_runs: int = BENCH_RUNS) -> None:
+        self.fleet = fleet
+        self.store = store
+        self.step_timeout_s = step_timeout_s
+        self.load_wait_s = load_wait_s
+        self.bench_runs = bench_runs
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+
+    def root(self, device: Device) -> str:
+        return device_root(self.fleet, device)
+
+    def _providers(self, device: Device) -> str:
+        profile = self.fleet.profiles.profiles.get(device.profile) if device.profile else None
+        return ",".join(profile.execution_providers) if profile else "CPUExecutionProvider"
+
+    @staticmethod
+    def _step_error(exc: FleetDeskError, device: Device, step: str) -> FleetDeskError:
+        """UnreachableError stays (LOST); any other transport failure becomes a RolloutStepError."""
+        if isinstance(exc, (UnreachableError, RolloutStepError)):
+            if exc.device is None:
+                exc.device = device.name
+            if exc.step is None:
+                exc.step = step
+            return exc
+        if isinstance(exc, DiskFullError):
+            code = "disk-full"
+        elif isinstance(exc, CommandTimeoutError):
+            code = "timeout"
+        elif isinstance(exc, AuthFailedError):
+            code = "auth-failed"
+        elif isinstance(exc, (HostKeyChangedError, HostKeyUnknownError)):
+            code = "host-key"
+        else:
+            code = "transfer-failed" if step == "stage" else "command-failed"
+        return RolloutStepError(f"{step}: {exc.message}", code=code, device=device.name, step=step, cause=exc,
+                                fix=exc.fix or "see the message; the device keeps the model it ran")
+
+    async def _run(self, device: Device, command: str, step: str, timeout: float) -> Any:
+        try:
+            return await self.fleet.pool.run(self.fleet.target(device), command, timeout=timeout)
+        except FleetDeskError as exc:
+            raise self._step_error(exc, device, step) from None
+
+    async def _agent(self, device: Device, step: str, *args: str, timeout: float | None = None) -> dict[str, Any]:
+        """Run `ROOT/bin/fleetdesk-agent ARGS` and return its result line; its error line -> RolloutStepError."""
+        root = self.root(device)
+        result = await self._run(device, shell_join([f"{root}/bin/fleetdesk-agent", *args]), step,
+                                 timeout or self.step_timeout_s)
+        lines = agent_lines(result.stdout)
+        for obj in reversed(lines):
+            if obj.get("type") == "error":
+                raise RolloutStepError(f"{step}: {str(obj.get('message'))[:600]}", code=str(obj.get("code")),
+                                       device=device.name, step=step,
+                                       fix=str(obj.get("fix") or "see the agent's message"))
+            if obj.get("type") == "result":
+                return obj
+        if result.exit_status == 127:
+            raise RolloutStepError(f"{step}: the FleetDesk agent is not installed under {root}", code="no-agent",
+                                   device=device.name, step=step,
+                                   fix=f"provision the device first (fleetdesk provision {device.name})")
+        last = (result.stderr.strip().splitlines() or [""])[-1][:300]
+        raise RolloutStepError(f"{step}: the agent printed no result (exit status {result.exit_status})"
+                               + (f": {last}" if last else ""), code="no-result", device=device.name, step=step,
+                               fix=f"check the agent on the device; provisioning it again (fleetdesk provision "
+                                   f"{device.name}) reinstalls it")
+
+    def _artifact(self, device: Device, artifact_id: str, step: str) -> Artifact:
+        try:
+            return self.store.artifact(artifact_id)
+        except ArtifactStoreError as exc:
+            raise RolloutStepError(f"{step}: {exc.message}", code="not-in-store", device=device.name, step=step,
+                                   fix=exc.fix, cause=exc) from None
+
+    # -- staging -------------------------------------------------------------------------------------------
+
+    async def stage(self, device: Device, artifact_id: str, *, bandwidth_bytes_s: int | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> StageResult:
+        """Copy the artifact to ROOT/artifacts/<id>/ (files already there are skipped, partial ones resumed),
+        then have the agent check its signature and every hash. The manifest goes last: a folder with a
+        manifest is a complete copy."""
+        started = time.monotonic()
+        artifact = self._artifact(device, artifact_id, "stage")
+        if bandwidth_bytes_s is not None and bandwidth_bytes_s <= 0:
+            raise RolloutStepError(f"stage: a bandwidth cap of {bandwidth_bytes_s} bytes/s sends nothing",
+                                   code="bad-arguments", device=device.name, step="stage",
+                                   fix="give a positive cap, or none")
+        folder = Path(artifact.folder)
+        order = [f.path for f in artifact.files] + [SIGNATURE_NAME, MANIFEST_NAME]
+        sizes = [(folder / rel).stat().st_size for rel in order]
+        total = sum(sizes)
+        remote = posixpath.join(self.root(device), "artifacts", artifact.id)
+        say = progress or (lambda _done, _total: None)
+
+        listing = [str(x) for pair in zip(order, sizes, strict=True) for x in pair]
+        check = await self._run(device, shell_join(["python3", "-c", _SPACE_PY, self.root(device), remote, *listing]),
+                                "stage", 120)
+        try:
+            free, present, has_manifest = (int(x) for x in check.stdout.split()[:3])
+        except ValueError:
+            raise RolloutStepError(f"stage: cannot inspect {remote} on the device "
+                                   f"({(check.stderr.strip() or check.stdout.strip())[:200]})", code="command-failed",
+                                   device=device.name, step="stage",
+                                   fix=f"check that {device.name} has python3 and its FleetDesk root is writable "
+                                       "(fleetdesk provision sets both up)") from None
+        if has_manifest:
+            try:
+                await self._agent(device, "stage", "verify", artifact.id)
+            except RolloutStepError:
+                pass  # a damaged or partial copy: the pushes below repair it, the verify after says if they did
+            else:
+                say(total, total)
+                return StageResult(0, time.monotonic() - started, True, total, len(order))
+        needed = total - present
+        if free < needed:
+            raise RolloutStepError(
+                f"stage: not enough space for artifact {artifact.id[:12]} ({artifact.name}@{artifact.version}) "
+                f"under {self.root(device)}: {needed} bytes needed, {free} free", code="disk-full",
+                device=device.name, step="stage",
+                fix=f"free at least {needed - free} bytes on {device.name} (old artifacts under "
+                    f"{self.root(device)}/artifacts, logs), or give its profile a device_root on a larger filesystem")
+
+        sent, done_before = 0, 0
+        for rel, size in zip(order, sizes, strict=True):
+            def one(done: int, _total: int, base: int = done_before) -> None:
+                say(base + done, total)
+
+            result = await self._push(device, folder / rel, posixpath.join(remote, rel), bandwidth_bytes_s, one)
+            sent += result.bytes_sent
+            done_before += size
+        await self._agent(device, "stage", "verify", artifact.id)
+        return StageResult(sent, time.monotonic() - started, False, total, len(order))
+
+    async def _push(self, device: Device, local: Path, remote: str, rate: int | None,
+                    progress: Callable[[int, int], None]) -> Any:
+        pool = self.fleet.pool
+        target: SSHTarget = self.fleet.target(device)
+        try:
+            if rate is None:
+                return await pool.push(target, local, remote, mode=0o644, progress=progress)
+            # Paced: the same resumable, verified push over a session that spaces its writes out. It bypasses
+            # the pool's operation bound; the engine's max_parallel bounds transfers.
+            digest = await pool.digest(local)
+            session = _PacedSession(await pool.session(target), rate)
+            return await push_file(session, digest, remote, mode=0o644, progress=progress,  # type: ignore[arg-type]
+                                   requests_in_flight=pool.requests_in_flight)
+        except DiskFullError as exc:
+            raise RolloutStepError(f"stage: {exc.message}", code="disk-full", device=device.name, step="stage",
+                                   cause=exc, fix=exc.fix) from None
+        except FleetDeskError as exc:
+            raise self._step_error(exc, device, "stage") from None
+
+    async def remove_artifact(self, device: Device, artifact_id: str) -> None:
+        """Delete ROOT/artifacts/<id> unless the device runs it, keeps it to go back to, or waits to confirm it."""
+        view = await self.view(device)
+        pending = view.pending.get("sha") if view.pending else None
+        if artifact_id in (view.current, view.previous, pending):
+            raise RolloutStepError(f"remove: artifact {artifact_id[:12]} is in use on the device (current, previous "
+                                   "or pending)", code="in-use", device=device.name, step="remove",
+                                   fix="roll the device to another model first")
+        self._artifact(device, artifact_id, "remove")  # a valid id: it becomes a path
+        await self._run(device, shell_join(["rm", "-rf", "--", posixpath.join(self.root(device), "artifacts",
+                                                                                artifact_id)]), "remove", 120)
+
+    # -- the agent's view ----------------------------------------------------------------------------------
+
+    async def view(self, device: Device) -> AgentView:
+        st = await self._agent(device, "status", "status", timeout=120)
+        pending = st.get("pending") if isinstance(st.get("pending"), dict) else None
+        serving = st.get("serving") if isinstance(st.get("serving"), dict) else {}
+        return AgentView(
+            current=st.get("active"), previous=st.get("previous"),
+            pending={"sha": pending.get("sha"), "deadline": pending.get("deadline")} if pending else None,
+            last_revert=st.get("last_revert") if isinstance(st.get("last_revert"), dict) else None,
+            artifacts=tuple(st.get("artifacts") or ()), serving=bool(serving.get("running")),
+            serving_model=serving.get("model"), status=st)
+
+    # -- activation ----------------------------------------------------------------------------------------
+
+    async def activate(self, device: Device, artifact_id: str, confirm_within_s: float) -> dict[str, Any]:
+        """Switch to the artifact; the agent reverts by itself unless confirmed within `confirm_within_s`, and
+        at once (error model-load-failed) if its server cannot load it."""
+        return await self._agent(device, "activate", "activate", artifact_id, "--confirm-within",
+                                 f"{confirm_within_s:g}", "--wait-load", f"{self.load_wait_s:g}",
+                                 timeout=self.load_wait_s + 120)
+
+    async def confirm(self, device: Device, artifact_id: str) -> dict[str, Any]:
+        """Keep the activation. Code "deadline-passed": the agent had already gone back by itself."""
+        return await self._agent(device, "confirm", "confirm", artifact_id, timeout=120)
+
+    async def rollback(self, device: Device) -> dict[str, Any]:
+        return await self._agent(device, "rollback", "rollback", timeout=self.load_wait_s + 120)
+
+    # -- measuring -----------------------------------------------------------------------------------------
+
+    async def baseline(self, device: Device, artifact_id: str | None = None) -> GateSample:
+        """The model the device runs now (before activation), for the p95 ratio; model None when it runs none."""
+        view = await self.view(device)
+        if view.current is None:
+            return GateSample(time.time(), False, None, None, 0, 0, None, None, None,
+                              notes={P95: "the device runs no model"})
+        p95, why = await self._bench(device, view.current)
+        return GateSample(time.time(), view.serving and view.serving_model == view.current, view.current, p95, 0, 0,
+                          None, None, None, notes={P95: why} if why else {})
+
+    async def measure(self, device: Device, artifact_id: str, gates: Gates) -> GateSample:
+        """One measurement of every gate that is on. Agent errors become notes (the gate then fails with
+        them); only an unreachable device raises."""
+        notes: dict[str, str] = {}
+        view = await self.view(device)
+        serving = view.serving and view.serving_model == artifact_id
+        if not view.serving:
+            notes[SERVING] = "the model server is not running"
+        elif view.serving_model != artifact_id:
+            notes[SERVING] = (f"the model server serves {view.serving_model}" if view.serving_model
+                              else "the model server has no model loaded")
+        requests = errors = 0
+        temperature = memory = None
+        sample = await self._telemetry(device)
+        if "error" in sample:
+            notes[TEMPERATURE] = notes[MEMORY] = f"telemetry failed: {sample['error']}"
+        temps = [v for v in (sample.get("temps") or {}).values() if isinstance(v, (int, float))]
+        if isinstance((sample.get("gpu") or {}).get("temp_c"), (int, float)):
+            temps.append(sample["gpu"]["temp_c"])
+        temperature = max(temps) if temps else None
+        mem = sample.get("mem") or {}
+        if mem.get("total_mb") and isinstance(mem.get("available_mb"), (int, float)):
+            memory = round(100.0 * mem["available_mb"] / mem["total_mb"], 2)
+        inference = sample.get("inference") or {}
+        requests, errors = int(inference.get("requests") or 0), int(inference.get("errors") or 0)
+        p95 = cosine = None
+        if gates.p95_ms_max is not None or gates.p95_ratio_max is not None:
+            p95, why = await self._bench(device, artifact_id)
+            if why:
+                notes[P95] = why
+        if gates.golden_min_cosine is not None:
+            try:
+                check = await self._agent(device, "measure", "check", artifact_id, "--providers",
+                                          self._providers(device))
+                cosine = float(check["min_cosine"])
+            except RolloutStepError as exc:
+                notes[GOLDEN] = f"{exc.code}: {exc.message}"
+        return GateSample(time.time(), serving, view.serving_model, p95, requests, errors, temperature, memory,
+                          cosine, notes=notes)
+
+    async def _telemetry(self, device: Device) -> dict[str, Any]:
+        """One telemetry sample (schema in fleetdesk/telemetry/sample.py), or {"error": why}."""
+        command = shell_join([f"{self.root(device)}/bin/fleetdesk-agent", "telemetry", "--count", "1",
+                              "--interval", "0.5"])
+        result = await self._run(device, command, "measure", 120)
+        lines = agent_lines(result.stdout)
+        sample = next((o for o in lines if o.get("type") == "sample"), None)
+        if sample is not None:
+            return sample
+        error = next((o for o in lines if o.get("type") == "error"), None)
+        return {"error": str(error.get("message")) if error else f"no sample (exit status {result.exit_status})"}
+
+    async def _bench(self, device: Device, artifact_id: str) -> tuple[float | None, str]:
+        try:
+            result = await self._agent(device, "measure", "bench", artifact_id, "--runs", str(self.bench_runs),
+                                       "--providers", self._providers(device))
+        except RolloutStepError as exc:
+            return None, f"the benchmark failed ({exc.code}): {exc.message}"
+        return float(result["p95_ms"]), ""

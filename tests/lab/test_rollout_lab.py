@@ -1,0 +1,347 @@
+"""Staged rollouts on real lab devices through the engine and `fleetdesk rollout`: ipc-02 (x86_64), orin-01
+(arm64 under qemu, jetson-orin-nano profile) and gpc-01 (x86_64, ipc-x86-nvidia), provisioned by FleetDesk with
+the test store's own key. A whole rollout in wave order; a model that does not load on the canary (paused, the
+rest untouched); a failed latency gate (the canary rolled back); `rollout start` SIGKILLed mid-wave and resumed
+(nothing half-switched, nothing finished sent again); the rollback of a whole rollout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fleetdesk.artifacts.signing import FleetSigningKey
+from fleetdesk.artifacts.store import ArtifactStore, write_golden
+from fleetdesk.fleet import Fleet
+from fleetdesk.inventory import open_inventory
+from fleetdesk.models import inspect_model
+from fleetdesk.models.report import (
+    BASELINE,
+    BASELINE_STATUS,
+    CHOSEN,
+    OptimizationReport,
+    ProfileResult,
+    Tolerance,
+    Variant,
+)
+from fleetdesk.profiles import ProfileSet, load_profiles
+from fleetdesk.rollout import states as st
+from fleetdesk.rollout.device_ops import AgentView, DeviceOps
+from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent
+from fleetdesk.rollout.plan import Gates, RolloutPlan, WavePolicy
+from fleetdesk.runtime.agentfiles import agent_tree
+from fleetdesk.runtime.provision import provision
+from fleetdesk.runtime.store import RuntimeStore
+from fleetdesk.runtime.wheelhouse import build_runtime
+from tests.fixtures.models.build import save_cnn
+from tests.keyring_daemon import KeyringDaemon, keyring_daemon
+from tests.lab.conftest import Fleet as LabFleet
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+__all__ = ["keyring_daemon"]
+
+# R2's device tests use ipc-01 and rpi4-01; these three are this module's.
+X86, ARM, GPU = "ipc-02", "orin-01", "gpc-01"
+NAMES = (GPU, X86, ARM)  # by name: gpc-01 is the canary
+# The lab's orin-01 is a Debian bookworm stand-in with Python 3.11 where a real JetPack has 3.10: the laptop
+# here knows the jetson profile with the lab's Python, so the aarch64 CPU runtime provisions it.
+_LOADED = load_profiles()
+PROFILES = ProfileSet({**_LOADED.profiles, "jetson-orin-nano": replace(_LOADED.get("jetson-orin-nano"),
+                                                                     python=_LOADED.get("rpi4").python)})
+PROFILE_OF = {X86: "ipc-x86", ARM: "jetson-orin-nano", GPU: "ipc-x86-nvidia"}
+# The test CNN runs in tens of microseconds, where a shared 2-core lab host makes the p95 ratio between two
+# runs swing by 7x (seen: 0.024 ms before, 0.18 ms during the soak): the ratio gate is off here (its semantics
+# are tested with the gates); the golden-output, serving, error-rate, temperature and memory gates stay on.
+GATES = Gates(p95_ratio_max=None)
+JOURNEY = [st.STAGE, st.STAGED_OK, st.ACTIVATE, st.ACTIVATED, st.PASSED, st.CONFIRMED]
+
+
+@dataclass
+class Laptop:
+    data_dir: Path
+    key: FleetSigningKey
+    store: ArtifactStore
+    models: dict[str, str] = field(default_factory=dict)  # ref -> the artifact every profile gets
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'fleetdesk.db'}"
+
+    def with_fleet(self, work: Callable[[Fleet], Coroutine[Any, Any, Any]]) -> Any:
+        async def go() -> Any:
+            fleet = Fleet(open_inventory(self.db_url), PROFILES)
+            try:
+                return await work(fleet)
+            finally:
+                await fleet.close()
+
+        return asyncio.run(go())
+
+    def engine(self, fleet: Fleet, events: list[RolloutEvent] | None = None) -> RolloutEngine:
+        engine = RolloutEngine(fleet, self.store, on_event=None if events is None else events.append,
+                               actor="lab-test", lock_dir=self.data_dir / "rollout-locks")
+        engine.soak_interval_s = 2.0
+        return engine
+
+
+def add_model(store: ArtifactStore, work: Path, name: str, seed: int, *, loadable: bool = True) -> str:
+    """A small CNN signed into the store with golden outputs; every profile gets the same artifact. With
+    loadable=False the profiles' chosen variant is a validly signed file that is not ONNX: it fails to load."""
+    folder = work / f"{name}-src"
+    folder.mkdir(parents=True)
+    path = save_cnn(folder / "model.onnx", seed=seed)
+    card = inspect_model(path, name=name)
+    rng = np.random.default_rng(seed)
+    feeds = [{"image": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    golden = write_golden(path, feeds, work / f"{name}-golden.npz")
+    base = Variant(BASELINE, CHOSEN if loadable else BASELINE_STATUS, "the model as imported")
+    variants: tuple[Variant, ...] = (base,)
+    chosen = BASELINE
+    if not loadable:
+        junk = work / f"{name}-junk"
+        junk.mkdir()
+        (junk / "model.onnx").write_bytes(b"this is not an ONNX model\n" * 64)
+        variants = (base, Variant("graph", CHOSEN, "chosen for the test", ("model.onnx",), str(junk), 1664))
+        chosen = "graph"
+    report = OptimizationReport(card.sha256, len(feeds), False, "test feeds", Tolerance(), tuple(
+        ProfileResult(profile, ("graph",), variants, chosen) for profile in sorted(set(PROFILE_OF.values()))))
+    record = store.add_model(card, report, name=name, version="1", source_folder=folder, golden=golden)
+    artifacts = {record.artifacts.get(p, record.baseline) for p in PROFILE_OF.values()}
+    assert len(artifacts) == 1
+    return artifacts.pop()
+
+
+@pytest.fixture(scope="module")
+def laptop(fleet: LabFleet, keyring_daemon: KeyringDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+        Laptop]:
+    """The three devices enrolled, provisioned (runtime, agent, keys/fleet.pub of this store's key), and four
+    models in the store: m1, m2, m3 (good) and broken (signed, but not ONNX)."""
+    data = tmp_path_factory.mktemp("rollout-laptop")
+    key = FleetSigningKey(data / "keys")
+    laptop = Laptop(data, key, ArtifactStore(data / "artifacts", key))  # the default layout under data/
+    work = tmp_path_factory.mktemp("rollout-models")
+    for seed, name in enumerate(("m1", "m2", "m3"), start=1):
+        laptop.models[f"{name}@1"] = add_model(laptop.store, work, name, seed)
+    laptop.models["broken@1"] = add_model(laptop.store, work, "broken", 9, loadable=False)
+    runtimes = RuntimeStore(data / "runtimes")
+    x86 = asyncio.run(build_runtime(PROFILES.get("ipc-x86"), runtimes))[0]
+    arm = asyncio.run(build_runtime(PROFILES.get("rpi4"), runtimes))[0]  # CPU onnxruntime for aarch64
+
+    async def enrol(fleet_: Fleet) -> None:
+        for name in NAMES:
+            device = fleet_.inventory.add_device(fleet.device(name)["address"], name=name)
+            await fleet_.set_login(device, identity_file=fleet.state["ssh_key"])
+            fleet_.trust_from_known_hosts(device, fleet.state["known_hosts"])
+        outcomes = await fleet_.probe(fleet_.select(list(NAMES)))
+        assert [o.status for o in outcomes] == ["succeeded"] * 3, [o.error for o in outcomes]
+        assert {o.device.name: o.device.profile for o in outcomes} == PROFILE_OF
+        for names, runtime in (([X86, GPU], x86), ([ARM], arm)):
+            done = await provision(fleet_, fleet_.select(names), runtime.id, store=runtimes, signing_key=key,
+                                   agent=agent_tree())
+            assert [o.status for o in done] == ["succeeded"] * len(names), [o.error for o in done]
+
+    laptop.with_fleet(enrol)
+    yield laptop
+
+
+async def views(fleet: Fleet, store: ArtifactStore) -> dict[str, AgentView]:
+    ops = DeviceOps(fleet, store)
+    found = await asyncio.gather(*(ops.view(fleet.inventory.device(n)) for n in NAMES))
+    return dict(zip(NAMES, found, strict=True))
+
+
+def plan(model: str, **kwargs: Any) -> RolloutPlan:
+    return RolloutPlan(model=model, devices=(), profiles=tuple(sorted(set(PROFILE_OF.values()))),
+                       waves=kwargs.pop("waves", (1, "100%")), gates=kwargs.pop("gates", GATES), **kwargs)
+
+
+def by_name(fleet: Fleet, engine: RolloutEngine, rid: int) -> dict[str, Any]:
+    return {fleet.inventory.device(d.device_id).name: d for d in engine.repo.devices(rid)}
+
+
+def events_of(engine: RolloutEngine, rid: int, device_id: int) -> list[str]:
+    return [e.event for e in engine.repo.journal(rid, device_id=device_id)]
+
+
+async def abort_to_free(engine: RolloutEngine, rid: int) -> None:
+    """A paused test rollout would keep its devices from the next one."""
+    if engine.repo.get(rid).status in ("paused", "waiting-approval", "running", "planned"):
+        await engine.abort(rid)
+
+
+def test_a_rollout_runs_wave_by_wave_to_done(laptop: Laptop) -> None:
+    artifact = laptop.models["m1@1"]
+    events: list[RolloutEvent] = []
+
+    async def work(fleet: Fleet) -> None:
+        engine = laptop.engine(fleet, events)
+        rid = await engine.start(plan("m1@1", policy=WavePolicy(soak_s=3)))
+        row = await engine.run(rid)
+        assert row.status == "done", row.paused_reason
+        rows = by_name(fleet, engine, rid)
+        assert {n: r.state for n, r in rows.items()} == {n: st.DONE for n in NAMES}
+        for name, r in rows.items():
+            assert events_of(engine, rid, r.device_id) == JOURNEY, name
+            assert r.gates["passed"] is True and r.gates["values"]["golden_cosine"]["value"] >= 0.99
+        # Waves in order: the canary is confirmed before any device of wave 2 starts staging.
+        journal = engine.repo.journal(rid)
+        canary = rows[GPU].device_id
+        confirmed = next(e.id for e in journal if e.device_id == canary and e.event == st.CONFIRMED)
+        first_wave2 = min(e.id for e in journal if e.device_id in (rows[X86].device_id, rows[ARM].device_id))
+        assert confirmed < first_wave2
+        assert rows[GPU].wave == 0 and rows[X86].wave == rows[ARM].wave == 1
+        now = await views(fleet, laptop.store)
+        for name, view in now.items():
+            assert (view.current, view.pending) == (artifact, None), name  # switched and confirmed
+            assert view.serving_model == artifact
+        # Transfer progress came with bytes/s; the audit log has who started it.
+        progress = [e for e in events if e.kind == "progress"]
+        assert progress and all(e.bytes_total > 0 for e in progress)
+        assert any(e.bytes_done == e.bytes_total and e.rate_bytes_s > 0 for e in progress)
+        assert [(a.actor, a.action) for a in engine.repo.audit_log(rollout_id=rid)] == [("lab-test", "start")]
+
+    laptop.with_fleet(work)
+
+
+def test_a_model_that_fails_to_load_pauses_after_the_canary(laptop: Laptop) -> None:
+    async def work(fleet: Fleet) -> None:
+        before = await views(fleet, laptop.store)
+        engine = laptop.engine(fleet)
+        rid = await engine.start(plan("broken@1"))
+        row = await engine.run(rid)
+        assert row.status == "paused" and "1 of 1 device(s) in wave 1 failed" in row.paused_reason
+        rows = by_name(fleet, engine, rid)
+        assert rows[GPU].state == st.FAILED and "load" in rows[GPU].error
+        assert events_of(engine, rid, rows[GPU].device_id) == [st.STAGE, st.STAGED_OK, st.ACTIVATE, st.STEP_FAILED]
+        assert (rows[X86].state, rows[ARM].state) == (st.PENDING, st.PENDING)
+        assert events_of(engine, rid, rows[X86].device_id) == events_of(engine, rid, rows[ARM].device_id) == []
+        after = await views(fleet, laptop.store)
+        for name in NAMES:
+            assert (after[name].current, after[name].pending) == (before[name].current, None), name
+        assert laptop.models["broken@1"] not in after[X86].artifacts  # never even staged there
+        await abort_to_free(engine, rid)
+
+    laptop.with_fleet(work)
+
+
+def test_a_failed_latency_gate_rolls_the_canary_back_and_pauses(laptop: Laptop) -> None:
+    async def work(fleet: Fleet) -> None:
+        before = await views(fleet, laptop.store)
+        engine = laptop.engine(fleet)
+        rid = await engine.start(plan("m2@1", gates=replace(GATES, p95_ms_max=0.0001)))
+        row = await engine.run(rid)
+        assert row.status == "paused", row
+        rows = by_name(fleet, engine, rid)
+        canary = rows[GPU]
+        assert canary.state == st.ROLLED_BACK and "p95 latency" in canary.error
+        assert events_of(engine, rid, canary.device_id) == [st.STAGE, st.STAGED_OK, st.ACTIVATE, st.ACTIVATED,
+                                                           st.GATES_FAILED, st.ROLLED_BACK_OK]
+        assert canary.gates["values"]["p95_ms"]["ok"] is False and canary.gates["values"]["p95_ms"]["bound"] == 0.0001
+        assert canary.previous_artifact == before[GPU].current
+        after = await views(fleet, laptop.store)
+        assert (after[GPU].current, after[GPU].pending) == (before[GPU].current, None)
+        assert (rows[X86].state, rows[ARM].state) == (st.PENDING, st.PENDING)
+        await abort_to_free(engine, rid)
+        assert engine.repo.get(rid).status == "aborted"
+        assert {r.state for r in engine.repo.devices(rid)} == {st.ROLLED_BACK, st.SKIPPED}
+
+    laptop.with_fleet(work)
+
+
+def test_sigkill_mid_wave_then_resume(laptop: Laptop, tmp_path: Path) -> None:
+    """`fleetdesk rollout start` is SIGKILLed while wave 2 verifies; recover + run finish it: no device is left
+    half-switched and nothing already on a device is sent again."""
+    artifact = laptop.models["m2@1"]
+    env = dict(os.environ, FLEETDESK_DATA_DIR=str(laptop.data_dir), FLEETDESK_CONFIG_DIR=str(tmp_path / "config"))
+    argv = [sys.executable, "-m", "fleetdesk", "--db", laptop.db_url, "rollout", "start", "m2@1",
+            *[a for p in sorted(set(PROFILE_OF.values())) for a in ("--profile", p)], "--waves", "1,100%",
+            "--soak", "20", "--p95-ratio", "-1", "--actor", "lab-test"]
+    log = open(tmp_path / "start.log", "wb")  # the child writes to it; closed below
+    child = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    db = laptop.data_dir / "fleetdesk.db"
+    killed_in: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 480
+        while time.monotonic() < deadline and child.poll() is None:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as con:
+                rows = con.execute("SELECT d.device_id, d.wave, d.state FROM rollout_devices d JOIN rollouts r "
+                                   "ON r.id = d.rollout_id WHERE r.model_ref = 'm2@1' AND r.status = 'running'"
+                                   ).fetchall()
+            if any(wave == 1 and state == st.VERIFYING for _, wave, state in rows):
+                os.kill(child.pid, signal.SIGKILL)
+                killed_in = {device_id: state for device_id, _, state in rows}
+                break
+            time.sleep(0.5)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        log.close()
+    assert killed_in, (tmp_path / "start.log").read_text()[-3000:]
+
+    async def work(fleet: Fleet) -> None:
+        engine = laptop.engine(fleet)
+        (rid,) = [r.id for r in engine.repo.list(active_only=True) if r.model_ref == "m2@1"]
+        before = {d.device_id: d for d in engine.repo.devices(rid)}
+        assert engine.repo.get(rid).status == "running"  # as the killed process left it
+        assert await engine.recover() == [rid]
+        row = await engine.run(rid)
+        assert row.status == "done", row.paused_reason
+        after = {d.device_id: d for d in engine.repo.devices(rid)}
+        for device_id, d in after.items():
+            journal = engine.repo.journal(rid, device_id=device_id)
+            assert d.state == st.DONE
+            # One staging per device: whatever was verified on a device before the kill was not sent again.
+            assert [e.event for e in journal].count(st.STAGED_OK) == 1
+            if before[device_id].state not in (st.PENDING, st.STAGING):
+                assert d.bytes_sent == before[device_id].bytes_sent
+        now = await views(fleet, laptop.store)
+        for name, view in now.items():
+            assert (view.current, view.pending) == (artifact, None), name
+        # The devices killed mid-verification were reconciled through the journal, not re-activated blindly.
+        mid = [i for i, s in killed_in.items() if s == st.VERIFYING]
+        for device_id in mid:
+            events = [e.event for e in engine.repo.journal(rid, device_id=device_id)]
+            assert events.count(st.ACTIVATE) == 1 and events[-2:] == [st.PASSED, st.CONFIRMED]
+
+    laptop.with_fleet(work)
+
+
+def test_rollback_of_a_whole_rollout(laptop: Laptop) -> None:
+    async def work(fleet: Fleet) -> None:
+        before = await views(fleet, laptop.store)
+        engine = laptop.engine(fleet)
+        rid = await engine.start(plan("m3@1", waves=("100%",)))
+        assert (await engine.run(rid)).status == "done"
+        switched = await views(fleet, laptop.store)
+        assert {v.current for v in switched.values()} == {laptop.models["m3@1"]}
+        row = await engine.rollback(rid)
+        assert row.status == "rolled-back"
+        rows = by_name(fleet, engine, rid)
+        after = await views(fleet, laptop.store)
+        for name in NAMES:
+            assert rows[name].state == st.ROLLED_BACK
+            assert events_of(engine, rid, rows[name].device_id)[-2:] == [st.ROLLBACK, st.ROLLED_BACK_OK]
+            assert (after[name].current, after[name].pending) == (before[name].current, None), name
+        audit = engine.repo.audit_log(rollout_id=rid)
+        assert (audit[0].action, audit[0].outcome) == ("rollback", "ok")
+        assert set(audit[0].device_ids) == {r.device_id for r in rows.values()}
+        # Rolling back again changes nothing on the devices (it never swaps them forward).
+        again = await engine.rollback(rid)
+        assert again.status == "rolled-back"
+        assert {n: v.current for n, v in (await views(fleet, laptop.store)).items()} == \
+            {n: v.current for n, v in after.items()}
+
+    laptop.with_fleet(work)

@@ -1,0 +1,204 @@
+"""`fleetdesk rollout ...` through the real command line (main()) on a real SQLite inventory and a real signed
+artifact store, touching no device: plan (text and --json), start's refusals, status, list, journal, pause,
+abort and rollback of a rollout no engine ran, the audit log they write, and the exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetdesk.artifacts.store import ArtifactStore
+from fleetdesk.cli import main
+from fleetdesk.config import Settings
+from fleetdesk.fleet import Fleet
+from fleetdesk.inventory import ProbeFacts
+from fleetdesk.inventory.rollouts import RolloutRepo
+from fleetdesk.rollout.engine import RolloutEngine
+from fleetdesk.rollout.plan import RolloutPlan
+from tests.fixtures.models.build import save_mlp_external
+from tests.keyring_daemon import KeyringDaemon, keyring_daemon
+
+__all__ = ["keyring_daemon"]
+
+# Documentation addresses (RFC 5737): added to the inventory only, never connected to.
+DEVICES = {"line-a-1": "192.0.2.11", "line-a-2": "192.0.2.12", "line-a-3": "192.0.2.13", "line-b-1": "192.0.2.21"}
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    try:
+        data = json.loads(out) if "--json" in args and out.strip() else out
+    except ValueError:
+        data = out
+    return code, data, err
+
+
+@pytest.fixture
+def fleet_with_model(capsys: pytest.CaptureFixture[str], keyring_daemon: KeyringDaemon, tmp_path: Path) -> str:
+    """Four ipc-x86 devices in the inventory (two in group "line A") and model mlp@1 in the store."""
+    (tmp_path / "mlp").mkdir()
+    model = save_mlp_external(tmp_path / "mlp" / "mlp.onnx")
+    code, record, err = cli(capsys, "model", "import", str(model), "--profile", "ipc-x86", "--no-device-bench",
+                            "--json")
+    assert code == 0, err
+    fleet = Fleet.open()
+    try:
+        for name, address in DEVICES.items():
+            device = fleet.inventory.add_device(address, name=name)
+            fleet.inventory.save_probe(device.id, ProbeFacts(arch="x86_64"), profile="ipc-x86")
+        fleet.inventory.add_to_group("line A", [fleet.inventory.device("line-a-1").id,
+                                                fleet.inventory.device("line-a-2").id])
+    finally:
+        asyncio.run(fleet.close())
+    return str(record["artifacts"]["ipc-x86"])
+
+
+def test_plan_shows_waves_and_thresholds_and_touches_nothing(capsys: pytest.CaptureFixture[str],
+                                                             fleet_with_model: str) -> None:
+    code, text, err = cli(capsys, "rollout", "plan", "mlp@1", "--device", "line-a-3", "--group", "line A",
+                          "--profile", "ipc-x86", "--waves", "1,50%,100%", "--errors", "10%", "--soak", "30")
+    assert code == 0, err
+    assert "Rollout of mlp@1 to 4 devices in 3 waves" in text
+    assert "wave 1 (canary), 1 device: line-a-1" in text  # the canary is the first by name
+    assert fleet_with_model[:12] in text
+    assert "Health gates" in text
+
+    code, resolved, _ = cli(capsys, "rollout", "plan", "mlp", "--group", "line A", "--waves", "1,100%",
+                            "--p95-max", "20", "--golden-min", "-1", "--json")
+    assert code == 0
+    assert [len(w) for w in resolved["waves"]] == [1, 1]
+    assert {d["artifact"] for d in resolved["devices"]} == {fleet_with_model}
+    assert resolved["plan"]["gates"]["p95_ms_max"] == 20 and resolved["plan"]["gates"]["golden_min_cosine"] is None
+
+    code, rollouts, _ = cli(capsys, "rollout", "list", "--json")
+    assert code == 0 and rollouts == []  # planning stores nothing
+
+
+def test_bad_input_is_a_usage_error_naming_the_fix(capsys: pytest.CaptureFixture[str], fleet_with_model: str) -> None:
+    code, data, err = cli(capsys, "rollout", "plan", "mlp@1", "--device", "line-a-1", "--errors", "abc", "--json")
+    assert code == 2 and "abc" in data["message"] and data["fix"]
+    code, _, err = cli(capsys, "rollout", "plan", "nosuch@1", "--device", "line-a-1")
+    assert code == 2 and "nosuch" in err
+    code, _, err = cli(capsys, "rollout", "plan", "mlp@1")
+    assert code == 2 and "no device" in err
+    code, _, err = cli(capsys, "rollout", "status", "42")
+    assert code == 2 and "no rollout 42" in err
+
+
+def _start_without_running(plan: RolloutPlan) -> int:
+    """engine.start journals a planned rollout; nothing contacts a device until run()."""
+    async def go() -> int:
+        fleet = Fleet.open()
+        try:
+            return await RolloutEngine(fleet, ArtifactStore.default(), actor="tester").start(plan)
+        finally:
+            await fleet.close()
+
+    return asyncio.run(go())
+
+
+def test_status_pause_abort_journal_and_audit(capsys: pytest.CaptureFixture[str], fleet_with_model: str) -> None:
+    rid = _start_without_running(RolloutPlan(model="mlp@1", groups=("line A",), waves=(1, "100%")))
+    code, status, _ = cli(capsys, "rollout", "status", str(rid), "--json")
+    assert code == 0 and status["status"] == "planned" and status["model_ref"] == "mlp@1"
+    assert [(d["wave"], d["state"]) for d in status["devices"]] == [(0, "pending"), (1, "pending")]
+    code, latest, _ = cli(capsys, "rollout", "status", "--json")
+    assert latest["id"] == rid  # no id: the latest active rollout
+
+    # The same devices cannot be in two active rollouts.
+    code, _, err = cli(capsys, "rollout", "start", "mlp@1", "--device", "line-a-1")
+    assert code == 2 and f"already in rollout {rid}" in err
+
+    code, paused, _ = cli(capsys, "rollout", "pause", str(rid), "--reason", "shift change", "--actor", "ann",
+                          "--json")
+    assert code == 0 and paused["status"] == "paused" and paused["paused_reason"] == "shift change"
+    code, _, err = cli(capsys, "rollout", "approve", str(rid))
+    assert code == 2 and "nothing waits for approval" in err
+
+    code, aborted, _ = cli(capsys, "rollout", "abort", str(rid), "--actor", "ann", "--json")
+    assert code == 0 and aborted["status"] == "aborted"
+    assert {d["state"] for d in aborted["devices"]} == {"skipped"}  # not started: skipped, no device contacted
+    code, _, err = cli(capsys, "rollout", "abort", str(rid))
+    assert code == 2 and "nothing to abort" in err
+
+    code, text, _ = cli(capsys, "rollout", "status", str(rid))
+    assert f"rollout {rid}: mlp@1, aborted" in text and "line-a-1" in text and "skipped" in text
+
+    code, journal, _ = cli(capsys, "rollout", "journal", str(rid), "--json")
+    assert code == 0
+    events = [(e["device_id"] is None, e["event"], e["to_state"]) for e in journal["journal"]]
+    assert events[0] == (True, "create", "planned")
+    assert (True, "status", "paused") in events and (True, "status", "aborted") in events
+    assert [e for e in events if not e[0]] == [(False, "abort", "skipped")] * 2
+    actions = [(a["actor"], a["action"], a["outcome"]) for a in reversed(journal["audit"])]
+    assert [a[1:] for a in actions] == [("start", "planned"), ("pause", "ok"), ("approve", "refused"),
+                                        ("abort", "ok"), ("abort", "refused")]
+    assert [a[0] for a in actions][:2] == ["tester", "ann"] and actions[3][0] == "ann"
+
+    code, listed, _ = cli(capsys, "rollout", "list", "--json")
+    assert [(r["id"], r["status"]) for r in listed] == [(rid, "aborted")]
+    code, active, _ = cli(capsys, "rollout", "list", "--active", "--json")
+    assert active == []
+
+
+def test_rollback_of_a_rollout_that_never_ran(capsys: pytest.CaptureFixture[str], fleet_with_model: str) -> None:
+    rid = _start_without_running(RolloutPlan(model="mlp@1", profiles=("ipc-x86",), waves=(1, "100%")))
+    code, _, err = cli(capsys, "rollout", "rollback", str(rid), "--device", "line-a-1", "--wave", "1")
+    assert code == 2 and "both given" in err
+    code, _, err = cli(capsys, "rollout", "rollback", str(rid), "--wave", "7")
+    assert code == 2 and "no wave 7" in err
+    code, data, _ = cli(capsys, "rollout", "rollback", str(rid), "--json")
+    assert code == 0 and data["status"] == "rolled-back"
+    assert {d["state"] for d in data["devices"]} == {"skipped"}
+    repo_log = _audit(rid)
+    assert ("rollback", "ok") in [(a.action, a.outcome) for a in repo_log]
+    # A rolled-back rollout frees its devices for the next one.
+    rid2 = _start_without_running(RolloutPlan(model="mlp@1", devices=(1,), waves=(1,)))
+    assert rid2 > rid
+
+
+def _audit(rid: int) -> list[Any]:
+    fleet = Fleet.open()
+    try:
+        return RolloutRepo(fleet.inventory).audit_log(rollout_id=rid)
+    finally:
+        asyncio.run(fleet.close())
+
+
+def test_the_lock_keeps_a_second_driver_out(fleet_with_model: str) -> None:
+    """While one process drives a rollout (holds its flock), another's run/rollback is refused, not interleaved."""
+    import fcntl
+    import os
+
+    from fleetdesk.rollout.engine import RolloutBusyError
+
+    rid = _start_without_running(RolloutPlan(model="mlp@1", devices=(1,), waves=(1,)))
+    folder = Settings.load().data_dir / "rollout-locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / f"{rid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file description: flock conflicts as between processes
+
+        async def go() -> None:
+            fleet = Fleet.open()
+            try:
+                engine = RolloutEngine(fleet, ArtifactStore.default())
+                with pytest.raises(RolloutBusyError):
+                    await engine.run(rid)
+                with pytest.raises(RolloutBusyError):
+                    await engine.rollback(rid)
+                aborted = await engine.abort(rid)  # recorded; the driver settles the devices
+                assert aborted.status == "aborted"
+                assert {d.state for d in engine.repo.devices(rid)} == {"pending"}
+                assert engine.repo.audit_log(rollout_id=rid, limit=1)[0].outcome == "requested"
+            finally:
+                await fleet.close()
+
+        asyncio.run(go())
+    finally:
+        os.close(fd)
