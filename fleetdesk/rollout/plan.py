@@ -31,7 +31,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleetdesk.errors import ArtifactStoreError, PlanError, StoreEntryNotFoundError
 
@@ -287,6 +287,23 @@ class WavePolicy:
             raise _prefixed(exc, name) from None
 
 
+_Flat = TypeVar("_Flat")
+
+
+def _flat_dict(record: Any) -> dict[str, Any]:
+    """A dataclass of plain values as JSON-ready data."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
+def _flat_from_dict(cls: type[_Flat], data: Mapping[str, Any], name: str) -> _Flat:
+    """A dataclass of plain values from JSON: unknown keys refused, errors named under `name`."""
+    data = _mapping(data, name, cls)
+    try:
+        return cls(**data)
+    except PlanError as exc:
+        raise _prefixed(exc, name) from None
+
+
 @dataclass(frozen=True)
 class Gates:
     """Health gates; None switches a gate off."""
@@ -314,15 +331,11 @@ class Gates:
             _set(self, name, _optional(getattr(self, name), name, **bounds))
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return _flat_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, name: str = "gates") -> Gates:
-        data = _mapping(data, name, cls)
-        try:
-            return cls(**data)
-        except PlanError as exc:
-            raise _prefixed(exc, name) from None
+        return _flat_from_dict(cls, data, name)
 
 
 @dataclass(frozen=True)
@@ -344,15 +357,11 @@ class TransferPolicy:
                                           fix="give how many times to retry a transfer (0 or more)")))
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return _flat_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, name: str = "transfer") -> TransferPolicy:
-        data = _mapping(data, name, cls)
-        try:
-            return cls(**data)
-        except PlanError as exc:
-            raise _prefixed(exc, name) from None
+        return _flat_from_dict(cls, data, name)
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,16 @@ with nvidia-smi (ipc-x86-nvidia)."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetdesk.transport import SSHPool, SSHTarget, shell_join, shell_quote
+from tests.fixtures.signed import signed_artifact as make_signed
 from tests.lab.conftest import Fleet
 
 pytestmark = pytest.mark.lab
@@ -161,21 +159,9 @@ def test_agent_on_an_nvidia_pc_reads_nvidia_smi(fleet: Fleet) -> None:
 
 
 def signed_artifact(root: Path, payload: bytes) -> str:
-    """A signed artifact under ROOT/artifacts/<sha>/ (layout of fleetdesk/artifacts/records.py) and the test key as
-    ROOT/keys/fleet.pub: activation takes signed artifacts only. The id is the SHA-256 of manifest.json."""
-    digest = hashlib.sha256(payload).hexdigest()
-    data = json.dumps({"files": [{"path": "model.onnx", "sha256": digest}], "model": "model.onnx"},
-                      sort_keys=True, separators=(",", ":")).encode()
-    sha = hashlib.sha256(data).hexdigest()
-    folder = root / "artifacts" / sha
-    folder.mkdir(parents=True)
-    (folder / "model.onnx").write_bytes(payload)
-    (folder / "manifest.json").write_bytes(data)
-    (folder / "manifest.json.sig").write_bytes(base64.b64encode(TEST_KEY.sign(data)) + b"\n")
-    (root / "keys").mkdir(exist_ok=True)
-    (root / "keys" / "fleet.pub").write_bytes(TEST_KEY.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return sha
+    """A signed artifact under ROOT/artifacts/<id>/ by the test key, which becomes ROOT/keys/fleet.pub:
+    activation takes signed artifacts only."""
+    return make_signed(root, TEST_KEY, payload)
 
 
 def test_the_watchdog_outlives_the_ssh_session_and_reverts(fleet: Fleet, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ FleetDesk root and a fake /proc and /sys written by the lab's sensor model, with
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -19,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetdesk.lab.sensors import SensorModel, write_sensors
 from fleetdesk.lab.standins import PROC_DIR, PROC_FILES, SENSORS_DIR, standin_files
+from tests.fixtures.signed import signed_artifact
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTILE = "dev root 'q' \"d\" $(touch PWNED) ;x"
@@ -241,26 +240,8 @@ TEST_KEY = Ed25519PrivateKey.generate()
 
 def artifact(root: Path, payload: bytes, extra: dict[str, Any] | None = None,
              files: list[dict[str, str]] | None = None, more: dict[str, bytes] | None = None) -> str:
-    """A signed artifact under ROOT/artifacts/<sha>/ as the store lays it out (fleetdesk/artifacts/records.py): a
-    model file, a canonical manifest listing its SHA-256 (or `files`), the manifest's signature, and the test key
-    as ROOT/keys/fleet.pub. The id is the SHA-256 of manifest.json's bytes. `more`: further files, listed too."""
-    digest = hashlib.sha256(payload).hexdigest()
-    listed = files or [{"path": "model.onnx", "sha256": digest}] + [
-        {"path": name, "sha256": hashlib.sha256(data).hexdigest()} for name, data in (more or {}).items()]
-    manifest = {"files": listed, "model": "model.onnx", "payload": digest, **(extra or {})}
-    data = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-    sha = hashlib.sha256(data).hexdigest()
-    folder = root / "artifacts" / sha
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, content in (more or {}).items():
-        (folder / name).write_bytes(content)
-    (folder / "model.onnx").write_bytes(payload)
-    (folder / "manifest.json").write_bytes(data)
-    (folder / "manifest.json.sig").write_bytes(base64.b64encode(TEST_KEY.sign(data)) + b"\n")
-    (root / "keys").mkdir(exist_ok=True)
-    (root / "keys" / "fleet.pub").write_bytes(TEST_KEY.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return sha
+    """A signed artifact under ROOT/artifacts/<id>/ by the test key, which becomes ROOT/keys/fleet.pub."""
+    return signed_artifact(root, TEST_KEY, payload, extra=extra, files=files, more=more)
 
 
 def current(root: Path, name: str = "current") -> str | None:

@@ -5,8 +5,6 @@ flipped bit refused, and each way an artifact's signature can be unusable gives 
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import os
 import random
 from pathlib import Path
@@ -17,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetdesk.agent import ed25519, state
 from fleetdesk.agent.protocol import AgentError
+from tests.fixtures.signed import signed_artifact
 
 # RFC 8032 section 7.1, TEST 1-3: (secret key, public key, message, signature), all hex.
 RFC8032_VECTORS = [
@@ -107,19 +106,7 @@ def test_an_rsa_or_p256_key_is_not_taken_for_an_ed25519_key() -> None:
 # --- check_signature / verify_artifact on an artifact folder ------------------------------------------------------
 
 def make_artifact(root: Path, key: Ed25519PrivateKey, payload: bytes = b"model", *, write_key: bool = True) -> str:
-    digest = hashlib.sha256(payload).hexdigest()
-    data = json.dumps({"files": [{"path": "m.onnx", "sha256": digest}], "model": "m.onnx"},
-                      sort_keys=True, separators=(",", ":")).encode()
-    sha = hashlib.sha256(data).hexdigest()
-    folder = root / "artifacts" / sha
-    folder.mkdir(parents=True)
-    (folder / "m.onnx").write_bytes(payload)
-    (folder / "manifest.json").write_bytes(data)
-    (folder / "manifest.json.sig").write_bytes(base64.b64encode(key.sign(data)) + b"\n")
-    if write_key:
-        (root / "keys").mkdir(exist_ok=True)
-        (root / "keys" / "fleet.pub").write_bytes(pem(key))
-    return sha
+    return signed_artifact(root, key, payload, model="m.onnx", write_key=write_key)
 
 
 def refused(root: Path, sha: str) -> AgentError:
