@@ -38,6 +38,7 @@ bench: $(STAMP) system-deps-test
 	$(BIN)/python benchmarks/discovery_probe.py --devices 100 --with-push
 	$(BIN)/python benchmarks/gui_fleet.py --seconds 30
 	benchmarks/device_side.sh $(BIN)/python
+	benchmarks/rollout.sh $(BIN)/python
 	$(BIN)/python benchmarks/serve_batching.py --seconds 10
 	$(BIN)/python benchmarks/telemetry_dashboard.py
 	$(BIN)/python benchmarks/model_variants.py

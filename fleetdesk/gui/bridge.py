@@ -13,9 +13,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,11 +35,14 @@ from fleetdesk.errors import (
 )
 from fleetdesk.fleet import Fleet, ProbeOutcome
 from fleetdesk.inventory.records import Device, Group, HostKey
+from fleetdesk.inventory.rollouts import DeviceRow, JournalEntry, RolloutRepo, RolloutRow
 from fleetdesk.inventory.runtimes import DeviceRuntime, DeviceRuntimes
 from fleetdesk.inventory.telemetry_repo import TelemetryRepo
 from fleetdesk.models import service as model_service
 from fleetdesk.models.report import Progress
 from fleetdesk.profiles.matcher import ProfileMatch, match_profile
+from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent
+from fleetdesk.rollout.plan import RolloutPlan
 from fleetdesk.runtime.provision import ProvisionOutcome, ProvisionProgress
 from fleetdesk.runtime.provision import provision as provision_devices
 from fleetdesk.telemetry.alerts import AlertEvent, AlertMonitor, Threshold
@@ -60,6 +63,8 @@ STATUSES = ("online", "offline", "untrusted", "unreachable", "busy")
 DEVICE_ROOT = "/opt/fleetdesk"  # DESIGN.md, "The device side"; a profile's device_root replaces it
 ARTIFACT_ROOT = f"{DEVICE_ROOT}/artifacts"
 OFFLINE_AFTER_START = 4.0  # seconds of browsing after which a device that did not answer is shown offline
+ROLLOUT_REFRESH_S = 0.25  # engine events are gathered this long before the rollout view reads the inventory
+CLOSE_PAUSE_WAIT_S = 30.0  # how long quitting waits for a paused rollout's current step to end
 
 
 def device_status(device: Device, *, trusted: bool, busy: bool, unreachable: bool) -> str:
@@ -122,6 +127,33 @@ class StreamView:
     detail: str = ""  # why it is not streaming, in operator words
 
 
+@dataclass(frozen=True)
+class RolloutDetail:
+    """One rollout as the Rollouts view shows it: its row, its devices, their names and profiles, and the last
+    journal entry of each device."""
+
+    row: RolloutRow
+    devices: tuple[DeviceRow, ...]
+    names: Mapping[int, str] = field(default_factory=dict)
+    profiles: Mapping[int, str] = field(default_factory=dict)
+    last: Mapping[int, JournalEntry] = field(default_factory=dict)
+
+
+def read_rollout(repo: RolloutRepo, rollout_id: int, devices: Mapping[int, Device]) -> RolloutDetail:
+    """Everything the view shows of one rollout (runs in the inventory's thread)."""
+    row = repo.get(rollout_id)
+    rows = tuple(repo.devices(rollout_id))
+    last: dict[int, JournalEntry] = {}
+    for entry in repo.journal(rollout_id):
+        if entry.device_id is not None:
+            last[entry.device_id] = entry
+    planned = {int(d["device_id"]): d for d in row.resolved.get("devices", [])}
+    names = {r.device_id: devices[r.device_id].name if r.device_id in devices else
+             str(planned.get(r.device_id, {}).get("name", f"device {r.device_id}")) for r in rows}
+    profiles = {r.device_id: str(planned.get(r.device_id, {}).get("profile", "")) for r in rows}
+    return RolloutDetail(row, rows, names, profiles, last)
+
+
 def stream_view(state: StreamState) -> StreamView:
     detail = str(state.last_error) if state.last_error is not None else ""
     if state.mode == "agent":
@@ -151,6 +183,10 @@ class FleetBridge(QObject):
     model_removed = Signal(str)  # the ref of a model version deleted from the store
     alert_event = Signal(object)  # AlertEvent, raised or cleared
     stream_changed = Signal(object)  # StreamView: a device's telemetry stream in words
+    rollouts_changed = Signal(list)  # list[RolloutRow]: every rollout in the inventory
+    rollout_detail = Signal(object)  # RolloutDetail of the rollout the view watches
+    rollout_event = Signal(object)  # RolloutEvent, as the engine emits it
+    rollout_started = Signal(int)  # a rollout was created (before it is driven)
 
     def __init__(self, fleet: Fleet, activities: Activities) -> None:
         super().__init__()
@@ -178,6 +214,10 @@ class FleetBridge(QObject):
         self._events: TelemetryRepo | None = None  # the inventory's event log, where alerts are written
         self._store: ArtifactStore | None = None  # the signed artifact store, opened on first use
         self._runtimes: dict[int, DeviceRuntime] = {}  # device id -> its provisioned runtime
+        self._engine: RolloutEngine | None = None  # the rollout engine, made on first use
+        self._runs: dict[int, Activity] = {}  # rollout id -> the activity that drives it (engine.run)
+        self._watched: int | None = None  # the rollout the view shows
+        self._refreshing: asyncio.Task[None] | None = None  # a pending read for the rollout view
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -713,6 +753,168 @@ class FleetBridge(QObject):
         profile = self.fleet.profiles.profiles.get(device.profile) if device.profile else None
         return (profile.device_root if profile is not None else DEVICE_ROOT).rstrip("/") or DEVICE_ROOT
 
+    # -- rollouts ----------------------------------------------------------------------------------------------
+
+    def rollout_engine(self) -> RolloutEngine:
+        """The engine over this window's fleet and store; its events become `rollout_event` signals."""
+        if self._engine is None:
+            self._engine = RolloutEngine(self.fleet, self.artifact_store(), on_event=self._rollout_event)
+        return self._engine
+
+    def _rollout_repo(self) -> RolloutRepo:
+        return RolloutRepo(self.fleet.inventory)
+
+    def _rollout_event(self, event: RolloutEvent) -> None:
+        self.rollout_event.emit(event)
+        run = self._runs.get(event.rollout_id)
+        if run is not None and run.running:
+            if event.kind == "progress" and event.bytes_total:
+                run.report(event.bytes_done / event.bytes_total, event.message)
+            else:
+                run.report(None, event.message)
+        if event.kind != "progress":
+            self._schedule_refresh()
+
+    def _schedule_refresh(self) -> None:
+        """Read the rollouts again soon: events come in bursts, the view reads once per burst."""
+        if self._closed or (self._refreshing is not None and not self._refreshing.done()):
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(ROLLOUT_REFRESH_S)
+            await self.refresh_rollouts()
+
+        self._refreshing = _loop().create_task(later(), name="rollout view refresh")
+
+    async def refresh_rollouts(self) -> list[RolloutRow]:
+        """Announce every rollout, and the watched one's detail (read in the inventory's thread)."""
+        repo = self._rollout_repo()
+        rows = await self._db(repo.list)
+        self.rollouts_changed.emit(rows)
+        if self._watched is not None and any(r.id == self._watched for r in rows):
+            self.rollout_detail.emit(await self._db(read_rollout, repo, self._watched, dict(self._devices)))
+        return rows
+
+    def load_rollouts(self, then: Callable[[list[RolloutRow]], None] | None = None) -> Activity:
+        async def job(activity: Activity) -> list[RolloutRow]:
+            rows = await self.refresh_rollouts()
+            if then is not None:
+                then(rows)
+            return rows
+
+        return self.activities.start("Read the rollouts", job, summarize=lambda rows: f"{len(rows)} rollout(s)")
+
+    def watch_rollout(self, rollout_id: int) -> Activity:
+        """Show this rollout's detail (and follow it as its events arrive)."""
+        self._watched = rollout_id
+
+        async def job(activity: Activity) -> RolloutDetail:
+            detail = await self._db(read_rollout, self._rollout_repo(), rollout_id, dict(self._devices))
+            self.rollout_detail.emit(detail)
+            return detail
+
+        return self.activities.start(f"Read rollout {rollout_id}", job, summarize=lambda d: d.row.status)
+
+    def rollout_running_here(self, rollout_id: int) -> bool:
+        run = self._runs.get(rollout_id)
+        return run is not None and run.running
+
+    def start_rollout(self, plan: RolloutPlan, device_ids: Sequence[int] = (), *, run: bool = True) -> Activity:
+        """Journal the plan as a rollout (engine.start) and, with run, drive it (engine.run) in the same activity.
+        Nothing is sent to a device before start has written the plan."""
+        async def job(activity: Activity) -> RolloutRow:
+            engine = self.rollout_engine()
+            rid = await engine.start(plan)
+            self._watched = rid
+            self.rollout_started.emit(rid)
+            await self.refresh_rollouts()
+            if not run:
+                return await self._db(self._rollout_repo().get, rid)
+            self._runs[rid] = activity
+            activity.title = f"Rollout {rid}: {plan.model}"
+            activity.changed.emit()
+            row = await engine.run(rid)
+            await self.refresh_rollouts()
+            return row
+
+        return self.activities.start(f"{'Roll out' if run else 'Plan a rollout of'} {plan.model}", job,
+                                     devices=device_ids, summarize=_rollout_summary)
+
+    def drive_rollout(self, rollout_id: int, first: Callable[[], Awaitable[object]] | None = None,
+                      title: str = "") -> Activity:
+        """Drive a rollout (engine.run) as an activity, after `first` (resume, approve, recover) when given;
+        waits for this window's previous drive of it to stop first, so one process never drives it twice."""
+        prior = self._runs.get(rollout_id)
+        ids = [d.device_id for d in self._rollout_repo().devices(rollout_id)] if prior is None else prior.devices
+
+        async def job(activity: Activity) -> RolloutRow:
+            if prior is not None and prior.running and prior._task is not None:
+                activity.report(None, "waiting for the current step to end")
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(prior._task)
+            if first is not None:
+                await first()
+            self._runs[rollout_id] = activity
+            await self.refresh_rollouts()
+            row = await self.rollout_engine().run(rollout_id)
+            await self.refresh_rollouts()
+            return row
+
+        return self.activities.start(title or f"Rollout {rollout_id}", job, devices=ids, summarize=_rollout_summary)
+
+    def rollout_action(self, action: str, rollout_id: int, options: Mapping[str, Any] | None = None) -> Activity:
+        """An operator's button: pause, resume, approve, abort or rollback (options: device_id or wave), always
+        through the engine, so each is journaled and written to the audit log. Resume and approve drive the
+        rollout on; abort and rollback of a rollout this window drives pause it first and wait for its step."""
+        engine = self.rollout_engine()
+        opts = dict(options or {})
+        if action == "resume":
+            return self.drive_rollout(rollout_id, lambda: engine.resume(rollout_id), f"Resume rollout {rollout_id}")
+        if action == "approve":
+            return self.drive_rollout(rollout_id, lambda: engine.approve(rollout_id),
+                                      f"Approve rollout {rollout_id}")
+        if action not in ("pause", "abort", "rollback"):
+            raise ValueError(f"{action!r} is not a rollout action")
+
+        async def job(activity: Activity) -> RolloutRow:
+            if action == "pause":
+                row = await engine.pause(rollout_id, "paused by the operator")
+            else:
+                await self._stop_driving(rollout_id, f"{action} by the operator")
+                row = await (engine.abort(rollout_id) if action == "abort" else
+                             engine.rollback(rollout_id, device_id=opts.get("device_id"), wave=opts.get("wave")))
+            await self.refresh_rollouts()
+            return row
+
+        what = {"device_id": f"device {opts.get('device_id')} of ",
+                "wave": f"wave {int(opts.get('wave') or 0) + 1} of "}
+        scope = next((text for key, text in what.items() if key in opts), "")
+        return self.activities.start(f"{action.capitalize()} {scope}rollout {rollout_id}", job,
+                                     summarize=_rollout_summary)
+
+    async def _stop_driving(self, rollout_id: int, reason: str, wait: float | None = None) -> None:
+        """Pause a rollout this window drives and wait for its run to stop at the next step boundary."""
+        run = self._runs.get(rollout_id)
+        if run is None or not run.running or run._task is None:
+            return
+        with contextlib.suppress(FleetDeskError):
+            await self.rollout_engine().pause(rollout_id, reason)
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(run._task), wait)
+
+    def recover_rollouts(self) -> Activity:
+        """After a crash: ask each switched device of every rollout left running where it is (engine.recover),
+        then drive each on."""
+        async def job(activity: Activity) -> list[int]:
+            activity.report(None, "asking the devices of rollouts left running where they are")
+            found = await self.rollout_engine().recover()
+            for rid in found:
+                self.drive_rollout(rid, title=f"Continue rollout {rid}")
+            return found
+
+        return self.activities.start("Recover rollouts", job,
+                                     summarize=lambda ids: f"{len(ids)} rollout(s) recovered and continued")
+
     # -- live telemetry and alerts ---------------------------------------------------------------------
 
     def _sample_stored(self, arrival: Arrival) -> None:
@@ -790,12 +992,25 @@ class FleetBridge(QObject):
             await self._hub.close()  # the streams first: they use the SSH pool closed below
         if self._history is not None:
             await self._history.close()
+        # Rollouts this window drives pause at their next step boundary (the engine never leaves a device
+        # half-switched there); only then is the rest cancelled.
+        for rid in [r for r, a in self._runs.items() if a.running]:
+            await self._stop_driving(rid, "the window was closed", CLOSE_PAUSE_WAIT_S)
+        if self._refreshing is not None and not self._refreshing.done():
+            self._refreshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._refreshing
         await self.activities.cancel_all()
         if self._alert_writes:
             await asyncio.gather(*self._alert_writes, return_exceptions=True)
         await self.fleet.close()
         self._db_thread.shutdown(wait=True)
         log.debug("bridge closed in %.2f s", time.monotonic() - started)
+
+
+def _rollout_summary(row: object) -> str:
+    assert isinstance(row, RolloutRow)
+    return f"rollout {row.id} {row.status}" + (f": {row.paused_reason}" if row.paused_reason else "")
 
 
 def record_alert(events: TelemetryRepo, event: AlertEvent) -> None:

@@ -1,7 +1,9 @@
 """Files dropped on the window: which are models, which devices they go to, and why a drop is refused.
 
 `plan_drop` is the rule (pure, tested directly); `DropOverlay` says it while the drag is over the
-window; `DeployDialog` confirms a push of imported models to exactly the targets.
+window. A model dropped on devices or a group is imported, then the rollout wizard (rollout_wizard.py) opens for
+exactly those targets; its "Push only…" is the plain push. `DeployDialog` confirms such a plain push of imported
+models (kept for callers that want no waves).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ DEPLOYABLE = ("online",)
 
 @dataclass(frozen=True)
 class DropPlan:
-    """What a drop will do: import `models`, then (with `targets`) open the deployment for them."""
+    """What a drop will do: import `models`, then (with `targets`) open the rollout wizard for them."""
 
     models: tuple[str, ...]
     refused: tuple[str, ...]  # one reason per file that is not taken

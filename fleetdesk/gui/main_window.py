@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMenu,
     QMessageBox,
+    QPushButton,
     QSplitter,
     QTableView,
     QTabWidget,
@@ -44,6 +45,8 @@ from PySide6.QtWidgets import (
 from fleetdesk.artifacts.records import ModelRecord
 from fleetdesk.discovery.mdns import NetworkInterface
 from fleetdesk.errors import FleetDeskError
+from fleetdesk.inventory.rollouts import RolloutRow
+from fleetdesk.rollout.plan import RolloutPlan
 from fleetdesk.telemetry.alerts import AlertEvent, Threshold, thresholds_from_json, thresholds_to_json
 
 from .activities import Activity
@@ -58,6 +61,8 @@ from .fleet_model import DEVICE_ID_ROLE, STATUS_TEXT, FleetFilter, FleetTableMod
 from .icons import app_icon, icon
 from .model_import import ImportDialog, ImportRequest
 from .models_view import ModelsView
+from .rollout_view import RolloutsView
+from .rollout_wizard import RolloutWizard
 from .side_panel import GROUP_ROLE, DiscoveryPanel, GroupTree
 from .theme import apply_theme, current_theme
 
@@ -158,6 +163,10 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.models_view, icon("model"), "Models")
         self.dashboard = Dashboard(bridge.telemetry, bridge.alerts, self)
         self.tabs.addTab(self.dashboard, "Telemetry")
+        self.rollouts_view = RolloutsView(self)
+        self.tabs.addTab(self.rollouts_view, "Rollouts")
+        self._wizard: RolloutWizard | None = None
+        self.recovery_box: QMessageBox | None = None
 
         # -- side panels ---------------------------------------------------------------------------------
         self.group_tree = GroupTree(self)
@@ -205,6 +214,24 @@ class MainWindow(QMainWindow):
         self.models_view.export_requested.connect(self.open_export_dialog)
         self.models_view.remove_requested.connect(self.confirm_remove_model)
         self.models_view.export_key_requested.connect(self.open_export_key_dialog)
+        # "Roll out…" beside the Models view's own buttons (after Remove): the selected model's rollout wizard.
+        self.models_rollout_button = QPushButton("Roll out…", self.models_view)
+        self.models_rollout_button.setObjectName("ModelsRollOut")
+        self.models_rollout_button.setToolTip("Roll the selected model out to devices in waves, with health gates")
+        self.models_rollout_button.setStyleSheet("min-width: 0px; padding-left: 10px; padding-right: 10px;")
+        self.models_rollout_button.clicked.connect(
+            lambda: self.open_rollout_wizard(self.models_view.selected_ref()))
+        for row in self.models_view.findChildren(QHBoxLayout):
+            if row.indexOf(self.models_view.remove_button) >= 0:
+                row.insertWidget(row.indexOf(self.models_view.remove_button) + 1, self.models_rollout_button)
+                break
+        bridge.rollouts_changed.connect(self.rollouts_view.set_rollouts)
+        bridge.rollout_detail.connect(self._rollout_detail)
+        bridge.rollout_event.connect(self.rollouts_view.add_event)
+        bridge.rollout_started.connect(self._rollout_started)
+        self.rollouts_view.rollout_chosen.connect(self.bridge.watch_rollout)
+        self.rollouts_view.action_requested.connect(self.rollout_action)
+        self.rollouts_view.wizard_requested.connect(lambda: self.open_rollout_wizard())
         bridge.notice.connect(lambda text: self.statusBar().showMessage(text, 10000))
         bridge.activities.added.connect(self._activity_added)
         bridge.activities.finished.connect(self._activity_finished)
@@ -281,6 +308,11 @@ class MainWindow(QMainWindow):
                                             None, "", "Stop the selected devices' telemetry streams")
         self.thresholds_action = self._action("Alert thresholds…", self.open_thresholds_dialog, None, "",
                                               "Set the bounds that raise telemetry alerts")
+        self.rollout_wizard_action = self._action("Roll out…", lambda: self.open_rollout_wizard(), "Ctrl+Shift+R", "",
+                                            "Roll a model out to devices in waves, with health gates")
+        self.recover_action = self._action("Recover rollouts left running", lambda: self.bridge.recover_rollouts(),
+                                           None, "", "Ask the devices of rollouts a crash left running where they "
+                                           "are, then continue them")
         self.find_action = self._action("Filter devices", lambda: self.search.setFocus(), "Ctrl+F")
         self.quit_action = self._action("Quit", self.close, QKeySequence.StandardKey.Quit)
         self.dark_action = self._action("Dark theme", lambda on: self.set_theme("dark" if on else "light"),
@@ -303,6 +335,9 @@ class MainWindow(QMainWindow):
         device_menu = menus.addMenu("&Device")
         for action in self.device_actions:
             device_menu.addAction(action)
+        rollout_menu = menus.addMenu("&Rollouts")
+        rollout_menu.addAction(self.rollout_wizard_action)
+        rollout_menu.addAction(self.recover_action)
         view_menu = menus.addMenu("&View")
         view_menu.addAction(self.find_action)
         view_menu.addAction(self.dark_action)
@@ -338,6 +373,7 @@ class MainWindow(QMainWindow):
         """Load the inventory, then begin browsing if asked to: the window is on screen meanwhile."""
         await self.bridge.load()
         self.bridge.load_models()
+        self.bridge.load_rollouts(then=self.offer_recovery)
         if self._browse_on_start:
             self.set_browsing(True)
 
@@ -426,7 +462,7 @@ class MainWindow(QMainWindow):
 
     def _tab_changed(self, _index: int) -> None:
         # The device pane says nothing about models: the Models view gets its width.
-        self.detail.setHidden(self.tabs.currentWidget() is self.models_view)
+        self.detail.setHidden(self.tabs.currentWidget() in (self.models_view, self.rollouts_view))
 
     def _context_menu(self, position: QPoint) -> None:
         if not self.fleet_table.indexAt(position).isValid():
@@ -635,7 +671,7 @@ class MainWindow(QMainWindow):
         def imported(record: ModelRecord) -> None:
             # The view already shows and selects it (bridge.model_imported); a drop on devices goes on to deploy.
             if target_list:
-                self.open_deploy_dialog([record], target_list)
+                self.open_rollout_wizard(record.ref, [v.id for v in target_list])
             else:
                 self.tabs.setCurrentWidget(self.models_view)
 
@@ -710,6 +746,7 @@ class MainWindow(QMainWindow):
         self.models_view.refresh_theme()
         self.discovery_panel.refresh_icons()
         self.dashboard.refresh_theme()
+        self.rollouts_view.refresh_theme()
 
     # -- drag and drop ----------------------------------------------------------------------------------------
 
@@ -794,6 +831,68 @@ class MainWindow(QMainWindow):
         dialog.confirmed.connect(confirmed)
         self._keep(dialog)
         return dialog
+
+    # -- rollouts -------------------------------------------------------------------------------------------------
+
+    def open_rollout_wizard(self, model: str = "", device_ids: Sequence[int] = (), group: str = ""
+                            ) -> RolloutWizard | None:
+        """The rollout wizard (non-modal) for `model` (default: the newest) and the chosen targets (default: the
+        selected devices, else the group shown)."""
+        records = self.models_view.records()
+        if not records:
+            self.statusBar().showMessage("No model to roll out yet: import one first (Ctrl+O).", 10000)
+            return None
+        if not device_ids and not group:
+            device_ids = self.selected_ids()
+            if not device_ids and self.fleet_filter.group is not None:
+                group = self.fleet_filter.group
+        devices = [v.device for v in self.fleet_model.views()]
+        wizard = RolloutWizard(records, devices, self.bridge.groups(), self.bridge.artifact_store(), model=model,
+                               device_ids=device_ids, group=group, parent=self)
+        wizard.start_requested.connect(
+            lambda plan, run: self.start_rollout(plan, run, [d.device_id for d in wizard.resolved.devices]
+                                                 if wizard.resolved is not None else []))
+        wizard.push_requested.connect(
+            lambda record, ids: self.bridge.push_artifacts(record, ids, title=f"Deploy {record.ref}"))
+        wizard.finished.connect(lambda _r: setattr(self, "_wizard", None))
+        self._wizard = wizard
+        # Shown on the next pass of the loop: building it and laying it out in one pass would hold the loop.
+        QTimer.singleShot(0, lambda: self._keep(wizard) if not self._closing else wizard.deleteLater())
+        return wizard
+
+    def start_rollout(self, plan: RolloutPlan, run: bool = True, device_ids: Sequence[int] = ()) -> Activity:
+        self.tabs.setCurrentWidget(self.rollouts_view)
+        return self.bridge.start_rollout(plan, device_ids, run=run)
+
+    def rollout_action(self, action: str, rollout_id: int, options: object = None) -> Activity:
+        return self.bridge.rollout_action(action, rollout_id, options if isinstance(options, dict) else None)
+
+    def _rollout_started(self, rollout_id: int) -> None:
+        self.rollouts_view.select(rollout_id)
+
+    def _rollout_detail(self, detail: object) -> None:
+        self.rollouts_view.show_detail(detail)  # type: ignore[arg-type]
+
+    def offer_recovery(self, rows: list[RolloutRow]) -> QMessageBox | None:
+        """Rollouts a crash left running (no process drives them): offer to recover and continue them."""
+        left = [r for r in rows if r.status == "running" and not self.bridge.rollout_running_here(r.id)]
+        if not left:
+            return None
+        names = ", ".join(f"{r.id} ({r.model_ref})" for r in left[:5]) + (" …" if len(left) > 5 else "")
+        box = QMessageBox(QMessageBox.Icon.Question, "Rollouts left running",
+                          f"{'Rollout' if len(left) == 1 else 'Rollouts'} {names} {'was' if len(left) == 1 else 'were'}"
+                          " still running when FleetDesk stopped.", QMessageBox.StandardButton.NoButton, self)
+        box.setObjectName("RecoverRollouts")
+        box.setTextFormat(Qt.TextFormat.PlainText)
+        box.setInformativeText("Recover asks each device that may have switched which model it really runs, "
+                               "writes that to the journal and continues without re-sending what a device already "
+                               "has. Later leaves them as they are (Rollouts ▸ Recover rollouts left running).")
+        recover = box.addButton("Recover and continue", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton("Later", QMessageBox.ButtonRole.RejectRole)
+        box.buttonClicked.connect(lambda button: self.bridge.recover_rollouts() if button is recover else None)
+        self.recovery_box = box
+        self._keep(box)
+        return box
 
     # -- activities in the status bar ----------------------------------------------------------------------
 

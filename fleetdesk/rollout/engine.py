@@ -145,6 +145,10 @@ class RolloutEngine:
     unreachable_poll_s = 3.0  # how often an unreachable device is asked again
     soak_interval_s = 5.0  # between gate measurements during the soak
     backoff_s = 1.0  # the first transfer retry waits this long, then twice as long each time (capped at 30 s)
+    # A transfer whose bytes stop moving this long is cut short (its connection dropped) and retried: a cut link
+    # is otherwise noticed only by SSH keepalives (90 s, fleetdesk/transport/asyncssh_transport.py) or the
+    # step timeout. The resumed push re-sends at most the block that was in flight.
+    stall_timeout_s = 30.0
 
     def __init__(self, fleet: Fleet, store: ArtifactStore, *, repo: RolloutRepo | None = None,
                  ops: DeviceOps | None = None, on_event: Callable[[RolloutEvent], None] | None = None,
@@ -194,11 +198,29 @@ class RolloutEngine:
             hint = "approve it: `fleetdesk rollout approve ID`" if row.status == WAITING else \
                 "a finished rollout cannot run again; plan a new one"
             raise ConfigError(f"rollout {rollout_id} is {row.status}, not paused", fix=hint)
+        retried: list[int] = []
         if row.status == PAUSED:
             row = self.repo.set_status(rollout_id, RUNNING, expect=PAUSED)
-        self.repo.audit(self.actor, "resume", "ok", rollout_id=rollout_id)
+            retried = self._retry_failed_before_switch(rollout_id)
+        self.repo.audit(self.actor, "resume", "ok", rollout_id=rollout_id, device_ids=tuple(retried),
+                        detail={"retried": retried} if retried else None)
         self._emit(rollout_id, "status", None, row.status, f"rollout {rollout_id} resumed")
         return row
+
+    def _retry_failed_before_switch(self, rid: int) -> list[int]:
+        """Devices that failed before they switched (staging: disk full, a transfer that kept failing, a copy
+        that did not verify) go back to pending: the operator resumed because the cause is fixed, and nothing on
+        them was switched. Devices that failed at or after activation (the model would not load) stay failed."""
+        retried = []
+        for row in self.repo.devices(rid):
+            if row.state != st.FAILED:
+                continue
+            journal = self.repo.journal(rid, device_id=row.device_id)
+            if any(e.event == st.ACTIVATE for e in journal):
+                continue
+            self._record(rid, row.device_id, st.RETRY, error="", detail={"by": self.actor, "failed": row.error})
+            retried.append(row.device_id)
+        return retried
 
     async def approve(self, rollout_id: int) -> RolloutRow:
         """The operator lets the next wave start (call `run` to drive it)."""
@@ -395,7 +417,10 @@ class RolloutEngine:
                          planned: dict[int, Any]) -> None:
         plan = resolved.plan
         policy = resolved.policy_for(wave)
-        gate = asyncio.Semaphore(max(1, plan.transfer.max_parallel))
+        gate = asyncio.Semaphore(max(1, plan.transfer.max_parallel))  # transfers at once
+        # Activations move no artifact bytes (a few agent calls each): the transfer limit does not bound them, or a
+        # wave of 10 with 4 transfers would activate in 3 rounds (benchmarks/rollout.py measured ~3 s a round).
+        switching = asyncio.Semaphore(max(1, len(ids)))
         stop = asyncio.Event()  # set when a device's end state makes the wave pause: no device starts a new step
 
         def check_wave() -> None:
@@ -413,7 +438,7 @@ class RolloutEngine:
                 check_wave()
 
         async def activate_one(device_id: int) -> None:
-            async with gate:
+            async with switching:
                 state = self.repo.device(rid, device_id).state
                 if state == st.STAGED and (stop.is_set() or not self._running(rid)):
                     return
@@ -470,25 +495,48 @@ class RolloutEngine:
             attempts += 1
             self.repo.update(rid, device_id, attempts=attempts)
             meter = _Meter(self, rid, device_id, device.name)
+            work = asyncio.ensure_future(self.ops.stage(
+                device, row.artifact, bandwidth_bytes_s=plan.transfer.bandwidth_bytes_s, progress=meter))
+            watch = asyncio.ensure_future(self._watch_stall(device, meter, work))
             try:
-                result = await asyncio.wait_for(
-                    self.ops.stage(device, row.artifact, bandwidth_bytes_s=plan.transfer.bandwidth_bytes_s,
-                                   progress=meter), plan.step_timeout_s)
+                result = await asyncio.wait_for(work, plan.step_timeout_s)
             except Exception as exc:  # every failure is journaled as one of two events
+                if meter.stalled:
+                    exc = UnreachableError(f"the transfer to {device.name} stalled: no byte moved for "
+                                           f"{self.stall_timeout_s:g} s", device=device.name, step="stage",
+                                           fix="check the device's network link; the transfer resumes where it "
+                                               "stopped", cause=exc)
+                # bytes_done: how far the device had acknowledged this attempt (what a resume need not re-send).
+                figures = {"bytes_done": meter.done, "bytes_total": meter.total, "stalled": meter.stalled}
                 if _retryable(exc) and attempt < plan.transfer.retries and self._running(rid):
                     self._emit(rid, "note", device_id, st.STAGING,
                                f"{device.name}: transfer attempt {attempt + 1} failed ({_message(exc)}); "
-                               f"retrying in {delay:g} s")
+                               f"retrying in {delay:g} s", bytes_done=meter.done, bytes_total=meter.total)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
                     continue
+                self._emit(rid, "note", device_id, st.STAGING, f"{device.name}: transfer attempt {attempt + 1} "
+                           f"failed ({_message(exc)})", bytes_done=meter.done, bytes_total=meter.total)
                 self._record(rid, device_id, st.LOST if _lost(exc) else st.STEP_FAILED, error=_message(exc),
-                             detail={"step": "stage", "attempts": attempts})
+                             detail={"step": "stage", "attempts": attempts, **figures})
                 return
+            finally:
+                watch.cancel()
             self._record(rid, device_id, st.STAGED_OK, bytes_sent=sent_before + result.bytes_sent,
                          detail={"bytes_sent": result.bytes_sent, "seconds": round(result.seconds, 3),
                                  "already_there": result.already_there})
             return
+
+    async def _watch_stall(self, device: Device, meter: _Meter, work: asyncio.Future[Any]) -> None:
+        """Drop the device's connection when the transfer's bytes stop moving (see stall_timeout_s); the push
+        then fails as lost and the retry resumes it. Only once bytes flow and until the last: the space check before
+        and the device's verification after are bounded by their own timeouts."""
+        while not work.done():
+            await asyncio.sleep(min(1.0, self.stall_timeout_s / 4))
+            if meter.done < meter.total and time.monotonic() - meter.changed > self.stall_timeout_s:
+                meter.stalled = True
+                self.fleet.pool.abort(self.fleet.target(device))
+                return
 
     async def _activate(self, rid: int, resolved: ResolvedPlan, wave: int, device_id: int) -> None:
         """From staged (or a reconciled later state) to an end state: activate, verify, confirm or roll back."""
@@ -508,7 +556,9 @@ class RolloutEngine:
                     # The activation itself will meet (and journal) whatever is wrong with the agent.
                     previous = None
                 try:
-                    baseline = await self._step(plan, self.ops.baseline(device, previous))
+                    # Benching the old model only feeds the p95-ratio gate (2-3 s per device): not when it is off.
+                    baseline = (await self._step(plan, self.ops.baseline(device, previous))
+                                if plan.gates.p95_ratio_max is not None else None)
                 except Exception as exc:
                     if _lost(exc):
                         raise
@@ -779,9 +829,15 @@ class _Meter:
         self.engine, self.rid, self.device_id, self.name = engine, rid, device_id, name
         self.started = time.monotonic()
         self.last = 0.0
+        self.done, self.total = 0, 0  # bytes the device acknowledged (every report, not only those emitted)
+        self.changed = self.started  # when `done` last moved (the stall watchdog reads it)
+        self.stalled = False
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
+        if done != self.done or total != self.total:
+            self.changed = now
+        self.done, self.total = done, total
         if done < total and now - self.last < 0.5:
             return
         self.last = now

@@ -8,6 +8,8 @@ step was under way, and the engine asks the device (through its agent) how far i
     verifying --passed--> confirming --confirmed--> done
 
 Ends: done, failed, unreachable (not failed: the device may come back), rolled-back, skipped.
+A device that failed before it switched (staging: disk full, a transfer that kept failing) goes back to pending
+by `retry` when the operator resumes the rollout: nothing on it was switched, so trying again is safe.
 `unreachable` is left by `reachable`, to the state the engine finds on the device when it is back.
 Rolling back a device that was activated goes through rolling-back; one that never activated has
 nothing to undo and goes straight to rolled-back.
@@ -54,6 +56,7 @@ ROLLBACK = "rollback"  # the operator (or a failed gate) asks for the previous m
 ROLLED_BACK_OK = "rolled-back"  # the agent runs the previous model again
 ABORT = "abort"  # the operator aborts the rollout
 REVERTED = "reverted"  # the agent says it went back by itself (no confirmation in time)
+RETRY = "retry"  # the operator resumes a rollout paused by a device that failed before it switched (disk full...)
 
 # (state, event) -> next state. Anything not listed is refused by `transition`.
 TABLE: Mapping[tuple[str, str], str] = {
@@ -88,6 +91,7 @@ TABLE: Mapping[tuple[str, str], str] = {
     (ROLLING_BACK, LOST): UNREACHABLE,
     (ROLLING_BACK, STEP_FAILED): FAILED,
     (FAILED, ROLLBACK): ROLLED_BACK,  # a failed device runs its old model already
+    (FAILED, RETRY): PENDING,  # `resume` after the operator fixed the cause: staging starts again (and resumes)
     (UNREACHABLE, ABORT): SKIPPED,
     (UNREACHABLE, ROLLBACK): ROLLING_BACK,
 }

@@ -24,9 +24,9 @@ from PySide6.QtCore import Qt
 
 from fleetdesk.gui.bridge import Login
 from fleetdesk.gui.dialogs import AddDeviceDialog, CredentialsDialog, SweepDialog, TrustDialog
-from fleetdesk.gui.dropping import DeployDialog
 from fleetdesk.gui.model_import import ImportDialog
 from fleetdesk.gui.overview import FIRST_METRIC_COLUMN, value_text
+from fleetdesk.gui.rollout_wizard import RolloutWizard
 from fleetdesk.lab.rootfs import LAB_PASSWORD, LAB_USER
 from fleetdesk.transport import credentials
 from tests.fixtures.models.build import save_mlp_external
@@ -173,7 +173,7 @@ def test_streaming_a_trusted_lab_device_fills_its_overview_row_from_the_device(
     # The agent where the device has one installed (an earlier lab module may have provisioned it), else the
     # agentless reader: the Stream column says which one runs.
     has_agent = fleet.ssh(device, "test -x /opt/fleetdesk/bin/fleetdesk-agent && echo yes || echo no").stdout.strip()
-    assert model.index(row, 1).data() == ("streaming (agent)" if has_agent == "yes" else "streaming (agentless)")
+    assert model.index(row, 1).data() == ("streaming" if has_agent == "yes" else "streaming (agentless)")
     assert model.index(row, FIRST_METRIC_COLUMN).data() == value_text("cpu_pct", latest.cpu_pct)
     session.screenshot(window.dashboard, "dashboard-lab-device")
     session.call(lambda: window.unstream_action.trigger())
@@ -233,7 +233,7 @@ def test_a_changed_host_key_shows_the_warning_with_both_fingerprints(
 
 
 def drop_import_and_deploy(session: GuiSession, qtbot: Any, model: Path, view: Any) -> tuple[Any, Any]:
-    """Drop `model` on the device's row, import it through the dialog, push through the deployment dialog;
+    """Drop `model` on the device's row, import it through the dialog, push through the wizard's Push only;
     returns the push activity and the artifact the device's profile got."""
     window = session.window
     window.select_devices([view.id])
@@ -245,13 +245,16 @@ def drop_import_and_deploy(session: GuiSession, qtbot: Any, model: Path, view: A
     assert importing.chosen_profiles() == (view.device.profile,)  # the target's profile, checked by default
     importing.time_box.setChecked(False)
     session.call(lambda: qtbot.mouseClick(importing.import_button, Qt.MouseButton.LeftButton))
-    session.wait(lambda: last_dialog(session, DeployDialog) is not None, "the deployment dialog", timeout=240)
-    dialog = last_dialog(session, DeployDialog)
+    # A drop on devices opens the rollout wizard for them; "Push only…" is the plain push (no waves, no gates).
+    session.wait(lambda: last_dialog(session, RolloutWizard) is not None, "the rollout wizard", timeout=240)
+    dialog = last_dialog(session, RolloutWizard)
     record = window.models_view.selected()
-    assert record is not None
-    row = dialog.plan.topLevelItem(0)
-    assert (row.text(0), row.text(1), row.text(2)) == (view.device.name, view.device.profile, record.ref)
-    session.screenshot(dialog, "deploy-dialog")
+    assert record is not None and dialog.record() == record
+    assert [d.id for d in dialog.target_devices()] == [view.id]
+    row = dialog.variants.topLevelItem(0)
+    assert (row.text(0), row.text(1)) == (view.device.profile, "1")
+    assert dialog.push_button.isEnabled(), dialog.problem.text()
+    session.screenshot(dialog, "rollout-wizard")
     session.call(lambda: qtbot.mouseClick(dialog.push_button, Qt.MouseButton.LeftButton))
     push = session.bridge.activities.all()[-1]
     assert push.title == f"Deploy {record.ref}"

@@ -12,7 +12,7 @@ from fleetdesk.rollout import states as s
 from fleetdesk.rollout.states import TABLE, TransitionError, allowed_events, transition
 
 EVENTS = {s.STAGE, s.STAGED_OK, s.ACTIVATE, s.ACTIVATED, s.PASSED, s.CONFIRMED, s.GATES_FAILED, s.STEP_FAILED, s.LOST,
-          s.REACHABLE, s.ROLLBACK, s.ROLLED_BACK_OK, s.ABORT, s.REVERTED}
+          s.REACHABLE, s.ROLLBACK, s.ROLLED_BACK_OK, s.ABORT, s.REVERTED, s.RETRY}
 
 
 def successors(state: str) -> set[str]:
@@ -59,11 +59,12 @@ def test_every_state_can_end_in_a_terminal_state() -> None:
         assert reachable_from(state) & s.TERMINAL, f"{state} can never finish"
 
 
-def test_terminal_states_leave_only_by_an_operators_rollback() -> None:
+def test_terminal_states_leave_only_by_an_operators_rollback_or_a_retry_of_a_failure() -> None:
     exits = {state: {event: to for (frm, event), to in TABLE.items() if frm == state} for state in s.TERMINAL}
     assert exits == {
         s.DONE: {s.ROLLBACK: s.ROLLING_BACK},  # a confirmed device runs the new model: going back needs the agent
-        s.FAILED: {s.ROLLBACK: s.ROLLED_BACK},  # a failed device already runs its old model
+        # A failed device already runs its old model; `resume` retries one that failed before it switched.
+        s.FAILED: {s.ROLLBACK: s.ROLLED_BACK, s.RETRY: s.PENDING},
         s.ROLLED_BACK: {},
         s.SKIPPED: {},
     }

@@ -1,0 +1,336 @@
+"""The rollout wizard and the live Rollouts view, in the real window over a real SQLite inventory and a real
+signed artifact store (test keyring). No device is contacted: the devices are inventory rows only, and every
+rollout here is planned, paused, aborted or blocked before its first step, or written with RolloutRepo directly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtGui import QColor
+
+from fleetdesk.artifacts.signing import KEYRING_ACCOUNT
+from fleetdesk.artifacts.store import ArtifactStore, write_golden
+from fleetdesk.config import Settings
+from fleetdesk.gui.rollout_wizard import RolloutWizard
+from fleetdesk.inventory import open_inventory
+from fleetdesk.inventory.records import ProbeFacts
+from fleetdesk.inventory.rollouts import RolloutRepo
+from fleetdesk.models import inspect_model
+from fleetdesk.models.report import (
+    BASELINE,
+    BASELINE_STATUS,
+    CHOSEN,
+    Accuracy,
+    OptimizationReport,
+    ProfileResult,
+    Tolerance,
+    Variant,
+)
+from fleetdesk.rollout import states as st
+from fleetdesk.rollout.engine import RolloutEvent
+from fleetdesk.rollout.plan import RolloutPlan, WavePolicy, plan_text, resolve
+from fleetdesk.transport import credentials
+from tests.fixtures.models.build import save_cnn
+from tests.gui_harness import GuiSession, gui_session
+from tests.keyring_daemon import KeyringDaemon, keyring_daemon
+
+__all__ = ["keyring_daemon"]
+
+SHOTS = Path(os.environ.get("FLEETDESK_SHOTS7", "/tmp/shots7"))
+IPC = [f"line1-ipc-{i:02d}" for i in range(1, 9)]
+PIS = ["line1-pi-01", "line1-pi-02"]
+
+
+def shot(widget: object, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    assert widget.grab().save(str(SHOTS / f"{name}.png"))  # type: ignore[attr-defined]
+
+
+def add_model(store: ArtifactStore, work: Path, name: str = "line-camera", seed: int = 3) -> str:
+    """A small CNN signed into the store: a "graph" variant chosen for ipc-x86 (with figures), FP32 elsewhere."""
+    folder = work / f"{name}-src"
+    folder.mkdir(parents=True)
+    path = save_cnn(folder / "model.onnx", seed=seed)
+    card = inspect_model(path, name=name)
+    rng = np.random.default_rng(seed)
+    feeds = [{"image": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    golden = write_golden(path, feeds, work / f"{name}-golden.npz")
+    graph = work / f"{name}-graph"
+    graph.mkdir()
+    shutil.copy(path, graph / "model.onnx")
+    size = path.stat().st_size
+    base = Variant(BASELINE, BASELINE_STATUS, "the model as imported", size_bytes=size, local_latency_ms=2.0)
+    chosen = Variant("graph", CHOSEN, "fastest variant within the tolerance", ("model.onnx",), str(graph),
+                     size * 9 // 10, accuracy=Accuracy(1e-6, 0.9999, 1.0, 4, False), local_latency_ms=1.5)
+    report = OptimizationReport(card.sha256, len(feeds), False, "test feeds", Tolerance(),
+                                (ProfileResult("ipc-x86", ("graph",), (base, chosen), "graph"),))
+    return store.add_model(card, report, name=name, version="1", source_folder=folder, golden=golden).ref
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keyring_daemon: KeyringDaemon) -> Iterator[Path]:
+    """Ten probed devices (eight ipc-x86, two rpi4; documentation addresses, never contacted), the group
+    "line 1" of the Pis and two ipc, and a signed model in the store under FLEETDESK_DATA_DIR."""
+    monkeypatch.setenv("FLEETDESK_DATA_DIR", str(tmp_path / "data"))
+    credentials.delete_secret(KEYRING_ACCOUNT)
+    inventory = open_inventory(f"sqlite:///{tmp_path / 'fleet.db'}")
+    ids = {}
+    for i, name in enumerate(IPC + PIS, start=1):
+        device = inventory.add_device(f"192.0.2.{i}", name=name)
+        arch, profile = ("aarch64", "rpi4") if name in PIS else ("x86_64", "ipc-x86")
+        ids[name] = inventory.save_probe(device.id, ProbeFacts(hostname=name, machine_id=f"m-{i:02d}", arch=arch),
+                                         profile=profile).id
+    inventory.add_to_group("line 1", [ids[n] for n in (*PIS, IPC[0], IPC[1])])
+    inventory.close()
+    store = ArtifactStore.default(Settings.load())
+    add_model(store, tmp_path / "work")
+    try:
+        yield tmp_path
+    finally:
+        gc.unfreeze()
+        credentials.delete_secret(KEYRING_ACCOUNT)
+
+
+@pytest.fixture
+def session(world: Path, screens: Path) -> Iterator[GuiSession]:
+    with gui_session(f"sqlite:///{world / 'fleet.db'}", screens) as gui:
+        gui.wait(lambda: gui.window.models_view.records(), "the store's model in the Models view")
+        yield gui
+
+
+def all_ids(session: GuiSession) -> list[int]:
+    return sorted(d.id for d in session.window.bridge.fleet.inventory.devices())
+
+
+def open_wizard(session: GuiSession, ids: list[int]) -> RolloutWizard:
+    wizard = session.call(lambda: session.window.open_rollout_wizard("line-camera@1", ids))
+    assert isinstance(wizard, RolloutWizard)
+    session.wait(wizard.isVisible, "the wizard on screen")
+    return wizard
+
+
+def test_the_wizard_defaults_live_wave_sizes_variants_and_plan_preview(session: GuiSession) -> None:
+    window = session.window
+    wizard = open_wizard(session, all_ids(session))
+    assert not wizard.isModal() or wizard.windowModality().name == "WindowModal"  # open(), never exec()
+    assert wizard.waves_edit.text() == "1, 10%, 50%, 100%"
+    assert (wizard.success_edit.text(), wizard.errors_edit.text()) == ("100%", "0")
+    assert wizard.soak_spin.value() == 0 and wizard.confirm_spin.value() == 300
+    assert wizard.prestage_box.isChecked() and wizard.unreachable_combo.currentData() == "wait"
+    # Ansible serial over 10 devices: 1, 10% -> 1, 50% -> 5, then 100% takes the 3 left.
+    assert wizard.wave_sizes.text() == "10 devices → 4 waves of 1, 1, 5, 3 (a canary first)"
+    assert wizard.start_button.isEnabled() and wizard.error is None
+    variants = {wizard.variants.topLevelItem(i).text(0): [wizard.variants.topLevelItem(i).text(c) for c in range(6)]
+                for i in range(wizard.variants.topLevelItemCount())}
+    assert variants["ipc-x86"][1:] == ["8", "graph", variants["ipc-x86"][3], "cosine 0.9999, top-1 100 %",
+                                       "1.50 ms (laptop, ×0.75 FP32)"]
+    assert variants["ipc-x86"][3].startswith("90 % (")
+    assert variants["rpi4"][1:3] == ["2", "FP32 as imported"]
+    # The preview is exactly what `fleetdesk rollout plan` prints for this plan on the real inventory.
+    store = window.bridge.artifact_store()
+    expected = plan_text(resolve(wizard.plan(), window.bridge.fleet.inventory, store))
+    assert wizard.preview.toPlainText() == expected
+    assert "the next wave starts when at least 1 of 1 is done (success 100%, reached: >=)" in expected
+    # Live: the sizes and the plan follow every edit.
+    wizard.waves_edit.setText("2, 50%")
+    assert wizard.wave_sizes.text() == "10 devices → 3 waves of 2, 5, 3"
+    assert "in 3 waves" in wizard.preview.toPlainText()
+    wizard.errors_edit.setText("20%")
+    assert "failure number 2 pauses the rollout (errors 20%: more than 1 of 5)" in wizard.preview.toPlainText()
+    wizard.waves_edit.setText("1, 10%, 50%, 100%")
+    wizard.errors_edit.setText("0")
+    shot(wizard, "rollout-wizard")
+    size = wizard.size()
+    wizard.resize(size.width(), 1700)  # every section at once, for the record
+    shot(wizard, "rollout-wizard-tall")
+    wizard.resize(size)
+    wizard.reject()
+
+
+def test_the_wizard_names_the_field_and_the_fix_and_holds_start(session: GuiSession) -> None:
+    wizard = open_wizard(session, all_ids(session))
+    wizard.waves_edit.setText("1, 0%")
+    assert not wizard.start_button.isEnabled() and not wizard.plan_button.isEnabled()
+    assert wizard.error is not None and wizard.error.field == "waves[1]"
+    assert wizard.errors["waves"].isVisibleTo(wizard)
+    assert wizard.errors["waves"].text().startswith("'0%' is not a share from 1% to 100% — fix: write waves as")
+    assert "border" in wizard.waves_edit.styleSheet()
+    assert wizard.preview.toPlainText() == ""
+    assert wizard.problem.text().startswith("Not ready: waves[1]: ")
+    wizard.waves_edit.setText("1, 50%")
+    assert wizard.start_button.isEnabled() and wizard.waves_edit.styleSheet() == ""
+    assert not wizard.errors["waves"].isVisibleTo(wizard)
+
+    wizard.errors_edit.setText("a few")
+    assert not wizard.start_button.isEnabled() and wizard.error.field == "policy.errors"
+    assert "'a few' is not a threshold" in wizard.errors["thresholds"].text()
+    assert "a count of devices such as 2" in wizard.errors["thresholds"].text()
+    wizard.errors_edit.setText("1")
+
+    wizard.soak_spin.setValue(400)  # longer than the 300 s the device waits for its confirmation
+    assert not wizard.start_button.isEnabled() and wizard.error.field == "confirm_within_s"
+    assert "every device would go back to its old model" in wizard.errors["soak"].text()
+    wizard.confirm_spin.setValue(900)
+    assert wizard.start_button.isEnabled()
+
+    for i in range(wizard.device_list.count()):
+        wizard.device_list.item(i).setCheckState(wizard.device_list.item(i).checkState().Unchecked)
+    assert not wizard.start_button.isEnabled()
+    assert wizard.errors["targets"].text().startswith("the plan targets no device — fix:")
+    assert wizard.wave_sizes.text() == "No device chosen yet: the waves are sized when targets are chosen."
+    wizard.group_list.item(0).setCheckState(wizard.group_list.item(0).checkState().Checked)  # "line 1"
+    assert wizard.start_button.isEnabled()
+    assert wizard.wave_sizes.text() == "4 devices → 3 waves of 1, 2, 1 (a canary first)"
+    assert wizard.resolved is not None and wizard.resolved.plan.groups == ("line 1",)
+    wizard.reject()
+
+
+def test_a_planned_rollout_from_the_wizard_is_paused_and_aborted_through_the_engine(session: GuiSession) -> None:
+    window = session.window
+    # Four devices: the engine writes each device's journal entry synchronously on the loop (one SQLite commit
+    # each), so an abort of many devices at once would hold the loop past the harness's 100 ms bar.
+    ids = all_ids(session)[:4]
+    wizard = open_wizard(session, ids)
+    wizard.approve_box.setChecked(True)
+    session.call(lambda: wizard.plan_button.click())  # Save as planned: engine.start, no device touched
+    view = window.rollouts_view
+    session.wait(lambda: view.detail is not None and view.detail.row.status == "planned", "the planned rollout")
+    assert window.tabs.currentWidget() is view
+    rid = view.detail.row.id
+    assert view.list.topLevelItemCount() == 1 and view.list.topLevelItem(0).text(2) == "planned"
+    heads = [view.waves.topLevelItem(i) for i in range(view.waves.topLevelItemCount())]
+    assert [h.text(0) for h in heads] == ["Wave 1 (canary)", "Wave 2", "Wave 3"]
+    assert [h.childCount() for h in heads] == [1, 1, 2]  # 1, 10% (at least 1), 50% of 4
+    assert heads[0].child(0).text(0) == "line1-ipc-01" and heads[0].child(0).text(2) == "● pending"
+    enabled = {a for a, b in view.buttons.items() if b.isEnabled()}
+    assert enabled == {"pause", "resume", "abort"} and view.buttons["resume"].text() == "Start"
+
+    repo = RolloutRepo(window.bridge.fleet.inventory)
+    session.call(lambda: view.buttons["pause"].click())
+    session.wait(lambda: view.detail.row.status == "paused", "paused")
+    assert repo.get(rid).paused_reason == "paused by the operator"
+    assert {a for a, b in view.buttons.items() if b.isEnabled()} == {"resume", "abort", "rollback"}
+    session.call(lambda: view.buttons["abort"].click())
+    session.wait(lambda: view.detail.row.status == "aborted", "aborted")
+    session.wait(lambda: all(d.state == st.SKIPPED for d in view.detail.devices), "every device skipped")
+    assert {a for a, b in view.buttons.items() if b.isEnabled()} == {"rollback"}
+    audit = [(a.action, a.outcome) for a in reversed(repo.audit_log(rollout_id=rid))]
+    assert audit == [("start", "planned"), ("pause", "ok"), ("abort", "ok")]
+    statuses = [(e.from_state, e.to_state) for e in repo.journal(rid) if e.device_id is None]
+    assert statuses == [("", "planned"), ("planned", "paused"), ("paused", "aborted")]
+
+
+def test_start_journals_the_rollout_then_drives_it_as_an_activity(session: GuiSession, world: Path) -> None:
+    """Start = engine.start + engine.run in one activity. The run is refused here because the test holds the
+    rollout's lock (as another FleetDesk process would), so no device is contacted."""
+    window = session.window
+    locks = world / "data" / "rollout-locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    fd = os.open(locks / "1.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        wizard = open_wizard(session, all_ids(session)[:3])
+        session.call(lambda: wizard.start_button.click())
+        session.wait(lambda: any(a.title.startswith("Rollout 1: ") and not a.running
+                                 for a in window.bridge.activities.all()), "the rollout's activity to end")
+        activity = next(a for a in window.bridge.activities.all() if a.title.startswith("Rollout 1: "))
+        assert activity.state == "failed" and "being driven by another FleetDesk process" in activity.summary
+        assert set(activity.devices) == set(all_ids(session)[:3])
+        assert RolloutRepo(window.bridge.fleet.inventory).get(1).status == "planned"
+    finally:
+        os.close(fd)
+
+
+def make_running_rollout(world: Path) -> int:
+    """A rollout written as the engine writes one, mid-way: the canary done with its gates, one device copying,
+    one failed on a gate, the rest pending; status running (as a crash leaves it)."""
+    inventory = open_inventory(f"sqlite:///{world / 'fleet.db'}")
+    store = ArtifactStore.default(Settings.load())
+    try:
+        names = {d.name: d.id for d in inventory.devices()}
+        plan = RolloutPlan("line-camera@1", devices=tuple(names[n] for n in IPC[:4] + PIS[:1]), waves=(1, 2, "100%"),
+                           policy=WavePolicy(errors="1"))
+        resolved = resolve(plan, inventory, store)
+        repo = RolloutRepo(inventory)
+        rid = repo.create(resolved, "operator").id
+        repo.set_status(rid, "running")
+        canary, second, third = resolved.waves[0][0], resolved.waves[1][0], resolved.waves[1][1]
+        ok = {"passed": True, "reason": "", "samples": 3, "values": {
+            "serving": {"value": True, "bound": True, "ok": True},
+            "p95_ms": {"value": 12.5, "bound": 50.0, "ok": True},
+            "p95_ratio": {"value": 0.8, "bound": 1.5, "ok": True},
+            "error_rate": {"value": 0.0, "bound": 0.01, "ok": True},
+            "golden_cosine": {"value": 0.9999, "bound": 0.99, "ok": True},
+            "temperature_c": {"value": 61.0, "bound": 85.0, "ok": True},
+            "memory_free_pct": {"value": 42.0, "bound": 10.0, "ok": True}}}
+        hot = {**ok, "passed": False, "reason": "temperature 91 °C is above 85 °C",
+               "values": {**ok["values"], "temperature_c": {"value": 91.0, "bound": 85.0, "ok": False}}}
+        for event in (st.STAGE, st.STAGED_OK, st.ACTIVATE, st.ACTIVATED, st.PASSED):
+            repo.record(rid, canary, event)
+        repo.record(rid, canary, st.CONFIRMED, gates=ok, bytes_sent=resolved.device(canary).size_bytes)
+        repo.record(rid, second, st.STAGE)
+        for event in (st.STAGE, st.STAGED_OK, st.ACTIVATE, st.ACTIVATED):
+            repo.record(rid, third, event)
+        repo.record(rid, third, st.GATES_FAILED, gates=hot, error=hot["reason"], detail={"step": "verify"})
+        return rid
+    finally:
+        inventory.close()
+
+
+def test_the_live_view_shows_waves_states_progress_and_gates(world: Path, screens: Path) -> None:
+    rid = make_running_rollout(world)
+    with gui_session(f"sqlite:///{world / 'fleet.db'}", screens) as session:
+        window = session.window
+        # Left running with no process driving it: recovery is offered at start (declined here: no lab).
+        session.wait(lambda: window.recovery_box is not None, "the recovery offer")
+        assert f"Rollout {rid} (line-camera@1) was still running" in window.recovery_box.text()
+        window.recovery_box.reject()
+        view = window.rollouts_view
+        session.call(lambda: window.tabs.setCurrentWidget(view))
+        session.wait(lambda: view.detail is not None and view.detail.row.id == rid, "the rollout's detail")
+        names = {v: k for k, v in view.detail.names.items()}
+        heads = [view.waves.topLevelItem(i) for i in range(view.waves.topLevelItemCount())]
+        assert [h.text(2) for h in heads] == ["1 of 1 done", "0 of 2 done", "0 of 2 done"]
+        canary = view.device_item(names["line1-ipc-01"])
+        assert canary is not None and canary.text(2) == "● done" and canary.text(4) == "pass"
+        assert canary.foreground(2).color() == QColor(window.rollouts_view.gate_plot.palette().text().color()) or \
+            canary.foreground(2).color().name() == "#2e9d50"
+        hot_id = next(d.device_id for d in view.detail.devices if d.state == st.ROLLING_BACK)
+        hot = view.device_item(hot_id)
+        assert hot.text(4) == "FAIL: temp" and hot.text(5) == "temperature 91 °C is above 85 °C"
+        assert "--gates-failed--> rolling-back" in hot.toolTip(2)
+        assert {a for a, b in view.buttons.items() if b.isEnabled()} == {"pause", "abort"}
+
+        # Progress through the bridge's real engine handler: bytes, bytes/s and the time left.
+        copying = next(d.device_id for d in view.detail.devices if d.state == st.STAGING)
+        window.bridge._rollout_event(RolloutEvent(rid, "progress", copying, st.STAGING, "copying",
+                                                  bytes_done=2_000_000, bytes_total=5_000_000,
+                                                  rate_bytes_s=1_000_000.0, eta_s=3.0))
+        assert view.progress_label.text() == "2.0 MB of 5.0 MB, 1.0 MB/s, about 3 s left"
+        assert view.progress.value() == 400
+        assert view.device_item(copying).text(3) == "2.0 MB of 5.0 MB"
+        session.call(lambda: view.select_device(hot_id))
+        session.settle(0.3)
+        shot(window, "rollouts-live-window")
+        shot(view, "rollouts-live-view")
+        session.call(lambda: view.select_device(hot_id))
+        window.bridge._rollout_event(RolloutEvent(rid, "state", copying, st.STAGED, "line1-ipc-02: staged -> staged"))
+        assert "line1-ipc-02: staged -> staged" in view.event_log.text()
+
+        # The gate plot: one bar per measured gate, as a share of its bound, coloured by its verdict.
+        session.call(lambda: view.select_device(hot_id))
+        shown = view.gate_plot.shown
+        assert set(shown) == {"p95_ms", "p95_ratio", "error_rate", "golden_cosine", "temperature_c",
+                              "memory_free_pct"}
+        assert shown["p95_ms"] == (25.0, True) and shown["temperature_c"][1] is False
+        assert shown["temperature_c"][0] == pytest.approx(91 / 85 * 100)
+        assert len(view.gate_plot.bars) == 6 and view.gate_plot.bound_line.value() == 100
+        session.settle(0.1)
