@@ -665,7 +665,7 @@ def main() -> None:
                     f"{w['activations_at_once']} activation(s) at once, {w['activation_s_mean']:.2f} s each "
                     "from activate to confirmed)")
             say(f"   {ra['bytes_sent'] / 1e6:.0f} MB sent; {ra['ran_a_model_before']} device(s) ran a model before "
-                "(their old model is benchmarked for the p95-ratio baseline even with that gate off)")
+                "(with the p95-ratio gate off their old model is not benchmarked)")
             say("   time in device operations (calls, sum of seconds over devices, longest):")
             for kind, (n, total_s, longest) in sorted(ra["ops"].items(), key=lambda kv: -kv[1][1]):
                 say(f"     {kind:<46} {n:4d} {total_s:8.2f} s  {longest:6.2f} s")
