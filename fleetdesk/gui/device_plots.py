@@ -24,11 +24,9 @@ from pyqtgraph.graphicsItems.DateAxisItem import (
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
-    QApplication,
     QComboBox,
     QHBoxLayout,
     QLabel,
-    QMenu,
     QPushButton,
     QSizePolicy,
     QVBoxLayout,
@@ -40,6 +38,7 @@ from fleetdesk.telemetry.buffers import TelemetryStore
 from fleetdesk.telemetry.sample import METRIC_LABELS, Sample
 
 from .overview import colours, value_text
+from .plots import adopting_menus
 from .text import visible_text
 
 WINDOWS: tuple[tuple[str, float], ...] = (("1 min", 60.0), ("5 min", 300.0), ("15 min", 900.0), ("1 h", 3600.0))
@@ -147,48 +146,43 @@ class DevicePlots(QWidget):
         self.throttle.setObjectName("ErrorText")
         self.throttle.setTextFormat(Qt.TextFormat.PlainText)
 
-        before = set(QApplication.topLevelWidgets())
-        self.graphics = pg.GraphicsLayoutWidget(self)
-        self.graphics.setObjectName("TelemetryPlots")
-        self.graphics.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.plots: list[pg.PlotItem] = []
-        self.curves: dict[str, pg.PlotDataItem] = {}
-        self.bounds: dict[str, pg.InfiniteLine] = {}
-        for n, panel in enumerate(PANELS):
-            plot = self.graphics.addPlot(row=n // 3, col=n % 3, title=panel.title,
-                                         axisItems={"bottom": TimeAxis()})
-            plot.setMenuEnabled(False)
-            plot.hideButtons()
-            plot.setMouseEnabled(x=True, y=False)
-            if panel.percent:
-                plot.setYRange(0, 100, padding=0.02)
-                plot.enableAutoRange(axis="y", enable=False)
-            plot.enableAutoRange(axis="x", enable=False)
-            for metric, name, colour in panel.series:
-                curve = plot.plot([], [], name=name, pen=pg.mkPen(SERIES_COLOURS[colour], width=1.5),
-                                  connect="finite")
-                # No clipToView / auto-downsampling: both re-process the data on every range change (each
-                # live redraw), which cost more than drawing the at most 3600 points of the buffer.
-                self.curves[metric] = curve
-            if self.plots:
-                plot.setXLink(self.plots[0])
-            plot.getViewBox().sigRangeChangedManually.connect(self._dragged)
-            self.plots.append(plot)
-        # The sixth place: each core's load in the sample shown (the ring buffers keep only the total over time).
-        self.cores_plot = self.graphics.addPlot(row=1, col=2, title="CPU % per core, now")
-        self.cores_plot.setMenuEnabled(False)
-        self.cores_plot.hideButtons()
-        self.cores_plot.setMouseEnabled(x=False, y=False)
-        self.cores_plot.setYRange(0, 100, padding=0.02)
-        self.cores_plot.enableAutoRange(axis="y", enable=False)
-        self.cores_plot.getAxis("bottom").setTicks([[]])
-        self.cores = pg.BarGraphItem(x=[], height=[], width=0.7, brush=SERIES_COLOURS[0], pen=None)
-        self.cores_plot.addItem(self.cores)
-        # pyqtgraph makes its (here disabled) context menus without a parent, so they would outlive the
-        # window as top-level widgets: they become this widget's children, deleted with it.
-        for menu in set(QApplication.topLevelWidgets()) - before:
-            if isinstance(menu, QMenu):
-                menu.setParent(self, menu.windowFlags())
+        with adopting_menus(self):  # the plots' context menus die with this view
+            self.graphics = pg.GraphicsLayoutWidget(self)
+            self.graphics.setObjectName("TelemetryPlots")
+            self.graphics.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+            self.plots: list[pg.PlotItem] = []
+            self.curves: dict[str, pg.PlotDataItem] = {}
+            self.bounds: dict[str, pg.InfiniteLine] = {}
+            for n, panel in enumerate(PANELS):
+                plot = self.graphics.addPlot(row=n // 3, col=n % 3, title=panel.title,
+                                             axisItems={"bottom": TimeAxis()})
+                plot.setMenuEnabled(False)
+                plot.hideButtons()
+                plot.setMouseEnabled(x=True, y=False)
+                if panel.percent:
+                    plot.setYRange(0, 100, padding=0.02)
+                    plot.enableAutoRange(axis="y", enable=False)
+                plot.enableAutoRange(axis="x", enable=False)
+                for metric, name, colour in panel.series:
+                    curve = plot.plot([], [], name=name, pen=pg.mkPen(SERIES_COLOURS[colour], width=1.5),
+                                      connect="finite")
+                    # No clipToView / auto-downsampling: both re-process the data on every range change (each
+                    # live redraw), which cost more than drawing the at most 3600 points of the buffer.
+                    self.curves[metric] = curve
+                if self.plots:
+                    plot.setXLink(self.plots[0])
+                plot.getViewBox().sigRangeChangedManually.connect(self._dragged)
+                self.plots.append(plot)
+            # The sixth place: each core's load in the sample shown (the ring buffers keep only the total over time).
+            self.cores_plot = self.graphics.addPlot(row=1, col=2, title="CPU % per core, now")
+            self.cores_plot.setMenuEnabled(False)
+            self.cores_plot.hideButtons()
+            self.cores_plot.setMouseEnabled(x=False, y=False)
+            self.cores_plot.setYRange(0, 100, padding=0.02)
+            self.cores_plot.enableAutoRange(axis="y", enable=False)
+            self.cores_plot.getAxis("bottom").setTicks([[]])
+            self.cores = pg.BarGraphItem(x=[], height=[], width=0.7, brush=SERIES_COLOURS[0], pen=None)
+            self.cores_plot.addItem(self.cores)
 
         bar = QHBoxLayout()
         bar.addWidget(self.title, 1)

@@ -17,13 +17,11 @@ from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
 from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QApplication,
     QFormLayout,
     QFrame,
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QMenu,
     QPushButton,
     QScrollArea,
     QSplitter,
@@ -48,6 +46,7 @@ from fleetdesk.models.report import (
 from .activities import human_bytes
 from .fleet_model import plain
 from .overview import colours
+from .plots import FixedPlot
 
 REF_ROLE = Qt.ItemDataRole.UserRole
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -172,7 +171,7 @@ def measured_ms(variant: Variant) -> float | None:
     return variant.measured_latency_ms
 
 
-class LatencyPlot(pg.PlotWidget):
+class LatencyPlot(FixedPlot):
     """Latency per variant, grouped by profile: device p50 (slowest device) where measured, else this laptop's.
 
     One bar per variant that has a latency, coloured by status; a dashed line over each profile's group at
@@ -180,18 +179,9 @@ class LatencyPlot(pg.PlotWidget):
     """
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        before = set(QApplication.topLevelWidgets())
         super().__init__(parent)
-        # pyqtgraph makes its (here disabled) context menus without a parent, so they would outlive the
-        # window as top-level widgets: they become this widget's children, deleted with it (as in device_plots).
-        for menu in set(QApplication.topLevelWidgets()) - before:
-            if isinstance(menu, QMenu):
-                menu.setParent(self, menu.windowFlags())
         self.setObjectName("LatencyPlot")
         self.setMinimumHeight(200)
-        self.setMenuEnabled(False)
-        self.setMouseEnabled(x=False, y=False)
-        self.hideButtons()
         self.showAxis("top")
         self.getAxis("left").setLabel("ms")
         self.getAxis("left").setWidth(48)

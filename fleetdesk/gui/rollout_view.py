@@ -17,7 +17,6 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QApplication,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -39,6 +38,7 @@ from .activities import human_bytes, human_duration
 from .bridge import RolloutDetail
 from .fleet_model import plain
 from .overview import colours
+from .plots import FixedPlot
 
 SHARE_CAP = 200.0  # bars are drawn up to twice their bound; the caption gives the real value
 ROLLOUT_ROLE = Qt.ItemDataRole.UserRole + 31
@@ -124,22 +124,14 @@ class _Transfer:
     eta: float | None = None
 
 
-class GatePlot(pg.PlotWidget):
+class GatePlot(FixedPlot):
     """The chosen device's gate values, each as a share of its bound (the dashed line at 100 %): a bar for an
     upper bound must stay below the line, a bar for a lower bound (golden cosine, free memory) above it."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        before = set(QApplication.topLevelWidgets())
         super().__init__(parent)
-        # pyqtgraph makes its context menus without a parent: adopt them (as models_view.LatencyPlot does).
-        for menu in set(QApplication.topLevelWidgets()) - before:
-            if isinstance(menu, QMenu):
-                menu.setParent(self, menu.windowFlags())
         self.setObjectName("GatePlot")
         self.setMinimumHeight(90)
-        self.setMenuEnabled(False)
-        self.setMouseEnabled(x=False, y=False)
-        self.hideButtons()
         self.getAxis("left").setLabel("% of bound")
         self.getAxis("left").setWidth(52)
         self.bars: list[pg.BarGraphItem] = []

@@ -156,6 +156,21 @@ def laptop(fleet: LabFleet, keyring_daemon: KeyringDaemon, tmp_path_factory: pyt
     yield laptop
 
 
+@pytest.fixture(autouse=True)
+def released(laptop: Laptop) -> Iterator[None]:
+    """A test that fails halfway leaves its rollout active, and every later test would meet "already in rollout
+    N": its rollout is marked aborted in the journal afterwards (devices are not touched: each test starts from
+    what the agents say)."""
+    yield
+
+    async def release(fleet: Fleet) -> None:
+        repo = laptop.engine(fleet, []).repo
+        for row in repo.list(active_only=True):
+            repo.set_status(row.id, "aborted", reason="left active by a failed test")
+
+    laptop.with_fleet(release)
+
+
 async def views(fleet: Fleet, store: ArtifactStore) -> dict[str, AgentView]:
     ops = DeviceOps(fleet, store)
     found = await asyncio.gather(*(ops.view(fleet.inventory.device(n)) for n in NAMES))

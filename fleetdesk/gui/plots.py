@@ -1,0 +1,31 @@
+"""What every pyqtgraph plot in the window shares."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pyqtgraph as pg
+from PySide6.QtWidgets import QApplication, QMenu, QWidget
+
+
+@contextmanager
+def adopting_menus(owner: QWidget) -> Iterator[None]:
+    """pyqtgraph makes its (here disabled) context menus without a parent, so they would outlive the window as
+    top-level widgets: the menus made inside this block become `owner`'s children, deleted with it."""
+    before = set(QApplication.topLevelWidgets())
+    yield
+    for menu in set(QApplication.topLevelWidgets()) - before:
+        if isinstance(menu, QMenu):
+            menu.setParent(owner, menu.windowFlags())
+
+
+class FixedPlot(pg.PlotWidget):
+    """A plot to read, not to explore: no context menu, no pan or zoom with the mouse, no auto-range button."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        with adopting_menus(self):  # `self` is only used once the block ends, by then a made widget
+            super().__init__(parent)
+        self.setMenuEnabled(False)
+        self.setMouseEnabled(x=False, y=False)
+        self.hideButtons()
