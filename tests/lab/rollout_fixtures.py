@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import onnx
 
 from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.artifacts.store import ArtifactStore, write_golden
 from fleetdesk.fleet import Fleet
-from fleetdesk.inventory import open_inventory
 from fleetdesk.models import inspect_model
 from fleetdesk.models.report import BASELINE, CHOSEN, OptimizationReport, ProfileResult, Tolerance, Variant
 from fleetdesk.models.samples import GENERATED_SOURCE, generate_samples
@@ -30,29 +28,18 @@ from fleetdesk.runtime.store import RuntimeStore
 from fleetdesk.runtime.wheelhouse import build_runtime
 from tests.fixtures.models.build import save_cnn, small_mlp
 from tests.lab.conftest import Fleet as LabFleet
+from tests.lab.laptop import LabLaptop
 
 
 @dataclass
-class Laptop:
-    data_dir: Path
+class Laptop(LabLaptop):
     key: FleetSigningKey
     store: ArtifactStore
     profiles: ProfileSet
     models: dict[str, str] = field(default_factory=dict)  # "name@version" -> the artifact every profile gets
 
-    @property
-    def db_url(self) -> str:
-        return f"sqlite:///{self.data_dir / 'fleetdesk.db'}"
-
-    def with_fleet(self, work: Callable[[Fleet], Coroutine[Any, Any, Any]]) -> Any:
-        async def go() -> Any:
-            fleet = Fleet(open_inventory(self.db_url), self.profiles)
-            try:
-                return await work(fleet)
-            finally:
-                await fleet.close()
-
-        return asyncio.run(go())
+    def fleet_profiles(self) -> ProfileSet:
+        return self.profiles
 
     def engine(self, fleet: Fleet, events: list[RolloutEvent] | Callable[[RolloutEvent], None] | None = None, *,
                bench_runs: int = 5) -> RolloutEngine:

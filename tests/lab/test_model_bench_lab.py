@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import shlex
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,6 @@ import pytest
 from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.fleet import Fleet
-from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory.runtimes import DeviceRuntimes
 from fleetdesk.models.service import DeviceBench, bench_devices, bench_on_devices, import_model, model_files
 from fleetdesk.profiles import load_profiles
@@ -29,6 +28,7 @@ from fleetdesk.runtime.wheelhouse import build_runtime
 from tests.fixtures.models.build import save_cnn, save_mlp_external
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
 from tests.lab.conftest import Fleet as LabFleet
+from tests.lab.laptop import LabLaptop
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 __all__ = ["keyring_daemon"]
@@ -43,23 +43,8 @@ RUNS = 5  # timed inferences per device: qemu makes the arm64 board slow
 
 
 @dataclass
-class Laptop:
-    data_dir: Path
+class Laptop(LabLaptop):
     key: FleetSigningKey
-
-    @property
-    def db_url(self) -> str:
-        return f"sqlite:///{self.data_dir / 'fleetdesk.db'}"
-
-    def with_fleet(self, work: Callable[[Fleet], Coroutine[Any, Any, Any]]) -> Any:
-        async def go() -> Any:
-            fleet = Fleet(open_inventory(self.db_url), PROFILES)
-            try:
-                return await work(fleet)
-            finally:
-                await fleet.close()
-
-        return asyncio.run(go())
 
 
 @pytest.fixture(scope="module")

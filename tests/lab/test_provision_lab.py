@@ -12,9 +12,8 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,6 @@ import pytest
 from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.errors import DiskFullError
 from fleetdesk.fleet import Fleet
-from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory.runtimes import DeviceRuntimes
 from fleetdesk.profiles import load_profiles
 from fleetdesk.runtime.agentfiles import AgentTree, agent_tree
@@ -31,6 +29,7 @@ from fleetdesk.runtime.store import Runtime, RuntimeStore
 from fleetdesk.runtime.wheelhouse import build_runtime
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
 from tests.lab.conftest import Fleet as LabFleet
+from tests.lab.laptop import LabLaptop
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 __all__ = ["keyring_daemon"]
@@ -41,29 +40,14 @@ PROFILES = load_profiles()
 
 
 @dataclass
-class Laptop:
+class Laptop(LabLaptop):
     """One operator's FleetDesk data: inventory, runtime store and signing key in one folder."""
 
-    data_dir: Path
     store: RuntimeStore
     key: FleetSigningKey
     runtimes: dict[str, Runtime]
     # The agent as it was when the module started: the working tree may be edited while these tests run.
     agent: AgentTree
-
-    @property
-    def db_url(self) -> str:
-        return f"sqlite:///{self.data_dir / 'fleetdesk.db'}"
-
-    def with_fleet(self, work: Callable[[Fleet], Coroutine[Any, Any, Any]]) -> Any:
-        async def go() -> Any:
-            fleet = Fleet(open_inventory(self.db_url), PROFILES)
-            try:
-                return await work(fleet)
-            finally:
-                await fleet.close()
-
-        return asyncio.run(go())
 
     def provision(self, *names: str, runtime: str | None = None,
                   progress: Callable[[Fleet, ProvisionProgress], None] | None = None) -> dict[str, ProvisionOutcome]:

@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ import pytest
 from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.artifacts.store import ArtifactStore, write_golden
 from fleetdesk.fleet import Fleet
-from fleetdesk.inventory import open_inventory
 from fleetdesk.models import inspect_model
 from fleetdesk.models.report import (
     BASELINE,
@@ -48,6 +47,7 @@ from fleetdesk.runtime.wheelhouse import build_runtime
 from tests.fixtures.models.build import save_cnn
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
 from tests.lab.conftest import Fleet as LabFleet
+from tests.lab.laptop import LabLaptop
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 __all__ = ["keyring_daemon"]
@@ -69,25 +69,13 @@ JOURNEY = [st.STAGE, st.STAGED_OK, st.ACTIVATE, st.ACTIVATED, st.PASSED, st.CONF
 
 
 @dataclass
-class Laptop:
-    data_dir: Path
+class Laptop(LabLaptop):
     key: FleetSigningKey
     store: ArtifactStore
     models: dict[str, str] = field(default_factory=dict)  # ref -> the artifact every profile gets
 
-    @property
-    def db_url(self) -> str:
-        return f"sqlite:///{self.data_dir / 'fleetdesk.db'}"
-
-    def with_fleet(self, work: Callable[[Fleet], Coroutine[Any, Any, Any]]) -> Any:
-        async def go() -> Any:
-            fleet = Fleet(open_inventory(self.db_url), PROFILES)
-            try:
-                return await work(fleet)
-            finally:
-                await fleet.close()
-
-        return asyncio.run(go())
+    def fleet_profiles(self) -> ProfileSet:
+        return PROFILES
 
     def engine(self, fleet: Fleet, events: list[RolloutEvent] | None = None) -> RolloutEngine:
         engine = RolloutEngine(fleet, self.store, on_event=None if events is None else events.append,
