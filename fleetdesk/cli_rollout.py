@@ -14,7 +14,7 @@ import dataclasses
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 EXIT_FAILED = 1
@@ -56,10 +56,89 @@ def _plan(args: argparse.Namespace, fleet: Any) -> Any:
     transfer = TransferPolicy(max_parallel=args.max_parallel, bandwidth_bytes_s=args.bandwidth,
                               prestage=not args.no_prestage, retries=args.retries)
     return RolloutPlan(model=args.model, devices=device_ids, groups=tuple(args.group or ()),
-                       profiles=tuple(args.profile or ()), waves=waves, policy=policy, gates=gates,
+                       profiles=tuple(args.profile or ()), waves=waves, policy=policy,
+                       wave_policies=wave_policies_from_flags(args.wave_policy or (), policy), gates=gates,
                        transfer=transfer, unreachable=args.unreachable, unreachable_wait_s=args.unreachable_wait,
                        confirm_within_s=args.confirm_within, step_timeout_s=args.step_timeout,
                        actor=args.actor or "")
+
+
+WAVE_POLICY_FLAG = "--wave-policy"
+_WAVE_POLICY_FIX = ("write N:KEY=VAL[,KEY=VAL...] with N the wave (1 = the canary's) and keys success, errors, soak "
+                    "and approve, e.g. --wave-policy 1:soak=300,approve=yes --wave-policy 2:errors=5%")
+_YES_NO = {"yes": True, "no": False, "true": True, "false": False}
+
+
+def wave_policies_from_flags(values: Sequence[str], common: Any) -> tuple[Any, ...]:
+    """RolloutPlan.wave_policies from `--wave-policy N:KEY=VAL[,KEY=VAL...]` flags: wave N (1-based, as the operator
+    counts waves) gets the common policy with those keys changed (success and errors: a count or a share;
+    soak: seconds; approve: yes or no); the waves not named keep the common policy (None). PlanError naming
+    the flag and the fix for anything else."""
+    from fleetdesk.errors import PlanError
+    from fleetdesk.rollout.plan import Threshold
+
+    def bad(value: str, problem: str, fix: str = _WAVE_POLICY_FIX) -> PlanError:
+        return PlanError(f"{value!r}: {problem}", field=WAVE_POLICY_FLAG, fix=fix)
+
+    by_wave: dict[int, Any] = {}
+    for value in values:
+        number, colon, settings = value.partition(":")
+        if not colon or not settings.strip():
+            raise bad(value, "no KEY=VAL after the wave number")
+        if not number.strip().isdecimal() or int(number) < 1:
+            raise bad(value, f"{number.strip()!r} is not a wave number (1 or more)")
+        wave = int(number) - 1
+        if wave in by_wave:
+            raise bad(value, f"wave {wave + 1} is given twice",
+                      fix=f"put every key of wave {wave + 1} in one {WAVE_POLICY_FLAG} {wave + 1}:KEY=VAL,KEY=VAL")
+        changes: dict[str, Any] = {}
+        for pair in settings.split(","):
+            key, equals, raw = (part.strip() for part in pair.partition("="))
+            if not equals or not key or not raw:
+                raise bad(value, f"{pair.strip()!r} is not KEY=VAL")
+            name = {"success": "success", "errors": "errors", "soak": "soak_s", "approve": "approve"}.get(key)
+            if name is None:
+                raise bad(value, f"unknown key {key!r}", fix="the keys are success, errors, soak and approve")
+            if name in changes:
+                raise bad(value, f"{key} is given twice", fix=f"give {key} once for wave {wave + 1}")
+            if name in ("success", "errors"):
+                try:
+                    changes[name] = Threshold.parse(raw, name=key)
+                except PlanError as exc:
+                    raise bad(value, exc.message.removeprefix(f"{key}: "), fix=exc.fix or _WAVE_POLICY_FIX) from None
+            elif name == "soak_s":
+                try:
+                    changes[name] = float(raw.removesuffix("s"))
+                except ValueError:
+                    raise bad(value, f"soak {raw!r} is not a number of seconds",
+                              fix="give the soak in seconds (0 or more), e.g. soak=300") from None
+            elif raw.lower() in _YES_NO:
+                changes[name] = _YES_NO[raw.lower()]
+            else:
+                raise bad(value, f"approve {raw!r} is not yes or no", fix="write approve=yes or approve=no")
+        try:
+            by_wave[wave] = dataclasses.replace(common, **changes)
+        except PlanError as exc:
+            key = {"soak_s": "soak"}.get(exc.field or "", exc.field or "")
+            raise bad(value, f"{key} {exc.message.removeprefix(f'{exc.field}: ')}".strip(),
+                      fix=exc.fix or _WAVE_POLICY_FIX) from None
+    if not by_wave:
+        return ()
+    return tuple(by_wave.get(i) for i in range(max(by_wave) + 1))
+
+
+def _check_wave_policies(resolved: Any) -> None:
+    """An override for a wave the rollout does not have is a mistake in the command, not something to ignore."""
+    from fleetdesk.errors import PlanError
+
+    plan = resolved.plan
+    count = len(resolved.waves)
+    beyond = [i + 1 for i, p in enumerate(plan.wave_policies) if p is not None and i >= count]
+    if beyond:
+        sizes = ", ".join(str(len(w)) for w in resolved.waves)
+        raise PlanError(f"wave {', '.join(map(str, beyond))} given, but the rollout has {count} "
+                        f"wave{'s' if count != 1 else ''} (of {sizes} devices)", field=WAVE_POLICY_FLAG,
+                        fix=f"give a wave from 1 to {count}, or change --waves")
 
 
 def _off(value: float | None, default: float | None) -> float | None:
@@ -192,6 +271,7 @@ def cmd_rollout_plan(args: argparse.Namespace) -> int:
 
     async def work(engine: Any, fleet: Any) -> int:
         resolved = resolve(_plan(args, fleet), fleet.inventory, engine.store)
+        _check_wave_policies(resolved)
         _emit(args, resolved.to_dict(), plan_text(resolved))
         return 0
 
@@ -199,8 +279,13 @@ def cmd_rollout_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_rollout_start(args: argparse.Namespace) -> int:
+    from fleetdesk.rollout.plan import resolve
+
     async def work(engine: Any, fleet: Any) -> int:
-        rollout_id = await engine.start(_plan(args, fleet))
+        plan = _plan(args, fleet)
+        if any(p is not None for p in plan.wave_policies):
+            _check_wave_policies(resolve(plan, fleet.inventory, engine.store))
+        rollout_id = await engine.start(plan)
         print(f"rollout {rollout_id} started", file=sys.stderr if args.json else sys.stdout, flush=True)
         return await _drive(args, engine, fleet, rollout_id)
 
@@ -334,6 +419,9 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
                    help="failed devices a wave tolerates; more (exceeded: >) pauses the rollout (default 0)")
     p.add_argument("--soak", type=float, default=0.0, metavar="S", help="seconds of gate measurements (default 0)")
     p.add_argument("--approve", action="store_true", help="wait for `fleetdesk rollout approve` after every wave")
+    p.add_argument(WAVE_POLICY_FLAG, action="append", metavar="N:KEY=VAL[,...]",
+                   help="wave N's own policy (1 = the canary's; repeatable): keys success, errors, soak, "
+                        "approve=yes|no; keys not given are the common ones, e.g. 1:soak=300,approve=yes")
     p.add_argument("--max-parallel", type=int, default=4, metavar="N", help="transfers at once (default 4)")
     p.add_argument("--bandwidth", type=int, metavar="B", help="cap per transfer in bytes/s (default none)")
     p.add_argument("--no-prestage", action="store_true",

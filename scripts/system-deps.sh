@@ -7,9 +7,10 @@ what=${1:-test}
 # Qt's offscreen platform and xcb need these shared libraries.
 run_pkgs=(libgl1 libegl1 libxkbcommon0 libfontconfig1 libglib2.0-0 libdbus-1-3)
 # The lab: namespaces (iproute2), real sshd, debootstrap + qemu-user for arm64 devices, zstd tarballs;
-# a real Secret Service (gnome-keyring on a private D-Bus) and a real PostgreSQL for the inventory tests.
+# a real Secret Service (gnome-keyring on a private D-Bus) and a real PostgreSQL for the inventory tests;
+# systemd for `systemd-analyze verify` of the unit provisioning installs (no systemd runs here).
 test_pkgs=(iproute2 iptables openssh-server openssh-client debootstrap qemu-user-static binfmt-support zstd
-           util-linux mount procps xz-utils
+           util-linux mount procps xz-utils systemd
            gnome-keyring dbus-daemon dbus-x11 postgresql)
 
 pkgs=("${run_pkgs[@]}")

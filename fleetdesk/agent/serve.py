@@ -13,11 +13,12 @@ import os
 import signal
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from . import inference, protocol
+from . import check, inference, protocol
 from .batching import MicroBatcher, ResultCache
 from .inference import LoadedModel, ModelLoadError, RequestError, RuntimeMissing
 from .servestats import ServeStats, stats_document, write_atomically
@@ -88,6 +89,7 @@ class ModelServer:
         self.reason = "starting"
         self.skipped: list[dict[str, str]] = []
         self._target: str | None = None
+        self._folder: str | None = None  # the artifact folder of the model loaded (its golden outputs are there)
         self._loaded_once = False
 
     # --- which model --------------------------------------------------------------------------------------
@@ -115,6 +117,7 @@ class ModelServer:
             self._swap(None, f"model {sha} failed to load: {text}", [])
             return {"type": "event", "event": "model-failed", "model": sha, "reason": self.reason}
         self._swap(Served(model, self.max_batch, self.max_wait_s, self.cache_size, self.stats), "", model.skipped)
+        self._folder = target if os.path.isdir(target) else os.path.dirname(path)
         return {"type": "event", "event": "model-loaded", "model": model.sha, "provider": model.provider,
                 "skipped": model.skipped, "batchable": model.batchable}
 
@@ -142,6 +145,24 @@ class ModelServer:
         if served is None:
             return 503, {"error": f"not ready: {self.reason}"}
         return 200, served.model.describe()
+
+    def check(self, artifact: str) -> tuple[int, dict[str, Any]]:
+        """GET /v1/check?artifact=SHA: the agent's `check` on the model loaded here (check.compare), when that is
+        SHA; 409 when another model (or none) is loaded, 422 with code and fix when the check cannot be made."""
+        served, folder = self.served, self._folder
+        if served is None or served.model.sha != artifact or folder is None:
+            return 409, {"error": f"the server has {served.model.sha if served else 'no model'} loaded, not "
+                                  f"{artifact}", "code": "not-loaded"}
+        _, np = inference.import_runtime()
+        try:
+            path = check.golden_path(folder)
+            if path is None or not os.path.isfile(path):
+                raise check.CheckFailed(check.NO_GOLDEN, f"artifact {artifact} carries no golden outputs",
+                                        "import the model again with this FleetDesk (new artifacts carry "
+                                        "golden.npz), or switch the golden-output gate off for this rollout")
+            return 200, check.compare(np, served.model, path)
+        except check.CheckFailed as exc:
+            return 422, {"error": exc.message, "code": exc.code, "fix": exc.fix}
 
     def stats_body(self) -> dict[str, Any]:
         served = self.served
@@ -237,16 +258,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(*self.app.model_info())
         elif path == "/v1/stats":
             self._send(200, self.app.stats_body())
+        elif path == "/v1/check":
+            query = urllib.parse.parse_qs(self.path.partition("?")[2])
+            self._send(*self.app.check((query.get("artifact") or [""])[0]))
         elif path == "/v1/infer":
             self._send(405, {"error": "use POST for /v1/infer"})
         else:
             self._send(404, {"error": f"no endpoint {json.dumps(path)}: there are /v1/health, /v1/model, "
-                                      "/v1/stats and POST /v1/infer"})
+                                      "/v1/stats, /v1/check?artifact=SHA and POST /v1/infer"})
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
         if path != "/v1/infer":
-            self._send(404 if path not in ("/v1/health", "/v1/model", "/v1/stats") else 405,
+            self._send(404 if path not in ("/v1/health", "/v1/model", "/v1/stats", "/v1/check") else 405,
                        {"error": f"POST goes to /v1/infer, not {json.dumps(path)}"})
             self.close_connection = True  # its body, if any, was not read
             return
@@ -348,16 +372,21 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int
     httpd.max_body_bytes = int(args.max_body_mb * 1024 * 1024)  # type: ignore[attr-defined]
 
     flags = {"stop": False, "reload": False}
-    _install_signals(flags)
+    wake = threading.Event()  # set by the signal handlers: the loop sleeps until the next tick or a signal
+    _install_signals(flags, wake)
     run_dir = os.path.join(root, "run")
     os.makedirs(run_dir, exist_ok=True)
     pid_file = os.path.join(run_dir, "serve.pid")
     with open(pid_file, "w", encoding="utf-8") as handle:
         handle.write(f"{os.getpid()}\n")
+    address_file = os.path.join(run_dir, check.SERVE_ADDRESS)
+    if args.model is None:  # a server of another model (--model) is not the one `check` should ask
+        write_atomically(address_file, {"host": args.host, "port": httpd.server_address[1], "pid": os.getpid()})
     stats_path = os.path.join(run_dir, "serve-stats.json")
     # HTTP answers first (health says "loading") so that a large model's load does not look like a dead server.
     app.reason = "loading the model"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.25},
+    # poll_interval only bounds how long shutdown() waits for the loop; every wakeup costs CPU on a small device.
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 1.0},
                               name="fleetdesk-http", daemon=True)
     thread.start()
     try:
@@ -379,13 +408,17 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int
                 next_tick = now + STATS_INTERVAL_S
                 _report(emit, app.refresh())
                 _write_stats(app, stats_path)
-            time.sleep(0.1)  # signals only set flags; this loop acts on them within 0.1 s
+            # Signals only set flags and `wake`: acted on at once, and no wakeup in between (idle costs nothing).
+            wake.wait(max(0.0, next_tick - time.monotonic()))
+            wake.clear()
     finally:
         httpd.shutdown()
         httpd.server_close()
         app.close()
         _write_stats(app, stats_path)
         _remove_pid_file(pid_file)
+        if args.model is None and (check.serve_address_pid(root) == os.getpid()):
+            _remove_pid_file(address_file, mine=True)
     snapshot = app.stats.snapshot()
     _report(emit, {"type": "result", "command": "serve", "requests": snapshot["requests"],
                    "errors": snapshot["errors"], "cache_hits": snapshot["cache_hits"], "runs": snapshot["runs"]})
@@ -408,12 +441,14 @@ def _write_stats(app: ModelServer, path: str) -> None:
         pass  # a full disk must not take inference down; the next tick tries again
 
 
-def _install_signals(flags: dict[str, bool]) -> None:
+def _install_signals(flags: dict[str, bool], wake: threading.Event) -> None:
     def stop(signum: int, frame: Any) -> None:
         flags["stop"] = True
+        wake.set()
 
     def reload(signum: int, frame: Any) -> None:
         flags["reload"] = True
+        wake.set()
 
     try:
         signal.signal(signal.SIGTERM, stop)
@@ -423,10 +458,11 @@ def _install_signals(flags: dict[str, bool]) -> None:
         pass  # not the main thread (run() called from a test's thread): no signals, the caller stops it
 
 
-def _remove_pid_file(path: str) -> None:
+def _remove_pid_file(path: str, mine: bool = False) -> None:
     try:
-        with open(path, encoding="utf-8") as handle:
-            mine = handle.read().strip() == str(os.getpid())
+        if not mine:
+            with open(path, encoding="utf-8") as handle:
+                mine = handle.read().strip() == str(os.getpid())
         if mine:
             os.unlink(path)
     except OSError:

@@ -63,7 +63,7 @@ def serve(root: str) -> dict[str, Any] | None:
 
 STATS_MAX_AGE_S = 10.0  # serve-stats.json older than this no longer says what the server serves (as telemetry)
 # After a switch, a stats write this long after it comes from a server loop that has seen the new link: the loop
-# checks ROOT/current before each write (serve.py, about once a second) and a SIGHUP within 0.1 s.
+# checks ROOT/current before each write (serve.py, about once a second) and at once on SIGHUP.
 SETTLE_S = 1.5
 LOG_TAIL_BYTES = 65536
 

@@ -10,7 +10,7 @@ bridge's devices and groups, no SQL on the loop) and the artifact store's record
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont
@@ -58,6 +58,7 @@ from fleetdesk.rollout.plan import (
 from .activities import human_bytes
 from .fleet_model import plain
 from .overview import colours
+from .wave_policy_table import CommonPolicy, WavePolicyTable
 
 DEFAULT_WAVES = "1, 10%, 50%, 100%"
 # The threshold semantics, as fleetdesk/rollout/plan.py's docstring states them.
@@ -68,6 +69,7 @@ SECTIONS = ("model", "targets", "waves", "thresholds", "soak", "gates", "transfe
 MB = 1_000_000
 ID_ROLE = Qt.ItemDataRole.UserRole + 21
 NONE = "—"
+PLAN_DEFAULTS = {f.name: f.default for f in fields(RolloutPlan)}
 
 
 def parse_waves(text: str) -> tuple[int | str, ...]:
@@ -85,12 +87,16 @@ def section_of(field: str | None) -> str:
     head, _, tail = name.partition(".")
     if head in ("devices", "groups", "profiles", "targets"):
         return "targets"
-    if head in ("policy", "wave_policies"):
+    if head == "wave_policies":
+        return "waves"  # the per-wave table lives in the waves section
+    if head == "policy":
         return "soak" if tail in ("soak_s", "approve") else "thresholds"
     if head in ("confirm_within_s", "step_timeout_s"):
         return "soak"
     if head.startswith("unreachable"):
         return "unreachable"
+    if head == "transfer":
+        return "transfer"
     return head if head in SECTIONS else "model"
 
 
@@ -220,10 +226,13 @@ class RolloutWizard(QDialog):
         self.wave_sizes.setWordWrap(True)
         layout.addWidget(self.waves_edit)
         layout.addWidget(self.wave_sizes)
+        self.wave_table = WavePolicyTable(self._common_policy, box)
+        layout.addWidget(QLabel("Per wave (unchecked: the common thresholds, soak and approval below):", box))
+        layout.addWidget(self.wave_table)
         column.addWidget(box)
 
         # -- thresholds --------------------------------------------------------------------------------------
-        box, layout = self._section("thresholds", "Thresholds (per wave)")
+        box, layout = self._section("thresholds", "Thresholds (every wave not overridden in Waves)")
         grid = QFormLayout()
         self.success_edit = QLineEdit("100%", box)
         self.success_edit.setToolTip('a count of devices such as 2, or a share of the wave such as "90%"')
@@ -247,7 +256,11 @@ class RolloutWizard(QDialog):
                                      "back to its previous model by itself: longer than the soak")
         self.approve_box = QCheckBox("The operator approves each next wave", box)
         grid.addRow("Soak after activation", self.soak_spin)
+        self.step_timeout_spin = self._seconds(box, 10, 86_400, int(PLAN_DEFAULTS["step_timeout_s"]))
+        self.step_timeout_spin.setToolTip("Any single step on a device (a transfer, an activation, a gate "
+                                          "measurement) that takes longer fails")
         grid.addRow("Unconfirmed device reverts after", self.confirm_spin)
+        grid.addRow("Any step on a device times out after", self.step_timeout_spin)
         grid.addRow(self.approve_box)
         layout.addLayout(grid)
         column.addWidget(box)
@@ -296,8 +309,14 @@ class RolloutWizard(QDialog):
         self.prestage_box.setToolTip("Copy the artifact to every device of a wave, verified, before any of them "
                                      "activates it")
         self.prestage_box.setChecked(True)
+        self.retries_spin = QSpinBox(box)
+        self.retries_spin.setRange(0, 20)
+        self.retries_spin.setValue(TransferPolicy().retries)
+        self.retries_spin.setToolTip("A transfer that fails is tried again this many times, waiting longer each "
+                                     "time, before the device counts as failed (or unreachable)")
         grid.addRow("Transfers at once", self.parallel_spin)
         grid.addRow("Bandwidth cap per transfer", self.bandwidth_spin)
+        grid.addRow("Retries per transfer", self.retries_spin)
         grid.addRow(self.prestage_box)
         layout.addLayout(grid)
         column.addWidget(box)
@@ -371,14 +390,16 @@ class RolloutWizard(QDialog):
             edit.textChanged.connect(self.refresh)
         for combo in (self.model_combo, self.unreachable_combo):
             combo.currentIndexChanged.connect(self.refresh)
-        for spin in (self.soak_spin, self.confirm_spin, self.parallel_spin, self.bandwidth_spin,
-                     self.unreachable_wait_spin, *(s for _c, s in self.gate_rows.values())):
+        for spin in (self.soak_spin, self.confirm_spin, self.step_timeout_spin, self.parallel_spin,
+                     self.bandwidth_spin, self.retries_spin, self.unreachable_wait_spin,
+                     *(s for _c, s in self.gate_rows.values())):
             spin.valueChanged.connect(self.refresh)
         for check in (self.approve_box, self.serving_box, self.prestage_box,
                       *(c for c, _s in self.gate_rows.values())):
             check.toggled.connect(self.refresh)
         for widget in (self.device_list, self.group_list, self.profile_list):
             widget.itemChanged.connect(self.refresh)
+        self.wave_table.edited.connect(self.refresh)
         self.refresh()
 
     # -- building ---------------------------------------------------------------------------------------------
@@ -451,23 +472,33 @@ class RolloutWizard(QDialog):
         except PlanError as exc:
             raise PlanError(exc.message.removeprefix(f"{exc.field}: "), field=f"policy.{exc.field}",
                             fix=exc.fix) from None
+        waves = parse_waves(self.waves_edit.text())
+        split_waves(1, waves)  # a bad waves entry is the error to show, before any override of a stale row
         return RolloutPlan(
             model=self.model_combo.currentData() or "",
             devices=tuple(self._checked(self.device_list)), groups=tuple(self._checked(self.group_list)),
-            profiles=tuple(self._checked(self.profile_list)), waves=parse_waves(self.waves_edit.text()),
-            policy=policy, gates=Gates(serving=self.serving_box.isChecked(), **gates),
+            profiles=tuple(self._checked(self.profile_list)), waves=waves,
+            policy=policy, wave_policies=self.wave_table.policies(),
+            gates=Gates(serving=self.serving_box.isChecked(), **gates),
             transfer=TransferPolicy(max_parallel=self.parallel_spin.value(),
                                     bandwidth_bytes_s=int(bandwidth * MB) if bandwidth > 0 else None,
-                                    prestage=self.prestage_box.isChecked()),
+                                    prestage=self.prestage_box.isChecked(), retries=self.retries_spin.value()),
             unreachable=self.unreachable_combo.currentData(),
             unreachable_wait_s=float(self.unreachable_wait_spin.value()),
-            confirm_within_s=float(self.confirm_spin.value()))
+            confirm_within_s=float(self.confirm_spin.value()),
+            step_timeout_s=float(self.step_timeout_spin.value()))
+
+    def _common_policy(self) -> CommonPolicy:
+        """The common thresholds, soak and approval as typed: what a wave without an override shows."""
+        return CommonPolicy(self.success_edit.text().strip(), self.errors_edit.text().strip(),
+                            f"{self.soak_spin.value()}", self.approve_box.isChecked())
 
     def refresh(self, *_args: object) -> None:
         """Build and resolve the plan again; show the wave sizes, the variants, the plan or what to fix."""
         for widget in self._invalid:
             widget.setStyleSheet("")
         self._invalid = []
+        self.wave_table.unmark()
         for label in self.errors.values():
             label.hide()
         self._show_variants()
@@ -499,9 +530,12 @@ class RolloutWizard(QDialog):
         self.push_button.setEnabled(ready)
 
     def _mark(self, field: str | None) -> None:
+        if self.wave_table.mark(field):
+            return
         name = (field or "").split("[")[0]
         widget = {"waves": self.waves_edit, "policy.success": self.success_edit, "policy.errors": self.errors_edit,
-                  "confirm_within_s": self.confirm_spin, "policy.soak_s": self.soak_spin}.get(name)
+                  "confirm_within_s": self.confirm_spin, "policy.soak_s": self.soak_spin,
+                  "step_timeout_s": self.step_timeout_spin, "transfer.retries": self.retries_spin}.get(name)
         if widget is not None:
             widget.setStyleSheet(f"border: 1px solid {colours()['error']};")
             self._invalid.append(widget)
@@ -509,10 +543,12 @@ class RolloutWizard(QDialog):
     def _show_wave_sizes(self) -> None:
         count = len(self.target_devices())
         try:
-            sizes = split_waves(count, parse_waves(self.waves_edit.text()))
+            specs = parse_waves(self.waves_edit.text())
+            sizes = split_waves(count, specs)
         except PlanError:
             self.wave_sizes.setText("")
-            return
+            return  # the table keeps its rows while the text is not a list of waves
+        self.wave_table.show_waves(sizes, specs)
         if not sizes:
             self.wave_sizes.setText("No device chosen yet: the waves are sized when targets are chosen.")
             return

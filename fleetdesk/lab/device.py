@@ -116,6 +116,26 @@ def boot(dev: LabDevice) -> None:
     _wait_for_init(dev, init)
     start_sshd(dev)
     _enter(dev, ["/usr/sbin/avahi-daemon", "-D", "--no-drop-root", "--no-chroot"], step="start avahi")
+    run_rc_local(dev)
+
+
+# What sysvinit gives the scripts it runs at boot: no environment of the host's lab process.
+BOOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+            "LANG": "C.UTF-8"}
+
+
+def run_rc_local(dev: LabDevice) -> None:
+    """The last step of a boot without systemd, as Debian's /etc/init.d/rc.local does it: run /etc/rc.local
+    when it is executable. Its failure is logged, as an init would, and the device stays up."""
+    script = Path(dev.root) / "etc" / "rc.local"
+    if not (script.is_file() and os.access(script, os.X_OK)):
+        return
+    result = run(["nsenter", "--target", str(init_pid(dev)), "--uts", "--net", "chroot", dev.root, "/etc/rc.local",
+                  "start"], check=False, step="run /etc/rc.local", device=dev.name, timeout=SSH_READY_TIMEOUT,
+                 env=BOOT_ENV)
+    if result.returncode != 0:
+        with open(log_path(dev), "ab") as log:
+            log.write(b"/etc/rc.local exited with status %d: %s\n" % (result.returncode, result.stderr[-500:]))
 
 
 def _wait_for_init(dev: LabDevice, init: subprocess.Popen[bytes]) -> None:

@@ -378,7 +378,18 @@ class DeviceOps:
         """One measurement of every gate that is on. Agent errors become notes (the gate then fails with
         them); only an unreachable device raises."""
         notes: dict[str, str] = {}
-        view = await self.view(device)
+        # The agent's status, a telemetry sample and the golden check are independent: asked at once (three
+        # channels of the device's one connection). The latency bench runs alone afterwards, so that the check's
+        # inference does not slow what it times.
+        asked = await asyncio.gather(self.view(device), self._telemetry(device),
+                                     self._golden(device, artifact_id) if gates.golden_min_cosine is not None
+                                     else _nothing(), return_exceptions=True)
+        for answer in asked:
+            if isinstance(answer, BaseException):
+                raise answer
+        view, sample, (cosine, golden_note) = asked  # type: ignore[misc]
+        if golden_note:
+            notes[GOLDEN] = golden_note
         serving = view.serving and view.serving_model == artifact_id
         if not view.serving:
             notes[SERVING] = "the model server is not running"
@@ -387,7 +398,6 @@ class DeviceOps:
                               else "the model server has no model loaded")
         requests = errors = 0
         temperature = memory = None
-        sample = await self._telemetry(device)
         if "error" in sample:
             notes[TEMPERATURE] = notes[MEMORY] = f"telemetry failed: {sample['error']}"
         temps = [v for v in (sample.get("temps") or {}).values() if isinstance(v, (int, float))]
@@ -399,18 +409,11 @@ class DeviceOps:
             memory = round(100.0 * mem["available_mb"] / mem["total_mb"], 2)
         inference = sample.get("inference") or {}
         requests, errors = int(inference.get("requests") or 0), int(inference.get("errors") or 0)
-        p95 = cosine = None
+        p95 = None
         if gates.p95_ms_max is not None or gates.p95_ratio_max is not None:
             p95, why = await self._bench(device, artifact_id)
             if why:
                 notes[P95] = why
-        if gates.golden_min_cosine is not None:
-            try:
-                check = await self._agent(device, "measure", "check", artifact_id, "--providers",
-                                          self._providers(device))
-                cosine = float(check["min_cosine"])
-            except RolloutStepError as exc:
-                notes[GOLDEN] = f"{exc.code}: {exc.message}"
         return GateSample(time.time(), serving, view.serving_model, p95, requests, errors, temperature, memory,
                           cosine, notes=notes)
 
@@ -426,6 +429,15 @@ class DeviceOps:
         error = next((o for o in lines if o.get("type") == "error"), None)
         return {"error": str(error.get("message")) if error else f"no sample (exit status {result.exit_status})"}
 
+    async def _golden(self, device: Device, artifact_id: str) -> tuple[float | None, str]:
+        """The lowest cosine of the artifact's outputs against its golden ones (the agent's `check`, which the
+        running server answers when it has the artifact loaded), or None and why not."""
+        try:
+            check = await self._agent(device, "measure", "check", artifact_id, "--providers", self._providers(device))
+        except RolloutStepError as exc:
+            return None, f"{exc.code}: {exc.message}"
+        return float(check["min_cosine"]), ""
+
     async def _bench(self, device: Device, artifact_id: str) -> tuple[float | None, str]:
         try:
             result = await self._agent(device, "measure", "bench", artifact_id, "--runs", str(self.bench_runs),
@@ -433,3 +445,7 @@ class DeviceOps:
         except RolloutStepError as exc:
             return None, f"the benchmark failed ({exc.code}): {exc.message}"
         return float(result["p95_ms"]), ""
+
+
+async def _nothing() -> tuple[None, str]:
+    return None, ""

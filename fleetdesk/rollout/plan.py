@@ -707,7 +707,8 @@ def plan_text(resolved: ResolvedPlan) -> str:
                  "devices, rounded down, at least 1; the last value repeats):")
     for i, wave in enumerate(resolved.waves):
         label = "canary" if i == 0 and len(resolved.waves) > 1 and len(wave) == 1 else ""
-        head = f"  wave {i + 1}{f' ({label})' if label else ''}, {_plural(len(wave), 'device')}: "
+        own = " (own thresholds)" if i < len(plan.wave_policies) and plan.wave_policies[i] is not None else ""
+        head = f"  wave {i + 1}{f' ({label})' if label else ''}, {_plural(len(wave), 'device')}{own}: "
         members = ", ".join(_shown(names[d]) for d in wave)
         lines.extend(textwrap.wrap(members, width=110, initial_indent=head, subsequent_indent=" " * 6,
                                    break_on_hyphens=False))

@@ -1,5 +1,6 @@
 """The files provisioning puts on a device besides the wheels: the agent tree (versioned by its content), the
-`fleetdesk-agent` launcher, the supervisor that keeps `serve` running where there is no systemd, and the unit.
+`fleetdesk-agent` launcher, the supervisor that keeps `serve` running where there is no systemd (with the boot
+script that starts it again after a reboot), and the unit.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ class DeviceLayout:
         return self.join("bin", "fleetdesk-supervise")
 
     @property
+    def boot(self) -> str:
+        return self.join("bin", "fleetdesk-boot")
+
+    @property
     def fleet_pub(self) -> str:
         return self.join("keys", "fleet.pub")
 
@@ -140,6 +145,40 @@ while :; do
   pause=$(( pause * 2 )); [ "$pause" -gt 60 ] && pause=60
 done
 """
+
+
+def boot_script(root: str) -> str:
+    """ROOT/bin/fleetdesk-boot: starts the supervisor, detached, unless it runs already; always exits 0.
+
+    Run at boot by the hook provisioning installs where no systemd runs (see `boot_hook_line`). The pid file
+    survives a reboot on the device's disk: a pid is trusted only when that process is a supervisor.
+    """
+    q = shell_quote(root)
+    return f"""#!/bin/sh
+# Starts the FleetDesk supervisor at boot (no systemd on this device); written by `fleetdesk provision`.
+ROOT={q}
+pidfile="$ROOT/run/supervise.pid"
+if [ -s "$pidfile" ] && grep -q fleetdesk-supervise "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null; then
+  exit 0
+fi
+rm -f "$pidfile"
+[ -x "$ROOT/bin/fleetdesk-supervise" ] || exit 0
+cd /
+setsid sh "$ROOT/bin/fleetdesk-supervise" </dev/null >/dev/null 2>&1 &
+exit 0
+"""
+
+
+def boot_hook_mark(root: str) -> str:
+    """The comment that ends the boot hook's line, naming the root: provisioning finds and replaces its own line."""
+    return f"# fleetdesk-boot: {shell_quote(root)}"
+
+
+def boot_hook_line(root: str) -> str:
+    """The line for /etc/rc.local (or a crontab after `@reboot`). It cannot fail: rc.local often runs under
+    `sh -e`, where a failing line would skip the rest of the operator's file."""
+    boot = shell_quote(posixpath.join(root, "bin", "fleetdesk-boot"))
+    return f"if [ -x {boot} ]; then {boot} || true; fi  {boot_hook_mark(root)}"
 
 
 def systemd_unit(root: str) -> str:

@@ -32,6 +32,9 @@ from fleetdesk.runtime.agentfiles import (
     AgentTree,
     DeviceLayout,
     agent_tree,
+    boot_hook_line,
+    boot_hook_mark,
+    boot_script,
     launcher_script,
     supervisor_script,
     systemd_unit,
@@ -205,6 +208,65 @@ for folder in sys.argv[2:]:
         print(folder + "/" + entry)
 """
 
+# argv: line mark. Puts the boot hook `line` (ending in `mark`) where this device runs things at boot when no
+# systemd does: /etc/rc.local for root (run at the end of boot by sysvinit's rc.local script, and by systemd's
+# rc-local generator where it exists), else the user's crontab as `@reboot`. An older line with the same mark is
+# replaced; the rest of the file is kept, and a final `exit 0` stays last. Prints {"hook", "changed", "why"}.
+_BOOT_HOOK_PY = r"""
+import json, os, shutil, subprocess, sys
+line, mark = sys.argv[1], sys.argv[2]
+def edit(text, new, keep_exit):
+    lines = [l for l in text.splitlines() if not l.rstrip().endswith(mark)]
+    at = len(lines)
+    if keep_exit:
+        while at and not lines[at - 1].strip():
+            at -= 1
+        if at and lines[at - 1].strip() == "exit 0":
+            at -= 1
+    lines.insert(at, new)
+    return "\n".join(lines) + "\n"
+def say(hook, changed, why=""):
+    print(json.dumps({"hook": hook, "changed": changed, "why": why}))
+if os.geteuid() == 0:
+    path = "/etc/rc.local"
+    try:
+        with open(path) as f:
+            old = f.read()
+        mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        old, mode = None, 0o755
+    text = edit(old if old is not None else "#!/bin/sh\n# Run at the end of boot.\nexit 0\n", line, True)
+    if text == old and mode & 0o100:
+        say(path, False)
+    else:
+        tmp = path + ".fleetdesk-tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode | 0o755)
+        os.replace(tmp, path)
+        say(path, True)
+elif "%" in line:
+    say(None, False, "the FleetDesk root holds a %, which a crontab line cannot carry")
+elif shutil.which("crontab"):
+    listed = subprocess.run(["crontab", "-l"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True)
+    old = listed.stdout if listed.returncode == 0 else ""
+    text = edit(old, "@reboot " + line, False)
+    if text == old:
+        say("crontab", False)
+    else:
+        put = subprocess.run(["crontab", "-"], input=text, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             universal_newlines=True)
+        if put.returncode != 0:
+            say(None, False, "crontab refused the @reboot line: " + put.stderr.strip()[-200:])
+        else:
+            say("crontab", True)
+else:
+    say(None, False, "not root (so not /etc/rc.local) and no crontab command")
+"""
+
 # argv: root supervisor version. Stops a supervisor of another version, starts ours detached, waits for its pid.
 _SUPERVISE_SH = r"""
 root=$1; supervisor=$2; version=$3
@@ -253,6 +315,7 @@ class ProvisionOutcome:
     providers: tuple[str, ...] = ()
     onnxruntime: str | None = None
     python: str | None = None
+    boot_hook: str | None = None  # what starts the model server at boot: "systemd", "/etc/rc.local", "crontab"
     error: FleetDeskError | None = None
 
     @property
@@ -266,7 +329,7 @@ class ProvisionOutcome:
         return {"device": self.device, "status": self.status, "runtime": self.runtime_id,
                 "agent_version": self.agent_version, "bytes_sent": self.bytes_sent,
                 "seconds": round(self.seconds, 3), "changed": list(self.changed), "providers": list(self.providers),
-                "onnxruntime": self.onnxruntime, "python": self.python,
+                "onnxruntime": self.onnxruntime, "python": self.python, "boot_hook": self.boot_hook,
                 "error": self.error.to_dict() if self.error else None}
 
 
@@ -346,6 +409,7 @@ class _Device:
     sent: int = 0
     changed: list[str] = field(default_factory=list)
     supervisor_sha: str = ""
+    boot_hook: str | None = None  # where the supervisor is started at boot without systemd (None: nowhere)
 
 
 class Provisioner:
@@ -432,9 +496,9 @@ class Provisioner:
         wheels = [_Item(runtime.wheel_path(w), posixpath.join(layout.runtime_dir(runtime.id), "wheels", w.file),
                         w.size, w.sha256, what="wheel") for w in runtime.wheels]
         state = await self._state(d, items, wheels)
-        # Where systemd runs it keeps the server; elsewhere the supervisor script does.
-        unwanted = "fleetdesk-supervise" if state.get("systemd") else UNIT_NAME
-        items = [i for i in items if i.what != unwanted]
+        # Where systemd runs it keeps the server; elsewhere the supervisor script does, started at boot by a hook.
+        unwanted = ("fleetdesk-supervise", "fleetdesk-boot") if state.get("systemd") else (UNIT_NAME,)
+        items = [i for i in items if i.what not in unwanted]
         self._check(d, state, items, wheels)
         installed = bool(state["installed"])
         have = state["files"]
@@ -462,7 +526,8 @@ class Provisioner:
         self._say(name, "done", "nothing changed" if not d.changed else "; ".join(d.changed))
         return ProvisionOutcome(name, runtime_id=runtime.id, agent_version=self.agent.version, bytes_sent=d.sent,
                                 seconds=time.monotonic() - d.started, changed=tuple(d.changed), providers=providers,
-                                onnxruntime=str(proof.get("onnxruntime", "")) or None, python=python or None)
+                                onnxruntime=str(proof.get("onnxruntime", "")) or None, python=python or None,
+                                boot_hook=d.boot_hook)
 
     def _items(self, d: _Device) -> list[_Item]:
         """The agent tree, the launcher, the supervisor (or unit) and fleet.pub, for this device's root."""
@@ -473,6 +538,7 @@ class Provisioner:
         folder.mkdir(exist_ok=True)
         generated = [("fleetdesk-agent", launcher_script(layout.root), layout.launcher, 0o755),
                      ("fleetdesk-supervise", supervisor_script(layout.root), layout.supervisor, 0o755),
+                     ("fleetdesk-boot", boot_script(layout.root), layout.boot, 0o755),
                      (UNIT_NAME, systemd_unit(layout.root), UNIT_PATH, 0o644)]
         for local_name, text, remote, mode in generated:
             path = folder / local_name
@@ -620,16 +686,36 @@ class Provisioner:
                     shell_join(["systemctl", "enable", UNIT_NAME]),
                     shell_join(["systemctl", "restart", UNIT_NAME])]), timeout=COMMAND_TIMEOUT, check=True)
                 d.changed.append(f"restarted {UNIT_NAME}" if active.exit_status == 0 else f"started {UNIT_NAME}")
+            d.boot_hook = "systemd"
             return
         # The supervisor runs the agent version, runtime and script it started with: a change to any restarts it.
         version = f"{self.agent.version} {d.runtime.id} {d.supervisor_sha[:12]}"
         running = state.get("supervisor")
-        if running and running.get("version") == version:
-            return
-        self._say(name, "register", "starting the supervised model server (no systemd)")
-        await pool.run(d.target, shell_join(["sh", "-c", _SUPERVISE_SH, "sh", d.layout.root, d.layout.supervisor,
-                                             version]), timeout=COMMAND_TIMEOUT, check=True)
-        d.changed.append("restarted the model server" if running else "started the model server")
+        if not (running and running.get("version") == version):
+            self._say(name, "register", "starting the supervised model server (no systemd)")
+            await pool.run(d.target, shell_join(["sh", "-c", _SUPERVISE_SH, "sh", d.layout.root, d.layout.supervisor,
+                                                 version]), timeout=COMMAND_TIMEOUT, check=True)
+            d.changed.append("restarted the model server" if running else "started the model server")
+        await self._boot_hook(d)
+
+    async def _boot_hook(self, d: _Device) -> None:
+        """Without systemd, a hook starts the supervisor after a reboot (see _BOOT_HOOK_PY). Where none can be
+        put, provisioning still succeeds and says so: the server then comes back with the next provisioning."""
+        root = d.layout.root
+        result = await self.fleet.pool.run(d.target, python_command(_BOOT_HOOK_PY, boot_hook_line(root),
+                                                                    boot_hook_mark(root)),
+                                           timeout=COMMAND_TIMEOUT, check=True)
+        try:
+            answer = dict(json.loads(result.stdout.strip().splitlines()[-1]))
+        except (ValueError, IndexError):
+            answer = {"hook": None, "changed": False, "why": f"no answer ({result.stdout.strip()[-200:]!r})"}
+        d.boot_hook = answer.get("hook")
+        if answer.get("changed"):
+            d.changed.append(f"installed the boot hook in {d.boot_hook}")
+        elif d.boot_hook is None:
+            self._say(d.device.name, "register", f"warning: no boot hook ({answer.get('why')}): after a reboot the "
+                      "model server stays stopped until the next `fleetdesk provision`; log in as root, or "
+                      "install cron, for it to start at boot")
 
     async def _selftest(self, d: _Device) -> dict[str, Any]:
         name = d.device.name

@@ -14,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 
 from fleetdesk.artifacts.signing import KEYRING_ACCOUNT
 from fleetdesk.artifacts.store import ArtifactStore, write_golden
 from fleetdesk.config import Settings
-from fleetdesk.gui.rollout_wizard import RolloutWizard
+from fleetdesk.gui.overview import colours
+from fleetdesk.gui.rollout_wizard import RolloutWizard, section_of
+from fleetdesk.gui.wave_policy_table import APPROVE, ERRORS, OVERRIDE, SOAK, SUCCESS
 from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory.records import ProbeFacts
 from fleetdesk.inventory.rollouts import RolloutRepo
@@ -334,3 +337,152 @@ def test_the_live_view_shows_waves_states_progress_and_gates(world: Path, screen
         assert shown["temperature_c"][0] == pytest.approx(91 / 85 * 100)
         assert len(view.gate_plot.bars) == 6 and view.gate_plot.bound_line.value() == 100
         session.settle(0.1)
+
+
+def wave_rows(wizard: RolloutWizard) -> list[list[str]]:
+    """The per-wave table as the operator reads it: the visible rows' texts, check boxes as "on"/"off"."""
+    table = wizard.wave_table
+    out = []
+    for row in range(table.rowCount()):
+        if table.isRowHidden(row):
+            continue
+        cells = []
+        for column in range(table.columnCount()):
+            item = table.item(row, column)
+            cells.append(("on" if item.checkState() == Qt.CheckState.Checked else "off")
+                         if column in (OVERRIDE, APPROVE) else item.text())
+        out.append(cells)
+    return out
+
+
+def editable(wizard: RolloutWizard, row: int, column: int) -> bool:
+    return bool(wizard.wave_table.item(row, column).flags() & Qt.ItemFlag.ItemIsEnabled)
+
+
+def override(wizard: RolloutWizard, row: int, on: bool = True) -> None:
+    wizard.wave_table.item(row, OVERRIDE).setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+
+
+def edit(wizard: RolloutWizard, row: int, column: int, value: str | bool) -> None:
+    item = wizard.wave_table.item(row, column)
+    if isinstance(value, bool):
+        item.setCheckState(Qt.CheckState.Checked if value else Qt.CheckState.Unchecked)
+    else:
+        item.setText(value)
+
+
+def test_per_wave_overrides_retries_and_step_timeout_reach_the_plan(session: GuiSession) -> None:
+    window = session.window
+    wizard = open_wizard(session, all_ids(session))
+    assert wizard.retries_spin.value() == 3 and wizard.step_timeout_spin.value() == 600
+    # One row per wave of the live sizes (10 devices: 1, 1, 5, 3); unchecked rows show the common policy, greyed.
+    assert wave_rows(wizard) == [["1 · canary · 1 device", "off", "100%", "0", "0", "off"],
+                                 ["2 · 1 device", "off", "100%", "0", "0", "off"],
+                                 ["3 · 5 devices", "off", "100%", "0", "0", "off"],
+                                 ["4 · 3 devices", "off", "100%", "0", "0", "off"]]
+    assert not any(editable(wizard, r, c) for r in range(4) for c in (SUCCESS, ERRORS, SOAK, APPROVE))
+    assert all(editable(wizard, r, OVERRIDE) for r in range(4))
+    wizard.errors_edit.setText("1")  # the greyed rows follow the common fields
+    assert [row[3] for row in wave_rows(wizard)] == ["1"] * 4
+    assert wizard.resolved is not None and wizard.resolved.plan.wave_policies == ()
+
+    # Checking Override copies the common values in for editing; the canary soaks and waits for approval, the
+    # third wave tolerates 20% errors.
+    override(wizard, 0)
+    assert wave_rows(wizard)[0] == ["1 · canary · 1 device", "on", "100%", "1", "0", "off"]
+    assert all(editable(wizard, 0, c) for c in (SUCCESS, ERRORS, SOAK, APPROVE))
+    edit(wizard, 0, ERRORS, "0")
+    edit(wizard, 0, SOAK, "120")
+    edit(wizard, 0, APPROVE, True)
+    override(wizard, 2)
+    edit(wizard, 2, ERRORS, "20%")
+    wizard.retries_spin.setValue(7)
+    wizard.step_timeout_spin.setValue(120)
+    assert wizard.error is None and wizard.start_button.isEnabled()
+    canary = WavePolicy(success="100%", errors="0", soak_s=120, approve=True)
+    third = WavePolicy(success="100%", errors="20%", soak_s=0)
+    plan = wizard.resolved.plan
+    assert plan.wave_policies == (canary, None, third)
+    assert plan.policy == WavePolicy(success="100%", errors="1")
+    assert plan.transfer.retries == 7 and plan.step_timeout_s == 120
+    # The preview (plan_text) states each wave's own rules, and the retries and step timeout.
+    text = wizard.preview.toPlainText()
+    assert text == plan_text(resolve(plan, window.bridge.fleet.inventory, window.bridge.artifact_store()))
+    waves = text.split("  wave ")[1:]
+    assert "gates re-measured for 120 s after activation" in waves[0]
+    assert "then the operator must approve the next wave" in waves[0]
+    assert [" (own thresholds): " in w.split("\n")[0] for w in waves] == [True, False, True, False]
+    assert "the first failure pauses the rollout (errors 0, exceeded: >)" in waves[0]
+    assert "failures never pause it (errors 1 of 1)" in waves[1]  # the common policy
+    assert "failure number 2 pauses the rollout (errors 20%: more than 1 of 5)" in waves[2]
+    assert "7 retries per transfer" in text and "every step on a device times out after 120 s" in text
+    hint = wizard.minimumSizeHint()
+    assert hint.width() <= 1280 and hint.height() <= 800, hint  # fits a 1280x800 laptop screen
+    wizard.resize(1280, 800)
+    shot(wizard, "rollout-wizard-waves")
+    wizard.resize(1280, 1900)
+    shot(wizard, "rollout-wizard-waves-tall")
+
+    # Unchecking an override removes it; the row shows the common values again, greyed.
+    override(wizard, 0, False)
+    assert wave_rows(wizard)[0] == ["1 · canary · 1 device", "off", "100%", "1", "0", "off"]
+    assert not editable(wizard, 0, SOAK)
+    assert wizard.resolved.plan.wave_policies == (None, None, third)
+
+    # Fewer waves: the overrides of rows past them are left out of the plan (kept while the text changes).
+    wizard.waves_edit.setText("2, 100%")
+    assert [row[0] for row in wave_rows(wizard)] == ["1 · 2 devices", "2 · 8 devices"]
+    assert wizard.resolved is not None and wizard.resolved.plan.wave_policies == ()
+    assert "errors 20%" not in wizard.preview.toPlainText()
+    wizard.waves_edit.setText("1, 10%, 50%, 100%")
+    assert wizard.resolved.plan.wave_policies == (None, None, third)
+    wizard.reject()
+
+
+def test_an_invalid_wave_override_names_the_cell_and_holds_start(session: GuiSession) -> None:
+    wizard = open_wizard(session, all_ids(session))
+    assert section_of("wave_policies[2].soak_s") == "waves" and section_of("transfer.retries") == "transfer"
+    override(wizard, 1)
+    cell = wizard.wave_table.item(1, ERRORS)
+    edit(wizard, 1, ERRORS, "lots")
+    assert not wizard.start_button.isEnabled() and not wizard.plan_button.isEnabled()
+    assert wizard.error is not None and wizard.error.field == "wave_policies[1].errors"
+    assert wizard.errors["waves"].isVisibleTo(wizard)
+    assert wizard.errors["waves"].text().startswith("'lots' is not a threshold — fix: write a count of devices")
+    assert wizard.problem.text().startswith("Not ready: wave_policies[1].errors: ")
+    assert wizard.preview.toPlainText() == ""
+    assert cell.background().color().name() == QColor(colours()["error"]).name()
+    edit(wizard, 1, ERRORS, "1")
+    assert wizard.start_button.isEnabled() and cell.background().style() == Qt.BrushStyle.NoBrush
+    assert not wizard.errors["waves"].isVisibleTo(wizard)
+
+    edit(wizard, 1, SUCCESS, "0")
+    assert wizard.error.field == "wave_policies[1].success" and not wizard.start_button.isEnabled()
+    assert "would start the next wave with no device done" in wizard.errors["waves"].text()
+    edit(wizard, 1, SUCCESS, "90%")
+    edit(wizard, 1, SOAK, "a while")
+    assert wizard.error.field == "wave_policies[1].soak_s" and not wizard.start_button.isEnabled()
+    assert wizard.errors["waves"].text() == ("'a while' is not a number of seconds — fix: give the soak time in "
+                                             "seconds (0 or more)")
+    edit(wizard, 1, SOAK, "-5")
+    assert wizard.error.field == "wave_policies[1].soak_s"
+    # A wave's soak longer than the devices wait for their confirmation: the confirmation field is the one to fix.
+    edit(wizard, 1, SOAK, "400")
+    assert wizard.error.field == "confirm_within_s" and not wizard.start_button.isEnabled()
+    assert "wave_policies[1].soak_s (400 s)" in wizard.errors["soak"].text()
+    assert "border" in wizard.confirm_spin.styleSheet()
+    wizard.confirm_spin.setValue(900)
+    assert wizard.start_button.isEnabled()
+    assert wizard.resolved.plan.wave_policies == (None, WavePolicy(success="90%", errors="1", soak_s=400))
+
+    # Unchecking the override of a bad row clears its error: the wave follows the common policy again.
+    edit(wizard, 1, ERRORS, "many")
+    assert not wizard.start_button.isEnabled()
+    override(wizard, 1, False)
+    assert wizard.start_button.isEnabled() and wizard.resolved.plan.wave_policies == ()
+
+    # No target yet: a row per entry of the waves text, named by it.
+    for i in range(wizard.device_list.count()):
+        wizard.device_list.item(i).setCheckState(Qt.CheckState.Unchecked)
+    assert [row[0] for row in wave_rows(wizard)] == ["1 · 1", "2 · 10%", "3 · 50%", "4 · 100%"]
+    wizard.reject()

@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +23,13 @@ from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.errors import DiskFullError
 from fleetdesk.fleet import Fleet
 from fleetdesk.inventory.runtimes import DeviceRuntimes
+from fleetdesk.lab.rootfs import LAB_USER
 from fleetdesk.profiles import load_profiles
-from fleetdesk.runtime.agentfiles import AgentTree, agent_tree
-from fleetdesk.runtime.provision import ProvisionOutcome, ProvisionProgress, provision
+from fleetdesk.runtime.agentfiles import AgentTree, agent_tree, boot_hook_line, boot_hook_mark
+from fleetdesk.runtime.provision import _BOOT_HOOK_PY, ProvisionOutcome, ProvisionProgress, provision
 from fleetdesk.runtime.store import Runtime, RuntimeStore
 from fleetdesk.runtime.wheelhouse import build_runtime
+from fleetdesk.transport.shell import python_command
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
 from tests.lab.conftest import Fleet as LabFleet
 from tests.lab.laptop import LabLaptop
@@ -63,7 +66,7 @@ def wipe(lab: LabFleet, name: str) -> None:
     """Back to a device that never saw FleetDesk: stop the supervised server we started, remove ROOT."""
     script = (f"p={ROOT}/run/supervise.pid; if [ -s $p ]; then kill $(cat $p) 2>/dev/null; "
               f"i=0; while kill -0 $(cat $p 2>/dev/null || echo 0) 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; "
-              f"i=$((i+1)); done; fi; rm -rf {ROOT}")
+              f"i=$((i+1)); done; fi; rm -rf {ROOT} /etc/rc.local")
     result = lab.ssh(lab.device(name), script)
     assert result.exit_status == 0, result.stderr
 
@@ -117,6 +120,7 @@ def test_provisioning_from_scratch_installs_offline_and_proves_it_then_again_sen
         assert outcome.bytes_sent >= runtime.size + agent.size
         assert f"installed runtime {runtime.id}" in outcome.changed
         assert "started the model server" in outcome.changed
+        assert "installed the boot hook in /etc/rc.local" in outcome.changed and outcome.boot_hook == "/etc/rc.local"
         assert outcome.onnxruntime == runtime.version_of("onnxruntime")
         assert "CPUExecutionProvider" in outcome.providers and outcome.python == "3.11.2"
         # The layout of the shared contract, on the device itself.
@@ -147,6 +151,47 @@ def test_provisioning_from_scratch_installs_offline_and_proves_it_then_again_sen
         assert supervisor_pid(fleet, name) == pids[name]  # not restarted
         assert on_device(fleet, name, f"stat -c %Y.%i {ROOT}/runtimes/*/installed.json {ROOT}/runtimes/*/venv") \
             == stamps[name]  # no venv rebuilt
+
+
+def serving(lab: LabFleet, name: str) -> dict[str, Any]:
+    """The agent's own status line's `serving` part."""
+    lines = [json.loads(line) for line in on_device(lab, name, f"{ROOT}/bin/fleetdesk-agent status").splitlines()]
+    return dict(next(o for o in lines if o.get("command") == "status")["serving"])
+
+
+def test_without_systemd_a_boot_hook_starts_the_model_server_again_after_a_reboot(
+        fleet: LabFleet, laptop: Laptop) -> None:
+    assert laptop.provision(X86)[X86].status == "succeeded"
+    # The operator's own rc.local (Debian's shape: `sh -e`, `exit 0` last) keeps every line; ours goes before exit.
+    on_device(fleet, X86, "rm -f /run/operator-ran; printf '#!/bin/sh -e\\ntouch /run/operator-ran\\nexit 0\\n' "
+                          "> /etc/rc.local && chmod 700 /etc/rc.local")
+    outcome = laptop.provision(X86)[X86]
+    assert outcome.changed == ("installed the boot hook in /etc/rc.local",) and outcome.bytes_sent == 0
+    text = on_device(fleet, X86, "cat /etc/rc.local")
+    assert text.splitlines() == ["#!/bin/sh -e", "touch /run/operator-ran", boot_hook_line(ROOT), "exit 0"]
+    assert on_device(fleet, X86, "stat -c %a /etc/rc.local").strip() == "755"
+    again = laptop.provision(X86)[X86]
+    assert again.changed == () and on_device(fleet, X86, "cat /etc/rc.local") == text
+
+    before = supervisor_pid(fleet, X86)
+    fleet.fault(X86, "reboot", "1")  # the lab's boot runs /etc/rc.local last, as sysvinit does
+    deadline = time.monotonic() + 90
+    while not (now := serving(fleet, X86)).get("running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert now.get("running"), now
+    after = supervisor_pid(fleet, X86)
+    assert after != before and "fleetdesk-supervise" in on_device(fleet, X86, f"tr '\\0' ' ' < /proc/{after}/cmdline")
+    assert on_device(fleet, X86, "ls /run/operator-ran").strip() == "/run/operator-ran"
+    # Provisioning finds everything as it left it: nothing restarted, nothing sent.
+    third = laptop.provision(X86)[X86]
+    assert third.changed == () and third.bytes_sent == 0 and supervisor_pid(fleet, X86) == after
+
+
+def test_a_user_without_root_or_cron_gets_no_boot_hook_and_is_told_why(fleet: LabFleet) -> None:
+    # The hook script itself, run as the lab's unprivileged user: not root, and the lab's image has no cron.
+    command = python_command(_BOOT_HOOK_PY, boot_hook_line(ROOT), boot_hook_mark(ROOT))
+    answer = json.loads(on_device(fleet, X86, f"runuser -u {LAB_USER} -- sh -c {shlex.quote(command)}"))
+    assert answer == {"hook": None, "changed": False, "why": "not root (so not /etc/rc.local) and no crontab command"}
 
 
 async def _recorded(fleet: Fleet) -> dict[str, Any]:

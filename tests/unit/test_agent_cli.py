@@ -505,6 +505,36 @@ def test_check_compares_with_the_golden_outputs_the_artifact_carries(root: Path,
     assert lines[-1]["command"] == "bench" and lines[-1]["artifact"] == same and lines[-1]["p95_ms"] > 0
 
 
+def test_check_asks_the_running_server_when_it_has_that_model_loaded(root: Path, tmp_path: Path) -> None:
+    model = cnn_bytes(tmp_path, 0)
+    golden = golden_for(tmp_path, model)
+    same = artifact(root, model, extra={"golden": "golden.npz"}, more={"golden.npz": golden})
+    other = artifact(root, cnn_bytes(tmp_path, 1), extra={"golden": "golden.npz"}, more={"golden.npz": golden})
+    alone = one(root, "check", same)
+    assert alone["via"] == "process"
+    one(root, "activate", same)
+    server = start_server(root)
+    try:
+        assert wait_for(lambda: one(root, "status")["serving"]["model"] == same)
+        address = json.loads((root / "run" / "serve-address.json").read_text())
+        assert address["pid"] == server.pid and address["host"] == "127.0.0.1"
+        served = one(root, "check", "current")
+        assert served["via"] == "server"
+        # The same comparison as the agent's own process makes: only where it ran differs.
+        assert {k: v for k, v in served.items() if k != "via"} == {k: v for k, v in alone.items() if k != "via"}
+        # Not the model it has loaded: the agent loads that one itself.
+        assert one(root, "check", other)["via"] == "process"
+        # The server's own failure reaches the operator as the same error line (damaged golden outputs).
+        (root / "artifacts" / same / "golden.npz").write_bytes(b"not an npz")
+        err = one(root, "check", same)
+        assert err["code"] == "bad-artifact" and "cannot be read" in err["message"] and err["fix"]
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert not (root / "run" / "serve-address.json").exists()  # a stopped server is not asked
+    assert one(root, "check", other)["via"] == "process"
+
+
 def start_server(root: Path) -> subprocess.Popen[bytes]:
     """`fleetdesk-agent serve` with its JSON lines in ROOT/log/serve.log, as the device's supervisor runs it."""
     (root / "log").mkdir(exist_ok=True)

@@ -414,7 +414,8 @@ def test_plan_text_states_waves_variants_and_thresholds_in_words(inventory: Inve
     # Wave 3's own policy: 50% of 3 is 1.5, so 2 devices; errors 1 tolerates one failure.
     assert "at least 2 of 3 are done (success 50%" in text
     assert "failure number 2 pauses the rollout (errors 1: more than 1 of 3)" in text
-    assert ("  wave 3, 3 devices: rpi4-01, rpi5-01, ipc-02\n"
+    assert "wave 2, 1 device: " in text and text.count("(own thresholds)") == 1  # only wave 3 has its own
+    assert ("  wave 3, 3 devices (own thresholds): rpi4-01, rpi5-01, ipc-02\n"
             "    the next wave starts when at least 2 of 3 are done (success 50%, reached: >=)\n"
             "    failure number 2 pauses the rollout (errors 1: more than 1 of 3)\n"
             "    gates re-measured for 60 s after activation\n"

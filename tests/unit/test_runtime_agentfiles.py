@@ -5,8 +5,10 @@ The shell scripts run here for real, against a temporary ROOT, with the laptop's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,10 +22,14 @@ from fleetdesk.runtime.agentfiles import (
     AGENT_PACKAGE,
     DeviceLayout,
     agent_tree,
+    boot_hook_line,
+    boot_hook_mark,
+    boot_script,
     launcher_script,
     supervisor_script,
     systemd_unit,
 )
+from tests.conftest import skip_or_fail
 
 # The stand-in agent: prints how it was started, as the real one's JSON lines would.
 FAKE_MAIN = """import json, os, sys
@@ -123,6 +129,72 @@ def test_the_systemd_unit_runs_serve_through_the_launcher_and_restarts_it() -> N
     unit = systemd_unit("/opt/fleet desk")
     assert 'ExecStart="/opt/fleet desk/bin/fleetdesk-agent" serve' in unit
     assert "Restart=always" in unit and "WantedBy=multi-user.target" in unit
+
+
+def test_systemd_itself_accepts_the_unit_and_refuses_one_whose_launcher_is_missing(tmp_path: Path) -> None:
+    # `systemd-analyze verify` parses the unit as systemd would load it (systemd-analyze(1)); this machine runs no
+    # systemd, so the unit's registration (daemon-reload, enable, restart) is not exercised here.
+    if shutil.which("systemd-analyze") is None:
+        skip_or_fail("systemd-analyze is not installed (Debian package systemd; scripts/system-deps.sh installs it)")
+    root = tmp_path / "fleet desk"
+    (root / "bin").mkdir(parents=True)
+    launcher = root / "bin" / "fleetdesk-agent"
+    launcher.write_text("#!/bin/sh\n")
+    launcher.chmod(0o755)
+    unit = tmp_path / "fleetdesk-agent.service"
+    unit.write_text(systemd_unit(str(root)))
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60,
+                              check=False)
+
+    good = verify()
+    assert good.returncode == 0, good.stderr
+    launcher.unlink()
+    bad = verify()
+    assert bad.returncode != 0 and f"Command {launcher} is not executable" in bad.stderr
+
+
+def test_the_boot_script_starts_one_supervisor_and_trusts_a_pid_only_when_it_is_one(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "bin").mkdir(parents=True)
+    (root / "run").mkdir()
+    # A supervisor stand-in: writes its pid as the real one does and stays up.
+    supervisor = root / "bin" / "fleetdesk-supervise"
+    supervisor.write_text(f'#!/bin/sh\necho $$ > "{root}/run/supervise.pid"\necho started >> "{root}/starts"\n'
+                          "sleep 60\n")
+    supervisor.chmod(0o755)
+    boot = root / "bin" / "fleetdesk-boot"
+    boot.write_text(boot_script(str(root)))
+    pidfile = root / "run" / "supervise.pid"
+    pidfile.write_text(f"{os.getpid()}\n")  # left from before the reboot, now another process's pid
+    started: list[int] = []
+    try:
+        for _ in range(2):
+            assert subprocess.run(["sh", str(boot)], timeout=30, check=False).returncode == 0
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (pidfile.is_file() and pidfile.read_text().strip()
+                                                       and int(pidfile.read_text()) != os.getpid()):
+                time.sleep(0.05)
+            started.append(int(pidfile.read_text()))
+        time.sleep(0.3)
+        assert started[0] == started[1] and (root / "starts").read_text().split() == ["started"]
+        assert b"fleetdesk-supervise" in Path(f"/proc/{started[0]}/cmdline").read_bytes()
+    finally:
+        for pid in set(started):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # setsid made it a group leader: its sleep goes too
+
+
+def test_the_boot_hook_line_cannot_fail_and_names_its_root() -> None:
+    line = boot_hook_line("/opt/fleet desk")
+    assert line == ("if [ -x '/opt/fleet desk/bin/fleetdesk-boot' ]; then '/opt/fleet desk/bin/fleetdesk-boot' || "
+                    "true; fi  # fleetdesk-boot: '/opt/fleet desk'")
+    assert line.endswith(boot_hook_mark("/opt/fleet desk"))
+    # Under `sh -e` (Debian's rc.local) a missing or failing boot script ends neither the line nor the file.
+    result = subprocess.run(["sh", "-e", "-c", f"{line}\necho after"], capture_output=True, text=True, timeout=30,
+                            check=False)
+    assert result.returncode == 0 and result.stdout == "after\n"
 
 
 def test_the_device_layout_follows_the_shared_contract() -> None:
