@@ -13,7 +13,7 @@ import json
 import posixpath
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,19 @@ class StageResult:
     already_there: bool  # the device held the whole artifact, verified: nothing was sent
     bytes_total: int = 0  # the artifact's size
     files: int = 0
+
+
+@dataclass(frozen=True)
+class Staging:
+    """One artifact on its way to one device: what `prepare` found, for `transfer` and `verify_staged`."""
+
+    device: Device
+    artifact_id: str
+    folder: Path  # the artifact in the laptop's store
+    remote: str  # ROOT/artifacts/<id> on the device
+    files: tuple[tuple[str, int], ...]  # (path in the artifact, size), the manifest last
+    total: int
+    complete: bool = False  # the device holds the whole artifact and it verified: nothing to send
 
 
 @dataclass(frozen=True)
@@ -230,6 +243,14 @@ class DeviceOps:
             raise RolloutStepError(f"{step}: the FleetDesk agent is not installed under {root}", code="no-agent",
                                    device=device.name, step=step,
                                    fix=f"provision the device first (fleetdesk provision {device.name})")
+        if result.exit_signal or result.exit_status in (0, None):
+            # Killed by a signal, or stopped by one (the agent turns SIGTERM/SIGHUP into a quiet exit 0) before it
+            # answered: a device shutting down. What the step did is unknown until the agent answers again.
+            how = f"killed by SIG{result.exit_signal}" if result.exit_signal else "stopped"
+            raise UnreachableError(f"{step}: the agent was {how} before it answered (the device may be shutting "
+                                   "down or rebooting)", device=device.name, step=step,
+                                   fix="wait for the device to come back; the rollout then asks its agent where it "
+                                       "stands")
         last = (result.stderr.strip().splitlines() or [""])[-1][:300]
         raise RolloutStepError(f"{step}: the agent printed no result (exit status {result.exit_status})"
                                + (f": {last}" if last else ""), code="no-result", device=device.name, step=step,
@@ -249,20 +270,26 @@ class DeviceOps:
                     progress: Callable[[int, int], None] | None = None) -> StageResult:
         """Copy the artifact to ROOT/artifacts/<id>/ (files already there are skipped, partial ones resumed),
         then have the agent check its signature and every hash. The manifest goes last: a folder with a
-        manifest is a complete copy."""
+        manifest is a complete copy. prepare + transfer + verify_staged; the engine calls them one by one, so
+        that only the transfer holds one of its transfer slots."""
         started = time.monotonic()
+        staging = await self.prepare(device, artifact_id)
+        if staging.complete:
+            (progress or (lambda _done, _total: None))(staging.total, staging.total)
+            return StageResult(0, time.monotonic() - started, True, staging.total, len(staging.files))
+        sent = await self.transfer(staging, bandwidth_bytes_s=bandwidth_bytes_s, progress=progress)
+        await self.verify_staged(staging)
+        return StageResult(sent, time.monotonic() - started, False, staging.total, len(staging.files))
+
+    async def prepare(self, device: Device, artifact_id: str) -> Staging:
+        """Before any byte moves: what the device already holds of the artifact, and whether it has room for the
+        rest (RolloutStepError code disk-full when not). A whole copy that verifies is `complete`."""
         artifact = self._artifact(device, artifact_id, "stage")
-        if bandwidth_bytes_s is not None and bandwidth_bytes_s <= 0:
-            raise RolloutStepError(f"stage: a bandwidth cap of {bandwidth_bytes_s} bytes/s sends nothing",
-                                   code="bad-arguments", device=device.name, step="stage",
-                                   fix="give a positive cap, or none")
         folder = Path(artifact.folder)
         order = [f.path for f in artifact.files] + [SIGNATURE_NAME, MANIFEST_NAME]
         sizes = [(folder / rel).stat().st_size for rel in order]
         total = sum(sizes)
         remote = posixpath.join(self.root(device), "artifacts", artifact.id)
-        say = progress or (lambda _done, _total: None)
-
         listing = [str(x) for pair in zip(order, sizes, strict=True) for x in pair]
         check = await self._run(device, shell_join(["python3", "-c", _SPACE_PY, self.root(device), remote, *listing]),
                                 "stage", 120)
@@ -274,14 +301,14 @@ class DeviceOps:
                                    device=device.name, step="stage",
                                    fix=f"check that {device.name} has python3 and its FleetDesk root is writable "
                                        "(fleetdesk provision sets both up)") from None
+        staging = Staging(device, artifact.id, folder, remote, tuple(zip(order, sizes, strict=True)), total)
         if has_manifest:
             try:
                 await self._agent(device, "stage", "verify", artifact.id)
             except RolloutStepError:
-                pass  # a damaged or partial copy: the pushes below repair it, the verify after says if they did
+                pass  # a damaged or partial copy: the pushes repair it, the verify after says if they did
             else:
-                say(total, total)
-                return StageResult(0, time.monotonic() - started, True, total, len(order))
+                return replace(staging, complete=True)
         needed = total - present
         if free < needed:
             raise RolloutStepError(
@@ -290,17 +317,31 @@ class DeviceOps:
                 device=device.name, step="stage",
                 fix=f"free at least {needed - free} bytes on {device.name} (old artifacts under "
                     f"{self.root(device)}/artifacts, logs), or give its profile a device_root on a larger filesystem")
+        return staging
 
+    async def transfer(self, staging: Staging, *, bandwidth_bytes_s: int | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> int:
+        """Push what the device lacks of the artifact, manifest last; the bytes sent."""
+        device = staging.device
+        if bandwidth_bytes_s is not None and bandwidth_bytes_s <= 0:
+            raise RolloutStepError(f"stage: a bandwidth cap of {bandwidth_bytes_s} bytes/s sends nothing",
+                                   code="bad-arguments", device=device.name, step="stage",
+                                   fix="give a positive cap, or none")
+        say = progress or (lambda _done, _total: None)
         sent, done_before = 0, 0
-        for rel, size in zip(order, sizes, strict=True):
+        for rel, size in staging.files:
             def one(done: int, _total: int, base: int = done_before) -> None:
-                say(base + done, total)
+                say(base + done, staging.total)
 
-            result = await self._push(device, folder / rel, posixpath.join(remote, rel), bandwidth_bytes_s, one)
+            result = await self._push(device, staging.folder / rel, posixpath.join(staging.remote, rel),
+                                      bandwidth_bytes_s, one)
             sent += result.bytes_sent
             done_before += size
-        await self._agent(device, "stage", "verify", artifact.id)
-        return StageResult(sent, time.monotonic() - started, False, total, len(order))
+        return sent
+
+    async def verify_staged(self, staging: Staging) -> None:
+        """The agent checks the copy's signature and every hash (RolloutStepError when it does not hold)."""
+        await self._agent(staging.device, "stage", "verify", staging.artifact_id)
 
     async def _push(self, device: Device, local: Path, remote: str, rate: int | None,
                     progress: Callable[[int, int], None]) -> Any:

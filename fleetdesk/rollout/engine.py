@@ -16,7 +16,7 @@ import fcntl
 import getpass
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -417,11 +417,12 @@ class RolloutEngine:
                          planned: dict[int, Any]) -> None:
         plan = resolved.plan
         policy = resolved.policy_for(wave)
-        gate = asyncio.Semaphore(max(1, plan.transfer.max_parallel))  # transfers at once
+        stop = asyncio.Event()  # set when a device's end state makes the wave pause: no device starts a new step
+        # Transfers at once; a device whose turn comes after the wave stopped does not start.
+        slots = _Slots(plan.transfer.max_parallel, lambda: not stop.is_set() and self._running(rid))
         # Activations move no artifact bytes (a few agent calls each): the transfer limit does not bound them, or a
         # wave of 10 with 4 transfers would activate in 3 rounds (benchmarks/rollout.py measured ~3 s a round).
         switching = asyncio.Semaphore(max(1, len(ids)))
-        stop = asyncio.Event()  # set when a device's end state makes the wave pause: no device starts a new step
 
         def check_wave() -> None:
             tally = dc.WaveTally.of(self.repo.device(rid, i).state for i in ids)
@@ -431,11 +432,10 @@ class RolloutEngine:
                 stop.set()
 
         async def stage_one(device_id: int) -> None:
-            async with gate:
-                if stop.is_set() or not self._running(rid):
-                    return
-                await self._stage(rid, resolved, device_id, planned[device_id])
-                check_wave()
+            if stop.is_set() or not self._running(rid):
+                return
+            await self._stage(rid, resolved, device_id, planned[device_id], slots)
+            check_wave()
 
         async def activate_one(device_id: int) -> None:
             async with switching:
@@ -482,25 +482,49 @@ class RolloutEngine:
 
     # -- one device ------------------------------------------------------------------------------------------
 
-    async def _stage(self, rid: int, resolved: ResolvedPlan, device_id: int, planned: Any) -> None:
+    async def _stage(self, rid: int, resolved: ResolvedPlan, device_id: int, planned: Any, slots: _Slots) -> None:
+        """PENDING (or STAGING) to STAGED, or failed or lost. Only the transfer holds one of the wave's transfer
+        slots: the space check before it and the device's verification after it run beside other transfers.
+        The STAGE step is journaled when the device's first slot is granted (or its step ends without one); a
+        device whose turn comes after the wave stopped stays as it was."""
         plan = resolved.plan
+        timeout = plan.step_timeout_s
         row = self.repo.device(rid, device_id)
         device = self.fleet.inventory.device(device_id)
-        if row.state == st.PENDING:
-            row = self._record(rid, device_id, st.STAGE, detail={"artifact": row.artifact})
         sent_before = row.bytes_sent
         attempts = row.attempts
         delay = self.backoff_s
+
+        def begin() -> None:
+            nonlocal row
+            if row.state == st.PENDING:
+                row = self._record(rid, device_id, st.STAGE, detail={"artifact": row.artifact})
+
         for attempt in range(plan.transfer.retries + 1):
             attempts += 1
             self.repo.update(rid, device_id, attempts=attempts)
             meter = _Meter(self, rid, device_id, device.name)
-            work = asyncio.ensure_future(self.ops.stage(
-                device, row.artifact, bandwidth_bytes_s=plan.transfer.bandwidth_bytes_s, progress=meter))
-            watch = asyncio.ensure_future(self._watch_stall(device, meter, work))
+            sent = 0
             try:
-                result = await asyncio.wait_for(work, plan.step_timeout_s)
+                staging = await asyncio.wait_for(self.ops.prepare(device, row.artifact), timeout)
+                if staging.complete:
+                    meter(staging.total, staging.total)
+                else:
+                    async with slots.take() as granted:
+                        if not granted:
+                            return
+                        begin()
+                        meter.started = time.monotonic()  # bytes/s from the first byte, not from the wait
+                        work = asyncio.ensure_future(self.ops.transfer(
+                            staging, bandwidth_bytes_s=plan.transfer.bandwidth_bytes_s, progress=meter))
+                        watch = asyncio.ensure_future(self._watch_stall(device, meter, work))
+                        try:
+                            sent = await asyncio.wait_for(work, timeout)
+                        finally:
+                            watch.cancel()
+                    await asyncio.wait_for(self.ops.verify_staged(staging), timeout)
             except Exception as exc:  # every failure is journaled as one of two events
+                begin()
                 if meter.stalled:
                     exc = UnreachableError(f"the transfer to {device.name} stalled: no byte moved for "
                                            f"{self.stall_timeout_s:g} s", device=device.name, step="stage",
@@ -520,11 +544,10 @@ class RolloutEngine:
                 self._record(rid, device_id, st.LOST if _lost(exc) else st.STEP_FAILED, error=_message(exc),
                              detail={"step": "stage", "attempts": attempts, **figures})
                 return
-            finally:
-                watch.cancel()
-            self._record(rid, device_id, st.STAGED_OK, bytes_sent=sent_before + result.bytes_sent,
-                         detail={"bytes_sent": result.bytes_sent, "seconds": round(result.seconds, 3),
-                                 "already_there": result.already_there})
+            begin()
+            self._record(rid, device_id, st.STAGED_OK, bytes_sent=sent_before + sent,
+                         detail={"bytes_sent": sent, "seconds": round(time.monotonic() - meter.started, 3),
+                                 "already_there": staging.complete})
             return
 
     async def _watch_stall(self, device: Device, meter: _Meter, work: asyncio.Future[Any]) -> None:
@@ -847,6 +870,19 @@ class _Meter:
         self.engine._emit(self.rid, "progress", self.device_id, st.STAGING,
                           f"{self.name}: {done}/{total} bytes", bytes_done=done, bytes_total=total,
                           rate_bytes_s=rate, eta_s=eta)
+
+
+class _Slots:
+    """How many transfers run at once; a slot granted after the wave stopped says so (False)."""
+
+    def __init__(self, count: int, may_start: Callable[[], bool]) -> None:
+        self._semaphore = asyncio.Semaphore(max(1, count))
+        self._may_start = may_start
+
+    @contextlib.asynccontextmanager
+    async def take(self) -> AsyncIterator[bool]:
+        async with self._semaphore:
+            yield self._may_start()
 
 
 async def _gather(works: Any) -> None:
