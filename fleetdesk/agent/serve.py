@@ -403,6 +403,8 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int
             if flags["reload"]:
                 flags["reload"] = False
                 _report(emit, app.refresh(force=True))
+                # At once, not at the next tick: `activate --wait-load` watches this file for the new model.
+                _write_stats(app, stats_path)
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + STATS_INTERVAL_S

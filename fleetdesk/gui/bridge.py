@@ -826,8 +826,8 @@ class FleetBridge(QObject):
             engine = self.rollout_engine()
             rid = await engine.start(plan)
             self._watched = rid
-            self.rollout_started.emit(rid)
             await self.refresh_rollouts()
+            self.rollout_started.emit(rid)  # after the refresh: the view selects the new row, so it must be listed
             if not run:
                 return await self._db(self._rollout_repo().get, rid)
             self._runs[rid] = activity

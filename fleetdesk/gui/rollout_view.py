@@ -7,16 +7,18 @@ asked for in `action_requested(action, rollout_id, options)`; the bridge turns t
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QBrush, QColor
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QSize, Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QPainter
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -24,6 +26,9 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSplitter,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -41,6 +46,9 @@ from .overview import colours
 from .plots import FixedPlot
 
 SHARE_CAP = 200.0  # bars are drawn up to twice their bound; the caption gives the real value
+# The gate plot's least height: its range grows to fit the captions (GatePlot._fit_range), bars stay readable.
+GATE_PLOT_MIN_HEIGHT = 130
+CHIP_PADDING = 10  # px around a selected state cell's text (StateColourDelegate)
 ROLLOUT_ROLE = Qt.ItemDataRole.UserRole + 31
 DEVICE_ROLE = Qt.ItemDataRole.UserRole + 32
 WAVE_ROLE = Qt.ItemDataRole.UserRole + 33
@@ -99,6 +107,65 @@ def gate_value_text(gate: str, value: Any) -> str:
     return f"{float(value):.3g} {unit}".strip()
 
 
+def absent_gate_text(entry: Mapping[str, Any]) -> tuple[str, bool]:
+    """A gate with no value to draw, as its caption says it, and whether it fails the device: only a gate that
+    is on and was not measured does (gates.evaluate records it with ok false); a gate that does not apply (ok,
+    no value: the device ran no model before, so no ratio) or is off (no bound) is shown neutrally."""
+    if entry.get("bound") is None:
+        return "off", False
+    if entry.get("ok"):
+        return "does not apply", False
+    return "not measured", True
+
+
+def gate_notes_html(notes: Sequence[tuple[str, str, bool]]) -> str:
+    """The gates' notes under the plot, one per line: a failing gate's in the error colour, the rest muted."""
+    palette = colours()
+    return "<br>".join(f"<span style='color:{palette['muted'] if ok else palette['error']}'>"
+                       f"<b>{html.escape(label)}</b>: {html.escape(plain(note))}</span>" for label, note, ok in notes)
+
+
+class StateColourDelegate(QStyledItemDelegate):
+    """A state cell keeps its colour on a selected row. The theme's `::item:selected { color }` would paint every
+    selected cell's text alike, and green or red on the selection blue is unreadable, so the selected cell's text
+    is drawn in its own colour on a chip of the view's base colour."""
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem,
+              index: QModelIndex | QPersistentModelIndex) -> None:
+        brush = index.data(Qt.ItemDataRole.ForegroundRole)
+        if not option.state & QStyle.StateFlag.State_Selected or not isinstance(brush, QBrush):  # type: ignore[attr-defined]
+            super().paint(painter, option, index)
+            return
+        opt = QStyleOptionViewItem(option)
+        self.initStyleOption(opt, index)
+        widget = option.widget  # type: ignore[attr-defined]
+        style = widget.style() if widget is not None else QApplication.style()
+        area = style.subElementRect(QStyle.SubElement.SE_ItemViewItemText, opt, widget)
+        text = opt.text  # type: ignore[attr-defined]
+        opt.text = ""  # type: ignore[attr-defined]
+        style.drawControl(QStyle.ControlElement.CE_ItemViewItem, opt, painter, widget)  # selection, no text
+        metrics = opt.fontMetrics  # type: ignore[attr-defined]
+        chip = QRect(area.left(), area.top() + 2, min(metrics.horizontalAdvance(text) + CHIP_PADDING, area.width()),
+                     area.height() - 4)
+        painter.save()
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(opt.palette.base())  # type: ignore[attr-defined]
+        painter.drawRoundedRect(chip, 4, 4)
+        painter.setPen(brush.color())
+        painter.setFont(opt.font)  # type: ignore[attr-defined]
+        inner = chip.adjusted(CHIP_PADDING // 2, 0, -CHIP_PADDING // 2, 0)
+        fits = metrics.horizontalAdvance(text) <= inner.width()  # a rounded advance: no clipping of a text that fits
+        painter.drawText(inner, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft
+                         | (Qt.TextFlag.TextDontClip if fits else Qt.TextFlag(0)),
+                         text if fits else metrics.elidedText(text, Qt.TextElideMode.ElideRight, inner.width()))
+        painter.restore()
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> QSize:
+        hint = super().sizeHint(option, index)
+        return QSize(hint.width() + CHIP_PADDING, hint.height())  # the chip's padding: no eliding when selected
+
+
 def gate_summary(gates: Mapping[str, Any]) -> str:
     values = gates.get("values") or {}
     if not values:
@@ -126,18 +193,27 @@ class _Transfer:
 
 class GatePlot(FixedPlot):
     """The chosen device's gate values, each as a share of its bound (the dashed line at 100 %): a bar for an
-    upper bound must stay below the line, a bar for a lower bound (golden cosine, free memory) above it."""
+    upper bound must stay below the line, a bar for a lower bound (golden cosine, free memory) above it. A gate with
+    no value has a caption instead: red "not measured" when that failed the device, muted when it did not apply;
+    what gates.evaluate noted is its tooltip and, through `notes`, the view's line under the plot."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("GatePlot")
-        self.setMinimumHeight(90)
+        self.setMinimumHeight(GATE_PLOT_MIN_HEIGHT)
         self.getAxis("left").setLabel("% of bound")
         self.getAxis("left").setWidth(52)
+        # pyqtgraph sizes the bottom axis from the text it last drew, a few pixels short of the gate names'
+        # descenders ("golden") at this font: reserve a line of the widget's font and the tick offset.
+        self.getAxis("bottom").setHeight(self.fontMetrics().height() + 10)
+        self.getViewBox().sigResized.connect(self._fit_range)
         self.bars: list[pg.BarGraphItem] = []
         self.bound_line: pg.InfiniteLine | None = None
         self.labels: list[pg.TextItem] = []
         self.shown: dict[str, tuple[float, bool]] = {}  # gate -> (share of its bound, ok)
+        self.absent: dict[str, tuple[str, str]] = {}  # gate without a bar -> (its caption, why)
+        self.captions: dict[str, pg.TextItem] = {}  # gate -> its caption in the plot
+        self.notes: list[tuple[str, str, bool]] = []  # (gate label, what gates.evaluate noted, ok) in plot order
         self._values: Mapping[str, Any] = {}
         self._title = ""
         self.refresh_theme()
@@ -147,12 +223,12 @@ class GatePlot(FixedPlot):
         plot = self.getPlotItem()
         for item in [*self.bars, *self.labels, *([self.bound_line] if self.bound_line is not None else [])]:
             plot.removeItem(item)
-        self.bars, self.labels, self.bound_line, self.shown = [], [], None, {}
+        self.bars, self.labels, self.bound_line, self.shown, self.absent, self.notes = [], [], None, {}, {}, []
+        self.captions = {}
         palette = colours()
         text = self.palette().text().color()
         ticks = []
         x = 0
-        top = SHARE_CAP * 1.45
         for gate in GATE_LABELS:
             entry = values.get(gate)
             if not isinstance(entry, Mapping):
@@ -160,6 +236,7 @@ class GatePlot(FixedPlot):
             value, bound, ok = entry.get("value"), entry.get("bound"), bool(entry.get("ok"))
             label = GATE_LABELS[gate][0]
             ticks.append((x, label))
+            note = str(entry.get("note") or "")
             if isinstance(value, int | float) and isinstance(bound, int | float) and math.isfinite(value):
                 # A bound of 0 (no errors at all): a bar at 0, or over the line as soon as there is one.
                 share = float(value) / float(bound) * 100 if bound else (0.0 if value <= 0 else 150.0)
@@ -172,11 +249,19 @@ class GatePlot(FixedPlot):
                 caption = pg.TextItem(f"{gate_value_text(gate, value)}\n{'≥' if GATE_LABELS[gate][2] else '≤'} "
                                       f"{gate_value_text(gate, bound)}", color=text, anchor=(0.5, 1.0))
                 caption.setPos(x, max(height, 100.0) + 4)  # above the bar and the bound line
-                self.labels.append(caption)
             else:
-                caption = pg.TextItem("not measured", color=QColor(palette["error"]), anchor=(0.5, 1.0))
+                # No bar: the gate was off, did not apply (gates.evaluate: ok with no value, e.g. no previous model
+                # to compare with), or was on and not measured, which fails the device (ok false): only that is red.
+                word, fails = absent_gate_text(entry)
+                self.absent[gate] = (word, note)
+                caption = pg.TextItem(word, color=QColor(palette["error"] if fails else palette["muted"]),
+                                      anchor=(0.5, 1.0))
                 caption.setPos(x, 10)
-                self.labels.append(caption)
+            if note:
+                self.notes.append((label, note, bool(ok)))
+                caption.setToolTip(note)
+            self.labels.append(caption)
+            self.captions[gate] = caption
             x += 1
         self.bound_line = pg.InfiniteLine(pos=100, angle=0, pen=pg.mkPen(QColor(palette["warning"]), width=1.5,
                                                                           style=Qt.PenStyle.DashLine))
@@ -184,10 +269,22 @@ class GatePlot(FixedPlot):
             plot.addItem(item)
         self.getAxis("bottom").setTicks([ticks])
         plot.setXRange(-0.6, max(x - 0.4, 0.6), padding=0)
-        plot.setYRange(0, top, padding=0)
+        self._fit_range()
         heading = title or "Health gates (choose a device)"
-        self.setTitle(f"<span style='color:{text.name()}'>{plain(heading)}: value as a share of its bound, "
-                      "dashed line = the bound</span>", size="9pt")
+        self.setTitle(f"<span style='color:{text.name()}'>{html.escape(plain(heading))}: value as a share of its "
+                      "bound, dashed line = the bound</span>", size="9pt")
+        self.setToolTip("\n".join(f"{label}: {note}" for label, note, _ok in self.notes))
+
+    def _fit_range(self, *_resized: object) -> None:
+        """Room above the highest caption: a caption hangs above its point and is sized in pixels, not in % of the
+        bound, so the range's top follows the plot's height (a short plot gets a taller range)."""
+        height = self.getViewBox().boundingRect().height()
+        top = SHARE_CAP * 1.45
+        for caption in self.labels:
+            need = caption.textItem.boundingRect().height() + 4
+            if height > need * 1.25:  # else no range would fit it: the minimum height keeps this from happening
+                top = max(top, caption.pos().y() / (1 - need / height))
+        self.getPlotItem().setYRange(0, top, padding=0)
 
     def refresh_theme(self) -> None:
         palette = self.palette()
@@ -210,6 +307,7 @@ class RolloutsView(QWidget):
         super().__init__(parent)
         self.setObjectName("RolloutsView")
         self._rows: dict[int, RolloutRow] = {}
+        self._wanted: int | None = None  # a rollout chosen before its row was listed
         self.detail: RolloutDetail | None = None
         self.transfers: dict[int, dict[int, _Transfer]] = {}  # rollout -> device -> its transfer
         self.events: dict[int, list[str]] = {}  # rollout -> its last event messages
@@ -221,6 +319,7 @@ class RolloutsView(QWidget):
         self.list.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.list.itemSelectionChanged.connect(self._chosen)
         self.list.header().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.list.setItemDelegateForColumn(2, StateColourDelegate(self.list))
         self.new_button = QPushButton("Roll out…", self)
         self.new_button.setToolTip("Plan a new staged rollout of a model")
         self.new_button.clicked.connect(self.wizard_requested)
@@ -274,10 +373,15 @@ class RolloutsView(QWidget):
         self.waves.setHeaderLabels(list(WAVE_COLUMNS))
         self.waves.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.waves.itemSelectionChanged.connect(self._device_chosen)
+        self.waves.setItemDelegateForColumn(2, StateColourDelegate(self.waves))
         header = self.waves.header()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
         self.gate_plot = GatePlot(self)
+        self.gate_notes = QLabel("", self)  # why a gate has no bar, or what else its verdict noted
+        self.gate_notes.setObjectName("GateNotes")
+        self.gate_notes.setWordWrap(True)
+        self.gate_notes.setTextFormat(Qt.TextFormat.RichText)
         self.event_log = QLabel("", self)
         self.event_log.setObjectName("RolloutEvents")
         self.event_log.setWordWrap(True)
@@ -293,10 +397,18 @@ class RolloutsView(QWidget):
         progress_row.addWidget(self.progress, 1)
         progress_row.addWidget(self.progress_label, 2)
         right_layout.addLayout(progress_row)
+        gates = QWidget(right)
+        gates_layout = QVBoxLayout(gates)
+        gates_layout.setContentsMargins(0, 0, 0, 0)
+        gates_layout.setSpacing(2)
+        gates_layout.addWidget(self.gate_plot, 1)
+        gates_layout.addWidget(self.gate_notes)
         lower = QSplitter(Qt.Orientation.Vertical, right)
+        lower.setObjectName("RolloutLower")
         lower.addWidget(self.waves)
-        lower.addWidget(self.gate_plot)
-        lower.setSizes([300, 220])
+        lower.addWidget(gates)
+        lower.setCollapsible(1, False)  # the plot never shrinks below the height its captions need
+        lower.setSizes([260, 240])
         right_layout.addWidget(lower, 1)
         right_layout.addWidget(self.event_log)
 
@@ -314,7 +426,9 @@ class RolloutsView(QWidget):
     # -- the list ---------------------------------------------------------------------------------------------
 
     def set_rollouts(self, rows: Sequence[RolloutRow]) -> None:
-        chosen = self.selected_id()
+        before = self.selected_id()
+        wanted = self._wanted if any(r.id == self._wanted for r in rows) else None
+        chosen = wanted if wanted is not None else before
         self._rows = {r.id: r for r in rows}
         self.list.blockSignals(True)
         self.list.clear()
@@ -331,18 +445,25 @@ class RolloutsView(QWidget):
                 self.list.setCurrentItem(item)
         self.list.blockSignals(False)
         self.hint.setVisible(not rows)
+        if wanted is not None:
+            self._wanted = None
+            if wanted != before:
+                self.rollout_chosen.emit(wanted)
         if chosen is None and rows:
             self.select(max(self._rows))
         elif self.detail is not None and self.detail.row.id in self._rows:
             self._enable(self._rows[self.detail.row.id].status)
 
     def select(self, rollout_id: int) -> None:
+        """Choose this rollout in the list; one not listed yet is chosen when `set_rollouts` brings its row."""
         for i in range(self.list.topLevelItemCount()):
             item = self.list.topLevelItem(i)
             if item.data(0, ROLLOUT_ROLE) == rollout_id:
+                self._wanted = None
                 self.list.setCurrentItem(item)
                 item.setSelected(True)
                 return
+        self._wanted = rollout_id
 
     def selected_id(self) -> int | None:
         items = self.list.selectedItems()
@@ -364,10 +485,11 @@ class RolloutsView(QWidget):
         if detail is None:
             self.title.setText("No rollout chosen")
             self.reason.setText("")
+            self.reason.setVisible(False)  # an empty line would take the height the gate plot needs
             self._enable("")
             self.waves.blockSignals(False)
             self._show_progress()
-            self.gate_plot.show_gates({})
+            self._show_gates({})
             return
         row = detail.row
         self.title.setText(f"Rollout {row.id}: {plain(row.model_ref)} — {row.status}")
@@ -447,12 +569,17 @@ class RolloutsView(QWidget):
         self.rollback_device.setEnabled(device_id is not None)
         self.rollback_wave.setEnabled(wave is not None)
         if self.detail is None or device_id is None:
-            self.gate_plot.show_gates({})
+            self._show_gates({})
             return
         row = next((d for d in self.detail.devices if d.device_id == device_id), None)
         values = (row.gates or {}).get("values") or {} if row is not None else {}
         name = self.detail.names.get(device_id, f"device {device_id}")
-        self.gate_plot.show_gates(values, f"Health gates of {name}")
+        self._show_gates(values, f"Health gates of {name}")
+
+    def _show_gates(self, values: Mapping[str, Any], title: str = "") -> None:
+        self.gate_plot.show_gates(values, title)
+        self.gate_notes.setText(gate_notes_html(self.gate_plot.notes))
+        self.gate_notes.setVisible(bool(self.gate_plot.notes))
 
     def _enable(self, status: str) -> None:
         allowed = ENABLED.get(status, frozenset())
@@ -516,6 +643,7 @@ class RolloutsView(QWidget):
             self.progress.setValue(0)
             self.progress_label.setText("")
         self.event_log.setText("\n".join(self.events.get(rid, [])) if rid is not None else "")
+        self.event_log.setVisible(bool(self.event_log.text()))
 
     # -- buttons ----------------------------------------------------------------------------------------------
 

@@ -571,24 +571,19 @@ class RolloutEngine:
             if row.state == st.STAGED:
                 if not self._running(rid):
                     return
-                try:
-                    previous = (await self._step(plan, self.ops.view(device))).current
-                except Exception as exc:
-                    if _lost(exc):
-                        raise
-                    # The activation itself will meet (and journal) whatever is wrong with the agent.
-                    previous = None
-                try:
-                    # Benching the old model only feeds the p95-ratio gate (2-3 s per device): not when it is off.
-                    baseline = (await self._step(plan, self.ops.baseline(device, previous))
-                                if plan.gates.p95_ratio_max is not None else None)
-                except Exception as exc:
-                    if _lost(exc):
-                        raise
-                    baseline = None
-                    self._emit(rid, "note", device_id, st.STAGED,
-                               f"{device.name}: no baseline on the current model ({_message(exc)}); "
-                               "the latency ratio gate has nothing to compare with")
+                # The model it runs now: from the baseline when the p95-ratio gate needs one (benching the old model
+                # costs 2-3 s a device), else from the activation's answer (its "previous"): no call of its own.
+                previous = baseline = None
+                if plan.gates.p95_ratio_max is not None:
+                    try:
+                        baseline = await self._step(plan, self.ops.baseline(device, None))
+                        previous = baseline.model
+                    except Exception as exc:
+                        if _lost(exc):
+                            raise
+                        self._emit(rid, "note", device_id, st.STAGED,
+                                   f"{device.name}: no baseline on the current model ({_message(exc)}); "
+                                   "the latency ratio gate has nothing to compare with")
                 row = self._record(rid, device_id, st.ACTIVATE, previous_artifact=previous,
                                    gates={"baseline": _sample_dict(baseline)},
                                    detail={"previous": previous, "baseline": _sample_dict(baseline)})
@@ -605,6 +600,8 @@ class RolloutEngine:
                     self._record(rid, device_id, st.STEP_FAILED, error=_message(exc),
                                  detail={"step": "activate", "code": getattr(exc, "code", None)})
                     return
+                if previous is None and isinstance(answer.get("previous"), str) and answer.get("changed", True):
+                    self.repo.update(rid, device_id, previous_artifact=answer["previous"])
                 row = self._record(rid, device_id, st.ACTIVATED, detail={"agent": _plain(answer)})
             if row.state == st.VERIFYING:
                 row = await self._verify(rid, resolved, policy.soak_s, device, row)

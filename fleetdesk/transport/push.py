@@ -167,8 +167,15 @@ def parse_probe(text: str) -> RemoteState:
 
 
 def probe_command(local: LocalFile, remote_path: str, *, make_dirs: bool) -> str:
-    return python_or_sh(_PROBE_PY, _PROBE_SH, remote_path, partial_path(remote_path), local.block_size,
+    full = python_or_sh(_PROBE_PY, _PROBE_SH, remote_path, partial_path(remote_path), local.block_size,
                         local.size, "1" if make_dirs else "0")
+    # A first push (neither the file nor a partial copy there) has nothing to hash: answered by sh alone, without
+    # starting python3 (tens of ms of a small device's CPU, per device and per file).
+    target, partial = shell_quote(remote_path), shell_quote(partial_path(remote_path))
+    folder = shell_quote(posixpath.dirname(remote_path) or ".")
+    mkdir = f"mkdir -p -- {folder} && " if make_dirs else ""
+    return (f"if [ ! -e {target} ] && [ ! -e {partial} ] && [ ! -L {target} ]; then "
+            f"{mkdir}echo 'target -1 -' && echo 'partial -1'; else {full}; fi")
 
 
 def missing_ranges(local: LocalFile, remote_blocks: tuple[str, ...]) -> list[ByteRange]:

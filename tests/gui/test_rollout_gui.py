@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QRect, Qt
+from PySide6.QtGui import QColor, QImage
 
 from fleetdesk.artifacts.signing import KEYRING_ACCOUNT
 from fleetdesk.artifacts.store import ArtifactStore, write_golden
 from fleetdesk.config import Settings
 from fleetdesk.gui.overview import colours
+from fleetdesk.gui.rollout_view import GATE_PLOT_MIN_HEIGHT, ROLLOUT_ROLE, GatePlot, gate_notes_html
 from fleetdesk.gui.rollout_wizard import RolloutWizard, section_of
 from fleetdesk.gui.wave_policy_table import APPROVE, ERRORS, OVERRIDE, SOAK, SUCCESS
 from fleetdesk.inventory import open_inventory
@@ -39,7 +40,8 @@ from fleetdesk.models.report import (
 )
 from fleetdesk.rollout import states as st
 from fleetdesk.rollout.engine import RolloutEvent
-from fleetdesk.rollout.plan import RolloutPlan, WavePolicy, plan_text, resolve
+from fleetdesk.rollout.gates import GateSample, evaluate
+from fleetdesk.rollout.plan import Gates, RolloutPlan, WavePolicy, plan_text, resolve
 from fleetdesk.transport import credentials
 from tests.fixtures.models.build import save_cnn
 from tests.gui_harness import GuiSession, gui_session
@@ -50,6 +52,8 @@ __all__ = ["keyring_daemon"]
 SHOTS = Path(os.environ.get("FLEETDESK_SHOTS7", "/tmp/shots7"))
 IPC = [f"line1-ipc-{i:02d}" for i in range(1, 9)]
 PIS = ["line1-pi-01", "line1-pi-02"]
+NO_BASELINE = "the device ran no model before: nothing to compare with"  # gates.evaluate's note
+NOTHING_BEFORE = GateSample(0.0, False, None, None, 0, 0, None, None, None)  # a baseline with no model running
 
 
 def shot(widget: object, name: str) -> None:
@@ -252,6 +256,30 @@ def test_start_journals_the_rollout_then_drives_it_as_an_activity(session: GuiSe
         os.close(fd)
 
 
+def test_a_second_rollout_started_is_the_one_chosen_in_the_list_and_shown(session: GuiSession) -> None:
+    """The list's selection follows the rollout just started, not the one chosen before it (the window selects
+    the new rollout when it is announced, so its row must be in the list by then)."""
+    window = session.window
+    view = window.rollouts_view
+    ids = all_ids(session)
+    rids = []
+    for devices in (ids[:2], ids[2:4]):
+        activity = session.call(lambda d=devices: window.start_rollout(
+            RolloutPlan("line-camera@1", devices=tuple(d)), run=False, device_ids=d))
+        session.wait(lambda a=activity: not a.running, "the rollout planned")
+        assert activity.state == "succeeded", activity.summary
+        rid = RolloutRepo(window.bridge.fleet.inventory).list()[-1].id
+        rids.append(rid)
+        session.wait(lambda r=rid: view.detail is not None and view.detail.row.id == r, f"rollout {rid} shown")
+        session.settle(0.1)  # what the selection asked of the bridge (watch_rollout) has answered
+        assert view.selected_id() == rid, (view.selected_id(), rid)
+        assert view.detail.row.id == rid
+        assert [view.list.topLevelItem(i).data(0, ROLLOUT_ROLE)
+                for i in range(view.list.topLevelItemCount())] == sorted(rids, reverse=True)
+    assert rids[1] > rids[0]
+    assert [item.text(0) for item in view.list.selectedItems()] == [str(rids[1])]
+
+
 def make_running_rollout(world: Path) -> int:
     """A rollout written as the engine writes one, mid-way: the canary done with its gates, one device copying,
     one failed on a gate, the rest pending; status running (as a crash leaves it)."""
@@ -276,9 +304,13 @@ def make_running_rollout(world: Path) -> int:
             "memory_free_pct": {"value": 42.0, "bound": 10.0, "ok": True}}}
         hot = {**ok, "passed": False, "reason": "temperature 91 °C is above 85 °C",
                "values": {**ok["values"], "temperature_c": {"value": 91.0, "bound": 85.0, "ok": False}}}
+        # The canary ran no model before: its ratio gate does not apply (the real verdict over one measurement).
+        first = {**evaluate(Gates(), NOTHING_BEFORE, [GateSample(0.0, True, "sha", 12.5, 100, 0, 61.0, 42.0, 0.9999)])
+                 .to_dict(), "samples": 1}
+        assert first["values"]["p95_ratio"] == {"value": None, "bound": 1.5, "ok": True, "note": NO_BASELINE}
         for event in (st.STAGE, st.STAGED_OK, st.ACTIVATE, st.ACTIVATED, st.PASSED):
             repo.record(rid, canary, event)
-        repo.record(rid, canary, st.CONFIRMED, gates=ok, bytes_sent=resolved.device(canary).size_bytes)
+        repo.record(rid, canary, st.CONFIRMED, gates=first, bytes_sent=resolved.device(canary).size_bytes)
         repo.record(rid, second, st.STAGE)
         for event in (st.STAGE, st.STAGED_OK, st.ACTIVATE, st.ACTIVATED):
             repo.record(rid, third, event)
@@ -337,6 +369,96 @@ def test_the_live_view_shows_waves_states_progress_and_gates(world: Path, screen
         assert shown["temperature_c"][0] == pytest.approx(91 / 85 * 100)
         assert len(view.gate_plot.bars) == 6 and view.gate_plot.bound_line.value() == 100
         session.settle(0.1)
+
+
+def colour_pixels(image: QImage, rect: QRect, colour: str, within: int = 40) -> int:
+    """How many pixels of `rect` in `image` are close to `colour` (text is antialiased: near, not equal)."""
+    target = QColor(colour)
+    found = 0
+    for y in range(max(rect.top(), 0), min(rect.bottom(), image.height() - 1) + 1):
+        for x in range(max(rect.left(), 0), min(rect.right(), image.width() - 1) + 1):
+            pixel = image.pixelColor(x, y)
+            if (abs(pixel.red() - target.red()) + abs(pixel.green() - target.green())
+                    + abs(pixel.blue() - target.blue())) <= within:
+                found += 1
+    return found
+
+
+def test_at_1280x800_every_gate_caption_shows_and_the_chosen_device_keeps_its_state_colour(
+        world: Path, screens: Path) -> None:
+    rid = make_running_rollout(world)
+    with gui_session(f"sqlite:///{world / 'fleet.db'}", screens) as session:
+        window = session.window
+        session.wait(lambda: window.recovery_box is not None, "the recovery offer")
+        window.recovery_box.reject()
+        view = window.rollouts_view
+        window.resize(1280, 800)
+        session.call(lambda: window.tabs.setCurrentWidget(view))
+        session.wait(lambda: view.detail is not None and view.detail.row.id == rid, "the rollout's detail")
+        canary_id = next(d.device_id for d in view.detail.devices if d.state == st.DONE)
+        session.call(lambda: view.select_device(canary_id))
+        session.settle(0.3)
+        shot(window, "rollouts-1280x800")
+        plot = view.gate_plot
+        assert plot.absent == {"p95_ratio": ("does not apply", NO_BASELINE)}
+        assert plot.captions["p95_ratio"].color.name() == QColor(colours()["muted"]).name()
+        assert view.gate_notes.isVisible() and f"<b>p95 / before</b>: {NO_BASELINE}" in view.gate_notes.text()
+        assert plot.height() >= GATE_PLOT_MIN_HEIGHT, plot.height()
+        # Every caption lies inside the plot's drawing area (the view box clips what reaches past it).
+        box = plot.getViewBox().sceneBoundingRect()
+        assert plot.labels and all(box.contains(label.sceneBoundingRect()) for label in plot.labels), \
+            (box, [(label.toPlainText(), label.sceneBoundingRect()) for label in plot.labels])
+
+        # The chosen device's "● done" stays green on its selected row.
+        item = view.device_item(canary_id)
+        assert item is not None and item.isSelected() and item.text(2) == "● done"
+        header = view.waves.header()
+        row = view.waves.visualItemRect(item)
+        cell = QRect(header.sectionViewportPosition(2), row.top(), header.sectionSize(2), row.height())
+        image = view.waves.viewport().grab().toImage()
+        assert colour_pixels(image, cell, colours()["ok"]) >= 12, "the selected row's state lost its colour"
+
+
+def test_a_gate_that_does_not_apply_is_neutral_and_only_a_missing_required_one_is_red(qtbot: object) -> None:
+    """The plot draws the verdict of gates.evaluate: the ratio gate with no previous model passes without a value
+    (muted, with the reason), the golden gate left unmeasured fails the device (red), an off gate is not drawn."""
+    sample = GateSample(0.0, True, "sha", 80.0, 50, 0, 70.0, 5.0, None,
+                        notes={"golden_cosine": "the golden check found no sample inputs"})
+    verdict = evaluate(Gates(temperature_c_max=None), NOTHING_BEFORE, [sample])
+    assert not verdict.passed and "golden" in verdict.reason
+    values = verdict.to_dict()["values"]
+    assert values["p95_ratio"]["ok"] and values["golden_cosine"]["ok"] is False and "temperature_c" not in values
+    plot = GatePlot()
+    qtbot.addWidget(plot)  # type: ignore[attr-defined]
+    plot.resize(560, GATE_PLOT_MIN_HEIGHT)
+    plot.show()
+    plot.show_gates(values, "Health gates of line1-ipc-01")
+    palette = colours()
+    assert plot.absent == {"p95_ratio": ("does not apply", NO_BASELINE),
+                           "golden_cosine": ("not measured", "the golden check found no sample inputs")}
+    assert plot.captions["p95_ratio"].color.name() == QColor(palette["muted"]).name()
+    assert plot.captions["p95_ratio"].toolTip() == NO_BASELINE
+    assert plot.captions["golden_cosine"].color.name() == QColor(palette["error"]).name()
+    assert plot.shown == {"error_rate": (0.0, True), "memory_free_pct": (50.0, False)}
+    assert "temperature_c" not in plot.captions  # switched off: not a gate of this rollout
+    assert plot.notes == [("p95 / before", NO_BASELINE, True),
+                          ("golden", "the golden check found no sample inputs", False)]
+    notes = gate_notes_html(plot.notes)
+    assert f"color:{palette['muted']}'><b>p95 / before</b>: {NO_BASELINE}" in notes
+    assert f"color:{palette['error']}'><b>golden</b>: the golden check found no sample inputs" in notes
+    # A gate recorded as off (no bound) is neutral too.
+    plot.show_gates({"p95_ms": {"value": None, "bound": None, "ok": True}})
+    assert plot.absent == {"p95_ms": ("off", "")}
+    assert plot.captions["p95_ms"].color.name() == QColor(palette["muted"]).name()
+
+    # At its minimum height, the tallest caption (a bar drawn at its cap: 4200 % free memory) is inside the plot.
+    plot.show_gates({"memory_free_pct": {"value": 42.0, "bound": 1.0, "ok": True},
+                     "golden_cosine": {"value": None, "bound": 0.99, "ok": False}})
+    qtbot.wait(50)  # type: ignore[attr-defined]
+    assert plot.height() == GATE_PLOT_MIN_HEIGHT
+    box = plot.getViewBox().sceneBoundingRect()
+    assert all(box.contains(label.sceneBoundingRect()) for label in plot.labels), \
+        (box, [label.sceneBoundingRect() for label in plot.labels])
 
 
 def wave_rows(wizard: RolloutWizard) -> list[list[str]]:
