@@ -22,7 +22,6 @@ from fleetdesk.errors import (
     FleetDeskError,
     TransportError,
 )
-from fleetdesk.transport.gather import GatheringConnector
 from fleetdesk.transport.results import RunResult, decode_output
 from fleetdesk.transport.session import (
     CLOSE_WAIT,
@@ -120,8 +119,6 @@ def _connect_options(target: SSHTarget, password: str | None) -> dict[str, Any]:
         "login_timeout": target.connect_timeout,
         "keepalive_interval": 30,
         "keepalive_count_max": 3,
-        # A direct TCP connection whose writes go out once per loop turn (gather.py): fewer sends per SFTP block.
-        "tunnel": GatheringConnector(),
     }
 
 
