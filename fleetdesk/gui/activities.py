@@ -108,7 +108,7 @@ class Activity(QObject):
 Job = Callable[[Activity], Awaitable[object]]
 
 
-def _loop() -> asyncio.AbstractEventLoop:
+def window_loop() -> asyncio.AbstractEventLoop:
     # The window's qasync loop. A click handled while it is between runs (tests drive the window that
     # way) still gets its task, which starts as soon as the loop runs again.
     try:
@@ -137,7 +137,7 @@ class Activities(QObject):
             raise RuntimeError("the window is closing; no new work starts")
         activity = Activity(next(self._ids), title, devices)
         self._all.append(activity)
-        activity._task = _loop().create_task(self._run(activity, job, summarize), name=title)
+        activity._task = window_loop().create_task(self._run(activity, job, summarize), name=title)
         self.added.emit(activity)
         if activity.devices:
             self.busy_changed.emit()

@@ -54,7 +54,7 @@ from fleetdesk.transport.credentials import KeyringStatus
 from fleetdesk.transport.hostkey import PublicKey
 from fleetdesk.transport.shell import shell_join
 
-from .activities import Activities, Activity, _loop, human_bytes, human_duration
+from .activities import Activities, Activity, human_bytes, human_duration, window_loop
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -594,7 +594,7 @@ class FleetBridge(QObject):
         the import's cancel event and waits for the worker to stop: a cancelled import writes nothing.
         """
         chosen = tuple(profiles)
-        loop = _loop()
+        loop = window_loop()
         cancel = threading.Event()
         benches: list[model_service.DeviceBench] = []
 
@@ -784,7 +784,7 @@ class FleetBridge(QObject):
             await asyncio.sleep(ROLLOUT_REFRESH_S)
             await self.refresh_rollouts()
 
-        self._refreshing = _loop().create_task(later(), name="rollout view refresh")
+        self._refreshing = window_loop().create_task(later(), name="rollout view refresh")
 
     async def refresh_rollouts(self) -> list[RolloutRow]:
         """Announce every rollout, and the watched one's detail (read in the inventory's thread)."""
@@ -933,7 +933,7 @@ class FleetBridge(QObject):
         # Logged in the inventory's thread, in order; quitting waits for the writes (close()).
         if self._events is None:
             self._events = TelemetryRepo.of(self.fleet.inventory)
-        future = _loop().run_in_executor(self._db_thread, functools.partial(record_alert, self._events, event))
+        future = window_loop().run_in_executor(self._db_thread, functools.partial(record_alert, self._events, event))
         self._alert_writes.add(future)
         future.add_done_callback(self._alert_written)
 

@@ -707,6 +707,7 @@ class RolloutEngine:
         plan = resolved.plan
         await self._reconcile_all(rid, {})
         for device_id in ids:
+            await asyncio.sleep(0)  # one device's journal commit at a time: the window's loop runs in between
             row = self.repo.device(rid, device_id)
             if row.state in (st.PENDING, st.STAGING, st.STAGED, st.UNREACHABLE):
                 self._record(rid, device_id, st.ABORT, detail={"why": "rollout aborted"})
