@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ from fleetdesk.profiles import load_profiles  # noqa: E402
 from fleetdesk.runtime.provision import ProvisionOutcome, provision  # noqa: E402
 from fleetdesk.runtime.store import Runtime, RuntimeStore  # noqa: E402
 from fleetdesk.runtime.wheelhouse import build_runtime  # noqa: E402
-from fleetdesk.transport import credentials  # noqa: E402
+from tests.keyring_daemon import some_keyring  # noqa: E402
 
 ROOT = "/opt/fleetdesk"
 REF_DIR = "/tmp/fleetdesk-bench-reference"
@@ -79,17 +77,6 @@ def reference(state: dict[str, Any], address: str, runtime: Runtime) -> tuple[in
     seconds = time.monotonic() - started
     ssh(state, address, f"rm -rf {REF_DIR}")
     return runtime.size, seconds
-
-
-@contextlib.contextmanager
-def some_keyring(folder: Path) -> Iterator[None]:
-    if credentials.keyring_status().usable:
-        yield
-        return
-    from tests.keyring_daemon import private_keyring, use_keyring_daemon
-
-    with private_keyring(folder / "keyring") as daemon, use_keyring_daemon(daemon):
-        yield
 
 
 async def enrol(db_url: str, state: dict[str, Any], names: list[str]) -> None:

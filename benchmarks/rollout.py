@@ -69,7 +69,8 @@ from fleetdesk.runtime.agentfiles import agent_tree  # noqa: E402
 from fleetdesk.runtime.provision import provision  # noqa: E402
 from fleetdesk.runtime.store import RuntimeStore  # noqa: E402
 from fleetdesk.runtime.wheelhouse import build_runtime  # noqa: E402
-from fleetdesk.transport import BLOCK_SIZE, credentials, shell_join  # noqa: E402
+from fleetdesk.transport import BLOCK_SIZE, shell_join  # noqa: E402
+from tests.keyring_daemon import some_keyring  # noqa: E402
 
 PROFILE = "ipc-x86"
 PROFILES = load_profiles()
@@ -153,17 +154,6 @@ def chosen_devices(state: dict[str, Any], spec: str | None, count: int) -> list[
     if wrong or len(picked) < 3:
         sys.exit(f"need at least 3 {PROFILE} devices (got {len(picked)}; not {PROFILE}: {wrong})")
     return picked
-
-
-@contextlib.contextmanager
-def some_keyring(folder: Path) -> Iterator[None]:
-    if credentials.keyring_status().usable:
-        yield
-        return
-    from tests.keyring_daemon import private_keyring, use_keyring_daemon
-
-    with private_keyring(folder / "keyring") as daemon, use_keyring_daemon(daemon):
-        yield
 
 
 # -- setup ---------------------------------------------------------------------------------------------------

@@ -186,6 +186,18 @@ def use_keyring_daemon(daemon: KeyringDaemon) -> Iterator[None]:
             os.environ["DBUS_SESSION_BUS_ADDRESS"] = old_address
 
 
+@contextmanager
+def some_keyring(folder: Path) -> Iterator[None]:
+    """The keyring this process already has when it is usable, else a private daemon under `folder` (benchmarks)."""
+    from fleetdesk.transport import credentials
+
+    if credentials.keyring_status().usable:
+        yield
+        return
+    with private_keyring(folder / "keyring") as daemon, use_keyring_daemon(daemon):
+        yield
+
+
 @pytest.fixture(scope="session")
 def keyring_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyringDaemon]:
     """A real gnome-keyring Secret Service for the whole session; `keyring` uses it while it runs."""

@@ -138,7 +138,8 @@ def ask_server(root: str, sha: str, timeout: float = SERVER_TIMEOUT_S) -> dict[s
     if address is None:
         return None
     try:
-        conn = http.client.HTTPConnection(address[0], address[1], timeout=timeout)
+        host, port, _pid = address
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
         try:
             conn.request("GET", "/v1/check?artifact=" + urllib.parse.quote(sha))
             response = conn.getresponse()
@@ -154,31 +155,16 @@ def ask_server(root: str, sha: str, timeout: float = SERVER_TIMEOUT_S) -> dict[s
     return None  # 409: it serves another model (or none); 404: an older server without /v1/check
 
 
-def _serve_address_file(root: str) -> dict[str, Any]:
-    with open(os.path.join(root, "run", SERVE_ADDRESS), encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise ValueError("not an object")
-    return data
-
-
-def serve_address_pid(root: str) -> int | None:
-    """The pid of the server that wrote ROOT/run/serve-address.json (it removes only its own)."""
+def serve_address(root: str) -> tuple[str, int, int] | None:
+    """(host, port, pid) of the model server, from ROOT/run/serve-address.json (serve.py writes it)."""
     try:
-        return int(_serve_address_file(root)["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def serve_address(root: str) -> tuple[str, int] | None:
-    """(host, port) the model server listens on, from ROOT/run/serve-address.json (serve.py writes it)."""
-    try:
-        data = _serve_address_file(root)
-        host, port = str(data["host"]), int(data["port"])
+        with open(os.path.join(root, "run", SERVE_ADDRESS), encoding="utf-8") as f:
+            data = json.load(f)
+        host, port, pid = str(data["host"]), int(data["port"]), int(data["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     wildcard = host in ("", "0.0.0.0", "::")  # noqa: S104 - a server listening on every address answers on loopback
-    return ("127.0.0.1" if wildcard else host), port
+    return ("127.0.0.1" if wildcard else host), port, pid
 
 
 def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int:

@@ -7,6 +7,7 @@ moves or on SIGHUP, micro-batches and caches as configured, and writes ROOT/run/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -155,11 +156,7 @@ class ModelServer:
                                   f"{artifact}", "code": "not-loaded"}
         _, np = inference.import_runtime()
         try:
-            path = check.golden_path(folder)
-            if path is None or not os.path.isfile(path):
-                raise check.CheckFailed(check.NO_GOLDEN, f"artifact {artifact} carries no golden outputs",
-                                        "import the model again with this FleetDesk (new artifacts carry "
-                                        "golden.npz), or switch the golden-output gate off for this rollout")
+            _, path = check.golden_of(self.root, folder)
             return 200, check.compare(np, served.model, path)
         except check.CheckFailed as exc:
             return 422, {"error": exc.message, "code": exc.code, "fix": exc.fix}
@@ -419,8 +416,9 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int
         app.close()
         _write_stats(app, stats_path)
         _remove_pid_file(pid_file)
-        if args.model is None and (check.serve_address_pid(root) == os.getpid()):
-            _remove_pid_file(address_file, mine=True)
+        if args.model is None and (check.serve_address(root) or (0, 0, 0))[2] == os.getpid():
+            with contextlib.suppress(OSError):
+                os.unlink(address_file)  # only its own: a newer server may have written the file since
     snapshot = app.stats.snapshot()
     _report(emit, {"type": "result", "command": "serve", "requests": snapshot["requests"],
                    "errors": snapshot["errors"], "cache_hits": snapshot["cache_hits"], "runs": snapshot["runs"]})
@@ -460,11 +458,10 @@ def _install_signals(flags: dict[str, bool], wake: threading.Event) -> None:
         pass  # not the main thread (run() called from a test's thread): no signals, the caller stops it
 
 
-def _remove_pid_file(path: str, mine: bool = False) -> None:
+def _remove_pid_file(path: str) -> None:
     try:
-        if not mine:
-            with open(path, encoding="utf-8") as handle:
-                mine = handle.read().strip() == str(os.getpid())
+        with open(path, encoding="utf-8") as handle:
+            mine = handle.read().strip() == str(os.getpid())
         if mine:
             os.unlink(path)
     except OSError:

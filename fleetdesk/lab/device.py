@@ -130,9 +130,7 @@ def run_rc_local(dev: LabDevice) -> None:
     script = Path(dev.root) / "etc" / "rc.local"
     if not (script.is_file() and os.access(script, os.X_OK)):
         return
-    result = run(["nsenter", "--target", str(init_pid(dev)), "--uts", "--net", "chroot", dev.root, "/etc/rc.local",
-                  "start"], check=False, step="run /etc/rc.local", device=dev.name, timeout=SSH_READY_TIMEOUT,
-                 env=BOOT_ENV)
+    result = _enter(dev, ["/etc/rc.local", "start"], step="run /etc/rc.local", check=False, env=BOOT_ENV)
     if result.returncode != 0:
         with open(log_path(dev), "ab") as log:
             log.write(b"/etc/rc.local exited with status %d: %s\n" % (result.returncode, result.stderr[-500:]))
@@ -169,10 +167,11 @@ def init_pid(dev: LabDevice) -> int:
     return pid
 
 
-def _enter(dev: LabDevice, argv: list[str], *, step: str) -> None:
+def _enter(dev: LabDevice, argv: list[str], *, step: str, check: bool = True,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a program of the device's own root filesystem inside the device (network, hostname)."""
-    run(["nsenter", "--target", str(init_pid(dev)), "--uts", "--net", "chroot", dev.root, *argv],
-        step=step, device=dev.name, timeout=SSH_READY_TIMEOUT)
+    return run(["nsenter", "--target", str(init_pid(dev)), "--uts", "--net", "chroot", dev.root, *argv],
+               step=step, device=dev.name, timeout=SSH_READY_TIMEOUT, check=check, env=env)
 
 
 def sshd_pid(dev: LabDevice) -> int | None:

@@ -600,9 +600,9 @@ class RolloutEngine:
                     self._record(rid, device_id, st.STEP_FAILED, error=_message(exc),
                                  detail={"step": "activate", "code": getattr(exc, "code", None)})
                     return
-                if previous is None and isinstance(answer.get("previous"), str) and answer.get("changed", True):
-                    self.repo.update(rid, device_id, previous_artifact=answer["previous"])
-                row = self._record(rid, device_id, st.ACTIVATED, detail={"agent": _plain(answer)})
+                learned = {"previous_artifact": answer["previous"]} if previous is None and isinstance(
+                    answer.get("previous"), str) and answer.get("changed", True) else {}
+                row = self._record(rid, device_id, st.ACTIVATED, detail={"agent": _plain(answer)}, **learned)
             if row.state == st.VERIFYING:
                 row = await self._verify(rid, resolved, policy.soak_s, device, row)
             if row.state == st.CONFIRMING:

@@ -177,7 +177,7 @@ def boot_hook_mark(root: str) -> str:
 def boot_hook_line(root: str) -> str:
     """The line for /etc/rc.local (or a crontab after `@reboot`). It cannot fail: rc.local often runs under
     `sh -e`, where a failing line would skip the rest of the operator's file."""
-    boot = shell_quote(posixpath.join(root, "bin", "fleetdesk-boot"))
+    boot = shell_quote(DeviceLayout(root).boot)
     return f"if [ -x {boot} ]; then {boot} || true; fi  {boot_hook_mark(root)}"
 
 

@@ -267,9 +267,10 @@ else:
     say(None, False, "not root (so not /etc/rc.local) and no crontab command")
 """
 
-# argv: root supervisor version. Stops a supervisor of another version, starts ours detached, waits for its pid.
+# argv: root version. Stops a supervisor of another version, then starts ours with the boot script (the one way
+# it is started: here and at boot), and waits for its pid.
 _SUPERVISE_SH = r"""
-root=$1; supervisor=$2; version=$3
+root=$1; version=$2
 pidfile="$root/run/supervise.pid"
 mkdir -p "$root/run" "$root/log"
 if [ -f "$pidfile" ]; then
@@ -281,8 +282,7 @@ if [ -f "$pidfile" ]; then
   rm -f "$pidfile"
 fi
 printf '%s\n' "$version" > "$root/run/supervise.version"
-cd /
-setsid sh "$supervisor" </dev/null >/dev/null 2>&1 &
+"$root/bin/fleetdesk-boot"
 i=0; while [ ! -s "$pidfile" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 [ -s "$pidfile" ] || { echo "the supervisor did not start" >&2; exit 1; }
 """
@@ -693,7 +693,7 @@ class Provisioner:
         running = state.get("supervisor")
         if not (running and running.get("version") == version):
             self._say(name, "register", "starting the supervised model server (no systemd)")
-            await pool.run(d.target, shell_join(["sh", "-c", _SUPERVISE_SH, "sh", d.layout.root, d.layout.supervisor,
+            await pool.run(d.target, shell_join(["sh", "-c", _SUPERVISE_SH, "sh", d.layout.root,
                                                  version]), timeout=COMMAND_TIMEOUT, check=True)
             d.changed.append("restarted the model server" if running else "started the model server")
         await self._boot_hook(d)
