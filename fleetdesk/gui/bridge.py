@@ -758,7 +758,9 @@ class FleetBridge(QObject):
     def rollout_engine(self) -> RolloutEngine:
         """The engine over this window's fleet and store; its events become `rollout_event` signals."""
         if self._engine is None:
-            self._engine = RolloutEngine(self.fleet, self.artifact_store(), on_event=self._rollout_event)
+            # Its journal writes go to this window's inventory thread, in order with the window's own reads.
+            self._engine = RolloutEngine(self.fleet, self.artifact_store(), on_event=self._rollout_event,
+                                         executor=self._db_thread)
         return self._engine
 
     def _rollout_repo(self) -> RolloutRepo:

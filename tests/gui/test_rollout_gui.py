@@ -202,8 +202,8 @@ def test_the_wizard_names_the_field_and_the_fix_and_holds_start(session: GuiSess
 
 def test_a_planned_rollout_from_the_wizard_is_paused_and_aborted_through_the_engine(session: GuiSession) -> None:
     window = session.window
-    # Every device (10): the engine writes each device's journal entry on the loop, one SQLite commit each, and
-    # gives the loop back between devices, so aborting them all never holds it past the harness's 100 ms bar.
+    # Every device (10): the engine writes each device's journal entry on the window's inventory thread, one
+    # SQLite commit each, so aborting them all never holds the loop past the harness's 100 ms bar.
     ids = all_ids(session)
     wizard = open_wizard(session, ids)
     wizard.approve_box.setChecked(True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,60 @@ def test_the_lock_keeps_a_second_driver_out(fleet_with_model: str) -> None:
         asyncio.run(go())
     finally:
         os.close(fd)
+
+
+class _ThreadRecordingRepo(RolloutRepo):
+    """The real repository, noting which thread each of its writes ran on."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.writes: list[tuple[str, int]] = []
+
+    def create(self, *args: Any, **kwargs: Any) -> Any:
+        self.writes.append(("create", threading.get_ident()))
+        return super().create(*args, **kwargs)
+
+    def set_status(self, *args: Any, **kwargs: Any) -> Any:
+        self.writes.append(("set_status", threading.get_ident()))
+        return super().set_status(*args, **kwargs)
+
+    def record(self, *args: Any, **kwargs: Any) -> Any:
+        self.writes.append(("record", threading.get_ident()))
+        return super().record(*args, **kwargs)
+
+    def audit(self, *args: Any, **kwargs: Any) -> Any:
+        self.writes.append(("audit", threading.get_ident()))
+        return super().audit(*args, **kwargs)
+
+
+def test_the_engine_writes_the_journal_on_the_inventory_thread_not_the_loop(fleet_with_model: str) -> None:
+    """In the window the engine runs on the GUI's loop: a commit there would freeze the window. Start, pause and
+    an abort that skips every device each write on the executor given (the window's inventory thread), in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-inventory")
+    inventory_thread = executor.submit(threading.get_ident).result()
+
+    async def go() -> tuple[int, int, _ThreadRecordingRepo]:
+        fleet = Fleet.open()
+        try:
+            repo = _ThreadRecordingRepo(fleet.inventory)
+            engine = RolloutEngine(fleet, ArtifactStore.default(), repo=repo, actor="tester", executor=executor)
+            rid = await engine.start(RolloutPlan(model="mlp@1", profiles=("ipc-x86",), waves=(1, "100%")))
+            await engine.pause(rid)
+            row = await engine.abort(rid)
+            assert row.status == "aborted"
+            assert [d.state for d in repo.devices(rid)] == ["skipped"] * len(DEVICES)
+            return rid, threading.get_ident(), repo
+        finally:
+            await fleet.close()
+
+    try:
+        rid, loop_thread, repo = asyncio.run(go())
+    finally:
+        executor.shutdown()
+    kinds = [kind for kind, _ in repo.writes]
+    assert kinds[:2] == ["create", "audit"] and kinds.count("record") == len(DEVICES)
+    assert {thread for _, thread in repo.writes} == {inventory_thread} != {loop_thread}
+    journal = repo.journal(rid)
+    assert [e.event for e in journal if e.device_id is not None] == ["abort"] * len(DEVICES)

@@ -1,0 +1,94 @@
+"""The rollout engine's way to the inventory: every read and write on one thread, awaited from the event loop.
+
+In the window the engine runs on the GUI's loop, and a journal commit (an fsync, a WAL checkpoint) would stall
+the window while it lasts. Here each call runs on the inventory's thread and the engine awaits its end, so
+"journaled before the step runs" still holds: the step starts only once the commit is done. Calls run one at a
+time in the order they were made. The GUI passes its own inventory thread (fleetdesk.gui.bridge), so the
+engine's writes queue with the window's reads instead of beside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fleetdesk.inventory.records import Device
+from fleetdesk.inventory.rollouts import (
+    DEFAULT_AUDIT_LIMIT,
+    AuditEntry,
+    DeviceRow,
+    JournalEntry,
+    RolloutRepo,
+    RolloutRow,
+)
+
+if TYPE_CHECKING:
+    from fleetdesk.inventory.repository import Inventory
+    from fleetdesk.rollout.plan import ResolvedPlan
+
+T = TypeVar("T")
+
+
+class RolloutJournal:
+    """`RolloutRepo` (and the inventory's device lookup) as coroutines that run on one inventory thread."""
+
+    def __init__(self, repo: RolloutRepo, inventory: Inventory, executor: Executor | None = None) -> None:
+        self.repo = repo
+        self.inventory = inventory
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleetdesk-journal")
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Any inventory work on the inventory's thread (resolving a plan reads devices and groups)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def device_of(self, device_id: int) -> Device:
+        return await self.call(self.inventory.device, device_id)
+
+    async def create(self, resolved: ResolvedPlan, actor: str) -> RolloutRow:
+        return await self.call(self.repo.create, resolved, actor)
+
+    async def get(self, rollout_id: int) -> RolloutRow:
+        return await self.call(self.repo.get, rollout_id)
+
+    async def status(self, rollout_id: int) -> str:
+        return (await self.get(rollout_id)).status
+
+    async def list(self, *, active_only: bool = False) -> list[RolloutRow]:
+        return await self.call(self.repo.list, active_only=active_only)
+
+    async def set_status(self, rollout_id: int, status: str, *, reason: str = "",
+                         expect: str | Collection[str] | None = None) -> RolloutRow:
+        return await self.call(self.repo.set_status, rollout_id, status, reason=reason, expect=expect)
+
+    async def devices(self, rollout_id: int) -> list[DeviceRow]:
+        return await self.call(self.repo.devices, rollout_id)
+
+    async def device(self, rollout_id: int, device_id: int) -> DeviceRow:
+        return await self.call(self.repo.device, rollout_id, device_id)
+
+    async def states(self, rollout_id: int, device_ids: Collection[int]) -> dict[int, str]:
+        """The state of each of these devices, in one read."""
+        wanted = set(device_ids)
+        return {r.device_id: r.state for r in await self.devices(rollout_id) if r.device_id in wanted}
+
+    async def record(self, rollout_id: int, device_id: int, event: str, *, detail: Mapping[str, Any] | None = None,
+                     **fields: Any) -> DeviceRow:
+        return await self.call(self.repo.record, rollout_id, device_id, event, detail=detail, **fields)
+
+    async def update(self, rollout_id: int, device_id: int, **fields: Any) -> DeviceRow:
+        return await self.call(self.repo.update, rollout_id, device_id, **fields)
+
+    async def journal(self, rollout_id: int, *, device_id: int | None = None) -> list[JournalEntry]:
+        return await self.call(self.repo.journal, rollout_id, device_id=device_id)
+
+    async def audit(self, actor: str, action: str, outcome: str, *, rollout_id: int | None = None,
+                    device_ids: Sequence[int] = (), detail: Mapping[str, Any] | None = None) -> AuditEntry:
+        return await self.call(self.repo.audit, actor, action, outcome, rollout_id=rollout_id,
+                               device_ids=device_ids, detail=detail)
+
+    async def audit_log(self, *, rollout_id: int | None = None, limit: int = DEFAULT_AUDIT_LIMIT) -> list[AuditEntry]:
+        return await self.call(self.repo.audit_log, rollout_id=rollout_id, limit=limit)
