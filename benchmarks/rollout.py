@@ -64,7 +64,8 @@ from fleetdesk.profiles import load_profiles  # noqa: E402
 from fleetdesk.rollout import states as st  # noqa: E402
 from fleetdesk.rollout.device_ops import DeviceOps  # noqa: E402
 from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent  # noqa: E402
-from fleetdesk.rollout.plan import Gates, RolloutPlan, TransferPolicy, WavePolicy  # noqa: E402
+from fleetdesk.rollout.plan import RolloutPlan  # noqa: E402
+from fleetdesk.rollout.policy import Gates, TransferPolicy, WavePolicy  # noqa: E402
 from fleetdesk.runtime.agentfiles import agent_tree  # noqa: E402
 from fleetdesk.runtime.provision import provision  # noqa: E402
 from fleetdesk.runtime.store import RuntimeStore  # noqa: E402
@@ -710,7 +711,7 @@ def _s(value: float | None) -> str:
 
 def _wave_groups(names: list[str], waves: tuple[Any, ...]) -> list[list[str]]:
     """The devices of each wave, as plan.resolve cuts them (Ansible serial: counts or shares of all)."""
-    from fleetdesk.rollout.plan import split_waves
+    from fleetdesk.rollout.policy import split_waves
 
     out, at = [], 0
     for size in split_waves(len(names), waves):

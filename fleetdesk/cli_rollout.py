@@ -38,7 +38,8 @@ def _mb(size: float) -> str:
 
 
 def _plan(args: argparse.Namespace, fleet: Any) -> Any:
-    from fleetdesk.rollout.plan import Gates, RolloutPlan, Threshold, TransferPolicy, WavePolicy
+    from fleetdesk.rollout.plan import RolloutPlan
+    from fleetdesk.rollout.policy import Gates, Threshold, TransferPolicy, WavePolicy
 
     device_ids = tuple(dict.fromkeys(fleet.inventory.device(ref).id for ref in args.device or ()))
     waves: tuple[int | str, ...] = tuple(int(w) if w.strip().isdigit() else w.strip()
@@ -75,7 +76,7 @@ def wave_policies_from_flags(values: Sequence[str], common: Any) -> tuple[Any, .
     soak: seconds; approve: yes or no); the waves not named keep the common policy (None). PlanError naming
     the flag and the fix for anything else."""
     from fleetdesk.errors import PlanError
-    from fleetdesk.rollout.plan import Threshold
+    from fleetdesk.rollout.policy import Threshold
 
     def bad(value: str, problem: str, fix: str = _WAVE_POLICY_FIX) -> PlanError:
         return PlanError(f"{value!r}: {problem}", field=WAVE_POLICY_FLAG, fix=fix)

@@ -44,16 +44,8 @@ from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.errors import FleetDeskError, PlanError
 from fleetdesk.inventory.records import Device, Group
 from fleetdesk.models.report import BASELINE
-from fleetdesk.rollout.plan import (
-    Gates,
-    ResolvedPlan,
-    RolloutPlan,
-    TransferPolicy,
-    WavePolicy,
-    plan_text,
-    resolve,
-    split_waves,
-)
+from fleetdesk.rollout.plan import ResolvedPlan, RolloutPlan, plan_text, resolve
+from fleetdesk.rollout.policy import Gates, TransferPolicy, WavePolicy, split_waves
 
 from .activities import human_bytes
 from .fleet_model import plain
@@ -61,7 +53,7 @@ from .overview import colours
 from .wave_policy_table import CommonPolicy, WavePolicyTable
 
 DEFAULT_WAVES = "1, 10%, 50%, 100%"
-# The threshold semantics, as fleetdesk/rollout/plan.py's docstring states them.
+# The threshold semantics, as fleetdesk/rollout/policy.py's docstring states them.
 THRESHOLD_SEMANTICS = ("Success is REACHED (>=): the next wave starts when at least that many devices of the wave "
                        "are done; a share is rounded up. Errors are EXCEEDED (>): the rollout pauses when MORE "
                        "than that many devices of the wave failed; 0 pauses on the first failure.")

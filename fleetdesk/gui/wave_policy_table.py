@@ -13,7 +13,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
 
 from fleetdesk.errors import PlanError
-from fleetdesk.rollout.plan import WavePolicy
+from fleetdesk.rollout.policy import WavePolicy
 
 from .overview import colours
 

@@ -1,7 +1,7 @@
 """What a rollout does next, given the states of one wave's devices and the wave's policy: pure decisions.
 
 The engine calls `decide` after every device of a wave reaches an end state (and whenever it wakes up);
-the thresholds mean exactly what fleetdesk/rollout/plan.py says: success is *reached* (done >= needed),
+the thresholds mean exactly what fleetdesk/rollout/policy.py says: success is *reached* (done >= needed),
 errors are *exceeded* (errors > allowed), so errors=0 pauses on the first failure.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fleetdesk.rollout import states as st
-from fleetdesk.rollout.plan import WavePolicy
+from fleetdesk.rollout.policy import WavePolicy
 
 # -- actions --------------------------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from fleetdesk.errors import (
 )
 from fleetdesk.inventory.records import Device
 from fleetdesk.rollout.gates import GOLDEN, MEMORY, P95, SERVING, TEMPERATURE, GateResult, GateSample, evaluate
-from fleetdesk.rollout.plan import Gates
+from fleetdesk.rollout.policy import Gates
 from fleetdesk.transport import shell_join
 from fleetdesk.transport.push import BLOCK_SIZE, push_file
 from fleetdesk.transport.session import ByteRange, DeviceSession, RemoteLines

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetdesk.rollout.plan import Gates
+from fleetdesk.rollout.policy import Gates
 
 # Gate names, in the order a failure is reported (the first failing one is the reason).
 SERVING = "serving"

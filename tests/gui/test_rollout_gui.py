@@ -21,7 +21,8 @@ from fleetdesk.artifacts.signing import KEYRING_ACCOUNT
 from fleetdesk.artifacts.store import ArtifactStore, write_golden
 from fleetdesk.config import Settings
 from fleetdesk.gui.overview import colours
-from fleetdesk.gui.rollout_view import GATE_PLOT_MIN_HEIGHT, ROLLOUT_ROLE, GatePlot, gate_notes_html
+from fleetdesk.gui.rollout_display import GATE_PLOT_MIN_HEIGHT, GatePlot, gate_notes_html
+from fleetdesk.gui.rollout_view import ROLLOUT_ROLE
 from fleetdesk.gui.rollout_wizard import RolloutWizard, section_of
 from fleetdesk.gui.wave_policy_table import APPROVE, ERRORS, OVERRIDE, SOAK, SUCCESS
 from fleetdesk.inventory import open_inventory
@@ -41,7 +42,8 @@ from fleetdesk.models.report import (
 from fleetdesk.rollout import states as st
 from fleetdesk.rollout.engine import RolloutEvent
 from fleetdesk.rollout.gates import GateSample, evaluate
-from fleetdesk.rollout.plan import Gates, RolloutPlan, WavePolicy, plan_text, resolve
+from fleetdesk.rollout.plan import RolloutPlan, plan_text, resolve
+from fleetdesk.rollout.policy import Gates, WavePolicy
 from fleetdesk.transport import credentials
 from tests.fixtures.models.build import save_cnn
 from tests.gui_harness import GuiSession, gui_session

@@ -28,7 +28,8 @@ from fleetdesk.inventory.rollouts import (
     RolloutRow,
 )
 from fleetdesk.rollout import states as s
-from fleetdesk.rollout.plan import PlannedDevice, ResolvedPlan, RolloutPlan, WavePolicy
+from fleetdesk.rollout.plan import PlannedDevice, ResolvedPlan, RolloutPlan
+from fleetdesk.rollout.policy import WavePolicy
 from fleetdesk.rollout.states import TransitionError
 
 NEW = "a" * 64

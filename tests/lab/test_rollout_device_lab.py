@@ -29,7 +29,7 @@ from fleetdesk.models.samples import GENERATED_SOURCE, generate_samples
 from fleetdesk.profiles import load_profiles
 from fleetdesk.rollout.device_ops import DeviceOps
 from fleetdesk.rollout.gates import evaluate
-from fleetdesk.rollout.plan import Gates
+from fleetdesk.rollout.policy import Gates
 from fleetdesk.runtime.agentfiles import agent_tree
 from fleetdesk.runtime.provision import provision
 from fleetdesk.runtime.store import RuntimeStore

@@ -22,7 +22,8 @@ from fleetdesk.fleet import Fleet
 from fleetdesk.profiles import load_profiles
 from fleetdesk.rollout import states as st
 from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent
-from fleetdesk.rollout.plan import Gates, RolloutPlan, TransferPolicy, WavePolicy
+from fleetdesk.rollout.plan import RolloutPlan
+from fleetdesk.rollout.policy import Gates, TransferPolicy, WavePolicy
 from fleetdesk.transport.push import BLOCK_SIZE
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
 from tests.lab.conftest import Fleet as LabFleet

@@ -39,7 +39,8 @@ from fleetdesk.profiles import ProfileSet, load_profiles
 from fleetdesk.rollout import states as st
 from fleetdesk.rollout.device_ops import AgentView, DeviceOps
 from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent
-from fleetdesk.rollout.plan import Gates, RolloutPlan, WavePolicy
+from fleetdesk.rollout.plan import RolloutPlan
+from fleetdesk.rollout.policy import Gates, WavePolicy
 from fleetdesk.runtime.agentfiles import agent_tree
 from fleetdesk.runtime.provision import provision
 from fleetdesk.runtime.store import RuntimeStore

@@ -9,7 +9,8 @@ import pytest
 
 from fleetdesk.cli_rollout import wave_policies_from_flags
 from fleetdesk.errors import PlanError
-from fleetdesk.rollout.plan import RolloutPlan, WavePolicy
+from fleetdesk.rollout.plan import RolloutPlan
+from fleetdesk.rollout.policy import WavePolicy
 from tests.keyring_daemon import keyring_daemon
 from tests.unit.test_rollout_cli import cli, fleet_with_model
 

@@ -1,4 +1,4 @@
-"""What a rollout does after each device of a wave ends: the threshold semantics of fleetdesk/rollout/plan.py
+"""What a rollout does after each device of a wave ends: the threshold semantics of fleetdesk/rollout/policy.py
 (success is reached with >=, errors are exceeded with >) as a table, and the unreachable policy."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fleetdesk.rollout.decide import (
     WaveTally,
     decide,
 )
-from fleetdesk.rollout.plan import Threshold, WavePolicy
+from fleetdesk.rollout.policy import Threshold, WavePolicy
 
 
 def policy(success: str | int = "100%", errors: str | int = 0, approve: bool = False) -> WavePolicy:

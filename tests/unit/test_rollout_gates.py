@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from fleetdesk.rollout.gates import GATE_ORDER, GateResult, GateSample, evaluate
-from fleetdesk.rollout.plan import Gates
+from fleetdesk.rollout.policy import Gates
 
 ART = "a" * 64
 OLD = "b" * 64

@@ -21,18 +21,8 @@ from fleetdesk.inventory import Inventory, ProbeFacts, Sighting, open_inventory
 from fleetdesk.models import inspect_model
 from fleetdesk.models.report import BASELINE, BASELINE_STATUS, CHOSEN, OptimizationReport, ProfileResult, Tolerance
 from fleetdesk.models.report import Variant as ReportVariant
-from fleetdesk.rollout.plan import (
-    Gates,
-    PlannedDevice,
-    ResolvedPlan,
-    RolloutPlan,
-    Threshold,
-    TransferPolicy,
-    WavePolicy,
-    plan_text,
-    resolve,
-    split_waves,
-)
+from fleetdesk.rollout.plan import PlannedDevice, ResolvedPlan, RolloutPlan, plan_text, resolve
+from fleetdesk.rollout.policy import Gates, Threshold, TransferPolicy, WavePolicy, split_waves
 from fleetdesk.transport import credentials
 from tests.fixtures.models.build import save_cnn
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
