@@ -380,20 +380,28 @@ class DiscoveryRecorder:
         self._fleet = fleet
         self._on_device = on_device
         self._pending: list[DiscoveryEvent] = []
-        self._wake = asyncio.Event()
         self._closing = False
         # Its own thread, so the loop (and the GUI on it) never waits on the database.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleetdesk-discovery")
-        self._task = asyncio.get_running_loop().create_task(self._write(), name="discovery recorder")
+        # Everything on the loop it was made on, named, not asked of asyncio when the task steps: the GUI tests'
+        # qasync loop (stopped and started again between test steps) can step a task with no loop running, where
+        # an asyncio.Event's wait() fails ("bound to a different event loop") and the recorder would die.
+        self._loop = asyncio.get_running_loop()
+        self._wake: asyncio.Future[None] = self._loop.create_future()
+        self._task = self._loop.create_task(self._write(), name="discovery recorder")
 
     def push(self, event: DiscoveryEvent) -> None:
         self._pending.append(event)
-        self._wake.set()
+        self._signal()
+
+    def _signal(self) -> None:
+        if not self._wake.done():
+            self._wake.set_result(None)
 
     async def close(self) -> None:
         """Store what is still pending, then stop."""
         self._closing = True
-        self._wake.set()
+        self._signal()
         try:
             await self._task
         finally:
@@ -401,14 +409,14 @@ class DiscoveryRecorder:
 
     async def _write(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            await self._wake
+            self._wake = self._loop.create_future()
             while self._pending:
                 # Small batches: the first devices of a floor are in the inventory (and on screen) while
                 # the rest are still being stored; one transaction per batch keeps the commits few.
                 batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
-                devices = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._fleet.apply_discovery_events, batch)
+                devices = await self._loop.run_in_executor(self._executor, self._fleet.apply_discovery_events,
+                                                           batch)
                 for device in devices:
                     # A device whose last service went is reported too: it is offline now.
                     if device is not None and self._on_device is not None:

@@ -35,8 +35,10 @@ class GuiSession:
         self.watch = LoopWatch()
         self.stall_notes: list[str] = []
 
-    def run(self, awaitable: Awaitable[T], timeout: float = 60.0) -> T:
+    def run(self, awaitable: Awaitable[T], timeout: float = 60.0, *, watch: bool = True) -> T:
         async def watched() -> T:
+            if not watch:
+                return await asyncio.wait_for(awaitable, timeout)
             self.watch.start()
             before = len(self.watch.stalls)
             try:
@@ -81,14 +83,31 @@ class GuiSession:
         return self.run(inside())
 
     def screenshot(self, widget: Any, name: str) -> Path:
-        """Save a picture of `widget` (outside the watched loop: grabbing is test work, not the app's)."""
+        """Save a picture of `widget`. Grabbed inside a loop step, as the app would, but not watched for stalls
+        (grabbing is test work, not the app's): Qt may dispatch the loop's socket callbacks while it renders,
+        and outside a step they would run with no asyncio loop marked running (zeroconf's packet handler, for
+        one, then failed and the grab came back empty)."""
         path = self.screens / f"{name}.png"
-        assert widget.grab().save(str(path)), f"could not save {path}"
+
+        async def grab() -> Any:
+            return widget.grab()
+
+        picture = self.run(grab(), watch=False)
+        assert picture.save(str(path)), f"could not save {path}"
         shared = os.environ.get("FLEETDESK_SCREENSHOTS")
         if shared:  # a developer's folder to look at the pictures from one place
             Path(shared).mkdir(parents=True, exist_ok=True)
-            widget.grab().save(str(Path(shared) / f"{name}.png"))
+            picture.save(str(Path(shared) / f"{name}.png"))
         return path
+
+
+def private_qsettings(folder: Path) -> None:
+    """The window remembers its layout, theme and thresholds in QSettings: point them at `folder`, never at the
+    user's ~/.config, where one test run's layout (a collapsed pane) would meet the next run's window."""
+    from PySide6.QtCore import QSettings
+
+    for fmt in (QSettings.Format.NativeFormat, QSettings.Format.IniFormat):
+        QSettings.setPath(fmt, QSettings.Scope.UserScope, str(folder))
 
 
 def live_timers() -> list[Any]:

@@ -165,6 +165,7 @@ class MdnsBrowser:
         self._liveness: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[DiscoveryEvent | None] = asyncio.Queue()
         self._stopped = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> MdnsBrowser:
         await self.start()
@@ -175,6 +176,10 @@ class MdnsBrowser:
 
     async def start(self) -> None:
         """Open the mDNS sockets on the chosen interfaces and start browsing."""
+        # Resolutions start on this loop by name: zeroconf's callbacks may come while Qt dispatches the loop's
+        # events with no loop marked running (the GUI tests' qasync loop between steps), where asyncio's
+        # create_task() would refuse and drop the resolution.
+        self._loop = asyncio.get_running_loop()
         try:
             self._azc = AsyncZeroconf(interfaces=self._interfaces, ip_version=self._ip_version)
         except (OSError, ValueError, RuntimeError) as exc:
@@ -240,7 +245,8 @@ class MdnsBrowser:
 
     def _start_resolve(self, key: tuple[str, str], service_type: str, name: str) -> None:
         self._cancel_resolve(key)
-        task = asyncio.create_task(self._resolve(key, service_type, name), name=f"mdns resolve {name!r}")
+        assert self._loop is not None  # set by start(), before any browser exists
+        task = self._loop.create_task(self._resolve(key, service_type, name), name=f"mdns resolve {name!r}")
         self._resolving[key] = task
         task.add_done_callback(lambda t, k=key: self._resolve_done(k, t))  # type: ignore[misc]
 

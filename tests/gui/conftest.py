@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.gui_harness import private_qsettings
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 @pytest.fixture(autouse=True)
 def _private_qsettings(tmp_path: Path) -> None:
-    from PySide6.QtCore import QSettings
-
-    for fmt in (QSettings.Format.NativeFormat, QSettings.Format.IniFormat):
-        QSettings.setPath(fmt, QSettings.Scope.UserScope, str(tmp_path / "qsettings"))
+    private_qsettings(tmp_path / "qsettings")
 
 
 @pytest.fixture

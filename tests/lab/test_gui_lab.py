@@ -31,7 +31,7 @@ from fleetdesk.lab.rootfs import LAB_PASSWORD, LAB_USER
 from fleetdesk.transport import credentials
 from tests.fixtures.models.build import save_mlp_external
 from tests.gui.test_main_window import drop_files, model_file
-from tests.gui_harness import GuiSession, gui_session
+from tests.gui_harness import GuiSession, gui_session, private_qsettings
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
 from tests.lab.conftest import Fleet
 
@@ -64,6 +64,7 @@ def session(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory, screens: Pat
     # The artifact store (and its signing key) of this operator only, not the user's data folder.
     before = os.environ.get("FLEETDESK_DATA_DIR")
     os.environ["FLEETDESK_DATA_DIR"] = str(home / "data")
+    private_qsettings(home / "qsettings")
     try:
         with gui_session(f"sqlite:///{home / 'fleet.db'}", screens, ssh_config=str(config),
                          interfaces=[LAB_BRIDGE]) as s:

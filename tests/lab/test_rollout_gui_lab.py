@@ -28,7 +28,7 @@ from fleetdesk.inventory.rollouts import RolloutRepo
 from fleetdesk.profiles import load_profiles
 from fleetdesk.rollout import states as st
 from tests.gui.test_rollout_gui import edit, override, wave_rows
-from tests.gui_harness import GuiSession, gui_session
+from tests.gui_harness import GuiSession, gui_session, private_qsettings
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
 from tests.lab.conftest import Fleet as LabFleet
 from tests.lab.rollout_fixtures import Laptop, new_laptop, provision_devices, small_model
@@ -66,6 +66,7 @@ def session(laptop: Laptop, screens: Path) -> Iterator[GuiSession]:
 
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FLEETDESK_DATA_DIR", str(laptop.data_dir))
+        private_qsettings(laptop.data_dir / "qsettings")
         with gui_session(laptop.db_url, screens) as gui:
             gui.wait(lambda: {r.ref for r in gui.window.models_view.records()} == {FIRST, SECOND},
                      "the store's two models in the Models view")
