@@ -69,7 +69,9 @@ def zones(text: str) -> dict[str, float]:
 async def telemetry_and_sensors(pool: SSHPool, target: SSHTarget, *extra: str) -> dict[str, Any]:
     """Zones before, the agent's two samples, zones after, /proc/meminfo and the lab's value files."""
     before = (await pool.run(target, ZONES, check=True)).stdout
-    run = await pool.run(target, agent_command("telemetry", "--interval", "1", "--count", "2", *extra),
+    # Two seconds between samples: the lab rewrites its devices' /proc/stat once a second, and on a loaded
+    # machine a 1 s interval could read the same rewrite twice (no CPU delta, so the sample rightly has no CPU %).
+    run = await pool.run(target, agent_command("telemetry", "--interval", "2", "--count", "2", *extra),
                          timeout=120)
     assert run.exit_status == 0, run.stderr
     after = (await pool.run(target, ZONES, check=True)).stdout
