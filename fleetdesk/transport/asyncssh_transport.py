@@ -46,6 +46,28 @@ _UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH
                        errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT}
 
 
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+: a read that fails rather than wait for the disk
+
+
+def cached_piece(fd: int, length: int, offset: int) -> bytearray | None:
+    """A piece of a file read on the loop when the page cache holds all of it, else None (read it in a thread).
+
+    A push's file is mostly cached (SSHPool.digest read it, and the kernel is asked to read it ahead), and then
+    a 255 KiB read is a copy of tens of microseconds, less than a thread hop: 20 pushes of 100 MB at once to the
+    lab (the asyncssh run of benchmarks/push.py, alternated with a thread hop per piece) took 6.2-6.4 s of the
+    laptop's CPU and 8.5-8.8 s, against 7.2-7.9 s of CPU and 9.5-10.4 s. RWF_NOWAIT keeps a piece that would
+    wait for the disk off the loop (the window's, in the GUI).
+    """
+    if _NOWAIT is None:
+        return None
+    piece = bytearray(length)
+    try:
+        read = os.preadv(fd, [piece], offset, _NOWAIT)
+    except OSError:  # EAGAIN: not cached; EOPNOTSUPP: this filesystem cannot tell
+        return None
+    return piece if read == length else None
+
+
 def cipher_order(preferred: Sequence[str]) -> list[str]:
     """The profile's ciphers first (those asyncssh knows), then asyncssh's own defaults, so a device that
     lacks the preferred ones still connects, as OpenSSH's `Ciphers` with a `^` prefix would."""
@@ -204,12 +226,8 @@ class AsyncsshSession:
         # (sftp-server.c, SFTP_MAX_MSG_LENGTH - 1024): split our blocks to fit, never beyond.
         write_len = sftp.limits.max_write_len or 32768
         pieces = [(off + i, min(write_len, length - i)) for off, length in ranges for i in range(0, length, write_len)]
+        loop = asyncio.get_running_loop()
         fd = os.open(local_path, os.O_RDONLY)
-        # The pieces are read on the loop: the file is mostly in the page cache (SSHPool.digest read it) and the
-        # kernel is asked to read it ahead, so a 255 KiB read is a copy of tens of microseconds. A thread hop per
-        # piece cost more than the read: 20 pushes of 100 MB at once to the lab (the asyncssh run of
-        # benchmarks/push.py, alternated with the old way) took 6.2-6.4 s of the laptop's CPU and 8.5-8.8 s,
-        # against 7.2-7.9 s of CPU and 9.5-10.4 s with each read in the executor.
         with contextlib.suppress(OSError, AttributeError):  # advice only; not every platform has it
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         try:
@@ -226,7 +244,9 @@ class AsyncsshSession:
 
                 async def writer() -> None:
                     for offset, length in todo:  # the shared iterator hands each piece to one writer
-                        data = os.pread(fd, length, offset)
+                        data: bytes | bytearray | None = cached_piece(fd, length, offset)
+                        if data is None:  # not (all) in the page cache: the disk wait goes to a thread
+                            data = await loop.run_in_executor(None, os.pread, fd, length, offset)
                         await remote.write(data, offset)
                         on_written(length)
 

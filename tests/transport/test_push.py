@@ -15,6 +15,7 @@ import pytest
 
 from fleetdesk.errors import DiskFullError, TransportError
 from fleetdesk.transport import BLOCK_SIZE, SSHPool, SSHTarget, digest_file, partial_path
+from fleetdesk.transport.asyncssh_transport import cached_piece
 from fleetdesk.transport.push import _PROBE_PY, _PROBE_SH, parse_probe
 from fleetdesk.transport.shell import python_command, sh_command
 from tests.conftest import skip_or_fail
@@ -202,3 +203,39 @@ def test_the_sh_fallback_answers_exactly_like_python(make_target: Make, tmp_path
     assert (state.target_size, state.target_sha256) == (local.size, local.sha256)
     assert state.partial_blocks == (*local.block_hashes[:2], state.partial_blocks[2])
     assert state.partial_blocks[2] != local.block_hashes[2]
+
+
+def evict(path: Path) -> None:
+    """Drop the file's pages from the page cache (written back first), as a long-idle artifact would be."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_a_piece_is_read_on_the_loop_only_when_the_page_cache_holds_all_of_it(tmp_path: Path) -> None:
+    source = random_file(tmp_path / "p.bin", 2 * BLOCK_SIZE)
+    data = source.read_bytes()
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        assert cached_piece(fd, BLOCK_SIZE, BLOCK_SIZE) == data[BLOCK_SIZE:]
+        assert cached_piece(fd, BLOCK_SIZE, BLOCK_SIZE + 10) is None  # runs past the end: read it the usual way
+        evict(source)
+        assert cached_piece(fd, BLOCK_SIZE, 0) is None  # it would wait for the disk: not on the loop
+    finally:
+        os.close(fd)
+
+
+def test_a_file_out_of_the_page_cache_is_pushed_whole(make_target: Make, tmp_path: Path) -> None:
+    source = random_file(tmp_path / "cold.bin", 12 * BLOCK_SIZE + 99)
+    dest = tmp_path / "cold.remote"
+
+    async def go() -> None:
+        async with SSHPool() as pool:
+            await pool.digest(source)
+            evict(source)  # hashed long ago: the pieces come from the disk, through a thread
+            assert (await pool.push(make_target(), source, str(dest))).bytes_sent == source.stat().st_size
+    run(go())
+    assert sha(dest) == sha(source)
