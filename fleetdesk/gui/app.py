@@ -80,6 +80,19 @@ async def run_window(window: MainWindow) -> None:
     await closed.wait()
 
 
+def freeze_startup_heap() -> None:
+    """Move everything alive now out of the cyclic collector's reach (`gc.freeze`, Python >= 3.7).
+
+    Everything imported by startup (Qt, onnx, onnxruntime, numpy, SQLAlchemy) lives as long as the app. A full
+    collection walks every tracked object: with the window's modules loaded (177 000 objects) that took 75-102 ms
+    on this 2-core machine, at the window's 100 ms stall bar, and it holds the interpreter lock wherever it is
+    triggered (an import optimizing a model in a worker thread, for one). Frozen, later collections walk only
+    what came after (0.002 ms right after the freeze).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.load()
     settings.ensure_dirs()
@@ -91,10 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     app = create_app(sys.argv if argv is None else argv)
     window = build_window(fleet, settings)
-    # Everything imported so far (Qt, onnx, onnxruntime, numpy, SQLAlchemy) lives as long as the app: moved out
-    # of the collector's reach, so a full collection triggered in a worker thread (an import optimizing a
-    # model) holds the interpreter lock for less time and the window does not stall on it.
-    gc.freeze()
+    freeze_startup_heap()
     # One asyncio loop on the Qt thread (DESIGN.md, runtime model); qasync.run also works on Python 3.11,
     # whose asyncio.run has no loop_factory.
     qasync.run(run_window(window))
