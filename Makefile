@@ -26,6 +26,7 @@ run: $(STAMP) system-deps-run
 lint: $(STAMP)
 	$(BIN)/ruff check fleetdesk tests benchmarks
 	$(BIN)/vermin --no-tips --violations -t=3.8- fleetdesk/agent
+	$(BIN)/mypy fleetdesk
 
 contracts: $(STAMP)
 	$(BIN)/lint-imports
@@ -44,4 +45,4 @@ bench: $(STAMP) system-deps-test
 	$(BIN)/python benchmarks/model_variants.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache .mypy_cache

@@ -251,8 +251,10 @@ class Fleet:
 
     async def sweep(self, cidr: str, *, port: int = 22, rate: float | None = None) -> list[Device]:
         """Connect to `port` across an operator-typed CIDR and record every SSH server that answered."""
-        options = {"rate": rate} if rate is not None else {}
-        sightings = await sweep(cidr, port=port, **options)
+        if rate is not None:
+            sightings = await sweep(cidr, port=port, rate=rate)
+        else:
+            sightings = await sweep(cidr, port=port)
         devices = {d.id: d for d in self.inventory.record_sightings(sightings)} if sightings else {}
         return sorted(devices.values(), key=lambda d: d.name)
 
@@ -349,9 +351,9 @@ class Fleet:
         result = await self.pool.run_many(targets, command, timeout=timeout)
         by_name = {d.name: d for d in devices}
         for outcome in result.outcomes:
-            device = by_name.get(outcome.device)
-            if device is not None:
-                self.inventory.set_online(device.id, outcome.status != "unreachable")
+            answered = by_name.get(outcome.device)
+            if answered is not None:
+                self.inventory.set_online(answered.id, outcome.status != "unreachable")
         if refused:
             result = FanOutResult((*result.outcomes, *(DeviceOutcome(n, error=e) for n, e in refused)))
         return result

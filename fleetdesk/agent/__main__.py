@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 import traceback
-from typing import Any
+from types import ModuleType
+from typing import Any, NoReturn
 
 from . import protocol
 from .protocol import AgentError
@@ -35,7 +36,7 @@ _GLOBAL_WITH_VALUE = ("--root", "--sysroot")
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports bad arguments as an error line instead of usage text and exit status 2 alone."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise AgentError(protocol.BAD_ARGUMENTS, f"{self.prog}: {message}",
                          fix=f"see `{self.prog} --help` for the commands and options")
 
@@ -55,6 +56,7 @@ def command_of(argv: list[str]) -> str | None:
 
 
 def _lazy_module(name: str) -> Any:
+    module: ModuleType  # one name for whichever command module is imported
     try:
         if name == "serve":
             from . import serve as module

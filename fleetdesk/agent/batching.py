@@ -21,8 +21,10 @@ class Pending:
         self.feeds = feeds
         first = next(iter(feeds.values()))
         self.rows = int(first.shape[0]) if first.ndim else 1
-        # Requests stack only with requests whose inputs agree on everything but the row count.
-        self.signature = tuple(sorted((name, a.dtype.str, tuple(a.shape[1:])) for name, a in feeds.items()))
+        # Requests stack only with requests whose inputs agree on everything but the row count. Only compared for
+        # equality: (name, dtype, trailing shape) per input, or a marker unique to this request.
+        self.signature: tuple[object, ...] = tuple(
+            sorted((name, a.dtype.str, tuple(a.shape[1:])) for name, a in feeds.items()))
         if any(a.shape[:1] != first.shape[:1] for a in feeds.values()):
             self.signature = ("alone", id(self))  # inputs disagree on rows: never stacked with others
         self.arrived = time.monotonic()

@@ -221,7 +221,8 @@ class LoadedModel:
                 "inputs": [s.describe() for s in self.inputs], "outputs": [s.describe() for s in self.outputs]}
 
     def run(self, feeds: dict[str, Any]) -> list[Any]:
-        return self.session.run(self.output_names, feeds)
+        outputs: list[Any] = self.session.run(self.output_names, feeds)  # onnxruntime is untyped: its list of arrays
+        return outputs
 
 
 def load_model(sha: str, path: str, providers: Sequence[str], threads: int | None = None) -> LoadedModel:

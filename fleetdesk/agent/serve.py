@@ -239,10 +239,11 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes; with Nagle on, the second waits for the client's delayed ACK
     # (40 ms on Linux) and every answer takes 40 ms more: measured here, 44 ms per request with one client.
     disable_nagle_algorithm = True
+    server: _HTTPServer  # run() serves this handler with no other server
 
     @property
     def app(self) -> ModelServer:
-        return self.server.app  # type: ignore[attr-defined]
+        return self.server.app
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # stdout carries the agent's JSON lines; an access log would only fill the device's disk
@@ -281,7 +282,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.app.end(ticket)
 
     def _read_body(self) -> bytes | None:
-        limit = int(self.server.max_body_bytes)  # type: ignore[attr-defined]
+        limit = int(self.server.max_body_bytes)
         if self.headers.get("Transfer-Encoding"):
             self._refuse(411, "send the body with a Content-Length, not Transfer-Encoding")
             return None
@@ -340,6 +341,9 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+    # Set by run() as soon as the socket is bound, before any request is served.
+    app: ModelServer
+    max_body_bytes: int
 
 
 def _error(emit: Callable[[dict[str, Any]], None], code: str, message: str, fix: str) -> int:
@@ -365,8 +369,8 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int
         fix = ("stop the other server on that port or pass another --port" if exc.errno == errno.EADDRINUSE
                else "check --host and --port")
         return _error(emit, "port-unavailable", f"cannot listen on {args.host}:{args.port}: {exc}", fix)
-    httpd.app = app  # type: ignore[attr-defined]
-    httpd.max_body_bytes = int(args.max_body_mb * 1024 * 1024)  # type: ignore[attr-defined]
+    httpd.app = app
+    httpd.max_body_bytes = int(args.max_body_mb * 1024 * 1024)
 
     flags = {"stop": False, "reload": False}
     wake = threading.Event()  # set by the signal handlers: the loop sleeps until the next tick or a signal

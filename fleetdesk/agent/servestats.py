@@ -66,8 +66,8 @@ class ServeStats:
                 self._batches.popleft()
             latencies = sorted(ms for _, ms in self._latencies)
             rows = [n for _, n in self._batches]
-            counts = {"requests": self.requests, "errors": self.errors, "cache_hits": self.cache_hits,
-                      "runs": self.runs}
+            counts: dict[str, float | None] = {"requests": self.requests, "errors": self.errors,
+                                               "cache_hits": self.cache_hits, "runs": self.runs}
         # The rate is over the window, or over the time since start while that is shorter.
         span = max(min(self.window_s, now - self._started), 1e-3)
         counts.update({

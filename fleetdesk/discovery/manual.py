@@ -13,7 +13,8 @@ import socket
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from zeroconf import AddressResolverIPv4
+# Exported by the package outside its __all__ (strict mypy reads that as private); its defining module is private.
+from zeroconf import AddressResolverIPv4  # type: ignore[attr-defined]
 from zeroconf.asyncio import AsyncZeroconf
 
 from fleetdesk.discovery.mdns import interface_choice

@@ -15,8 +15,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
-from zeroconf import (
+# DNSAddress ... DNSText: the package exports them outside its __all__, which strict mypy reads as
+# private. Their defining modules (zeroconf._dns, ...) are the private ones, so the package's names are kept.
+from zeroconf import (  # type: ignore[attr-defined]
     BadTypeInNameException,
+    DNSAddress,
     DNSOutgoing,
     DNSQuestion,
     DNSService,
@@ -290,7 +293,7 @@ class MdnsBrowser:
                 addresses = [
                     socket.inet_ntoa(r.address)
                     for r in zc.cache.get_all_by_details(srv.server, _TYPE_A, _CLASS_IN)
-                    if not r.is_expired(now) and len(getattr(r, "address", b"")) == 4
+                    if isinstance(r, DNSAddress) and not r.is_expired(now) and len(r.address) == 4
                 ]
                 text = txt.text if isinstance(txt, DNSText) and not txt.is_expired(now) else b""
                 if addresses or now >= deadline:

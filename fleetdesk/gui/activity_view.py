@@ -172,6 +172,8 @@ class ActivityModel(QAbstractItemModel):
             return QModelIndex()
         return self.createIndex(row, column)
 
+    # The stubs overload parent() (the QObject parent) and parent(child) (an index's parent): one override
+    # cannot match both signatures.
     def parent(self, child: Index | None = None) -> QModelIndex:  # type: ignore[override]
         return QModelIndex()  # flat: every row hangs off the root
 
@@ -252,15 +254,15 @@ class ProgressDelegate(QStyledItemDelegate):
         item = QStyleOptionViewItem(option)
         self.initStyleOption(item, index)
         item.text = ""
-        widget = option.widget  # type: ignore[attr-defined]
+        widget = option.widget
         style = widget.style() if widget is not None else QApplication.style()
         style.drawPrimitive(QStyle.PrimitiveElement.PE_PanelItemViewItem, item, painter, widget)
         bar = QStyleOptionProgressBar()
-        bar.rect = option.rect.adjusted(3, 3, -3, -3)  # type: ignore[attr-defined]
-        bar.state = option.state | QStyle.StateFlag.State_Horizontal  # type: ignore[attr-defined]
-        bar.direction = option.direction  # type: ignore[attr-defined]
-        bar.fontMetrics = option.fontMetrics  # type: ignore[attr-defined]
-        bar.palette = option.palette  # type: ignore[attr-defined]
+        bar.rect = option.rect.adjusted(3, 3, -3, -3)
+        bar.state = option.state | QStyle.StateFlag.State_Horizontal
+        bar.direction = option.direction
+        bar.fontMetrics = option.fontMetrics
+        bar.palette = option.palette
         bar.minimum, bar.maximum = 0, 1000
         bar.progress = round(float(progress) * 1000)
         bar.text = str(index.data(Qt.ItemDataRole.DisplayRole))
@@ -270,7 +272,7 @@ class ProgressDelegate(QStyledItemDelegate):
 
     def sizeHint(self, option: QStyleOptionViewItem, index: Index) -> QSize:
         hint = super().sizeHint(option, index)
-        return QSize(hint.width(), max(hint.height(), option.fontMetrics.height() + 10))  # type: ignore[attr-defined]
+        return QSize(hint.width(), max(hint.height(), option.fontMetrics.height() + 10))
 
 
 class ErrorPanel(QFrame):

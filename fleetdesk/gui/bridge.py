@@ -378,7 +378,11 @@ class FleetBridge(QObject):
             self._update(device)
             return device
 
-        return self.activities.start(f"Add {host}", job, summarize=lambda d: f"added as {d.name}")
+        def summarize(device: object) -> str:
+            assert isinstance(device, Device)
+            return f"added as {device.name}"
+
+        return self.activities.start(f"Add {host}", job, summarize=summarize)
 
     def sweep(self, cidr: str, port: int = 22) -> Activity:
         async def job(activity: Activity) -> list[Device]:
@@ -388,8 +392,11 @@ class FleetBridge(QObject):
                 self._update(device)
             return devices
 
-        return self.activities.start(f"Sweep {cidr}", job,
-                                     summarize=lambda ds: f"{len(ds)} SSH server(s) answered")
+        def summarize(devices: object) -> str:
+            assert isinstance(devices, list)
+            return f"{len(devices)} SSH server(s) answered"
+
+        return self.activities.start(f"Sweep {cidr}", job, summarize=summarize)
 
     # -- probing, trust, credentials -----------------------------------------------------------------
 
@@ -583,7 +590,11 @@ class FleetBridge(QObject):
             self.models_changed.emit(list(records))
             return records
 
-        return self.activities.start("Read the model store", job, summarize=lambda rs: f"{len(rs)} model(s)")
+        def summarize(records: object) -> str:
+            assert isinstance(records, list)
+            return f"{len(records)} model(s)"
+
+        return self.activities.start("Read the model store", job, summarize=summarize)
 
     def import_model(self, path: str, *, name: str | None = None, version: str | None = None,
                      samples: str | None = None, profiles: Sequence[str] = (), time_on_devices: bool = False,
@@ -679,7 +690,11 @@ class FleetBridge(QObject):
             self.model_removed.emit(ref)
             return list(removed)
 
-        return self.activities.start(f"Remove {ref}", job, summarize=lambda ids: f"{len(ids)} artifact(s) deleted")
+        def summarize(ids: object) -> str:
+            assert isinstance(ids, list)
+            return f"{len(ids)} artifact(s) deleted"
+
+        return self.activities.start(f"Remove {ref}", job, summarize=summarize)
 
     def export_public_key(self, dest: str) -> Activity:
         """Save the fleet's public signing key (PEM) where the operator chose (made on first use)."""
@@ -797,14 +812,18 @@ class FleetBridge(QObject):
             self.rollout_detail.emit(await self._db(read_rollout, repo, self._watched, dict(self._devices)))
         return rows
 
-    def load_rollouts(self, then: Callable[[list[RolloutRow]], None] | None = None) -> Activity:
+    def load_rollouts(self, then: Callable[[list[RolloutRow]], object] | None = None) -> Activity:
         async def job(activity: Activity) -> list[RolloutRow]:
             rows = await self.refresh_rollouts()
             if then is not None:
                 then(rows)
             return rows
 
-        return self.activities.start("Read the rollouts", job, summarize=lambda rows: f"{len(rows)} rollout(s)")
+        def summarize(rows: object) -> str:
+            assert isinstance(rows, list)
+            return f"{len(rows)} rollout(s)"
+
+        return self.activities.start("Read the rollouts", job, summarize=summarize)
 
     def watch_rollout(self, rollout_id: int) -> Activity:
         """Show this rollout's detail (and follow it as its events arrive)."""
@@ -815,7 +834,11 @@ class FleetBridge(QObject):
             self.rollout_detail.emit(detail)
             return detail
 
-        return self.activities.start(f"Read rollout {rollout_id}", job, summarize=lambda d: d.row.status)
+        def summarize(detail: object) -> str:
+            assert isinstance(detail, RolloutDetail)
+            return detail.row.status
+
+        return self.activities.start(f"Read rollout {rollout_id}", job, summarize=summarize)
 
     def rollout_running_here(self, rollout_id: int) -> bool:
         run = self._runs.get(rollout_id)
@@ -914,8 +937,11 @@ class FleetBridge(QObject):
                 self.drive_rollout(rid, title=f"Continue rollout {rid}")
             return found
 
-        return self.activities.start("Recover rollouts", job,
-                                     summarize=lambda ids: f"{len(ids)} rollout(s) recovered and continued")
+        def summarize(ids: object) -> str:
+            assert isinstance(ids, list)
+            return f"{len(ids)} rollout(s) recovered and continued"
+
+        return self.activities.start("Recover rollouts", job, summarize=summarize)
 
     # -- live telemetry and alerts ---------------------------------------------------------------------
 

@@ -92,16 +92,16 @@ class DeviceDetail(QWidget):
         self.empty_hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.empty_hint.setWordWrap(True)
 
-        self.scroll = QScrollArea(self)
-        self.scroll.setObjectName("DeviceDetailScroll")
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.scroll_area = QScrollArea(self)
+        self.scroll_area.setObjectName("DeviceDetailScroll")
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.empty_hint)
-        layout.addWidget(self.scroll)
+        layout.addWidget(self.scroll_area)
         self.show_device(None, match=None, host_keys=(), status="")
 
     def device(self) -> Device | None:
@@ -114,13 +114,13 @@ class DeviceDetail(QWidget):
     def show_device(self, device: Device | None, *, match: ProfileMatch | None,
                     host_keys: Sequence[HostKey], status: str) -> None:
         same = device is not None and self._device is not None and device.id == self._device.id
-        scroll_to = self.scroll.verticalScrollBar().value() if same else 0
+        scroll_to = self.scroll_area.verticalScrollBar().value() if same else 0
         self._device = device
         self._rows = []
         self.empty_hint.setVisible(device is None)
-        self.scroll.setVisible(device is not None)
+        self.scroll_area.setVisible(device is not None)
         if device is None:
-            self.scroll.setWidget(QWidget())  # drops the previous device's labels
+            self.scroll_area.setWidget(QWidget())  # drops the previous device's labels
             return
         content = QWidget()
         content.setObjectName("DeviceDetailContent")
@@ -143,8 +143,8 @@ class DeviceDetail(QWidget):
         self._groups(device)
         column.addLayout(self._form)
         column.addStretch(1)
-        self.scroll.setWidget(content)  # QScrollArea deletes the widget it showed before
-        self.scroll.verticalScrollBar().setValue(scroll_to)
+        self.scroll_area.setWidget(content)  # QScrollArea deletes the widget it showed before
+        self.scroll_area.verticalScrollBar().setValue(scroll_to)
 
     # -- sections ------------------------------------------------------------------------------
 

@@ -74,7 +74,7 @@ class TimeAxis(pg.DateAxisItem):
 
     def __init__(self) -> None:
         super().__init__(orientation="bottom")
-        self.zoomLevels = type(self.zoomLevels)(
+        self.zoomLevels: dict[float, ZoomLevel] = type(self.zoomLevels)(
             (spacing, _MINUTES if level is HOUR_MINUTE_ZOOM_LEVEL else level)
             for spacing, level in self.zoomLevels.items())
 

@@ -534,6 +534,7 @@ class SweepDialog(QDialog):
             count = self.plan.hosts
             noun = "address" if count == 1 else "addresses"
             typed = self.cidr_edit.text().strip()
+            assert self.plan.network is not None  # plan_sweep names a network exactly when it finds no problem
             # "198.18.1.77/24" is read as the whole 198.18.1.0/24: say so, rather than sweep a surprise.
             network = ipaddress.ip_network(self.plan.network)
             same = ipaddress.ip_address(typed.partition("/")[0]) == network.network_address

@@ -130,7 +130,9 @@ class DropOverlay(QFrame):
         parent = self.parentWidget()
         assert parent is not None
         width = min(parent.width() - 40, 620)
-        margins = self.layout().contentsMargins()
+        layout = self.layout()
+        assert layout is not None  # set in __init__
+        margins = layout.contentsMargins()
         text_height = self.label.heightForWidth(width - margins.left() - margins.right() - 8)
         height = max(72, text_height + margins.top() + margins.bottom() + 16)
         self.setGeometry((parent.width() - width) // 2, 16, width, height)

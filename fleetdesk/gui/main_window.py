@@ -45,6 +45,7 @@ from PySide6.QtWidgets import (
 from fleetdesk.artifacts.records import ModelRecord
 from fleetdesk.discovery.mdns import NetworkInterface
 from fleetdesk.errors import FleetDeskError
+from fleetdesk.inventory.records import Group, HostKey
 from fleetdesk.inventory.rollouts import RolloutRow
 from fleetdesk.rollout.plan import RolloutPlan
 from fleetdesk.telemetry.alerts import AlertEvent, Threshold, thresholds_from_json, thresholds_to_json
@@ -89,7 +90,7 @@ class MainWindow(QMainWindow):
         self._icons: list[tuple[QAction, str]] = []  # re-drawn when the theme changes
         self._counting = False
         self._detail_id: int | None = None  # the device the detail pane shows
-        self._detail_keys: list = []  # its pinned keys, read when it was chosen
+        self._detail_keys: list[HostKey] = []  # its pinned keys, read when it was chosen
         self._closing = False
         self._closed = False
         self._browse_on_start = browse_on_start
@@ -259,7 +260,8 @@ class MainWindow(QMainWindow):
 
     # -- building ------------------------------------------------------------------------------------------
 
-    def _action(self, text: str, slot: object, shortcut: QKeySequence | str | None = None, icon_name: str = "",
+    def _action(self, text: str, slot: object,
+                shortcut: QKeySequence | QKeySequence.StandardKey | str | None = None, icon_name: str = "",
                 tip: str = "") -> QAction:
         action = QAction(text, self)
         if icon_name:
@@ -408,7 +410,7 @@ class MainWindow(QMainWindow):
         self.group_tree.set_total(total)
         self.empty_hint.setVisible(total == 0)
 
-    def _groups_changed(self, groups: list) -> None:
+    def _groups_changed(self, groups: list[Group]) -> None:
         self.group_tree.set_groups(groups, self.fleet_model.rowCount())
 
     def _group_chosen(self, group: str | None) -> None:

@@ -77,8 +77,9 @@ BAR_STATUSES = (CHOSEN, ACCEPTED, BASELINE_STATUS, REJECTED)
 
 def status_colour(status: str) -> str:
     palette = colours()
-    return {CHOSEN: palette["ok"], ACCEPTED: palette["line"], BASELINE_STATUS: palette["muted"],
-            REJECTED: palette["warning"], FAILED: palette["error"]}.get(status, palette["muted"])
+    # These are all colour names (only the row tint alert_row is a QColor): str() returns each unchanged.
+    return str({CHOSEN: palette["ok"], ACCEPTED: palette["line"], BASELINE_STATUS: palette["muted"],
+                REJECTED: palette["warning"], FAILED: palette["error"]}.get(status, palette["muted"]))
 
 
 # -- text of the figures --------------------------------------------------------------------------------------
@@ -463,7 +464,9 @@ class ModelsView(QWidget):
         if self._records.pop(ref, None) is None:
             return
         for row in range(self.model_list.topLevelItemCount()):
-            if self.model_list.topLevelItem(row).data(0, REF_ROLE) == ref:
+            item = self.model_list.topLevelItem(row)
+            assert item is not None  # row is below topLevelItemCount()
+            if item.data(0, REF_ROLE) == ref:
                 self.model_list.takeTopLevelItem(row)
                 break
         self._refresh_hint()
@@ -497,6 +500,7 @@ class ModelsView(QWidget):
     def select(self, ref: str) -> None:
         for row in range(self.model_list.topLevelItemCount()):
             item = self.model_list.topLevelItem(row)
+            assert item is not None  # row is below topLevelItemCount()
             if item.data(0, REF_ROLE) == ref:
                 self.model_list.setCurrentItem(item)
                 item.setSelected(True)
@@ -625,8 +629,12 @@ class ModelsView(QWidget):
 
     def variant_rows(self) -> list[list[str]]:
         """The variants table's cells as shown, top to bottom (what a test or a report reads)."""
-        return [[self.variants.topLevelItem(r).text(c) for c in range(len(VARIANT_COLUMNS))]
-                for r in range(self.variants.topLevelItemCount())]
+        rows = []
+        for r in range(self.variants.topLevelItemCount()):
+            item = self.variants.topLevelItem(r)
+            assert item is not None  # r is below topLevelItemCount()
+            rows.append([item.text(c) for c in range(len(VARIANT_COLUMNS))])
+        return rows
 
     # -- layout -------------------------------------------------------------------------------------------------
 

@@ -36,24 +36,26 @@ GATE_LABELS: Mapping[str, tuple[str, str, bool]] = {
 }
 
 
+# colours() is typed as a bare dict (its entries are colour names, but "alert_row" is a QColor): str() gives the
+# colour-name entries read here their type.
 def state_colour(state: str) -> str:
     palette = colours()
     if state == st.DONE:
-        return palette["ok"]
+        return str(palette["ok"])
     if state in (st.FAILED, st.ROLLING_BACK):
-        return palette["error"]
+        return str(palette["error"])
     if state in (st.UNREACHABLE, st.ROLLED_BACK):
-        return palette["warning"]
+        return str(palette["warning"])
     if state in (st.PENDING, st.SKIPPED):
-        return palette["muted"]
-    return palette["line"]  # staging .. confirming: under way
+        return str(palette["muted"])
+    return str(palette["line"])  # staging .. confirming: under way
 
 
 def status_colour(status: str) -> str:
     palette = colours()
-    return {"done": palette["ok"], "running": palette["line"], "failed": palette["error"],
-            "aborted": palette["error"], "paused": palette["warning"], "waiting-approval": palette["warning"],
-            "rolling-back": palette["error"], "rolled-back": palette["warning"]}.get(status, palette["muted"])
+    return str({"done": palette["ok"], "running": palette["line"], "failed": palette["error"],
+                "aborted": palette["error"], "paused": palette["warning"], "waiting-approval": palette["warning"],
+                "rolling-back": palette["error"], "rolled-back": palette["warning"]}.get(status, palette["muted"]))
 
 
 def gate_value_text(gate: str, value: Any) -> str:
@@ -95,27 +97,27 @@ class StateColourDelegate(QStyledItemDelegate):
     def paint(self, painter: QPainter, option: QStyleOptionViewItem,
               index: QModelIndex | QPersistentModelIndex) -> None:
         brush = index.data(Qt.ItemDataRole.ForegroundRole)
-        if not option.state & QStyle.StateFlag.State_Selected or not isinstance(brush, QBrush):  # type: ignore[attr-defined]
+        if not option.state & QStyle.StateFlag.State_Selected or not isinstance(brush, QBrush):
             super().paint(painter, option, index)
             return
         opt = QStyleOptionViewItem(option)
         self.initStyleOption(opt, index)
-        widget = option.widget  # type: ignore[attr-defined]
+        widget = option.widget
         style = widget.style() if widget is not None else QApplication.style()
         area = style.subElementRect(QStyle.SubElement.SE_ItemViewItemText, opt, widget)
-        text = opt.text  # type: ignore[attr-defined]
-        opt.text = ""  # type: ignore[attr-defined]
+        text = opt.text
+        opt.text = ""
         style.drawControl(QStyle.ControlElement.CE_ItemViewItem, opt, painter, widget)  # selection, no text
-        metrics = opt.fontMetrics  # type: ignore[attr-defined]
+        metrics = opt.fontMetrics
         chip = QRect(area.left(), area.top() + 2, min(metrics.horizontalAdvance(text) + CHIP_PADDING, area.width()),
                      area.height() - 4)
         painter.save()
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(opt.palette.base())  # type: ignore[attr-defined]
+        painter.setBrush(opt.palette.base())
         painter.drawRoundedRect(chip, 4, 4)
         painter.setPen(brush.color())
-        painter.setFont(opt.font)  # type: ignore[attr-defined]
+        painter.setFont(opt.font)
         inner = chip.adjusted(CHIP_PADDING // 2, 0, -CHIP_PADDING // 2, 0)
         fits = metrics.horizontalAdvance(text) <= inner.width()  # a rounded advance: no clipping of a text that fits
         painter.drawText(inner, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft

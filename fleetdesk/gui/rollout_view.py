@@ -236,6 +236,7 @@ class RolloutsView(QWidget):
         """Choose this rollout in the list; one not listed yet is chosen when `set_rollouts` brings its row."""
         for i in range(self.list.topLevelItemCount()):
             item = self.list.topLevelItem(i)
+            assert item is not None  # i < topLevelItemCount()
             if item.data(0, ROLLOUT_ROLE) == rollout_id:
                 self._wanted = None
                 self.list.setCurrentItem(item)
@@ -320,9 +321,12 @@ class RolloutsView(QWidget):
     def device_item(self, device_id: int) -> QTreeWidgetItem | None:
         for i in range(self.waves.topLevelItemCount()):
             head = self.waves.topLevelItem(i)
+            assert head is not None  # i < topLevelItemCount()
             for j in range(head.childCount()):
-                if head.child(j).data(0, DEVICE_ROLE) == device_id:
-                    return head.child(j)
+                child = head.child(j)
+                assert child is not None  # j < childCount()
+                if child.data(0, DEVICE_ROLE) == device_id:
+                    return child
         return None
 
     def select_device(self, device_id: int) -> None:
@@ -378,10 +382,10 @@ class RolloutsView(QWidget):
                 if item is not None:
                     item.setText(3, f"{human_bytes(event.bytes_done)} of {human_bytes(event.bytes_total)}")
         elif event.kind == "state" and event.device_id is not None and event.state not in (st.STAGING, None):
-            transfer = self.transfers.get(event.rollout_id, {}).get(event.device_id)
-            if transfer is not None:
-                transfer.rate, transfer.eta = 0.0, None  # its copy ended
-                transfer.done = transfer.total if event.state != st.FAILED else transfer.done
+            ended = self.transfers.get(event.rollout_id, {}).get(event.device_id)
+            if ended is not None:
+                ended.rate, ended.eta = 0.0, None  # its copy ended
+                ended.done = ended.total if event.state != st.FAILED else ended.done
         if event.kind != "progress":
             log = self.events.setdefault(event.rollout_id, [])
             log.append(plain(event.message))

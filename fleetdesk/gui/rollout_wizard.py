@@ -9,8 +9,9 @@ bridge's devices and groups, no SQL on the loop) and the artifact store's record
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont
@@ -45,7 +46,7 @@ from fleetdesk.errors import FleetDeskError, PlanError
 from fleetdesk.inventory.records import Device, Group
 from fleetdesk.models.report import BASELINE
 from fleetdesk.rollout.plan import ResolvedPlan, RolloutPlan, plan_text, resolve
-from fleetdesk.rollout.policy import Gates, TransferPolicy, WavePolicy, split_waves
+from fleetdesk.rollout.policy import Gates, Threshold, TransferPolicy, WavePolicy, split_waves
 
 from .activities import human_bytes
 from .fleet_model import plain
@@ -61,7 +62,6 @@ SECTIONS = ("model", "targets", "waves", "thresholds", "soak", "gates", "transfe
 MB = 1_000_000
 ID_ROLE = Qt.ItemDataRole.UserRole + 21
 NONE = "—"
-PLAN_DEFAULTS = {f.name: f.default for f in fields(RolloutPlan)}
 
 
 def parse_waves(text: str) -> tuple[int | str, ...]:
@@ -248,7 +248,7 @@ class RolloutWizard(QDialog):
                                      "back to its previous model by itself: longer than the soak")
         self.approve_box = QCheckBox("The operator approves each next wave", box)
         grid.addRow("Soak after activation", self.soak_spin)
-        self.step_timeout_spin = self._seconds(box, 10, 86_400, int(PLAN_DEFAULTS["step_timeout_s"]))
+        self.step_timeout_spin = self._seconds(box, 10, 86_400, int(RolloutPlan.step_timeout_s))
         self.step_timeout_spin.setToolTip("Any single step on a device (a transfer, an activation, a gate "
                                           "measurement) that takes longer fails")
         grid.addRow("Unconfirmed device reverts after", self.confirm_spin)
@@ -382,10 +382,12 @@ class RolloutWizard(QDialog):
             edit.textChanged.connect(self.refresh)
         for combo in (self.model_combo, self.unreachable_combo):
             combo.currentIndexChanged.connect(self.refresh)
-        for spin in (self.soak_spin, self.confirm_spin, self.step_timeout_spin, self.parallel_spin,
-                     self.bandwidth_spin, self.retries_spin, self.unreachable_wait_spin,
-                     *(s for _c, s in self.gate_rows.values())):
-            spin.valueChanged.connect(self.refresh)
+        # QSpinBox and QDoubleSpinBox each declare their own valueChanged (int, float): two loops.
+        for int_spin in (self.soak_spin, self.confirm_spin, self.step_timeout_spin, self.parallel_spin,
+                         self.retries_spin, self.unreachable_wait_spin):
+            int_spin.valueChanged.connect(self.refresh)
+        for float_spin in (self.bandwidth_spin, *(s for _c, s in self.gate_rows.values())):
+            float_spin.valueChanged.connect(self.refresh)
         for check in (self.approve_box, self.serving_box, self.prestage_box,
                       *(c for c, _s in self.gate_rows.values())):
             check.toggled.connect(self.refresh)
@@ -411,7 +413,7 @@ class RolloutWizard(QDialog):
         return box, layout
 
     @staticmethod
-    def _checklist(parent: QWidget, entries: Sequence[tuple[str, object]], checked: set) -> QListWidget:
+    def _checklist(parent: QWidget, entries: Sequence[tuple[str, object]], checked: Collection[object]) -> QListWidget:
         widget = QListWidget(parent)
         widget.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         widget.setMaximumHeight(120)
@@ -431,7 +433,8 @@ class RolloutWizard(QDialog):
         return spin
 
     @staticmethod
-    def _checked(widget: QListWidget) -> list:
+    def _checked(widget: QListWidget) -> list[Any]:
+        """The keys of the checked entries: device ids or group or profile names, as `_checklist` stored them."""
         return [widget.item(i).data(ID_ROLE) for i in range(widget.count())
                 if widget.item(i).checkState() == Qt.CheckState.Checked]
 
@@ -459,8 +462,12 @@ class RolloutWizard(QDialog):
                  else None for name, (check, spin) in self.gate_rows.items()}
         bandwidth = self.bandwidth_spin.value()
         try:
-            policy = WavePolicy(success=self.success_edit.text(), errors=self.errors_edit.text(),
-                                soak_s=float(self.soak_spin.value()), approve=self.approve_box.isChecked())
+            # WavePolicy parses text thresholds itself but is annotated with Threshold: parse them here, the
+            # same way and in the same order.
+            success = Threshold.parse(self.success_edit.text(), name="success")
+            errors = Threshold.parse(self.errors_edit.text(), name="errors")
+            policy = WavePolicy(success=success, errors=errors, soak_s=float(self.soak_spin.value()),
+                                approve=self.approve_box.isChecked())
         except PlanError as exc:
             raise PlanError(exc.message.removeprefix(f"{exc.field}: "), field=f"policy.{exc.field}",
                             fix=exc.fix) from None
@@ -497,21 +504,23 @@ class RolloutWizard(QDialog):
         self._show_wave_sizes()
         self.resolved, self.error = None, None
         try:
+            # InventorySnapshot has the devices() and groups() resolve reads, but resolve is annotated with the
+            # whole Inventory (a Protocol there would say what it needs).
             self.resolved = resolve(self.plan(), self._snapshot, self._store)  # type: ignore[arg-type]
         except PlanError as exc:
             self.error = exc
         except FleetDeskError as exc:  # the store could not be read
             self.error = PlanError(exc.message, field="model", fix=exc.fix)
         if self.error is not None:
-            exc = self.error
-            message = exc.message.removeprefix(f"{exc.field}: ") if exc.field else exc.message
-            text = message + (f" — fix: {exc.fix}" if exc.fix else "")
-            label = self.errors[section_of(exc.field)]
+            error = self.error
+            message = error.message.removeprefix(f"{error.field}: ") if error.field else error.message
+            text = message + (f" — fix: {error.fix}" if error.fix else "")
+            label = self.errors[section_of(error.field)]
             label.setText(text)
             label.show()
-            self.problem.setText(f"Not ready: {exc.field or 'plan'}: {text}")
+            self.problem.setText(f"Not ready: {error.field or 'plan'}: {text}")
             self.preview.setPlainText("")
-            self._mark(exc.field)
+            self._mark(error.field)
         else:
             assert self.resolved is not None
             self.problem.setText("")

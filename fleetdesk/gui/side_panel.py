@@ -87,6 +87,7 @@ class GroupTree(QTreeWidget):
     def choose(self, group: str | None) -> None:
         for n in range(self.topLevelItemCount()):
             item = self.topLevelItem(n)
+            assert item is not None  # n is below topLevelItemCount()
             if item.data(0, GROUP_ROLE) == group:
                 self.setCurrentItem(item)
                 return

@@ -13,7 +13,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
 
 from fleetdesk.errors import PlanError
-from fleetdesk.rollout.policy import WavePolicy
+from fleetdesk.rollout.policy import Threshold, WavePolicy
 
 from .overview import colours
 
@@ -104,7 +104,7 @@ class WavePolicyTable(QTableWidget):
                 if row < count:
                     label = wave_label(row, sizes[row] if sizes else None, count,
                                        "" if sizes else specs[min(row, len(specs) - 1)])
-                    self.item(row, WAVE).setText(label)
+                    self._cell(row, WAVE).setText(label)
                     self._sync_row(row, copy=False)
         finally:
             self.blockSignals(blocked)
@@ -118,13 +118,17 @@ class WavePolicyTable(QTableWidget):
         trailing Nones). PlanError names the cell ("wave_policies[1].errors")."""
         out: list[WavePolicy | None] = []
         for row in range(self._count):
-            if self.item(row, OVERRIDE).checkState() != Qt.CheckState.Checked:
+            if self._cell(row, OVERRIDE).checkState() != Qt.CheckState.Checked:
                 out.append(None)
                 continue
             try:
-                out.append(WavePolicy(success=self.item(row, SUCCESS).text(), errors=self.item(row, ERRORS).text(),
-                                      soak_s=_seconds_text(self.item(row, SOAK).text(), "soak_s"),
-                                      approve=self.item(row, APPROVE).checkState() == Qt.CheckState.Checked))
+                # WavePolicy parses text thresholds itself but is annotated with Threshold: parse them here, the
+                # same way and in the same order (after the soak, success before errors).
+                soak_s = _seconds_text(self._cell(row, SOAK).text(), "soak_s")
+                success = Threshold.parse(self._cell(row, SUCCESS).text(), name="success")
+                errors = Threshold.parse(self._cell(row, ERRORS).text(), name="errors")
+                out.append(WavePolicy(success=success, errors=errors, soak_s=soak_s,
+                                      approve=self._cell(row, APPROVE).checkState() == Qt.CheckState.Checked))
             except PlanError as exc:
                 raise PlanError(exc.message.removeprefix(f"{exc.field}: "),
                                 field=f"wave_policies[{row}].{exc.field}", fix=exc.fix) from None
@@ -158,6 +162,12 @@ class WavePolicyTable(QTableWidget):
             self.blockSignals(blocked)
         self._invalid_cells = []
 
+    def _cell(self, row: int, column: int) -> QTableWidgetItem:
+        """A cell of a row `show_waves` made: every one of its cells has an item."""
+        item = self.item(row, column)
+        assert item is not None
+        return item
+
     def _cell_changed(self, item: QTableWidgetItem) -> None:
         if item.column() == OVERRIDE:
             self._sync_row(item.row(), copy=True)
@@ -166,22 +176,22 @@ class WavePolicyTable(QTableWidget):
     def _sync_row(self, row: int, *, copy: bool) -> None:
         """An unchecked row shows the common values, greyed and not editable; checking it (copy=True) copies them
         in for editing. An overridden row keeps what the operator typed."""
-        overridden = self.item(row, OVERRIDE).checkState() == Qt.CheckState.Checked
+        overridden = self._cell(row, OVERRIDE).checkState() == Qt.CheckState.Checked
         blocked = self.blockSignals(True)
         try:
             if copy or not overridden:
                 common = self._common()
-                self.item(row, SUCCESS).setText(common.success)
-                self.item(row, ERRORS).setText(common.errors)
-                self.item(row, SOAK).setText(common.soak)
-                self.item(row, APPROVE).setCheckState(Qt.CheckState.Checked if common.approve
-                                                      else Qt.CheckState.Unchecked)
+                self._cell(row, SUCCESS).setText(common.success)
+                self._cell(row, ERRORS).setText(common.errors)
+                self._cell(row, SOAK).setText(common.soak)
+                self._cell(row, APPROVE).setCheckState(Qt.CheckState.Checked if common.approve
+                                                       else Qt.CheckState.Unchecked)
             editable = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsEditable | Qt.ItemFlag.ItemIsSelectable
             for column in (SUCCESS, ERRORS, SOAK):
-                self.item(row, column).setFlags(editable if overridden else Qt.ItemFlag.NoItemFlags)
-                self.item(row, column).setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                self._cell(row, column).setFlags(editable if overridden else Qt.ItemFlag.NoItemFlags)
+                self._cell(row, column).setTextAlignment(Qt.AlignmentFlag.AlignCenter)
             checkable = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsUserCheckable
-            self.item(row, APPROVE).setFlags(checkable if overridden else Qt.ItemFlag.ItemIsUserCheckable)
-            self.item(row, OVERRIDE).setFlags(checkable)
+            self._cell(row, APPROVE).setFlags(checkable if overridden else Qt.ItemFlag.ItemIsUserCheckable)
+            self._cell(row, OVERRIDE).setFlags(checkable)
         finally:
             self.blockSignals(blocked)

@@ -5,11 +5,13 @@ SQLite runs in WAL mode so the GUI and a CLI can read while the other writes; wr
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from fleetdesk.errors import ConfigError, InventoryError
 
@@ -57,7 +59,7 @@ def for_writing(engine: Engine) -> Engine:
     return engine.execution_options(**{_WRITES: True})
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")

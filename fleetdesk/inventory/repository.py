@@ -534,9 +534,9 @@ def _absorb(session: Session, keep: DeviceRow, gone: DeviceRow, *, fresh: Device
     for table, not_on_keep in moves:
         session.execute(update(table).where(table.device_id == gone.id, not_on_keep)
                         .values(device_id=keep.id).execution_options(synchronize_session=False))
-    for name in gone.names:
-        if not any(n.kind == name.kind and n.name == name.name for n in keep.names):
-            session.execute(update(NameRow).where(NameRow.id == name.id).values(device_id=keep.id)
+    for name_row in gone.names:
+        if not any(n.kind == name_row.kind and n.name == name_row.name for n in keep.names):
+            session.execute(update(NameRow).where(NameRow.id == name_row.id).values(device_id=keep.id)
                             .execution_options(synchronize_session=False))
     for service in gone.services:
         if not any(s.service_type == service.service_type and s.instance_name == service.instance_name

@@ -7,6 +7,7 @@ recording at once queue on the inventory's write lock, and a refused transition 
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,6 +92,8 @@ class AuditEntry:
 class RolloutRepo:
     """Reads and writes the rollout tables over the inventory's engine; one short transaction per call."""
 
+    # The annotations say builtins.list: in this class body `list` is the method below.
+
     def __init__(self, inventory: Inventory) -> None:
         # Same package as the Inventory: its transactions, write lock and error translation are shared.
         self._session = inventory._session
@@ -139,7 +142,7 @@ class RolloutRepo:
         with self._session() as session:
             return _rollout(_get_rollout(session, rollout_id))
 
-    def list(self, *, active_only: bool = False) -> list[RolloutRow]:
+    def list(self, *, active_only: bool = False) -> builtins.list[RolloutRow]:
         """Every rollout, oldest first; only those that may still change devices with active_only."""
         query = select(orm.RolloutRow).order_by(orm.RolloutRow.id)
         if active_only:
@@ -175,7 +178,7 @@ class RolloutRepo:
 
     # -- devices ---------------------------------------------------------------------------------------
 
-    def devices(self, rollout_id: int) -> list[DeviceRow]:
+    def devices(self, rollout_id: int) -> builtins.list[DeviceRow]:
         """The rollout's devices by wave, then device id."""
         with self._session() as session:
             _get_rollout(session, rollout_id)
@@ -218,7 +221,7 @@ class RolloutRepo:
             row.updated_at = _now()
             return _device(row)
 
-    def journal(self, rollout_id: int, *, device_id: int | None = None) -> list[JournalEntry]:
+    def journal(self, rollout_id: int, *, device_id: int | None = None) -> builtins.list[JournalEntry]:
         """The rollout's journal in the order it was written (one device's entries when device_id is given)."""
         query = select(orm.RolloutJournalRow).where(orm.RolloutJournalRow.rollout_id == rollout_id)
         if device_id is not None:
@@ -244,7 +247,8 @@ class RolloutRepo:
             session.flush()
             return _audit(row)
 
-    def audit_log(self, *, rollout_id: int | None = None, limit: int = DEFAULT_AUDIT_LIMIT) -> list[AuditEntry]:
+    def audit_log(self, *, rollout_id: int | None = None,
+                  limit: int = DEFAULT_AUDIT_LIMIT) -> builtins.list[AuditEntry]:
         """The newest entries first (of one rollout when given), at most `limit`."""
         query = select(orm.AuditLogRow)
         if rollout_id is not None:

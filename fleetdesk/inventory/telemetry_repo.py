@@ -9,8 +9,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import CursorResult, Engine, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -125,9 +126,11 @@ class TelemetryRepo:
         """Delete minutes and events older than `before`: (minutes, events) deleted."""
         before = _aware(before)
         with self._session(write=True) as session:
-            minutes = session.execute(delete(TelemetryMinuteRow).where(TelemetryMinuteRow.minute < before))
-            events = session.execute(delete(EventRow).where(EventRow.at < before))
-            return int(minutes.rowcount or 0), int(events.rowcount or 0)  # type: ignore[attr-defined]
+            # Session.execute is typed to return a Result; a DELETE's is a CursorResult, which has the rowcount.
+            minutes = cast(CursorResult[Any],
+                           session.execute(delete(TelemetryMinuteRow).where(TelemetryMinuteRow.minute < before)))
+            events = cast(CursorResult[Any], session.execute(delete(EventRow).where(EventRow.at < before)))
+            return int(minutes.rowcount or 0), int(events.rowcount or 0)
 
     # -- events --------------------------------------------------------------------------------------
 

@@ -233,9 +233,10 @@ def dtype_name(elem_type: int) -> str:
     if elem_type in _DTYPES:
         return _DTYPES[elem_type][0]
     try:
-        return onnx.TensorProto.DataType.Name(elem_type).lower()
+        name: str = onnx.TensorProto.DataType.Name(elem_type)  # protobuf's enum wrapper is untyped here
     except ValueError:
         return f"type{elem_type}"
+    return name.lower()
 
 
 def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
@@ -298,7 +299,7 @@ def operator_counts(model: onnx.ModelProto) -> tuple[tuple[str, int], ...]:
 
 def parameter_count(graph: onnx.GraphProto) -> int:
     """Elements in all initializers of the graph and its subgraphs."""
-    total = sum(math.prod(tensor.dims) for tensor in graph.initializer)
+    total: int = sum(math.prod(tensor.dims) for tensor in graph.initializer)  # protobuf's dims are untyped here
     total += sum(math.prod(sparse.values.dims) for sparse in graph.sparse_initializer)  # stored values only
     for node in graph.node:
         for attribute in node.attribute:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import cast
 
 import onnx
 import onnxruntime
@@ -483,7 +484,7 @@ def _stored_bytes(tensor: onnx.TensorProto) -> int | None:
     bits = element_bits(tensor.data_type)
     if bits == 0:
         return None
-    elements = math.prod(tensor.dims)
+    elements: int = math.prod(tensor.dims)  # protobuf's dims are untyped here
     return (elements * bits + 7) // 8
 
 
@@ -526,11 +527,14 @@ def _external_data(model: onnx.ModelProto, folder: Path, model_path: Path, label
                 "location='weights.bin')). FleetDesk refuses other paths so a model cannot read other files.",
             )
         offset = info.offset or 0
-        length = info.length if info.length is not None else _stored_bytes(tensor)
+        # onnx sets length to None in __init__ without an annotation, so it types as always None; the tensor's
+        # external_data may give it, and then it is an int.
+        given_length = cast(int | None, info.length)
+        length = given_length if given_length is not None else _stored_bytes(tensor)
         expected = _stored_bytes(tensor)
-        if info.length is not None and expected is not None and info.length != expected:
+        if given_length is not None and expected is not None and given_length != expected:
             raise ExternalDataError(
-                f"{label} says tensor {tensor_name} takes {info.length} bytes in {shown(location)}, "
+                f"{label} says tensor {tensor_name} takes {given_length} bytes in {shown(location)}, "
                 f"but its shape and type need {expected}",
                 path=where,
                 fix="The model file is damaged or was edited by hand: export the model again.",

@@ -270,7 +270,8 @@ def _profile_result(card: ModelCard, profile: Profile, built: Mapping[str, _Buil
     notes: dict[str, list[str]] = {BASELINE: [base_note] if base_note else []}
     for recipe in profile.recipe:
         made = built[recipe]
-        devices, note = ({}, "")
+        devices: dict[str, float] = {}
+        note = ""
         if not made.failure:
             devices, note = _device_figures(profile, made.model_path, device_bench, steps, NAMES[recipe])
         notes[recipe] = [*made.notes, *([note] if note else [])]

@@ -246,7 +246,7 @@ def _sample_reader(samples: SampleSet, input_names: set[str], cancel: threading.
     """A CalibrationDataReader over the samples that stops calibration when cancelled (checked per sample)."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    class SampleReader(CalibrationDataReader):  # type: ignore[misc]
+    class SampleReader(CalibrationDataReader):
         def __init__(self) -> None:
             self._feeds = iter(samples.feeds)
 
@@ -278,7 +278,7 @@ def quantize_int8_static(source: Path, out: Path, samples: SampleSet, *,
     reader = _sample_reader(samples, names, cancel, source)
     try:
         with _quiet_quantizer():
-            quantize_static(str(source), str(out / MODEL_FILE), reader,  # type: ignore[arg-type]
+            quantize_static(str(source), str(out / MODEL_FILE), reader,
                             quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8, per_channel=False,
                             calibrate_method=CalibrationMethod.MinMax, calibration_providers=["CPUExecutionProvider"],

@@ -156,7 +156,8 @@ class _PacedSession:
                   for off, length in ranges for i in range(0, length, BLOCK_SIZE)]
         started, sent, index = time.monotonic(), 0, 0
         while index < len(pieces):
-            batch, size = [], 0
+            batch: list[ByteRange] = []
+            size = 0
             while index < len(pieces) and (not batch or size + pieces[index][1] <= budget):
                 batch.append(pieces[index])
                 size += pieces[index][1]
@@ -232,7 +233,7 @@ class DeviceOps:
         result = await self._run(device, shell_join([f"{root}/bin/fleetdesk-agent", *args]), step,
                                  timeout or self.step_timeout_s)
         lines = agent_lines(result.stdout)
-        for obj in reversed(lines):
+        for obj in lines[::-1]:
             if obj.get("type") == "error":
                 raise RolloutStepError(f"{step}: {str(obj.get('message'))[:600]}", code=str(obj.get("code")),
                                        device=device.name, step=step,
@@ -354,7 +355,7 @@ class DeviceOps:
             # the pool's operation bound; the engine's max_parallel bounds transfers.
             digest = await pool.digest(local)
             session = _PacedSession(await pool.session(target), rate)
-            return await push_file(session, digest, remote, mode=0o644, progress=progress,  # type: ignore[arg-type]
+            return await push_file(session, digest, remote, mode=0o644, progress=progress,
                                    requests_in_flight=pool.requests_in_flight)
         except DiskFullError as exc:
             raise RolloutStepError(f"stage: {exc.message}", code="disk-full", device=device.name, step="stage",
@@ -379,7 +380,9 @@ class DeviceOps:
     async def view(self, device: Device) -> AgentView:
         st = await self._agent(device, "status", "status", timeout=120)
         pending = st.get("pending") if isinstance(st.get("pending"), dict) else None
-        serving = st.get("serving") if isinstance(st.get("serving"), dict) else {}
+        serving = st.get("serving")
+        if not isinstance(serving, dict):
+            serving = {}
         return AgentView(
             current=st.get("active"), previous=st.get("previous"),
             pending={"sha": pending.get("sha"), "deadline": pending.get("deadline")} if pending else None,
@@ -428,7 +431,7 @@ class DeviceOps:
         for answer in asked:
             if isinstance(answer, BaseException):
                 raise answer
-        view, sample, (cosine, golden_note) = asked  # type: ignore[misc]
+        view, sample, (cosine, golden_note) = asked
         if golden_note:
             notes[GOLDEN] = golden_note
         serving = view.serving and view.serving_model == artifact_id

@@ -10,6 +10,7 @@ engine's writes queue with the window's reads instead of beside them.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import functools
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -35,6 +36,8 @@ T = TypeVar("T")
 class RolloutJournal:
     """`RolloutRepo` (and the inventory's device lookup) as coroutines that run on one inventory thread."""
 
+    # The annotations say builtins.list: in this class body `list` is the method below.
+
     def __init__(self, repo: RolloutRepo, inventory: Inventory, executor: Executor | None = None) -> None:
         self.repo = repo
         self.inventory = inventory
@@ -57,14 +60,14 @@ class RolloutJournal:
     async def status(self, rollout_id: int) -> str:
         return (await self.get(rollout_id)).status
 
-    async def list(self, *, active_only: bool = False) -> list[RolloutRow]:
+    async def list(self, *, active_only: bool = False) -> builtins.list[RolloutRow]:
         return await self.call(self.repo.list, active_only=active_only)
 
     async def set_status(self, rollout_id: int, status: str, *, reason: str = "",
                          expect: str | Collection[str] | None = None) -> RolloutRow:
         return await self.call(self.repo.set_status, rollout_id, status, reason=reason, expect=expect)
 
-    async def devices(self, rollout_id: int) -> list[DeviceRow]:
+    async def devices(self, rollout_id: int) -> builtins.list[DeviceRow]:
         return await self.call(self.repo.devices, rollout_id)
 
     async def device(self, rollout_id: int, device_id: int) -> DeviceRow:
@@ -82,7 +85,7 @@ class RolloutJournal:
     async def update(self, rollout_id: int, device_id: int, **fields: Any) -> DeviceRow:
         return await self.call(self.repo.update, rollout_id, device_id, **fields)
 
-    async def journal(self, rollout_id: int, *, device_id: int | None = None) -> list[JournalEntry]:
+    async def journal(self, rollout_id: int, *, device_id: int | None = None) -> builtins.list[JournalEntry]:
         return await self.call(self.repo.journal, rollout_id, device_id=device_id)
 
     async def audit(self, actor: str, action: str, outcome: str, *, rollout_id: int | None = None,
@@ -90,5 +93,6 @@ class RolloutJournal:
         return await self.call(self.repo.audit, actor, action, outcome, rollout_id=rollout_id,
                                device_ids=device_ids, detail=detail)
 
-    async def audit_log(self, *, rollout_id: int | None = None, limit: int = DEFAULT_AUDIT_LIMIT) -> list[AuditEntry]:
+    async def audit_log(self, *, rollout_id: int | None = None,
+                        limit: int = DEFAULT_AUDIT_LIMIT) -> builtins.list[AuditEntry]:
         return await self.call(self.repo.audit_log, rollout_id=rollout_id, limit=limit)

@@ -61,7 +61,9 @@ class RolloutPlan:
         _set(self, "devices", self._ids(self.devices))
         _set(self, "groups", self._names(self.groups, "groups", 'give group names such as "line A"'))
         _set(self, "profiles", self._names(self.profiles, "profiles", "give profile names such as rpi4"))
-        waves = (self.waves,) if isinstance(self.waves, int | str) else tuple(self.waves)
+        # Seen as object: a caller or plan file may give one bare wave ("waves: 3") despite the annotation.
+        given: object = self.waves
+        waves = (given,) if isinstance(given, int | str) else tuple(self.waves)
         split_waves(1, waves)  # checks every entry; the sizes come with the devices
         _set(self, "waves", waves)
         if not isinstance(self.policy, WavePolicy):
@@ -121,9 +123,8 @@ class RolloutPlan:
 
     def policy_for(self, wave: int) -> WavePolicy:
         """The policy of wave `wave` (0-based): its override, else the plan's."""
-        if 0 <= wave < len(self.wave_policies) and self.wave_policies[wave] is not None:
-            return self.wave_policies[wave]  # type: ignore[return-value]
-        return self.policy
+        override = self.wave_policies[wave] if 0 <= wave < len(self.wave_policies) else None
+        return override if override is not None else self.policy
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "devices": list(self.devices), "groups": list(self.groups),
@@ -280,7 +281,8 @@ def resolve(plan: RolloutPlan, inventory: Inventory, store: ArtifactStore) -> Re
         start += size
         waves.append(tuple(d.id for d in members))
         for device in sorted(members, key=_by_name):
-            artifact_id, recipe, size_bytes = artifacts[device.profile]  # type: ignore[index]
+            assert device.profile  # devices without a profile were refused above
+            artifact_id, recipe, size_bytes = artifacts[device.profile]
             planned.append(PlannedDevice(device.id, device.name, device.profile or "", artifact_id, recipe, wave,
                                          size_bytes))
     return ResolvedPlan(plan, record.ref, tuple(planned), tuple(waves))
@@ -379,8 +381,8 @@ def plan_text(resolved: ResolvedPlan) -> str:
         label = "canary" if i == 0 and len(resolved.waves) > 1 and len(wave) == 1 else ""
         own = " (own thresholds)" if i < len(plan.wave_policies) and plan.wave_policies[i] is not None else ""
         head = f"  wave {i + 1}{f' ({label})' if label else ''}, {_plural(len(wave), 'device')}{own}: "
-        members = ", ".join(_shown(names[d]) for d in wave)
-        lines.extend(textwrap.wrap(members, width=110, initial_indent=head, subsequent_indent=" " * 6,
+        shown = ", ".join(_shown(names[d]) for d in wave)
+        lines.extend(textwrap.wrap(shown, width=110, initial_indent=head, subsequent_indent=" " * 6,
                                    break_on_hyphens=False))
         lines.extend(f"    {rule}" for rule in _wave_rules(resolved.policy_for(i), len(wave),
                                                         i == len(resolved.waves) - 1))

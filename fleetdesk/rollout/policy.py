@@ -27,7 +27,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from fleetdesk.errors import PlanError
 
@@ -39,16 +39,16 @@ _WAVES_FIX = 'write waves as Ansible writes serial, e.g. [1, "10%", "50%", "100%
 # -- small validators (each names the field it checks) ------------------------------------------------------
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _number(value: object, name: str, *, minimum: float | None = None, maximum: float | None = None,
             above: float | None = None, whole: bool = False, fix: str | None = None) -> float:
     """`value` as a finite number within the bounds, else a PlanError naming `name`."""
-    if not _is_number(value) or not math.isfinite(value):  # type: ignore[arg-type]
+    if not _is_number(value) or not math.isfinite(value):
         raise PlanError(f"{value!r} is not a number", field=name, fix=fix or "give a number")
-    number = float(value)  # type: ignore[arg-type]
+    number = float(value)
     if whole and not number.is_integer():
         raise PlanError(f"{number:g} is not a whole number", field=name, fix=fix or "give a whole number")
     if minimum is not None and number < minimum:

@@ -344,14 +344,14 @@ def choose_runtime(store: RuntimeStore, profile: Profile, ref: str | None, *, de
                 step="choose runtime",
                 fix=f"leave --runtime out, or build one: `fleetdesk runtime build --profile {profile.name}`")
         return runtime
-    runtime = store.newest_for(profile.arch, profile.python, profile.name)
-    if runtime is None:
+    newest = store.newest_for(profile.arch, profile.python, profile.name)
+    if newest is None:
         raise ProvisionError(f"no runtime for {profile.name} ({profile.arch}, {profile.python})", device=device,
                              step="choose runtime",
                              fix=f"`fleetdesk runtime build --profile {profile.name}` while this laptop reaches a "
                                  "package index, or `fleetdesk runtime import-wheel FILE --profile "
                                  f"{profile.name}`")
-    return runtime
+    return newest
 
 
 def _python_tag(version: str) -> str:

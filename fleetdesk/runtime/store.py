@@ -148,7 +148,8 @@ class RuntimeStore:
         """The newest runtime for this architecture and Python; one made for `profile` itself wins."""
         fitting = [r for r in self.list() if r.arch == arch and r.python == python]
         own = [r for r in fitting if profile is not None and profile in r.profiles]
-        return (own or fitting or [None])[0]
+        candidates = own or fitting
+        return candidates[0] if candidates else None
 
     def _read(self, folder: Path) -> Runtime:
         path = folder / RUNTIME_JSON

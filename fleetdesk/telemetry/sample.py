@@ -120,7 +120,9 @@ class Sample:
 
     def value(self, metric: str) -> float | None:
         """The value of one of METRICS."""
-        return getattr(self, metric)
+        # Every name in METRICS is a float | None field; getattr cannot know which name it is given.
+        result: float | None = getattr(self, metric)
+        return result
 
     @classmethod
     def from_json(cls, obj: Any) -> Sample:

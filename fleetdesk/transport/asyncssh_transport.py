@@ -247,7 +247,9 @@ class AsyncsshSession:
                         data: bytes | bytearray | None = cached_piece(fd, length, offset)
                         if data is None:  # not (all) in the page cache: the disk wait goes to a thread
                             data = await loop.run_in_executor(None, os.pread, fd, length, offset)
-                        await remote.write(data, offset)
+                        # asyncssh sends any bytes-like object, but annotates `data` as AnyStr, which leaves out
+                        # bytearray; bytes(data) would copy every piece.
+                        await remote.write(data, offset)  # type: ignore[type-var]
                         on_written(length)
 
                 await first_failure([writer() for _ in range(max(1, min(requests_in_flight, len(pieces))))])

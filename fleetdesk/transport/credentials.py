@@ -51,6 +51,9 @@ def _backend_errors() -> tuple[type[BaseException], ...]:
 
 
 _BACKEND_ERRORS = _backend_errors()
+# Spelled out as whole tuples: mypy rejects a star-expanded tuple inside an `except (...)` clause.
+_KEYRING_ERRORS: tuple[type[BaseException], ...] = (keyring.errors.KeyringError, *_BACKEND_ERRORS)
+_LOAD_ERRORS: tuple[type[BaseException], ...] = (keyring.errors.KeyringError, RuntimeError, *_BACKEND_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ def _backend() -> keyring.backend.KeyringBackend:
         # The chain re-checks each backend's priority, and the Secret Service one raises RuntimeError when
         # its daemon has gone away since start-up.
         candidates = list(chosen.backends) if isinstance(chosen, chainer.ChainerBackend) else [chosen]
-    except (keyring.errors.KeyringError, RuntimeError, *_BACKEND_ERRORS) as exc:
+    except _LOAD_ERRORS as exc:
         raise KeyringUnavailableError(f"the OS keyring could not be loaded: {exc}", fix=_unavailable_fix(),
                                       step="open keyring", cause=exc) from exc
     reasons = []
@@ -166,7 +169,7 @@ def get_secret(account: str) -> str | None:
     backend = _backend()
     try:
         return backend.get_password(SERVICE, account)
-    except (keyring.errors.KeyringError, *_BACKEND_ERRORS) as exc:
+    except _KEYRING_ERRORS as exc:
         raise _translate(exc, backend, "read secret") from exc
 
 
@@ -179,7 +182,7 @@ def set_secret(account: str, secret: str) -> None:
     backend = _backend()
     try:
         backend.set_password(SERVICE, account, secret)
-    except (keyring.errors.KeyringError, *_BACKEND_ERRORS) as exc:
+    except _KEYRING_ERRORS as exc:
         raise _translate(exc, backend, "store secret") from exc
 
 
@@ -195,7 +198,7 @@ def delete_secret(account: str) -> None:
             raise CredentialError(f"the OS keyring ({_describe(backend)}) could not delete {account}: {exc}",
                                   fix="delete it with the desktop's keyring tool (Seahorse, KWalletManager)",
                                   step="delete secret", cause=exc) from exc
-    except (keyring.errors.KeyringError, *_BACKEND_ERRORS) as exc:
+    except _KEYRING_ERRORS as exc:
         raise _translate(exc, backend, "delete secret") from exc
 
 
@@ -206,13 +209,13 @@ def keyring_status() -> KeyringStatus:
     except KeyringUnavailableError as exc:
         try:
             name = _describe(keyring.get_keyring())
-        except (keyring.errors.KeyringError, *_BACKEND_ERRORS):
+        except _KEYRING_ERRORS:
             name = "none"
         return KeyringStatus(backend=name, usable=False, message=exc.message, fix=exc.fix)
     name = _describe(backend)
     try:
         backend.get_password(SERVICE, _STATUS_PROBE_ACCOUNT)
-    except (keyring.errors.KeyringError, *_BACKEND_ERRORS) as exc:
+    except _KEYRING_ERRORS as exc:
         error = _translate(exc, backend, "check keyring")
         return KeyringStatus(backend=name, usable=False, message=error.message, fix=error.fix)
     return KeyringStatus(backend=name, usable=True, message=f"secrets are kept in the OS keyring ({name})")

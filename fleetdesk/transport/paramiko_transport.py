@@ -109,10 +109,11 @@ def _connect_blocking(target: SSHTarget, password: str | None) -> paramiko.SSHCl
     client.set_missing_host_key_policy(_PinnedKeyPolicy(target))
     try:
         client.connect(target.host, target.port, username=target.username, password=password,
-                       key_filename=existing_identity_files(target) or None, look_for_keys=not target.identity_files,
-                       allow_agent=target.use_agent, timeout=target.connect_timeout,
-                       banner_timeout=target.connect_timeout, auth_timeout=target.connect_timeout,
-                       transport_factory=_transport_for(target))
+                       # paramiko takes a str or a list of paths here; its stubs only allow a str.
+                       key_filename=existing_identity_files(target) or None,  # type: ignore[arg-type]
+                       look_for_keys=not target.identity_files, allow_agent=target.use_agent,
+                       timeout=target.connect_timeout, banner_timeout=target.connect_timeout,
+                       auth_timeout=target.connect_timeout, transport_factory=_transport_for(target))
     except BaseException:
         client.close()
         raise

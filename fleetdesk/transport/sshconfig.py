@@ -24,6 +24,7 @@ import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from asyncssh.config import ConfigParseError, SSHClientConfig
 from asyncssh.misc import IllegalUserName
@@ -124,7 +125,9 @@ def _load(host: str, path: Path, *, final: bool) -> SSHClientConfig:
     fix = f"correct that line of {path} (`ssh -G HOST -F {path}` shows how OpenSSH reads it)"
     try:
         # () for user and port: "not given on the command line", so the config's own values come through.
-        config = _OpenSSHClientConfig.load(None, [path], False, False, final, _local_user(), (), host, ())
+        # load() builds an instance of the class it is called on but is annotated as returning the base SSHConfig.
+        config = cast(SSHClientConfig,
+                      _OpenSSHClientConfig.load(None, [path], False, False, final, _local_user(), (), host, ()))
     except ConfigParseError as exc:
         text = str(exc)
         message = text if str(path) in text or " line " in text else f"{path}: {text}"

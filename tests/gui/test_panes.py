@@ -371,7 +371,7 @@ def value_labels(pane: DeviceDetail) -> list[QLabel]:
 def test_empty_pane_says_what_to_do(qtbot: QtBot) -> None:
     pane = detail_pane(qtbot)
     assert pane.empty_hint.isVisible() and pane.empty_hint.text() == EMPTY_HINT
-    assert not pane.scroll.isVisible()
+    assert not pane.scroll_area.isVisible()
     pane.show_device(JETSON, match=ORIN_MATCH, host_keys=[ORIN_KEY], status="online")
     assert not pane.empty_hint.isVisible()
     pane.show_device(None, match=None, host_keys=(), status="")
@@ -463,7 +463,7 @@ def test_hostile_device_strings_are_shown_literally_never_as_markup(qtbot: QtBot
     # The 255-byte label wraps inside the pane instead of widening it, and copies back whole.
     long = labels[texts.index(long_label)]
     assert long.height() > 2 * long.fontMetrics().lineSpacing()
-    assert not pane.scroll.horizontalScrollBar().isVisible()
+    assert not pane.scroll_area.horizontalScrollBar().isVisible()
     long.setSelection(0, len(long.text()))
     long.setFocus()
     qtbot.keyClick(long, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
