@@ -1,7 +1,8 @@
 """The operator's main window: groups and discovery on the left, the live fleet table, the device detail.
 
 It wires widgets to the `FleetBridge`: every action becomes a bridge call (an Activity), every
-bridge signal becomes a repaint. Layout (size, splitters, columns, tab, theme) is remembered.
+bridge signal becomes a repaint. Layout (size, splitters, columns, tab, theme) is remembered. What the window
+does lives in its parts, mixed in here: window_fleet, window_devices, window_models and window_drops.
 """
 
 from __future__ import annotations
@@ -9,30 +10,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from PySide6.QtCore import QByteArray, QEvent, QModelIndex, QObject, QPoint, QSettings, Qt, QTimer
-from PySide6.QtGui import (
-    QAction,
-    QCloseEvent,
-    QDragEnterEvent,
-    QDragLeaveEvent,
-    QDragMoveEvent,
-    QDropEvent,
-    QGuiApplication,
-    QKeySequence,
-)
+from PySide6.QtCore import QByteArray, Qt
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
     QComboBox,
     QDialog,
-    QFileDialog,
     QHBoxLayout,
     QHeaderView,
-    QInputDialog,
     QLabel,
     QLineEdit,
     QMainWindow,
-    QMenu,
     QMessageBox,
     QPushButton,
     QSplitter,
@@ -42,40 +31,32 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from fleetdesk.artifacts.records import ModelRecord
 from fleetdesk.discovery.mdns import NetworkInterface
-from fleetdesk.errors import FleetDeskError
-from fleetdesk.inventory.records import Group, HostKey
-from fleetdesk.inventory.rollouts import RolloutRow
-from fleetdesk.rollout.plan import RolloutPlan
-from fleetdesk.telemetry.alerts import AlertEvent, Threshold, thresholds_from_json, thresholds_to_json
+from fleetdesk.inventory.records import HostKey
 
 from .activities import Activity
 from .activity_view import ActivityView
-from .alerts_dialog import ThresholdsDialog
-from .bridge import STATUSES, DeviceView, FleetBridge, Login, TrustRequest
+from .bridge import STATUSES, DeviceView, FleetBridge
 from .dashboard import Dashboard
 from .device_detail import DeviceDetail
-from .dialogs import AddDeviceDialog, Credentials, CredentialsDialog, NewDevice, SweepDialog, TrustDialog
-from .dropping import DeployDialog, DropOverlay, DropPlan, plan_drop
-from .fleet_model import DEVICE_ID_ROLE, STATUS_TEXT, FleetFilter, FleetTableModel, plain
+from .dropping import DropOverlay
+from .fleet_model import STATUS_TEXT, FleetFilter, FleetTableModel, plain
 from .icons import app_icon, icon
-from .model_import import ImportDialog, ImportRequest
+from .model_import import ImportDialog
 from .models_view import ModelsView
 from .rollout_view import RolloutsView
 from .rollout_wizard import RolloutWizard
-from .side_panel import GROUP_ROLE, DiscoveryPanel, GroupTree
+from .side_panel import DiscoveryPanel, GroupTree
 from .theme import apply_theme, current_theme
+from .window_devices import DeviceActions
+from .window_drops import DropTargets, dropped_paths
+from .window_fleet import FleetPane
+from .window_models import ModelActions
+
+__all__ = ["MainWindow", "dropped_paths"]
 
 
-def dropped_paths(event: QDropEvent | QDragEnterEvent | QDragMoveEvent) -> list[str]:
-    data = event.mimeData()
-    if not data.hasUrls():
-        return []
-    return [url.toLocalFile() for url in data.urls()]
-
-
-class MainWindow(QMainWindow):
+class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindow):
     """See the module docstring. `shutdown()` is the one way out: it cancels work in order, then closes."""
 
     def __init__(self, bridge: FleetBridge, database: str, *, interfaces: Sequence[NetworkInterface] = (),
@@ -379,362 +360,6 @@ class MainWindow(QMainWindow):
         if self._browse_on_start:
             self.set_browsing(True)
 
-    # -- the fleet table -----------------------------------------------------------------------------------
-
-    def _devices_reset(self, views: list[DeviceView]) -> None:
-        self.fleet_model.reset(views)
-        ordered = sorted(views, key=lambda v: v.device.name.casefold())
-        self.dashboard.set_devices([(v.id, v.device.name, v.status) for v in ordered])
-        self._counts_changed()
-
-    def _device_changed(self, view: DeviceView) -> None:
-        self.fleet_model.upsert(view)
-        self.dashboard.upsert(view.id, view.device.name, view.status)
-        if view.id == self._detail_id:
-            self._show_detail(fresh=False)
-
-    def _device_removed(self, device_id: int) -> None:
-        self.fleet_model.remove(device_id)
-        self.dashboard.remove(device_id)
-
-    def _counts_changed(self, *_args: object) -> None:
-        # Live updates arrive a batch at a time: count once per pass of the loop, not once per device.
-        if not self._counting:
-            self._counting = True
-            QTimer.singleShot(0, self._count)
-
-    def _count(self) -> None:
-        self._counting = False
-        online, total = self.fleet_model.counts()
-        self.devices_label.setText(f"Devices online: {online} / {total}")
-        self.group_tree.set_total(total)
-        self.empty_hint.setVisible(total == 0)
-
-    def _groups_changed(self, groups: list[Group]) -> None:
-        self.group_tree.set_groups(groups, self.fleet_model.rowCount())
-
-    def _group_chosen(self, group: str | None) -> None:
-        self.fleet_filter.set_group(group)
-        self.ungroup_action.setEnabled(group is not None and bool(self.selected_ids()))
-
-    def selected_ids(self) -> list[int]:
-        rows = self.fleet_table.selectionModel().selectedRows(0)
-        return self.fleet_filter.device_ids(rows)
-
-    def selected_views(self) -> list[DeviceView]:
-        return [v for v in (self.fleet_model.view_of(i) for i in self.selected_ids()) if v is not None]
-
-    def select_devices(self, device_ids: Sequence[int]) -> None:
-        """Select exactly these devices in the table (what a click or Ctrl+click does)."""
-        selection = self.fleet_table.selectionModel()
-        selection.clearSelection()
-        wanted = set(device_ids)
-        flags = (selection.SelectionFlag.Select | selection.SelectionFlag.Rows)
-        for row in range(self.fleet_filter.rowCount()):
-            index = self.fleet_filter.index(row, 0)
-            if self.fleet_filter.data(index, DEVICE_ID_ROLE) in wanted:
-                selection.select(index, flags)
-
-    def _selection_changed(self, *_args: object) -> None:
-        self._update_actions()
-        self._show_detail(fresh=True)
-
-    def _update_actions(self) -> None:
-        count = len(self.selected_ids())
-        for action in self.device_actions:
-            action.setEnabled(count > 0)
-        self.trust_action.setEnabled(count == 1)
-        self.ssh_action.setEnabled(count == 1)
-        self.ungroup_action.setEnabled(count > 0 and self.fleet_filter.group is not None)
-
-    def _show_detail(self, *, fresh: bool) -> None:
-        """Show the one selected device; its pinned keys are read when it is chosen (or after a trust),
-        not on every live update of its status."""
-        views = self.selected_views()
-        if len(views) != 1:
-            self._detail_id = None
-            self.detail.show_device(None, match=None, host_keys=(), status="")
-            return
-        view = views[0]
-        if fresh or view.id != self._detail_id or view.trusted != (self._detail_keys != []):
-            self._detail_keys = self.bridge.host_keys(view.id)
-        self._detail_id = view.id
-        self.detail.show_device(view.device, match=self.bridge.profile_match(view.device),
-                                host_keys=self._detail_keys, status=view.status)
-
-    def _tab_changed(self, _index: int) -> None:
-        # The device pane says nothing about models: the Models view gets its width.
-        self.detail.setHidden(self.tabs.currentWidget() in (self.models_view, self.rollouts_view))
-
-    def _context_menu(self, position: QPoint) -> None:
-        if not self.fleet_table.indexAt(position).isValid():
-            return
-        menu = QMenu(self)
-        for action in self.device_actions:
-            menu.addAction(action)
-        menu.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        menu.popup(self.fleet_table.viewport().mapToGlobal(position))
-
-    # -- operator actions ------------------------------------------------------------------------------------
-
-    def set_browsing(self, on: bool) -> None:
-        if on and not self.bridge.browsing:
-            self.bridge.start_browsing(self.discovery_panel.chosen_interfaces())
-        elif not on:
-            self.bridge.stop_browsing()
-        self.browse_action.setChecked(on)
-
-    def _browsing_changed(self, on: bool) -> None:
-        self.discovery_panel.set_browsing(on)
-        self.browse_action.setChecked(on)
-
-    def _interfaces_changed(self, addresses: list[str]) -> None:
-        self._qsettings().setValue("discovery/interfaces", addresses)
-
-    def probe_selected(self) -> None:
-        ids = self.selected_ids()
-        if ids:
-            self.bridge.probe(ids)
-
-    def provision_selected(self) -> None:
-        ids = self.selected_ids()
-        if ids:
-            self.bridge.provision(ids)
-
-    def trust_selected(self) -> None:
-        ids = self.selected_ids()
-        if len(ids) == 1:
-            self.bridge.request_trust(ids[0])
-
-    def _alert_changed(self, event: AlertEvent) -> None:
-        active = self.bridge.alerts.active(event.device_id)
-        self.fleet_model.set_alerts(event.device_id, [e.message for e in active.values()])
-
-    def set_streaming(self, device_ids: Sequence[int], on: bool) -> None:
-        """Start (or stop) telemetry for these devices, every trusted one if none; shows the dashboard."""
-        try:
-            if on:
-                self.bridge.start_streaming(device_ids)
-                self.tabs.setCurrentWidget(self.dashboard)
-            else:
-                self.bridge.stop_streaming(device_ids)
-        except FleetDeskError as exc:
-            self.statusBar().showMessage(str(exc), 15000)
-
-    def open_thresholds_dialog(self) -> ThresholdsDialog:
-        dialog = ThresholdsDialog(self.bridge.alerts.thresholds, self)
-        dialog.submitted.connect(self.set_thresholds)
-        self._keep(dialog)
-        return dialog
-
-    def set_thresholds(self, thresholds: list[Threshold]) -> None:
-        """Use and remember (QSettings) the operator's alert thresholds."""
-        self.bridge.set_thresholds(thresholds)
-        self._qsettings().setValue("telemetry/thresholds", thresholds_to_json(thresholds))
-        self.dashboard.thresholds_changed()
-
-    def _restore_thresholds(self) -> None:
-        stored = self._qsettings().value("telemetry/thresholds")
-        if not isinstance(stored, str) or not stored:
-            self.dashboard.thresholds_changed()
-            return
-        try:
-            thresholds = thresholds_from_json(stored)
-        except FleetDeskError as exc:
-            self.statusBar().showMessage(f"Alert thresholds: {exc}; using the defaults", 15000)
-            self.dashboard.thresholds_changed()
-            return
-        self.bridge.set_thresholds(thresholds)
-        self.dashboard.thresholds_changed()
-
-    def _keep(self, dialog: QDialog) -> QDialog:
-        # Dialogs are opened with open() (never exec() in a coroutine) and kept until they finish.
-        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        self._dialogs.append(dialog)
-        dialog.finished.connect(lambda _r, d=dialog: self._dialogs.remove(d) if d in self._dialogs else None)
-        dialog.open()
-        return dialog
-
-    def open_trust_dialog(self, request: TrustRequest) -> TrustDialog:
-        device = request.device
-        dialog = TrustDialog(device.name, request.presented, request.pinned, device.address, self)
-        dialog.trusted.connect(lambda fingerprint: self.bridge.trust(device.id, fingerprint))
-        self._keep(dialog)
-        return dialog
-
-    def open_credentials_dialog(self) -> None:
-        views = self.selected_views()
-        if not views:
-            return
-        self._credentials_task = asyncio.ensure_future(self._open_credentials(views))
-
-    async def _open_credentials(self, views: list[DeviceView]) -> CredentialsDialog:
-        status = await self.bridge.keyring_status()  # may wait on D-Bus: off the loop
-        first = views[0].device
-        dialog = CredentialsDialog([v.device.name for v in views], first.username, status,
-                                   first.identity_file or "", self)
-        ids = [v.id for v in views]
-
-        def submitted(credentials: Credentials) -> None:
-            self.bridge.set_login(ids, Login(credentials.username, credentials.key_file, credentials.password))
-
-        dialog.submitted.connect(submitted)
-        self._keep(dialog)
-        return dialog
-
-    def open_add_dialog(self) -> AddDeviceDialog:
-        dialog = AddDeviceDialog(self)
-
-        def submitted(new: NewDevice) -> None:
-            self.bridge.add_device(new.host, port=new.port, username=new.username, name=new.name,
-                                   interfaces=self.discovery_panel.chosen_interfaces() or None)
-
-        dialog.submitted.connect(submitted)
-        self._keep(dialog)
-        return dialog
-
-    def open_sweep_dialog(self) -> SweepDialog:
-        dialog = SweepDialog(parent=self)
-        dialog.confirmed.connect(lambda cidr, port: self.bridge.sweep(cidr, port))
-        self._keep(dialog)
-        return dialog
-
-    def open_group_dialog(self) -> None:
-        ids = self.selected_ids()
-        if not ids:
-            return
-        dialog = QInputDialog(self)
-        dialog.setWindowTitle("Add to group")
-        dialog.setLabelText(f"Put {len(ids)} device(s) in the group:")
-        dialog.setComboBoxEditable(True)
-        dialog.setComboBoxItems([g.name for g in self.bridge.groups()] or ["line A"])
-        dialog.textValueSelected.connect(lambda name: self.bridge.change_group(ids, name))
-        self._keep(dialog)
-
-    def remove_from_current_group(self) -> None:
-        ids, group = self.selected_ids(), self.fleet_filter.group
-        if ids and group is not None:
-            self.bridge.change_group(ids, group, remove=True)
-
-    def _devices_dropped_on_group(self, ids: list[int], group: str, move: bool) -> None:
-        source = self.fleet_filter.group
-        self.bridge.change_group(ids, group)
-        if move and source is not None and source != group:
-            self.bridge.change_group(ids, source, remove=True)
-
-    def copy_ssh_command(self) -> str:
-        ids = self.selected_ids()
-        if len(ids) != 1:
-            return ""
-        command = self.bridge.ssh_command(ids[0])
-        QGuiApplication.clipboard().setText(command)
-        self.statusBar().showMessage(f"Copied: {command}", 8000)
-        return command
-
-    def remove_selected(self) -> None:
-        ids = self.selected_ids()
-        if ids:
-            self.bridge.remove_devices(ids)
-
-    def open_import_dialog(self, path: str = "", targets: Sequence[DeviceView] = ()) -> ImportDialog:
-        """The import dialog for `path` (empty: the operator browses); with `targets`, the deployment to them
-        opens once the import succeeded. Dropped models beyond the first wait for this dialog to finish."""
-        target_list = list(targets)
-        ids = [v.id for v in target_list]
-        fleet_profiles = self.bridge.fleet_profiles(ids) or (self.bridge.fleet_profiles() if not ids else [])
-        dialog = ImportDialog(path, profiles=self.bridge.profile_names(), fleet_profiles=fleet_profiles,
-                              can_time_on_devices=bool(self.bridge.bench_devices(self.bridge.profile_names())),
-                              parent=self)
-        if target_list:
-            names = ", ".join(plain(v.device.name) for v in target_list[:4]) + (" …" if len(target_list) > 4 else "")
-            dialog.setWindowTitle(f"Import model, then deploy to {names}")
-
-        def submitted(request: ImportRequest) -> None:
-            self.import_model(request, target_list)
-
-        dialog.submitted.connect(submitted)
-        dialog.finished.connect(self._next_import)
-        self._import_dialog = dialog
-        self._keep(dialog)
-        return dialog
-
-    def _next_import(self, *_args: object) -> None:
-        self._import_dialog = None
-        if self._pending_imports:
-            path, targets = self._pending_imports.pop(0)
-            # After this dialog has gone (finished fires inside its close).
-            QTimer.singleShot(0, lambda: self.open_import_dialog(path, targets))
-
-    def import_model(self, request: ImportRequest, targets: Sequence[DeviceView] = ()) -> Activity:
-        """Run the import as an activity; on success the Models view selects the new record (and, for a drop on
-        devices, the deployment opens); on failure the operator reads the problem and the fix."""
-        target_list = list(targets)
-
-        def imported(record: ModelRecord) -> None:
-            # The view already shows and selects it (bridge.model_imported); a drop on devices goes on to deploy.
-            if target_list:
-                self.open_rollout_wizard(record.ref, [v.id for v in target_list])
-            else:
-                self.tabs.setCurrentWidget(self.models_view)
-
-        activity = self.bridge.import_model(request.path, name=request.name, version=request.version,
-                                            samples=request.samples, profiles=request.profiles,
-                                            time_on_devices=request.time_on_devices, then=imported)
-        activity.changed.connect(lambda: self._import_changed(activity))
-        return activity
-
-    def _import_changed(self, activity: Activity) -> None:
-        if activity.state == "failed" and activity.error is not None and not getattr(activity, "_told", False):
-            activity._told = True  # type: ignore[attr-defined]
-            error = activity.error
-            box = QMessageBox(QMessageBox.Icon.Warning, activity.title, f"The model was not imported: {error.message}",
-                              QMessageBox.StandardButton.Ok, self)
-            box.setObjectName("ImportFailed")
-            box.setTextFormat(Qt.TextFormat.PlainText)
-            if error.fix:
-                box.setInformativeText(f"Fix: {error.fix}")
-            self._keep(box)
-
-    def verify_model(self, ref: str) -> Activity:
-        return self.bridge.verify_models(ref, then=self.models_view.show_verify)
-
-    def open_export_dialog(self, ref: str) -> QFileDialog | None:
-        if not ref:
-            return None
-        dialog = QFileDialog(self, f"Export {ref}")
-        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
-        dialog.setNameFilter("Tar archives (*.tar)")
-        dialog.setDefaultSuffix("tar")
-        dialog.selectFile(ref.replace("@", "-") + ".tar")
-        dialog.fileSelected.connect(lambda dest: self.bridge.export_model(ref, dest))
-        self._keep(dialog)
-        return dialog
-
-    def open_export_key_dialog(self) -> QFileDialog:
-        dialog = QFileDialog(self, "Export the fleet's public signing key")
-        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
-        dialog.setNameFilter("PEM public keys (*.pub *.pem)")
-        dialog.selectFile("fleet.pub")
-        dialog.fileSelected.connect(self.bridge.export_public_key)
-        self._keep(dialog)
-        return dialog
-
-    def confirm_remove_model(self, ref: str) -> QMessageBox | None:
-        if not ref:
-            return None
-        box = QMessageBox(QMessageBox.Icon.Question, f"Remove {ref}",
-                          f"Remove {ref} and its artifacts from the store on this computer?",
-                          QMessageBox.StandardButton.Cancel, self)
-        box.setObjectName("ConfirmRemoveModel")
-        box.setTextFormat(Qt.TextFormat.PlainText)
-        box.setInformativeText("Devices that already have it keep their copy. This cannot be undone; export it "
-                               "first to keep a copy.")
-        remove = box.addButton("Remove", QMessageBox.ButtonRole.DestructiveRole)
-        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
-        box.buttonClicked.connect(lambda button: self.bridge.remove_model(ref) if button is remove else None)
-        self._keep(box)
-        return box
-
     def set_theme(self, name: str) -> None:
         app = QApplication.instance()
         assert isinstance(app, QApplication)
@@ -749,152 +374,6 @@ class MainWindow(QMainWindow):
         self.discovery_panel.refresh_icons()
         self.dashboard.refresh_theme()
         self.rollouts_view.refresh_theme()
-
-    # -- drag and drop ----------------------------------------------------------------------------------------
-
-    def _targets_at(self, watched: QObject, position: QPoint) -> list[DeviceView] | None:
-        """The devices a drop at `position` goes to: the row's selection, a group's members, or None."""
-        if watched is self.fleet_table.viewport():
-            index = self.fleet_table.indexAt(position)
-            if not index.isValid():
-                return None
-            device_id = self.fleet_filter.data(index.siblingAtColumn(0), DEVICE_ID_ROLE)
-            selected = self.selected_ids()
-            ids = selected if device_id in selected else [device_id]
-            return [v for v in (self.fleet_model.view_of(i) for i in ids) if v is not None]
-        if watched is self.group_tree.viewport():
-            item = self.group_tree.itemAt(position)
-            group = item.data(0, GROUP_ROLE) if item is not None else None
-            if not group:
-                return None
-            return [v for v in self.fleet_model.views() if group in v.device.groups]
-        return None
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        kind = event.type()
-        if kind in (QEvent.Type.DragEnter, QEvent.Type.DragMove, QEvent.Type.Drop) and isinstance(
-                event, (QDragEnterEvent, QDragMoveEvent, QDropEvent)) and event.mimeData().hasUrls():
-            plan = plan_drop(dropped_paths(event), self._targets_at(watched, event.position().toPoint()))
-            if kind == QEvent.Type.Drop:
-                self.drop_overlay.hide()
-                event.acceptProposedAction()
-                self.handle_drop(plan)
-            else:
-                self.drop_overlay.show_plan(plan)
-                # Accept even a refused plan, so the drop arrives and the operator is told why not.
-                event.acceptProposedAction()
-            return True
-        if kind == QEvent.Type.DragLeave:
-            self.drop_overlay.hide()
-        return super().eventFilter(watched, event)
-
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if event.mimeData().hasUrls():
-            self.drop_overlay.show_plan(plan_drop(dropped_paths(event)))
-            event.acceptProposedAction()
-
-    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
-        if event.mimeData().hasUrls():
-            self.drop_overlay.show_plan(plan_drop(dropped_paths(event)))
-            event.acceptProposedAction()
-
-    def dragLeaveEvent(self, event: QDragLeaveEvent) -> None:
-        self.drop_overlay.hide()
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        self.drop_overlay.hide()
-        if event.mimeData().hasUrls():
-            event.acceptProposedAction()
-            self.handle_drop(plan_drop(dropped_paths(event)))
-
-    def handle_drop(self, plan: DropPlan) -> ImportDialog | None:
-        """Open the import dialog for each dropped model in turn; dropped on devices, each successful import
-        then opens the deployment for exactly those devices."""
-        if not plan.accepted:
-            self.statusBar().showMessage(plan.message, 15000)
-            self.last_refusal = plan.message
-            return None
-        if plan.refused:
-            self.statusBar().showMessage("Skipped: " + "; ".join(plan.refused), 15000)
-        targets = [v for v in (self.fleet_model.view_of(i) for i in plan.targets) if v is not None]
-        self._pending_imports.extend((path, targets) for path in plan.models)
-        if self._import_dialog is not None:
-            return self._import_dialog  # the others open when this one is done
-        path, first_targets = self._pending_imports.pop(0)
-        return self.open_import_dialog(path, first_targets)
-
-    def open_deploy_dialog(self, records: list[ModelRecord], targets: list[DeviceView]) -> DeployDialog:
-        dialog = DeployDialog(records, targets, self)
-
-        def confirmed(chosen: list[ModelRecord], ids: list[int]) -> None:
-            for record in chosen:
-                self.bridge.push_artifacts(record, ids, title=f"Deploy {record.ref}")
-
-        dialog.confirmed.connect(confirmed)
-        self._keep(dialog)
-        return dialog
-
-    # -- rollouts -------------------------------------------------------------------------------------------------
-
-    def open_rollout_wizard(self, model: str = "", device_ids: Sequence[int] = (), group: str = ""
-                            ) -> RolloutWizard | None:
-        """The rollout wizard (non-modal) for `model` (default: the newest) and the chosen targets (default: the
-        selected devices, else the group shown)."""
-        records = self.models_view.records()
-        if not records:
-            self.statusBar().showMessage("No model to roll out yet: import one first (Ctrl+O).", 10000)
-            return None
-        if not device_ids and not group:
-            device_ids = self.selected_ids()
-            if not device_ids and self.fleet_filter.group is not None:
-                group = self.fleet_filter.group
-        devices = [v.device for v in self.fleet_model.views()]
-        wizard = RolloutWizard(records, devices, self.bridge.groups(), self.bridge.artifact_store(), model=model,
-                               device_ids=device_ids, group=group, parent=self)
-        wizard.start_requested.connect(
-            lambda plan, run: self.start_rollout(plan, run, [d.device_id for d in wizard.resolved.devices]
-                                                 if wizard.resolved is not None else []))
-        wizard.push_requested.connect(
-            lambda record, ids: self.bridge.push_artifacts(record, ids, title=f"Deploy {record.ref}"))
-        wizard.finished.connect(lambda _r: setattr(self, "_wizard", None))
-        self._wizard = wizard
-        # Shown on the next pass of the loop: building it and laying it out in one pass would hold the loop.
-        QTimer.singleShot(0, lambda: self._keep(wizard) if not self._closing else wizard.deleteLater())
-        return wizard
-
-    def start_rollout(self, plan: RolloutPlan, run: bool = True, device_ids: Sequence[int] = ()) -> Activity:
-        self.tabs.setCurrentWidget(self.rollouts_view)
-        return self.bridge.start_rollout(plan, device_ids, run=run)
-
-    def rollout_action(self, action: str, rollout_id: int, options: object = None) -> Activity:
-        return self.bridge.rollout_action(action, rollout_id, options if isinstance(options, dict) else None)
-
-    def _rollout_started(self, rollout_id: int) -> None:
-        self.rollouts_view.select(rollout_id)
-
-    def _rollout_detail(self, detail: object) -> None:
-        self.rollouts_view.show_detail(detail)  # type: ignore[arg-type]
-
-    def offer_recovery(self, rows: list[RolloutRow]) -> QMessageBox | None:
-        """Rollouts a crash left running (no process drives them): offer to recover and continue them."""
-        left = [r for r in rows if r.status == "running" and not self.bridge.rollout_running_here(r.id)]
-        if not left:
-            return None
-        names = ", ".join(f"{r.id} ({r.model_ref})" for r in left[:5]) + (" …" if len(left) > 5 else "")
-        box = QMessageBox(QMessageBox.Icon.Question, "Rollouts left running",
-                          f"{'Rollout' if len(left) == 1 else 'Rollouts'} {names} {'was' if len(left) == 1 else 'were'}"
-                          " still running when FleetDesk stopped.", QMessageBox.StandardButton.NoButton, self)
-        box.setObjectName("RecoverRollouts")
-        box.setTextFormat(Qt.TextFormat.PlainText)
-        box.setInformativeText("Recover asks each device that may have switched which model it really runs, "
-                               "writes that to the journal and continues without re-sending what a device already "
-                               "has. Later leaves them as they are (Rollouts ▸ Recover rollouts left running).")
-        recover = box.addButton("Recover and continue", QMessageBox.ButtonRole.AcceptRole)
-        box.addButton("Later", QMessageBox.ButtonRole.RejectRole)
-        box.buttonClicked.connect(lambda button: self.bridge.recover_rollouts() if button is recover else None)
-        self.recovery_box = box
-        self._keep(box)
-        return box
 
     # -- activities in the status bar ----------------------------------------------------------------------
 
@@ -916,10 +395,6 @@ class MainWindow(QMainWindow):
             self.activity_label.setText(f"{len(running)} operations running")
 
     # -- layout and quitting -----------------------------------------------------------------------------------
-
-    @staticmethod
-    def _qsettings() -> QSettings:
-        return QSettings("FleetDesk", "FleetDesk")
 
     def _restore_layout(self) -> None:
         stored = self._qsettings()
@@ -974,10 +449,3 @@ class MainWindow(QMainWindow):
         event.ignore()
         if not self._closing:
             self._shutdown_task = asyncio.ensure_future(self.shutdown())
-
-    def index_of(self, device_id: int) -> QModelIndex:
-        for row in range(self.fleet_filter.rowCount()):
-            index = self.fleet_filter.index(row, 0)
-            if self.fleet_filter.data(index, DEVICE_ID_ROLE) == device_id:
-                return index
-        return QModelIndex()

@@ -1,0 +1,276 @@
+"""The bridge's side of the model store: import, verify, export and remove signed models, and push artifacts.
+
+`ModelsMixin` is mixed into `FleetBridge` (fleetdesk.gui.bridge), which declares the signals and owns the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from PySide6.QtCore import SignalInstance
+
+from fleetdesk.artifacts.records import MANIFEST_NAME, SIGNATURE_NAME, ModelRecord, VerifyResult
+from fleetdesk.artifacts.store import ArtifactStore
+from fleetdesk.config import Settings
+from fleetdesk.errors import FleetDeskError
+from fleetdesk.fleet import Fleet
+from fleetdesk.inventory.records import Device
+from fleetdesk.models import service as model_service
+from fleetdesk.models.report import Progress
+
+from .activities import Activities, Activity, human_duration, window_loop
+from .bridge_views import DeviceView
+
+T = TypeVar("T")
+
+DEVICE_ROOT = "/opt/fleetdesk"  # DESIGN.md, "The device side"; a profile's device_root replaces it
+ARTIFACT_ROOT = f"{DEVICE_ROOT}/artifacts"
+
+
+class ModelsMixin:
+    """The model store's operations; `FleetBridge` provides the fleet, the devices, the signals and `_db`."""
+
+    fleet: Fleet
+    activities: Activities
+    model_imported: SignalInstance
+    models_changed: SignalInstance
+    model_removed: SignalInstance
+    _devices: dict[int, Device]
+    _store: ArtifactStore | None
+
+    if TYPE_CHECKING:  # FleetBridge's own methods (fleetdesk.gui.bridge)
+        async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+        def view(self, device: Device) -> DeviceView: ...
+        def _chosen(self, device_ids: Sequence[int]) -> list[Device]: ...
+        def _problem(self, device_id: int, error: FleetDeskError | None) -> None: ...
+        def _update(self, device: Device) -> None: ...
+
+    def artifact_store(self) -> ArtifactStore:
+        """The signed artifact store under the user data directory (FLEETDESK_DATA_DIR), opened on first use."""
+        if self._store is None:
+            self._store = ArtifactStore.default(Settings.load())
+        return self._store
+
+    def profile_names(self) -> list[str]:
+        """Every device profile FleetDesk knows (shipped and the operator's)."""
+        return sorted(self.fleet.profiles.profiles)
+
+    def fleet_profiles(self, device_ids: Sequence[int] = ()) -> list[str]:
+        """The profiles of these devices (of every device in the inventory if none), each once."""
+        devices = [self._devices[i] for i in device_ids if i in self._devices] if device_ids \
+            else list(self._devices.values())
+        return sorted({d.profile for d in devices if d.profile})
+
+    def bench_devices(self, profiles: Sequence[str]) -> list[Device]:
+        """Devices that can time variants now: trusted, online, not busy, of one of these profiles."""
+        return [d for d in self._devices.values()
+                if d.profile in profiles and self.view(d).status == "online"]
+
+    async def _models(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # Store work reads, hashes and signs files (and may wait on the keyring): never on the loop.
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+    def load_models(self) -> Activity:
+        """Read the store's model records and announce them (`models_changed`)."""
+        async def job(activity: Activity) -> list[ModelRecord]:
+            activity.report(None, "reading the artifact store")
+            records = await self._models(lambda: self.artifact_store().models())
+            self.models_changed.emit(list(records))
+            return records
+
+        def summarize(records: object) -> str:
+            assert isinstance(records, list)
+            return f"{len(records)} model(s)"
+
+        return self.activities.start("Read the model store", job, summarize=summarize)
+
+    def import_model(self, path: str, *, name: str | None = None, version: str | None = None,
+                     samples: str | None = None, profiles: Sequence[str] = (), time_on_devices: bool = False,
+                     then: Callable[[ModelRecord], None] | None = None) -> Activity:
+        """Import, optimize for each profile and sign one model (`fleetdesk model import`), in a worker thread.
+
+        Progress (stage, step n of m, elapsed, time left) goes to the activity; cancelling the activity sets
+        the import's cancel event and waits for the worker to stop: a cancelled import writes nothing.
+        """
+        chosen = tuple(profiles)
+        loop = window_loop()
+        cancel = threading.Event()
+        benches: list[model_service.DeviceBench] = []
+
+        async def job(activity: Activity) -> ModelRecord:
+            started = time.monotonic()
+            bench = None
+            if time_on_devices:  # online devices of the chosen profiles with a provisioned runtime
+                ready = await self._db(model_service.bench_devices, self.fleet, chosen)
+                if ready:
+                    bench = model_service.DeviceBench(self.fleet, ready, loop)
+                    benches.append(bench)
+
+            def on_progress(progress: Progress) -> None:
+                if not cancel.is_set():
+                    activity.report(progress.done / progress.total if progress.total else None,
+                                    progress_text(progress, time.monotonic() - started))
+
+            def progress(step: Progress) -> None:  # called in the worker thread
+                loop.call_soon_threadsafe(on_progress, step)
+
+            store = await self._models(self.artifact_store)
+            activity.report(None, f"checking {os.path.basename(path)}")
+            work = loop.run_in_executor(None, functools.partial(
+                model_service.import_model, path, name=name, version=version, samples=samples, profiles=chosen or None,
+                store=store, catalog=self.fleet.profiles, progress=progress, cancel=cancel, device_bench=bench))
+            try:
+                record = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                cancel.set()
+                activity.detail = "cancelling: waiting for the current step to stop"
+                activity.changed.emit()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(work)  # the worker stops at its next step and writes nothing
+                raise
+            self.model_imported.emit(record)
+            if then is not None:
+                then(record)
+            return record
+
+        def summarize(record: object) -> str:
+            assert isinstance(record, ModelRecord)
+            report = record.report
+            if report is None:
+                return f"imported as {record.ref}"
+            chosen_text = ", ".join(f"{p.profile}: {p.chosen}" for p in report.profiles)
+            failures = [f"{d}: {why}" for b in benches for d, why in b.failures.items()]
+            return f"imported as {record.ref} ({chosen_text})" + (
+                "; accuracy checked on synthetic samples only" if report.synthetic else "") + (
+                "; not timed on " + "; ".join(failures[:2]) if failures else "")
+
+        return self.activities.start(f"Import {os.path.basename(path)}", job, summarize=summarize)
+
+    def verify_models(self, ref: str = "", then: Callable[[list[VerifyResult]], None] | None = None) -> Activity:
+        """Check every byte and the signature of a model's artifacts (every model's with no ref)."""
+        async def job(activity: Activity) -> list[VerifyResult]:
+            activity.report(None, "hashing files and checking signatures")
+            results = await self._models(lambda: self.artifact_store().verify(ref or None))
+            if then is not None:
+                then(list(results))
+            return list(results)
+
+        def summarize(results: object) -> str:
+            assert isinstance(results, list)
+            bad = [r for r in results if not r.ok]
+            return (f"{len(results)} artifact(s) intact and signed" if not bad else
+                    f"{len(bad)} of {len(results)} artifact(s) FAILED: {bad[0].ref}: {'; '.join(bad[0].problems[:2])}")
+
+        return self.activities.start(f"Verify {ref or 'every model'}", job, summarize=summarize)
+
+    def export_model(self, ref: str, dest: str, profile: str | None = None) -> Activity:
+        """Write a model's artifacts (or one profile's) to a .tar file the operator chose."""
+        async def job(activity: Activity) -> str:
+            activity.report(None, f"writing {os.path.basename(dest)}")
+            return str(await self._models(lambda: self.artifact_store().export(ref, Path(dest), profile=profile)))
+
+        return self.activities.start(f"Export {ref}", job, summarize=lambda p: f"written to {p}")
+
+    def remove_model(self, ref: str) -> Activity:
+        """Delete a model version and the artifacts no other version uses; the view forgets it."""
+        async def job(activity: Activity) -> list[str]:
+            removed = await self._models(lambda: self.artifact_store().remove(ref))
+            self.model_removed.emit(ref)
+            return list(removed)
+
+        def summarize(ids: object) -> str:
+            assert isinstance(ids, list)
+            return f"{len(ids)} artifact(s) deleted"
+
+        return self.activities.start(f"Remove {ref}", job, summarize=summarize)
+
+    def export_public_key(self, dest: str) -> Activity:
+        """Save the fleet's public signing key (PEM) where the operator chose (made on first use)."""
+        async def job(activity: Activity) -> str:
+            pem = await self._models(lambda: self.artifact_store().public_key_pem())
+            await self._models(Path(dest).write_bytes, pem)
+            return dest
+
+        return self.activities.start("Export the public signing key", job, summarize=lambda p: f"saved to {p}")
+
+    # -- pushing a model -------------------------------------------------------------------------------
+
+    def push_artifacts(self, record: ModelRecord, device_ids: Sequence[int], title: str = "") -> Activity:
+        """Push to each device the artifact chosen for its profile (the FP32 baseline when its profile has none):
+        the signed folder as the store keeps it (manifest, signature, model files), into ROOT/artifacts/<id>/,
+        resumable and SHA-256 checked on the device."""
+        devices = self._chosen(device_ids)
+
+        async def job(activity: Activity) -> dict[str, str]:
+            store = self.artifact_store()
+            plans: dict[int, tuple[str, list[tuple[str, str]]]] = {}  # device -> (artifact id, [(local, remote)])
+            for device in devices:
+                artifact_id = record.artifacts.get(device.profile or "", record.baseline)
+                artifact = await self._models(store.artifact, artifact_id)
+                root = self._device_root(device)
+                names = [MANIFEST_NAME, SIGNATURE_NAME, *(f.path for f in artifact.files)]
+                plans[device.id] = (artifact.id, [(os.path.join(artifact.folder, *n.split("/")),
+                                                   f"{root}/artifacts/{artifact.id}/{n}") for n in names])
+            sizes = {local: os.path.getsize(local) for _id, files in plans.values() for local, _r in files}
+            total = sum(sizes[local] for _id, files in plans.values() for local, _r in files)
+            done: dict[tuple[int, str], int] = {}
+            outcomes: dict[str, str] = {}
+
+            def progress_of(device: Device, local: str) -> Callable[[int, int], None]:
+                def progress(sent: int, _total: int) -> None:
+                    done[(device.id, local)] = sent
+                    activity.report_bytes(sum(done.values()), total, f"{len(devices)} device(s)")
+                return progress
+
+            async def one(device: Device) -> None:
+                try:
+                    for local, remote in plans[device.id][1]:
+                        await self.fleet.pool.push(self.fleet.target(device), local, remote,
+                                                   progress=progress_of(device, local))
+                except FleetDeskError as exc:
+                    self._problem(device.id, exc)
+                    self._update(device)
+                    outcomes[device.name] = str(exc)
+                else:
+                    outcomes[device.name] = "ok"
+
+            await asyncio.gather(*(one(d) for d in devices))
+            failed = {k: v for k, v in outcomes.items() if v != "ok"}
+            if failed and len(failed) == len(devices):
+                first = next(iter(failed.values()))
+                raise FleetDeskError(f"the model reached no device: {first}",
+                                     fix="fix the first device's problem, then deploy the model again")
+            return outcomes
+
+        def summarize(outcomes: object) -> str:
+            assert isinstance(outcomes, dict)
+            ok = [k for k, v in outcomes.items() if v == "ok"]
+            failed = [f"{k}: {v}" for k, v in outcomes.items() if v != "ok"]
+            return f"verified on {len(ok)} of {len(outcomes)} device(s)" + ("; " + "; ".join(failed[:3]) if failed
+                                                                           else "")
+
+        return self.activities.start(title or f"Deploy {record.ref}", job, devices=[d.id for d in devices],
+                                     summarize=summarize)
+
+    def _device_root(self, device: Device) -> str:
+        profile = self.fleet.profiles.profiles.get(device.profile) if device.profile else None
+        return (profile.device_root if profile is not None else DEVICE_ROOT).rstrip("/") or DEVICE_ROOT
+
+
+def progress_text(progress: Progress, elapsed: float) -> str:
+    """An import's progress as the activity view shows it: the step, how far, time spent and time left."""
+    parts = [progress.message]
+    if progress.total:
+        parts.append(f"step {progress.done} of {progress.total}")
+    parts.append(f"{human_duration(elapsed)} elapsed")
+    if 0 < progress.done < progress.total:
+        parts.append(f"about {human_duration(elapsed / progress.done * (progress.total - progress.done))} left")
+    return ", ".join(parts)

@@ -1,0 +1,198 @@
+"""The main window's model and rollout actions: import, verify, export and remove models; the rollout wizard.
+
+Also the offer to recover rollouts a crash left running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QFileDialog, QMessageBox, QTabWidget
+
+from fleetdesk.artifacts.records import ModelRecord
+from fleetdesk.inventory.rollouts import RolloutRow
+from fleetdesk.rollout.plan import RolloutPlan
+
+from .activities import Activity
+from .bridge import DeviceView
+from .fleet_model import plain
+from .model_import import ImportDialog, ImportRequest
+from .models_view import ModelsView
+from .rollout_view import RolloutsView
+from .rollout_wizard import RolloutWizard
+from .window_part import WindowPart
+
+
+class ModelActions(WindowPart):
+    """Mixed into MainWindow, which builds the widgets declared here."""
+
+    tabs: QTabWidget
+    models_view: ModelsView
+    rollouts_view: RolloutsView
+    recovery_box: QMessageBox | None
+    _wizard: RolloutWizard | None
+    _closing: bool
+    _pending_imports: list[tuple[str, list[DeviceView]]]  # dropped models waiting for their dialog
+    _import_dialog: ImportDialog | None
+
+    def open_import_dialog(self, path: str = "", targets: Sequence[DeviceView] = ()) -> ImportDialog:
+        """The import dialog for `path` (empty: the operator browses); with `targets`, the deployment to them
+        opens once the import succeeded. Dropped models beyond the first wait for this dialog to finish."""
+        target_list = list(targets)
+        ids = [v.id for v in target_list]
+        fleet_profiles = self.bridge.fleet_profiles(ids) or (self.bridge.fleet_profiles() if not ids else [])
+        dialog = ImportDialog(path, profiles=self.bridge.profile_names(), fleet_profiles=fleet_profiles,
+                              can_time_on_devices=bool(self.bridge.bench_devices(self.bridge.profile_names())),
+                              parent=self)
+        if target_list:
+            names = ", ".join(plain(v.device.name) for v in target_list[:4]) + (" …" if len(target_list) > 4 else "")
+            dialog.setWindowTitle(f"Import model, then deploy to {names}")
+
+        def submitted(request: ImportRequest) -> None:
+            self.import_model(request, target_list)
+
+        dialog.submitted.connect(submitted)
+        dialog.finished.connect(self._next_import)
+        self._import_dialog = dialog
+        self._keep(dialog)
+        return dialog
+
+    def _next_import(self, *_args: object) -> None:
+        self._import_dialog = None
+        if self._pending_imports:
+            path, targets = self._pending_imports.pop(0)
+            # After this dialog has gone (finished fires inside its close).
+            QTimer.singleShot(0, lambda: self.open_import_dialog(path, targets))
+
+    def import_model(self, request: ImportRequest, targets: Sequence[DeviceView] = ()) -> Activity:
+        """Run the import as an activity; on success the Models view selects the new record (and, for a drop on
+        devices, the deployment opens); on failure the operator reads the problem and the fix."""
+        target_list = list(targets)
+
+        def imported(record: ModelRecord) -> None:
+            # The view already shows and selects it (bridge.model_imported); a drop on devices goes on to deploy.
+            if target_list:
+                self.open_rollout_wizard(record.ref, [v.id for v in target_list])
+            else:
+                self.tabs.setCurrentWidget(self.models_view)
+
+        activity = self.bridge.import_model(request.path, name=request.name, version=request.version,
+                                            samples=request.samples, profiles=request.profiles,
+                                            time_on_devices=request.time_on_devices, then=imported)
+        activity.changed.connect(lambda: self._import_changed(activity))
+        return activity
+
+    def _import_changed(self, activity: Activity) -> None:
+        if activity.state == "failed" and activity.error is not None and not getattr(activity, "_told", False):
+            activity._told = True  # type: ignore[attr-defined]
+            error = activity.error
+            box = QMessageBox(QMessageBox.Icon.Warning, activity.title, f"The model was not imported: {error.message}",
+                              QMessageBox.StandardButton.Ok, self)
+            box.setObjectName("ImportFailed")
+            box.setTextFormat(Qt.TextFormat.PlainText)
+            if error.fix:
+                box.setInformativeText(f"Fix: {error.fix}")
+            self._keep(box)
+
+    def verify_model(self, ref: str) -> Activity:
+        return self.bridge.verify_models(ref, then=self.models_view.show_verify)
+
+    def open_export_dialog(self, ref: str) -> QFileDialog | None:
+        if not ref:
+            return None
+        dialog = QFileDialog(self, f"Export {ref}")
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setNameFilter("Tar archives (*.tar)")
+        dialog.setDefaultSuffix("tar")
+        dialog.selectFile(ref.replace("@", "-") + ".tar")
+        dialog.fileSelected.connect(lambda dest: self.bridge.export_model(ref, dest))
+        self._keep(dialog)
+        return dialog
+
+    def open_export_key_dialog(self) -> QFileDialog:
+        dialog = QFileDialog(self, "Export the fleet's public signing key")
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setNameFilter("PEM public keys (*.pub *.pem)")
+        dialog.selectFile("fleet.pub")
+        dialog.fileSelected.connect(self.bridge.export_public_key)
+        self._keep(dialog)
+        return dialog
+
+    def confirm_remove_model(self, ref: str) -> QMessageBox | None:
+        if not ref:
+            return None
+        box = QMessageBox(QMessageBox.Icon.Question, f"Remove {ref}",
+                          f"Remove {ref} and its artifacts from the store on this computer?",
+                          QMessageBox.StandardButton.Cancel, self)
+        box.setObjectName("ConfirmRemoveModel")
+        box.setTextFormat(Qt.TextFormat.PlainText)
+        box.setInformativeText("Devices that already have it keep their copy. This cannot be undone; export it "
+                               "first to keep a copy.")
+        remove = box.addButton("Remove", QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.buttonClicked.connect(lambda button: self.bridge.remove_model(ref) if button is remove else None)
+        self._keep(box)
+        return box
+
+    # -- rollouts -------------------------------------------------------------------------------------------------
+
+    def open_rollout_wizard(self, model: str = "", device_ids: Sequence[int] = (), group: str = ""
+                            ) -> RolloutWizard | None:
+        """The rollout wizard (non-modal) for `model` (default: the newest) and the chosen targets (default: the
+        selected devices, else the group shown)."""
+        records = self.models_view.records()
+        if not records:
+            self.statusBar().showMessage("No model to roll out yet: import one first (Ctrl+O).", 10000)
+            return None
+        if not device_ids and not group:
+            device_ids = self.selected_ids()
+            if not device_ids and self.fleet_filter.group is not None:
+                group = self.fleet_filter.group
+        devices = [v.device for v in self.fleet_model.views()]
+        wizard = RolloutWizard(records, devices, self.bridge.groups(), self.bridge.artifact_store(), model=model,
+                               device_ids=device_ids, group=group, parent=self)
+        wizard.start_requested.connect(
+            lambda plan, run: self.start_rollout(plan, run, [d.device_id for d in wizard.resolved.devices]
+                                                 if wizard.resolved is not None else []))
+        wizard.push_requested.connect(
+            lambda record, ids: self.bridge.push_artifacts(record, ids, title=f"Deploy {record.ref}"))
+        wizard.finished.connect(lambda _r: setattr(self, "_wizard", None))
+        self._wizard = wizard
+        # Shown on the next pass of the loop: building it and laying it out in one pass would hold the loop.
+        QTimer.singleShot(0, lambda: self._keep(wizard) if not self._closing else wizard.deleteLater())
+        return wizard
+
+    def start_rollout(self, plan: RolloutPlan, run: bool = True, device_ids: Sequence[int] = ()) -> Activity:
+        self.tabs.setCurrentWidget(self.rollouts_view)
+        return self.bridge.start_rollout(plan, device_ids, run=run)
+
+    def rollout_action(self, action: str, rollout_id: int, options: object = None) -> Activity:
+        return self.bridge.rollout_action(action, rollout_id, options if isinstance(options, dict) else None)
+
+    def _rollout_started(self, rollout_id: int) -> None:
+        self.rollouts_view.select(rollout_id)
+
+    def _rollout_detail(self, detail: object) -> None:
+        self.rollouts_view.show_detail(detail)  # type: ignore[arg-type]
+
+    def offer_recovery(self, rows: list[RolloutRow]) -> QMessageBox | None:
+        """Rollouts a crash left running (no process drives them): offer to recover and continue them."""
+        left = [r for r in rows if r.status == "running" and not self.bridge.rollout_running_here(r.id)]
+        if not left:
+            return None
+        names = ", ".join(f"{r.id} ({r.model_ref})" for r in left[:5]) + (" …" if len(left) > 5 else "")
+        box = QMessageBox(QMessageBox.Icon.Question, "Rollouts left running",
+                          f"{'Rollout' if len(left) == 1 else 'Rollouts'} {names} {'was' if len(left) == 1 else 'were'}"
+                          " still running when FleetDesk stopped.", QMessageBox.StandardButton.NoButton, self)
+        box.setObjectName("RecoverRollouts")
+        box.setTextFormat(Qt.TextFormat.PlainText)
+        box.setInformativeText("Recover asks each device that may have switched which model it really runs, "
+                               "writes that to the journal and continues without re-sending what a device already "
+                               "has. Later leaves them as they are (Rollouts ▸ Recover rollouts left running).")
+        recover = box.addButton("Recover and continue", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton("Later", QMessageBox.ButtonRole.RejectRole)
+        box.buttonClicked.connect(lambda button: self.bridge.recover_rollouts() if button is recover else None)
+        self.recovery_box = box
+        self._keep(box)
+        return box
