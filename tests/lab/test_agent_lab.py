@@ -139,8 +139,12 @@ def test_agent_on_an_arm64_jetson_reads_tegrastats(fleet: Fleet) -> None:
     for s in seen["samples"]:
         assert s["sources"]["gpu"] == "tegrastats" and s["sources"]["power"] == "tegrastats"
         assert 0 <= s["gpu"]["util_pct"] <= 100 and s["gpu"]["mem_total_mb"] is None
-        # tegrastats prints the gpu zone as "gpu@T"; the sample's GPU temperature is that zone's.
-        assert abs(s["gpu"]["temp_c"] - s["temps"]["gpu-thermal"]) < 1.0
+        # tegrastats prints the gpu zone as "gpu@T"; the sample's GPU temperature is that zone's. tegrastats reads
+        # it at another moment than the agent's thermal source does, and the lab rewrites the zone every second
+        # (more at once when a loaded machine delays a rewrite: CI met 1.12 C between the two), so the value must
+        # lie where the zone went during the run, as the zone checks in check_common allow.
+        zone = [seen["before"]["gpu-thermal"], seen["after"]["gpu-thermal"], s["temps"]["gpu-thermal"]]
+        assert min(zone) - 1.0 <= s["gpu"]["temp_c"] <= max(zone) + 1.0, (s["gpu"]["temp_c"], zone)
         assert sorted(s["power"]) == sorted(rails) and s["power"]["VDD_IN"] > 0
 
 
