@@ -11,6 +11,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from PySide6.QtCore import QObject, Signal
 
@@ -105,7 +106,7 @@ class Activity(QObject):
         self.changed.emit()
 
 
-Job = Callable[[Activity], Awaitable[object]]
+R = TypeVar("R")
 
 
 def window_loop() -> asyncio.AbstractEventLoop:
@@ -130,23 +131,25 @@ class Activities(QObject):
         self._all: list[Activity] = []
         self._closing = False
 
-    def start(self, title: str, job: Job, *, devices: Sequence[int] = (),
-              summarize: Callable[[object], str] | None = None) -> Activity:
+    def start(self, title: str, job: Callable[[Activity], Awaitable[R]], *, devices: Sequence[int] = (),
+              summarize: Callable[[R], str] | None = None) -> Activity:
         """Run `job(activity)` as a registered task; its return value is summarized into the outcome."""
         if self._closing:
             raise RuntimeError("the window is closing; no new work starts")
         activity = Activity(next(self._ids), title, devices)
         self._all.append(activity)
-        activity._task = window_loop().create_task(self._run(activity, job, summarize), name=title)
+        run = self._run(activity, job, summarize)  # built apart, so R comes from the job, not from _task's type
+        activity._task = window_loop().create_task(run, name=title)
         self.added.emit(activity)
         if activity.devices:
             self.busy_changed.emit()
         return activity
 
-    async def _run(self, activity: Activity, job: Job, summarize: Callable[[object], str] | None) -> object:
-        result: object = None
+    async def _run(self, activity: Activity, job: Callable[[Activity], Awaitable[R]],
+                   summarize: Callable[[R], str] | None) -> R | None:
+        result: R | None = None
         try:
-            result = await job(activity)
+            value = await job(activity)
         except asyncio.CancelledError:
             activity._finish(CANCELLED, "cancelled")
         except FleetDeskError as exc:
@@ -157,8 +160,8 @@ class Activities(QObject):
                              FleetDeskError(f"unexpected error: {type(exc).__name__}: {exc}", cause=exc,
                                             fix="see the log for details and report it"))
         else:
-            activity.result = result
-            activity._finish(SUCCEEDED, summarize(result) if summarize else "done")
+            activity.result = result = value
+            activity._finish(SUCCEEDED, summarize(value) if summarize else "done")
         self.finished.emit(activity)
         if activity.devices:
             self.busy_changed.emit()

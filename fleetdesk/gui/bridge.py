@@ -299,11 +299,7 @@ class FleetBridge(ModelsMixin, RolloutsMixin, TelemetryMixin, QObject):
             self._update(device)
             return device
 
-        def summarize(device: object) -> str:
-            assert isinstance(device, Device)
-            return f"added as {device.name}"
-
-        return self.activities.start(f"Add {host}", job, summarize=summarize)
+        return self.activities.start(f"Add {host}", job, summarize=lambda device: f"added as {device.name}")
 
     def sweep(self, cidr: str, port: int = 22) -> Activity:
         async def job(activity: Activity) -> list[Device]:
@@ -313,11 +309,8 @@ class FleetBridge(ModelsMixin, RolloutsMixin, TelemetryMixin, QObject):
                 self._update(device)
             return devices
 
-        def summarize(devices: object) -> str:
-            assert isinstance(devices, list)
-            return f"{len(devices)} SSH server(s) answered"
-
-        return self.activities.start(f"Sweep {cidr}", job, summarize=summarize)
+        return self.activities.start(f"Sweep {cidr}", job,
+                                     summarize=lambda devices: f"{len(devices)} SSH server(s) answered")
 
     # -- probing, trust, credentials -----------------------------------------------------------------
 

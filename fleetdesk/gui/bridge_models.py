@@ -86,11 +86,7 @@ class ModelsMixin:
             self.models_changed.emit(list(records))
             return records
 
-        def summarize(records: object) -> str:
-            assert isinstance(records, list)
-            return f"{len(records)} model(s)"
-
-        return self.activities.start("Read the model store", job, summarize=summarize)
+        return self.activities.start("Read the model store", job, summarize=lambda records: f"{len(records)} model(s)")
 
     def import_model(self, path: str, *, name: str | None = None, version: str | None = None,
                      samples: str | None = None, profiles: Sequence[str] = (), time_on_devices: bool = False,
@@ -186,11 +182,7 @@ class ModelsMixin:
             self.model_removed.emit(ref)
             return list(removed)
 
-        def summarize(ids: object) -> str:
-            assert isinstance(ids, list)
-            return f"{len(ids)} artifact(s) deleted"
-
-        return self.activities.start(f"Remove {ref}", job, summarize=summarize)
+        return self.activities.start(f"Remove {ref}", job, summarize=lambda ids: f"{len(ids)} artifact(s) deleted")
 
     def export_public_key(self, dest: str) -> Activity:
         """Save the fleet's public signing key (PEM) where the operator chose (made on first use)."""

@@ -100,11 +100,7 @@ class RolloutsMixin:
                 then(rows)
             return rows
 
-        def summarize(rows: object) -> str:
-            assert isinstance(rows, list)
-            return f"{len(rows)} rollout(s)"
-
-        return self.activities.start("Read the rollouts", job, summarize=summarize)
+        return self.activities.start("Read the rollouts", job, summarize=lambda rows: f"{len(rows)} rollout(s)")
 
     def watch_rollout(self, rollout_id: int) -> Activity:
         """Show this rollout's detail (and follow it as its events arrive)."""
@@ -115,11 +111,7 @@ class RolloutsMixin:
             self.rollout_detail.emit(detail)
             return detail
 
-        def summarize(detail: object) -> str:
-            assert isinstance(detail, RolloutDetail)
-            return detail.row.status
-
-        return self.activities.start(f"Read rollout {rollout_id}", job, summarize=summarize)
+        return self.activities.start(f"Read rollout {rollout_id}", job, summarize=lambda detail: detail.row.status)
 
     def rollout_running_here(self, rollout_id: int) -> bool:
         run = self._runs.get(rollout_id)
@@ -218,11 +210,8 @@ class RolloutsMixin:
                 self.drive_rollout(rid, title=f"Continue rollout {rid}")
             return found
 
-        def summarize(ids: object) -> str:
-            assert isinstance(ids, list)
-            return f"{len(ids)} rollout(s) recovered and continued"
-
-        return self.activities.start("Recover rollouts", job, summarize=summarize)
+        return self.activities.start("Recover rollouts", job,
+                                     summarize=lambda ids: f"{len(ids)} rollout(s) recovered and continued")
 
 
 def _rollout_summary(row: object) -> str:

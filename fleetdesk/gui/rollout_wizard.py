@@ -46,7 +46,7 @@ from fleetdesk.errors import FleetDeskError, PlanError
 from fleetdesk.inventory.records import Device, Group
 from fleetdesk.models.report import BASELINE
 from fleetdesk.rollout.plan import ResolvedPlan, RolloutPlan, plan_text, resolve
-from fleetdesk.rollout.policy import Gates, Threshold, TransferPolicy, WavePolicy, split_waves
+from fleetdesk.rollout.policy import Gates, TransferPolicy, WavePolicy, split_waves
 
 from .activities import human_bytes
 from .fleet_model import plain
@@ -462,12 +462,8 @@ class RolloutWizard(QDialog):
                  else None for name, (check, spin) in self.gate_rows.items()}
         bandwidth = self.bandwidth_spin.value()
         try:
-            # WavePolicy parses text thresholds itself but is annotated with Threshold: parse them here, the
-            # same way and in the same order.
-            success = Threshold.parse(self.success_edit.text(), name="success")
-            errors = Threshold.parse(self.errors_edit.text(), name="errors")
-            policy = WavePolicy(success=success, errors=errors, soak_s=float(self.soak_spin.value()),
-                                approve=self.approve_box.isChecked())
+            policy = WavePolicy.from_text(self.success_edit.text(), self.errors_edit.text(),
+                                          soak_s=float(self.soak_spin.value()), approve=self.approve_box.isChecked())
         except PlanError as exc:
             raise PlanError(exc.message.removeprefix(f"{exc.field}: "), field=f"policy.{exc.field}",
                             fix=exc.fix) from None
@@ -504,9 +500,7 @@ class RolloutWizard(QDialog):
         self._show_wave_sizes()
         self.resolved, self.error = None, None
         try:
-            # InventorySnapshot has the devices() and groups() resolve reads, but resolve is annotated with the
-            # whole Inventory (a Protocol there would say what it needs).
-            self.resolved = resolve(self.plan(), self._snapshot, self._store)  # type: ignore[arg-type]
+            self.resolved = resolve(self.plan(), self._snapshot, self._store)
         except PlanError as exc:
             self.error = exc
         except FleetDeskError as exc:  # the store could not be read

@@ -13,7 +13,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
 
 from fleetdesk.errors import PlanError
-from fleetdesk.rollout.policy import Threshold, WavePolicy
+from fleetdesk.rollout.policy import WavePolicy
 
 from .overview import colours
 
@@ -122,13 +122,10 @@ class WavePolicyTable(QTableWidget):
                 out.append(None)
                 continue
             try:
-                # WavePolicy parses text thresholds itself but is annotated with Threshold: parse them here, the
-                # same way and in the same order (after the soak, success before errors).
                 soak_s = _seconds_text(self._cell(row, SOAK).text(), "soak_s")
-                success = Threshold.parse(self._cell(row, SUCCESS).text(), name="success")
-                errors = Threshold.parse(self._cell(row, ERRORS).text(), name="errors")
-                out.append(WavePolicy(success=success, errors=errors, soak_s=soak_s,
-                                      approve=self._cell(row, APPROVE).checkState() == Qt.CheckState.Checked))
+                out.append(WavePolicy.from_text(
+                    self._cell(row, SUCCESS).text(), self._cell(row, ERRORS).text(), soak_s=soak_s,
+                    approve=self._cell(row, APPROVE).checkState() == Qt.CheckState.Checked))
             except PlanError as exc:
                 raise PlanError(exc.message.removeprefix(f"{exc.field}: "),
                                 field=f"wave_policies[{row}].{exc.field}", fix=exc.fix) from None

@@ -15,7 +15,7 @@ import json
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fleetdesk.errors import ArtifactStoreError, PlanError, StoreEntryNotFoundError
 from fleetdesk.rollout.policy import (
@@ -31,7 +31,15 @@ from fleetdesk.rollout.policy import (
 
 if TYPE_CHECKING:
     from fleetdesk.artifacts.store import ArtifactStore
-    from fleetdesk.inventory import Device, Inventory
+    from fleetdesk.inventory import Device, Group
+
+
+class DeviceSource(Protocol):
+    """What `resolve` reads: the inventory, or the wizard's snapshot of it (no SQL on the window's loop)."""
+
+    def devices(self) -> list[Device]: ...
+
+    def groups(self) -> list[Group]: ...
 
 
 @dataclass(frozen=True)
@@ -217,7 +225,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def resolve(plan: RolloutPlan, inventory: Inventory, store: ArtifactStore) -> ResolvedPlan:
+def resolve(plan: RolloutPlan, inventory: DeviceSource, store: ArtifactStore) -> ResolvedPlan:
     """The plan's devices (each listed once), the artifact each gets for its profile, and the waves."""
     if not (plan.devices or plan.groups or plan.profiles):
         raise PlanError("the plan targets no device", field="targets",

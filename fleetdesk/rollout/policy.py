@@ -256,6 +256,12 @@ class WavePolicy:
         _set(self, "soak_s", _number(self.soak_s, "soak_s", minimum=0, fix="give the soak time in seconds (0 or more)"))
         _bool(self.approve, "approve")
 
+    @classmethod
+    def from_text(cls, success: str, errors: str, *, soak_s: float = 0.0, approve: bool = False) -> WavePolicy:
+        """The policy from thresholds as an operator types them ("1", "10%"); PlanError names the field."""
+        return cls(success=Threshold.parse(success, name="success"), errors=Threshold.parse(errors, name="errors"),
+                   soak_s=soak_s, approve=approve)
+
     def success_reached(self, done: int, wave_size: int) -> bool:
         return self.success.reached(done, wave_size)
 
