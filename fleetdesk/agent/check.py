@@ -1,7 +1,7 @@
 """`check ARTIFACT`: run the model on the sample inputs its artifact carries and compare with the golden outputs
 stored beside them (made on the laptop by the model as imported), as cosine similarity per output.
 
-The golden file is an .npz named by the manifest's "golden" key (layout in fleetdesk/artifacts/store.py,
+The golden file is an .npz named by the manifest's "golden" key (layout in fleetdesk/artifacts/store_files.py,
 write_golden): "input_names" and "output_names" (string arrays), then "s<i>_i<j>" / "s<i>_o<k>" per sample.
 numpy and onnxruntime are imported only when the command runs (like bench), and not at all when the running
 model server has that very model loaded: it answers GET /v1/check itself (serve.py) with the same `compare`.

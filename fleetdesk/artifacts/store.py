@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import hashlib
 import io
 import json
@@ -22,17 +21,15 @@ import re
 import shutil
 import tarfile
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fleetdesk import __version__
 from fleetdesk.artifacts.records import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -43,81 +40,39 @@ from fleetdesk.artifacts.records import (
     VerifyResult,
 )
 from fleetdesk.artifacts.signing import FleetSigningKey
-from fleetdesk.config import Settings
-from fleetdesk.errors import (
-    ArtifactStoreError,
-    InvalidModelNameError,
-    ModelNameClashError,
-    StoreEntryNotFoundError,
-    StoreFullError,
+from fleetdesk.artifacts.store_files import (
+    check_relative,
+    copy_file,
+    file_sha256,
+    fsync_dir,
+    full_disk_error,
+    tar_add_dir,
+    tar_add_file,
+    tar_info,
+    write_file_bytes,
 )
+from fleetdesk.artifacts.store_files import write_golden as write_golden  # re-exported: importers take it from here
+from fleetdesk.artifacts.store_records import (
+    baseline_device_ms,
+    baseline_local_ms,
+    current_tool_versions,
+    newest_first,
+    next_version,
+    recipe_for,
+    record_ids,
+    utc_now,
+)
+from fleetdesk.artifacts.store_records import canonical_json as canonical_json
+from fleetdesk.artifacts.store_records import check_name as check_name
+from fleetdesk.artifacts.store_records import key_fingerprint as key_fingerprint
+from fleetdesk.config import Settings
+from fleetdesk.errors import ArtifactStoreError, ModelNameClashError, StoreEntryNotFoundError
 from fleetdesk.models.card import ModelCard
 from fleetdesk.models.report import BASELINE, OptimizationReport, Variant
 
 RECORD_FORMAT = "fleetdesk-model/1"
 GOLDEN_NAME = "golden.npz"  # sample inputs and the imported model's outputs on them, read by `fleetdesk-agent check`
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ID = re.compile(r"^[0-9a-f]{64}$")
-_BLOCK = 1 << 20
-
-
-def canonical_json(data: Mapping[str, Any]) -> bytes:
-    """The one byte form of a manifest: sorted keys, no spaces, UTF-8 (what is hashed and signed)."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def key_fingerprint(public_pem: bytes) -> str:
-    """"SHA256:" and the hex SHA-256 of the key's DER SubjectPublicKeyInfo (what the manifest's "key" holds)."""
-    public = serialization.load_pem_public_key(public_pem)
-    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return "SHA256:" + hashlib.sha256(der).hexdigest()
-
-
-def check_name(value: str, what: str = "name") -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise InvalidModelNameError(
-            f"{str(value)[:80]!r} is not a usable model {what}",
-            fix=f"use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (e.g. --{what} "
-                + ("resnet50-line2" if what == "name" else "2") + ")", step="store model")
-    return value
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _tool_versions() -> dict[str, str]:
-    versions = {"fleetdesk": __version__}
-    for module in ("onnx", "onnxruntime"):
-        with contextlib.suppress(ImportError):
-            versions[module] = str(__import__(module).__version__)
-    return versions
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _full(exc: OSError, what: str) -> ArtifactStoreError:
-    if exc.errno == errno.ENOSPC:
-        return StoreFullError(f"the disk filled while {what}; nothing of it was kept", step="store model",
-                              fix="free space in the FleetDesk data folder (fleetdesk model remove REF drops "
-                                  "models you no longer need) and import again", cause=exc)
-    return ArtifactStoreError(f"cannot {what}: {exc.strerror or exc}", step="store model", cause=exc,
-                              fix="check the FleetDesk data folder's permissions and free space")
 
 
 @dataclass(frozen=True)
@@ -165,7 +120,7 @@ class ArtifactStore:
         if self.records.is_dir():
             for path in sorted(self.records.glob("*/*.json")):
                 found.append(self._read_record(path))
-        return sorted(found, key=lambda r: (r.name, _newest_first(r)))
+        return sorted(found, key=lambda r: (r.name, newest_first(r)))
 
     def model(self, ref: str) -> ModelRecord:
         """"name" (its newest version) or "name@version"."""
@@ -252,7 +207,7 @@ class ArtifactStore:
             raise ModelNameClashError(
                 f"model {name}@{version} is already stored from other bytes (stored source SHA-256 "
                 f"{record.source_sha256}, this file {source_sha256}); nothing was written", step="store model",
-                fix=f"import it as a new version (--version {_next_version(same_name)}, or leave --version out) "
+                fix=f"import it as a new version (--version {next_version(same_name)}, or leave --version out) "
                     f"or under another name (--name {name}-2)")
         return record
 
@@ -271,7 +226,7 @@ class ArtifactStore:
             if found is not None:
                 return found
             if version is None:
-                version = _next_version([r for r in self.models() if r.name == name])
+                version = next_version([r for r in self.models() if r.name == name])
             plans = self._plan(card, report, Path(source_folder))
             if golden is not None:
                 plans = [_with_golden(plan, Path(golden)) for plan in plans]
@@ -306,7 +261,7 @@ class ArtifactStore:
                                          "files", step="store model", fix="re-run the import (the optimizer lost "
                                                                           "its output)")
             folder = Path(variant.folder)
-            key = tuple((rel, _sha256(folder / rel)) for rel in variant.files)
+            key = tuple((rel, file_sha256(folder / rel)) for rel in variant.files)
             groups.setdefault(key, []).append((result.profile, variant))
         plans = [_Planned(tuple(baseline_sources), model_path.name, BASELINE, tuple(sorted(baseline_profiles)),
                           None)]
@@ -326,8 +281,8 @@ class ArtifactStore:
                   name: str, version: str, pem: bytes) -> dict[str, Any]:
         variant = plan.variant
         accuracy = variant.accuracy.to_dict() if variant is not None and variant.accuracy is not None else None
-        local_ms = variant.local_latency_ms if variant is not None else _baseline_local_ms(report)
-        device_ms = dict(variant.device_latency_ms) if variant is not None else _baseline_device_ms(report)
+        local_ms = variant.local_latency_ms if variant is not None else baseline_local_ms(report)
+        device_ms = dict(variant.device_latency_ms) if variant is not None else baseline_device_ms(report)
         return {
             "format": MANIFEST_FORMAT, "name": name, "version": version, "source_sha256": card.sha256,
             "recipe": plan.recipe, "profiles": list(plan.profiles), "model": plan.model_file, "files": files,
@@ -335,7 +290,7 @@ class ArtifactStore:
             "accuracy": accuracy, "latency": {"local_ms": local_ms, "device_ms": device_ms},
             "tolerance": report.tolerance.to_dict(),
             "samples": {"count": report.samples, "synthetic": report.synthetic, "source": report.samples_source},
-            "created": _now(), "tools": _tool_versions(), "key": key_fingerprint(pem),
+            "created": utc_now(), "tools": current_tool_versions(), "key": key_fingerprint(pem),
             **({"golden": GOLDEN_NAME} if any(rel == GOLDEN_NAME for rel, _ in plan.sources) else {}),
         }
 
@@ -346,23 +301,23 @@ class ArtifactStore:
             staging.mkdir(parents=True)
             files = []
             for rel, source in plan.sources:
-                _safe_relative(rel)
+                check_relative(rel)
                 target = staging / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
-                files.append({"path": rel, **_copy(source, target)})
+                files.append({"path": rel, **copy_file(source, target)})
             data = canonical_json(self._manifest(plan, files, card, report, name, version, pem))
             signature = self.signer.sign(data)
-            _write_bytes(staging / MANIFEST_NAME, data)
-            _write_bytes(staging / SIGNATURE_NAME, base64.b64encode(signature) + b"\n")
+            write_file_bytes(staging / MANIFEST_NAME, data)
+            write_file_bytes(staging / SIGNATURE_NAME, base64.b64encode(signature) + b"\n")
             artifact_id = hashlib.sha256(data).hexdigest()
             self.objects.mkdir(parents=True, exist_ok=True)
             final = self.objects / artifact_id
             os.rename(staging, final)
             created_now.append(final)
-            _fsync_dir(self.objects)
+            fsync_dir(self.objects)
             return artifact_id
         except OSError as exc:
-            raise _full(exc, f"storing the {plan.recipe} artifact of {name}@{version}") from None
+            raise full_disk_error(exc, f"storing the {plan.recipe} artifact of {name}@{version}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -378,7 +333,7 @@ class ArtifactStore:
             variants = tuple(replace(v, folder=str(stored.get((v.recipe, result.profile), "")))
                              for v in result.variants)
             results.append(replace(result, variants=variants))
-        return ModelRecord(name=name, version=version, source_sha256=card.sha256, imported_at=_now(),
+        return ModelRecord(name=name, version=version, source_sha256=card.sha256, imported_at=utc_now(),
                            card=card.to_dict(), report=replace(report, profiles=tuple(results)), baseline=ids[0],
                            artifacts=by_profile)
 
@@ -390,10 +345,10 @@ class ArtifactStore:
         folder = self.records / record.name
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            _write_bytes(folder / f"{record.version}.json", json.dumps(data, indent=1, sort_keys=True).encode(),
+            write_file_bytes(folder / f"{record.version}.json", json.dumps(data, indent=1, sort_keys=True).encode(),
                          atomic=True)
         except OSError as exc:
-            raise _full(exc, f"writing the record of {record.ref}") from None
+            raise full_disk_error(exc, f"writing the record of {record.ref}") from None
 
     # -- verifying ----------------------------------------------------------------------------------------
 
@@ -407,11 +362,11 @@ class ArtifactStore:
         if ref_or_id is None:
             records = self.models()
             ids = sorted({p.name for p in self.objects.iterdir()} if self.objects.is_dir() else set())
-            ids += sorted({i for r in records for i in _record_ids(r)} - set(ids))
+            ids += sorted({i for r in records for i in record_ids(r)} - set(ids))
         else:
             try:
                 records = [self.model(ref_or_id)]
-                ids = sorted(set(_record_ids(records[0])))
+                ids = sorted(set(record_ids(records[0])))
             except StoreEntryNotFoundError:
                 records, ids = [], [self._id_of(ref_or_id)]
         # Labels come from the records, never from the manifest being checked (it may be the tampered part).
@@ -423,7 +378,7 @@ class ArtifactStore:
                 chosen.setdefault(artifact_id, []).append(profile)
             for artifact_id, profiles in chosen.items():
                 if artifact_id != r.baseline:
-                    labels[artifact_id] = f"{r.ref} {_recipe_for(r, profiles[0])} ({', '.join(sorted(profiles))})"
+                    labels[artifact_id] = f"{r.ref} {recipe_for(r, profiles[0])} ({', '.join(sorted(profiles))})"
         for artifact_id in ids:
             results.append(self._verify_one(artifact_id, labels.get(artifact_id, "")))
         return results
@@ -466,7 +421,7 @@ class ArtifactStore:
         for rel, (size, digest) in sorted(listed.items()):
             path = folder / rel
             try:
-                _safe_relative(rel)
+                check_relative(rel)
             except ArtifactStoreError:
                 problems.append(f"the manifest names {rel[:200]!r}, outside the artifact")
                 continue
@@ -474,7 +429,7 @@ class ArtifactStore:
                 problems.append(f"{rel}: " + ("is a symlink" if path.is_symlink() else "is missing"))
                 continue
             try:
-                actual_size, actual = path.stat().st_size, _sha256(path)
+                actual_size, actual = path.stat().st_size, file_sha256(path)
             except OSError as exc:
                 problems.append(f"{rel}: cannot be read ({exc.strerror})")
                 continue
@@ -530,7 +485,7 @@ class ArtifactStore:
                         fix=f"use one of: {', '.join(sorted(record.artifacts)) or 'none (re-import with --profile)'}")
                 ids = [record.artifacts[profile]]
             else:
-                ids = sorted(set(_record_ids(record)))
+                ids = sorted(set(record_ids(record)))
             stem = f"{record.name}-{record.version}" + (f"-{profile}" if profile else "")
         else:
             artifact = self.artifact(ref_or_id)
@@ -547,22 +502,22 @@ class ArtifactStore:
             with tarfile.open(temp, "w", format=tarfile.PAX_FORMAT) as tar:
                 for artifact_id in ids:
                     folder = self.objects / artifact_id
-                    _add_dir(tar, f"artifacts/{artifact_id}")
+                    tar_add_dir(tar, f"artifacts/{artifact_id}")
                     for path in sorted(folder.rglob("*")):
                         name = f"artifacts/{artifact_id}/{path.relative_to(folder).as_posix()}"
                         if path.is_dir():
-                            _add_dir(tar, name)
+                            tar_add_dir(tar, name)
                         else:
-                            _add_file(tar, name, path)
-                _add_dir(tar, "keys")
+                            tar_add_file(tar, name, path)
+                tar_add_dir(tar, "keys")
                 pem = self.public_key_pem()
-                info = _info("keys/fleet.pub", len(pem), 0o644)
+                info = tar_info("keys/fleet.pub", len(pem), 0o644)
                 tar.addfile(info, io.BytesIO(pem))
             os.replace(temp, target)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 temp.unlink()
-            raise _full(exc, f"writing {target}") from None
+            raise full_disk_error(exc, f"writing {target}") from None
         return target
 
     def remove(self, ref: str) -> list[str]:
@@ -575,11 +530,11 @@ class ArtifactStore:
                                               step="remove model", fix=f"give NAME@VERSION, e.g. {name}@"
                                                                        f"{self.model(name).version}")
             record = self.model(ref)
-            keep = {i for r in self.models() if r.ref != record.ref for i in _record_ids(r)}
-            gone = sorted(set(_record_ids(record)) - keep)
+            keep = {i for r in self.models() if r.ref != record.ref for i in record_ids(r)}
+            gone = sorted(set(record_ids(record)) - keep)
             path = self.records / record.name / f"{record.version}.json"
             path.unlink()
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # only when that was the name's last version
             for artifact_id in gone:
@@ -629,122 +584,3 @@ def _with_golden(plan: _Planned, golden: Path) -> _Planned:
         raise ArtifactStoreError(f"the model has a file named {GOLDEN_NAME}, the name golden outputs take",
                                  step="store model", fix=f"rename the model's {GOLDEN_NAME} and import it again")
     return replace(plan, sources=(*plan.sources, (GOLDEN_NAME, golden)))
-
-
-def write_golden(model_path: Path, feeds: Sequence[Mapping[str, Any]], dest: Path) -> Path:
-    """The golden file for `add_model`: each feed (input name -> array) and the outputs of the model at
-    `model_path` on it (onnxruntime, CPU: the reference the laptop checked every variant against).
-
-    Layout (read by fleetdesk/agent/check.py): "input_names", "output_names" (string arrays), and per sample i
-    "s<i:04d>_i<j>" for the j-th input, "s<i:04d>_o<k>" for the k-th output. No pickled objects.
-    """
-    import numpy as np
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
-    arrays: dict[str, Any] = {"input_names": np.array(inputs, dtype=str), "output_names": np.array(outputs, dtype=str)}
-    for s, feed in enumerate(feeds):
-        for j, name in enumerate(inputs):
-            arrays[f"s{s:04d}_i{j}"] = np.asarray(feed[name])
-        for k, value in enumerate(session.run(outputs, {n: feed[n] for n in inputs})):
-            arrays[f"s{s:04d}_o{k}"] = np.asarray(value)
-    dest = Path(dest)
-    with open(dest, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    return dest
-
-
-def _record_ids(record: ModelRecord) -> list[str]:
-    return [i for i in (record.baseline, *record.artifacts.values()) if i]
-
-
-def _newest_first(record: ModelRecord) -> tuple[int, str]:
-    # Sorted ascending by this key: negate so the latest import comes first.
-    stamp = record.imported_at
-    return (-int(re.sub(r"\D", "", stamp) or 0), record.version)
-
-
-def _next_version(records: Sequence[ModelRecord]) -> str:
-    numbers = [int(r.version) for r in records if r.version.isdigit()]
-    return str(max(numbers, default=0) + 1)
-
-
-def _baseline_local_ms(report: OptimizationReport) -> float | None:
-    for result in report.profiles:
-        base = result.variant(BASELINE)
-        if base is not None and base.local_latency_ms is not None:
-            return base.local_latency_ms
-    return None
-
-
-def _baseline_device_ms(report: OptimizationReport) -> dict[str, float]:
-    merged: dict[str, float] = {}
-    for result in report.profiles:
-        base = result.variant(BASELINE)
-        if base is not None:
-            merged.update(base.device_latency_ms)
-    return merged
-
-
-def _safe_relative(rel: str) -> None:
-    pure = PurePosixPath(rel)
-    if not rel or pure.is_absolute() or ".." in pure.parts or "\\" in rel or rel in (MANIFEST_NAME, SIGNATURE_NAME):
-        raise ArtifactStoreError(f"{rel[:200]!r} cannot be a file of an artifact", step="store model",
-                                 fix="keep a model's files inside its folder")
-
-
-def _copy(source: Path, target: Path) -> dict[str, Any]:
-    """Copy a file, hashing the bytes as they are written; fsync before the folder is renamed into place."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(source, "rb") as src, open(target, "xb") as dst:
-        for block in iter(lambda: src.read(_BLOCK), b""):
-            digest.update(block)
-            dst.write(block)
-            size += len(block)
-        dst.flush()
-        os.fsync(dst.fileno())
-    return {"size": size, "sha256": digest.hexdigest()}
-
-
-def _write_bytes(path: Path, data: bytes, *, atomic: bool = False) -> None:
-    target = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}") if atomic else path
-    try:
-        with open(target, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if atomic:
-            os.replace(target, path)
-            _fsync_dir(path.parent)
-    except BaseException:
-        if atomic:
-            with contextlib.suppress(OSError):
-                target.unlink()
-        raise
-
-
-def _info(name: str, size: int, mode: int, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
-    # Same bytes in, same tar out: no owner names, times or umask leak into an export.
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.type, info.mtime = size, mode, kind, 0
-    return info
-
-
-def _add_dir(tar: tarfile.TarFile, name: str) -> None:
-    tar.addfile(_info(name, 0, 0o755, tarfile.DIRTYPE))
-
-
-def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
-    with open(path, "rb") as f:
-        tar.addfile(_info(name, os.fstat(f.fileno()).st_size, 0o644), f)
-
-
-def _recipe_for(record: ModelRecord, profile: str) -> str:
-    """The recipe the record's report chose for `profile` ("variant" when the report does not say)."""
-    result = record.report.profile(profile) if record.report is not None else None
-    return result.chosen if result is not None else "variant"

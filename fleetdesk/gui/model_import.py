@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 from .dropping import file_problem
 from .fleet_model import plain
 
-# What the store accepts as a name or version (fleetdesk/artifacts/store.py, check_name); the name clash is
+# What the store accepts as a name or version (fleetdesk/artifacts/store_records.py, check_name); the name clash is
 # the store's to find, when it imports.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SYNTHETIC_NOTE = ("Without a samples folder, accuracy is checked on synthetic inputs generated from the "

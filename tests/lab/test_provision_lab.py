@@ -26,7 +26,8 @@ from fleetdesk.inventory.runtimes import DeviceRuntimes
 from fleetdesk.lab.rootfs import LAB_USER
 from fleetdesk.profiles import load_profiles
 from fleetdesk.runtime.agentfiles import AgentTree, agent_tree, boot_hook_line, boot_hook_mark
-from fleetdesk.runtime.provision import _BOOT_HOOK_PY, ProvisionOutcome, ProvisionProgress, provision
+from fleetdesk.runtime.provision import ProvisionOutcome, ProvisionProgress, provision
+from fleetdesk.runtime.provision_scripts import BOOT_HOOK_PY
 from fleetdesk.runtime.store import Runtime, RuntimeStore
 from fleetdesk.runtime.wheelhouse import build_runtime
 from fleetdesk.transport.shell import python_command
@@ -189,7 +190,7 @@ def test_without_systemd_a_boot_hook_starts_the_model_server_again_after_a_reboo
 
 def test_a_user_without_root_or_cron_gets_no_boot_hook_and_is_told_why(fleet: LabFleet) -> None:
     # The hook script itself, run as the lab's unprivileged user: not root, and the lab's image has no cron.
-    command = python_command(_BOOT_HOOK_PY, boot_hook_line(ROOT), boot_hook_mark(ROOT))
+    command = python_command(BOOT_HOOK_PY, boot_hook_line(ROOT), boot_hook_mark(ROOT))
     answer = json.loads(on_device(fleet, X86, f"runuser -u {LAB_USER} -- sh -c {shlex.quote(command)}"))
     assert answer == {"hook": None, "changed": False, "why": "not root (so not /etc/rc.local) and no crontab command"}
 

@@ -14,6 +14,7 @@ import pytest
 from fleetdesk.errors import DiskFullError, FleetDeskError, RemoteCommandError, UnreachableError
 from fleetdesk.profiles import load_profiles
 from fleetdesk.runtime import provision as prov
+from fleetdesk.runtime import provision_scripts as scripts
 from fleetdesk.runtime.store import RuntimeStore, WheelFile
 from fleetdesk.transport.shell import python_command, python_or_sh
 from tests.unit.test_runtime_wheelhouse import fetch
@@ -92,7 +93,7 @@ def test_pips_wrong_platform_refusals_become_clear_errors(tmp_path: Path) -> Non
 
 
 def state(root: Path, rid: str, files: dict[str, int], wheels: dict[str, int]) -> dict:
-    proc = sh(python_or_sh(prov._STATE_PY, prov._STATE_SH, str(root), rid, json.dumps(files), json.dumps(wheels)))
+    proc = sh(python_or_sh(scripts.STATE_PY, scripts.STATE_SH, str(root), rid, json.dumps(files), json.dumps(wheels)))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -115,7 +116,7 @@ def test_the_device_state_script_reports_what_is_there_so_nothing_is_sent_twice(
     assert second["files"][str(wheel)] is not None
     assert state(root, "r1", {str(agent_file): 4}, {})["files"][str(agent_file)] is None  # size differs: not hashed
 
-    proc = sh(python_command(prov._INSTALLED_PY, str(root / "runtimes" / "r1"), "r1", json.dumps(["numpy>=1.24"])))
+    proc = sh(python_command(scripts.INSTALLED_PY, str(root / "runtimes" / "r1"), "r1", json.dumps(["numpy>=1.24"])))
     assert proc.returncode == 0, proc.stderr
     installed = json.loads((root / "runtimes" / "r1" / "installed.json").read_text())
     assert installed["runtime"] == "r1" and installed["requirements"] == ["numpy>=1.24"]
@@ -130,7 +131,7 @@ def test_the_sh_fallback_says_there_is_no_python3(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sh").symlink_to("/bin/sh")
-    command = python_or_sh(prov._STATE_PY, prov._STATE_SH, str(tmp_path), "r1", "{}", "{}")
+    command = python_or_sh(scripts.STATE_PY, scripts.STATE_SH, str(tmp_path), "r1", "{}", "{}")
     proc = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=60,
                           env={"PATH": str(bin_dir)}, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -142,12 +143,12 @@ def test_current_links_switch_atomically_and_only_when_they_change(tmp_path: Pat
     (root / "runtimes").mkdir(parents=True)
     (root / "agent").mkdir()
     pairs = ["runtimes/current", "r1", "agent/current", "v1"]
-    first = sh(python_command(prov._LINKS_PY, str(root), *pairs))
+    first = sh(python_command(scripts.LINKS_PY, str(root), *pairs))
     assert first.returncode == 0 and first.stdout.split() == ["runtimes/current", "agent/current"]
     assert (root / "runtimes" / "current").readlink() == Path("r1")
     assert (root / "run").is_dir() and (root / "log").is_dir()
-    assert sh(python_command(prov._LINKS_PY, str(root), *pairs)).stdout == ""
-    third = sh(python_command(prov._LINKS_PY, str(root), "runtimes/current", "r2", "agent/current", "v1"))
+    assert sh(python_command(scripts.LINKS_PY, str(root), *pairs)).stdout == ""
+    third = sh(python_command(scripts.LINKS_PY, str(root), "runtimes/current", "r2", "agent/current", "v1"))
     assert third.stdout.split() == ["runtimes/current"]
     assert (root / "runtimes" / "current").readlink() == Path("r2")
     assert (root / "runtimes" / "previous").readlink() == Path("r1")  # the one to go back to
@@ -163,16 +164,16 @@ def test_versions_older_than_previous_are_pruned_and_current_and_previous_kept(t
     (root / "agent" / "v2" / "fleetdesk_agent").mkdir(parents=True)
     (root / "runtimes" / "stray-file").write_text("not a version folder")
     for target in ("r1", "r2", "r3"):
-        assert sh(python_command(prov._LINKS_PY, str(root), "runtimes/current", target, "agent/current", "v2")
+        assert sh(python_command(scripts.LINKS_PY, str(root), "runtimes/current", target, "agent/current", "v2")
                   ).returncode == 0
-    pruned = sh(python_command(prov._PRUNE_PY, str(root), "runtimes", "agent"))
+    pruned = sh(python_command(scripts.PRUNE_PY, str(root), "runtimes", "agent"))
     assert pruned.returncode == 0, pruned.stderr
     assert pruned.stdout.split() == ["runtimes/r1", "agent/v1"]
     assert sorted(p.name for p in (root / "runtimes").iterdir()) == ["current", "previous", "r2", "r3", "stray-file"]
     assert (root / "runtimes" / "current").readlink() == Path("r3")
     assert (root / "runtimes" / "previous").readlink() == Path("r2")
     assert sorted(p.name for p in (root / "agent").iterdir()) == ["current", "v2"]
-    assert sh(python_command(prov._PRUNE_PY, str(root), "runtimes", "agent")).stdout == ""  # nothing more to do
+    assert sh(python_command(scripts.PRUNE_PY, str(root), "runtimes", "agent")).stdout == ""  # nothing more to do
 
 
 def test_an_outcome_says_unreachable_apart_from_failed() -> None:
@@ -203,11 +204,11 @@ def test_small_files_travel_as_one_bundle_that_unpacks_each_file_into_place_chec
     manifest = [[str(n), i.remote, i.mode, i.sha256] for n, i in enumerate(items)]
     tampered = [list(e) for e in manifest]
     tampered[1][3] = "0" * 64
-    refused = sh(python_command(prov._UNPACK_PY, str(again), json.dumps(tampered)))
+    refused = sh(python_command(scripts.UNPACK_PY, str(again), json.dumps(tampered)))
     assert refused.returncode == 1 and "does not hash to" in refused.stderr
     assert not Path(items[1].remote).exists()
 
-    done = sh(python_command(prov._UNPACK_PY, str(bundle), json.dumps(manifest)))
+    done = sh(python_command(scripts.UNPACK_PY, str(bundle), json.dumps(manifest)))
     assert done.returncode == 0, done.stderr
     for item in items:
         path = Path(item.remote)
