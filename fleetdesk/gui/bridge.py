@@ -44,7 +44,7 @@ from fleetdesk.transport.shell import shell_join
 
 from .activities import Activities, Activity, human_bytes
 from .bridge_models import ARTIFACT_ROOT, DEVICE_ROOT, ModelsMixin, progress_text
-from .bridge_rollouts import ROLLOUT_REFRESH_S, RolloutsMixin
+from .bridge_rollouts import ROLLOUT_REFRESH_S, WINDOW_CLOSED, RolloutsMixin
 from .bridge_telemetry import TelemetryMixin, record_alert
 from .bridge_views import (
     STATUSES,
@@ -333,8 +333,7 @@ class FleetBridge(ModelsMixin, RolloutsMixin, TelemetryMixin, QObject):
 
             return await self.fleet.probe(devices, on_outcome=on_outcome)
 
-        def summarize(outcomes: object) -> str:
-            assert isinstance(outcomes, list)
+        def summarize(outcomes: list[ProbeOutcome]) -> str:
             ok = sum(o.error is None for o in outcomes)
             failed = [o for o in outcomes if o.error is not None]
             text = f"{ok} of {len(outcomes)} identified"
@@ -368,8 +367,7 @@ class FleetBridge(ModelsMixin, RolloutsMixin, TelemetryMixin, QObject):
                 self._update(self._devices.get(device.id, device))
             return outcomes
 
-        def summarize(outcomes: object) -> str:
-            assert isinstance(outcomes, list)
+        def summarize(outcomes: list[ProvisionOutcome]) -> str:
             ok = [o for o in outcomes if o.error is None]
             sent = sum(o.bytes_sent for o in ok)
             text = f"{len(ok)} of {len(outcomes)} provisioned ({human_bytes(sent)} sent)"
@@ -395,10 +393,9 @@ class FleetBridge(ModelsMixin, RolloutsMixin, TelemetryMixin, QObject):
             self.trust_requested.emit(request)
             return request
 
-        def summarize(request: object) -> str:
+        def summarize(request: TrustRequest | None) -> str:
             if request is None:
                 return "its key is already trusted"
-            assert isinstance(request, TrustRequest)
             return "its host key CHANGED: review it" if request.changed else "new key: waiting for the operator"
 
         return self.activities.start(f"Check the host key of {device.name}", job, devices=[device.id],
@@ -483,7 +480,7 @@ class FleetBridge(ModelsMixin, RolloutsMixin, TelemetryMixin, QObject):
         # Rollouts this window drives pause at their next step boundary (the engine never leaves a device
         # half-switched there); only then is the rest cancelled.
         for rid in [r for r, a in self._runs.items() if a.running]:
-            await self._stop_driving(rid, "the window was closed", CLOSE_PAUSE_WAIT_S)
+            await self._stop_driving(rid, WINDOW_CLOSED, CLOSE_PAUSE_WAIT_S)
         if self._refreshing is not None and not self._refreshing.done():
             self._refreshing.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

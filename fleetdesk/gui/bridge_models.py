@@ -137,8 +137,7 @@ class ModelsMixin:
                 then(record)
             return record
 
-        def summarize(record: object) -> str:
-            assert isinstance(record, ModelRecord)
+        def summarize(record: ModelRecord) -> str:
             report = record.report
             if report is None:
                 return f"imported as {record.ref}"
@@ -159,8 +158,7 @@ class ModelsMixin:
                 then(list(results))
             return list(results)
 
-        def summarize(results: object) -> str:
-            assert isinstance(results, list)
+        def summarize(results: list[VerifyResult]) -> str:
             bad = [r for r in results if not r.ok]
             return (f"{len(results)} artifact(s) intact and signed" if not bad else
                     f"{len(bad)} of {len(results)} artifact(s) FAILED: {bad[0].ref}: {'; '.join(bad[0].problems[:2])}")
@@ -242,8 +240,7 @@ class ModelsMixin:
                                      fix="fix the first device's problem, then deploy the model again")
             return outcomes
 
-        def summarize(outcomes: object) -> str:
-            assert isinstance(outcomes, dict)
+        def summarize(outcomes: dict[str, str]) -> str:
             ok = [k for k, v in outcomes.items() if v == "ok"]
             failed = [f"{k}: {v}" for k, v in outcomes.items() if v != "ok"]
             return f"verified on {len(ok)} of {len(outcomes)} device(s)" + ("; " + "; ".join(failed[:3]) if failed

@@ -27,6 +27,7 @@ from .bridge_views import RolloutDetail, read_rollout
 T = TypeVar("T")
 
 ROLLOUT_REFRESH_S = 0.25  # engine events are gathered this long before the rollout view reads the inventory
+WINDOW_CLOSED = "the window was closed"  # the pause reason of a rollout whose window closed while driving it
 
 
 class RolloutsMixin:
@@ -214,6 +215,5 @@ class RolloutsMixin:
                                      summarize=lambda ids: f"{len(ids)} rollout(s) recovered and continued")
 
 
-def _rollout_summary(row: object) -> str:
-    assert isinstance(row, RolloutRow)
+def _rollout_summary(row: RolloutRow) -> str:
     return f"rollout {row.id} {row.status}" + (f": {row.paused_reason}" if row.paused_reason else "")

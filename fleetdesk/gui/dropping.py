@@ -106,10 +106,15 @@ def plan_drop(paths: Sequence[str], targets: Sequence[DeviceView] | None = None)
 
 
 class DropOverlay(QFrame):
-    """A translucent banner over the window while files are dragged over it, saying what a drop does."""
+    """A translucent banner over the window while files are dragged over it, saying what a drop does.
 
-    def __init__(self, parent: QWidget) -> None:
+    It floats over `anchor` (the window's central area) as a child of `parent`, outside every layout: a child of a
+    QSplitter would become one of its panes and squeeze the others for as long as the drag lasts.
+    """
+
+    def __init__(self, parent: QWidget, anchor: QWidget | None = None) -> None:
         super().__init__(parent)
+        self._anchor = anchor
         self.setObjectName("DropOverlay")
         self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         layout = QVBoxLayout(self)
@@ -129,13 +134,14 @@ class DropOverlay(QFrame):
         self.label.style().polish(self.label)
         parent = self.parentWidget()
         assert parent is not None
-        width = min(parent.width() - 40, 620)
+        area = parent.rect() if self._anchor is None else self._anchor.geometry()
+        width = min(area.width() - 40, 620)
         layout = self.layout()
         assert layout is not None  # set in __init__
         margins = layout.contentsMargins()
         text_height = self.label.heightForWidth(width - margins.left() - margins.right() - 8)
         height = max(72, text_height + margins.top() + margins.bottom() + 16)
-        self.setGeometry((parent.width() - width) // 2, 16, width, height)
+        self.setGeometry(area.left() + (area.width() - width) // 2, area.top() + 16, width, height)
         self.raise_()
         self.show()
 

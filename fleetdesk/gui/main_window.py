@@ -106,6 +106,8 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         header.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
         header.setStretchLastSection(True)
         header.setSectionsMovable(True)
+        for column in range(header.count()):  # no header cut short, the sort arrow included
+            header.resizeSection(column, max(header.defaultSectionSize(), header.sectionSizeHint(column)))
         # Files dragged from a file manager onto rows go to those devices (the view itself only drags rows out).
         self.fleet_table.viewport().setAcceptDrops(True)
         self.fleet_table.viewport().installEventFilter(self)
@@ -176,7 +178,7 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         self.v_splitter.setSizes([520, 180])
         self.left_splitter = left
         self.setCentralWidget(self.v_splitter)
-        self.drop_overlay = DropOverlay(self.v_splitter)
+        self.drop_overlay = DropOverlay(self, anchor=self.v_splitter)
 
         self._build_actions()
         self._build_status_bar(database)

@@ -16,6 +16,7 @@ from fleetdesk.rollout.plan import RolloutPlan
 
 from .activities import Activity
 from .bridge import DeviceView
+from .bridge_rollouts import WINDOW_CLOSED
 from .fleet_model import plain
 from .model_import import ImportDialog, ImportRequest
 from .models_view import ModelsView
@@ -177,22 +178,38 @@ class ModelActions(WindowPart):
         self.rollouts_view.show_detail(detail)  # type: ignore[arg-type]
 
     def offer_recovery(self, rows: list[RolloutRow]) -> QMessageBox | None:
-        """Rollouts a crash left running (no process drives them): offer to recover and continue them."""
-        left = [r for r in rows if r.status == "running" and not self.bridge.rollout_running_here(r.id)]
+        """Rollouts a crash left running (no process drives them), and those paused because their window closed
+        while driving them: offer to continue them (recover the first, resume the second)."""
+        crashed = [r for r in rows if r.status == "running" and not self.bridge.rollout_running_here(r.id)]
+        closed = [r for r in rows if r.status == "paused" and r.paused_reason == WINDOW_CLOSED]
+        left = crashed + closed
         if not left:
             return None
         names = ", ".join(f"{r.id} ({r.model_ref})" for r in left[:5]) + (" …" if len(left) > 5 else "")
-        box = QMessageBox(QMessageBox.Icon.Question, "Rollouts left running",
-                          f"{'Rollout' if len(left) == 1 else 'Rollouts'} {names} {'was' if len(left) == 1 else 'were'}"
-                          " still running when FleetDesk stopped.", QMessageBox.StandardButton.NoButton, self)
+        one = len(left) == 1
+        why = ("still running when FleetDesk stopped" if not closed else "paused when FleetDesk's window closed"
+               if not crashed else "left unfinished when FleetDesk stopped")
+        box = QMessageBox(QMessageBox.Icon.Question, "Rollouts left unfinished",
+                          f"{'Rollout' if one else 'Rollouts'} {names} {'was' if one else 'were'} {why}.",
+                          QMessageBox.StandardButton.NoButton, self)
         box.setObjectName("RecoverRollouts")
         box.setTextFormat(Qt.TextFormat.PlainText)
-        box.setInformativeText("Recover asks each device that may have switched which model it really runs, "
-                               "writes that to the journal and continues without re-sending what a device already "
-                               "has. Later leaves them as they are (Rollouts ▸ Recover rollouts left running).")
+        box.setInformativeText("Recover and continue asks each device that may have switched which model it really "
+                               "runs, writes that to the journal and goes on without re-sending what a device "
+                               "already has. Later leaves them as they are (Rollouts ▸ Recover rollouts left "
+                               "running, or Resume in the Rollouts tab).")
         recover = box.addButton("Recover and continue", QMessageBox.ButtonRole.AcceptRole)
         box.addButton("Later", QMessageBox.ButtonRole.RejectRole)
-        box.buttonClicked.connect(lambda button: self.bridge.recover_rollouts() if button is recover else None)
+
+        def chosen(button: object) -> None:
+            if button is not recover:
+                return
+            if crashed:
+                self.bridge.recover_rollouts()
+            for row in closed:
+                self.bridge.rollout_action("resume", row.id)
+
+        box.buttonClicked.connect(chosen)
         self.recovery_box = box
         self._keep(box)
         return box

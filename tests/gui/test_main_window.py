@@ -235,9 +235,15 @@ def test_the_drop_target_says_what_a_drop_will_do_while_dragging(session: GuiSes
     data.setUrls([QUrl.fromLocalFile(str(path))])
     args = (Qt.DropAction.CopyAction, data, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     rect = window.fleet_table.visualRect(window.fleet_filter.index(1, 1))
+    panes = window.h_splitter.geometry(), window.discovery_panel.geometry()
     QApplication.sendEvent(window.fleet_table.viewport(), QDragEnterEvent(rect.center(), *args))
     QApplication.sendEvent(window.fleet_table.viewport(), QDragMoveEvent(rect.center(), *args))
+    QApplication.processEvents()
     assert window.drop_overlay.isVisible()
+    # The banner floats over the window's central area; it takes no room from the panes beneath it.
+    assert window.v_splitter.indexOf(window.drop_overlay) == -1
+    assert (window.h_splitter.geometry(), window.discovery_panel.geometry()) == panes
+    assert window.centralWidget().geometry().contains(window.drop_overlay.geometry())
     assert window.drop_overlay.label.text().startswith("Cannot deploy here: cam-11 is not trusted yet")
     session.screenshot(window, "drop-target-refused")
     QApplication.sendEvent(window, QDragEnterEvent(QPoint(40, 40), *args))

@@ -20,6 +20,7 @@ from PySide6.QtGui import QColor, QImage
 from fleetdesk.artifacts.signing import KEYRING_ACCOUNT
 from fleetdesk.artifacts.store import ArtifactStore, write_golden
 from fleetdesk.config import Settings
+from fleetdesk.gui.bridge_rollouts import WINDOW_CLOSED
 from fleetdesk.gui.overview import colours
 from fleetdesk.gui.rollout_display import GATE_PLOT_MIN_HEIGHT, GatePlot, gate_notes_html
 from fleetdesk.gui.rollout_view import ROLLOUT_ROLE
@@ -371,6 +372,34 @@ def test_the_live_view_shows_waves_states_progress_and_gates(world: Path, screen
         assert shown["temperature_c"][0] == pytest.approx(91 / 85 * 100)
         assert len(view.gate_plot.bars) == 6 and view.gate_plot.bound_line.value() == 100
         session.settle(0.1)
+
+
+def test_a_rollout_paused_by_its_window_closing_is_offered_to_continue_and_an_operators_pause_is_not(
+        world: Path, screens: Path) -> None:
+    rid = make_running_rollout(world)
+    url = f"sqlite:///{world / 'fleet.db'}"
+
+    def paused(reason: str) -> None:
+        inventory = open_inventory(url)
+        try:
+            RolloutRepo(inventory).set_status(rid, "paused", reason=reason)
+        finally:
+            inventory.close()
+
+    paused("paused by the operator")
+    with gui_session(url, screens) as session:
+        window = session.window
+        read = next(a for a in session.bridge.activities.all() if a.title == "Read the rollouts")
+        session.wait(lambda: not read.running, "the rollouts read at start")
+        session.settle(0.2)
+        assert window.recovery_box is None  # the operator's own pause is theirs to resume
+    paused(WINDOW_CLOSED)
+    with gui_session(url, screens) as session:
+        window = session.window
+        session.wait(lambda: window.recovery_box is not None, "the offer to continue")
+        assert window.recovery_box.text() == f"Rollout {rid} (line-camera@1) was paused when FleetDesk's window closed."
+        assert [b.text() for b in window.recovery_box.buttons()] == ["Recover and continue", "Later"]
+        window.recovery_box.reject()
 
 
 def colour_pixels(image: QImage, rect: QRect, colour: str, within: int = 40) -> int:

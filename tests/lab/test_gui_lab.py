@@ -27,9 +27,10 @@ from fleetdesk.gui.dialogs import AddDeviceDialog, CredentialsDialog, SweepDialo
 from fleetdesk.gui.model_import import ImportDialog
 from fleetdesk.gui.overview import FIRST_METRIC_COLUMN, value_text
 from fleetdesk.gui.rollout_wizard import RolloutWizard
+from fleetdesk.gui.side_panel import GROUP_ROLE
 from fleetdesk.lab.rootfs import LAB_PASSWORD, LAB_USER
 from fleetdesk.transport import credentials
-from tests.fixtures.models.build import save_mlp_external
+from tests.fixtures.models.build import save_cnn, save_mlp_external
 from tests.gui.test_main_window import drop_files, model_file
 from tests.gui_harness import GuiSession, gui_session, private_qsettings
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
@@ -284,6 +285,37 @@ def test_a_model_dropped_on_a_trusted_device_reaches_it_signed_and_verified(
         == artifact.id  # the artifact's id is its manifest's hash: the device holds exactly what was signed
     for f in artifact.files:
         assert digests[f.path] == f.sha256
+
+
+def test_a_model_dropped_on_a_group_opens_the_rollout_wizard_for_its_members(
+        session: GuiSession, fleet: Fleet, tmp_path: Path, qtbot: Any) -> None:
+    window = session.window
+    view = row_of(session, fleet.by_profile("ipc-x86")["name"])
+    change = session.call(lambda: session.bridge.change_group([view.id], "press line"))
+    session.wait(lambda: not change.running, "the device added to the group")
+
+    def group_item() -> Any:
+        items = [window.group_tree.topLevelItem(i) for i in range(window.group_tree.topLevelItemCount())]
+        return next((i for i in items if i.data(0, GROUP_ROLE) == "press line"), None)
+
+    session.wait(group_item, "the group in the side panel")
+    rect = window.group_tree.visualItemRect(group_item())
+    path = save_cnn(tmp_path / "press line detector.onnx", seed=77)  # a model no other test imported
+    said = session.call(lambda: drop_files(window.group_tree.viewport(), [path], rect.center()))
+    assert said == f"Drop to deploy {path.name} to 1 device(s)"  # the group's one member
+    session.wait(lambda: last_dialog(session, ImportDialog) is not None, "the import dialog")
+    importing = last_dialog(session, ImportDialog)
+    importing.time_box.setChecked(False)
+    session.call(lambda: qtbot.mouseClick(importing.import_button, Qt.MouseButton.LeftButton))
+    session.wait(lambda: last_dialog(session, RolloutWizard) is not None, "the rollout wizard", timeout=240)
+    wizard = last_dialog(session, RolloutWizard)
+    record = window.models_view.selected()
+    assert record is not None and wizard.record() == record
+    assert [d.id for d in wizard.target_devices()] == [view.id]
+    assert wizard.start_button.isEnabled(), wizard.problem.text()
+    session.call(lambda: wizard.reject())
+    removed = session.call(lambda: session.bridge.change_group([view.id], "press line", remove=True))
+    session.wait(lambda: not removed.running, "the group emptied again")
 
 
 def test_a_model_with_external_weights_arrives_with_them(
