@@ -17,8 +17,9 @@ from fleetdesk.telemetry.alerts import Threshold, thresholds_from_json, threshol
 from .alerts_dialog import ThresholdsDialog
 from .bridge import DeviceView, Login, TrustRequest
 from .dashboard import Dashboard
-from .dialogs import AddDeviceDialog, Credentials, CredentialsDialog, NewDevice, SweepDialog, TrustDialog
+from .dialogs import AddDeviceDialog, NewDevice, SweepDialog
 from .side_panel import DiscoveryPanel
+from .sign_in_dialogs import Credentials, CredentialsDialog, TrustDialog
 from .window_part import WindowPart
 
 

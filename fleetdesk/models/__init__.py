@@ -20,7 +20,8 @@ from fleetdesk.models.card import (
     TensorSpec,
     TruncatedModelError,
 )
-from fleetdesk.models.importer import DEFAULT_MAX_BYTES, RuntimeSupport, inspect_model, onnxruntime_support
+from fleetdesk.models.importer import DEFAULT_MAX_BYTES, inspect_model
+from fleetdesk.models.runtime_support import RuntimeSupport, onnxruntime_support
 
 # optimize
 # isort: split

@@ -11,16 +11,14 @@ import math
 import os
 import re
 import stat
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import cast
 
 import onnx
 import onnxruntime
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper, helper, shape_inference
+from onnx import external_data_helper, shape_inference
 
 from fleetdesk.models.card import (
     CorruptModelError,
@@ -29,7 +27,6 @@ from fleetdesk.models.card import (
     ExternalDataMissingError,
     ExternalDataOutsideError,
     ExternalFile,
-    IrVersionTooNewError,
     ModelCard,
     ModelCheckError,
     ModelNotFoundError,
@@ -37,7 +34,6 @@ from fleetdesk.models.card import (
     ModelTooLargeError,
     NotAModelFileError,
     NotOnnxError,
-    OpsetTooNewError,
     TruncatedModelError,
     element_bits,
     input_specs,
@@ -45,6 +41,7 @@ from fleetdesk.models.card import (
     output_specs,
     parameter_count,
 )
+from fleetdesk.models.runtime_support import check_versions, quiet_options
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 
@@ -63,82 +60,6 @@ _MODEL_FIELD_NAMES = {
     2: "producer name", 3: "producer version", 4: "domain", 6: "description",
     7: "graph", 8: "opset imports", 14: "metadata", 20: "training info", 25: "functions",
 }
-
-
-@dataclass(frozen=True)
-class RuntimeSupport:
-    """The newest model versions the installed onnxruntime loads."""
-
-    version: str
-    max_ir_version: int
-    max_opset: int  # default ONNX domain
-
-
-_support_lock = threading.Lock()
-_support: RuntimeSupport | None = None
-
-
-def onnxruntime_support() -> RuntimeSupport:
-    """Ask the installed onnxruntime which IR version and default-domain opset it loads, once.
-
-    onnxruntime's documented version matrix (docs/Versioning.md, "Version matrix", mirrored at
-    onnxruntime.ai/docs/reference/compatibility.html) lists per release the opset it implements
-    and the IR version it supports, and says every release runs opsets back to 7. The table lags
-    releases and a build may differ (the env var ALLOW_RELEASED_ONNX_OPSET_ONLY=0 admits newer
-    opsets), so rather than copy it we ask the runtime itself: it refuses a model stamped with a
-    newer opset ("Current official support for domain ai.onnx is till opset N", model_load_utils.h)
-    or IR version ("Unsupported model IR version: X, max supported IR version: N", model.cc).
-    Both limits are monotonic, so a binary search over one-node models finds each in ~8 tries
-    (measured here with onnxruntime 1.31.1: IR 13, opset 26, in about 6 ms).
-    """
-    global _support
-    with _support_lock:
-        if _support is None:
-            _support = RuntimeSupport(
-                version=onnxruntime.__version__,
-                max_ir_version=_highest(lambda ir: _loads(ir_version=ir, opset=7), low=3),
-                max_opset=_highest(lambda opset: _loads(ir_version=7, opset=opset), low=7),
-            )
-        return _support
-
-
-def _highest(loads: Callable[[int], bool], *, low: int, high: int = 256) -> int:
-    if not loads(low):
-        raise RuntimeError(f"onnxruntime {onnxruntime.__version__} does not load a version-{low} probe model")
-    while high - low > 1:  # invariant: loads(low), not loads(high)
-        middle = (low + high) // 2
-        if loads(middle):
-            low = middle
-        else:
-            high = middle
-    return low
-
-
-def _loads(*, ir_version: int, opset: int) -> bool:
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "probe",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
-    try:
-        options = _quiet_options()
-        options.log_severity_level = 4  # a probe's refusal is the expected answer: not even an error
-        onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception:  # onnxruntime raises its own pybind classes (Fail, InvalidGraph, ...), no common base
-        return False
-    return True
-
-
-def _quiet_options() -> onnxruntime.SessionOptions:
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only: a refused model is reported by us, not on stderr
-    # Loading is the proof wanted; optimizing the graph would only spend time.
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return options
 
 
 def shown(text: str) -> str:
@@ -176,7 +97,7 @@ def inspect_model(
     data, file_sha256 = _read(model_path, label)
     model = _parse(data, model_path, label)
     del data  # from here on the file is read by path: at most one copy of embedded weights in memory
-    _check_versions(model, model_path, label)
+    check_versions(model, model_path, label)
 
     folder = model_path.parent
     externals = _external_data(model, folder, model_path, label)
@@ -424,32 +345,6 @@ def _wire_verdict(data: bytes) -> str | None:
     return "its graph does not decode" if fields else None
 
 
-# -- versions ------------------------------------------------------------------------------------
-
-
-def _check_versions(model: onnx.ModelProto, model_path: Path, label: str) -> None:
-    support = onnxruntime_support()
-    if model.ir_version > support.max_ir_version:
-        newest = support.max_ir_version
-        raise IrVersionTooNewError(
-            f"{label} is stored with ONNX IR version {model.ir_version}, but the installed onnxruntime "
-            f"{support.version} reads IR versions up to {newest}",
-            path=str(model_path),
-            fix=f"Save the model with IR version {newest} (set model.ir_version = {newest} before onnx.save; "
-            "newer onnx packages stamp a newer IR by default), or update onnxruntime.",
-        )
-    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
-    if opset > support.max_opset:
-        newest = support.max_opset
-        raise OpsetTooNewError(
-            f"{label} uses ONNX opset {opset}, but the installed onnxruntime {support.version} runs opsets "
-            f"up to {newest}",
-            path=str(model_path),
-            fix=f"Export the model again with opset {newest} or lower (torch.onnx.export(..., opset_version={newest})) "
-            "or convert it with onnx.version_converter; or update onnxruntime.",
-        )
-
-
 # -- external data -------------------------------------------------------------------------------
 
 
@@ -656,7 +551,7 @@ def _check_session(model_path: Path, label: str) -> None:
     none of the large ones by then.
     """
     try:
-        session = onnxruntime.InferenceSession(str(model_path), _quiet_options(), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(model_path), quiet_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's pybind errors have no common base class
         raise ModelRuntimeError(
             f"onnxruntime {onnxruntime.__version__} cannot load {label} on CPU: {_runtime_reason(exc)}",

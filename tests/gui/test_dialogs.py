@@ -19,15 +19,8 @@ from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QLabel, QLineE
 from pytestqt.qtbot import QtBot
 
 from fleetdesk.gui.device_detail import visible_text
-from fleetdesk.gui.dialogs import (
-    AddDeviceDialog,
-    Credentials,
-    CredentialsDialog,
-    NewDevice,
-    SweepDialog,
-    TrustDialog,
-    display_text,
-)
+from fleetdesk.gui.dialogs import AddDeviceDialog, NewDevice, SweepDialog
+from fleetdesk.gui.sign_in_dialogs import Credentials, CredentialsDialog, TrustDialog, display_text
 from fleetdesk.gui.theme import apply_theme
 from fleetdesk.inventory.records import HostKey
 from fleetdesk.transport.credentials import KeyringStatus
@@ -305,7 +298,7 @@ def test_an_unreadable_key_file_is_refused(tmp_path: Path) -> None:
     key_file = tmp_path / "id_ed25519"
     key_file.write_text("key")
     key_file.chmod(0)
-    said = as_unprivileged(f"from fleetdesk.gui.dialogs import key_file_problem; "
+    said = as_unprivileged(f"from fleetdesk.gui.sign_in_dialogs import key_file_problem; "
                            f"print(key_file_problem({str(key_file)!r}))", tmp_path)
     assert "cannot be read by you" in said
 

@@ -20,7 +20,6 @@ from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.config import Settings
 from fleetdesk.gui.model_import import SYNTHETIC_NOTE, ImportDialog, default_name
 from fleetdesk.gui.models_view import (
-    NOT_MEASURED,
     V_DEVICE,
     V_ERROR,
     V_LOCAL,
@@ -34,6 +33,7 @@ from fleetdesk.gui.models_view import (
     ModelsView,
 )
 from fleetdesk.gui.theme import apply_theme
+from fleetdesk.gui.variant_figures import NOT_MEASURED
 from fleetdesk.models.report import Accuracy, OptimizationReport, ProfileResult, Tolerance, Variant
 from fleetdesk.transport import credentials
 from tests.fixtures.models.torch_models import export_cnn

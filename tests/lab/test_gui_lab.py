@@ -23,11 +23,12 @@ import pytest
 from PySide6.QtCore import Qt
 
 from fleetdesk.gui.bridge import Login
-from fleetdesk.gui.dialogs import AddDeviceDialog, CredentialsDialog, SweepDialog, TrustDialog
+from fleetdesk.gui.dialogs import AddDeviceDialog, SweepDialog
 from fleetdesk.gui.model_import import ImportDialog
 from fleetdesk.gui.overview import FIRST_METRIC_COLUMN, value_text
 from fleetdesk.gui.rollout_wizard import RolloutWizard
 from fleetdesk.gui.side_panel import GROUP_ROLE
+from fleetdesk.gui.sign_in_dialogs import CredentialsDialog, TrustDialog
 from fleetdesk.lab.rootfs import LAB_PASSWORD, LAB_USER
 from fleetdesk.transport import credentials
 from tests.fixtures.models.build import save_cnn, save_mlp_external
