@@ -296,8 +296,10 @@ def run_cli(laptop: Laptop, tmp: Path, *args: str) -> tuple[int, dict[str, Any]]
 
 def test_the_cli_pauses_a_rollout_another_process_drives_then_resumes_and_approves_it_with_json(
         laptop: Laptop, tmp_path: Path) -> None:
+    # A 15 s soak: long enough for a second `fleetdesk` process to start on a loaded machine and pause the rollout
+    # while the canary still soaks.
     argv = cli(laptop, tmp_path, "start", "cli@1", "--device", CANARY, "--device", X2, "--waves", "1,100%",
-               "--soak", "6", "--approve", "--p95-ratio", "3", "--actor", "lab-test", "--json")
+               "--soak", "15", "--approve", "--p95-ratio", "3", "--actor", "lab-test", "--json")
     started = subprocess.Popen(argv, env=cli_env(laptop, tmp_path), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     db = laptop.data_dir / "fleetdesk.db"

@@ -135,7 +135,7 @@ def test_pause_and_resume_from_the_rollouts_tab(laptop: Laptop, fleet: LabFleet,
         window = session.window
         ids = device_ids(session)
         plan = RolloutPlan(model=SECOND, devices=tuple(ids.values()), waves=(1, "100%"),
-                           policy=WavePolicy(soak_s=4.0), gates=Gates(p95_ratio_max=None))
+                           policy=WavePolicy(soak_s=8.0), gates=Gates(p95_ratio_max=None))
         session.call(lambda: session.bridge.start_rollout(plan, list(ids.values())))
         view = window.rollouts_view
         session.wait(lambda: view.detail is not None and view.detail.row.model_ref == SECOND, "the rollout in the tab")
