@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -22,6 +23,8 @@ from fleetdesk.models.samples import GENERATED_SOURCE, generate_samples
 from fleetdesk.profiles import ProfileSet
 from fleetdesk.rollout.device_ops import AgentView, DeviceOps
 from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent
+from fleetdesk.rollout.plan import RolloutPlan
+from fleetdesk.rollout.policy import Gates
 from fleetdesk.runtime.agentfiles import agent_tree
 from fleetdesk.runtime.provision import provision
 from fleetdesk.runtime.store import RuntimeStore
@@ -46,6 +49,25 @@ class Laptop(LabLaptop):
         on_event = events.append if isinstance(events, list) else events
         return RolloutEngine(fleet, self.store, ops=DeviceOps(fleet, self.store, bench_runs=bench_runs),
                              on_event=on_event, actor="lab-test", lock_dir=self.data_dir / "rollout-locks")
+
+
+def lab_plan(fleet: Fleet, model: str, names: Sequence[str], *, gates: Gates, **kwargs: Any) -> RolloutPlan:
+    """A plan over the named devices with the lab tests' defaults: one wave, the agent's confirmation deadline at
+    120 s and every step bounded at 180 s (generous: the lab's arm64 devices run under qemu)."""
+    ids = tuple(fleet.inventory.device(n).id for n in names)
+    return RolloutPlan(model=model, devices=ids, waves=kwargs.pop("waves", ("100%",)), gates=gates,
+                       confirm_within_s=kwargs.pop("confirm_within_s", 120.0),
+                       step_timeout_s=kwargs.pop("step_timeout_s", 180.0), **kwargs)
+
+
+def quick(engine: RolloutEngine) -> RolloutEngine:
+    """The engine's waits shortened for tests: soak samples and unreachable polls every second, a 0.5 s transfer
+    backoff, a transfer with no byte moving for 5 s counted as stalled."""
+    engine.soak_interval_s = 1.0
+    engine.unreachable_poll_s = 1.0
+    engine.backoff_s = 0.5
+    engine.stall_timeout_s = 5.0
+    return engine
 
 
 def new_laptop(data: Path, profiles: ProfileSet) -> Laptop:

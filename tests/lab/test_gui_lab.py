@@ -235,6 +235,21 @@ def test_a_changed_host_key_shows_the_warning_with_both_fingerprints(
     assert [k.fingerprint for k in session.bridge.host_keys(view.id)] == [new]
 
 
+def wizard_after_import(session: GuiSession, qtbot: Any, profile: str) -> Any:
+    """After a drop on devices: the import dialog (the targets' profile checked by default) imports the model
+    without timing it, then the rollout wizard opens for that model."""
+    session.wait(lambda: last_dialog(session, ImportDialog) is not None, "the import dialog")
+    importing = last_dialog(session, ImportDialog)
+    assert importing.chosen_profiles() == (profile,)
+    importing.time_box.setChecked(False)
+    session.call(lambda: qtbot.mouseClick(importing.import_button, Qt.MouseButton.LeftButton))
+    session.wait(lambda: last_dialog(session, RolloutWizard) is not None, "the rollout wizard", timeout=240)
+    wizard = last_dialog(session, RolloutWizard)
+    record = session.window.models_view.selected()
+    assert record is not None and wizard.record() == record
+    return wizard
+
+
 def drop_import_and_deploy(session: GuiSession, qtbot: Any, model: Path, view: Any) -> tuple[Any, Any]:
     """Drop `model` on the device's row, import it through the dialog, push through the wizard's Push only;
     returns the push activity and the artifact the device's profile got."""
@@ -243,16 +258,9 @@ def drop_import_and_deploy(session: GuiSession, qtbot: Any, model: Path, view: A
     rect = window.fleet_table.visualRect(window.index_of(view.id).siblingAtColumn(1))
     said = session.call(lambda: drop_files(window.fleet_table.viewport(), [model], rect.center()))
     assert said == f"Drop to deploy {model.name} to 1 device(s)"
-    session.wait(lambda: last_dialog(session, ImportDialog) is not None, "the import dialog")
-    importing = last_dialog(session, ImportDialog)
-    assert importing.chosen_profiles() == (view.device.profile,)  # the target's profile, checked by default
-    importing.time_box.setChecked(False)
-    session.call(lambda: qtbot.mouseClick(importing.import_button, Qt.MouseButton.LeftButton))
     # A drop on devices opens the rollout wizard for them; "Push only…" is the plain push (no waves, no gates).
-    session.wait(lambda: last_dialog(session, RolloutWizard) is not None, "the rollout wizard", timeout=240)
-    dialog = last_dialog(session, RolloutWizard)
-    record = window.models_view.selected()
-    assert record is not None and dialog.record() == record
+    dialog = wizard_after_import(session, qtbot, view.device.profile)
+    record = dialog.record()
     assert [d.id for d in dialog.target_devices()] == [view.id]
     row = dialog.variants.topLevelItem(0)
     assert (row.text(0), row.text(1)) == (view.device.profile, "1")
@@ -304,14 +312,7 @@ def test_a_model_dropped_on_a_group_opens_the_rollout_wizard_for_its_members(
     path = save_cnn(tmp_path / "press line detector.onnx", seed=77)  # a model no other test imported
     said = session.call(lambda: drop_files(window.group_tree.viewport(), [path], rect.center()))
     assert said == f"Drop to deploy {path.name} to 1 device(s)"  # the group's one member
-    session.wait(lambda: last_dialog(session, ImportDialog) is not None, "the import dialog")
-    importing = last_dialog(session, ImportDialog)
-    importing.time_box.setChecked(False)
-    session.call(lambda: qtbot.mouseClick(importing.import_button, Qt.MouseButton.LeftButton))
-    session.wait(lambda: last_dialog(session, RolloutWizard) is not None, "the rollout wizard", timeout=240)
-    wizard = last_dialog(session, RolloutWizard)
-    record = window.models_view.selected()
-    assert record is not None and wizard.record() == record
+    wizard = wizard_after_import(session, qtbot, view.device.profile)
     assert [d.id for d in wizard.target_devices()] == [view.id]
     assert wizard.start_button.isEnabled(), wizard.problem.text()
     session.call(lambda: wizard.reject())

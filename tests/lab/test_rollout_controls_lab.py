@@ -41,8 +41,10 @@ from tests.lab.rollout_fixtures import (
     add_model,
     agent_view,
     big_model,
+    lab_plan,
     new_laptop,
     provision_devices,
+    quick,
     small_model,
 )
 
@@ -79,17 +81,7 @@ def laptop(fleet: LabFleet, keyring_daemon: KeyringDaemon, tmp_path_factory: pyt
 
 
 def plan(fleet: Fleet, model: str, names: tuple[str, ...] = NAMES, **kwargs: Any) -> RolloutPlan:
-    ids = tuple(fleet.inventory.device(n).id for n in names)
-    return RolloutPlan(model=model, devices=ids, waves=kwargs.pop("waves", ("100%",)),
-                       gates=kwargs.pop("gates", GATES), confirm_within_s=kwargs.pop("confirm_within_s", 120.0),
-                       step_timeout_s=kwargs.pop("step_timeout_s", 180.0), **kwargs)
-
-
-def quick(engine: RolloutEngine) -> RolloutEngine:
-    engine.soak_interval_s = 1.0
-    engine.unreachable_poll_s = 1.0
-    engine.backoff_s = 0.5
-    return engine
+    return lab_plan(fleet, model, names, gates=kwargs.pop("gates", GATES), **kwargs)
 
 
 class Transfers:

@@ -32,8 +32,10 @@ from tests.lab.rollout_fixtures import (
     agent_view,
     big_model,
     device_shell,
+    lab_plan,
     new_laptop,
     provision_devices,
+    quick,
     small_model,
 )
 
@@ -74,18 +76,7 @@ def restore(fleet: LabFleet) -> Iterator[list[str]]:
 
 
 def plan(laptop: Laptop, fleet: Fleet, model: str, names: tuple[str, ...], **kwargs: Any) -> RolloutPlan:
-    ids = tuple(fleet.inventory.device(n).id for n in names)
-    return RolloutPlan(model=model, devices=ids, waves=kwargs.pop("waves", ("100%",)),
-                       gates=kwargs.pop("gates", GATES), confirm_within_s=kwargs.pop("confirm_within_s", 120.0),
-                       step_timeout_s=kwargs.pop("step_timeout_s", 180.0), **kwargs)
-
-
-def quick(engine: RolloutEngine) -> RolloutEngine:
-    engine.soak_interval_s = 1.0
-    engine.unreachable_poll_s = 1.0
-    engine.backoff_s = 0.5
-    engine.stall_timeout_s = 5.0
-    return engine
+    return lab_plan(fleet, model, names, gates=kwargs.pop("gates", GATES), **kwargs)
 
 
 def rows_by_name(fleet: Fleet, engine: RolloutEngine, rid: int) -> dict[str, Any]:
