@@ -141,7 +141,8 @@ class DropOverlay(QFrame):
         margins = layout.contentsMargins()
         text_height = self.label.heightForWidth(width - margins.left() - margins.right() - 8)
         height = max(72, text_height + margins.top() + margins.bottom() + 16)
-        self.setGeometry(area.left() + (area.width() - width) // 2, area.top() + 16, width, height)
+        # At the bottom, over the activity list: the rows a model is dropped on stay in sight.
+        self.setGeometry(area.left() + (area.width() - width) // 2, area.bottom() - height - 16, width, height)
         self.raise_()
         self.show()
 

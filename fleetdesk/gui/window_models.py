@@ -187,8 +187,12 @@ class ModelActions(WindowPart):
             return None
         names = ", ".join(f"{r.id} ({r.model_ref})" for r in left[:5]) + (" …" if len(left) > 5 else "")
         one = len(left) == 1
-        why = ("still running when FleetDesk stopped" if not closed else "paused when FleetDesk's window closed"
-               if not crashed else "left unfinished when FleetDesk stopped")
+        if crashed and closed:
+            why = "left unfinished when FleetDesk stopped"
+        elif closed:
+            why = "paused when FleetDesk's window closed"
+        else:
+            why = "still running when FleetDesk stopped"
         box = QMessageBox(QMessageBox.Icon.Question, "Rollouts left unfinished",
                           f"{'Rollout' if one else 'Rollouts'} {names} {'was' if one else 'were'} {why}.",
                           QMessageBox.StandardButton.NoButton, self)

@@ -271,7 +271,7 @@ def test_a_step_past_the_step_timeout_leaves_the_device_unreachable_not_failed_t
     assert (view.current, view.pending) == (laptop.models["late@1"], None)
 
 
-def cli(laptop: Laptop, tmp: Path, *args: str) -> list[str]:
+def cli(laptop: Laptop, *args: str) -> list[str]:
     return [sys.executable, "-m", "fleetdesk", "--db", laptop.db_url, "rollout", *args]
 
 
@@ -280,7 +280,7 @@ def cli_env(laptop: Laptop, tmp: Path) -> dict[str, str]:
 
 
 def run_cli(laptop: Laptop, tmp: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    proc = subprocess.run(cli(laptop, tmp, *args, "--json"), env=cli_env(laptop, tmp), capture_output=True,
+    proc = subprocess.run(cli(laptop, *args, "--json"), env=cli_env(laptop, tmp), capture_output=True,
                           text=True, timeout=600, check=False)
     assert proc.stdout.strip(), f"{args}: no JSON on stdout; stderr:\n{proc.stderr[-3000:]}"
     return proc.returncode, json.loads(proc.stdout)
@@ -290,7 +290,7 @@ def test_the_cli_pauses_a_rollout_another_process_drives_then_resumes_and_approv
         laptop: Laptop, tmp_path: Path) -> None:
     # A 15 s soak: long enough for a second `fleetdesk` process to start on a loaded machine and pause the rollout
     # while the canary still soaks.
-    argv = cli(laptop, tmp_path, "start", "cli@1", "--device", CANARY, "--device", X2, "--waves", "1,100%",
+    argv = cli(laptop, "start", "cli@1", "--device", CANARY, "--device", X2, "--waves", "1,100%",
                "--soak", "15", "--approve", "--p95-ratio", "3", "--actor", "lab-test", "--json")
     started = subprocess.Popen(argv, env=cli_env(laptop, tmp_path), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)

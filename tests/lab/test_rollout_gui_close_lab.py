@@ -28,12 +28,12 @@ from tests.gui_harness import GuiSession, gui_session, private_qsettings
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
 from tests.lab.conftest import Fleet as LabFleet
 from tests.lab.rollout_fixtures import Laptop, new_laptop, provision_devices, small_model
-from tests.lab.test_rollout_gui_lab import agent_status
+from tests.lab.test_rollout_gui_lab import NAMES, agent_status, device_ids
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 __all__ = ["keyring_daemon"]
 
-NAMES = ("ipc-01", "ipc-02")  # lent to this module; by name, ipc-01 is the canary
+# NAMES (ipc-01, ipc-02) as test_rollout_gui_lab lends them; by name, ipc-01 is the canary
 FIRST, SECOND = "press-line@1", "weld-check@1"
 ROLLOUT_S = 300.0
 
@@ -59,10 +59,6 @@ def window_env(laptop: Laptop) -> Iterator[None]:
 def repo_of(laptop: Laptop) -> tuple[Any, RolloutRepo]:
     inventory = open_inventory(laptop.db_url)
     return inventory, RolloutRepo(inventory)
-
-
-def device_ids(session: GuiSession) -> dict[str, int]:
-    return {v.device.name: v.id for v in session.window.fleet_model.views() if v.device.name in NAMES}
 
 
 def states(session: GuiSession, rid: int) -> dict[str, str]:
