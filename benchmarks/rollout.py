@@ -323,7 +323,7 @@ class TimedOps(DeviceOps):
             return await super()._telemetry(device)
 
     async def stage(self, device: Any, artifact_id: str, **kwargs: Any) -> Any:
-        with self._timed("stage (space check + pushes + agent verify)"):
+        with self._timed("stage (space check + verified pushes)"):
             return await super().stage(device, artifact_id, **kwargs)
 
     async def measure(self, device: Any, artifact_id: str, gates: Gates) -> Any:

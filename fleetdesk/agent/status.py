@@ -52,16 +52,19 @@ def pid_alive(pid: int) -> bool:
 
 
 def serve(root: str) -> dict[str, Any] | None:
-    """The model server named by ROOT/run/serve.pid: {"pid", "alive"}; None when there is no pid file."""
+    """The model server named by ROOT/run/serve.pid: {"pid", "alive", "since"} (since: when it wrote the file,
+    as it started); None when there is no pid file."""
     try:
         with open(os.path.join(root, "run", "serve.pid"), encoding="ascii") as f:
             pid = int(f.read().strip())
+            since = os.fstat(f.fileno()).st_mtime
     except (OSError, ValueError):
         return None
-    return {"pid": pid, "alive": pid > 0 and pid_alive(pid)}
+    return {"pid": pid, "alive": pid > 0 and pid_alive(pid), "since": since}
 
 
 STATS_MAX_AGE_S = 10.0  # serve-stats.json older than this no longer says what the server serves (as telemetry)
+STATS_CLOCK_SLACK_S = 0.05  # "t" is rounded to milliseconds; file times may be coarser than time.time()
 # After a switch, a stats write this long after it comes from a server loop that has seen the new link: the loop
 # checks ROOT/current before each write (serve.py, about once a second) and at once on SIGHUP.
 SETTLE_S = 1.5
@@ -95,7 +98,10 @@ def serving(root: str, now: float | None = None) -> dict[str, Any]:
     stats = serve_stats(root) if running else None
     t = stats.get("t") if stats else None
     age = round(now - float(t), 1) if isinstance(t, (int, float)) else None
-    fresh = age is not None and age <= STATS_MAX_AGE_S
+    # Written by this server, not by one killed before it started (whose last write stays fresh for a while, naming
+    # a model this one may still be loading): the server writes its pid file before it loads anything.
+    ours = server is not None and isinstance(t, (int, float)) and float(t) >= server["since"] - STATS_CLOCK_SLACK_S
+    fresh = age is not None and age <= STATS_MAX_AGE_S and ours
     return {"running": running, "pid": server["pid"] if server else None,
             "model": stats.get("model") if stats and fresh else None,
             "provider": stats.get("provider") if stats and fresh else None, "stats_age_s": age}

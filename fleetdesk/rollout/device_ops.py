@@ -82,7 +82,7 @@ class StageResult:
 
 @dataclass(frozen=True)
 class Staging:
-    """One artifact on its way to one device: what `prepare` found, for `transfer` and `verify_staged`."""
+    """One artifact on its way to one device: what `prepare` found, for `transfer`."""
 
     device: Device
     artifact_id: str
@@ -90,6 +90,9 @@ class Staging:
     remote: str  # ROOT/artifacts/<id> on the device
     files: tuple[tuple[str, int], ...]  # (path in the artifact, size), the manifest last
     total: int
+    # path -> the SHA-256 its signed manifest gives it (the manifest's own is the artifact id; the signature
+    # has none): what the store's copy must hash to before it is sent.
+    expected: tuple[tuple[str, str], ...] = ()
     complete: bool = False  # the device holds the whole artifact and it verified: nothing to send
 
 
@@ -269,17 +272,17 @@ class DeviceOps:
 
     async def stage(self, device: Device, artifact_id: str, *, bandwidth_bytes_s: int | None = None,
                     progress: Callable[[int, int], None] | None = None) -> StageResult:
-        """Copy the artifact to ROOT/artifacts/<id>/ (files already there are skipped, partial ones resumed),
-        then have the agent check its signature and every hash. The manifest goes last: a folder with a
-        manifest is a complete copy. prepare + transfer + verify_staged; the engine calls them one by one, so
-        that only the transfer holds one of its transfer slots."""
+        """Copy the artifact to ROOT/artifacts/<id>/ (files already there are skipped, partial ones resumed).
+        Each file is sent only when the store's copy hashes as the signed manifest says, and lands only when the
+        device's SHA-256 of it agrees; the agent checks the signature and every hash again before it activates.
+        The manifest goes last: a folder with a manifest is a complete copy. prepare + transfer; the engine
+        calls them one by one, so that only the transfer holds one of its transfer slots."""
         started = time.monotonic()
         staging = await self.prepare(device, artifact_id)
         if staging.complete:
             (progress or (lambda _done, _total: None))(staging.total, staging.total)
             return StageResult(0, time.monotonic() - started, True, staging.total, len(staging.files))
         sent = await self.transfer(staging, bandwidth_bytes_s=bandwidth_bytes_s, progress=progress)
-        await self.verify_staged(staging)
         return StageResult(sent, time.monotonic() - started, False, staging.total, len(staging.files))
 
     async def prepare(self, device: Device, artifact_id: str) -> Staging:
@@ -302,12 +305,14 @@ class DeviceOps:
                                    device=device.name, step="stage",
                                    fix=f"check that {device.name} has python3 and its FleetDesk root is writable "
                                        "(fleetdesk provision sets both up)") from None
-        staging = Staging(device, artifact.id, folder, remote, tuple(zip(order, sizes, strict=True)), total)
+        expected = (*((f.path, f.sha256) for f in artifact.files), (MANIFEST_NAME, artifact.id))
+        staging = Staging(device, artifact.id, folder, remote, tuple(zip(order, sizes, strict=True)), total,
+                          expected=expected)
         if has_manifest:
             try:
                 await self._agent(device, "stage", "verify", artifact.id)
             except RolloutStepError:
-                pass  # a damaged or partial copy: the pushes repair it, the verify after says if they did
+                pass  # a damaged or partial copy: the pushes repair it, each verified by its hash
             else:
                 return replace(staging, complete=True)
         needed = total - present
@@ -322,7 +327,8 @@ class DeviceOps:
 
     async def transfer(self, staging: Staging, *, bandwidth_bytes_s: int | None = None,
                        progress: Callable[[int, int], None] | None = None) -> int:
-        """Push what the device lacks of the artifact, manifest last; the bytes sent."""
+        """Push what the device lacks of the artifact, manifest last; the bytes sent. A file of the store whose
+        bytes no longer match the signed manifest is refused before it is sent (code bad-artifact)."""
         device = staging.device
         if bandwidth_bytes_s is not None and bandwidth_bytes_s <= 0:
             raise RolloutStepError(f"stage: a bandwidth cap of {bandwidth_bytes_s} bytes/s sends nothing",
@@ -330,7 +336,9 @@ class DeviceOps:
                                    fix="give a positive cap, or none")
         say = progress or (lambda _done, _total: None)
         sent, done_before = 0, 0
+        expected = dict(staging.expected)
         for rel, size in staging.files:
+            await self._check_source(staging, rel, expected.get(rel))
             def one(done: int, _total: int, base: int = done_before) -> None:
                 say(base + done, staging.total)
 
@@ -340,9 +348,21 @@ class DeviceOps:
             done_before += size
         return sent
 
-    async def verify_staged(self, staging: Staging) -> None:
-        """The agent checks the copy's signature and every hash (RolloutStepError when it does not hold)."""
-        await self._agent(staging.device, "stage", "verify", staging.artifact_id)
+    async def _check_source(self, staging: Staging, rel: str, sha256: str | None) -> None:
+        """The store's file hashes as its signed manifest says (the pool's digest, computed once per file version
+        and used by the push itself), or the push would carry damaged bytes the device would only refuse later."""
+        if sha256 is None:
+            return
+        try:
+            digest = await self.fleet.pool.digest(staging.folder / rel)
+        except FleetDeskError as exc:
+            raise self._step_error(exc, staging.device, "stage") from None
+        if digest.sha256 != sha256:
+            raise RolloutStepError(
+                f"stage: the store's copy of {rel!r} in artifact {staging.artifact_id[:12]} hashes to "
+                f"{digest.sha256[:12]}, not {sha256[:12]} as its signed manifest says; nothing of it was sent",
+                code="bad-artifact", device=staging.device.name, step="stage",
+                fix="run `fleetdesk model verify` to find the damage, then remove and import the model again")
 
     async def _push(self, device: Device, local: Path, remote: str, rate: int | None,
                     progress: Callable[[int, int], None]) -> Any:

@@ -31,7 +31,7 @@ from fleetdesk.inventory.records import Device
 from fleetdesk.inventory.rollouts import DeviceRow
 from fleetdesk.rollout import states as st
 from fleetdesk.rollout.device_ops import AgentView, DeviceOps
-from fleetdesk.rollout.gates import GateSample, evaluate
+from fleetdesk.rollout.gates import SERVING, GateSample, evaluate
 from fleetdesk.rollout.journal import RolloutJournal
 from fleetdesk.rollout.plan import ResolvedPlan, RolloutPlan
 
@@ -142,8 +142,9 @@ class DeviceSteps:
         return device
 
     async def _stage(self, rid: int, resolved: ResolvedPlan, device_id: int, slots: Slots) -> None:
-        """PENDING (or STAGING) to STAGED, or failed or lost. Only the transfer holds one of the wave's transfer
-        slots: the space check before it and the device's verification after it run beside other transfers.
+        """PENDING (or STAGING) to STAGED, or failed or lost. Only the transfer (each file checked against the
+        signed manifest before it goes, and by its SHA-256 on the device when it lands) holds one of the wave's
+        transfer slots: the space check before it runs beside other transfers.
         The STAGE step is journaled when the device's first slot is granted (or its step ends without one); a
         device whose turn comes after the wave stopped stays as it was."""
         plan = resolved.plan
@@ -181,7 +182,6 @@ class DeviceSteps:
                             sent = await asyncio.wait_for(work, timeout)
                         finally:
                             watch.cancel()
-                    await asyncio.wait_for(self.ops.verify_staged(staging), timeout)
             except Exception as exc:  # every failure is journaled as one of two events
                 await begin()
                 if meter.stalled:
@@ -212,7 +212,7 @@ class DeviceSteps:
     async def _watch_stall(self, device: Device, meter: _Meter, work: asyncio.Future[Any]) -> None:
         """Drop the device's connection when the transfer's bytes stop moving (see stall_timeout_s); the push
         then fails as lost and the retry resumes it. Only once bytes flow and until the last: the space check before
-        and the device's verification after are bounded by their own timeouts."""
+        and the device's hashing of the last file are bounded by the step timeout."""
         while not work.done():
             await asyncio.sleep(min(1.0, self.stall_timeout_s / 4))
             if meter.done < meter.total and time.monotonic() - meter.changed > self.stall_timeout_s:
@@ -292,11 +292,16 @@ class DeviceSteps:
         baseline = _sample_from((row.gates or {}).get("baseline"))
         samples: list[GateSample] = []
         started = time.monotonic()
+        # A device that rebooted after its switch (reconciled to verifying) starts its model server again, and the
+        # server loads the model: the activation's wait for that load is over. Until the first measurement finds
+        # the model loaded, wait for it, bounded as that wait is; afterwards a server that stops fails the gates.
+        load_until = started + self.ops.load_wait_s
+        waiting = False
         while True:
             if await self.db.status(rid) == ABORTED:
                 return await self._record(rid, row.device_id, st.ABORT, detail={"step": "verify"})
             try:
-                samples.append(await self._step(plan, self.ops.measure(device, row.artifact, plan.gates)))
+                sample = await self._step(plan, self.ops.measure(device, row.artifact, plan.gates))
             except Exception as exc:
                 if lost(exc):
                     raise
@@ -304,6 +309,17 @@ class DeviceSteps:
                 return await self._record(rid, row.device_id, st.GATES_FAILED,
                                           error=f"measuring failed: {message(exc)}",
                                           detail={"step": "measure", "code": getattr(exc, "code", None)})
+            if not samples and not sample.serving and time.monotonic() < load_until:
+                if not waiting:
+                    waiting = True
+                    self._emit(rid, "note", row.device_id, st.VERIFYING,
+                               f"{device.name}: waiting up to {self.ops.load_wait_s:g} s for its model server to "
+                               f"load the model ({sample.notes.get(SERVING, 'not serving')})")
+                await asyncio.sleep(self.soak_interval_s)
+                continue
+            if waiting and not samples:
+                started = time.monotonic()  # the soak counts from the model being served
+            samples.append(sample)
             result = evaluate(plan.gates, baseline, samples)
             gates = {"baseline": _sample_dict(baseline), **result.to_dict(), "samples": len(samples)}
             await self.db.update(rid, row.device_id, gates=gates)

@@ -1,8 +1,9 @@
 """A rollout's steps on real lab devices through DeviceOps and the agent: ipc-01 (x86_64) and rpi4-01 (aarch64
 under qemu), provisioned by FleetDesk with this module's signing key. Staging sends an artifact once and then
 nothing; a link cut mid-transfer resumes re-sending at most one block; a full disk fails with the space needed;
-a tampered artifact is refused before activation; activate, measure, confirm, rollback; an activation nobody
-confirms is reverted by the device itself, and the agent's view says so.
+a tampered artifact is refused before activation, and a store copy damaged on the laptop before it is sent;
+activate, measure, confirm, rollback; an activation nobody confirms is reverted by the device itself, and the
+agent's view says so.
 """
 
 from __future__ import annotations
@@ -241,6 +242,28 @@ def test_a_tampered_artifact_is_refused_before_activation_and_staging_again_repa
     assert (after.current, after.pending) == (before.current, None)  # nothing switched
     repaired = laptop.with_ops(stage)
     assert not repaired.already_there and 0 < repaired.bytes_sent <= BLOCK_SIZE  # only the damaged block
+
+
+def test_a_store_copy_damaged_on_the_laptop_is_refused_before_any_byte_is_sent(fleet: LabFleet,
+                                                                             laptop: Laptop) -> None:
+    (laptop.data_dir / "damaged").mkdir()
+    damaged = store_model(laptop.store, save_cnn(laptop.data_dir / "damaged" / "damaged.onnx", seed=7), "damaged")
+    model = Path(laptop.store.artifact(damaged).folder) / "damaged.onnx"
+    data = bytearray(model.read_bytes())
+    data[100] ^= 0xFF  # one flipped byte: same size, another hash
+    model.write_bytes(bytes(data))
+
+    async def work(fleet_: Fleet, ops: DeviceOps) -> Any:
+        with pytest.raises(RolloutStepError) as refused:
+            await ops.stage(fleet_.inventory.device(X86), damaged)
+        return refused.value
+
+    refused = laptop.with_ops(work)
+    assert (refused.code, refused.device, refused.step) == ("bad-artifact", X86, "stage")
+    assert "'damaged.onnx'" in refused.message and "nothing of it was sent" in refused.message
+    assert "fleetdesk model verify" in (refused.fix or "")
+    listing = on_device(fleet, X86, shlex.join(["ls", "-A", f"{ROOT}/artifacts"])).split()
+    assert damaged not in listing  # not even a folder or a partial file
 
 
 @pytest.mark.parametrize("name", [X86, ARM])

@@ -1,8 +1,9 @@
 """Rollouts through the engine on real lab devices while the lab injects faults: a link cut mid-transfer (waited
 for, then resumed; or counted as an error), delay and loss, a disk that fills during staging, an artifact tampered
-with on the device before activation, a reboot during activation; and the operator's approval between waves, an
-abort during a long soak, a latency gate failed on an arm64 device. Devices: ipc-01, ipc-02 (x86_64) and rpi4-01
-(aarch64 under qemu), provisioned with this module's signing key. Every fault is restored whatever the test did.
+with on the device before activation, a model server killed after the switch, a reboot during activation; and the
+operator's approval between waves, an abort during a long soak, a latency gate failed on an arm64 device.
+Devices: ipc-01, ipc-02 (x86_64) and rpi4-01 (aarch64 under qemu), provisioned with this module's signing key.
+Every fault is restored whatever the test did.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ ROOT = "/opt/fleetdesk"
 # Golden outputs, serving, error rate, temperature and memory stay on; the latency gates are off except where a
 # test turns the absolute bound on (a tiny CNN's p95 ratio swings by several times on a shared lab host).
 GATES = Gates(p95_ratio_max=None)
-SMALL = ("cut-count", "shaped", "tampered", "rebooted", "approved", "aborted", "slow")
+SMALL = ("cut-count", "shaped", "tampered", "rebooted", "approved", "aborted", "slow", "restarted")
 BIG = ("cut-wait", "filled")
 
 
@@ -268,6 +269,44 @@ def test_an_artifact_tampered_with_on_the_device_is_refused_before_activation(fl
     assert journal[-1].detail["code"] == "bad-artifact" and "model.onnx" in device.error
     assert device.state == st.FAILED
     assert (after.current, after.pending) == (before.current, None)  # it keeps its old model
+
+
+def test_a_model_server_restarted_after_the_switch_is_waited_for_then_measured(fleet: LabFleet,
+                                                                            laptop: Laptop) -> None:
+    """The server is killed (-9) the moment the switch is journaled, as a crash or a reboot would leave it; its
+    supervisor starts it again after a pause and it loads the model. The gates wait for that load instead of
+    failing on a server that is not serving yet, then pass: the device keeps the new model."""
+    model = "restarted@1"
+    artifact = laptop.models[model]
+    events: list[RolloutEvent] = []
+    killed: list[str] = []
+
+    def on_event(event: RolloutEvent) -> None:
+        events.append(event)
+        if event.kind == "state" and event.state == st.VERIFYING and not killed:
+            killed.append(device_shell(fleet, X1, f"pid=$(cat {ROOT}/run/serve.pid) && kill -9 $pid && echo $pid"))
+
+    async def work(fleet_: Fleet) -> Any:
+        engine = quick(laptop.engine(fleet_, on_event))
+        rid = await engine.start(plan(laptop, fleet_, model, (X1,)))
+        row = await engine.run(rid)
+        journal = device_journal(engine, rid)
+        await abort_to_free(engine, rid)
+        return row, journal, rows_by_name(fleet_, engine, rid)[X1], await agent_view(fleet_, laptop, X1)
+
+    row, journal, device, after = laptop.with_fleet(work)
+    assert killed and killed[0].strip().isdigit()
+    waits = [e.message for e in events if e.kind == "note" and "waiting up to" in e.message]
+    print(f"\nserver {killed[0].strip()} killed after the switch: {waits}; ended {device.state}, "
+          f"{device.gates.get('samples')} sample(s)")
+    assert len(waits) == 1 and "model server" in waits[0]
+    assert "not running" in waits[0] or "no model loaded" in waits[0]
+    assert row.status == "done", row.paused_reason
+    assert [e.event for e in journal] == [st.STAGE, st.STAGED_OK, st.ACTIVATE, st.ACTIVATED, st.PASSED,
+                                          st.CONFIRMED]
+    assert device.state == st.DONE and device.gates["values"]["serving"]["ok"] is True
+    assert (after.current, after.pending, after.serving_model) == (artifact, None, artifact)
+    assert after.status["serving"]["pid"] != int(killed[0])  # the supervisor's new server
 
 
 def test_approval_between_waves(laptop: Laptop) -> None:

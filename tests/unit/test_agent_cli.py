@@ -350,12 +350,37 @@ def test_a_switch_signals_the_model_server_and_never_a_stranger(root: Path, tmp_
         (root / "run" / "serve.pid").write_text(f"{stranger.pid}\n")  # stale: the pid now names another program
         assert one(root, "activate", b)["serve_reloaded"] is None
         assert stranger.poll() is None
-        assert one(root, "status")["serve"] == {"pid": stranger.pid, "alive": True}
+        assert one(root, "status")["serve"] == {"pid": stranger.pid, "alive": True,
+                                                "since": (root / "run" / "serve.pid").stat().st_mtime}
     finally:
         server.kill()
         stranger.kill()
         server.wait()
         stranger.wait()
+
+
+def test_statistics_left_by_a_server_killed_before_this_one_started_name_no_model(root: Path) -> None:
+    """A server killed -9 leaves serve-stats.json behind, fresh for a while and naming its model; the server the
+    supervisor starts next writes its pid file before it loads anything, and until its own first write the agent
+    must not say the model is loaded (the rollout's serving gate relies on it)."""
+    a = artifact(root, b"model A")
+    one(root, "activate", a)
+    run = root / "run"
+    run.mkdir(exist_ok=True)
+    stats = {"t": round(time.time(), 3), "model": a, "requests": 0, "provider": "CPUExecutionProvider"}
+    (run / "serve-stats.json").write_text(json.dumps(stats))
+    time.sleep(0.2)
+    restarted = subprocess.Popen(["sleep", "60"])  # stands in for the new server, still loading
+    try:
+        (run / "serve.pid").write_text(f"{restarted.pid}\n")
+        serving = one(root, "status")["serving"]
+        assert (serving["running"], serving["model"], serving["pid"]) == (True, None, restarted.pid)
+        assert serving["stats_age_s"] is not None and serving["stats_age_s"] < 10  # fresh, but not this server's
+        (run / "serve-stats.json").write_text(json.dumps(dict(stats, t=round(time.time(), 3))))  # its first write
+        assert one(root, "status")["serving"]["model"] == a
+    finally:
+        restarted.kill()
+        restarted.wait()
 
 
 def test_status_reports_agent_runtime_keys_and_disk(root: Path) -> None:
