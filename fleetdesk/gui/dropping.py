@@ -44,6 +44,7 @@ class DropPlan:
     targets: tuple[int, ...] = ()
     blocked: tuple[str, ...] = ()  # one reason per chosen device that cannot take a model now
     onto_devices: bool = False
+    group: str = ""  # dropped on a group: the rollout targets the group, `targets` are its members now
 
     @property
     def accepted(self) -> bool:
@@ -57,8 +58,12 @@ class DropPlan:
         if self.blocked:
             return "Cannot deploy here: " + "; ".join(self.blocked[:2]) + (" …" if len(self.blocked) > 2 else "")
         names = ", ".join(os.path.basename(p) for p in self.models[:2]) + (" …" if len(self.models) > 2 else "")
-        text = (f"Drop to deploy {names} to {len(self.targets)} device(s)" if self.onto_devices
-                else f"Drop to import {names} into Models")
+        if self.group:
+            text = f"Drop to deploy {names} to group {plain(self.group)} ({len(self.targets)} device(s))"
+        elif self.onto_devices:
+            text = f"Drop to deploy {names} to {len(self.targets)} device(s)"
+        else:
+            text = f"Drop to import {names} into Models"
         if self.refused:
             text += f"\n(skipping {len(self.refused)} file(s): {self.refused[0]})"
         return text
@@ -78,8 +83,9 @@ def file_problem(path: str) -> str | None:
     return None
 
 
-def plan_drop(paths: Sequence[str], targets: Sequence[DeviceView] | None = None) -> DropPlan:
-    """The drop's plan: models to import and, dropped on devices, whether every one of them can take it."""
+def plan_drop(paths: Sequence[str], targets: Sequence[DeviceView] | None = None, group: str = "") -> DropPlan:
+    """The drop's plan: models to import and, dropped on devices (or on `group`, whose members `targets` are),
+    whether every one of them can take it."""
     models: list[str] = []
     refused: list[str] = []
     for path in paths:
@@ -102,7 +108,8 @@ def plan_drop(paths: Sequence[str], targets: Sequence[DeviceView] | None = None)
             blocked.append(f"{plain(view.device.name)} {why}")
     if not targets:
         blocked.append("no device is chosen")
-    return DropPlan(tuple(models), tuple(refused), tuple(v.id for v in targets), tuple(blocked), onto_devices=True)
+    return DropPlan(tuple(models), tuple(refused), tuple(v.id for v in targets), tuple(blocked), onto_devices=True,
+                    group=group)
 
 
 class DropOverlay(QFrame):

@@ -75,7 +75,7 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         self._closing = False
         self._closed = False
         self._browse_on_start = browse_on_start
-        self._pending_imports: list[tuple[str, list[DeviceView]]] = []  # dropped models waiting for their dialog
+        self._pending_imports: list[tuple[str, list[DeviceView], str]] = []  # dropped models awaiting a dialog
         self._import_dialog: ImportDialog | None = None
         stored = self._qsettings()
         if chosen_interfaces is None:

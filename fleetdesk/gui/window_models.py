@@ -34,24 +34,27 @@ class ModelActions(WindowPart):
     recovery_box: QMessageBox | None
     _wizard: RolloutWizard | None
     _closing: bool
-    _pending_imports: list[tuple[str, list[DeviceView]]]  # dropped models waiting for their dialog
+    _pending_imports: list[tuple[str, list[DeviceView], str]]  # dropped models (targets, group) awaiting a dialog
     _import_dialog: ImportDialog | None
 
-    def open_import_dialog(self, path: str = "", targets: Sequence[DeviceView] = ()) -> ImportDialog:
-        """The import dialog for `path` (empty: the operator browses); with `targets`, the deployment to them
-        opens once the import succeeded. Dropped models beyond the first wait for this dialog to finish."""
+    def open_import_dialog(self, path: str = "", targets: Sequence[DeviceView] = (), group: str = "") -> ImportDialog:
+        """The import dialog for `path` (empty: the operator browses); with `targets` (the members of `group` when
+        the model was dropped on one), the deployment to them opens once the import succeeded. Dropped models
+        beyond the first wait for this dialog to finish."""
         target_list = list(targets)
         ids = [v.id for v in target_list]
         fleet_profiles = self.bridge.fleet_profiles(ids) or (self.bridge.fleet_profiles() if not ids else [])
         dialog = ImportDialog(path, profiles=self.bridge.profile_names(), fleet_profiles=fleet_profiles,
                               can_time_on_devices=bool(self.bridge.bench_devices(self.bridge.profile_names())),
                               parent=self)
-        if target_list:
+        if group:
+            dialog.setWindowTitle(f"Import model, then deploy to group {plain(group)}")
+        elif target_list:
             names = ", ".join(plain(v.device.name) for v in target_list[:4]) + (" …" if len(target_list) > 4 else "")
             dialog.setWindowTitle(f"Import model, then deploy to {names}")
 
         def submitted(request: ImportRequest) -> None:
-            self.import_model(request, target_list)
+            self.import_model(request, target_list, group)
 
         dialog.submitted.connect(submitted)
         dialog.finished.connect(self._next_import)
@@ -62,18 +65,21 @@ class ModelActions(WindowPart):
     def _next_import(self, *_args: object) -> None:
         self._import_dialog = None
         if self._pending_imports:
-            path, targets = self._pending_imports.pop(0)
+            path, targets, group = self._pending_imports.pop(0)
             # After this dialog has gone (finished fires inside its close).
-            QTimer.singleShot(0, lambda: self.open_import_dialog(path, targets))
+            QTimer.singleShot(0, lambda: self.open_import_dialog(path, targets, group))
 
-    def import_model(self, request: ImportRequest, targets: Sequence[DeviceView] = ()) -> Activity:
+    def import_model(self, request: ImportRequest, targets: Sequence[DeviceView] = (), group: str = "") -> Activity:
         """Run the import as an activity; on success the Models view selects the new record (and, for a drop on
-        devices, the deployment opens); on failure the operator reads the problem and the fix."""
+        devices or a group, the deployment opens); on failure the operator reads the problem and the fix."""
         target_list = list(targets)
 
         def imported(record: ModelRecord) -> None:
-            # The view already shows and selects it (bridge.model_imported); a drop on devices goes on to deploy.
-            if target_list:
+            # The view already shows and selects it (bridge.model_imported); a drop on devices goes on to deploy,
+            # a drop on a group to deploy to the group (the plan names it; its members are resolved at start).
+            if group:
+                self.open_rollout_wizard(record.ref, group=group)
+            elif target_list:
                 self.open_rollout_wizard(record.ref, [v.id for v in target_list])
             else:
                 self.tabs.setCurrentWidget(self.models_view)

@@ -165,6 +165,20 @@ def test_the_wizard_defaults_live_wave_sizes_variants_and_plan_preview(session: 
     wizard.reject()
 
 
+def test_the_wizard_opened_for_a_group_targets_the_group(session: GuiSession) -> None:
+    """A model dropped on a group: the plan names the group (its members are resolved when it starts), not the
+    devices that happen to be in it now."""
+    members = sorted(d.id for d in session.window.bridge.fleet.inventory.devices(group="line 1"))
+    wizard = session.call(lambda: session.window.open_rollout_wizard("line-camera@1", group="line 1"))
+    assert isinstance(wizard, RolloutWizard)
+    session.wait(wizard.isVisible, "the wizard on screen")
+    plan = wizard.plan()
+    assert (plan.groups, plan.devices) == (("line 1",), ())
+    assert sorted(d.id for d in wizard.target_devices()) == members and len(members) == 4
+    assert wizard.start_button.isEnabled(), wizard.problem.text()
+    wizard.reject()
+
+
 def test_the_wizard_names_the_field_and_the_fix_and_holds_start(session: GuiSession) -> None:
     wizard = open_wizard(session, all_ids(session))
     wizard.waves_edit.setText("1, 0%")

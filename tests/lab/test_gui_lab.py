@@ -296,7 +296,7 @@ def test_a_model_dropped_on_a_trusted_device_reaches_it_signed_and_verified(
         assert digests[f.path] == f.sha256
 
 
-def test_a_model_dropped_on_a_group_opens_the_rollout_wizard_for_its_members(
+def test_a_model_dropped_on_a_group_opens_the_rollout_wizard_for_the_group(
         session: GuiSession, fleet: Fleet, tmp_path: Path, qtbot: Any) -> None:
     window = session.window
     view = row_of(session, fleet.by_profile("ipc-x86")["name"])
@@ -311,8 +311,9 @@ def test_a_model_dropped_on_a_group_opens_the_rollout_wizard_for_its_members(
     rect = window.group_tree.visualItemRect(group_item())
     path = save_cnn(tmp_path / "press line detector.onnx", seed=77)  # a model no other test imported
     said = session.call(lambda: drop_files(window.group_tree.viewport(), [path], rect.center()))
-    assert said == f"Drop to deploy {path.name} to 1 device(s)"  # the group's one member
+    assert said == f"Drop to deploy {path.name} to group press line (1 device(s))"  # the group's one member
     wizard = wizard_after_import(session, qtbot, view.device.profile)
+    assert (wizard.plan().groups, wizard.plan().devices) == (("press line",), ())  # the group, not a copy of it
     assert [d.id for d in wizard.target_devices()] == [view.id]
     assert wizard.start_button.isEnabled(), wizard.problem.text()
     session.call(lambda: wizard.reject())

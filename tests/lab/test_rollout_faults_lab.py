@@ -446,7 +446,10 @@ def test_a_device_rebooted_during_activation_comes_back_consistent(fleet: LabFle
             thread.join(120)
     assert rebooting
     events = [e.event for e in journal]
-    print(f"\nrebooted during activation: {events}, ended {device.state} ({device.error}), rollout {row.status}")
+    failed = [(e.detail.get("gates") or {}).get("reason") or f"measuring failed (code {e.detail.get('code')})"
+              for e in journal if e.event == st.GATES_FAILED]
+    print(f"\nrebooted during activation: {events}, ended {device.state} ({device.error}), rollout {row.status}"
+          + (f"; gates failed: {failed[0]}" if failed else ""))
     assert events[:3] == [st.STAGE, st.STAGED_OK, st.ACTIVATE]
     if st.LOST in events:
         # Lost while switching or verifying (a step was in flight when it went down), and journaled again from
