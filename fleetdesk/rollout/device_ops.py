@@ -247,14 +247,7 @@ class DeviceOps:
             raise RolloutStepError(f"{step}: the FleetDesk agent is not installed under {root}", code="no-agent",
                                    device=device.name, step=step,
                                    fix=f"provision the device first (fleetdesk provision {device.name})")
-        if result.exit_signal or result.exit_status in (0, None):
-            # Killed by a signal, or stopped by one (the agent turns SIGTERM/SIGHUP into a quiet exit 0) before it
-            # answered: a device shutting down. What the step did is unknown until the agent answers again.
-            how = f"killed by SIG{result.exit_signal}" if result.exit_signal else "stopped"
-            raise UnreachableError(f"{step}: the agent was {how} before it answered (the device may be shutting "
-                                   "down or rebooting)", device=device.name, step=step,
-                                   fix="wait for the device to come back; the rollout then asks its agent where it "
-                                       "stands")
+        _raise_if_stopped(result, device, step)
         last = (result.stderr.strip().splitlines() or [""])[-1][:300]
         raise RolloutStepError(f"{step}: the agent printed no result (exit status {result.exit_status})"
                                + (f": {last}" if last else ""), code="no-result", device=device.name, step=step,
@@ -491,6 +484,8 @@ class DeviceOps:
         if sample is not None:
             return sample
         error = next((o for o in lines if o.get("type") == "error"), None)
+        if error is None:
+            _raise_if_stopped(result, device, "measure")
         return {"error": str(error.get("message")) if error else f"no sample (exit status {result.exit_status})"}
 
     async def _golden(self, device: Device, artifact_id: str) -> tuple[float | None, str]:
@@ -509,6 +504,18 @@ class DeviceOps:
         except RolloutStepError as exc:
             return None, f"the benchmark failed ({exc.code}): {exc.message}"
         return float(result["p95_ms"]), ""
+
+
+def _raise_if_stopped(result: Any, device: Device, step: str) -> None:
+    """An agent command that printed no answer because it was killed by a signal, or stopped by one (the agent
+    turns SIGTERM/SIGHUP into a quiet exit 0): a device shutting down, so UnreachableError. What the step did is
+    unknown until the agent answers again."""
+    if result.exit_signal or result.exit_status in (0, None):
+        how = f"killed by SIG{result.exit_signal}" if result.exit_signal else "stopped"
+        raise UnreachableError(f"{step}: the agent was {how} before it answered (the device may be shutting "
+                               "down or rebooting)", device=device.name, step=step,
+                               fix="wait for the device to come back; the rollout then asks its agent where it "
+                                   "stands")
 
 
 async def _nothing() -> tuple[None, str]:

@@ -461,8 +461,9 @@ def test_a_device_rebooted_during_activation_comes_back_consistent(fleet: LabFle
         if back.event == st.REACHABLE:
             assert back.detail["reconciled"] in (st.STAGED, st.VERIFYING, st.CONFIRMING, st.ROLLED_BACK)
     elif st.GATES_FAILED in events:
-        # The reboot began while the gates were measured: the agent still answered, but the shutdown had already
-        # stopped its model server, so the device had not proved itself healthy and went back to its old model.
+        # The reboot began while the gates were measured and a reading came back as an error answer rather than a
+        # lost device (an agent killed mid-reading counts as lost, a server not serving yet is waited for): the
+        # device had not proved itself healthy and went back to its old model.
         assert events == [st.STAGE, st.STAGED_OK, st.ACTIVATE, st.ACTIVATED, st.GATES_FAILED, st.ROLLED_BACK_OK]
     else:
         # Down between two steps: switched and measured before, the pending activation survived the reboot
