@@ -294,7 +294,8 @@ class DeviceSteps:
         started = time.monotonic()
         # A device that rebooted after its switch (reconciled to verifying) starts its model server again, and the
         # server loads the model: the activation's wait for that load is over. Until the first measurement finds
-        # the model loaded, wait for it, bounded as that wait is; afterwards a server that stops fails the gates.
+        # the model loaded, wait for it, bounded as that wait is (when the serving gate is on); afterwards a server
+        # that stops fails the gates.
         load_until = started + self.ops.load_wait_s
         waiting = False
         while True:
@@ -309,7 +310,7 @@ class DeviceSteps:
                 return await self._record(rid, row.device_id, st.GATES_FAILED,
                                           error=f"measuring failed: {message(exc)}",
                                           detail={"step": "measure", "code": getattr(exc, "code", None)})
-            if not samples and not sample.serving and time.monotonic() < load_until:
+            if plan.gates.serving and not samples and not sample.serving and time.monotonic() < load_until:
                 if not waiting:
                     waiting = True
                     self._emit(rid, "note", row.device_id, st.VERIFYING,

@@ -97,6 +97,14 @@ def device_ids(session: GuiSession) -> dict[str, int]:
     return {v.device.name: v.id for v in session.window.fleet_model.views() if v.device.name in NAMES}
 
 
+def no_latency_ratio(wizard: RolloutWizard) -> None:
+    """Turn the wizard's p95-ratio gate off. These tests are about the window; the ratio of a tiny model's p95 on a
+    2-core host shared by every lab device is timer noise (seen: 0.98 ms against 0.19 ms, beyond the gate's 0.5 ms
+    slack, in a CI run). The gate itself is proven with a genuinely slower model in test_rollout_controls_lab."""
+    ratio, _bound = wizard.gate_rows["p95_ratio_max"]
+    ratio.setChecked(False)
+
+
 def shown_wizard(session: GuiSession) -> RolloutWizard:
     """The rollout wizard on screen (a window of its own, shown on the loop's next pass)."""
     def find() -> RolloutWizard | None:
@@ -162,9 +170,11 @@ def test_an_operator_rolls_a_model_out_from_the_wizard_and_the_tab_follows_it_to
     wizard.soak_spin.setValue(0)
     golden, _bound = wizard.gate_rows["golden_min_cosine"]
     golden.setChecked(True)
+    no_latency_ratio(wizard)
     assert wizard.error is None and wizard.start_button.isEnabled(), wizard.problem.text()
     plan = wizard.resolved.plan
     assert plan.model == FIRST and plan.policy.soak_s == 0 and plan.gates.golden_min_cosine == 0.99
+    assert plan.gates.p95_ratio_max is None
     assert [list(wave) for wave in wizard.resolved.waves] == [[ids["ipc-01"]], [ids["ipc-02"]]]
     session.call(lambda: qtbot.mouseClick(wizard.start_button, Qt.MouseButton.LeftButton))
 
@@ -224,6 +234,7 @@ def test_a_wave_waiting_for_approval_goes_on_when_the_operator_presses_approve(
     type_into(qtbot, wizard.waves_edit, "1,100%")
     override(wizard, 0)  # the canary's own policy: the operator approves the next wave
     edit(wizard, 0, APPROVE, True)
+    no_latency_ratio(wizard)
     assert wave_rows(wizard) == [["1 · canary · 1 device", "on", "100%", "0", "0", "on"],
                                  ["2 · 1 device", "off", "100%", "0", "0", "off"]]
     assert wizard.error is None and wizard.start_button.isEnabled(), wizard.problem.text()
