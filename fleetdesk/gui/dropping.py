@@ -59,7 +59,7 @@ class DropPlan:
             return "Cannot deploy here: " + "; ".join(self.blocked[:2]) + (" …" if len(self.blocked) > 2 else "")
         names = ", ".join(os.path.basename(p) for p in self.models[:2]) + (" …" if len(self.models) > 2 else "")
         if self.group:
-            text = f"Drop to deploy {names} to group {plain(self.group)} ({len(self.targets)} device(s))"
+            text = f"Drop to deploy {names} to group “{plain(self.group)}” ({len(self.targets)} device(s))"
         elif self.onto_devices:
             text = f"Drop to deploy {names} to {len(self.targets)} device(s)"
         else:

@@ -48,7 +48,7 @@ class ModelActions(WindowPart):
                               can_time_on_devices=bool(self.bridge.bench_devices(self.bridge.profile_names())),
                               parent=self)
         if group:
-            dialog.setWindowTitle(f"Import model, then deploy to group {plain(group)}")
+            dialog.setWindowTitle(f"Import model, then deploy to group “{plain(group)}”")
         elif target_list:
             names = ", ".join(plain(v.device.name) for v in target_list[:4]) + (" …" if len(target_list) > 4 else "")
             dialog.setWindowTitle(f"Import model, then deploy to {names}")

@@ -103,4 +103,4 @@ def test_a_drop_takes_only_onnx_files_and_only_deployable_targets(tmp_path: Path
     assert plan_drop([str(notes)]).message.startswith("Cannot drop here: notes.txt")
     on_group = plan_drop([str(model)], [online], "press line")
     assert on_group.accepted and (on_group.targets, on_group.group) == ((1,), "press line")
-    assert on_group.message == "Drop to deploy model.ONNX to group press line (1 device(s))"
+    assert on_group.message == "Drop to deploy model.ONNX to group “press line” (1 device(s))"

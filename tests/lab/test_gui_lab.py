@@ -311,7 +311,7 @@ def test_a_model_dropped_on_a_group_opens_the_rollout_wizard_for_the_group(
     rect = window.group_tree.visualItemRect(group_item())
     path = save_cnn(tmp_path / "press line detector.onnx", seed=77)  # a model no other test imported
     said = session.call(lambda: drop_files(window.group_tree.viewport(), [path], rect.center()))
-    assert said == f"Drop to deploy {path.name} to group press line (1 device(s))"  # the group's one member
+    assert said == f"Drop to deploy {path.name} to group “press line” (1 device(s))"  # the group's one member
     wizard = wizard_after_import(session, qtbot, view.device.profile)
     assert (wizard.plan().groups, wizard.plan().devices) == (("press line",), ())  # the group, not a copy of it
     assert [d.id for d in wizard.target_devices()] == [view.id]
