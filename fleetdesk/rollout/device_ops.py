@@ -88,11 +88,10 @@ class Staging:
     artifact_id: str
     folder: Path  # the artifact in the laptop's store
     remote: str  # ROOT/artifacts/<id> on the device
-    files: tuple[tuple[str, int], ...]  # (path in the artifact, size), the manifest last
+    # (path in the artifact, size, the SHA-256 the signed manifest gives it), the manifest last: what the store's
+    # copy must hash to before it is sent (the manifest's own is the artifact id; the signature has none).
+    files: tuple[tuple[str, int, str | None], ...]
     total: int
-    # path -> the SHA-256 its signed manifest gives it (the manifest's own is the artifact id; the signature
-    # has none): what the store's copy must hash to before it is sent.
-    expected: tuple[tuple[str, str], ...] = ()
     complete: bool = False  # the device holds the whole artifact and it verified: nothing to send
 
 
@@ -298,9 +297,9 @@ class DeviceOps:
                                    device=device.name, step="stage",
                                    fix=f"check that {device.name} has python3 and its FleetDesk root is writable "
                                        "(fleetdesk provision sets both up)") from None
-        expected = (*((f.path, f.sha256) for f in artifact.files), (MANIFEST_NAME, artifact.id))
-        staging = Staging(device, artifact.id, folder, remote, tuple(zip(order, sizes, strict=True)), total,
-                          expected=expected)
+        hashes = {f.path: f.sha256 for f in artifact.files} | {MANIFEST_NAME: artifact.id}
+        staging = Staging(device, artifact.id, folder, remote,
+                          tuple((rel, size, hashes.get(rel)) for rel, size in zip(order, sizes, strict=True)), total)
         if has_manifest:
             try:
                 await self._agent(device, "stage", "verify", artifact.id)
@@ -329,9 +328,8 @@ class DeviceOps:
                                    fix="give a positive cap, or none")
         say = progress or (lambda _done, _total: None)
         sent, done_before = 0, 0
-        expected = dict(staging.expected)
-        for rel, size in staging.files:
-            await self._check_source(staging, rel, expected.get(rel))
+        for rel, size, sha256 in staging.files:
+            await self._check_source(staging, rel, sha256)
             def one(done: int, _total: int, base: int = done_before) -> None:
                 say(base + done, staging.total)
 
