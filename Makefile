@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: run test lint contracts bench lab-test system-deps-test system-deps-run clean
 
@@ -13,6 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+
+# The benchmarks' references (Ansible) on top of the dev install; `make test` never installs them.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@touch $(BENCH_STAMP)
 
 system-deps-run:
 	@scripts/system-deps.sh run
@@ -34,7 +40,7 @@ contracts: $(STAMP)
 test: $(STAMP) system-deps-test lint contracts
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) system-deps-test
+bench: $(BENCH_STAMP) system-deps-test
 	$(BIN)/python benchmarks/lab_up.py
 	$(BIN)/python benchmarks/discovery_probe.py --devices 100 --with-push
 	$(BIN)/python benchmarks/gui_fleet.py --seconds 30

@@ -6,15 +6,18 @@ once a second after the update. Target: stall p99 under 50 ms.
 
 The window is the real `MainWindow` from `build_window`, over a real SQLite inventory of 500 devices
 (mDNS sightings at 198.18.x.y, about half probed, three groups) in a temporary folder; nothing is sent
-on any network (discovery is never started). Every second a random 20-100 % of the devices change
-status and last-seen time, delivered as the discovery recorder delivers them: `device_changed` for a
-batch of 16 devices per loop callback, with a thread round trip between batches (where the recorder's
-inventory transaction runs). The table stays sorted by Status, so re-sorting is part of the cost.
+on any network (mDNS browsing is never started). Every second a random 20-100 % of the devices announce
+themselves again or go away (mDNS "seen" and "gone" events), fed to the real discovery recorder
+(`Fleet.recorder`): it writes them to the SQLite file a batch at a time in its own thread and reports
+each stored device to the window, as a browse does. The table stays sorted by Status, so re-sorting is
+part of the cost.
 
-Reference, in the same run: a plain QTableWidget with the same rows and columns, the same viewport size
-and the same updates, written cell by cell with setText, sorted by Status, with sorting switched off
-while a batch is written and back on after it (what Qt's QTableWidget documentation advises).
-An idle phase first gives the machine's own noise floor for the heartbeat.
+Reference, in the same run, after the window is closed: a plain QTableWidget with the same rows and
+columns and the same viewport size, fed the same events through a recorder of its own over the same
+SQLite file (every device back online first, as at the start), written cell by cell with setText, sorted
+by Status, with sorting switched off while a batch is written and back on after it (what Qt's
+QTableWidget documentation advises). An idle phase first gives the machine's own noise floor for the
+heartbeat.
 
     .venv/bin/python benchmarks/gui_fleet.py [--seconds 30] [--devices 500] [--json] [--profile-second 3]
 """
@@ -35,8 +38,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,20 +49,22 @@ from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QtMsgType, qInstallMe
 from PySide6.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem, QWidget
 
 from fleetdesk.config import Settings
+from fleetdesk.discovery.mdns import DiscoveryEvent
+from fleetdesk.discovery.recorder import RecordingState
 from fleetdesk.fleet import Fleet
 from fleetdesk.gui.app import build_window, create_app
 from fleetdesk.gui.bridge import DeviceView
+from fleetdesk.gui.bridge_views import device_status
 from fleetdesk.gui.fleet_model import COLUMNS, STATUS_TEXT
 from fleetdesk.gui.icons import status_icon
 from fleetdesk.gui.loopwatch import LoopWatch
 from fleetdesk.gui.main_window import MainWindow
-from fleetdesk.inventory import open_inventory
+from fleetdesk.inventory import Device, open_inventory
 from fleetdesk.inventory.records import ProbeFacts, Sighting
 from fleetdesk.profiles import load_profiles
 
 TARGET_P99_S = 0.050  # the issue's bar for the stall p99
-BATCH = 16  # devices per delivery, as fleetdesk.fleet.BATCH (the discovery recorder's batch)
-ROTATION = ("online", "offline", "busy", "unreachable")  # live statuses a device moves through
+STORED_WITHIN_S = 60.0  # the recorder must have stored and reported a second's events by then
 SETTLE_S = 0.05  # after a second's updates, time for the view to paint them by itself (watched)
 IDLE_S = 3  # seconds of an idle window: the heartbeat's noise floor on this machine
 GROUPS = ("line A", "line B", "packing")
@@ -80,16 +83,18 @@ def address(n: int) -> str:
     return f"198.18.{1 + n // 200}.{10 + n % 200}"
 
 
+def sighting(n: int) -> Sighting:
+    """The n-th device's SSH service as mDNS announces it."""
+    label = f"{FAMILIES[n % len(FAMILIES)][0]}-{n:03d}"
+    return Sighting("mdns", (address(n),), host_name=f"{label}.local.", instance_name=label,
+                    service_type="_ssh._tcp.local.")
+
+
 def fill_inventory(db_url: str, count: int, rng: random.Random) -> None:
     """`count` devices announced by mDNS; about half probed, most of them in one of three groups."""
     inventory = open_inventory(db_url)
     try:
-        sightings = []
-        for n in range(count):
-            label = f"{FAMILIES[n % len(FAMILIES)][0]}-{n:03d}"
-            sightings.append(Sighting("mdns", (address(n),), host_name=f"{label}.local.", instance_name=label,
-                                      service_type="_ssh._tcp.local."))
-        devices = inventory.record_sightings(sightings)
+        devices = inventory.record_sightings([sighting(n) for n in range(count)])
         for n, device in enumerate(devices):
             if rng.random() < 0.5:
                 _, profile, arch, os_name = FAMILIES[n % len(FAMILIES)]
@@ -139,31 +144,68 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 class LiveFleet:
-    """The devices' current views, and each second's changes: a random share moves to its next status.
+    """Each second's mDNS events: a random 20-100 % of the devices go away if they were there, come back if not.
 
-    With no `rng`, nothing changes (the idle phase).
+    Every device starts online, as the inventory was filled; the same seed gives the same events. With no
+    `rng`, nothing happens (the idle phase).
     """
 
-    def __init__(self, views: Sequence[DeviceView], rng: random.Random | None) -> None:
-        self.views = {v.id: v for v in views}
+    def __init__(self, count: int, rng: random.Random | None) -> None:
+        self.online = [True] * count
         self.rng = rng
 
-    def changes(self) -> list[DeviceView]:
+    def changes(self) -> list[DiscoveryEvent]:
         if self.rng is None:
             return []
-        ids = list(self.views)
-        chosen = self.rng.sample(ids, k=max(1, round(len(ids) * self.rng.uniform(0.2, 1.0))))
-        now = datetime.now(UTC)
-        changed = []
-        for device_id in chosen:
-            before = self.views[device_id]
-            status = ROTATION[(ROTATION.index(before.status) + 1) % len(ROTATION)] \
-                if before.status in ROTATION else "online"
-            device = dataclasses.replace(before.device, online=status != "offline", last_seen=now)
-            view = DeviceView(device, status, before.trusted)
-            self.views[device_id] = view
-            changed.append(view)
-        return changed
+        count = len(self.online)
+        chosen = self.rng.sample(range(count), k=max(1, round(count * self.rng.uniform(0.2, 1.0))))
+        events = []
+        for n in chosen:
+            self.online[n] = not self.online[n]
+            events.append(DiscoveryEvent("seen" if self.online[n] else "gone", sighting(n)))
+        return events
+
+
+class RecorderFeed:
+    """The real discovery recorder over the SQLite inventory, fed a second's events at once, as a browse hears a
+    floor: it stores them a batch at a time in its own thread and reports each stored device on the loop.
+
+    `deliver` returns once every event's device was reported (the recorder reports gone devices too).
+    """
+
+    def __init__(self, fleet: Fleet, on_device: Callable[[Device], None]) -> None:
+        self._on_device = on_device
+        self._reported = 0
+        self._wanted = 0
+        self._all_in: asyncio.Future[None] | None = None
+        self.recorder = fleet.recorder(self._report, self._refused)
+
+    def _report(self, device: Device) -> None:
+        self._on_device(device)
+        self._reported += 1
+        if self._all_in is not None and not self._all_in.done() and self._reported >= self._wanted:
+            self._all_in.set_result(None)
+
+    def _refused(self, state: RecordingState) -> None:
+        # A figure over sightings that were not stored would measure nothing: stop the benchmark instead.
+        if state.error is not None and self._all_in is not None and not self._all_in.done():
+            self._all_in.set_exception(RuntimeError(f"the inventory refused discovery's writes: {state.text}"))
+
+    async def deliver(self, events: list[DiscoveryEvent]) -> None:
+        if not events:
+            return
+        self._wanted = self._reported + len(events)
+        self._all_in = asyncio.get_running_loop().create_future()
+        for event in events:
+            self.recorder.push(event)
+        await asyncio.wait_for(self._all_in, STORED_WITHIN_S)
+
+    async def close(self) -> None:
+        await self.recorder.close()
+
+
+async def nothing(_events: list[DiscoveryEvent]) -> None:
+    """The idle phase's delivery."""
 
 
 class PaintCounter(QObject):
@@ -180,32 +222,29 @@ class PaintCounter(QObject):
         return False
 
 
-async def drive(phase: Phase, seconds: int, live: LiveFleet, deliver: Callable[[list[DeviceView]], None],
-                viewport: QWidget, profile_second: int = 0) -> None:
-    """`seconds` ticks of 1 Hz updates delivered in batches, each followed by one timed repaint of `viewport`."""
+async def drive(phase: Phase, seconds: int, live: LiveFleet,
+                deliver: Callable[[list[DiscoveryEvent]], Awaitable[None]], viewport: QWidget,
+                profile_second: int = 0) -> None:
+    """`seconds` ticks of 1 Hz events delivered and stored, each followed by one timed repaint of `viewport`."""
     loop = asyncio.get_running_loop()
     paints = PaintCounter(viewport)
-    hop = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-recorder")
     watch = phase.watch
-    changes = live.changes()  # making the synthetic changes is the benchmark's work: done while unwatched
+    changes = live.changes()  # making the synthetic events is the benchmark's work: done while unwatched
     start = loop.time()
     watch.start()
     try:
         for tick in range(seconds):
-            await asyncio.sleep(max(0.0, start + tick - loop.time()))
+            await asyncio.sleep(max(0.0, start + tick - loop.time()))  # the 1 Hz pace, not a wait for anything
             profiler = cProfile.Profile() if profile_second and tick + 1 == profile_second else None
             if profiler is not None:
                 profiler.enable()
-            for n in range(0, len(changes), BATCH):
-                # The recorder stores each batch in its own thread, then reports it on the loop.
-                await loop.run_in_executor(hop, time.sleep, 0)
-                deliver(changes[n:n + BATCH])
+            await deliver(changes)
             phase.updates += len(changes)
             await asyncio.sleep(SETTLE_S)
             if profiler is not None:
                 profiler.disable()
                 report_profile(profiler, phase.name, len(changes))
-            # The timed repaint and the next second's changes are the benchmark's own work: keep them out of
+            # The timed repaint and the next second's events are the benchmark's own work: keep them out of
             # the stall figures, and let one beat pass while paused so the next beat's lateness starts after.
             watch.paused = True
             began = time.perf_counter()
@@ -220,7 +259,6 @@ async def drive(phase: Phase, seconds: int, live: LiveFleet, deliver: Callable[[
         watch.stop()
         viewport.removeEventFilter(paints)
         phase.paints = paints.count - len(phase.frames)
-        hop.shutdown(wait=True)
 
 
 def report_profile(profiler: cProfile.Profile, name: str, changes: int) -> None:
@@ -247,6 +285,8 @@ class ReferenceTable:
     """The naive table: one QTableWidgetItem per cell, written with setText for each change."""
 
     def __init__(self, views: Sequence[DeviceView]) -> None:
+        self.trusted = {v.id: v.trusted for v in views}
+        self.queued: list[DeviceView] = []
         table = QTableWidget(len(views), len(COLUMNS))
         table.setObjectName("ReferenceTable")
         table.setHorizontalHeaderLabels(list(COLUMNS))
@@ -275,11 +315,24 @@ class ReferenceTable:
             items[0].setIcon(status_icon(view.status))
         self.table.setSortingEnabled(True)  # sorts once, by the column and order shown
 
+    def on_device(self, device: Device) -> None:
+        """A device the recorder stored; a recorder batch's devices are written together, once it has reported
+        them all (they come in one loop callback), so sorting is off once per batch."""
+        trusted = self.trusted[device.id]
+        status = device_status(device, trusted=trusted, busy=False, unreachable=False)
+        self.queued.append(DeviceView(device, status, trusted))
+        if len(self.queued) == 1:
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        views, self.queued = self.queued, []
+        self.deliver(views)
+
 
 # -- the run ------------------------------------------------------------------------------------------------
 
 
-async def bench(window: MainWindow, seconds: int, seed: int, select: bool,
+async def bench(window: MainWindow, db_url: str, seconds: int, seed: int, select: bool,
                 profile_second: int) -> dict[str, Any]:
     await window.start()
     table = window.fleet_table
@@ -288,36 +341,57 @@ async def bench(window: MainWindow, seconds: int, seed: int, select: bool,
         window.select_devices([window.fleet_model.view_at(0).id])  # an operator looking at one device
     await asyncio.sleep(0.3)
     views = window.fleet_model.views()
+    count = len(views)
 
     idle = Phase("idle window", LoopWatch(0.01))
-    await drive(idle, IDLE_S, LiveFleet(views, None), lambda _v: None, table.viewport())
+    await drive(idle, IDLE_S, LiveFleet(count, None), nothing, table.viewport())
 
-    def deliver(batch: list[DeviceView]) -> None:
-        for view in batch:  # what FleetBridge._update emits for each device the recorder reports
-            window.bridge.device_changed.emit(view)
-
+    # The recorder hands each stored device to the bridge as the window's own browse does
+    # (FleetBridge.start_browsing's on_device): the bridge's view changes and the table follows.
+    feed = RecorderFeed(window.bridge.fleet, window.bridge._update)
     fleetdesk = Phase("FleetDesk table", LoopWatch(0.01))
-    await drive(fleetdesk, seconds, LiveFleet(views, random.Random(seed)), deliver, table.viewport(), profile_second)
+    try:
+        await drive(fleetdesk, seconds, LiveFleet(count, random.Random(seed)), feed.deliver, table.viewport(),
+                    profile_second)
+    finally:
+        await feed.close()
+    viewport = [table.viewport().width(), table.viewport().height()]
+    size = table.size()
+    # Closed before the reference runs: its timers and repaints are no part of the reference's figures.
+    await window.shutdown()
 
-    reference = ReferenceTable(views)
-    reference.table.resize(table.size())  # the same viewport size: the same frame to paint
-    reference.table.show()
-    await asyncio.sleep(0.3)
-    naive = Phase("QTableWidget reference", LoopWatch(0.01))
-    await drive(naive, seconds, LiveFleet(views, random.Random(seed)), reference.deliver,  # the same changes
-                reference.table.viewport(), profile_second)
-    reference.table.close()
-    reference.table.deleteLater()
+    async with Fleet(open_inventory(db_url), load_profiles()) as fleet:
+        # Every device back online, as the window found them, so the same events make the same changes.
+        again = RecorderFeed(fleet, lambda _device: None)
+        await again.deliver([DiscoveryEvent("seen", sighting(n)) for n in range(count)])
+        await again.close()
+        trusted = {v.id: v.trusted for v in views}
+        start = [DeviceView(d, device_status(d, trusted=trusted[d.id], busy=False, unreachable=False), trusted[d.id])
+                 for d in fleet.inventory.devices()]
+        reference = ReferenceTable(start)
+        reference.table.resize(size)  # the same viewport size: the same frame to paint
+        reference.table.show()
+        await asyncio.sleep(0.3)
+        naive = Phase("QTableWidget reference", LoopWatch(0.01))
+        feed = RecorderFeed(fleet, reference.on_device)
+        try:
+            await drive(naive, seconds, LiveFleet(count, random.Random(seed)), feed.deliver,  # the same events
+                        reference.table.viewport(), profile_second)
+        finally:
+            await feed.close()
+            reference.table.close()
+            reference.table.deleteLater()
 
     ours, theirs = fleetdesk.figures(), naive.figures()
     ratio = ours["stall_p99_ms"] / theirs["stall_p99_ms"] if theirs["stall_p99_ms"] else None
     return {
         "benchmark": "gui_fleet",
-        "devices": len(views),
+        "devices": count,
         "seconds": seconds,
         "sorted_by": "Status",
         "selection": "one device" if select else "none",
-        "viewport": [table.viewport().width(), table.viewport().height()],
+        "delivery": "discovery recorder over SQLite",
+        "viewport": viewport,
         "idle": idle.figures(),
         "fleetdesk": ours,
         "reference": theirs,
@@ -348,8 +422,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     db_url = f"sqlite:///{workdir / 'inventory.db'}"
     fill_inventory(db_url, args.devices, random.Random(args.seed))
 
-    return run_in_window(db_url, (1280, 800), lambda window: bench(window, args.seconds, args.seed,
-                                                                   not args.no_select, args.profile_second))
+    result: dict[str, Any] = run_in_window(db_url, (1280, 800), lambda window: bench(
+        window, db_url, args.seconds, args.seed, not args.no_select, args.profile_second))
+    return result
 
 
 def run_in_window(db_url: str, size: tuple[int, int], job: Callable[[Any], Awaitable[Any]]) -> Any:

@@ -99,7 +99,8 @@ async def provision_run(db_url: str, names: list[str], store: RuntimeStore,
     fleet = Fleet(open_inventory(db_url), PROFILES)
     try:
         started = time.monotonic()
-        outcomes = await provision(fleet, fleet.select(names), store=store, signing_key=key)
+        # The benchmark's own fleet key replaces whichever the lab devices trusted before.
+        outcomes = await provision(fleet, fleet.select(names), store=store, signing_key=key, replace_fleet_key=True)
         return outcomes, time.monotonic() - started
     finally:
         await fleet.close()

@@ -77,6 +77,9 @@ PROFILE = "ipc-x86"
 PROFILES = load_profiles()
 REF_DIR = "/var/tmp/fleetdesk-bench-ref"
 TARGET_RATIO, TARGET_FIRST_BYTE_S = 1.2, 2.0
+# The fixed part stated per wave (start, activation, gates, confirmation, decision): measured 3.2-3.8 s per wave
+# on the shared 2-core lab host (issue 7). End to end, the target is TARGET_RATIO x the bare transfer plus this.
+STATED_FIXED_PER_WAVE_S = 4.0
 WIDTH, LAYERS = 2048, 3  # 3 x 2048 x 2048 float32 weights + biases = 50.4 MB
 GATES = Gates(serving=True, p95_ms_max=None, p95_ratio_max=None, error_rate_max=0.01, golden_min_cosine=0.99,
               temperature_c_max=110.0, memory_free_pct_min=2.0)
@@ -212,8 +215,9 @@ async def enrol_and_provision(db_url: str, state: dict[str, Any], devices: list[
         if bad:
             sys.exit(f"probe failed: {bad}")
         started = time.monotonic()
+        # The benchmark's own fleet key replaces whichever the lab devices trusted before.
         outcomes = await provision(fleet, fleet.select(names), runtime.id, store=runtimes, signing_key=key,
-                                   agent=agent_tree())
+                                   agent=agent_tree(), replace_fleet_key=True)
         took = time.monotonic() - started
     bad = [(o.device, o.error) for o in outcomes if o.error is not None]
     if bad:
@@ -644,10 +648,18 @@ def main() -> None:
             overhead = ra["total_s"] - transfer
             say(f"   rollout (engine.start -> done)       {ra['total_s']:7.2f} s  "
                 f"{total_bytes / ra['total_s'] / 1e6:6.1f} MB/s")
-            say(f"   ratio rollout / pool.push reference  {ra['total_s'] / ref_pool:7.2f}   "
-                f"(/ scp {ra['total_s'] / ref_scp:.2f}, / wave-by-wave pushes {ra['total_s'] / ref_waves:.2f})")
-            say(f"   of which the waves' transfer windows {transfer:7.2f} s = {transfer / ref_pool:.2f} x reference "
-                f"(target <= {TARGET_RATIO}); the rest, {overhead:.2f} s, is the fixed part "
+            end_to_end, transfer_ratio = ra["total_s"] / ref_pool, transfer / ref_pool
+            fixed_allowed = STATED_FIXED_PER_WAVE_S * len(waves)
+            end_to_end_target = TARGET_RATIO + fixed_allowed / ref_pool
+            say(f"   end to end: rollout / pool.push reference     {end_to_end:6.2f}  "
+                f"(target <= {end_to_end_target:.2f} = {TARGET_RATIO} + {len(waves)} waves x "
+                f"{STATED_FIXED_PER_WAVE_S:g} s stated fixed part / {ref_pool:.2f} s: "
+                f"{_verdict(end_to_end <= end_to_end_target)})")
+            say(f"   transfer windows / pool.push reference        {transfer_ratio:6.2f}  (target <= {TARGET_RATIO}: "
+                f"{_verdict(transfer_ratio <= TARGET_RATIO)})")
+            say(f"   rollout / scp {ra['total_s'] / ref_scp:.2f}, / wave-by-wave pushes {ra['total_s'] / ref_waves:.2f}"
+                " (informative)")
+            say(f"   the waves' transfer windows took {transfer:.2f} s; the rest, {overhead:.2f} s, is the fixed part "
                 f"({overhead / len(waves):.2f} s per wave: start, activation, gates, confirm, decision)")
             for w in ra["windows"]:
                 say(f"     wave {w['wave']} ({w['devices']:2d} devices): staging {w['first_stage']:6.2f} .. "
@@ -663,7 +675,10 @@ def main() -> None:
             figures["rollout"] = {"total_s": ra["total_s"], "ref_pool_s": ref_pool, "ref_scp_s": ref_scp,
                                   "ref_waves_s": ref_waves, "ratio_pool": ra["total_s"] / ref_pool,
                                   "ratio_scp": ra["total_s"] / ref_scp, "ratio_waves": ra["total_s"] / ref_waves,
-                                  "transfer_windows_s": transfer, "transfer_ratio": transfer / ref_pool,
+                                  "transfer_windows_s": transfer, "transfer_ratio": transfer_ratio,
+                                  "transfer_ratio_target": TARGET_RATIO, "end_to_end_ratio": end_to_end,
+                                  "end_to_end_target": end_to_end_target,
+                                  "stated_fixed_per_wave_s": STATED_FIXED_PER_WAVE_S,
                                   "fixed_overhead_s": overhead, "windows": ra["windows"],
                                   "bytes_sent": ra["bytes_sent"], "ran_a_model_before": ra["ran_a_model_before"],
                                   "ops": {k: {"calls": n, "seconds": s, "longest": m}
@@ -703,6 +718,10 @@ def main() -> None:
                                      "cli_s": rb["first_byte_s"], "cli_first_stage_s": rb["first_stage_s"]}
     if ARGS.json:
         print(json.dumps(figures, indent=2, default=str))
+
+
+def _verdict(met: bool) -> str:
+    return "meets" if met else "MISSES"
 
 
 def _s(value: float | None) -> str:

@@ -26,7 +26,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
 from tests.fixtures.models.build import save_cnn  # noqa: E402 - after the path is set
+from tests.fixtures.signed import signed_artifact  # noqa: E402
 
 
 def start_server(root: Path, *args: str) -> tuple[subprocess.Popen[str], int]:
@@ -109,10 +112,11 @@ def main() -> int:
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        artifact = root / "artifacts" / ("0" * 64)
-        artifact.mkdir(parents=True)
-        save_cnn(artifact / "small_cnn.onnx")
-        (root / "current").symlink_to(artifact)
+        save_cnn(root / "small_cnn.onnx")
+        # The server loads only what the device's fleet key signed: a throwaway key, as the agent's tests do.
+        sha = signed_artifact(root, Ed25519PrivateKey.generate(), (root / "small_cnn.onnx").read_bytes(),
+                              model="small_cnn.onnx")
+        (root / "current").symlink_to(root / "artifacts" / sha)
         extra = ["--threads", str(args.threads)] if args.threads else []
         for name, batch in (("batched", args.max_batch), ("unbatched", 1)):
             proc, port = start_server(root, "--port", "0", "--max-batch", str(batch),

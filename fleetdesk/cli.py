@@ -168,7 +168,12 @@ def cmd_discover(args: argparse.Namespace) -> int:
             if not args.json:
                 say(f"seen {_safe(device.label)}")
 
-        devices = await fleet.discover(args.interface or None, args.timeout, on_device=shown)
+        def recording(state: Any) -> None:
+            # Told even with --json (on stderr): a browse whose sightings are not stored must not look fine.
+            fix = f" — {state.error.fix}" if state.error is not None and state.error.fix else ""
+            say(_safe(state.text + fix))
+
+        devices = await fleet.discover(args.interface or None, args.timeout, on_device=shown, on_state=recording)
         _emit(args, [_device_json(fleet, d) for d in devices],
               f"{len(devices)} device(s) found\n" + (_devices_table(devices) if devices else ""))
         return 0

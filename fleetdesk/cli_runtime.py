@@ -134,7 +134,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
     async def work(fleet: Any) -> int:
         devices = fleet.select(args.devices, group=args.group, all_devices=args.all)
         printer = _ProgressPrinter(sys.stderr)
-        outcomes = await provision(fleet, devices, args.runtime, progress=printer, concurrency=args.concurrency)
+        outcomes = await provision(fleet, devices, args.runtime, progress=printer, concurrency=args.concurrency,
+                                   replace_fleet_key=args.replace_fleet_key)
         counts = {s: sum(o.status == s for o in outcomes) for s in ("succeeded", "failed", "unreachable")}
         text = "\n".join(_outcome_line(o) for o in outcomes) + "\n" + _summary(counts)
         _emit(args, {"outcomes": [o.to_dict() for o in outcomes], "summary": counts}, text)
@@ -172,4 +173,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], argparse.Argu
     choose(p)
     p.add_argument("--runtime", metavar="ID", help="runtime to install (default: the newest for each profile)")
     p.add_argument("--concurrency", type=int, default=8, metavar="N", help="devices at once (default 8)")
+    p.add_argument("--replace-fleet-key", action="store_true",
+                   help="give a device that trusts another fleet key (its keys/fleet.pub) this laptop's instead; "
+                        "without it such a device is refused, untouched, and both fingerprints are shown")
     p.set_defaults(func=cmd_provision)

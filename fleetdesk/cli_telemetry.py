@@ -40,6 +40,8 @@ def _sample_line(name: str, sample: Any, mode: str) -> str:
              f"p95 {_fmt(sample.latency_p95_ms, 'ms', 1):>8}", mode]
     if sample.throttled:
         parts.append("throttled: " + ",".join(_safe(f) for f in sample.throttled))
+    if sample.refused:
+        parts.append("PROBLEM: " + _safe(sample.refused))
     return "  ".join(parts)
 
 

@@ -84,6 +84,11 @@ class DatabaseTooNewError(InventoryError):
     """The database was written by a newer FleetDesk; it is left untouched."""
 
 
+class InventoryUnavailableError(InventoryError):
+    """The inventory refused a write for now (disk full, locked by another program, I/O error); nothing was
+    changed, and the same write may succeed once the cause is gone."""
+
+
 class DeviceNotFoundError(InventoryError):
     """No device in the inventory matches the name, address or id the operator gave."""
 
@@ -157,6 +162,22 @@ class DiscoveryError(FleetDeskError):
 
 class ProvisionError(FleetDeskError):
     """A device cannot be provisioned: untrusted, no profile, no python3, or no runtime built for it."""
+
+
+class FleetKeyMismatchError(ProvisionError):
+    """The device trusts another fleet key (its keys/fleet.pub) than this laptop's; replaced only when the
+    operator says so (`--replace-fleet-key`, or yes in the window). Carries both fingerprints."""
+
+    code = "fleet-key-differs"
+
+    def __init__(self, message: str, *, device_key: str, laptop_key: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.device_key = device_key
+        self.laptop_key = laptop_key
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "code": self.code, "device_key": self.device_key,
+                "laptop_key": self.laptop_key}
 
 
 class RuntimeBundleError(ConfigError):

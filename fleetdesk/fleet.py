@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 
 from fleetdesk.config import Settings
 from fleetdesk.discovery.manual import resolve_host
 from fleetdesk.discovery.mdns import DiscoveryEvent, MdnsBrowser
+from fleetdesk.discovery.recorder import DiscoveryRecorder, RecordingState
 from fleetdesk.discovery.sweep import sweep
 from fleetdesk.errors import (
     ConfigError,
@@ -113,11 +113,21 @@ class Fleet:
             chosen.setdefault(device.id, device)
         return list(chosen.values())
 
+    def ssh_config_for(self, device: Device) -> sshconfig.SSHConfigEntry:
+        """What the operator's ssh config says for the device, and which of its lines say it.
+
+        Read as `ssh NAME` reads it, except that Host patterns are matched against the device's address and
+        mDNS host names too: an operator's `Host 198.18.1.*` block serves `ssh 198.18.1.7`, so it serves
+        the device at that address whatever it is called here.
+        """
+        mdns_hosts = [n[:-1] for n in device.mdns_names if n.endswith(".")]  # host names are fully qualified
+        return sshconfig.resolve(device.name, aliases=[device.address, *mdns_hosts], config_path=self.ssh_config)
+
     def target(self, device: Device) -> SSHTarget:
         """How to reach the device: the inventory row, its pinned keys and profile, then ~/.ssh/config.
 
-        The operator's ssh config is looked up by the device's name, as `ssh NAME` would; it supplies
-        HostName, Port, User and IdentityFile unless the inventory holds a non-default user or port.
+        The operator's ssh config (ssh_config_for) supplies HostName, Port, User and IdentityFile unless the
+        inventory holds a non-default user or port, or a key file chosen for the device.
         """
         profile = self.profiles.profiles.get(device.profile) if device.profile else None
         target = SSHTarget(
@@ -132,7 +142,7 @@ class Fleet:
             transport=device.transport,
             device_id=device.id,
         )
-        entry = sshconfig.resolve(device.name, config_path=self.ssh_config)
+        entry = self.ssh_config_for(device)
         sshconfig.check_supported(entry, device=device.name)
         explicit = {"host"} if entry.hostname == device.name.lower() else set()
         if device.username != DEFAULT_USER or device.password_account:
@@ -185,13 +195,18 @@ class Fleet:
         live.discard(_service_key(event))
         return device if live else self.inventory.set_online(device.id, False)
 
-    def recorder(self, on_device: Callable[[Device], None] | None = None) -> DiscoveryRecorder:
-        """Something to hand MdnsBrowser as `on_event`: it writes to the inventory in batches, off the loop."""
-        return DiscoveryRecorder(self, on_device)
+    def recorder(self, on_device: Callable[[Device], None] | None = None,
+                 on_state: Callable[[RecordingState], None] | None = None) -> DiscoveryRecorder:
+        """Something to hand MdnsBrowser as `on_event`: it writes to the inventory in batches, off the loop,
+        and tells `on_state` when the inventory refuses writes (held and retried) and when it records again."""
+        return DiscoveryRecorder(self.apply_discovery_events, on_device, on_state)
 
     async def discover(self, interfaces: Iterable[str] | None = None, timeout: float = 3.0, *,
-                       on_device: Callable[[Device], None] | None = None) -> list[Device]:
-        """Browse mDNS for `timeout` seconds, recording every device into the inventory as it appears."""
+                       on_device: Callable[[Device], None] | None = None,
+                       on_state: Callable[[RecordingState], None] | None = None) -> list[Device]:
+        """Browse mDNS for `timeout` seconds, recording every device into the inventory as it appears.
+
+        An inventory that still refuses writes when the browse ends raises InventoryUnavailableError."""
         if not 0 < timeout <= 600:
             raise ConfigError(f"a browse time of {timeout} s is out of range", fix="use 1 to 600 seconds")
         found: dict[int, Device] = {}
@@ -202,7 +217,7 @@ class Fleet:
             if on_device is not None:
                 on_device(device)
 
-        recorder = self.recorder(seen)
+        recorder = self.recorder(seen, on_state)
         try:
             async with MdnsBrowser(interfaces, on_event=recorder.push) as browser:
                 await asyncio.sleep(timeout)
@@ -292,7 +307,7 @@ class Fleet:
 
     def trust_from_known_hosts(self, device: Device, path: str | os.PathLike[str] | None = None) -> list[PublicKey]:
         """Pin the keys the operator's known_hosts already trusts for the device (by address and by name)."""
-        entry = sshconfig.resolve(device.name, config_path=self.ssh_config)
+        entry = self.ssh_config_for(device)
         files = [os.fspath(path)] if path is not None else list(sshconfig.known_hosts_files(entry))
         keys: dict[str, PublicKey] = {}
         for host in dict.fromkeys([*device.addresses, device.name, device.hostname, entry.hostname]):
@@ -369,62 +384,3 @@ class Fleet:
 
 def _service_key(event: DiscoveryEvent) -> tuple[str, str]:
     return (event.sighting.service_type or "", event.sighting.instance_name or "")
-
-
-class DiscoveryRecorder:
-    """Takes mDNS events on the loop and writes them to the inventory in its own thread, a batch at a time.
-
-    The loop never waits on the database, so resolving the next device goes on while the last is stored;
-    `on_device` is called on the loop for every device seen, updated or gone, once it is in the inventory.
-    """
-
-    def __init__(self, fleet: Fleet, on_device: Callable[[Device], None] | None = None) -> None:
-        self._fleet = fleet
-        self._on_device = on_device
-        self._pending: list[DiscoveryEvent] = []
-        self._closing = False
-        # Its own thread, so the loop (and the GUI on it) never waits on the database.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleetdesk-discovery")
-        # Everything on the loop it was made on, named, not asked of asyncio when the task steps: the GUI tests'
-        # qasync loop (stopped and started again between test steps) can step a task with no loop running, where
-        # an asyncio.Event's wait() fails ("bound to a different event loop") and the recorder would die.
-        self._loop = asyncio.get_running_loop()
-        self._wake: asyncio.Future[None] = self._loop.create_future()
-        self._task = self._loop.create_task(self._write(), name="discovery recorder")
-
-    def push(self, event: DiscoveryEvent) -> None:
-        self._pending.append(event)
-        self._signal()
-
-    def _signal(self) -> None:
-        if not self._wake.done():
-            self._wake.set_result(None)
-
-    async def close(self) -> None:
-        """Store what is still pending, then stop."""
-        self._closing = True
-        self._signal()
-        try:
-            await self._task
-        finally:
-            self._executor.shutdown(wait=False)
-
-    async def _write(self) -> None:
-        while True:
-            await self._wake
-            self._wake = self._loop.create_future()
-            while self._pending:
-                # Small batches: the first devices of a floor are in the inventory (and on screen) while
-                # the rest are still being stored; one transaction per batch keeps the commits few.
-                batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
-                devices = await self._loop.run_in_executor(self._executor, self._fleet.apply_discovery_events,
-                                                           batch)
-                for device in devices:
-                    # A device whose last service went is reported too: it is offline now.
-                    if device is not None and self._on_device is not None:
-                        self._on_device(device)
-            if self._closing:
-                return
-
-
-BATCH = 16  # discovery events per inventory transaction

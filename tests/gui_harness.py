@@ -185,3 +185,26 @@ def gui_session(db_url: str, screens: Path, *, ssh_config: str | None = None,
     if session.stall_notes:
         pytest.fail(f"the event loop stalled longer than {STALL_LIMIT * 1000:.0f} ms: {session.stall_notes}",
                     pytrace=False)
+
+
+def shown_text(text: str) -> str:
+    """What Qt draws for a tooltip's (or an auto-format label's) `text`: Qt takes it for HTML when
+    `Qt.mightBeRichText` says so, and then draws the document's text, not the markup."""
+    from PySide6.QtGui import Qt, QTextDocument
+
+    if not Qt.mightBeRichText(text):
+        return text
+    document = QTextDocument()
+    document.setHtml(text)
+    return document.toPlainText()
+
+
+def distinct_colours(image: Any) -> int:
+    """How many different colours a QImage has: a blank picture has one, a drawn window hundreds."""
+    from PySide6.QtGui import QImage
+
+    image = image.convertToFormat(QImage.Format.Format_RGB32)
+    seen: set[int] = set()
+    for row in range(image.height()):
+        seen.update(memoryview(bytes(image.constScanLine(row))[:image.width() * 4]).cast("I"))
+    return len(seen)

@@ -104,6 +104,10 @@ def build_parser(load: str | None = None) -> tuple[ArgumentParser, Any]:
     p = commands.add_parser("watchdog")  # started by activate, detached; not for people
     p.add_argument("sha", metavar="SHA")
     p.add_argument("--token", required=True)
+    # Run by the boot path (fleetdesk-boot) before the model server starts: settle what a reboot interrupted or
+    # let expire, and give an activation still inside its window a watchdog again.
+    p = commands.add_parser("settle", help="revert an unconfirmed activation whose deadline passed (run at boot)")
+    p.add_argument("--by", default="boot", help=argparse.SUPPRESS)
     loaded = None
     for name, text in LAZY_COMMANDS.items():
         p = commands.add_parser(name, help=text)
@@ -146,6 +150,8 @@ def dispatch(args: argparse.Namespace, module: Any) -> int:
         state.check_sha(args.sha)
         record = state.watch(root, args.sha, args.token)
         emit(protocol.event("reverted", **record) if record else protocol.event("watchdog-done", sha=args.sha))
+    elif args.command == "settle":
+        emit(protocol.result("settle", **settle(args)))
     return protocol.EXIT_OK
 
 
@@ -157,6 +163,25 @@ def _current(root: str) -> str:
         raise AgentError(protocol.NOT_FOUND, "there is no active model on this device (ROOT/current is not set)",
                          fix="activate an artifact first, or name one by its SHA-256")
     return sha
+
+
+def _spawner(root: str) -> Any:
+    from . import state
+
+    def spawn(sha: str, token: str) -> int:
+        return state.spawn_watchdog(root, sha, token, os.path.join(root, "log", "watchdog.log"))
+
+    return spawn
+
+
+def settle(args: argparse.Namespace) -> dict[str, Any]:
+    """`settle`: what is due is reverted; a pending activation still in its window gets a watchdog again."""
+    from . import state
+
+    if not os.path.isdir(args.root):
+        return {"reverted": None, "pending": None}
+    reverted, pending = state.rearm(args.root, _spawner(args.root), args.by)
+    return {"reverted": reverted, "pending": pending}
 
 
 def activate(args: argparse.Namespace) -> dict[str, Any]:
@@ -171,11 +196,8 @@ def activate(args: argparse.Namespace) -> dict[str, Any]:
         raise AgentError(protocol.BAD_ARGUMENTS, f"--wait-load {args.wait_load:g} is negative",
                          fix="give the seconds to wait for the model server, or 0 not to wait")
 
-    def spawn(sha: str, token: str) -> int:
-        return state.spawn_watchdog(root, sha, token, os.path.join(root, "log", "watchdog.log"))
-
     since = time.time()
-    answer = state.activate(root, args.sha, args.confirm_within, spawn=spawn)
+    answer = state.activate(root, args.sha, args.confirm_within, spawn=_spawner(root))
     if not answer.get("changed") or not answer.get("serve_reloaded") or args.wait_load == 0:
         answer["serving"] = None
         return answer
@@ -185,8 +207,9 @@ def activate(args: argparse.Namespace) -> dict[str, Any]:
         record = state.undo_failed_load(root, args.sha, loaded["reason"])
         back = f"; the device went back to {record['to'] or 'no model'}" if record else ""
         raise AgentError(MODEL_LOAD_FAILED, f"the model server could not load {args.sha}: {loaded['reason']}{back}",
-                         fix="check that the model opens with onnxruntime and the device's execution providers "
-                             "(fleetdesk-agent bench SHA on the device shows the error); the previous model serves")
+                         fix=loaded.get("fix") or "check that the model opens with onnxruntime and the device's "
+                             "execution providers (fleetdesk-agent bench SHA on the device shows the error); the "
+                             "previous model serves", file=loaded.get("file"))
     return answer
 
 

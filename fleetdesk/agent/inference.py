@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .state import sha256_file
+from .state import MANIFEST_NAME, _manifest_entries, sha256_file
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
@@ -42,7 +42,11 @@ class RuntimeMissing(Exception):
 
 
 class ModelLoadError(Exception):
-    """The model file cannot be found or no execution provider could open it."""
+    """The model file cannot be found or no execution provider could open it; `file`: the artifact's file at fault."""
+
+    def __init__(self, message: str, file: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file
 
 
 class RequestError(Exception):
@@ -81,33 +85,37 @@ def active_artifact(root: str) -> str | None:
 
 
 def model_file(artifact: str) -> str:
-    """The .onnx inside an artifact directory: manifest.json's "model" key if it has one, else the only *.onnx."""
-    manifest = os.path.join(artifact, "manifest.json")
-    if os.path.isfile(manifest):
-        try:
-            with open(manifest, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{manifest} cannot be read: {exc}") from exc
-        name = data.get("model") if isinstance(data, dict) else None
-        if isinstance(name, str) and name:
-            path = os.path.normpath(os.path.join(artifact, name))
+    """The .onnx inside an artifact directory, chosen among the files its manifest.json lists (only a listed file
+    was signed): the one the "model" key names, or with no "model" key the only listed *.onnx."""
+    manifest = os.path.join(artifact, MANIFEST_NAME)
+    try:
+        with open(manifest, encoding="utf-8") as handle:
+            data = json.load(handle)
+        listed = [os.path.normpath(rel) for rel, _ in _manifest_entries(data)]
+    except FileNotFoundError:
+        raise ModelLoadError(f"{artifact} has no {MANIFEST_NAME}: only signed artifacts are served") from None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{manifest} cannot be read: {exc}", file=MANIFEST_NAME) from exc
+    name = data.get("model")
+    if isinstance(name, str) and name:
+        rel = os.path.normpath(name)
+        if os.path.isabs(rel) or rel == ".." or rel.startswith(".." + os.sep):
             # The manifest names a file inside the artifact, never one elsewhere on the device.
-            if os.path.dirname(path) != os.path.normpath(artifact) and not path.startswith(
-                os.path.normpath(artifact) + os.sep
-            ):
-                raise ModelLoadError(f"{manifest} names a model outside its artifact: {name!r}")
-            if not os.path.isfile(path):
-                raise ModelLoadError(f"{manifest} names {name!r}, which is not in {artifact}")
-            return path
-    candidates = sorted(name for name in os.listdir(artifact) if name.endswith(".onnx"))
-    if len(candidates) != 1:
-        raise ModelLoadError(
-            "{} holds {} .onnx files ({}) and no manifest.json \"model\" key says which to serve".format(
-                artifact, len(candidates), ", ".join(candidates) or "none"
-            )
-        )
-    return os.path.join(artifact, candidates[0])
+            raise ModelLoadError(f"{manifest} names a model outside its artifact: {name!r}", file=MANIFEST_NAME)
+        if rel not in listed:
+            raise ModelLoadError(f"{manifest} names {name!r} as the model, but its signed file list does not "
+                                 "list it, so it is never loaded", file=name)
+    else:
+        candidates = sorted(r for r in listed if r.endswith(".onnx"))
+        if len(candidates) != 1:
+            raise ModelLoadError(
+                "{} lists {} .onnx files ({}) and no \"model\" key says which to serve".format(
+                    manifest, len(candidates), ", ".join(candidates) or "none"), file=MANIFEST_NAME)
+        rel = candidates[0]
+    path = os.path.join(artifact, rel)
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"{manifest} names {rel!r}, which is not in {artifact}", file=rel)
+    return path
 
 
 def resolve_model(root: str, what: str) -> tuple[str, str]:

@@ -30,14 +30,18 @@ INTERNAL = "internal"  # a bug in the agent: the message carries the exception
 class AgentError(Exception):
     """An error the agent reports as an error line: what went wrong and what the operator can do."""
 
-    def __init__(self, code: str, message: str, fix: str) -> None:
+    def __init__(self, code: str, message: str, fix: str, file: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.fix = fix
+        self.file = file  # the file at fault, relative to the artifact (or the fleet key's path), when one is
 
     def line(self) -> dict[str, Any]:
-        return {"type": "error", "code": self.code, "message": self.message, "fix": self.fix}
+        line = {"type": "error", "code": self.code, "message": self.message, "fix": self.fix}
+        if self.file is not None:
+            line["file"] = self.file
+        return line
 
 
 class Stopped(BaseException):

@@ -19,10 +19,12 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from . import check, inference, protocol
+from . import check, inference, protocol, state
 from .batching import MicroBatcher, ResultCache
 from .inference import LoadedModel, ModelLoadError, RequestError, RuntimeMissing
+from .protocol import AgentError
 from .servestats import ServeStats, stats_document, write_atomically
+from .verified import VerifiedArtifacts, refusal
 
 DEFAULT_PORT = 8750
 STATS_INTERVAL_S = 1.0
@@ -34,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0: any free one, see the event)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: localhost only)")
     parser.add_argument("--model", default=None,
-                        help="serve this .onnx file or artifact directory instead of ROOT/current")
+                        help="serve this artifact (its SHA-256, or its folder under ROOT/artifacts) instead of "
+                             "ROOT/current; it is verified against the fleet key like any other")
     parser.add_argument("--providers", default=",".join(inference.DEFAULT_PROVIDERS),
                         help="execution providers in order of preference, comma-separated (the profile's order)")
     parser.add_argument("--max-batch", type=int, default=8, help="rows per micro-batch (1: no batching)")
@@ -92,35 +95,75 @@ class ModelServer:
         self._target: str | None = None
         self._folder: str | None = None  # the artifact folder of the model loaded (its golden outputs are there)
         self._loaded_once = False
+        self.verified = VerifiedArtifacts(root)
+        # The last artifact this server would not load (which file failed and why), until one loads.
+        self.refused: dict[str, Any] | None = None
 
     # --- which model --------------------------------------------------------------------------------------
 
     def refresh(self, force: bool = False) -> dict[str, Any] | None:
-        """Load the model again if ROOT/current points elsewhere (or when forced); the event to report, if any."""
-        target = self.model_path if self.model_path else inference.active_artifact(self.root)
-        if self._loaded_once and not force and target == self._target:
+        """Load the model again if ROOT/current points elsewhere (or when forced), or when the artifact last refused
+        may have been repaired; the event to report, if any. Every load is verified first (verified.py)."""
+        target = self._wanted()
+        if self._loaded_once and not force and target == self._target and self.refused is None:
             return None
+        retry = self._loaded_once and not force and target == self._target
         self._loaded_once = True
         self._target = target
         if target is None:
+            self.refused = None
             self._swap(None, "no active model: {} does not point at an artifact; activate one "
                              "(`fleetdesk-agent activate SHA`)".format(os.path.join(self.root, "current")), [])
             return {"type": "event", "event": "model-unloaded", "reason": self.reason}
         sha = os.path.basename(os.path.normpath(target))
         try:
-            if self.model_path:
-                sha, path = inference.resolve_model(self.root, target)
-            else:
-                path = inference.model_file(target)
+            verdict = self.verified.verify(target)
+            path = inference.model_file(target)
+            if not verdict.covers(path):  # the manifest changed between its verification and this read
+                raise AgentError(protocol.BAD_ARTIFACT, f"artifact {sha}: {os.path.relpath(path, target)!r} was not "
+                                 "verified", fix="send SIGHUP to the model server to verify it again",
+                                 file=os.path.relpath(path, target))
+        except AgentError as exc:
+            return self._refuse(sha, exc, quiet=retry)
+        except ModelLoadError as exc:  # the signed manifest names no model it lists
+            return self._refuse(sha, AgentError(protocol.BAD_ARTIFACT, str(exc), file=exc.file or state.MANIFEST_NAME,
+                                                fix="rebuild the artifact on the laptop (fleetdesk model import) and "
+                                                    "push it again"), quiet=retry)
+        self.refused = None
+        try:
             model = inference.load_model(sha, path, self.providers, self.threads)
         except Exception as exc:  # whatever a model does to onnxruntime, the server stays up, not ready
             text = str(exc) if isinstance(exc, (ModelLoadError, RuntimeMissing, OSError)) else repr(exc)
             self._swap(None, f"model {sha} failed to load: {text}", [])
             return {"type": "event", "event": "model-failed", "model": sha, "reason": self.reason}
         self._swap(Served(model, self.max_batch, self.max_wait_s, self.cache_size, self.stats), "", model.skipped)
-        self._folder = target if os.path.isdir(target) else os.path.dirname(path)
+        self._folder = target
         return {"type": "event", "event": "model-loaded", "model": model.sha, "provider": model.provider,
                 "skipped": model.skipped, "batchable": model.batchable}
+
+    def _wanted(self) -> str | None:
+        """The artifact folder to serve: --model's (an artifact id or folder), else the one ROOT/current points at."""
+        if not self.model_path:
+            return inference.active_artifact(self.root)
+        under_root = os.path.join(self.root, "artifacts", self.model_path)
+        return under_root if state.is_sha(self.model_path) else self.model_path
+
+    def _refuse(self, sha: str, exc: AgentError, quiet: bool) -> dict[str, Any] | None:
+        """The artifact failed its verification: the model in memory (verified when it was loaded) keeps serving,
+        or nothing does; health, statistics and status name the file and why. `quiet`: a retry that found the
+        same failure is not reported again."""
+        before = self.refused
+        self.refused = refusal(sha, exc, time.time())
+        served = self.served
+        if served is None:
+            self._swap(None, "model {} refused: {}{}".format(
+                sha, f"{exc.file}: " if exc.file else "", exc.message), [])
+        if quiet and before is not None and all(before.get(k) == self.refused.get(k)
+                                                for k in ("artifact", "file", "reason")):
+            self.refused["at"] = before["at"]
+            return None
+        return {"type": "event", "event": "model-refused", "model": sha, "file": exc.file, "reason": exc.message,
+                "fix": exc.fix, "serving": served.model.sha if served else None}
 
     def _swap(self, served: Served | None, reason: str, skipped: list[dict[str, str]]) -> None:
         old, self.served = self.served, served  # one reference assignment: requests see old or new
@@ -138,7 +181,7 @@ class ModelServer:
         served = self.served
         body = {"ready": served is not None, "model": served.model.sha if served else None,
                 "provider": served.model.provider if served else None,
-                "reason": self.reason if served is None else "", "skipped": self.skipped}
+                "reason": self.reason if served is None else "", "skipped": self.skipped, "refused": self.refused}
         return (200 if served is not None else 503), body
 
     def model_info(self) -> tuple[int, dict[str, Any]]:
@@ -172,7 +215,8 @@ class ModelServer:
     def stats_file(self) -> dict[str, Any]:
         served = self.served
         return stats_document(self.stats.snapshot(), served.model.sha if served else None,
-                              served.model.provider if served else None, len(served.cache) if served else 0)
+                              served.model.provider if served else None, len(served.cache) if served else 0,
+                              self.refused)
 
     def begin(self) -> Ticket:
         """A POST /v1/infer starts: fix which model answers it, and tell its batcher one is on the way."""
@@ -353,6 +397,13 @@ def _error(emit: Callable[[dict[str, Any]], None], code: str, message: str, fix:
 
 def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int:
     root = str(args.root)
+    # The device's server (not one of another --model) owns the confirmation deadline: it is supervised, so a
+    # logout or a reboot does not end it for good. At start, before anything that can fail, it settles what a
+    # reboot let expire; then once a tick (below) it reverts an unconfirmed activation whose deadline passed.
+    owns_deadline = args.model is None
+    settle_errors: list[str] = []
+    if owns_deadline:
+        _keep_deadline(root, emit, settle_errors)
     try:
         inference.import_runtime()
     except RuntimeMissing as exc:
@@ -397,7 +448,7 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int
               "pid": os.getpid(), "ready": health["ready"], "model": health["model"],
               "provider": health["provider"], "reason": health["reason"], "skipped": health["skipped"],
               "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "cache_size": args.cache_size})
-        if first is not None and first["event"] == "model-failed":
+        if first is not None and first["event"] in ("model-failed", "model-refused"):
             _report(emit, first)
         next_tick = 0.0
         while not flags["stop"]:
@@ -409,6 +460,8 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + STATS_INTERVAL_S
+                if owns_deadline:
+                    _keep_deadline(root, emit, settle_errors)
                 _report(emit, app.refresh())
                 _write_stats(app, stats_path)
             # Signals only set flags and `wake`: acted on at once, and no wakeup in between (idle costs nothing).
@@ -427,6 +480,22 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int
     _report(emit, {"type": "result", "command": "serve", "requests": snapshot["requests"],
                    "errors": snapshot["errors"], "cache_hits": snapshot["cache_hits"], "runs": snapshot["runs"]})
     return 0
+
+
+def _keep_deadline(root: str, emit: Callable[[dict[str, Any]], None], errors: list[str]) -> None:
+    """Revert an unconfirmed activation whose deadline passed (or finish a switch a crash interrupted); the loop's
+    next refresh loads what ROOT/current then names. A state.json that cannot be read is reported once, not every
+    tick, and never stops the server."""
+    try:
+        record = state.settle_due(root, state.MODEL_SERVER)
+    except AgentError as exc:
+        if exc.message not in errors:
+            errors.append(exc.message)
+            _report(emit, {"type": "event", "event": "settle-failed", "message": exc.message, "fix": exc.fix})
+        return
+    errors.clear()
+    if record is not None:
+        _report(emit, {"type": "event", "event": "reverted", **record})
 
 
 def _report(emit: Callable[[dict[str, Any]], None], event: dict[str, Any] | None) -> None:

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from . import protocol, sensors, state
+from . import protocol, sensors, state, verified
 
 
 def _link_name(path: str) -> str | None:
@@ -102,9 +102,12 @@ def serving(root: str, now: float | None = None) -> dict[str, Any]:
     # a model this one may still be loading): the server writes its pid file before it loads anything.
     ours = server is not None and isinstance(t, (int, float)) and float(t) >= server["since"] - STATS_CLOCK_SLACK_S
     fresh = age is not None and age <= STATS_MAX_AGE_S and ours
+    refused = stats.get("refused") if stats and fresh else None
     return {"running": running, "pid": server["pid"] if server else None,
             "model": stats.get("model") if stats and fresh else None,
-            "provider": stats.get("provider") if stats and fresh else None, "stats_age_s": age}
+            "provider": stats.get("provider") if stats and fresh else None, "stats_age_s": age,
+            # The artifact the server would not load (its signature or a file's hash did not match): which file, why.
+            "refused": refused if isinstance(refused, dict) else None}
 
 
 def load_failure(root: str, sha: str) -> str | None:
@@ -122,7 +125,7 @@ def load_failure(root: str, sha: str) -> str | None:
             obj = json.loads(line)
         except ValueError:
             continue
-        if isinstance(obj, dict) and obj.get("event") == "model-failed" and obj.get("model") == sha:
+        if isinstance(obj, dict) and obj.get("event") in ("model-failed", "model-refused") and obj.get("model") == sha:
             return str(obj.get("reason") or "")[:2000] or None
         if isinstance(obj, dict) and obj.get("event") == "model-loaded" and obj.get("model") == sha:
             return None
@@ -151,6 +154,11 @@ def wait_loaded(root: str, sha: str, since: float, timeout: float, poll: float =
         if isinstance(t, (int, float)) and t >= since:
             if stats.get("model") == sha:
                 return {"loaded": True, "seconds": round(time.monotonic() - started, 2)}
+            refused = stats.get("refused")
+            if isinstance(refused, dict) and refused.get("artifact") == sha:
+                # It failed its verification; whatever the server keeps serving, it is not this.
+                return {"loaded": False, "reason": verified.refusal_text(refused), "file": refused.get("file"),
+                        "fix": refused.get("fix")}
             if stats.get("model") is None and t >= since + SETTLE_S:
                 reason = load_failure(root, sha) or "the model server has no model loaded after the switch"
                 return {"loaded": False, "reason": reason}
@@ -162,16 +170,14 @@ def wait_loaded(root: str, sha: str, since: float, timeout: float, poll: float =
 
 
 def collect(root: str) -> dict[str, Any]:
-    """The status result. A pending activation past its deadline (its watchdog died with a reboot) is settled
-    first, so what is reported is what is true."""
+    """The status result. What is due is settled first (an activation past its deadline whose server and watchdog
+    did not run, a switch a crash interrupted), so what is reported is what is true. `last_revert` says which
+    activation went back to what, why, when ("at", epoch seconds) and by what ("by": model server, watchdog,
+    boot, or the agent command that found it)."""
     st: dict[str, Any] = {}
     if os.path.isdir(root):
+        state.settle_due(root, "status")
         st = state.read_state(root)
-        pending = st.get("pending")
-        if isinstance(pending, dict) and time.time() >= float(pending.get("deadline", 0)):
-            with state.locked(root):
-                st = state.read_state(root)
-                state.settle_expired(root, st, time.time(), "status")
     pending = st.get("pending") if isinstance(st.get("pending"), dict) else None
     if pending is not None:
         pending = dict(pending, seconds_left=round(max(0.0, float(pending.get("deadline", 0)) - time.time()), 1))

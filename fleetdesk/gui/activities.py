@@ -54,6 +54,7 @@ class Activity(QObject):
         self.detail = ""
         self.summary = ""  # one line once finished: what it did
         self.error: FleetDeskError | None = None
+        self.problem: FleetDeskError | None = None  # what holds a running activity back while it tries again
         self.result: object = None  # what the job returned, once it succeeded
         self.started = time.monotonic()
         self.finished: float | None = None
@@ -73,6 +74,15 @@ class Activity(QObject):
             return
         if progress is not None:
             self.progress = min(1.0, max(0.0, progress))
+        if detail is not None:
+            self.detail = detail
+        self.changed.emit()
+
+    def report_problem(self, error: FleetDeskError | None, detail: str | None = None) -> None:
+        """Trouble the running activity works around (shown with its fix); None once it is past it."""
+        if not self.running:
+            return
+        self.problem = error
         if detail is not None:
             self.detail = detail
         self.changed.emit()
@@ -100,6 +110,7 @@ class Activity(QObject):
         self.state = state
         self.summary = summary
         self.error = error
+        self.problem = None  # the outcome says how it ended
         self.finished = time.monotonic()
         if state == SUCCEEDED:
             self.progress = 1.0

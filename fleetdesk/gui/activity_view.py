@@ -6,7 +6,6 @@ error panel for a failed operation and the log of finished work.
 
 from __future__ import annotations
 
-import html
 import time
 from datetime import datetime, timedelta
 
@@ -41,9 +40,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from fleetdesk.errors import FleetDeskError
 from fleetdesk.gui.activities import CANCELLED, FAILED, SUCCEEDED, Activities, Activity, human_duration
 from fleetdesk.gui.icons import icon
-from fleetdesk.gui.text import visible_text
+from fleetdesk.gui.text import tooltip_text, visible_text
 
 COLUMNS = ("Operation", "Devices", "Progress", "Detail", "Elapsed", "Outcome")
 OPERATION, DEVICES, PROGRESS, DETAIL, ELAPSED, OUTCOME = range(len(COLUMNS))
@@ -66,12 +66,14 @@ def outcome_text(activity: Activity) -> str:
         return "cancelled"
     if activity.state == SUCCEEDED:
         return visible_text(activity.summary or "done")
+    if activity.problem is not None:  # still running, held back by it
+        return visible_text(activity.problem.message)
     return ""
 
 
-def tooltip_html(text: str) -> str:
-    """`text` for a tooltip: Qt guesses rich text in tooltips, so a device name with "<b>" is escaped and marked up."""
-    return "<qt>" + html.escape(text).replace("\n", "<br>") + "</qt>"
+def shown_error(activity: Activity) -> FleetDeskError | None:
+    """The error the operator is shown for an activity: why it failed, or what holds it back while it runs."""
+    return activity.error if activity.state == FAILED else activity.problem if activity.running else None
 
 
 def error_color(palette: QPalette) -> QColor:
@@ -207,7 +209,7 @@ class ActivityModel(QAbstractItemModel):
             return activity.progress if activity.running or activity.state == SUCCEEDED else None
         if role == ACTIVITY_ROLE:
             return activity
-        if role == Qt.ItemDataRole.ForegroundRole and column == OUTCOME and activity.state == FAILED:
+        if role == Qt.ItemDataRole.ForegroundRole and column == OUTCOME and shown_error(activity) is not None:
             return self.error_color
         if role == Qt.ItemDataRole.TextAlignmentRole and column in (DEVICES, ELAPSED):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
@@ -234,12 +236,13 @@ class ActivityModel(QAbstractItemModel):
         return ""
 
     def _tooltip(self, activity: Activity, column: int) -> str | None:
-        if column == OUTCOME and activity.state == FAILED and activity.error is not None:
-            fix = f"\nFix: {visible_text(activity.error.fix)}" if activity.error.fix else ""
-            return tooltip_html(visible_text(activity.error.message) + fix)
+        error = shown_error(activity)
+        if column == OUTCOME and error is not None:
+            fix = f"\nFix: {visible_text(error.fix)}" if error.fix else ""
+            return tooltip_text(visible_text(error.message) + fix)
         if column in (OPERATION, DETAIL, OUTCOME):
             text = self._display(activity, column)
-            return tooltip_html(text) if text else None
+            return tooltip_text(text) if text else None
         return None
 
 
@@ -309,9 +312,10 @@ class ErrorPanel(QFrame):
         layout.addWidget(self.details)
 
     def show_activity(self, activity: Activity) -> None:
-        error = activity.error
+        error = shown_error(activity)
         message = error.message if error is not None else outcome_text(activity)
-        self.message_label.setText(f"{visible_text(activity.title)} failed: {visible_text(message)}")
+        how = ":" if activity.running else " failed:"  # a running one is held back, and trying again
+        self.message_label.setText(f"{visible_text(activity.title)}{how} {visible_text(message)}")
         fix = visible_text(error.fix) if error is not None and error.fix else None
         self.fix_label.setText(f"Fix: {fix}" if fix else "Fix: none known — the details below say what happened")
         lines = []
@@ -366,11 +370,11 @@ class ActivityView(QWidget):
         self.cancel_action.setShortcut(QKeySequence(Qt.Key.Key_Delete))
         # Delete cancels only while the operator is in this view: elsewhere it may mean "remove".
         self.cancel_action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-        self.cancel_action.setToolTip("Cancel the selected running operations (Delete)")
+        self.cancel_action.setToolTip(tooltip_text("Cancel the selected running operations (Delete)"))
         self.cancel_action.triggered.connect(self.cancel_selected)
         self.clear_action = QAction("Clear finished", self)
         self.clear_action.setObjectName("ClearFinishedActivities")
-        self.clear_action.setToolTip("Remove finished operations from the list; the log keeps them")
+        self.clear_action.setToolTip(tooltip_text("Remove finished operations from the list; the log keeps them"))
         self.clear_action.triggered.connect(self.clear_finished)
         self.toolbar.addAction(self.cancel_action)
         self.toolbar.addAction(self.clear_action)
@@ -487,9 +491,9 @@ class ActivityView(QWidget):
         selected = self.selected_activities()
         self.cancel_action.setEnabled(any(a.running for a in selected))
         self.clear_action.setEnabled(any(not a.running for a in self.model.activities()))
-        failed = next((a for a in selected if a.state == FAILED), None)
-        if failed is not None and failed is not self._shown_failure:
-            self.error_panel.show_activity(failed)  # once: a finished activity does not change
+        failed = next((a for a in selected if shown_error(a) is not None), None)
+        if failed is not None and (failed is not self._shown_failure or failed.running):
+            self.error_panel.show_activity(failed)  # a finished activity once: it does not change
         self._shown_failure = failed
         self.error_panel.setVisible(failed is not None)
 
@@ -503,4 +507,4 @@ def _plain_label(name: str, parent: QWidget) -> QLabel:
     return label
 
 
-__all__ = ["COLUMNS", "ActivityModel", "ActivityView", "ErrorPanel", "ProgressDelegate", "outcome_text"]
+__all__ = ["COLUMNS", "ActivityModel", "ActivityView", "ErrorPanel", "ProgressDelegate", "outcome_text", "shown_error"]

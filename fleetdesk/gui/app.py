@@ -58,7 +58,9 @@ def build_window(fleet: Fleet, settings: Settings, *, browse_on_start: bool = Tr
     # Devices are never behind loopback: offering it would only invite a choice that finds nothing.
     cards = [c for c in local_interfaces() if not c.address.startswith("127.")]
     if pinned is not None:
-        cards = [c for c in cards if c.address in pinned]
+        # A pin is obeyed as given, loopback included: a test keeps discovery's multicast on 127.0.0.1 with it.
+        # Dropping a pinned card would leave none ticked, and none ticked means every card.
+        cards = [c for c in local_interfaces() if c.address in pinned]
     # The optimizer's heavy imports happen here, before the loop runs, not in a worker thread while it runs.
     preload_model_tools()
     bridge = FleetBridge(fleet, Activities())

@@ -19,11 +19,14 @@ from PySide6.QtCore import QObject, Signal
 
 from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.discovery.mdns import MdnsBrowser
+from fleetdesk.discovery.recorder import RecordingState
 from fleetdesk.errors import (
     ConfigError,
     FleetDeskError,
+    FleetKeyMismatchError,
     HostKeyChangedError,
     HostKeyUnknownError,
+    InventoryUnavailableError,
     UnreachableError,
 )
 from fleetdesk.fleet import Fleet, ProbeOutcome
@@ -41,6 +44,7 @@ from fleetdesk.telemetry.hub import TelemetryHub
 from fleetdesk.transport import credentials
 from fleetdesk.transport.credentials import KeyringStatus
 from fleetdesk.transport.shell import shell_join
+from fleetdesk.transport.sshconfig import SSHConfigEntry
 
 from .activities import Activities, Activity, human_bytes
 from .bridge_models import ARTIFACT_ROOT, DEVICE_ROOT, ModelsMixin, progress_text
@@ -49,6 +53,7 @@ from .bridge_telemetry import TelemetryMixin, record_alert
 from .bridge_views import (
     STATUSES,
     DeviceView,
+    FleetKeyRequest,
     Login,
     RolloutDetail,
     StreamView,
@@ -68,6 +73,7 @@ __all__ = [
     "STATUSES",
     "DeviceView",
     "FleetBridge",
+    "FleetKeyRequest",
     "Login",
     "RolloutDetail",
     "StreamView",
@@ -97,7 +103,9 @@ class FleetBridge(ModelsMixin, RolloutsMixin, TelemetryMixin, QObject):
     device_removed = Signal(int)
     groups_changed = Signal(list)  # list[Group]
     browsing_changed = Signal(bool)
+    discovery_state = Signal(object)  # RecordingState: the inventory refused discovery's writes, or records again
     trust_requested = Signal(object)  # TrustRequest
+    fleet_key_differs = Signal(object)  # FleetKeyRequest: provisioning refused devices of another fleet key
     notice = Signal(str)  # a short operator message for the status bar
     model_imported = Signal(object)  # ModelRecord, just imported and signed
     models_changed = Signal(list)  # list[ModelRecord]: everything in the store
@@ -117,6 +125,7 @@ class FleetBridge(ModelsMixin, RolloutsMixin, TelemetryMixin, QObject):
         self._trusted: set[int] = set()
         self._unreachable: set[int] = set()
         self._problems: dict[int, str] = {}
+        self._refusals: dict[int, str] = {}  # device id -> its model server's refusal, as its samples last said
         self._groups: list[Group] = []
         self._browse: Activity | None = None
         # One thread for the inventory: reads and writes stay in order and the loop never waits on SQL.
@@ -180,6 +189,14 @@ class FleetBridge(ModelsMixin, RolloutsMixin, TelemetryMixin, QObject):
     def profile_match(self, device: Device) -> ProfileMatch | None:
         """Why the device has its profile: the matcher re-run on the stored facts (pure, no I/O)."""
         return match_profile(device.facts, self.fleet.profiles) if device.probed_at else None
+
+    def ssh_config(self, device: Device) -> SSHConfigEntry | FleetDeskError:
+        """What the operator's ssh config says for the device and which of its lines say it, or why it cannot
+        be read (a small local file, read when the device is chosen, as ssh_command reads it)."""
+        try:
+            return self.fleet.ssh_config_for(device)
+        except FleetDeskError as exc:
+            return exc
 
     def ssh_command(self, device_id: int) -> str:
         """The command line that opens a terminal on the device, for the operator to copy."""
@@ -251,30 +268,53 @@ class FleetBridge(ModelsMixin, RolloutsMixin, TelemetryMixin, QObject):
 
         async def job(activity: Activity) -> int:
             seen: set[int] = set()
+            recovered = ""  # said after the count once the inventory records again, until discovery stops
+
+            def answered() -> str:
+                return f"on {where}: {len(seen)} device(s) answered" + (f"; {recovered}" if recovered else "")
 
             def on_device(device: Device) -> None:
                 if device.online:
                     seen.add(device.id)
                 self._update(device)
-                activity.report(None, f"on {where}: {len(seen)} device(s) answered")
+                if activity.problem is None:  # the problem's line stays until the inventory records again
+                    activity.report(None, answered())
 
-            recorder = self.fleet.recorder(on_device)
+            def on_state(state: RecordingState) -> None:
+                # Discovery goes on while the inventory refuses writes: the operator sees why and the fix, and
+                # then that it records again, instead of "listening" over sightings that are not stored.
+                nonlocal recovered
+                if state.recording:
+                    recovered = f"{state.text} since {time.strftime('%H:%M:%S')}"
+                    activity.report_problem(None, answered())
+                else:
+                    activity.report_problem(state.error, f"on {where}: {state.text}")
+                self.discovery_state.emit(state)
+
+            recorder = self.fleet.recorder(on_device, on_state)
             try:
                 async with MdnsBrowser(chosen, on_event=recorder.push):
                     self.browsing_changed.emit(True)
                     activity.report(None, f"on {where}: listening")
                     await asyncio.sleep(OFFLINE_AFTER_START)
-                    await self._mark_silent_offline(seen)
+                    try:
+                        await self._mark_silent_offline(seen)
+                    except InventoryUnavailableError as exc:  # discovery itself goes on: its recorder retries
+                        activity.report_problem(exc, f"on {where}: devices that did not answer are not marked "
+                                                     f"offline: {exc.message}")
                     await asyncio.Event().wait()  # until cancelled by stop_browsing or quit
             finally:
                 # What was seen is stored before the activity ends, even if quitting cancels it twice.
                 closing = asyncio.ensure_future(recorder.close())
-                while not closing.done():
-                    try:
-                        await asyncio.shield(closing)
-                    except asyncio.CancelledError:
-                        continue
-                self.browsing_changed.emit(False)
+                try:
+                    while not closing.done():
+                        try:
+                            await asyncio.shield(closing)
+                        except asyncio.CancelledError:
+                            continue
+                finally:
+                    # Also when the last write was refused: the activity then fails saying what was not stored.
+                    self.browsing_changed.emit(False)
             return len(seen)
 
         self._browse = self.activities.start(f"Discovery (mDNS on {where})", job,
@@ -344,9 +384,10 @@ class FleetBridge(ModelsMixin, RolloutsMixin, TelemetryMixin, QObject):
         title = f"Probe {devices[0].name}" if len(devices) == 1 else f"Probe {len(devices)} devices"
         return self.activities.start(title, job, devices=[d.id for d in devices], summarize=summarize)
 
-    def provision(self, device_ids: Sequence[int]) -> Activity:
+    def provision(self, device_ids: Sequence[int], *, replace_fleet_key: bool = False) -> Activity:
         """Install (or bring up to date) the runtime and the agent on each device, as `fleetdesk provision` does:
-        only what is missing is sent, one failing device does not stop the others."""
+        only what is missing is sent, one failing device does not stop the others. Devices that trust another
+        fleet key are left untouched and the operator is asked (`fleet_key_differs`), unless `replace_fleet_key`."""
         devices = self._chosen(device_ids)
         bytes_done: dict[str, tuple[int, int]] = {}
 
@@ -359,12 +400,18 @@ class FleetBridge(ModelsMixin, RolloutsMixin, TelemetryMixin, QObject):
                 else:
                     activity.report(None, f"{step.device}: {step.message}")
 
-            outcomes = await provision_devices(self.fleet, devices, progress=progress)
+            outcomes = await provision_devices(self.fleet, devices, progress=progress,
+                                               replace_fleet_key=replace_fleet_key)
             records = await self._db(DeviceRuntimes(self.fleet.inventory).all)
             self._runtimes = {r.device_id: r for r in records}
             for device, outcome in zip(devices, outcomes, strict=True):
                 self._problem(device.id, outcome.error)
                 self._update(self._devices.get(device.id, device))
+            refused = [(d, o.error) for d, o in zip(devices, outcomes, strict=True)
+                       if isinstance(o.error, FleetKeyMismatchError)]
+            if refused:
+                self.fleet_key_differs.emit(FleetKeyRequest(refused[0][1].laptop_key, tuple(
+                    (d.id, d.name, e.device_key) for d, e in refused)))
             return outcomes
 
         def summarize(outcomes: list[ProvisionOutcome]) -> str:

@@ -25,6 +25,7 @@ from fleetdesk.fleet import Fleet
 from fleetdesk.inventory.records import Device
 from fleetdesk.models import service as model_service
 from fleetdesk.models.report import Progress
+from fleetdesk.rollout.device_ops import DeviceOps
 
 from .activities import Activities, Activity, human_duration, window_loop
 from .bridge_views import DeviceView
@@ -196,35 +197,34 @@ class ModelsMixin:
     def push_artifacts(self, record: ModelRecord, device_ids: Sequence[int], title: str = "") -> Activity:
         """Push to each device the artifact chosen for its profile (the FP32 baseline when its profile has none):
         the signed folder as the store keeps it (manifest, signature, model files), into ROOT/artifacts/<id>/,
-        resumable and SHA-256 checked on the device."""
+        through the one staging path rollouts use: each file checked against the signed manifest, resumable,
+        SHA-256 checked on the device, the manifest last, and the copy sealed read-only where the login is root."""
         devices = self._chosen(device_ids)
 
         async def job(activity: Activity) -> dict[str, str]:
             store = self.artifact_store()
-            plans: dict[int, tuple[str, list[tuple[str, str]]]] = {}  # device -> (artifact id, [(local, remote)])
+            ops = DeviceOps(self.fleet, store)
+            chosen: dict[int, str] = {}  # device -> the artifact id its profile gets
+            sizes: dict[int, int] = {}
             for device in devices:
-                artifact_id = record.artifacts.get(device.profile or "", record.baseline)
-                artifact = await self._models(store.artifact, artifact_id)
-                root = self._device_root(device)
+                artifact = await self._models(store.artifact, record.artifacts.get(device.profile or "",
+                                                                                   record.baseline))
                 names = [MANIFEST_NAME, SIGNATURE_NAME, *(f.path for f in artifact.files)]
-                plans[device.id] = (artifact.id, [(os.path.join(artifact.folder, *n.split("/")),
-                                                   f"{root}/artifacts/{artifact.id}/{n}") for n in names])
-            sizes = {local: os.path.getsize(local) for _id, files in plans.values() for local, _r in files}
-            total = sum(sizes[local] for _id, files in plans.values() for local, _r in files)
-            done: dict[tuple[int, str], int] = {}
+                chosen[device.id] = artifact.id
+                sizes[device.id] = sum(os.path.getsize(os.path.join(artifact.folder, *n.split("/"))) for n in names)
+            total = sum(sizes.values())
+            done: dict[int, int] = {}
             outcomes: dict[str, str] = {}
 
-            def progress_of(device: Device, local: str) -> Callable[[int, int], None]:
+            def progress_of(device: Device) -> Callable[[int, int], None]:
                 def progress(sent: int, _total: int) -> None:
-                    done[(device.id, local)] = sent
+                    done[device.id] = sent
                     activity.report_bytes(sum(done.values()), total, f"{len(devices)} device(s)")
                 return progress
 
             async def one(device: Device) -> None:
                 try:
-                    for local, remote in plans[device.id][1]:
-                        await self.fleet.pool.push(self.fleet.target(device), local, remote,
-                                                   progress=progress_of(device, local))
+                    await ops.stage(device, chosen[device.id], progress=progress_of(device))
                 except FleetDeskError as exc:
                     self._problem(device.id, exc)
                     self._update(device)
@@ -248,10 +248,6 @@ class ModelsMixin:
 
         return self.activities.start(title or f"Deploy {record.ref}", job, devices=[d.id for d in devices],
                                      summarize=summarize)
-
-    def _device_root(self, device: Device) -> str:
-        profile = self.fleet.profiles.profiles.get(device.profile) if device.profile else None
-        return (profile.device_root if profile is not None else DEVICE_ROOT).rstrip("/") or DEVICE_ROOT
 
 
 def progress_text(progress: Progress, elapsed: float) -> str:

@@ -25,7 +25,7 @@ from fleetdesk.telemetry.history import TelemetryHistory
 from fleetdesk.telemetry.hub import StreamState, TelemetryHub
 
 from .activities import window_loop
-from .bridge_views import stream_view
+from .bridge_views import DeviceView, stream_view
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,34 @@ class TelemetryMixin:
     _history: TelemetryHistory | None
     _alert_writes: set[asyncio.Future[None]]
     _events: TelemetryRepo | None
+    _problems: dict[int, str]
+    _refusals: dict[int, str]
+    device_changed: SignalInstance
 
-    if TYPE_CHECKING:  # FleetBridge's own method (fleetdesk.gui.bridge)
+    if TYPE_CHECKING:  # FleetBridge's own methods (fleetdesk.gui.bridge)
         def _chosen(self, device_ids: Sequence[int]) -> list[Device]: ...
+        def view(self, device: Device) -> DeviceView: ...
 
     def _sample_stored(self, arrival: Arrival) -> None:
         for event in self.alerts.check(arrival.device_id, arrival.sample):
             self._alert(event)
+        self._refusal(arrival.device_id, arrival.sample.refused)
+
+    def _refusal(self, device_id: int, refused: str | None) -> None:
+        """The device's model server refusing an artifact (a file that does not verify) is a device problem, with
+        its fix, for as long as its samples say so; it clears when they stop, unless another problem came since."""
+        shown = self._refusals.get(device_id)
+        if refused == shown:
+            return
+        if refused is None:
+            del self._refusals[device_id]
+            if self._problems.get(device_id) == shown:
+                del self._problems[device_id]
+        else:
+            self._refusals[device_id] = self._problems[device_id] = refused
+        device = self._devices.get(device_id)
+        if device is not None:
+            self.device_changed.emit(self.view(device))
 
     def set_thresholds(self, thresholds: Sequence[Threshold]) -> None:
         """Judge samples against these thresholds from now on; alerts whose rule went away are cleared."""

@@ -59,12 +59,25 @@ class TrustRequest:
 
 
 @dataclass(frozen=True)
+class FleetKeyRequest:
+    """Devices that provisioning left untouched because they trust another fleet key than this laptop's: the
+    operator decides whether they get this laptop's key. `devices` holds (device id, name, the key it trusts)."""
+
+    laptop_key: str
+    devices: tuple[tuple[int, str, str], ...]
+
+    @property
+    def device_ids(self) -> list[int]:
+        return [device_id for device_id, _name, _key in self.devices]
+
+
+@dataclass(frozen=True)
 class Login:
     """How to log in to devices, as the credentials dialog gives it; the password only passes through."""
 
     username: str
     key_file: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # a repr reaches logs and tracebacks
 
 
 @dataclass(frozen=True)

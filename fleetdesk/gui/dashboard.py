@@ -30,7 +30,7 @@ from fleetdesk.telemetry.buffers import Arrival, TelemetryStore
 
 from .device_plots import DevicePlots
 from .overview import DEVICE_ID_ROLE, FIRST_METRIC_COLUMN, OverviewModel, OverviewRow, SparklineDelegate, colours
-from .text import visible_text
+from .text import tooltip_text, visible_text
 
 ALERT_LOG_LIMIT = 500  # newest events kept in the list (the inventory keeps them all)
 AGES_MS = 2000  # how often "no data for N s" is brought up to date while the dashboard is on screen
@@ -83,12 +83,14 @@ class Dashboard(QWidget):
 
         self.start_button = QPushButton("Start streaming", self)
         self.start_button.setObjectName("StartStreaming")
-        self.start_button.setToolTip("Stream telemetry from the selected devices (every trusted device if none "
-                                     "is selected), once a second")
+        self.start_button.setToolTip(tooltip_text(
+            "Stream telemetry from the selected devices (every trusted device if none "
+            "is selected), once a second"))
         self.start_button.clicked.connect(lambda: self.stream_requested.emit(self.selected_ids(), True))
         self.stop_button = QPushButton("Stop streaming", self)
         self.stop_button.setObjectName("StopStreaming")
-        self.stop_button.setToolTip("Stop the selected devices' streams (every stream if none is selected)")
+        self.stop_button.setToolTip(tooltip_text(
+            "Stop the selected devices' streams (every stream if none is selected)"))
         self.stop_button.clicked.connect(lambda: self.stream_requested.emit(self.selected_ids(), False))
         self.thresholds_button = QPushButton("Alert thresholds…", self)
         self.thresholds_button.setObjectName("ThresholdsButton")
@@ -101,7 +103,7 @@ class Dashboard(QWidget):
         self.plots.hide()
         self.alert_log = QListWidget(self)
         self.alert_log.setObjectName("AlertLog")
-        self.alert_log.setToolTip("Alerts raised and cleared, newest first")
+        self.alert_log.setToolTip(tooltip_text("Alerts raised and cleared, newest first"))
         self.alert_log.setWordWrap(True)
 
         bar = QHBoxLayout()

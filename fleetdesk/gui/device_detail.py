@@ -25,10 +25,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from fleetdesk.errors import FleetDeskError
 from fleetdesk.gui.icons import STATUSES, status_icon
 from fleetdesk.gui.text import visible_text
 from fleetdesk.inventory.records import Device, HostKey
 from fleetdesk.profiles.matcher import ProfileMatch
+from fleetdesk.transport.sshconfig import SSHConfigEntry
 
 EMPTY_HINT = "Select a device to see what FleetDesk knows about it"
 NOT_PROBED = "Not probed yet — Probe to identify"
@@ -58,6 +60,18 @@ def size_text(megabytes: int) -> str:
     if megabytes >= 1024:
         return f"{megabytes / 1024:.1f} GB"
     return f"{megabytes} MB"
+
+
+def ssh_config_text(config: SSHConfigEntry | FleetDeskError) -> str:
+    """The lines of the operator's ssh config that apply to a device, one a line: "FILE:LINE: Directive value
+    (Host pattern)"; or that none does, or why the file cannot be read."""
+    if isinstance(config, FleetDeskError):
+        return visible_text(f"Cannot be read: {config.message}" + (f" — {config.fix}" if config.fix else ""))
+    if config.config_path is None:
+        return "No ~/.ssh/config — FleetDesk's own settings apply"
+    if not config.applied:
+        return visible_text(f"No line of {config.config_path} applies to this device")
+    return "\n".join(visible_text(str(line)) for line in config.applied)
 
 
 def when_text(moment: datetime | None) -> str:
@@ -112,7 +126,9 @@ class DeviceDetail(QWidget):
         return list(self._rows)
 
     def show_device(self, device: Device | None, *, match: ProfileMatch | None,
-                    host_keys: Sequence[HostKey], status: str) -> None:
+                    host_keys: Sequence[HostKey], status: str,
+                    ssh_config: SSHConfigEntry | FleetDeskError | None = None) -> None:
+        """`ssh_config`: what the operator's ssh config says for the device (None: not looked up)."""
         same = device is not None and self._device is not None and device.id == self._device.id
         scroll_to = self.scroll_area.verticalScrollBar().value() if same else 0
         self._device = device
@@ -135,7 +151,7 @@ class DeviceDetail(QWidget):
         self._form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         self._content = content
         self._identity(device)
-        self._connection(device)
+        self._connection(device, ssh_config)
         self._trust(host_keys)
         if device.probed_at is not None:
             self._hardware(device)
@@ -181,13 +197,16 @@ class DeviceDetail(QWidget):
         self._row("Last seen", when_text(device.last_seen))
         self._row("Found by", _SOURCES.get(device.source, visible_text(device.source)))
 
-    def _connection(self, device: Device) -> None:
+    def _connection(self, device: Device, ssh_config: SSHConfigEntry | FleetDeskError | None) -> None:
         self._section("Connection")
         self._row("User", visible_text(device.username))
         self._row("Port", str(device.port))
         self._row("SSH library", visible_text(device.transport))
         stored = device.password_account is not None
         self._row("Password in keyring", "Yes — in the OS keyring" if stored else "No")
+        if ssh_config is not None:
+            # Which of the operator's lines gave it a user, key or port: the answer to "why this key?".
+            self._row("SSH config", ssh_config_text(ssh_config), mono=True)
 
     def _trust(self, host_keys: Sequence[HostKey]) -> None:
         self._section("Trust")
@@ -357,5 +376,5 @@ def _monospace() -> QFont:
     return QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
 
 
-__all__ = ["EMPTY_HINT", "NOT_PROBED", "NOT_TRUSTED", "DeviceDetail", "DeviceText", "size_text", "visible_text",
-           "when_text"]
+__all__ = ["EMPTY_HINT", "NOT_PROBED", "NOT_TRUSTED", "DeviceDetail", "DeviceText", "size_text", "ssh_config_text",
+           "visible_text", "when_text"]

@@ -39,7 +39,7 @@ from fleetdesk.telemetry.sample import METRIC_LABELS, Sample
 
 from .overview import colours, value_text
 from .plots import adopting_menus
-from .text import visible_text
+from .text import tooltip_text, visible_text
 
 WINDOWS: tuple[tuple[str, float], ...] = (("1 min", 60.0), ("5 min", 300.0), ("15 min", 900.0), ("1 h", 3600.0))
 REDRAW_MS = 500  # live plots are redrawn at most twice a second
@@ -117,19 +117,19 @@ class DevicePlots(QWidget):
         for label, seconds in WINDOWS:
             self.window_box.addItem(label, seconds)
         self.window_box.setCurrentIndex(1)
-        self.window_box.setToolTip("How much time the plots show")
+        self.window_box.setToolTip(tooltip_text("How much time the plots show"))
         self.window_box.currentIndexChanged.connect(lambda _n: self.set_window(float(self.window_box.currentData())))
         self.pause_button = QPushButton("Pause", self)
         self.pause_button.setObjectName("PauseButton")
         self.pause_button.setCheckable(True)
-        self.pause_button.setToolTip("Freeze the plots (data keeps arriving); drag a plot to look back")
+        self.pause_button.setToolTip(tooltip_text("Freeze the plots (data keeps arriving); drag a plot to look back"))
         self.pause_button.toggled.connect(lambda on: self.set_paused(on))
         self.live_button = QPushButton("Live", self)
         self.live_button.setObjectName("LiveButton")
-        self.live_button.setToolTip("Follow the newest samples again")
+        self.live_button.setToolTip(tooltip_text("Follow the newest samples again"))
         self.live_button.clicked.connect(lambda: self.set_paused(False))
         self.close_button = QPushButton("Close", self)
-        self.close_button.setToolTip("Back to the fleet overview only")
+        self.close_button.setToolTip(tooltip_text("Back to the fleet overview only"))
         self.close_button.clicked.connect(self.closed.emit)
         self.values = QLabel(self)
         self.values.setObjectName("TelemetryValues")
@@ -356,7 +356,7 @@ class DevicePlots(QWidget):
                 continue
             line = pg.InfiniteLine(threshold.bound, angle=0, movable=False,
                                    pen=pg.mkPen(colour, width=1, style=Qt.PenStyle.DashLine))
-            line.setToolTip(threshold.describe())
+            line.setToolTip(tooltip_text(threshold.describe()))
             plot.addItem(line, ignoreBounds=True)
             self.bounds[f"{threshold.metric}:{threshold.above}"] = line
 

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import QApplication, QStyle
 
 from .bridge import DeviceView
 from .icons import status_icon
-from .text import visible_text
+from .text import tooltip_text, visible_text
 
 COLUMNS = ("Status", "Hostname", "Address", "Profile", "Architecture", "Runtime", "Active model", "Last seen")
 DEVICE_IDS_MIME = "application/x-fleetdesk-device-ids"
@@ -183,7 +183,8 @@ class FleetTableModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DecorationRole and column == 1 and view.id in self._alerts:
             return alert_icon()
         if role == Qt.ItemDataRole.ToolTipRole:
-            return self._tooltip(view) + "".join(f"\nTelemetry alert: {m}" for m in self._alerts.get(view.id, ()))
+            return tooltip_text(self._tooltip(view)
+                                + "".join(f"\nTelemetry alert: {m}" for m in self._alerts.get(view.id, ())))
         return None
 
     @staticmethod

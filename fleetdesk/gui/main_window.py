@@ -47,6 +47,7 @@ from .models_view import ModelsView
 from .rollout_view import RolloutsView
 from .rollout_wizard import RolloutWizard
 from .side_panel import DiscoveryPanel, GroupTree
+from .text import tooltip_text
 from .theme import apply_theme, current_theme
 from .window_devices import DeviceActions
 from .window_drops import DropTargets, dropped_paths
@@ -72,6 +73,7 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         self._counting = False
         self._detail_id: int | None = None  # the device the detail pane shows
         self._detail_keys: list[HostKey] = []  # its pinned keys, read when it was chosen
+        self._detail_ssh = (None, None)  # what the operator's ssh config says for it, read when it was chosen
         self._closing = False
         self._closed = False
         self._browse_on_start = browse_on_start
@@ -189,7 +191,9 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         bridge.device_removed.connect(self._device_removed)
         bridge.groups_changed.connect(self._groups_changed)
         bridge.browsing_changed.connect(self._browsing_changed)
+        bridge.discovery_state.connect(self._discovery_state)
         bridge.trust_requested.connect(self.open_trust_dialog)
+        bridge.fleet_key_differs.connect(self.open_fleet_key_dialog)
         bridge.model_imported.connect(self.models_view.add_record)
         bridge.models_changed.connect(self.models_view.set_records)
         bridge.model_removed.connect(self.models_view.remove_record)
@@ -201,7 +205,8 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         # "Roll out…" beside the Models view's own buttons (after Remove): the selected model's rollout wizard.
         self.models_rollout_button = QPushButton("Roll out…", self.models_view)
         self.models_rollout_button.setObjectName("ModelsRollOut")
-        self.models_rollout_button.setToolTip("Roll the selected model out to devices in waves, with health gates")
+        self.models_rollout_button.setToolTip(tooltip_text(
+            "Roll the selected model out to devices in waves, with health gates"))
         self.models_rollout_button.setStyleSheet("min-width: 0px; padding-left: 10px; padding-right: 10px;")
         self.models_rollout_button.clicked.connect(
             lambda: self.open_rollout_wizard(self.models_view.selected_ref()))
@@ -254,8 +259,9 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
             action.setShortcut(QKeySequence(shortcut))
             action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
         if tip:
-            action.setToolTip(f"{tip} ({action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)})"
-                              if shortcut else tip)
+            action.setToolTip(tooltip_text(
+                f"{tip} ({action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)})"
+                if shortcut else tip))
         action.triggered.connect(slot)
         self.addAction(action)
         return action
@@ -348,6 +354,8 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         self.devices_label.setObjectName("DevicesLabel")
         self.activity_label = QLabel("Idle", self)
         self.activity_label.setObjectName("ActivityLabel")
+        self.activity_label.setTextFormat(Qt.TextFormat.PlainText)  # "Working: Probe <a device's name>"
+        self.database_label.setTextFormat(Qt.TextFormat.PlainText)  # a path or URL is never markup
         self.statusBar().addWidget(self.database_label, 1)
         self.statusBar().addPermanentWidget(self.activity_label)
         self.statusBar().addPermanentWidget(self.devices_label)

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 
 from .dropping import file_problem
 from .fleet_model import plain
+from .text import tooltip_text
 
 # What the store accepts as a name or version (fleetdesk/artifacts/store_records.py, check_name); the name clash is
 # the store's to find, when it imports.
@@ -123,7 +124,8 @@ class ImportDialog(QDialog):
         self.time_box.setChecked(can_time_on_devices)
         self.time_box.setEnabled(can_time_on_devices)
         if not can_time_on_devices:
-            self.time_box.setToolTip("No trusted online device with a runtime: variants are timed on this laptop")
+            self.time_box.setToolTip(tooltip_text(
+                "No trusted online device with a runtime: variants are timed on this laptop"))
         layout.addWidget(self.time_box)
 
         self.problem_label = QLabel("", self)

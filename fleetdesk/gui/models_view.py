@@ -36,6 +36,7 @@ from fleetdesk.models.report import BASELINE, CHOSEN
 from .activities import human_bytes
 from .fleet_model import plain
 from .overview import colours
+from .text import tooltip_text
 from .variant_figures import NONE, RECIPE_TEXT, LatencyPlot, status_colour, variant_cells
 
 REF_ROLE = Qt.ItemDataRole.UserRole
@@ -104,15 +105,19 @@ class ModelsView(QWidget):
 
         # -- the buttons -----------------------------------------------------------------------------------
         self.import_button = QPushButton("Import…", self)
-        self.import_button.setToolTip("Import an .onnx model and optimize it for the fleet's profiles (Ctrl+O)")
+        self.import_button.setToolTip(tooltip_text(
+            "Import an .onnx model and optimize it for the fleet's profiles (Ctrl+O)"))
         self.verify_button = QPushButton("Verify", self)
-        self.verify_button.setToolTip("Check every byte and the signature of the selected model's artifacts")
+        self.verify_button.setToolTip(tooltip_text(
+            "Check every byte and the signature of the selected model's artifacts"))
         self.export_button = QPushButton("Export…", self)
-        self.export_button.setToolTip("Write the selected model's artifacts to a .tar file")
+        self.export_button.setToolTip(tooltip_text("Write the selected model's artifacts to a .tar file"))
         self.remove_button = QPushButton("Remove", self)
-        self.remove_button.setToolTip("Delete the selected model version and its artifacts from the store")
+        self.remove_button.setToolTip(tooltip_text(
+            "Delete the selected model version and its artifacts from the store"))
         self.key_button = QPushButton("Public key…", self)
-        self.key_button.setToolTip("Export the fleet's public signing key: what devices verify artifacts with")
+        self.key_button.setToolTip(tooltip_text(
+            "Export the fleet's public signing key: what devices verify artifacts with"))
         self.import_button.clicked.connect(self.import_requested)
         self.verify_button.clicked.connect(lambda: self.verify_requested.emit(self.selected_ref()))
         self.export_button.clicked.connect(lambda: self.export_requested.emit(self.selected_ref()))
@@ -158,9 +163,10 @@ class ModelsView(QWidget):
         self.title.setTextFormat(Qt.TextFormat.PlainText)
         self.synthetic_badge = QLabel("⚠ accuracy checked on synthetic samples only", self)
         self.synthetic_badge.setObjectName("SyntheticBadge")
-        self.synthetic_badge.setToolTip("No sample folder was given on import: inputs were generated from the "
-                                        "declared shapes. Re-import with real samples to trust the accuracy "
-                                        "figures for your data.")
+        self.synthetic_badge.setToolTip(tooltip_text(
+            "No sample folder was given on import: inputs were generated from the "
+            "declared shapes. Re-import with real samples to trust the accuracy "
+            "figures for your data."))
         self.synthetic_badge.setStyleSheet(f"color: {colours()['warning']}; font-weight: 600;")
         self.synthetic_badge.hide()
         heading = QHBoxLayout()
@@ -293,13 +299,14 @@ class ModelsView(QWidget):
         item.setData(0, REF_ROLE, record.ref)
         item.setData(1, SORT_ROLE, record.imported_at)
         item.setData(2, SORT_ROLE, size)
-        item.setToolTip(0, plain(str(record.card.get("path", ""))))
+        item.setToolTip(0, tooltip_text(plain(str(record.card.get("path", "")))))
         item.setTextAlignment(2, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if synthetic:
             item.setForeground(3, QColor(colours()["warning"]))
-            item.setToolTip(3, "Accuracy was checked on inputs generated from the declared shapes, not on your data")
+            item.setToolTip(3, tooltip_text(
+                "Accuracy was checked on inputs generated from the declared shapes, not on your data"))
         else:
-            item.setToolTip(3, "Accuracy was checked on the sample inputs given on import")
+            item.setToolTip(3, tooltip_text("Accuracy was checked on the sample inputs given on import"))
         self.model_list.addTopLevelItem(item)
         self._refresh_hint()
 
@@ -357,13 +364,14 @@ class ModelsView(QWidget):
             f"opset {opset.get('ai.onnx', '?')}{others}, IR {card.get('ir_version', '?')}; "
             f"{int(card.get('parameter_count', 0)):,} parameters, {human_bytes(int(card.get('size_bytes', 0)))}; "
             f"SHA-256 {record.source_sha256[:16]}…")
-        self.card_labels["format"].setToolTip(f"Source SHA-256 {record.source_sha256}\n"
-                                              f"Imported from {plain(str(card.get('path', '')))}")
+        self.card_labels["format"].setToolTip(tooltip_text(
+            f"Source SHA-256 {record.source_sha256}\n"
+            f"Imported from {plain(str(card.get('path', '')))}"))
         operators = dict(card.get("operators", {}))
         ranked = sorted(operators.items(), key=lambda kv: (-int(kv[1]), kv[0]))
         self.card_labels["operators"].setText(", ".join(f"{plain(op)} ×{n}" for op, n in ranked[:12])
                                               + (f" and {len(ranked) - 12} more" if len(ranked) > 12 else ""))
-        self.card_labels["operators"].setToolTip("\n".join(f"{plain(op)} ×{n}" for op, n in ranked))
+        self.card_labels["operators"].setToolTip(tooltip_text("\n".join(f"{plain(op)} ×{n}" for op, n in ranked)))
         if report is None:
             self.card_labels["samples"].setText("not optimized yet")
         else:
@@ -372,7 +380,8 @@ class ModelsView(QWidget):
             self.card_labels["samples"].setText(
                 f"{report.samples} {where}; tolerance: max error ≤ {tol.max_abs_error:g} or cosine ≥ "
                 f"{tol.min_cosine:g}, top-1 ≥ {tol.min_top1_agreement * 100:.0f} %")
-            self.card_labels["samples"].setToolTip(f"Optimized in {report.seconds:.1f} s" if report.seconds else "")
+            self.card_labels["samples"].setToolTip(tooltip_text(
+                f"Optimized in {report.seconds:.1f} s" if report.seconds else ""))
         self._fill_variants(record)
         self.plot.show_results(report.profiles if report is not None else ())
 
@@ -396,12 +405,14 @@ class ModelsView(QWidget):
                 if variant.status == CHOSEN:
                     for column in range(len(VARIANT_COLUMNS)):
                         item.setFont(column, bold)
-                item.setToolTip(V_REASON, plain(variant.reason))
-                item.setToolTip(V_STATUS, plain(variant.reason))
-                item.setToolTip(V_DEVICE, "Agent bench p50 on each device of this profile" if variant.device_latency_ms
-                                else "No online device of this profile with a runtime was timed")
-                item.setToolTip(V_RECIPE, RECIPE_TIP.get(variant.recipe, plain(variant.recipe))
-                                + (f"\nSHA-256 {variant.sha256}" if variant.sha256 else ""))
+                item.setToolTip(V_REASON, tooltip_text(plain(variant.reason)))
+                item.setToolTip(V_STATUS, tooltip_text(plain(variant.reason)))
+                item.setToolTip(V_DEVICE, tooltip_text(
+                    "Agent bench p50 on each device of this profile" if variant.device_latency_ms
+                    else "No online device of this profile with a runtime was timed"))
+                item.setToolTip(V_RECIPE, tooltip_text(
+                    RECIPE_TIP.get(variant.recipe, plain(variant.recipe))
+                    + (f"\nSHA-256 {variant.sha256}" if variant.sha256 else "")))
                 self.variants.addTopLevelItem(item)
         self.variants.setSortingEnabled(True)
         self._explain()

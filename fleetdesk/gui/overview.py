@@ -35,7 +35,7 @@ from fleetdesk.telemetry.buffers import RingBuffer, TelemetryStore
 from fleetdesk.telemetry.sample import METRIC_LABELS
 
 from .fleet_model import alert_icon
-from .text import visible_text
+from .text import tooltip_text, visible_text
 from .theme import current_theme
 
 OVERVIEW_METRICS: tuple[str, ...] = ("cpu_pct", "gpu_pct", "temp_c", "latency_p95_ms")
@@ -246,7 +246,7 @@ class OverviewModel(QAbstractTableModel):
             return COLUMNS[section]
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole and \
                 section >= FIRST_METRIC_COLUMN:
-            return f"{COLUMNS[section]}: the last {SPARK_SECONDS / 60:.0f} minutes, and the latest value"
+            return tooltip_text(f"{COLUMNS[section]}: the last {SPARK_SECONDS / 60:.0f} minutes, and the latest value")
         return None
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> object:
@@ -269,7 +269,7 @@ class OverviewModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DecorationRole and column == 0 and self.monitor.active(row.device_id):
             return alert_icon()
         if role == Qt.ItemDataRole.ToolTipRole:
-            return self.tooltip(row)
+            return tooltip_text(self.tooltip(row))
         return None
 
     def latest_text(self, device_id: int, metric: str) -> str:

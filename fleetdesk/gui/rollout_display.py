@@ -7,7 +7,6 @@ The tab itself, its list, waves and buttons, is fleetdesk/gui/rollout_view.py.
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,6 +22,7 @@ from fleetdesk.rollout import states as st
 from .fleet_model import plain
 from .overview import colours
 from .plots import FixedPlot
+from .text import markup_text, tooltip_text
 
 SHARE_CAP = 200.0  # bars are drawn up to twice their bound; the caption gives the real value
 # The gate plot's least height: its range grows to fit the captions (GatePlot._fit_range), bars stay readable.
@@ -86,7 +86,7 @@ def gate_notes_html(notes: Sequence[tuple[str, str, bool]]) -> str:
     """The gates' notes under the plot, one per line: a failing gate's in the error colour, the rest muted."""
     palette = colours()
     return "<br>".join(f"<span style='color:{palette['muted'] if ok else palette['error']}'>"
-                       f"<b>{html.escape(label)}</b>: {html.escape(plain(note))}</span>" for label, note, ok in notes)
+                       f"<b>{markup_text(label)}</b>: {markup_text(note)}</span>" for label, note, ok in notes)
 
 
 class StateColourDelegate(QStyledItemDelegate):
@@ -215,7 +215,7 @@ class GatePlot(FixedPlot):
                 caption.setPos(x, 10)
             if note:
                 self.notes.append((label, note, bool(ok)))
-                caption.setToolTip(note)
+                caption.setToolTip(tooltip_text(plain(note)))
             self.labels.append(caption)
             self.captions[gate] = caption
             x += 1
@@ -227,9 +227,9 @@ class GatePlot(FixedPlot):
         plot.setXRange(-0.6, max(x - 0.4, 0.6), padding=0)
         self._fit_range()
         heading = title or "Health gates (choose a device)"
-        self.setTitle(f"<span style='color:{text.name()}'>{html.escape(plain(heading))}: value as a share of its "
+        self.setTitle(f"<span style='color:{text.name()}'>{markup_text(heading)}: value as a share of its "
                       "bound, dashed line = the bound</span>", size="9pt")
-        self.setToolTip("\n".join(f"{label}: {note}" for label, note, _ok in self.notes))
+        self.setToolTip(tooltip_text("\n".join(f"{label}: {plain(note)}" for label, note, _ok in self.notes)))
 
     def _fit_range(self, *_resized: object) -> None:
         """Room above the highest caption: a caption hangs above its point and is sized in pixels, not in % of the

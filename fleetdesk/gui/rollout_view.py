@@ -46,6 +46,7 @@ from .rollout_display import (
     state_colour,
     status_colour,
 )
+from .text import tooltip_text
 
 ROLLOUT_ROLE = Qt.ItemDataRole.UserRole + 31
 DEVICE_ROLE = Qt.ItemDataRole.UserRole + 32
@@ -99,7 +100,7 @@ class RolloutsView(QWidget):
         self.list.header().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.list.setItemDelegateForColumn(2, StateColourDelegate(self.list))
         self.new_button = QPushButton("Roll out…", self)
-        self.new_button.setToolTip("Plan a new staged rollout of a model")
+        self.new_button.setToolTip(tooltip_text("Plan a new staged rollout of a model"))
         self.new_button.clicked.connect(self.wizard_requested)
         self.hint = QLabel("No rollouts yet. Drop a model on devices or a group, or use Roll out… to plan one.", self)
         self.hint.setObjectName("EmptyHint")
@@ -133,7 +134,7 @@ class RolloutsView(QWidget):
                 ("rollback", "Roll back ▾", "Put devices back on the model they ran before")):
             button = QPushButton(text, self)
             button.setObjectName(f"Rollout_{action}")
-            button.setToolTip(tip)
+            button.setToolTip(tooltip_text(tip))
             button.setStyleSheet("min-width: 0px; padding-left: 10px; padding-right: 10px;")
             self.buttons[action] = button
             bar.addWidget(button)
@@ -216,7 +217,7 @@ class RolloutsView(QWidget):
             item.setData(0, ROLLOUT_ROLE, row.id)
             item.setForeground(2, QBrush(QColor(status_colour(row.status))))
             if row.paused_reason:
-                item.setToolTip(2, plain(row.paused_reason))
+                item.setToolTip(2, tooltip_text(plain(row.paused_reason)))
             self.list.addTopLevelItem(item)
             if row.id == chosen:
                 item.setSelected(True)
@@ -306,9 +307,9 @@ class RolloutsView(QWidget):
                 colour = QColor(state_colour(device.state))
                 child.setForeground(2, QBrush(colour))
                 child.setText(2, f"● {device.state}")
-                tip = journal_text(last) + (f"\n{device.error}" if device.error else "")
+                tip = plain(journal_text(last)) + (f"\n{plain(device.error)}" if device.error else "")
                 for column in range(len(WAVE_COLUMNS)):
-                    child.setToolTip(column, plain(tip))
+                    child.setToolTip(column, tooltip_text(tip))
                 head.addChild(child)
                 if device.device_id == previous:
                     child.setSelected(True)

@@ -51,6 +51,7 @@ from fleetdesk.rollout.policy import Gates, TransferPolicy, WavePolicy, split_wa
 from .activities import human_bytes
 from .fleet_model import plain
 from .overview import colours
+from .text import tooltip_text
 from .wave_policy_table import CommonPolicy, WavePolicyTable
 
 DEFAULT_WAVES = "1, 10%, 50%, 100%"
@@ -211,8 +212,9 @@ class RolloutWizard(QDialog):
         box, layout = self._section("waves", "Waves")
         self.waves_edit = QLineEdit(DEFAULT_WAVES, box)
         self.waves_edit.setObjectName("WavesEdit")
-        self.waves_edit.setToolTip("As Ansible's serial: counts or shares of ALL the targeted devices, rounded "
-                                   "down, at least 1; the last value repeats until every device has a wave")
+        self.waves_edit.setToolTip(tooltip_text(
+            "As Ansible's serial: counts or shares of ALL the targeted devices, rounded "
+            "down, at least 1; the last value repeats until every device has a wave"))
         self.wave_sizes = QLabel("", box)
         self.wave_sizes.setObjectName("WaveSizes")
         self.wave_sizes.setWordWrap(True)
@@ -227,9 +229,9 @@ class RolloutWizard(QDialog):
         box, layout = self._section("thresholds", "Thresholds (every wave not overridden in Waves)")
         grid = QFormLayout()
         self.success_edit = QLineEdit("100%", box)
-        self.success_edit.setToolTip('a count of devices such as 2, or a share of the wave such as "90%"')
+        self.success_edit.setToolTip(tooltip_text('a count of devices such as 2, or a share of the wave such as "90%"'))
         self.errors_edit = QLineEdit("0", box)
-        self.errors_edit.setToolTip('a count of devices such as 1, or a share of the wave such as "10%"')
+        self.errors_edit.setToolTip(tooltip_text('a count of devices such as 1, or a share of the wave such as "10%"'))
         grid.addRow("Success (reached, ≥)", self.success_edit)
         grid.addRow("Errors (exceeded, >)", self.errors_edit)
         layout.addLayout(grid)
@@ -244,13 +246,15 @@ class RolloutWizard(QDialog):
         grid = QFormLayout()
         self.soak_spin = self._seconds(box, 0, 86_400, 0)
         self.confirm_spin = self._seconds(box, 1, 86_400, 300)
-        self.confirm_spin.setToolTip("A device that hears no confirmation this long after its activation goes "
-                                     "back to its previous model by itself: longer than the soak")
+        self.confirm_spin.setToolTip(tooltip_text(
+            "A device that hears no confirmation this long after its activation goes "
+            "back to its previous model by itself: longer than the soak"))
         self.approve_box = QCheckBox("The operator approves each next wave", box)
         grid.addRow("Soak after activation", self.soak_spin)
         self.step_timeout_spin = self._seconds(box, 10, 86_400, int(RolloutPlan.step_timeout_s))
-        self.step_timeout_spin.setToolTip("Any single step on a device (a transfer, an activation, a gate "
-                                          "measurement) that takes longer fails")
+        self.step_timeout_spin.setToolTip(tooltip_text(
+            "Any single step on a device (a transfer, an activation, a gate "
+            "measurement) that takes longer fails"))
         grid.addRow("Unconfirmed device reverts after", self.confirm_spin)
         grid.addRow("Any step on a device times out after", self.step_timeout_spin)
         grid.addRow(self.approve_box)
@@ -298,14 +302,16 @@ class RolloutWizard(QDialog):
         self.bandwidth_spin.setSuffix(" MB/s")
         self.bandwidth_spin.setSpecialValueText("no cap")
         self.prestage_box = QCheckBox("Pre-stage the whole wave before any device activates", box)
-        self.prestage_box.setToolTip("Copy the artifact to every device of a wave, verified, before any of them "
-                                     "activates it")
+        self.prestage_box.setToolTip(tooltip_text(
+            "Copy the artifact to every device of a wave, verified, before any of them "
+            "activates it"))
         self.prestage_box.setChecked(True)
         self.retries_spin = QSpinBox(box)
         self.retries_spin.setRange(0, 20)
         self.retries_spin.setValue(TransferPolicy().retries)
-        self.retries_spin.setToolTip("A transfer that fails is tried again this many times, waiting longer each "
-                                     "time, before the device counts as failed (or unreachable)")
+        self.retries_spin.setToolTip(tooltip_text(
+            "A transfer that fails is tried again this many times, waiting longer each "
+            "time, before the device counts as failed (or unreachable)"))
         grid.addRow("Transfers at once", self.parallel_spin)
         grid.addRow("Bandwidth cap per transfer", self.bandwidth_spin)
         grid.addRow("Retries per transfer", self.retries_spin)
@@ -357,12 +363,14 @@ class RolloutWizard(QDialog):
         self.start_button = QPushButton("Start rollout", self)
         self.start_button.setObjectName("StartRollout")
         self.start_button.setDefault(True)
-        self.start_button.setToolTip("Create the rollout and start its first wave now")
+        self.start_button.setToolTip(tooltip_text("Create the rollout and start its first wave now"))
         self.plan_button = QPushButton("Save as planned", self)
-        self.plan_button.setToolTip("Create the rollout without touching any device; start it from the Rollouts tab")
+        self.plan_button.setToolTip(tooltip_text(
+            "Create the rollout without touching any device; start it from the Rollouts tab"))
         self.push_button = QPushButton("Push only…", self)
-        self.push_button.setToolTip("Copy the artifact to every target at once, verified, without activating it: "
-                                    "no waves and no gates")
+        self.push_button.setToolTip(tooltip_text(
+            "Copy the artifact to every target at once, verified, without activating it: "
+            "no waves and no gates"))
         cancel = QPushButton("Cancel", self)
         self.start_button.clicked.connect(lambda: self._start(True))
         self.plan_button.clicked.connect(lambda: self._start(False))

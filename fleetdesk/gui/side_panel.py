@@ -28,6 +28,7 @@ from fleetdesk.inventory.records import Group
 
 from .fleet_model import DEVICE_IDS_MIME, decode_device_ids, plain
 from .icons import icon
+from .text import tooltip_text
 
 ALL_DEVICES = None  # the tree's first item: no group filter
 GROUP_ROLE = Qt.ItemDataRole.UserRole + 10
@@ -67,7 +68,7 @@ class GroupTree(QTreeWidget):
                 item = QTreeWidgetItem([f"{plain(group.name)} ({len(group.device_ids)})"])
                 item.setData(0, GROUP_ROLE, group.name)
                 item.setIcon(0, icon("group"))
-                item.setToolTip(0, f"Drop devices here to put them in {plain(group.name)!r}")
+                item.setToolTip(0, tooltip_text(f"Drop devices here to put them in {plain(group.name)!r}"))
                 self.addTopLevelItem(item)
                 if group.name == current:
                     chosen = item
@@ -135,10 +136,11 @@ class DiscoveryPanel(QGroupBox):
         layout = QVBoxLayout(self)
         self.browse_button = QPushButton(icon("discover"), "Start discovery", self)
         self.browse_button.setCheckable(True)
-        self.browse_button.setToolTip("Listen for devices announcing themselves by mDNS (Ctrl+B)")
+        self.browse_button.setToolTip(tooltip_text("Listen for devices announcing themselves by mDNS (Ctrl+B)"))
         self.browse_button.toggled.connect(self._toggled)
         self.state_label = QLabel("Not listening", self)
         self.state_label.setObjectName("EmptyHint")
+        self.state_label.setTextFormat(Qt.TextFormat.PlainText)  # it can carry an error's text: never markup
         self.state_label.setWordWrap(True)
         layout.addWidget(self.browse_button)
         layout.addWidget(self.state_label)
@@ -156,10 +158,11 @@ class DiscoveryPanel(QGroupBox):
         layout.addWidget(self.all_hint)
         buttons = QHBoxLayout()
         self.add_button = QPushButton(icon("add-device"), "Add…", self)
-        self.add_button.setToolTip("Add a device by hostname or address (Ctrl+N)")
+        self.add_button.setToolTip(tooltip_text("Add a device by hostname or address (Ctrl+N)"))
         self.add_button.clicked.connect(self.add_requested)
         self.sweep_button = QPushButton(icon("sweep"), "Sweep…", self)
-        self.sweep_button.setToolTip("Look for SSH servers across an address range you type (Ctrl+Shift+S)")
+        self.sweep_button.setToolTip(tooltip_text(
+            "Look for SSH servers across an address range you type (Ctrl+Shift+S)"))
         self.sweep_button.clicked.connect(self.sweep_requested)
         buttons.addWidget(self.add_button)
         buttons.addWidget(self.sweep_button)
@@ -182,6 +185,8 @@ class DiscoveryPanel(QGroupBox):
         self.browse_button.setText("Stop discovery" if on else "Start discovery")
         self.browse_button.setIcon(icon("stop" if on else "discover"))
         self.state_label.setText(detail or ("Listening" if on else "Not listening"))
+        if not detail:
+            self.state_label.setToolTip("")  # a recording problem's details end with what they described
         for box in self.interface_boxes.values():
             box.setEnabled(not on)  # a browser is bound to its cards; stop to change them
 

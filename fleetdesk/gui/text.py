@@ -1,27 +1,34 @@
 """How a string a device supplied is shown: control and invisible characters spelled out, never obeyed.
 
-The one rule every widget uses (table cells, the detail pane, dialogs, the activity log).
+The one rule every widget uses (table cells, the detail pane, dialogs, the activity log): fleetdesk.text's.
+Tooltips and rich-text labels read HTML, so text reaches them through `tooltip_text` and `markup_text` here.
 """
 
 from __future__ import annotations
 
-import unicodedata
+import html
 
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_HIDDEN_CATEGORIES = {"Cf", "Zl", "Zp"}
+# The rule itself lives in the core, which writes device text to its logs too; widgets keep importing it from here.
+from fleetdesk.text import visible_text as visible_text
+
+# A block that keeps every space and line break as typed and breaks lines nowhere else, as a plain-text tooltip
+# does (pre-wrap let Qt's tooltip wrap a short name at its "/" into three narrow lines).
+_LITERAL_BLOCK = "<p style='white-space:pre'>{}</p>"
 
 
-def visible_text(text: str) -> str:
-    """`text` as an operator should see it: control and invisible characters as escapes ("\\n", "\\x1b", "\\u202e")."""
-    out: list[str] = []
-    for ch in text:
-        category = unicodedata.category(ch)
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif category == "Cc":
-            out.append(f"\\x{ord(ch):02x}")
-        elif category in _HIDDEN_CATEGORIES:
-            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+def markup_text(text: str) -> str:
+    """`text` for a place that reads HTML (a rich-text label, a plot title): spelled out by `visible_text`, then
+    escaped, so a device named "<font color=green>trusted</font>" shows those characters instead of green."""
+    return html.escape(visible_text(text), quote=False)
+
+
+def tooltip_text(text: str) -> str:
+    """`text` for every tooltip (`setToolTip`, an item model's ToolTipRole): what the operator reads is `text`.
+
+    Qt guesses per tooltip whether it is HTML (`Qt.mightBeRichText`: a known tag early on the first line), so a
+    tooltip quoting a device's name would render that name's markup. Every tooltip goes as HTML instead, each of
+    its lines escaped by `markup_text` (line breaks stay breaks): there is nothing left for Qt to guess.
+    """
+    if not text:
+        return ""  # no tooltip at all, not an empty box
+    return _LITERAL_BLOCK.format("\n".join(markup_text(line) for line in text.split("\n")))

@@ -16,6 +16,7 @@ from fleetdesk.errors import PlanError
 from fleetdesk.rollout.policy import WavePolicy
 
 from .overview import colours
+from .text import tooltip_text
 
 # The columns, and which WavePolicy field each editable one holds.
 WAVE_COLUMNS = ("Wave", "Override", "Success", "Errors", "Soak s", "Approve")
@@ -77,8 +78,9 @@ class WavePolicyTable(QTableWidget):
         header = self.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(WAVE, QHeaderView.ResizeMode.Stretch)
-        self.setToolTip("Check Override to give a wave its own thresholds, soak and approval; an unchecked wave "
-                        "follows the common values (shown greyed). Click a cell of an overridden wave to edit it.")
+        self.setToolTip(tooltip_text(
+            "Check Override to give a wave its own thresholds, soak and approval; an unchecked wave "
+            "follows the common values (shown greyed). Click a cell of an overridden wave to edit it."))
         self.itemChanged.connect(self._cell_changed)
 
     def show_waves(self, sizes: Sequence[int], specs: Sequence[int | str]) -> None:

@@ -11,16 +11,21 @@ from collections.abc import Sequence
 from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import QInputDialog, QTabWidget
 
+from fleetdesk.discovery.recorder import RecordingState
 from fleetdesk.errors import FleetDeskError
 from fleetdesk.telemetry.alerts import Threshold, thresholds_from_json, thresholds_to_json
 
 from .alerts_dialog import ThresholdsDialog
-from .bridge import DeviceView, Login, TrustRequest
+from .bridge import DeviceView, FleetKeyRequest, Login, TrustRequest
 from .dashboard import Dashboard
 from .dialogs import AddDeviceDialog, NewDevice, SweepDialog
+from .fleet_key_dialog import FleetKeyDialog
 from .side_panel import DiscoveryPanel
 from .sign_in_dialogs import Credentials, CredentialsDialog, TrustDialog
+from .text import tooltip_text, visible_text
 from .window_part import WindowPart
+
+NOT_RECORDING = "Listening, but not recording: the inventory refuses writes"
 
 
 class DeviceActions(WindowPart):
@@ -42,6 +47,18 @@ class DeviceActions(WindowPart):
         self.discovery_panel.set_browsing(on)
         self.browse_action.setChecked(on)
 
+    def _discovery_state(self, state: RecordingState) -> None:
+        # "Listening" alone only while what is heard is stored. The panel is narrow (an inventory's path is long):
+        # it says that nothing is recorded; its tooltip and the discovery activity say why, what is held and the fix.
+        label = self.discovery_panel.state_label
+        if state.error is None:
+            self.discovery_panel.set_browsing(self.bridge.browsing, visible_text(f"Listening; {state.text}"))
+            label.setToolTip("")
+            return
+        self.discovery_panel.set_browsing(self.bridge.browsing, NOT_RECORDING)
+        fix = f"\nFix: {state.error.fix}" if state.error.fix else ""
+        label.setToolTip(tooltip_text(state.text + fix))
+
     def _interfaces_changed(self, addresses: list[str]) -> None:
         self._qsettings().setValue("discovery/interfaces", addresses)
 
@@ -54,6 +71,14 @@ class DeviceActions(WindowPart):
         ids = self.selected_ids()
         if ids:
             self.bridge.provision(ids)
+
+    def open_fleet_key_dialog(self, request: FleetKeyRequest) -> FleetKeyDialog:
+        """Provisioning refused devices that trust another fleet key: on the operator's yes, provision them again
+        with this laptop's key; otherwise they stay as they are."""
+        dialog = FleetKeyDialog(request, self)
+        dialog.replace_confirmed.connect(lambda ids: self.bridge.provision(ids, replace_fleet_key=True))
+        self._keep(dialog)
+        return dialog
 
     def trust_selected(self) -> None:
         ids = self.selected_ids()

@@ -11,8 +11,10 @@ from PySide6.QtCore import QModelIndex, QPoint, Qt, QTimer
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QLabel, QMenu, QTabWidget
 
+from fleetdesk.errors import FleetDeskError
 from fleetdesk.inventory.records import Group, HostKey
 from fleetdesk.telemetry.alerts import AlertEvent
+from fleetdesk.transport.sshconfig import SSHConfigEntry
 
 from .bridge import DeviceView
 from .dashboard import Dashboard
@@ -42,6 +44,8 @@ class FleetPane(WindowPart):
     _counting: bool
     _detail_id: int | None
     _detail_keys: list[HostKey]
+    # The device's names when its ssh config was read, and what the config said (or why it could not be read).
+    _detail_ssh: tuple[object, SSHConfigEntry | FleetDeskError | None]
 
     def _devices_reset(self, views: list[DeviceView]) -> None:
         self.fleet_model.reset(views)
@@ -114,8 +118,11 @@ class FleetPane(WindowPart):
         if fresh or view.id != self._detail_id or view.trusted != (self._detail_keys != []):
             self._detail_keys = self.bridge.host_keys(view.id)
         self._detail_id = view.id
+        names = (view.id, view.device.name, view.device.address, view.device.mdns_names)
+        if fresh or self._detail_ssh[0] != names:  # what applies follows the names the device goes by
+            self._detail_ssh = (names, self.bridge.ssh_config(view.device))
         self.detail.show_device(view.device, match=self.bridge.profile_match(view.device),
-                                host_keys=self._detail_keys, status=view.status)
+                                host_keys=self._detail_keys, status=view.status, ssh_config=self._detail_ssh[1])
 
     def _tab_changed(self, _index: int) -> None:
         # The device pane says nothing about models: the Models view gets its width.

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from fleetdesk.errors import ConfigError, InventoryError
+from fleetdesk.errors import ConfigError, InventoryError, InventoryUnavailableError
 
 # An execution option that marks a connection as one that will write (see for_writing).
 _WRITES = "fleetdesk_writes"
@@ -57,6 +57,35 @@ def for_writing(engine: Engine) -> Engine:
     failing with "database is locked" or inserting a duplicate device.
     """
     return engine.execution_options(**{_WRITES: True})
+
+
+def unavailable_error(engine: Engine, exc: OperationalError) -> InventoryUnavailableError:
+    """What the database's refusal of a transaction means to the operator, and what frees it.
+
+    SQLite names the cause (sqlite3's `sqlite_errorname`); a disk that filled and a lock another program
+    holds are the two an operator meets, and each has its own fix. Nothing of the transaction was written.
+    """
+    url = engine.url
+    where = url.database if url.get_backend_name() == "sqlite" and url.database else (
+        url.render_as_string(hide_password=True))
+    code = str(getattr(exc.orig, "sqlite_errorname", ""))
+    if code.startswith("SQLITE_FULL"):
+        message, fix = (f"the disk holding the inventory {where} is full",
+                        "free space on that disk; nothing already stored is lost")
+    elif code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        message, fix = (f"the inventory {where} is locked by another program writing to it",
+                        "finish or close what holds it (another FleetDesk, or an sqlite3 shell with an open "
+                        "transaction)")
+    elif code.startswith("SQLITE_READONLY"):
+        message, fix = (f"the inventory {where} has become read-only",
+                        "make the file and its folder writable again (permissions, or a disk remounted read-only)")
+    elif code.startswith("SQLITE_IOERR"):
+        message, fix = (f"the disk holding the inventory {where} failed to write ({exc.orig})",
+                        "check the disk (space, errors in the system log) and that it is still mounted")
+    else:
+        message, fix = (f"cannot write to the inventory {where} ({exc.orig})",
+                        "check that the database is reachable and writable")
+    return InventoryUnavailableError(message, fix=fix, step="write inventory", cause=exc)
 
 
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from types import TracebackType
 
 from sqlalchemy import Engine, delete, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from fleetdesk.errors import DeviceNotFoundError, FleetDeskError, InventoryError
-from fleetdesk.inventory.database import for_writing, open_database
+from fleetdesk.inventory.database import for_writing, open_database, unavailable_error
 from fleetdesk.inventory.migrate import check_sqlite_file, upgrade
 from fleetdesk.inventory.models import (
     AddressRow,
@@ -295,10 +295,18 @@ class Inventory:
             raise InventoryError(f"the inventory refused the change ({exc.orig})",
                                  fix="another FleetDesk may have changed the same device; try again",
                                  cause=exc) from None
+        except OperationalError as exc:
+            if not write:
+                raise self._unusable(exc) from None
+            # A full disk or another writer's lock: the caller may try the same write again later.
+            raise unavailable_error(self._engine, exc) from None
         except SQLAlchemyError as exc:
-            shown = self._engine.url.render_as_string(hide_password=True)
-            raise InventoryError(f"cannot use the inventory {shown} ({exc.__class__.__name__}: {exc})",
-                                 fix="check that the database is reachable and writable", cause=exc) from None
+            raise self._unusable(exc) from None
+
+    def _unusable(self, exc: SQLAlchemyError) -> InventoryError:
+        shown = self._engine.url.render_as_string(hide_password=True)
+        return InventoryError(f"cannot use the inventory {shown} ({exc.__class__.__name__}: {exc})",
+                              fix="check that the database is reachable and writable", cause=exc)
 
 
 _DEVICE_LOADS = (selectinload(DeviceRow.addresses), selectinload(DeviceRow.names),

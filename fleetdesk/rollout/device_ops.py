@@ -33,6 +33,8 @@ from fleetdesk.errors import (
 from fleetdesk.inventory.records import Device
 from fleetdesk.rollout.gates import GOLDEN, MEMORY, P95, SERVING, TEMPERATURE, GateResult, GateSample, evaluate
 from fleetdesk.rollout.policy import Gates
+from fleetdesk.runtime.sealing import SEAL_FUNCTIONS, seal_command
+from fleetdesk.telemetry.sample import refusal_text
 from fleetdesk.transport import shell_join
 from fleetdesk.transport.push import BLOCK_SIZE, push_file
 from fleetdesk.transport.session import ByteRange, DeviceSession, RemoteLines
@@ -46,10 +48,11 @@ LOAD_WAIT_S = 120.0  # how long `activate` waits for the model server to load th
 BENCH_RUNS = 30
 PACE_SLICE_S = 0.25  # a capped push sends about this much time's worth of bytes per SFTP batch
 
-# Device side, python3 (the agent needs it anyway). argv: root folder name... -> "free present manifest".
+# Device side, python3 (the agent needs it anyway). argv: root folder name... -> "free present manifest unsealed".
 # Free space where the artifact goes (its nearest existing folder), the bytes already there under the final
-# names or as resumable partial files (capped at each file's size), and whether the manifest (pushed last) is there.
-_SPACE_PY = r"""
+# names or as resumable partial files (capped at each file's size), whether the manifest (pushed last) is there,
+# and whether a copy with its manifest still waits to be sealed (login is root; see runtime/sealing.py).
+_SPACE_PY = SEAL_FUNCTIONS + r"""
 import os, sys
 root, folder, names = sys.argv[1], sys.argv[2], sys.argv[3::2]
 sizes = [int(s) for s in sys.argv[4::2]]
@@ -67,7 +70,8 @@ for name, size in zip(names, sizes):
         except OSError:
             pass
     present += best
-print(st.f_bavail * st.f_frsize, present, int(os.path.isfile(os.path.join(folder, "manifest.json"))))
+manifest = os.path.isfile(os.path.join(folder, "manifest.json"))
+print(st.f_bavail * st.f_frsize, present, int(manifest), int(manifest and os.geteuid() == 0 and not sealed(folder)))
 """
 
 
@@ -107,6 +111,9 @@ class AgentView:
     serving: bool  # the model server runs
     serving_model: str | None  # what it has loaded, from its fresh statistics
     status: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # the whole status line
+    # The artifact the server would not load, because its signature or a file's hash did not verify:
+    # {"artifact", "file", "code", "reason", "fix", "at"} (fleetdesk/agent/verified.py); None when none.
+    refused: dict[str, Any] | None = field(default=None, hash=False, compare=False)
 
 
 def device_root(fleet: Any, device: Device) -> str:
@@ -267,7 +274,8 @@ class DeviceOps:
         """Copy the artifact to ROOT/artifacts/<id>/ (files already there are skipped, partial ones resumed).
         Each file is sent only when the store's copy hashes as the signed manifest says, and lands only when the
         device's SHA-256 of it agrees; the agent checks the signature and every hash again before it activates.
-        The manifest goes last: a folder with a manifest is a complete copy. prepare + transfer; the engine
+        The manifest goes last: a folder with a manifest is a complete copy, and where the login is root it is then
+        sealed (root-owned, read-only; a partial copy stays writable so that it resumes). prepare + transfer; the engine
         calls them one by one, so that only the transfer holds one of its transfer slots."""
         started = time.monotonic()
         staging = await self.prepare(device, artifact_id)
@@ -290,7 +298,7 @@ class DeviceOps:
         check = await self._run(device, shell_join(["python3", "-c", _SPACE_PY, self.root(device), remote, *listing]),
                                 "stage", 120)
         try:
-            free, present, has_manifest = (int(x) for x in check.stdout.split()[:3])
+            free, present, has_manifest, unsealed = (int(x) for x in check.stdout.split()[:4])
         except ValueError:
             raise RolloutStepError(f"stage: cannot inspect {remote} on the device "
                                    f"({(check.stderr.strip() or check.stdout.strip())[:200]})", code="command-failed",
@@ -306,6 +314,8 @@ class DeviceOps:
             except RolloutStepError:
                 pass  # a damaged or partial copy: the pushes repair it, each verified by its hash
             else:
+                if unsealed:  # staged before sealing was done, or its modes were changed since
+                    await self._seal(device, remote)
                 return replace(staging, complete=True)
         needed = total - present
         if free < needed:
@@ -337,7 +347,19 @@ class DeviceOps:
                                       bandwidth_bytes_s, one)
             sent += result.bytes_sent
             done_before += size
+        # The manifest is in: the copy is complete, and no longer anyone's to change but root's.
+        await self._seal(device, staging.remote)
         return sent
+
+    async def _seal(self, device: Device, folder: str) -> None:
+        """The artifact folder root-owned and read-only where the login is root (elsewhere nothing changes)."""
+        result = await self._run(device, seal_command(folder), "stage", 120)
+        if result.exit_status != 0:
+            raise RolloutStepError(f"stage: could not make {folder} read-only: "
+                                   f"{(result.stderr.strip() or result.stdout.strip())[-300:]}",
+                                   code="command-failed", device=device.name, step="stage",
+                                   fix=f"check the filesystem under {self.root(device)} on {device.name} (a "
+                                       "read-only or full disk?), then stage again")
 
     async def _check_source(self, staging: Staging, rel: str, sha256: str | None) -> None:
         """The store's file hashes as its signed manifest says (the pool's digest, computed once per file version
@@ -399,7 +421,8 @@ class DeviceOps:
             pending={"sha": pending.get("sha"), "deadline": pending.get("deadline")} if pending else None,
             last_revert=st.get("last_revert") if isinstance(st.get("last_revert"), dict) else None,
             artifacts=tuple(st.get("artifacts") or ()), serving=bool(serving.get("running")),
-            serving_model=serving.get("model"), status=st)
+            serving_model=serving.get("model"), status=st,
+            refused=serving.get("refused") if isinstance(serving.get("refused"), dict) else None)
 
     # -- activation ----------------------------------------------------------------------------------------
 
@@ -445,8 +468,13 @@ class DeviceOps:
         view, sample, (cosine, golden_note) = asked
         if golden_note:
             notes[GOLDEN] = golden_note
-        serving = view.serving and view.serving_model == artifact_id
-        if not view.serving:
+        refused = view.refused if view.refused and view.refused.get("artifact") == artifact_id else None
+        # A refused artifact fails the gate even while the copy verified at its load still answers from memory:
+        # its files on the device no longer verify, so after a restart the device would serve nothing.
+        serving = view.serving and view.serving_model == artifact_id and refused is None
+        if refused is not None:
+            notes[SERVING] = refusal_text(refused)
+        elif not view.serving:
             notes[SERVING] = "the model server is not running"
         elif view.serving_model != artifact_id:
             notes[SERVING] = (f"the model server serves {view.serving_model}" if view.serving_model

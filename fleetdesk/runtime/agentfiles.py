@@ -148,15 +148,23 @@ done
 
 
 def boot_script(root: str) -> str:
-    """ROOT/bin/fleetdesk-boot: starts the supervisor, detached, unless it runs already; always exits 0.
+    """ROOT/bin/fleetdesk-boot: settles the confirmation deadline, then starts the supervisor, detached, unless it
+    runs already; always exits 0.
 
-    Run at boot by the hook provisioning installs where no systemd runs (see `boot_hook_line`). The pid file
-    survives a reboot on the device's disk: a pid is trusted only when that process is a supervisor.
+    Run at boot by the hook provisioning installs where no systemd runs (see `boot_hook_line`). First the agent's
+    `settle`: an activation whose deadline passed while the device was off is reverted before any server loads
+    it, and one still inside its window gets a watchdog again (the server the supervisor starts owns the deadline
+    too; with systemd, that server's start is the boot path). The pid file survives a reboot on the device's disk:
+    a pid is trusted only when that process is a supervisor.
     """
     q = shell_quote(root)
     return f"""#!/bin/sh
 # Starts the FleetDesk supervisor at boot (no systemd on this device); written by `fleetdesk provision`.
 ROOT={q}
+if [ -x "$ROOT/bin/fleetdesk-agent" ]; then
+  mkdir -p "$ROOT/log"
+  "$ROOT/bin/fleetdesk-agent" settle >>"$ROOT/log/boot.log" 2>&1 || true
+fi
 pidfile="$ROOT/run/supervise.pid"
 if [ -s "$pidfile" ] && grep -q fleetdesk-supervise "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null; then
   exit 0
@@ -182,7 +190,9 @@ def boot_hook_line(root: str) -> str:
 
 
 def systemd_unit(root: str) -> str:
-    """fleetdesk-agent.service: `fleetdesk-agent serve`, restarted by systemd when it exits."""
+    """fleetdesk-agent.service: `fleetdesk-agent serve`, restarted by systemd when it exits. The unit's server
+    settles the confirmation deadline at its start (boot) and owns it while it runs: a logout (logind's
+    KillUserProcesses=yes) ends the watchdog an SSH session started, never a system unit."""
     # systemd.exec(5): ExecStart takes an absolute path; quoting keeps a root with spaces one word.
     launcher = posixpath.join(root, "bin", "fleetdesk-agent")
     quoted = '"' + launcher.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,8 +1,9 @@
 """Provisioning: put a runtime bundle, the agent and the fleet key on devices, install the runtime offline,
 keep the model server running, and prove it with the agent's selftest. Idempotent and resumable.
 
-Per device, in order: check (trusted, probed, python3, disk), push what the device lacks, build the venv unless
-installed.json says it is done, switch the `current` links, register the server, selftest, record.
+Per device, in order: check (trusted, probed, the fleet key it holds, python3, disk), push what the device lacks,
+seal keys/ where the login is root, build the venv unless installed.json says it is done, switch the `current`
+links, register the server, selftest, record.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from fleetdesk.runtime.agentfiles import (
     supervisor_script,
     systemd_unit,
 )
+from fleetdesk.runtime.fleetkey import check_fleet_key, device_fleet_pub
 from fleetdesk.runtime.provision_scripts import (
     BOOT_HOOK_PY,
     INSTALLED_PY,
@@ -49,6 +51,7 @@ from fleetdesk.runtime.provision_scripts import (
     SUPERVISE_SH,
     UNPACK_PY,
 )
+from fleetdesk.runtime.sealing import seal_command, sealed_folders
 from fleetdesk.runtime.store import Runtime, RuntimeStore
 from fleetdesk.transport.shell import python_command, python_or_sh, shell_join, shell_quote
 from fleetdesk.transport.target import SSHTarget
@@ -190,12 +193,16 @@ class _Device:
 
 
 class Provisioner:
-    """One `provision` call over many devices: the fleet, the runtime store, the agent tree and the fleet key."""
+    """One `provision` call over many devices: the fleet, the runtime store, the agent tree and the fleet key.
+
+    `replace_fleet_key`: a device that trusts another fleet key gets this laptop's (else it is refused, untouched).
+    """
 
     def __init__(self, fleet: Any, *, store: RuntimeStore | None = None, signing_key: FleetSigningKey | None = None,
                  agent: AgentTree | None = None, progress: ProgressFn | None = None,
-                 concurrency: int = DEFAULT_CONCURRENCY) -> None:
+                 concurrency: int = DEFAULT_CONCURRENCY, replace_fleet_key: bool = False) -> None:
         self.fleet = fleet
+        self.replace_fleet_key = replace_fleet_key
         self.store = store or RuntimeStore.default()
         self.signing_key = signing_key or FleetSigningKey.default()
         self.agent = agent or agent_tree()
@@ -273,6 +280,10 @@ class Provisioner:
         wheels = [_Item(runtime.wheel_path(w), posixpath.join(layout.runtime_dir(runtime.id), "wheels", w.file),
                         w.size, w.sha256, what="wheel") for w in runtime.wheels]
         state = await self._state(d, items, wheels)
+        # Before anything is sent: a device of another fleet stays untouched unless the operator said to replace.
+        assert self._pub is not None
+        replaced = check_fleet_key(device_fleet_pub(state.get("fleet_pub")), self._pub.read_bytes(),
+                                   replace=self.replace_fleet_key, device=name)
         # Where systemd runs it keeps the server; elsewhere the supervisor script does, started at boot by a hook.
         unwanted = ("fleetdesk-supervise", "fleetdesk-boot") if state.get("systemd") else (UNIT_NAME,)
         items = [i for i in items if i.what not in unwanted]
@@ -282,6 +293,10 @@ class Provisioner:
         to_push = [i for i in (items if installed else [*wheels, *items]) if have.get(i.remote) != i.sha256]
         await self._push(d, [i for i in to_push if i.what == "wheel"], small=False)
         await self._push(d, [i for i in to_push if i.what != "wheel"], small=True)
+        if replaced:
+            d.changed.append(replaced)
+        if state.get("root") and (not state.get("keys_sealed") or any(i.what == "key" for i in to_push)):
+            await self._seal_keys(d)
         if not installed:
             await self._install(d, state)
             d.changed.append(f"installed runtime {runtime.id}")
@@ -422,6 +437,13 @@ class Provisioner:
                                      exit_status=unpacked.exit_status, stderr=unpacked.stderr, device=d.device.name,
                                      step="push", fix="check that the user may write under the device root")
 
+    async def _seal_keys(self, d: _Device) -> None:
+        """keys/ and fleet.pub root-owned and read-only (the login is root): no other user swaps the fleet key."""
+        result = await self.fleet.pool.run(d.target, seal_command(d.layout.join("keys")), timeout=COMMAND_TIMEOUT,
+                                           check=True)
+        if sealed_folders(result.stdout):
+            d.changed.append("made keys/ root-owned and read-only")
+
     async def _install(self, d: _Device, state: dict[str, Any]) -> None:
         name, runtime = d.device.name, d.runtime
         folder = d.layout.runtime_dir(runtime.id)
@@ -528,14 +550,15 @@ class Provisioner:
 async def provision(fleet: Any, devices: Sequence[Device], runtime_id: str | None = None, *,
                     progress: ProgressFn | None = None, concurrency: int = DEFAULT_CONCURRENCY,
                     store: RuntimeStore | None = None, signing_key: FleetSigningKey | None = None,
-                    agent: AgentTree | None = None) -> list[ProvisionOutcome]:
+                    agent: AgentTree | None = None, replace_fleet_key: bool = False) -> list[ProvisionOutcome]:
     """Provision every device at once (at most `concurrency` together); one outcome per device, in order.
 
     One device's failure never stops the others; running it again resumes where it stopped and sends only
-    what is missing. `agent` defaults to the agent tree as this FleetDesk holds it now.
+    what is missing. `agent` defaults to the agent tree as this FleetDesk holds it now. A device that trusts
+    another fleet key fails with FleetKeyMismatchError, untouched, unless `replace_fleet_key`.
     """
     provisioner = Provisioner(fleet, store=store, signing_key=signing_key, agent=agent, progress=progress,
-                              concurrency=concurrency)
+                              concurrency=concurrency, replace_fleet_key=replace_fleet_key)
     return await provisioner.run(devices, runtime_id)
 
 

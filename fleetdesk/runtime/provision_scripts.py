@@ -3,10 +3,14 @@
 Kept apart from provision.py, which decides what to send, run and record, so that module reads as the steps.
 """
 
+from fleetdesk.runtime.sealing import SEAL_FUNCTIONS
+
 # Device side, Python 3.5 syntax (a device's python3 may be old). argv: root runtime_id files_json wheels_json.
-# Says what the device has, so that nothing it already holds is sent or rebuilt.
-STATE_PY = r"""
-import hashlib, json, os, platform, sys
+# Says what the device has, so that nothing it already holds is sent or rebuilt: also the fleet key it trusts now
+# (base64 of keys/fleet.pub, checked against the laptop's before anything is sent), whether the login is root and
+# whether keys/ is sealed (root-owned, read-only: see sealing.py).
+STATE_PY = SEAL_FUNCTIONS + r"""
+import base64, hashlib, json, os, platform, sys
 root, rid, files, wheels = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 def free(path):
     while not os.path.isdir(path):
@@ -49,6 +53,12 @@ def supervisor():
     except OSError:
         version = ""
     return {"pid": pid, "version": version} if alive else None
+def fleet_pub():
+    try:
+        with open(os.path.join(root, "keys", "fleet.pub"), "rb") as f:
+            return base64.b64encode(f.read(65536)).decode("ascii")
+    except OSError:
+        return None
 try:
     import ensurepip, venv
     has_venv = True
@@ -64,7 +74,8 @@ print(json.dumps({"python3": sys.executable, "python": "%d.%d.%d" % sys.version_
                   "systemd": os.path.isdir("/run/systemd/system"), "installed": done,
                   "links": {"runtime": link(os.path.join(root, "runtimes", "current")),
                             "agent": link(os.path.join(root, "agent", "current"))},
-                  "files": hashes, "supervisor": supervisor()}))
+                  "files": hashes, "supervisor": supervisor(), "fleet_pub": fleet_pub(),
+                  "root": os.geteuid() == 0, "keys_sealed": sealed(os.path.join(root, "keys"))}))
 """
 STATE_SH = 'echo \'{"python3": null}\''
 

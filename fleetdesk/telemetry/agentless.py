@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetdesk.agent import procfs
+from fleetdesk.text import visible_text
 from fleetdesk.transport.shell import shell_quote
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ class AgentlessParser:
 
     def _bad(self, line: str, why: str) -> None:
         self.bad_lines += 1
-        log.info("%s: agentless telemetry: %s: %.120r", self.device or "device", why, line)
+        log.info("%s: agentless telemetry: %s: %.120s", visible_text(self.device or "device"), visible_text(why),
+                 visible_text(line))
 
     def feed(self, line: str) -> dict[str, Any] | None:
         """One line (without its newline); a sample dict when it ended a frame, else None."""

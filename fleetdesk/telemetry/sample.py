@@ -12,7 +12,8 @@ The agent prints one JSON object per line (`fleetdesk/agent`, "telemetry"):
      "gpu": {"util_pct": 30, "mem_used_mb": 100, "mem_total_mb": 2000, "temp_c": 45, "power_w": 12.5},
      "throttled": {"raw": "0x50005", "now": ["under-voltage", "throttled"], "since_boot": ["under-voltage"]},
      "inference": {"model": "<sha256>", "requests": 120, "rate_per_s": 9.8, "p50_ms": 3.1, "p95_ms": 5.0,
-                   "p99_ms": 7.2, "errors": 0, "batch_mean": 1.6, "cache_hits": 4},
+                   "p99_ms": 7.2, "errors": 0, "batch_mean": 1.6, "cache_hits": 4,
+                   "refused": null or {"artifact", "file", "code", "reason", "fix", "at"}},
      "sources": {"cpu": "/proc/stat", "gpu": "nvidia-smi", ...}}
 
 Every part but "t" may be missing or null (a Pi has no "gpu", a device without a model server no
@@ -117,6 +118,9 @@ class Sample:
     infer_errors: float | None = None
     model: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
+    # The model server would not load an artifact (a file's hash or the signature did not verify): which file,
+    # why and the fix, in an operator's words (refusal_text); None when nothing was refused.
+    refused: str | None = None
 
     def value(self, metric: str) -> float | None:
         """The value of one of METRICS."""
@@ -145,6 +149,7 @@ class Sample:
         throttled = _part(obj, "throttled").get("now")
         sources = _part(obj, "sources")
         model = inference.get("model")
+        refused = inference.get("refused")
         return cls(
             t=t,
             cpu_pct=_num(cpu.get("total")),
@@ -169,4 +174,15 @@ class Sample:
             infer_errors=_num(inference.get("errors")),
             model=model if isinstance(model, str) else None,
             sources={str(k): str(v) for k, v in sources.items()},
+            refused=refusal_text(refused) if isinstance(refused, Mapping) else None,
         )
+
+
+def refusal_text(refused: Mapping[str, Any]) -> str:
+    """The agent's refusal of an artifact (fleetdesk/agent/verified.py) in an operator's words: which artifact and
+    file, why, and the fix. Device-supplied text: shown through the visible-text helpers like any other."""
+    file = refused.get("file")
+    where = f" ({str(file)[:200]})" if file else ""
+    fix = refused.get("fix")
+    return (f"the model server refused artifact {str(refused.get('artifact'))[:12]}{where}: "
+            f"{str(refused.get('reason'))[:600]}" + (f" — {str(fix)[:300]}" if fix else ""))

@@ -15,6 +15,7 @@ from typing import Any
 
 from fleetdesk.errors import FleetDeskError, RemoteCommandError, TransportError
 from fleetdesk.telemetry.agentless import AgentlessParser, agentless_command
+from fleetdesk.text import visible_text
 from fleetdesk.transport.pool import SSHPool
 from fleetdesk.transport.session import ConnectionLostError
 from fleetdesk.transport.shell import shell_quote
@@ -133,14 +134,16 @@ class DeviceStream:
                 except FleetDeskError as exc:
                     error = exc
                 except Exception as exc:  # a bug must not end a device's telemetry for the rest of the day
-                    log.exception("%s: telemetry stream failed unexpectedly", self.name)
+                    log.exception("%s: telemetry stream failed unexpectedly", visible_text(self.name))
                     error = TransportError(f"unexpected error in the telemetry stream: {exc!r}", device=self.name,
                                            step="stream", cause=exc)
                 if first_sample_at and self._clock() - first_sample_at[0] >= self.HEALTHY_AFTER:
                     self.backoff.reset()
                 delay = self.backoff.next_delay()
                 if error is not None:
-                    log.info("%s: telemetry stream: %s; again in %.1f s", self.name, error, delay)
+                    # The error may quote the device's stderr: what reaches a terminal is never obeyed there.
+                    log.info("%s: telemetry stream: %s; again in %.1f s", visible_text(self.name),
+                             visible_text(str(error)), delay)
                 self._set(mode="reconnecting", retry_in=delay, last_error=error)
                 await asyncio.sleep(delay)
         finally:
@@ -215,7 +218,7 @@ class DeviceStream:
                                       device=self.name, step="telemetry",
                                       fix=str(obj.get("fix") or "see the agent's log on the device"))
         if kind == "event":
-            log.info("%s: agent event: %.200s", self.name, line)
+            log.info("%s: agent event: %.200s", visible_text(self.name), visible_text(line))
         return None
 
     def _sample(self, obj: dict[str, Any], first_sample_at: list[float]) -> None:
@@ -229,5 +232,5 @@ class DeviceStream:
         self._state = replace(self._state, samples=self._state.samples + 1)
 
     def _bad(self, line: str, why: str) -> None:
-        log.info("%s: telemetry: %s: %.120r", self.name, why, line)
+        log.info("%s: telemetry: %s: %.120s", visible_text(self.name), visible_text(why), visible_text(line))
         self._state = replace(self._state, bad_lines=self._state.bad_lines + 1)

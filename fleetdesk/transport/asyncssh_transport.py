@@ -69,8 +69,9 @@ def cached_piece(fd: int, length: int, offset: int) -> bytearray | None:
 
 
 def cipher_order(preferred: Sequence[str]) -> list[str]:
-    """The profile's ciphers first (those asyncssh knows), then asyncssh's own defaults, so a device that
-    lacks the preferred ones still connects, as OpenSSH's `Ciphers` with a `^` prefix would."""
+    """The preferred ciphers first (SSHTarget.preferred_ciphers: the profile's, else DEFAULT_CIPHERS; those asyncssh
+    knows), then asyncssh's own defaults, so a device that lacks the preferred ones still connects, as OpenSSH's
+    `Ciphers` with a `^` prefix would."""
     known = {a.decode() for a in get_encryption_algs()}
     first = [c for c in preferred if c in known]
     rest = [a.decode() for a in asyncssh.encryption.get_default_encryption_algs() if a.decode() not in first]
@@ -132,7 +133,7 @@ def _connect_options(target: SSHTarget, password: str | None) -> dict[str, Any]:
         "x509_trusted_certs": None,
         "config": None,  # the target is already resolved from ~/.ssh/config; never apply it twice
         "server_host_key_algs": [a for a in host_key_algorithms(target) if a in known_key_algs],
-        "encryption_algs": cipher_order(target.ciphers),
+        "encryption_algs": cipher_order(target.preferred_ciphers),
         "agent_path": () if target.use_agent else None,
         # Files named (even if all missing) mean exactly those; none named means OpenSSH's defaults.
         "client_keys": existing_identity_files(target) if target.identity_files else (),

@@ -67,6 +67,13 @@ def translate_error(exc: BaseException, target: SSHTarget, step: str) -> FleetDe
                                fix="load the key into ssh-agent or store its passphrase in the keyring")
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
         return refused_connection(target, step, exc)
+    if isinstance(exc, paramiko.SSHException) and str(exc) == "No authentication methods available":
+        # paramiko's words when it found no key file, agent key or password to try: nothing was even offered.
+        return AuthFailedError(f"FleetDesk had no key or password to offer {target.username}@{target.host}:"
+                               f"{target.port}", device=target.device, step=step, cause=exc,
+                               fix="name the device's key (`fleetdesk login DEVICE --identity KEYFILE`, or an "
+                                   "IdentityFile line in ~/.ssh/config), or store its password with "
+                                   "`fleetdesk login DEVICE --password-stdin`")
     if step in ("push", "write") and isinstance(exc, OSError) and not isinstance(exc, ConnectionError | EOFError):
         return file_refused(target, "push", exc, exc)
     if isinstance(exc, EOFError | ConnectionError | paramiko.ChannelException) or (
@@ -96,7 +103,7 @@ def _transport_for(target: SSHTarget) -> Callable[..., paramiko.Transport]:
         transport = paramiko.Transport(sock, **kwargs)
         options = transport.get_security_options()
         known = set(options.ciphers)
-        first = [c for c in target.ciphers if c in known]
+        first = [c for c in target.preferred_ciphers if c in known]
         options.ciphers = tuple(first + [c for c in options.ciphers if c not in first])
         key_types = set(options.key_types)
         options.key_types = tuple(k for k in host_key_algorithms(target) if k in key_types)

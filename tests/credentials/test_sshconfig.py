@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import shutil
@@ -233,3 +234,115 @@ def test_an_empty_entry_changes_nothing(tmp_path: Path) -> None:
     config.write_text("Host other\n  User x\n")
     target = SSHTarget(device="d", host="198.18.1.9")
     assert resolve_target(target, config_path=config) == target
+
+
+# -- a device goes by several names: its name here, its address, its mDNS host name ---------------------------
+
+DEVICE_CONFIG = """\
+Host floor-cam-*
+  User operator
+Host 198.18.1.* !198.18.1.99
+  HostName 198.18.1.250
+  User pi
+  IdentityFile ~/.ssh/floor_key
+  IdentityFile ~/.ssh/floor_key_old
+Match originalhost *.local
+  Port 2222
+Host *
+  User fallback
+  IdentityFile ~/.ssh/id_ed25519
+  ConnectTimeout 7
+"""
+
+
+@pytest.fixture
+def device_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HOME", LOCAL.pw_dir)  # ~ as OpenSSH expands it, for the comparison with `ssh -G`
+    config = tmp_path / "config"
+    config.write_text(DEVICE_CONFIG)
+    return config
+
+
+def test_an_address_block_applies_to_a_named_device_as_it_does_to_ssh_address(device_config: Path) -> None:
+    config = device_config
+    config.write_text("Host 198.18.1.7\n  User pi\n  IdentityFile ~/.ssh/floor_key\n")
+    by_name_only = resolve("line3-cam", config_path=config)
+    assert (by_name_only.user, by_name_only.identity_files) == (None, ())  # what `ssh line3-cam` reads
+    entry = resolve("line3-cam", aliases=("198.18.1.7",), config_path=config)
+    if shutil.which("ssh") is None:
+        skip_or_fail("OpenSSH's ssh client is not installed (apt-get install openssh-client)")
+    theirs = ssh_g("198.18.1.7", config)  # what `ssh 198.18.1.7` reads
+    assert entry.user == theirs["user"][0] == "pi"
+    assert list(entry.identity_files) == [openssh_expand(p, hostname="198.18.1.7", user="pi")
+                                          for p in theirs["identityfile"]]
+    assert entry.identity_files == (f"{LOCAL.pw_dir}/.ssh/floor_key",)
+
+
+def test_first_value_wins_in_file_order_whichever_name_matched(device_config: Path) -> None:
+    entry = resolve("floor-cam-1", aliases=("198.18.1.5", "floor-cam-1.local"), config_path=device_config)
+    # User: the name's block comes first in the file; HostName and keys from the address's block; Port from the
+    # Match on the mDNS name; the catch-all adds its key after the others and its timeout.
+    assert (entry.user, entry.hostname, entry.port, entry.connect_timeout) == ("operator", "198.18.1.250", 2222, 7)
+    assert entry.identity_files == (f"{LOCAL.pw_dir}/.ssh/floor_key", f"{LOCAL.pw_dir}/.ssh/floor_key_old",
+                                    f"{LOCAL.pw_dir}/.ssh/id_ed25519")
+    assert entry.aliases == ("198.18.1.5", "floor-cam-1.local")
+    # The same file with the blocks the other way round: now the address's User comes first.
+    swapped = device_config.parent / "swapped"
+    swapped.write_text(DEVICE_CONFIG.replace("Host floor-cam-*\n  User operator\n", "")
+                       + "Host floor-cam-*\n  User operator\n")
+    assert resolve("floor-cam-1", aliases=("198.18.1.5",), config_path=swapped).user == "pi"
+
+
+def test_a_negated_pattern_matching_any_name_rules_the_block_out(device_config: Path) -> None:
+    excluded = resolve("floor-cam-9", aliases=("198.18.1.99",), config_path=device_config)
+    assert (excluded.user, excluded.hostname, excluded.port) == ("operator", "floor-cam-9", None)
+    assert excluded.identity_files == (f"{LOCAL.pw_dir}/.ssh/id_ed25519",)
+    # A device none of whose names any specific block matches gets only the catch-all.
+    other = resolve("dock-pc", aliases=("198.18.2.4",), config_path=device_config)
+    assert (other.user, other.port, other.hostname) == ("fallback", None, "dock-pc")
+
+
+def test_match_host_is_the_hostname_once_set_and_originalhost_every_name(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("Host 198.18.1.5\n  HostName cam.factory.lan\n"
+                      "Match host 198.18.1.5\n  User never\n"  # HostName is set: Match host sees only it
+                      "Match host cam.factory.lan !originalhost floor-cam-1.local\n  Port 2200\n"
+                      "Match host cam.factory.lan originalhost floor-cam-1.local\n  User viahost\n")
+    entry = resolve("floor-cam-1", aliases=("198.18.1.5", "floor-cam-1.local"), config_path=config)
+    assert (entry.hostname, entry.user, entry.port) == ("cam.factory.lan", "viahost", None)
+    alone = resolve("floor-cam-1", aliases=("198.18.1.5",), config_path=config)
+    assert (alone.user, alone.port) == (None, 2200)  # "!originalhost floor-cam-1.local" holds without that name
+    with pytest.raises(ConfigError, match="Missing host match pattern"):
+        (tmp_path / "bad").write_text("Match host\n  User x\n")
+        resolve("floor-cam-1", aliases=("198.18.1.5",), config_path=tmp_path / "bad")
+
+
+def test_the_lines_that_applied_are_kept_with_file_line_directive_and_block(device_config: Path,
+                                                                          tmp_path: Path) -> None:
+    included = tmp_path / "cams.conf"
+    included.write_text("Host floor-cam-1.local\n  ProxyJump none\n  User shadowed\n")
+    device_config.write_text(f"Include {included}\n" + DEVICE_CONFIG)
+    entry = resolve("floor-cam-1", aliases=("198.18.1.5", "floor-cam-1.local"), config_path=device_config)
+    main = str(device_config)
+    assert [str(line) for line in entry.applied] == [
+        f"{included}:2: ProxyJump none  (Host floor-cam-1.local)",
+        f"{included}:3: User shadowed  (Host floor-cam-1.local)",
+        f"{main}:5: HostName 198.18.1.250  (Host 198.18.1.* !198.18.1.99)",
+        f"{main}:7: IdentityFile ~/.ssh/floor_key  (Host 198.18.1.* !198.18.1.99)",
+        f"{main}:8: IdentityFile ~/.ssh/floor_key_old  (Host 198.18.1.* !198.18.1.99)",
+        f"{main}:10: Port 2222  (Match originalhost *.local)",
+        f"{main}:13: IdentityFile ~/.ssh/id_ed25519  (Host *)",
+        f"{main}:14: ConnectTimeout 7  (Host *)",
+    ]
+    assert entry.user == "shadowed"  # the included file came first: the later User lines did not apply
+    assert (entry.applied[2].path, entry.applied[2].line, entry.applied[2].directive) == (main, 5, "HostName")
+    # Where a value came from is not part of what it is.
+    assert entry == dataclasses.replace(entry, applied=())
+
+
+def test_the_name_itself_and_repeats_are_not_aliases(device_config: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = resolve("198.18.1.5", aliases=("198.18.1.5", "", "cam.local", "cam.local"), config_path=device_config)
+    assert entry.aliases == ("cam.local",)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/config at all
+    assert resolve("floor-cam-1", aliases=("198.18.1.5",)).aliases == ("198.18.1.5",)

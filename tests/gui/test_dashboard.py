@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 from PySide6.QtCore import QSettings, Qt
-from PySide6.QtGui import QColor
+from PySide6.QtGui import QColor, QImage
 from PySide6.QtTest import QTest
 
 from fleetdesk.errors import UnreachableError
@@ -28,7 +28,7 @@ from fleetdesk.inventory.telemetry_repo import TelemetryRepo
 from fleetdesk.telemetry.alerts import AlertEvent, Threshold
 from fleetdesk.telemetry.hub import StreamState
 from fleetdesk.telemetry.simulate import SimulatedFleet
-from tests.gui_harness import GuiSession, gui_session
+from tests.gui_harness import GuiSession, distinct_colours, gui_session
 
 NAMES = ("cam-01", "cam-02", "jet-03", "pi-04", "ipc-05", "ipc-06")
 KINDS = ("ipc", "ipc-nvidia", "jetson", "rpi", "ipc", "ipc-nvidia")  # what each simulates (see simulate.py)
@@ -338,8 +338,14 @@ def test_screenshots_of_the_overview_and_device_view(session: GuiSession, theme:
     sim.hold(ids["cam-02"], "latency_p95_ms", 41.0)  # near, not past, its bound
     advance(session, sim, 60)
     session.settle(0.1)
-    session.screenshot(window, f"dashboard-overview-{theme}")
+    overview = session.screenshot(window, f"dashboard-overview-{theme}")
     window.dashboard.open_device(ids["jet-03"])
     session.settle(0.1)
-    session.screenshot(window, f"dashboard-device-{theme}")
+    device = session.screenshot(window, f"dashboard-device-{theme}")
+    # The pictures are there and show something: the window, and in it the part each picture is about.
+    for picture in (overview, device):
+        assert picture.is_file(), f"no screenshot at {picture}"
+        assert distinct_colours(QImage(str(picture))) >= 64, f"{picture} is blank"
+    assert distinct_colours(window.dashboard.table.viewport().grab().toImage()) >= 16, "the overview table is blank"
+    assert distinct_colours(window.dashboard.plots.grab().toImage()) >= 16, "the device's plots are blank"
     window.set_theme("light")

@@ -18,6 +18,7 @@ from PySide6.QtGui import QColor, QFontInfo, QGuiApplication
 from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QLabel, QLineEdit, QWidget
 from pytestqt.qtbot import QtBot
 
+from fleetdesk.gui.bridge_views import Login
 from fleetdesk.gui.device_detail import visible_text
 from fleetdesk.gui.dialogs import AddDeviceDialog, NewDevice, SweepDialog
 from fleetdesk.gui.sign_in_dialogs import Credentials, CredentialsDialog, TrustDialog, display_text
@@ -248,6 +249,10 @@ def test_password_credentials_round_trip_and_the_password_stays_out_of_repr(qtbo
     assert submitted == [(Credentials("root", None, "s3cret pw"),)]
     credentials = submitted[0][0]
     assert "s3cret" not in repr(credentials) and "s3cret" not in str(credentials)
+    # The Login the window hands the bridge carries it on, and keeps it out of its repr too.
+    login = Login(credentials.username, credentials.key_file, credentials.password)
+    assert login.password == "s3cret pw"
+    assert "s3cret" not in repr(login) and "s3cret" not in str(login) and "s3cret" not in f"{login!r}"
 
 
 def test_unusable_keyring_disables_passwords_and_says_why_and_how_to_fix(qtbot: QtBot, theme: str,

@@ -264,3 +264,25 @@ def test_the_dark_theme_is_remembered_and_redraws_the_icons(db_url: str, screens
     with gui_session(db_url, screens) as second:
         assert second.window.dark_action.isChecked()
         second.window.dark_action.trigger()  # back to light for the tests that follow
+
+
+def test_the_detail_pane_shows_which_ssh_config_lines_reach_the_chosen_device(db_url: str, screens: Path,
+                                                                              tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text("Host 198.18.1.11\n  User pi\nHost cam-12.local\n  Port 2200\n")
+    with open_inventory(db_url) as inventory:
+        inventory.record_sightings([sighting(n) for n in (11, 12, 13)])
+    with gui_session(db_url, screens, ssh_config=str(config)) as session:
+        window = session.window
+        by_name = {window.fleet_model.view_at(row).device.address: window.fleet_model.view_at(row).id
+                   for row in range(3)}
+
+        def ssh_config_row(address: str) -> str:
+            session.call(lambda: window.select_devices([by_name[address]]))
+            rows = {(section, label): value for section, label, value in window.detail.rows()}
+            return rows[("Connection", "SSH config")]
+
+        assert ssh_config_row("198.18.1.11") == f"{config}:2: User pi  (Host 198.18.1.11)"  # by its address
+        assert ssh_config_row("198.18.1.12") == f"{config}:4: Port 2200  (Host cam-12.local)"  # by its mDNS name
+        assert session.call(window.copy_ssh_command) == "ssh -p 2200 root@198.18.1.12"
+        assert ssh_config_row("198.18.1.13") == f"No line of {config} applies to this device"

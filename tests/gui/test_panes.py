@@ -19,7 +19,7 @@ from PySide6.QtGui import QFontInfo, QPalette
 from PySide6.QtWidgets import QApplication, QLabel, QPushButton, QToolButton
 from pytestqt.qtbot import QtBot
 
-from fleetdesk.errors import FleetDeskError
+from fleetdesk.errors import ConfigError, FleetDeskError
 from fleetdesk.gui.activities import CANCELLED, FAILED, SUCCEEDED, Activities, Activity
 from fleetdesk.gui.activity_view import DETAIL, DEVICES, ELAPSED, OPERATION, OUTCOME, PROGRESS, ActivityView
 from fleetdesk.gui.app import create_app
@@ -27,6 +27,8 @@ from fleetdesk.gui.device_detail import EMPTY_HINT, NOT_PROBED, NOT_TRUSTED, Dev
 from fleetdesk.gui.theme import apply_theme, palette_for
 from fleetdesk.inventory.records import Device, HostKey, ProbeFacts
 from fleetdesk.profiles.matcher import ProfileMatch
+from fleetdesk.transport.sshconfig import resolve
+from tests.gui_harness import shown_text
 
 # -- activity view ---------------------------------------------------------------------------------
 
@@ -211,7 +213,7 @@ def test_device_strings_in_an_activity_are_shown_as_text(qtbot: QtBot, loop: qas
     loop.run_until_complete(ended(failed))
     assert cell(view, failed, OPERATION) == "Probe <b>pi</b>\\u202e7"
     tooltip = view.model.index(0, OUTCOME).data(Qt.ItemDataRole.ToolTipRole)
-    assert tooltip == "<qt>&lt;b&gt;pi&lt;/b&gt;\\u202e7 did not answer<br>Fix: check its cable</qt>"
+    assert shown_text(tooltip) == "<b>pi</b>\\u202e7 did not answer\nFix: check its cable"  # drawn literally
     click_row(qtbot, view, failed)
     assert view.error_panel.message_label.textFormat() == Qt.TextFormat.PlainText
     assert view.error_panel.message_label.text() == "Probe <b>pi</b>\\u202e7 failed: <b>pi</b>\\u202e7 did not answer"
@@ -469,3 +471,28 @@ def test_hostile_device_strings_are_shown_literally_never_as_markup(qtbot: QtBot
     qtbot.keyClick(long, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
     assert QApplication.clipboard().text() == long_label
     assert pane.grab().save(str(screens / "device-detail-hostile.png"))
+
+
+def test_the_ssh_config_lines_that_applied_are_shown_with_file_and_line(qtbot: QtBot, tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text("Host line2-*\n  User operator\nHost 198.18.0.23\n  IdentityFile ~/.ssh/line2_key\n"
+                      "  User ignored\nHost other\n  Port 2200\n")
+    entry = resolve(JETSON.name, aliases=(JETSON.address, "line2-orin-03.local"), config_path=config)
+    pane = detail_pane(qtbot)
+    pane.show_device(JETSON, match=ORIN_MATCH, host_keys=[ORIN_KEY], status="online", ssh_config=entry)
+    lines = [f"{config}:2: User operator  (Host line2-*)",  # by its name
+             f"{config}:4: IdentityFile ~/.ssh/line2_key  (Host 198.18.0.23)"]  # by its address
+    assert shown(pane)[("Connection", "SSH config")].splitlines() == lines
+    on_screen = [label.shown_text() for label in value_labels(pane) if isinstance(label, DeviceText)]
+    assert "\n".join(lines) in on_screen
+
+    nothing = resolve("dock-pc", aliases=("198.18.0.99",), config_path=config)
+    pane.show_device(JETSON, match=ORIN_MATCH, host_keys=[ORIN_KEY], status="online", ssh_config=nothing)
+    assert shown(pane)[("Connection", "SSH config")] == f"No line of {config} applies to this device"
+
+    broken = ConfigError(f"{config} line 2: Invalid Port integer value: abc", fix="correct that line")
+    pane.show_device(JETSON, match=ORIN_MATCH, host_keys=[ORIN_KEY], status="online", ssh_config=broken)
+    assert shown(pane)[("Connection", "SSH config")] == (f"Cannot be read: {config} line 2: Invalid Port integer "
+                                                        "value: abc — correct that line")
+    pane.show_device(JETSON, match=ORIN_MATCH, host_keys=[ORIN_KEY], status="online")
+    assert ("Connection", "SSH config") not in shown(pane)  # not looked up: nothing claimed

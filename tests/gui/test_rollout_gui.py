@@ -20,6 +20,7 @@ from PySide6.QtGui import QColor, QImage
 from fleetdesk.artifacts.signing import KEYRING_ACCOUNT
 from fleetdesk.artifacts.store import ArtifactStore, write_golden
 from fleetdesk.config import Settings
+from fleetdesk.gui.activities import SUCCEEDED
 from fleetdesk.gui.bridge_rollouts import WINDOW_CLOSED
 from fleetdesk.gui.overview import colours
 from fleetdesk.gui.rollout_display import GATE_PLOT_MIN_HEIGHT, GatePlot, gate_notes_html
@@ -47,7 +48,7 @@ from fleetdesk.rollout.plan import RolloutPlan, plan_text, resolve
 from fleetdesk.rollout.policy import Gates, WavePolicy
 from fleetdesk.transport import credentials
 from tests.fixtures.models.build import save_cnn
-from tests.gui_harness import GuiSession, gui_session
+from tests.gui_harness import GuiSession, gui_session, shown_text
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
 
 __all__ = ["keyring_daemon"]
@@ -358,7 +359,7 @@ def test_the_live_view_shows_waves_states_progress_and_gates(world: Path, screen
         hot_id = next(d.device_id for d in view.detail.devices if d.state == st.ROLLING_BACK)
         hot = view.device_item(hot_id)
         assert hot.text(4) == "FAIL: temp" and hot.text(5) == "temperature 91 °C is above 85 °C"
-        assert "--gates-failed--> rolling-back" in hot.toolTip(2)
+        assert "--gates-failed--> rolling-back" in shown_text(hot.toolTip(2))
         assert {a for a, b in view.buttons.items() if b.isEnabled()} == {"pause", "abort"}
 
         # Progress through the bridge's real engine handler: bytes, bytes/s and the time left.
@@ -404,8 +405,12 @@ def test_a_rollout_paused_by_its_window_closing_is_offered_to_continue_and_an_op
     with gui_session(url, screens) as session:
         window = session.window
         read = next(a for a in session.bridge.activities.all() if a.title == "Read the rollouts")
-        session.wait(lambda: not read.running, "the rollouts read at start")
-        session.settle(0.2)
+        # The positive event first: the read finished with this rollout in it, and the window shows it paused.
+        # offer_recovery runs on those rows inside the read (before it finishes), so its answer is in by now.
+        session.wait(lambda: read.state == SUCCEEDED and read.summary == "1 rollout(s)", "the rollouts read at start")
+        session.wait(lambda: [window.rollouts_view.list.topLevelItem(i).text(2)
+                              for i in range(window.rollouts_view.list.topLevelItemCount())] == ["paused"],
+                     "the paused rollout in the Rollouts tab")
         assert window.recovery_box is None  # the operator's own pause is theirs to resume
     paused(WINDOW_CLOSED)
     with gui_session(url, screens) as session:
@@ -482,7 +487,7 @@ def test_a_gate_that_does_not_apply_is_neutral_and_only_a_missing_required_one_i
     assert plot.absent == {"p95_ratio": ("does not apply", NO_BASELINE),
                            "golden_cosine": ("not measured", "the golden check found no sample inputs")}
     assert plot.captions["p95_ratio"].color.name() == QColor(palette["muted"]).name()
-    assert plot.captions["p95_ratio"].toolTip() == NO_BASELINE
+    assert shown_text(plot.captions["p95_ratio"].toolTip()) == NO_BASELINE
     assert plot.captions["golden_cosine"].color.name() == QColor(palette["error"]).name()
     assert plot.shown == {"error_rate": (0.0, True), "memory_free_pct": (50.0, False)}
     assert "temperature_c" not in plot.captions  # switched off: not a gate of this rollout

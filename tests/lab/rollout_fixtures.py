@@ -124,8 +124,9 @@ def provision_devices(lab: LabFleet, laptop: Laptop, names: Sequence[str], runti
         assert [o.status for o in outcomes] == ["succeeded"] * len(names), [o.error for o in outcomes]
         for profile, runtime in built.items():
             chosen = [n for n in names if runtime_profile[n] == profile]
+            # Each test module's laptop has its own fleet key, and the device still trusts the previous module's.
             done = await provision(fleet, fleet.select(chosen), runtime.id, store=runtimes,
-                                   signing_key=laptop.key, agent=agent_tree())
+                                   signing_key=laptop.key, agent=agent_tree(), replace_fleet_key=True)
             assert [o.status for o in done] == ["succeeded"] * len(chosen), [o.error for o in done]
 
     laptop.with_fleet(enrol)

@@ -6,6 +6,7 @@ with nvidia-smi (ipc-x86-nvidia)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -191,7 +192,22 @@ def test_the_watchdog_outlives_the_ssh_session_and_reverts(fleet: Fleet, tmp_pat
 
     activated = asyncio.run(setup_and_activate())
     assert activated["pending"]["sha"] == b
-    time.sleep(4.5)
+
+    async def watchdog_done(limit: float = 60.0) -> None:
+        """Until the watchdog has written its last word to its log. Read with `cat`, never by asking the agent:
+        `status` may settle an expired activation itself, and this test is about the watchdog doing it."""
+        read_log = shell_join(["cat", f"{root}/log/watchdog.log"]) + " 2>/dev/null || true"
+        deadline = time.monotonic() + limit
+        async with SSHPool() as pool:
+            while True:
+                lines = (await pool.run(target, read_log)).stdout.splitlines()
+                with contextlib.suppress(ValueError):
+                    if lines and json.loads(lines[-1]).get("event") in ("reverted", "watchdog-done"):
+                        return
+                assert time.monotonic() < deadline, f"the 3 s watchdog said nothing in {limit:g} s: {lines}"
+                await asyncio.sleep(0.2)
+
+    asyncio.run(watchdog_done())
 
     async def status() -> dict[str, Any]:
         async with SSHPool() as pool:

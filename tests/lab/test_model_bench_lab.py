@@ -64,8 +64,9 @@ def laptop(fleet: LabFleet, keyring_daemon: KeyringDaemon, tmp_path_factory: pyt
             fleet_.trust_from_known_hosts(device, fleet.state["known_hosts"])
         outcomes = await fleet_.probe(fleet_.select([X86, ARM]))
         assert [o.status for o in outcomes] == ["succeeded", "succeeded"], [o.error for o in outcomes]
+        # This module's laptop has its own fleet key; the devices still trust the one of the module before.
         provisioned = await provision(fleet_, fleet_.select([X86, ARM]), store=store, signing_key=laptop.key,
-                                      agent=agent_tree())
+                                      agent=agent_tree(), replace_fleet_key=True)
         assert [o.status for o in provisioned] == ["succeeded", "succeeded"], [o.error for o in provisioned]
 
     laptop.with_fleet(enrol)

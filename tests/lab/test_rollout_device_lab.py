@@ -114,7 +114,9 @@ def laptop(fleet: LabFleet, keyring_daemon: KeyringDaemon, tmp_path_factory: pyt
             fleet_.trust_from_known_hosts(device, fleet.state["known_hosts"])
         outcomes = await fleet_.probe(fleet_.select([X86, ARM]))
         assert [o.status for o in outcomes] == ["succeeded", "succeeded"], [o.error for o in outcomes]
-        done = await provision(fleet_, fleet_.select([X86, ARM]), store=runtimes, signing_key=key, agent=agent_tree())
+        # This module's laptop has its own fleet key; the devices still trust the one of the module before.
+        done = await provision(fleet_, fleet_.select([X86, ARM]), store=runtimes, signing_key=key, agent=agent_tree(),
+                               replace_fleet_key=True)
         assert [o.status for o in done] == ["succeeded", "succeeded"], [o.error for o in done]
 
     laptop.with_ops(enrol)

@@ -137,8 +137,9 @@ def laptop(fleet: LabFleet, keyring_daemon: KeyringDaemon, tmp_path_factory: pyt
         assert [o.status for o in outcomes] == ["succeeded"] * 3, [o.error for o in outcomes]
         assert {o.device.name: o.device.profile for o in outcomes} == PROFILE_OF
         for names, runtime in (([X86, GPU], x86), ([ARM], arm)):
+            # This module's laptop has its own fleet key; the devices still trust the one of the module before.
             done = await provision(fleet_, fleet_.select(names), runtime.id, store=runtimes, signing_key=key,
-                                   agent=agent_tree())
+                                   agent=agent_tree(), replace_fleet_key=True)
             assert [o.status for o in done] == ["succeeded"] * len(names), [o.error for o in done]
 
     laptop.with_fleet(enrol)

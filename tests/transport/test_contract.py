@@ -149,6 +149,45 @@ def test_profile_cipher_is_the_one_negotiated(make_target: Make, sshd: LocalSSHD
     assert len(pattern.findall(sshd.log.read_text())) == before + 1
 
 
+def test_a_device_with_no_profile_yet_negotiates_aes128_gcm_first(sshd: LocalSSHD, transport: str,
+                                                                   tmp_path: Path) -> None:
+    """Fleet.target for a device not probed yet (no profile) offers AES-GCM first, not asyncssh's chacha20 first;
+    a profile's own order still wins. sshd takes the first cipher of the client's list that it supports."""
+    from fleetdesk.fleet import Fleet
+    from fleetdesk.inventory import ProbeFacts, open_inventory
+    from fleetdesk.profiles import ProfileSet, load_profiles
+
+    (tmp_path / "ssh_config").write_text("")
+    inventory = open_inventory(f"sqlite:///{tmp_path / 'inventory.db'}")
+    fleet = Fleet(inventory, ProfileSet(profiles={"rpi4": load_profiles().get("rpi4")}),
+                  ssh_config=tmp_path / "ssh_config")
+    device = inventory.add_device(sshd.host, port=sshd.port, name=f"new-{transport}")
+    inventory.set_connection(device.id, transport=transport, identity_file=sshd.client_key)
+    inventory.pin_host_key(device.id, sshd.ed25519_line)
+    device = inventory.device(device.id)
+    assert device.profile is None
+
+    def negotiated(target: SSHTarget) -> list[str]:
+        start = len(sshd.log.read_bytes())
+
+        async def go() -> None:
+            async with SSHPool() as pool:
+                await pool.run(target, "true")
+        run(go())
+        return re.findall(r"client->server cipher: (\S+)", sshd.log.read_bytes()[start:].decode())
+
+    try:
+        assert negotiated(fleet.target(device)) == ["aes128-gcm@openssh.com"]
+        # The same device once a Pi 4 profile matched it: that profile's order is the one offered (chacha20 first;
+        # paramiko has no chacha20, so the profile's next choice).
+        pi = inventory.save_probe(device.id, ProbeFacts(arch="aarch64"), profile="rpi4")
+        assert fleet.profiles.get("rpi4").ssh_ciphers == ("chacha20-poly1305@openssh.com", "aes128-ctr")
+        wanted = "chacha20-poly1305@openssh.com" if transport == "asyncssh" else "aes128-ctr"
+        assert negotiated(fleet.target(pi)) == [wanted]
+    finally:
+        inventory.close()
+
+
 def test_fan_out_reports_every_device_and_unreachable_is_not_failed(make_target: Make) -> None:
     good = [make_target(device=f"good-{i}") for i in range(3)]
     down = make_target(device="down", port=free_port())

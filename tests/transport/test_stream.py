@@ -5,6 +5,7 @@ Then the telemetry hub over the same sshd: a stand-in agent, the agentless reade
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import uuid
 from collections.abc import Callable, Coroutine
@@ -341,3 +342,35 @@ def test_stopping_a_device_kills_its_command_and_keeps_its_buffer(bench: HubBenc
         await hub.close()
         await bench.fleet.close()
     run(go())
+
+
+# What a broken or hostile device may print: a terminal title change and a screen clear (escape sequences a
+# terminal obeys), and a right-to-left override inside an agent event that turns "exe.png" into "gnp.exe".
+HOSTILE_AGENT = r"""#!/bin/sh
+printf 'junk \033]0;owned\007\033[2J\n'
+printf '{"type":"event","what":"\342\200\256gnp.exe"}\n'
+printf 'fatal \033[31mred\033[0m\n' >&2
+exit 3
+"""
+
+
+def test_device_output_reaches_the_log_escaped_never_obeyed(bench: HubBench, caplog: pytest.LogCaptureFixture) -> None:
+    bench.install_agent(script=HOSTILE_AGENT)
+    caplog.set_level(logging.INFO, logger="fleetdesk.telemetry")
+
+    async def go() -> None:
+        hub = bench.hub()
+        errors: list[Any] = []
+        hub.on_state = lambda s: errors.append(s.last_error) if s.mode == "reconnecting" else None
+        hub.start([bench.device])
+        await _until(lambda: bool(errors) and hub.state(bench.device.id).bad_lines >= 1, "the agent to fail")
+        await hub.close()
+        await bench.fleet.close()
+    run(go())
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("fleetdesk.telemetry"))
+    # Each of the three lines was logged, spelled out...
+    assert "junk \\x1b]0;owned\\x07\\x1b[2J" in logged
+    assert "\\u202egnp.exe" in logged
+    assert "fatal \\x1b[31mred\\x1b[0m" in logged
+    # ...and nothing a terminal would act on reached the log.
+    assert not any(ch in logged for ch in "\x1b\x07\u202e")

@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper, numpy_helper
 
 from fleetdesk.agent import bench, selftest
 from tests.fixtures.models.build import save_cnn, save_mlp_external
+from tests.fixtures.signed import signed_artifact
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,9 +36,10 @@ def call(module: Any, root: Path, *argv: str) -> tuple[int, list[dict[str, Any]]
 
 
 def test_bench_of_an_artifact_by_sha_reports_latency_and_progress(tmp_path: Path) -> None:
-    sha = "a" * 64
-    (tmp_path / "artifacts" / sha).mkdir(parents=True)
-    save_cnn(tmp_path / "artifacts" / sha / "small_cnn.onnx")
+    save_cnn(tmp_path / "small_cnn.onnx")
+    # As the store lays an artifact out: the .onnx its signed manifest lists (bench loads no unlisted file).
+    sha = signed_artifact(tmp_path, Ed25519PrivateKey.generate(), (tmp_path / "small_cnn.onnx").read_bytes(),
+                          model="small_cnn.onnx")
     status, lines = call(bench, tmp_path, sha, "--runs", "40", "--warmup", "2",
                          "--providers", "CUDAExecutionProvider,CPUExecutionProvider")
     assert status == 0, lines

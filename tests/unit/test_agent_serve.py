@@ -5,6 +5,7 @@ onnxruntime: answers, micro-batching, the cache, bad requests, model changes, st
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
 import os
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,12 +24,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper
 
-from fleetdesk.agent import inference
+from fleetdesk.agent import inference, serve
 from fleetdesk.agent.batching import MicroBatcher, ResultCache
 from fleetdesk.agent.servestats import STATS_FILE_KEYS, percentile
+from fleetdesk.agent.state import sha256_file
+from fleetdesk.agent.verified import VerifiedArtifacts
 from tests.fixtures.models.build import save_cnn, save_mlp_external
+from tests.fixtures.signed import public_pem, signed_artifact
 
 REPO = Path(__file__).resolve().parents[2]
 # How long a test waits for something the server does by itself (start, a model switch) before failing.
@@ -41,14 +47,21 @@ def agent_argv(root: Path, command: str, *args: str) -> list[str]:
 # --- models and artifacts -----------------------------------------------------------------------------------
 
 
-def make_artifact(root: Path, name: str, build: Any, manifest_model: str | None = None) -> Path:
-    """ROOT/artifacts/NAME with a model written by `build(folder)`, and a manifest naming it if asked."""
-    folder = root / "artifacts" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    build(folder)
-    if manifest_model is not None:
-        (folder / "manifest.json").write_text(json.dumps({"model": manifest_model}))
-    return folder
+# The fleet key of these tests' devices: the server loads only artifacts it signed (ROOT/keys/fleet.pub).
+TEST_KEY = Ed25519PrivateKey.generate()
+
+
+def make_artifact(root: Path, build: Any, manifest_model: str | None = None, model_key: bool = True) -> Path:
+    """ROOT/artifacts/<id> holding the files `build(folder)` writes, every one listed in a manifest signed by
+    TEST_KEY as the store signs them; the manifest's "model" names `manifest_model` (default: the only .onnx)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        build(Path(scratch))
+        files = {p.relative_to(scratch).as_posix(): p.read_bytes() for p in sorted(Path(scratch).rglob("*"))
+                 if p.is_file()}
+    model = manifest_model or next(name for name in files if name.endswith(".onnx"))
+    payload = files.pop(model)
+    sha = signed_artifact(root, TEST_KEY, payload, model=model, more=files, model_key=model_key)
+    return root / "artifacts" / sha
 
 
 def activate(root: Path, artifact: Path) -> None:
@@ -196,16 +209,16 @@ def root(tmp_path: Path) -> Path:
 
 
 def test_infer_round_trip_equals_a_direct_onnxruntime_session(root: Path, servers: Any) -> None:
-    artifact = make_artifact(root, "a" * 64, cnn)
+    artifact = make_artifact(root, cnn)
     activate(root, artifact)
     server = servers(root, "--max-wait-ms", "1")
-    assert server.serving["ready"] is True and server.serving["model"] == "a" * 64
+    assert server.serving["ready"] is True and server.serving["model"] == artifact.name
     assert server.serving["provider"] == "CPUExecutionProvider"
 
     x = images(2, seed=1)
     status, answer = server.infer({"image": b64_tensor(x)})
     assert status == 200, answer
-    assert answer["model"] == "a" * 64 and answer["cached"] is False and answer["batch"] == 2
+    assert answer["model"] == artifact.name and answer["cached"] is False and answer["batch"] == 2
     assert np.allclose(from_b64(answer["outputs"]["logits"]), direct(artifact / "small_cnn.onnx", {"image": x})[0],
                        rtol=1e-5, atol=1e-6)
 
@@ -221,8 +234,8 @@ def test_infer_round_trip_equals_a_direct_onnxruntime_session(root: Path, server
 
 
 def test_a_manifest_names_the_model_and_external_data_beside_it_loads(root: Path, servers: Any) -> None:
-    artifact = make_artifact(root, "b" * 64, mlp, manifest_model="mlp/mlp.onnx")
-    (artifact / "decoy.onnx").write_bytes(b"not the model")  # the manifest, not the file list, decides
+    artifact = make_artifact(root, mlp, manifest_model="mlp/mlp.onnx")
+    (artifact / "decoy.onnx").write_bytes(b"not the model")  # not listed in the signed manifest: never a candidate
     activate(root, artifact)
     server = servers(root)
     x = np.random.default_rng(2).standard_normal((3, 64)).astype(np.float32)
@@ -233,7 +246,7 @@ def test_a_manifest_names_the_model_and_external_data_beside_it_loads(root: Path
 
 
 def test_concurrent_requests_are_micro_batched_and_each_gets_its_own_rows(root: Path, servers: Any) -> None:
-    artifact = make_artifact(root, "c" * 64, cnn)
+    artifact = make_artifact(root, cnn)
     activate(root, artifact)
     server = servers(root, "--max-batch", "8", "--max-wait-ms", "50")
     inputs = [images(1, seed=100 + i) for i in range(16)]
@@ -263,7 +276,7 @@ def test_concurrent_requests_are_micro_batched_and_each_gets_its_own_rows(root: 
 
 
 def test_batching_off_runs_request_by_request(root: Path, servers: Any) -> None:
-    activate(root, make_artifact(root, "d" * 64, cnn))
+    activate(root, make_artifact(root, cnn))
     server = servers(root, "--max-batch", "1")
     for seed in range(3):
         status, answer = server.infer({"image": b64_tensor(images(1, seed))})
@@ -273,7 +286,7 @@ def test_batching_off_runs_request_by_request(root: Path, servers: Any) -> None:
 
 
 def test_the_cache_answers_repeated_inputs_and_evicts_the_least_recently_used(root: Path, servers: Any) -> None:
-    activate(root, make_artifact(root, "e" * 64, cnn))
+    activate(root, make_artifact(root, cnn))
     server = servers(root, "--cache-size", "2", "--max-wait-ms", "0")
     a, b, c = (b64_tensor(images(1, seed)) for seed in (1, 2, 3))
     first = server.infer({"image": a})[1]
@@ -292,7 +305,7 @@ def test_the_cache_answers_repeated_inputs_and_evicts_the_least_recently_used(ro
 
 
 def test_each_bad_request_gets_its_status_and_message_and_the_server_stays_up(root: Path, servers: Any) -> None:
-    activate(root, make_artifact(root, "f" * 64, cnn))
+    activate(root, make_artifact(root, cnn))
     server = servers(root, "--max-wait-ms", "0")
     good = images(1, seed=7)
     short = base64.b64encode(good.tobytes()[:100]).decode()
@@ -333,7 +346,7 @@ def test_each_bad_request_gets_its_status_and_message_and_the_server_stays_up(ro
 
 
 def test_an_onnxruntime_failure_at_run_time_is_a_500_with_its_message(root: Path, servers: Any) -> None:
-    activate(root, make_artifact(root, "1" * 64, reshape_model))
+    activate(root, make_artifact(root, reshape_model))
     server = servers(root, "--max-wait-ms", "0")
     status, answer = server.infer({"x": b64_tensor(np.ones((1, 4), np.float32))})  # 4 values into [-1, 3]
     assert status == 500
@@ -343,7 +356,7 @@ def test_an_onnxruntime_failure_at_run_time_is_a_500_with_its_message(root: Path
 
 
 def test_an_oversize_body_is_refused_without_being_read(root: Path, servers: Any) -> None:
-    activate(root, make_artifact(root, "2" * 64, cnn))
+    activate(root, make_artifact(root, cnn))
     server = servers(root, "--max-body-mb", "1")
     # Headers announce 10 GB and nothing follows: a server that read the body would never answer.
     with socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE_S) as sock:
@@ -379,43 +392,50 @@ def test_no_model_answers_503_then_an_activation_is_served_without_restart(root:
     status, answer = server.infer({"image": b64_tensor(images(1, 0))})
     assert status == 503 and "no model is ready" in answer["error"]
 
-    artifact = make_artifact(root, "3" * 64, cnn)
+    artifact = make_artifact(root, cnn)
     activate(root, artifact)
     health = server.wait_until(lambda h: h["ready"])
-    assert health["model"] == "3" * 64 and health["provider"] == "CPUExecutionProvider"
+    assert health["model"] == artifact.name and health["provider"] == "CPUExecutionProvider"
     status, answer = server.infer({"image": b64_tensor(images(1, 0))})
-    assert status == 200 and answer["model"] == "3" * 64
+    assert status == 200 and answer["model"] == artifact.name
 
     # A model that cannot load leaves the server up and not ready, with the error in health and stats.
-    broken = make_artifact(root, "4" * 64, lambda folder: (folder / "m.onnx").write_bytes(b"\x08garbage"))
+    broken = make_artifact(root, lambda folder: (folder / "m.onnx").write_bytes(b"\x08garbage"))
     activate(root, broken)
     health = server.wait_until(lambda h: not h["ready"])
-    assert "4" * 64 in health["reason"] and "failed to load" in health["reason"]
+    assert broken.name in health["reason"] and "failed to load" in health["reason"]
     _, stats = server.request("GET", "/v1/stats")
     assert stats["ready"] is False and "failed to load" in stats["reason"] and stats["model"] is None
     assert server.infer({"image": b64_tensor(images(1, 0))})[0] == 503
-    assert server.wait_for(lambda line: line.get("event") == "model-failed")["model"] == "4" * 64
+    assert server.wait_for(lambda line: line.get("event") == "model-failed")["model"] == broken.name
 
     activate(root, artifact)  # and back
-    assert server.wait_until(lambda h: h["ready"])["model"] == "3" * 64
+    assert server.wait_until(lambda h: h["ready"])["model"] == artifact.name
 
 
-def test_sighup_reloads_the_model(root: Path, servers: Any, tmp_path: Path) -> None:
-    folder = tmp_path / "fixed"
-    folder.mkdir()
-    (folder / "model.onnx").write_bytes(b"not yet a model")
-    # --model serves one path and never watches it: only SIGHUP makes it look again.
-    server = servers(root, "--model", str(folder))
-    assert server.serving["ready"] is False and "failed to load" in server.serving["reason"]
-    save_cnn(folder / "model.onnx")
+def test_sighup_reloads_the_model(root: Path, servers: Any) -> None:
+    artifact = make_artifact(root, cnn)
+    # --model serves one artifact (by its id) and never watches ROOT/current: only SIGHUP makes it load again.
+    server = servers(root, "--model", artifact.name)
+    assert server.serving["ready"] is True and server.serving["model"] == artifact.name
+
+    def loads() -> int:
+        return sum(1 for line in list(server.lines) if line.get("event") == "model-loaded")
+
+    before = loads()
     server.proc.send_signal(signal.SIGHUP)
-    health = server.wait_until(lambda h: h["ready"])
-    assert health["model"] == "fixed"
+    server.wait_for(lambda _line: loads() > before)
+    assert server.wait_until(lambda h: h["ready"])["model"] == artifact.name
     assert server.infer({"image": b64_tensor(images(1, 0))})[0] == 200
+
+    # --model takes signed artifacts only: a bare .onnx file is refused, and says why.
+    (root / "loose.onnx").write_bytes((artifact / "small_cnn.onnx").read_bytes())
+    loose = servers(root, "--model", str(root / "loose.onnx"))
+    assert loose.serving["ready"] is False and "not an artifact" in loose.serving["reason"]
 
 
 def test_providers_fall_back_in_order_and_say_why(root: Path, servers: Any) -> None:
-    artifact = make_artifact(root, "5" * 64, cnn)
+    artifact = make_artifact(root, cnn)
     activate(root, artifact)
     server = servers(root, "--providers", "TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider")
     assert server.serving["provider"] == "CPUExecutionProvider"
@@ -436,11 +456,161 @@ def test_open_session_reports_a_provider_that_fails_to_open_the_model(tmp_path: 
     assert "CPUExecutionProvider: session failed" in str(failed.value)
 
 
+# --- only what the fleet key signed, at every load -----------------------------------------------------------
+
+
+def agent_line(root: Path, *args: str) -> dict[str, Any]:
+    """The last JSON line of one agent command run as the device runs it."""
+    done = subprocess.run(agent_argv(root, *args), cwd=REPO, capture_output=True, text=True, timeout=PATIENCE_S)
+    line: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return line
+
+
+def test_a_model_overwritten_after_activation_is_refused_at_sighup_and_the_verified_one_keeps_serving(
+        root: Path, servers: Any) -> None:
+    artifact = make_artifact(root, cnn)
+    activate(root, artifact)
+    server = servers(root, "--max-batch", "1")
+    x = b64_tensor(images(2, seed=4))
+    status, signed = server.infer({"image": x})
+    assert status == 200 and signed["model"] == artifact.name
+
+    # Unsigned bytes where the signed model was: a valid model that onnxruntime would happily serve.
+    good = (artifact / "small_cnn.onnx").read_bytes()
+    reshape_model(root)
+    (artifact / "small_cnn.onnx").write_bytes((root / "reshape.onnx").read_bytes())
+    server.proc.send_signal(signal.SIGHUP)
+    event = server.wait_for(lambda line: line.get("event") == "model-refused")
+    assert (event["model"], event["file"], event["serving"]) == (artifact.name, "small_cnn.onnx", artifact.name)
+    assert "SHA-256" in event["reason"] and "the manifest says" in event["reason"] and event["fix"]
+
+    status, health = server.request("GET", "/v1/health")
+    assert status == 200 and health["ready"] is True and health["model"] == artifact.name
+    assert health["refused"]["artifact"] == artifact.name and health["refused"]["file"] == "small_cnn.onnx"
+    assert health["refused"]["code"] == "bad-artifact" and "push the artifact again" in health["refused"]["fix"]
+    status, answer = server.infer({"image": x})  # the signed model, from memory: same answer, same inputs
+    assert status == 200 and answer["outputs"] == signed["outputs"]
+
+    # status and telemetry on the device say the same: which artifact, which file, why.
+    refused = agent_line(root, "status")["serving"]["refused"]
+    assert (refused["artifact"], refused["file"]) == (artifact.name, "small_cnn.onnx")
+    sample = agent_line(root, "telemetry", "--count", "1", "--interval", "0.1")
+    assert sample["inference"]["model"] == artifact.name
+    assert sample["inference"]["refused"]["file"] == "small_cnn.onnx"
+
+    # Put right (pushed again), it verifies and loads by itself, and the refusal is gone.
+    (artifact / "small_cnn.onnx").write_bytes(good)
+    health = server.wait_until(lambda h: h["refused"] is None)
+    assert health["ready"] is True and health["model"] == artifact.name
+
+
+def test_a_server_started_on_an_overwritten_model_serves_nothing_and_names_the_file(
+        root: Path, servers: Any) -> None:
+    artifact = make_artifact(root, cnn)
+    activate(root, artifact)
+    (artifact / "small_cnn.onnx").write_bytes(b"\x08 not the signed bytes")
+    server = servers(root)  # as after a reboot: nothing verified in memory to fall back on
+    assert server.serving["ready"] is False and "small_cnn.onnx" in server.serving["reason"]
+    status, health = server.request("GET", "/v1/health")
+    assert status == 503 and health["model"] is None
+    assert health["refused"]["file"] == "small_cnn.onnx" and "refused" in health["reason"]
+    assert server.infer({"image": b64_tensor(images(1, 0))})[0] == 503
+    _, stats = server.request("GET", "/v1/stats")
+    assert stats["model"] is None and stats["refused"]["file"] == "small_cnn.onnx"
+
+    # Another fleet key on the device: the signature fails, and the refusal names the manifest.
+    (artifact / "small_cnn.onnx").write_bytes(b"")
+    (root / "keys" / "fleet.pub").write_bytes(public_pem(Ed25519PrivateKey.generate()))
+    health = server.wait_until(lambda h: (h["refused"] or {}).get("code") == "bad-signature")
+    assert health["refused"]["file"] == "manifest.json" and "signature does not match" in health["refused"]["reason"]
+
+
+def test_a_file_the_signed_manifest_does_not_list_is_never_loaded(root: Path, servers: Any) -> None:
+    # No "model" key: the only .onnx the manifest lists is served, not an unlisted one beside it.
+    artifact = make_artifact(root, cnn, model_key=False)
+    assert "model" not in json.loads((artifact / "manifest.json").read_text())
+    reshape_model(artifact)  # reshape.onnx, unlisted
+    activate(root, artifact)
+    server = servers(root)
+    assert server.serving["ready"] is True and server.serving["model"] == artifact.name
+    _, described = server.request("GET", "/v1/model")
+    assert [i["name"] for i in described["inputs"]] == ["image"]  # small_cnn.onnx, not reshape.onnx's "x"
+
+    # A "model" key that names a file the signed list leaves out: refused, naming that file.
+    cnn_bytes = (artifact / "small_cnn.onnx").read_bytes()
+    unlisted = signed_artifact(root, TEST_KEY, cnn_bytes, model="small_cnn.onnx", more={"labels.txt": b"cat\n"},
+                               files=[{"path": "labels.txt", "sha256": hashlib.sha256(b"cat\n").hexdigest()}])
+    activate(root, root / "artifacts" / unlisted)
+    health = server.wait_until(lambda h: (h["refused"] or {}).get("artifact") == unlisted)
+    assert health["refused"]["file"] == "small_cnn.onnx" and "does not list it" in health["refused"]["reason"]
+    assert health["model"] == artifact.name  # the verified model keeps serving
+
+    # No "model" key and two listed .onnx files: nothing says which, so neither.
+    def both(folder: Path) -> None:
+        cnn(folder)
+        reshape_model(folder)
+
+    two = make_artifact(root, both, model_key=False)
+    activate(root, two)
+    health = server.wait_until(lambda h: (h["refused"] or {}).get("artifact") == two.name)
+    assert health["refused"]["file"] == "manifest.json" and "lists 2 .onnx files" in health["refused"]["reason"]
+
+
+def test_a_reload_of_unchanged_files_hashes_nothing(root: Path) -> None:
+    artifact = make_artifact(root, mlp, manifest_model="mlp/mlp.onnx")
+    activate(root, artifact)
+    hashed: list[str] = []
+
+    def counting(path: str) -> str:
+        hashed.append(os.path.relpath(path, artifact))
+        return sha256_file(path)
+
+    app = serve.ModelServer(str(root), ["CPUExecutionProvider"], max_batch=1)
+    app.verified = VerifiedArtifacts(str(root), hasher=counting)
+    try:
+        assert (app.refresh(force=True) or {}).get("event") == "model-loaded"
+        assert sorted(hashed) == ["manifest.json", "mlp/mlp.onnx", "mlp/mlp.weights"]
+        hashed.clear()
+        # As SIGHUP does: loaded again, verified from the cache.
+        assert (app.refresh(force=True) or {}).get("event") == "model-loaded"
+        assert hashed == [] and app.verified.files_hashed == 3
+
+        # A new version of one file, the same bytes: only it is hashed again. A new mtime_ns ...
+        weights = artifact / "mlp" / "mlp.weights"
+        stat = weights.stat()
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+        assert (app.refresh(force=True) or {}).get("event") == "model-loaded" and hashed == ["mlp/mlp.weights"]
+        # ... or another inode with the same size and mtime_ns (a copy renamed over it).
+        hashed.clear()
+        stat = weights.stat()
+        copy = weights.with_name("copy")
+        copy.write_bytes(weights.read_bytes())
+        os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        os.replace(copy, weights)
+        assert weights.stat().st_ino != stat.st_ino
+        assert (app.refresh(force=True) or {}).get("event") == "model-loaded" and hashed == ["mlp/mlp.weights"]
+
+        # Changed bytes are caught, and the model loaded before keeps serving.
+        hashed.clear()
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+        event = app.refresh(force=True)
+        assert event is not None and event["event"] == "model-refused" and event["file"] == "mlp/mlp.weights"
+        assert hashed == ["mlp/mlp.weights"] and app.served is not None and app.served.model.sha == artifact.name
+        # A tick with nothing changed since tries again without hashing and without a second report.
+        hashed.clear()
+        assert app.refresh() is None and hashed == [] and app.refused is not None
+    finally:
+        app.close()
+
+
 # --- statistics and stopping -------------------------------------------------------------------------------
 
 
 def test_the_stats_file_has_the_agreed_form_and_sigterm_stops_cleanly(root: Path, servers: Any) -> None:
-    activate(root, make_artifact(root, "6" * 64, cnn))
+    artifact = make_artifact(root, cnn)
+    activate(root, artifact)
     server = servers(root, "--max-wait-ms", "0", "--cache-size", "4")
     assert (root / "run" / "serve.pid").read_text().strip() == str(server.proc.pid)
     x = b64_tensor(images(1, 9))
@@ -462,7 +632,7 @@ def test_the_stats_file_has_the_agreed_form_and_sigterm_stops_cleanly(root: Path
 
     data = current()
     assert tuple(data) == STATS_FILE_KEYS
-    assert data["model"] == "6" * 64 and data["provider"] == "CPUExecutionProvider"
+    assert data["model"] == artifact.name and data["provider"] == "CPUExecutionProvider"
     assert data["errors"] == 1 and data["cache_hits"] == 3 and data["cache_size"] == 1
     assert data["batch_mean"] == 1.0 and data["rate_per_s"] > 0
     assert 0 < data["p50_ms"] <= data["p95_ms"] <= data["p99_ms"]

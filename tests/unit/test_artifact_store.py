@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -41,6 +40,7 @@ from fleetdesk.models.report import (
 from fleetdesk.transport import credentials
 from tests.fixtures.models.build import save_cnn, save_mlp_external
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
+from tests.small_disk import small_disk as tmpfs
 
 __all__ = ["keyring_daemon"]
 
@@ -306,18 +306,8 @@ def test_stale_staging_from_a_crash_is_cleaned_when_the_store_opens(tmp_path: Pa
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 256 KiB filesystem (tmpfs) for the store: writing a larger model hits ENOSPC for real."""
-    folder = tmp_path / "small"
-    folder.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True,
-                          text=True, check=False)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "256k") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
 
 
 def test_a_full_disk_is_a_clear_error_and_leaves_nothing(tmp_path: Path, small_disk: Path, signer: FleetSigningKey,

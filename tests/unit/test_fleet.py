@@ -113,3 +113,23 @@ def test_choosing_nothing_is_an_error_not_everything(fleet: Fleet) -> None:
 ])
 def test_device_text_is_shown_escaped_never_obeyed(raw: str, shown: str) -> None:
     assert _safe(raw) == shown
+
+
+def test_ssh_config_blocks_for_the_address_and_the_mdns_name_reach_a_named_device(tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text("Host 198.18.1.30\n  User pi\n  IdentityFile ~/.ssh/floor_key\n"
+                      "Host cam-7.local\n  Port 2200\n")
+    fleet = Fleet(open_inventory(f"sqlite:///{tmp_path / 'fleet.db'}"), load_profiles(), ssh_config=config)
+    try:
+        added = fleet.inventory.add_device("198.18.1.30", name="floor-cam-1")  # as `fleetdesk add ADDR --name`
+        target = fleet.target(added)
+        assert (target.host, target.username, target.port) == ("198.18.1.30", "pi", 22)
+        assert target.identity_files[0].endswith("/.ssh/floor_key")
+        assert [(line.line, line.directive) for line in fleet.ssh_config_for(added).applied] == [
+            (2, "User"), (3, "IdentityFile")]
+        # A device found by mDNS: its announced host name ("cam-7.local.") matches the operator's block.
+        [seen] = fleet.inventory.record_sightings([Sighting("mdns", ("198.18.1.31",), host_name="cam-7.local.",
+                                                            instance_name="cam-7", service_type=SSH)])
+        assert fleet.target(seen).port == 2200 and fleet.target(seen).username == "root"
+    finally:
+        fleet.inventory.close()
