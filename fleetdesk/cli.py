@@ -17,6 +17,7 @@ from typing import Any
 
 from fleetdesk import __version__
 from fleetdesk.errors import ConfigError, FleetDeskError, HostKeyUnknownError
+from fleetdesk.text import visible_text
 
 EXIT_ERROR = 2
 
@@ -104,7 +105,7 @@ def cmd_lab_image(args: argparse.Namespace) -> int:
 
 def _safe(text: object) -> str:
     """Device-supplied text for a terminal: control characters (newlines, escapes) shown, never obeyed."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return visible_text(str(text))
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> str:

@@ -6,23 +6,23 @@ re-exports it) and the log lines the core writes (a terminal obeys an escape seq
 
 from __future__ import annotations
 
-import unicodedata
-
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_HIDDEN_CATEGORIES = {"Cf", "Zl", "Zp"}
 
 
 def visible_text(text: str) -> str:
-    """`text` as an operator should see it: control and invisible characters as escapes ("\\n", "\\x1b", "\\u202e")."""
+    """`text` as an operator should see it: every character Python does not count as printable (controls, format
+    and bidi characters, separators other than the plain space, private and unassigned code points) spelled out as
+    its escape ("\\n", "\\x1b", "\\u202e"), exactly as repr() writes it; the rest kept."""
     out: list[str] = []
     for ch in text:
-        category = unicodedata.category(ch)
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif category == "Cc":
-            out.append(f"\\x{ord(ch):02x}")
-        elif category in _HIDDEN_CATEGORIES:
-            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
-        else:
+        if ch.isprintable():
             out.append(ch)
+        elif ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) <= 0xFFFF:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
     return "".join(out)

@@ -11,7 +11,7 @@ from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QFrame, QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from .bridge_views import FleetKeyRequest
-from .sign_in_dialogs import display_text, plain_label
+from .sign_in_dialogs import column_headings, display_text, plain_label
 
 
 def _fingerprint_label(text: str, parent: QWidget, name: str) -> QLabel:
@@ -51,12 +51,7 @@ class FleetKeyDialog(QDialog):
 
         columns = QGridLayout()
         columns.setHorizontalSpacing(24)
-        for column, text in enumerate(("Device", "Fleet key on the device")):
-            heading = plain_label(text, self, "ColumnHeading")
-            bold = heading.font()
-            bold.setBold(True)
-            heading.setFont(bold)
-            columns.addWidget(heading, 0, column)
+        column_headings(columns, self, ("Device", "Fleet key on the device"))
         self.device_key_labels: list[QLabel] = []
         for row, (_device_id, name, key) in enumerate(request.devices, start=1):
             columns.addWidget(plain_label(display_text(name, 60), self, "DeviceName"), row, 0)

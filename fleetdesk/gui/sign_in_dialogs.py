@@ -88,6 +88,16 @@ def plain_label(text: str, parent: QWidget, name: str = "", *, wrap: bool = True
     return label
 
 
+def column_headings(grid: QGridLayout, parent: QWidget, titles: tuple[str, ...]) -> None:
+    """Bold plain-text headings in row 0 of `grid`, one per column."""
+    for column, text in enumerate(titles):
+        heading = plain_label(text, parent, "ColumnHeading")
+        bold = heading.font()
+        bold.setBold(True)
+        heading.setFont(bold)
+        grid.addWidget(heading, 0, column)
+
+
 def _monospace(label: QLabel, scale: float = 1.0) -> QLabel:
     """A fixed-width font, `scale` times the usual size; the theme's QSS (by object name) overrides the size."""
     font = label.font()
@@ -170,12 +180,7 @@ class TrustDialog(QDialog):
         if self.key_changed:
             columns = QGridLayout()
             columns.setHorizontalSpacing(24)
-            for column, text in enumerate(("Trusted until now", "Presented now")):
-                heading = plain_label(text, self, "ColumnHeading")
-                bold = heading.font()
-                bold.setBold(True)
-                heading.setFont(bold)
-                columns.addWidget(heading, 0, column)
+            column_headings(columns, self, ("Trusted until now", "Presented now"))
             # Row by row, so captions, fingerprints and the lines under them align across the two columns.
             for index, key in enumerate(pinned):
                 old_kind, _ = _key_kind(key.key_type)

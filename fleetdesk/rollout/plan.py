@@ -28,6 +28,7 @@ from fleetdesk.rollout.policy import (
     _set,
     split_waves,
 )
+from fleetdesk.text import visible_text
 
 if TYPE_CHECKING:
     from fleetdesk.artifacts.store import ArtifactStore
@@ -311,11 +312,6 @@ def _deal(devices: list[Device]) -> list[Device]:
 # -- the plan in words ---------------------------------------------------------------------------------------
 
 
-def _shown(text: str) -> str:
-    """Device-supplied text for a terminal: control characters shown, never obeyed."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def _seconds(value: float) -> str:
     return f"{value:g} s"
 
@@ -368,10 +364,10 @@ def plan_text(resolved: ResolvedPlan) -> str:
     """What `fleetdesk rollout plan` prints: targets, variants, waves with their thresholds in words, gates."""
     plan = resolved.plan
     names = {d.device_id: d.name for d in resolved.devices}
-    lines = [f"Rollout of {_shown(resolved.model_ref)} to {_plural(len(resolved.devices), 'device')} in "
+    lines = [f"Rollout of {visible_text(resolved.model_ref)} to {_plural(len(resolved.devices), 'device')} in "
              f"{_plural(len(resolved.waves), 'wave')}"]
     targets = ([f"devices {', '.join(map(str, plan.devices))}"] if plan.devices else []) + \
-        [f"group {_shown(g)!r}" for g in plan.groups] + [f"profile {_shown(p)}" for p in plan.profiles]
+        [f"group {visible_text(g)!r}" for g in plan.groups] + [f"profile {visible_text(p)}" for p in plan.profiles]
     lines.append(f"  targets: {'; '.join(targets)}")
     lines.append("Variants (by the devices' profiles):")
     by_profile: dict[str, list[PlannedDevice]] = {}
@@ -379,8 +375,8 @@ def plan_text(resolved: ResolvedPlan) -> str:
         by_profile.setdefault(d.profile, []).append(d)
     for profile, members in sorted(by_profile.items()):
         first = members[0]
-        lines.append(f"  {_shown(profile)}: {first.recipe}, artifact {first.artifact[:12]}, {_size(first.size_bytes)}"
-                     f" ({_plural(len(members), 'device')})")
+        lines.append(f"  {visible_text(profile)}: {first.recipe}, artifact {first.artifact[:12]}, "
+                     f"{_size(first.size_bytes)} ({_plural(len(members), 'device')})")
     total = sum(d.size_bytes for d in resolved.devices)
     lines.append(f"  to send: {_size(total)} in all")
     lines.append(f"Waves (Ansible serial {json.dumps(list(plan.waves))}: shares of all {len(resolved.devices)} "
@@ -389,7 +385,7 @@ def plan_text(resolved: ResolvedPlan) -> str:
         label = "canary" if i == 0 and len(resolved.waves) > 1 and len(wave) == 1 else ""
         own = " (own thresholds)" if i < len(plan.wave_policies) and plan.wave_policies[i] is not None else ""
         head = f"  wave {i + 1}{f' ({label})' if label else ''}, {_plural(len(wave), 'device')}{own}: "
-        shown = ", ".join(_shown(names[d]) for d in wave)
+        shown = ", ".join(visible_text(names[d]) for d in wave)
         lines.extend(textwrap.wrap(shown, width=110, initial_indent=head, subsequent_indent=" " * 6,
                                    break_on_hyphens=False))
         lines.extend(f"    {rule}" for rule in _wave_rules(resolved.policy_for(i), len(wave),
