@@ -118,13 +118,24 @@ def model_file(artifact: str) -> str:
     return path
 
 
+def _only_onnx(folder: str) -> str:
+    candidates = sorted(name for name in os.listdir(folder) if name.endswith(".onnx"))
+    if len(candidates) != 1:
+        raise ModelLoadError("{} holds {} .onnx files ({}) and no manifest.json says which is the model".format(
+            folder, len(candidates), ", ".join(candidates) or "none"))
+    return os.path.join(folder, candidates[0])
+
+
 def resolve_model(root: str, what: str) -> tuple[str, str]:
     """(identity, .onnx path) for a sha under ROOT/artifacts, an artifact directory or an .onnx file."""
     under_root = os.path.join(root, "artifacts", what)
     if "/" not in what and os.path.isdir(under_root):
         return what, model_file(under_root)
     if os.path.isdir(what):
-        return os.path.basename(os.path.normpath(what)), model_file(what)
+        if os.path.isfile(os.path.join(what, MANIFEST_NAME)):
+            return os.path.basename(os.path.normpath(what)), model_file(what)
+        # A folder of loose model files (the laptop's `model bench` of a model not yet imported): timed, never served.
+        return os.path.basename(os.path.normpath(what)), _only_onnx(what)
     if os.path.isfile(what):
         return sha256_file(what), what
     raise ModelLoadError(f"no artifact {what!r}: neither {under_root} nor a file or directory")

@@ -63,6 +63,19 @@ def test_bench_of_a_path_fills_the_dynamic_batch(tmp_path: Path) -> None:
     assert len(lines[-1]["artifact"]) == 64  # a bare file is named by its sha256
 
 
+def test_bench_of_a_folder_of_loose_model_files_times_its_only_onnx(tmp_path: Path) -> None:
+    # How the laptop's `model bench` sends a model it has not imported yet: the files alone, no manifest.
+    folder = tmp_path / "tmp" / "bench-1"
+    folder.mkdir(parents=True)
+    save_mlp_external(folder / "mlp.onnx")
+    status, lines = call(bench, tmp_path, str(folder), "--runs", "3", "--warmup", "0")
+    assert status == 0, lines
+    assert lines[-1]["artifact"] == "bench-1" and lines[-1]["runs"] == 3
+    (folder / "second.onnx").write_bytes((folder / "mlp.onnx").read_bytes())
+    status, lines = call(bench, tmp_path, str(folder), "--runs", "1")
+    assert status != 0 and "2 .onnx files" in lines[-1]["message"], lines
+
+
 def test_bench_of_an_unknown_artifact_is_an_error_line(tmp_path: Path) -> None:
     status, lines = call(bench, tmp_path, "f" * 64)
     assert status == 2
