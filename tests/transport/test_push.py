@@ -16,7 +16,7 @@ import pytest
 from fleetdesk.errors import DiskFullError, TransportError
 from fleetdesk.transport import BLOCK_SIZE, SSHPool, SSHTarget, digest_file, partial_path
 from fleetdesk.transport.asyncssh_transport import cached_piece
-from fleetdesk.transport.push import _PROBE_PY, _PROBE_SH, parse_probe
+from fleetdesk.transport.push import _PROBE_PY, _PROBE_SH, DIGEST_XATTR, parse_probe
 from fleetdesk.transport.shell import python_command, sh_command
 from tests.conftest import skip_or_fail
 
@@ -57,6 +57,47 @@ def test_fresh_push_is_verified_renamed_into_place_and_an_unchanged_one_sends_no
     assert not Path(partial_path(str(dest))).exists()
     assert seen[-1] == (source.stat().st_size, source.stat().st_size)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_the_device_records_the_digest_it_checked_and_an_unchanged_file_is_known_by_it(
+        make_target: Make, tmp_path: Path) -> None:
+    source = random_file(tmp_path / "r.bin", 3 * BLOCK_SIZE + 7)
+    dest = tmp_path / "r.remote"
+
+    def record() -> list[str]:
+        return os.getxattr(dest, DIGEST_XATTR).decode("ascii").split()
+
+    def written_long_ago() -> None:
+        # As a file that sat on the device for a while: the record of a file written in the same clock tick as the
+        # record is not trusted, so the next probe hashes it and records it again.
+        st = dest.stat()
+        os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
+
+    async def go() -> None:
+        async with SSHPool() as pool:
+            assert not (await pool.push(make_target(), source, str(dest))).skipped
+            written_long_ago()
+            assert (await pool.push(make_target(), source, str(dest))).skipped  # hashed on the device, then recorded
+            st = dest.stat()
+            ino, size, mtime, _at, digest = record()
+            assert (int(ino), int(size), int(mtime), digest) == (st.st_ino, st.st_size, st.st_mtime_ns, sha(source))
+            # The record, not the bytes, is what an unchanged probe reads: a record naming another digest for the
+            # same inode, size and mtime makes the push send the file again (and the record is right afterwards).
+            forged = record()
+            forged[4] = "0" * 64
+            os.setxattr(dest, DIGEST_XATTR, " ".join(forged).encode("ascii"))
+            again = await pool.push(make_target(), source, str(dest))
+            assert (again.skipped, again.bytes_sent) == (False, source.stat().st_size)
+            assert record()[4] == sha(source)
+            # Any write moves the mtime, which voids the record: same size, other bytes, sent again.
+            written_long_ago()
+            assert (await pool.push(make_target(), source, str(dest))).skipped
+            with dest.open("r+b") as f:
+                f.write(b"\xff" * 16)
+            changed = await pool.push(make_target(), source, str(dest))
+            assert (changed.skipped, changed.bytes_sent) == (False, source.stat().st_size)
+    run(go())
+    assert sha(dest) == sha(source)
 
 
 def test_a_push_cut_at_half_resumes_sending_at_most_one_block_beyond_what_was_missing(
