@@ -193,6 +193,12 @@ class ParamikoSession:
                     elif chan.recv_stderr_ready():
                         err += chan.recv_stderr(65536)
                     elif chan.exit_status_ready() and chan.eof_received:
+                        # The transport thread may have buffered the last output (then EOF) after the checks above
+                        # found none: EOF comes after all of it, so read what is buffered before returning.
+                        while chan.recv_ready():
+                            out += chan.recv(65536)
+                        while chan.recv_stderr_ready():
+                            err += chan.recv_stderr(65536)
                         return chan.recv_exit_status(), bytes(out), bytes(err)
                     elif chan.closed:
                         raise EOFError("channel closed before the command finished")

@@ -44,6 +44,21 @@ def test_run_returns_exit_status_stdout_and_stderr(make_target: Make) -> None:
     run(go())
 
 
+def test_the_last_output_of_a_quick_command_is_never_lost(make_target: Make) -> None:
+    # The output's last packet, EOF and the exit status arrive close together; paramiko's reader once returned
+    # when it saw EOF after finding no data, losing a line that came in between (a push probe read "target -1 -"
+    # without its "partial" line). Many short two-write commands at once give that race its chances.
+    async def go() -> list[str]:
+        async with SSHPool() as pool:
+            target = make_target()
+            results = await asyncio.gather(*(pool.run(target, f"echo a{i} && echo b{i} >&2 && echo c{i}")
+                                             for i in range(150)))
+            # stderr's end only: this machine's login shell may add lines of its own before the command runs.
+            return [r.stdout + "|" + r.stderr[-len(f"b{i}\n"):] for i, r in enumerate(results)]
+    outputs = run(go())
+    assert outputs == [f"a{i}\nc{i}\n|b{i}\n" for i in range(150)]
+
+
 def test_one_connection_per_device_reused_and_reopened_after_a_drop(make_target: Make) -> None:
     async def go() -> None:
         async with SSHPool() as pool:
