@@ -32,7 +32,7 @@ class GuiSession:
         self.bridge = window.bridge
         self.loop = loop
         self.screens = screens
-        self.watch = LoopWatch()
+        self.watch = LoopWatch(where=True)  # a stall is reported with the code the loop was running
         self.stall_notes: list[str] = []
 
     def run(self, awaitable: Awaitable[T], timeout: float = 60.0, *, watch: bool = True) -> T:
@@ -40,7 +40,7 @@ class GuiSession:
             if not watch:
                 return await asyncio.wait_for(awaitable, timeout)
             self.watch.start()
-            before = len(self.watch.stalls)
+            before, sampled = len(self.watch.stalls), len(self.watch.where)
             try:
                 return await asyncio.wait_for(awaitable, timeout)
             finally:
@@ -49,7 +49,9 @@ class GuiSession:
                 if worst > STALL_LIMIT:
                     # Named by the test that saw it: a module-wide session reports at its very end.
                     test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0].rpartition("::")[2]
-                    self.stall_notes.append(f"{worst * 1000:.0f} ms" + (f" in {test}" if test else ""))
+                    where = max(self.watch.where[sampled:], default=(0.0, ""))[1]
+                    self.stall_notes.append(f"{worst * 1000:.0f} ms" + (f" in {test}" if test else "")
+                                            + (f", the loop was at:\n{where}" if where else ""))
 
         # Not run_until_complete: qasync's processes Qt events once more after the loop stopped, with no
         # running loop set, so a task stepping then fails in get_running_loop(). Production runs one
@@ -183,8 +185,8 @@ def gui_session(db_url: str, screens: Path, *, ssh_config: str | None = None,
     timers = [t for t in live_timers() if id(t) not in timers_before]
     assert not timers, f"active timers outlived the window: {timers}"
     if session.stall_notes:
-        pytest.fail(f"the event loop stalled longer than {STALL_LIMIT * 1000:.0f} ms: {session.stall_notes}",
-                    pytrace=False)
+        pytest.fail(f"the event loop stalled longer than {STALL_LIMIT * 1000:.0f} ms:\n"
+                    + "\n".join(session.stall_notes), pytrace=False)
 
 
 def shown_text(text: str) -> str:

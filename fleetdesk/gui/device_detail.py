@@ -97,6 +97,7 @@ class DeviceDetail(QWidget):
         self.setObjectName("DeviceDetail")
         self._device: Device | None = None
         self._rows: list[tuple[str, str, str]] = []
+        self._shown: tuple[object, ...] = ()  # what show_device was last given
         self._form: QFormLayout  # the current device's form and its widget, rebuilt by show_device
         self._content: QWidget
         self._section_title = ""
@@ -129,6 +130,10 @@ class DeviceDetail(QWidget):
                     host_keys: Sequence[HostKey], status: str,
                     ssh_config: SSHConfigEntry | FleetDeskError | None = None) -> None:
         """`ssh_config`: what the operator's ssh config says for the device (None: not looked up)."""
+        shown = (device, match, tuple(host_keys), status, ssh_config)
+        if device is not None and shown == self._shown:
+            return  # a live update that changes nothing here keeps the pane (and the operator's text selection)
+        self._shown = shown
         same = device is not None and self._device is not None and device.id == self._device.id
         scroll_to = self.scroll_area.verticalScrollBar().value() if same else 0
         self._device = device

@@ -72,6 +72,7 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         self._icons: list[tuple[QAction, str]] = []  # re-drawn when the theme changes
         self._counting = False
         self._detail_id: int | None = None  # the device the detail pane shows
+        self._detail_due = False  # a live update of that device waits for the next loop pass
         self._detail_keys: list[HostKey] = []  # its pinned keys, read when it was chosen
         self._detail_ssh = (None, None)  # what the operator's ssh config says for it, read when it was chosen
         self._closing = False

@@ -42,6 +42,7 @@ class FleetPane(WindowPart):
     ssh_action: QAction
     ungroup_action: QAction
     _counting: bool
+    _detail_due: bool
     _detail_id: int | None
     _detail_keys: list[HostKey]
     # The device's names when its ssh config was read, and what the config said (or why it could not be read).
@@ -56,7 +57,13 @@ class FleetPane(WindowPart):
     def _device_changed(self, view: DeviceView) -> None:
         self.fleet_model.upsert(view)
         self.dashboard.upsert(view.id, view.device.name, view.status)
-        if view.id == self._detail_id:
+        if view.id == self._detail_id and not self._detail_due:
+            # A job's end sends the device and then its busy state: the pane is rebuilt once, on the next pass.
+            self._detail_due = True
+            QTimer.singleShot(0, self._refresh_detail)
+
+    def _refresh_detail(self) -> None:
+        if self._detail_due:  # not already shown by a selection change in between
             self._show_detail(fresh=False)
 
     def _device_removed(self, device_id: int) -> None:
@@ -109,6 +116,7 @@ class FleetPane(WindowPart):
     def _show_detail(self, *, fresh: bool) -> None:
         """Show the one selected device; its pinned keys are read when it is chosen (or after a trust),
         not on every live update of its status."""
+        self._detail_due = False
         views = self.selected_views()
         if len(views) != 1:
             self._detail_id = None

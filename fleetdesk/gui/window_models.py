@@ -77,10 +77,12 @@ class ModelActions(WindowPart):
         def imported(record: ModelRecord) -> None:
             # The view already shows and selects it (bridge.model_imported); a drop on devices goes on to deploy,
             # a drop on a group to deploy to the group (the plan names it; its members are resolved at start).
+            # Built on a pass of its own: the import's end already updated the Models view in this one.
             if group:
-                self.open_rollout_wizard(record.ref, group=group)
+                QTimer.singleShot(0, lambda: self._closing or self.open_rollout_wizard(record.ref, group=group))
             elif target_list:
-                self.open_rollout_wizard(record.ref, [v.id for v in target_list])
+                ids = [v.id for v in target_list]
+                QTimer.singleShot(0, lambda: self._closing or self.open_rollout_wizard(record.ref, ids))
             else:
                 self.tabs.setCurrentWidget(self.models_view)
 

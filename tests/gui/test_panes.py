@@ -380,6 +380,18 @@ def test_empty_pane_says_what_to_do(qtbot: QtBot) -> None:
     assert pane.empty_hint.isVisible() and pane.rows() == []
 
 
+def test_a_live_update_that_changes_nothing_keeps_the_pane_and_the_operators_selection(qtbot: QtBot) -> None:
+    pane = detail_pane(qtbot)
+    pane.show_device(JETSON, match=ORIN_MATCH, host_keys=[ORIN_KEY], status="online")
+    name = next(label for label in value_labels(pane) if label.text() == "fleet")  # the User row
+    name.setSelection(0, 3)
+    pane.show_device(JETSON, match=ORIN_MATCH, host_keys=[ORIN_KEY], status="online")  # the same device again
+    assert name in value_labels(pane) and name.selectedText() == "fle"
+    pane.show_device(JETSON, match=ORIN_MATCH, host_keys=[ORIN_KEY], status="offline")
+    assert shown(pane)[("", "Status")] == "offline"  # a change is shown, on new labels
+    assert name not in value_labels(pane)
+
+
 def test_probed_jetson_shows_identity_trust_hardware_and_why_its_profile_matched(qtbot: QtBot, screens: Path) -> None:
     pane = detail_pane(qtbot)
     pane.show_device(JETSON, match=ORIN_MATCH, host_keys=[ORIN_KEY], status="online")
