@@ -43,7 +43,6 @@ from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.artifacts.store_files import (
     check_relative,
     copy_file,
-    file_sha256,
     fsync_dir,
     full_disk_error,
     tar_add_dir,
@@ -67,6 +66,7 @@ from fleetdesk.artifacts.store_records import check_name as check_name
 from fleetdesk.artifacts.store_records import key_fingerprint as key_fingerprint
 from fleetdesk.config import Settings
 from fleetdesk.errors import ArtifactStoreError, ModelNameClashError, StoreEntryNotFoundError
+from fleetdesk.files import sha256_file
 from fleetdesk.models.card import ModelCard
 from fleetdesk.models.report import BASELINE, OptimizationReport, Variant
 
@@ -261,7 +261,7 @@ class ArtifactStore:
                                          "files", step="store model", fix="re-run the import (the optimizer lost "
                                                                           "its output)")
             folder = Path(variant.folder)
-            key = tuple((rel, file_sha256(folder / rel)) for rel in variant.files)
+            key = tuple((rel, sha256_file(folder / rel)) for rel in variant.files)
             groups.setdefault(key, []).append((result.profile, variant))
         plans = [_Planned(tuple(baseline_sources), model_path.name, BASELINE, tuple(sorted(baseline_profiles)),
                           None)]
@@ -429,7 +429,7 @@ class ArtifactStore:
                 problems.append(f"{rel}: " + ("is a symlink" if path.is_symlink() else "is missing"))
                 continue
             try:
-                actual_size, actual = path.stat().st_size, file_sha256(path)
+                actual_size, actual = path.stat().st_size, sha256_file(path)
             except OSError as exc:
                 problems.append(f"{rel}: cannot be read ({exc.strerror})")
                 continue

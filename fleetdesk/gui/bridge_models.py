@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from PySide6.QtCore import SignalInstance
 
-from fleetdesk.artifacts.records import MANIFEST_NAME, SIGNATURE_NAME, ModelRecord, VerifyResult
+from fleetdesk import model_import
+from fleetdesk.artifacts.records import ModelRecord, VerifyResult
 from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.config import Settings
 from fleetdesk.errors import FleetDeskError
 from fleetdesk.fleet import Fleet
 from fleetdesk.inventory.records import Device
-from fleetdesk.models import service as model_service
 from fleetdesk.models.report import Progress
-from fleetdesk.rollout.device_ops import DeviceOps
+from fleetdesk.rollout.push import PushOutcome, PushProgress, push_model
 
 from .activities import Activities, Activity, human_duration, window_loop
 from .bridge_views import DeviceView
@@ -100,15 +100,15 @@ class ModelsMixin:
         chosen = tuple(profiles)
         loop = window_loop()
         cancel = threading.Event()
-        benches: list[model_service.DeviceBench] = []
+        benches: list[model_import.DeviceBench] = []
 
         async def job(activity: Activity) -> ModelRecord:
             started = time.monotonic()
             bench = None
             if time_on_devices:  # online devices of the chosen profiles with a provisioned runtime
-                ready = await self._db(model_service.bench_devices, self.fleet, chosen)
+                ready = await self._db(model_import.bench_devices, self.fleet, chosen)
                 if ready:
-                    bench = model_service.DeviceBench(self.fleet, ready, loop)
+                    bench = model_import.DeviceBench(self.fleet, ready, loop)
                     benches.append(bench)
 
             def on_progress(progress: Progress) -> None:
@@ -122,7 +122,7 @@ class ModelsMixin:
             store = await self._models(self.artifact_store)
             activity.report(None, f"checking {os.path.basename(path)}")
             work = loop.run_in_executor(None, functools.partial(
-                model_service.import_model, path, name=name, version=version, samples=samples, profiles=chosen or None,
+                model_import.import_model, path, name=name, version=version, samples=samples, profiles=chosen or None,
                 store=store, catalog=self.fleet.profiles, progress=progress, cancel=cancel, device_bench=bench))
             try:
                 record = await asyncio.shield(work)
@@ -197,42 +197,27 @@ class ModelsMixin:
     def push_artifacts(self, record: ModelRecord, device_ids: Sequence[int], title: str = "") -> Activity:
         """Push to each device the artifact chosen for its profile (the FP32 baseline when its profile has none):
         the signed folder as the store keeps it (manifest, signature, model files), into ROOT/artifacts/<id>/,
-        through the one staging path rollouts use: each file checked against the signed manifest, resumable,
-        SHA-256 checked on the device, the manifest last, and the copy sealed read-only where the login is root."""
+        through the core's push (fleetdesk.rollout.push, as `fleetdesk model push`), which stages as rollouts do:
+        each file checked against the signed manifest, resumable, SHA-256 checked on the device, the manifest last,
+        and the copy sealed read-only where the login is root."""
         devices = self._chosen(device_ids)
 
         async def job(activity: Activity) -> dict[str, str]:
-            store = self.artifact_store()
-            ops = DeviceOps(self.fleet, store)
-            chosen: dict[int, str] = {}  # device -> the artifact id its profile gets
-            sizes: dict[int, int] = {}
-            for device in devices:
-                artifact = await self._models(store.artifact, record.artifacts.get(device.profile or "",
-                                                                                   record.baseline))
-                names = [MANIFEST_NAME, SIGNATURE_NAME, *(f.path for f in artifact.files)]
-                chosen[device.id] = artifact.id
-                sizes[device.id] = sum(os.path.getsize(os.path.join(artifact.folder, *n.split("/"))) for n in names)
-            total = sum(sizes.values())
-            done: dict[int, int] = {}
-            outcomes: dict[str, str] = {}
+            outcomes: dict[str, str] = {}  # device name -> "ok" or the error, in the order devices finish
 
-            def progress_of(device: Device) -> Callable[[int, int], None]:
-                def progress(sent: int, _total: int) -> None:
-                    done[device.id] = sent
-                    activity.report_bytes(sum(done.values()), total, f"{len(devices)} device(s)")
-                return progress
+            def progress(step: PushProgress) -> None:
+                activity.report_bytes(step.all_done, step.all_total, f"{len(devices)} device(s)")
 
-            async def one(device: Device) -> None:
-                try:
-                    await ops.stage(device, chosen[device.id], progress=progress_of(device))
-                except FleetDeskError as exc:
-                    self._problem(device.id, exc)
-                    self._update(device)
-                    outcomes[device.name] = str(exc)
-                else:
-                    outcomes[device.name] = "ok"
+            def finished(outcome: PushOutcome) -> None:
+                if outcome.error is None:
+                    outcomes[outcome.device.name] = "ok"
+                    return
+                self._problem(outcome.device.id, outcome.error)
+                self._update(outcome.device)
+                outcomes[outcome.device.name] = str(outcome.error)
 
-            await asyncio.gather(*(one(d) for d in devices))
+            await push_model(self.fleet, self.artifact_store(), record, devices, progress=progress,
+                             on_outcome=finished)
             failed = {k: v for k, v in outcomes.items() if v != "ok"}
             if failed and len(failed) == len(devices):
                 first = next(iter(failed.values()))

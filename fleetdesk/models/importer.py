@@ -11,7 +11,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import cast
 
@@ -20,6 +20,7 @@ import onnxruntime
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, shape_inference
 
+from fleetdesk.files import sha256_file
 from fleetdesk.models.card import (
     CorruptModelError,
     EmptyModelError,
@@ -48,8 +49,6 @@ DEFAULT_MAX_BYTES = 2 * 1024**3
 # Protobuf cannot serialize or parse one message of 2 GiB or more; larger models keep their
 # weights in external data files (onnx docs, "ONNX external data").
 _PROTOBUF_LIMIT = 2 * 1024**3 - 1
-
-_CHUNK = 1024 * 1024
 
 _EXPORT_FIX = "Export the model to ONNX (from PyTorch: torch.onnx.export) or check that you picked the right file."
 
@@ -109,7 +108,7 @@ def inspect_model(
             fix="Import a smaller model (a quantized or pruned export) or raise the import size limit.",
         )
     external_files = tuple(
-        ExternalFile(location, ext_size, _sha256_file(folder / location, model_path))
+        ExternalFile(location, ext_size, _data_sha256(folder / location, model_path))
         for location, ext_size in sorted(externals.items())
     )
 
@@ -133,6 +132,15 @@ def inspect_model(
         parameter_count=parameter_count(model.graph),
         external_files=external_files,
     )
+
+
+def model_sha256(folder: Path, files: Sequence[str]) -> str:
+    """ModelCard.sha256 of the model files[0] and its external data files files[1:] (names relative to `folder`), read
+    from disk: the optimizer names each variant it builds by the rule that names an imported model."""
+    model_path = folder / files[0]
+    externals = tuple(ExternalFile(name, (folder / name).stat().st_size, _data_sha256(folder / name, model_path))
+                      for name in sorted(files[1:]))
+    return _combined_digest(_data_sha256(model_path, model_path), externals)
 
 
 def _combined_digest(file_sha256: str, external_files: tuple[ExternalFile, ...]) -> str:
@@ -219,12 +227,10 @@ def _read(model_path: Path, label: str) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _sha256_file(file: Path, model_path: Path) -> str:
-    digest = hashlib.sha256()
+def _data_sha256(file: Path, model_path: Path) -> str:
+    """sha256_file, with an unreadable file said as data of the model at `model_path`."""
     try:
-        with file.open("rb") as stream:
-            while chunk := stream.read(_CHUNK):
-                digest.update(chunk)
+        return sha256_file(file)
     except OSError as exc:
         raise ExternalDataError(
             f"{shown(file.name)}, the external data of {shown(model_path.name)}, cannot be read: {exc.strerror or exc}",
@@ -232,7 +238,6 @@ def _sha256_file(file: Path, model_path: Path) -> str:
             fix="Give your user read access to the data files next to the model, then import again.",
             cause=exc,
         ) from exc
-    return digest.hexdigest()
 
 
 # -- decoding ------------------------------------------------------------------------------------

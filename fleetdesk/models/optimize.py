@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from fleetdesk.models.card import ExternalFile, ModelCard, ModelRuntimeError, OptimizationCancelled
+from fleetdesk.models.card import ModelCard, ModelRuntimeError, OptimizationCancelled
 from fleetdesk.models.evaluate import LOCAL_TIMING, compare, run_outputs, time_local
-from fleetdesk.models.importer import _combined_digest, _sha256_file, shown
+from fleetdesk.models.importer import model_sha256, shown
 from fleetdesk.models.report import (
     ACCEPTED,
     BASELINE,
@@ -206,17 +206,9 @@ def _build(recipe: str, source: Path, workdir: Path, samples: SampleSet, steps: 
         steps.finish("build", f"{label} failed")
         return made
     made.size_bytes = folder_size(out, made.files)
-    made.sha256 = _digest(out, made.files)
+    made.sha256 = model_sha256(out, made.files)
     steps.finish("build", f"built {label}")
     return made
-
-
-def _digest(folder: Path, files: tuple[str, ...]) -> str:
-    """As ModelCard.sha256 is computed (importer's own digest helpers)."""
-    model_path = folder / files[0]
-    externals = tuple(ExternalFile(name, (folder / name).stat().st_size, _sha256_file(folder / name, model_path))
-                      for name in sorted(files[1:]))
-    return _combined_digest(_sha256_file(model_path, model_path), externals)
 
 
 def _check_and_time(made: _Built, reference: list[list[np.ndarray]], samples: SampleSet, steps: _Steps) -> None:

@@ -9,14 +9,14 @@ stops a step raises RolloutStepError with the agent's error code or one of ours 
 from __future__ import annotations
 
 import asyncio
-import json
 import posixpath
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fleetdesk.agent_client import AgentClient, AgentReply, AgentView
 from fleetdesk.artifacts.records import MANIFEST_NAME, SIGNATURE_NAME, Artifact
 from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.errors import (
@@ -99,23 +99,6 @@ class Staging:
     complete: bool = False  # the device holds the whole artifact and it verified: nothing to send
 
 
-@dataclass(frozen=True)
-class AgentView:
-    """What the agent says (its `status`), for reconciling after a crash."""
-
-    current: str | None
-    previous: str | None
-    pending: dict[str, Any] | None  # {"sha", "deadline"} of an unconfirmed activation
-    last_revert: dict[str, Any] | None  # {"sha", "to", "reason", "at"}: the last time it went back by itself
-    artifacts: tuple[str, ...]
-    serving: bool  # the model server runs
-    serving_model: str | None  # what it has loaded, from its fresh statistics
-    status: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # the whole status line
-    # The artifact the server would not load, because its signature or a file's hash did not verify:
-    # {"artifact", "file", "code", "reason", "fix", "at"} (fleetdesk/agent/verified.py); None when none.
-    refused: dict[str, Any] | None = field(default=None, hash=False, compare=False)
-
-
 def device_root(fleet: Any, device: Device) -> str:
     """Where FleetDesk lives on the device: what provisioning recorded, else the profile's device_root."""
     from fleetdesk.inventory.runtimes import DeviceRuntimes
@@ -125,19 +108,6 @@ def device_root(fleet: Any, device: Device) -> str:
         return runtime.device_root
     profile = fleet.profiles.profiles.get(device.profile) if device.profile else None
     return profile.device_root if profile else DEFAULT_ROOT
-
-
-def agent_lines(stdout: str) -> list[dict[str, Any]]:
-    """The JSON objects the agent printed, one per line (anything else, e.g. a warning, is skipped)."""
-    out = []
-    for line in stdout.splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
 
 
 class _PacedSession:
@@ -236,29 +206,19 @@ class DeviceOps:
         except FleetDeskError as exc:
             raise self._step_error(exc, device, step) from None
 
+    async def _reply(self, device: Device, step: str, *args: str, timeout: float) -> AgentReply:
+        """Run the agent's ARGS on the device (fleetdesk.agent_client); transport failures as _step_error says."""
+        root = self.root(device)
+        try:
+            client = AgentClient.pooled(self.fleet.pool, self.fleet.target(device), root, device=device.name)
+            return await client.run(*args, timeout=timeout)
+        except FleetDeskError as exc:
+            raise self._step_error(exc, device, step) from None
+
     async def _agent(self, device: Device, step: str, *args: str, timeout: float | None = None) -> dict[str, Any]:
         """Run `ROOT/bin/fleetdesk-agent ARGS` and return its result line; its error line -> RolloutStepError."""
-        root = self.root(device)
-        result = await self._run(device, shell_join([f"{root}/bin/fleetdesk-agent", *args]), step,
-                                 timeout or self.step_timeout_s)
-        lines = agent_lines(result.stdout)
-        for obj in lines[::-1]:
-            if obj.get("type") == "error":
-                raise RolloutStepError(f"{step}: {str(obj.get('message'))[:600]}", code=str(obj.get("code")),
-                                       device=device.name, step=step,
-                                       fix=str(obj.get("fix") or "see the agent's message"))
-            if obj.get("type") == "result":
-                return obj
-        if result.exit_status == 127:
-            raise RolloutStepError(f"{step}: the FleetDesk agent is not installed under {root}", code="no-agent",
-                                   device=device.name, step=step,
-                                   fix=f"provision the device first (fleetdesk provision {device.name})")
-        _raise_if_stopped(result, device, step)
-        last = (result.stderr.strip().splitlines() or [""])[-1][:300]
-        raise RolloutStepError(f"{step}: the agent printed no result (exit status {result.exit_status})"
-                               + (f": {last}" if last else ""), code="no-result", device=device.name, step=step,
-                               fix=f"check the agent on the device; provisioning it again (fleetdesk provision "
-                                   f"{device.name}) reinstalls it")
+        reply = await self._reply(device, step, *args, timeout=timeout or self.step_timeout_s)
+        return reply.result(step)
 
     def _artifact(self, device: Device, artifact_id: str, step: str) -> Artifact:
         try:
@@ -329,17 +289,21 @@ class DeviceOps:
 
     async def transfer(self, staging: Staging, *, bandwidth_bytes_s: int | None = None,
                        progress: Callable[[int, int], None] | None = None) -> int:
-        """Push what the device lacks of the artifact, manifest last; the bytes sent. A file of the store whose
-        bytes no longer match the signed manifest is refused before it is sent (code bad-artifact)."""
+        """Push what the device lacks of the artifact, manifest last; the bytes sent. A store whose copy of any
+        file no longer matches the signed manifest is refused before any byte of the artifact is sent (code
+        bad-artifact)."""
         device = staging.device
         if bandwidth_bytes_s is not None and bandwidth_bytes_s <= 0:
             raise RolloutStepError(f"stage: a bandwidth cap of {bandwidth_bytes_s} bytes/s sends nothing",
                                    code="bad-arguments", device=device.name, step="stage",
                                    fix="give a positive cap, or none")
+        # Every file first, so that a damaged one leaves nothing of the artifact on the device (the digests are the
+        # pool's, computed once per file version and used by the pushes below).
+        for rel, _size, sha256 in staging.files:
+            await self._check_source(staging, rel, sha256)
         say = progress or (lambda _done, _total: None)
         sent, done_before = 0, 0
-        for rel, size, sha256 in staging.files:
-            await self._check_source(staging, rel, sha256)
+        for rel, size, _sha256 in staging.files:
             def one(done: int, _total: int, base: int = done_before) -> None:
                 say(base + done, staging.total)
 
@@ -411,18 +375,7 @@ class DeviceOps:
     # -- the agent's view ----------------------------------------------------------------------------------
 
     async def view(self, device: Device) -> AgentView:
-        st = await self._agent(device, "status", "status", timeout=120)
-        pending = st.get("pending") if isinstance(st.get("pending"), dict) else None
-        serving = st.get("serving")
-        if not isinstance(serving, dict):
-            serving = {}
-        return AgentView(
-            current=st.get("active"), previous=st.get("previous"),
-            pending={"sha": pending.get("sha"), "deadline": pending.get("deadline")} if pending else None,
-            last_revert=st.get("last_revert") if isinstance(st.get("last_revert"), dict) else None,
-            artifacts=tuple(st.get("artifacts") or ()), serving=bool(serving.get("running")),
-            serving_model=serving.get("model"), status=st,
-            refused=serving.get("refused") if isinstance(serving.get("refused"), dict) else None)
+        return AgentView.of(await self._agent(device, "status", "status", timeout=120))
 
     # -- activation ----------------------------------------------------------------------------------------
 
@@ -502,17 +455,8 @@ class DeviceOps:
 
     async def _telemetry(self, device: Device) -> dict[str, Any]:
         """One telemetry sample (schema in fleetdesk/telemetry/sample.py), or {"error": why}."""
-        command = shell_join([f"{self.root(device)}/bin/fleetdesk-agent", "telemetry", "--count", "1",
-                              "--interval", "0.5"])
-        result = await self._run(device, command, "measure", 120)
-        lines = agent_lines(result.stdout)
-        sample = next((o for o in lines if o.get("type") == "sample"), None)
-        if sample is not None:
-            return sample
-        error = next((o for o in lines if o.get("type") == "error"), None)
-        if error is None:
-            _raise_if_stopped(result, device, "measure")
-        return {"error": str(error.get("message")) if error else f"no sample (exit status {result.exit_status})"}
+        reply = await self._reply(device, "measure", "telemetry", "--count", "1", "--interval", "0.5", timeout=120)
+        return reply.sample("measure")
 
     async def _golden(self, device: Device, artifact_id: str) -> tuple[float | None, str]:
         """The lowest cosine of the artifact's outputs against its golden ones (the agent's `check`, which the
@@ -530,18 +474,6 @@ class DeviceOps:
         except RolloutStepError as exc:
             return None, f"the benchmark failed ({exc.code}): {exc.message}"
         return float(result["p95_ms"]), ""
-
-
-def _raise_if_stopped(result: Any, device: Device, step: str) -> None:
-    """An agent command that printed no answer because it was killed by a signal, or stopped by one (the agent
-    turns SIGTERM/SIGHUP into a quiet exit 0): a device shutting down, so UnreachableError. What the step did is
-    unknown until the agent answers again."""
-    if result.exit_signal or result.exit_status in (0, None):
-        how = f"killed by SIG{result.exit_signal}" if result.exit_signal else "stopped"
-        raise UnreachableError(f"{step}: the agent was {how} before it answered (the device may be shutting "
-                               "down or rebooting)", device=device.name, step=step,
-                               fix="wait for the device to come back; the rollout then asks its agent where it "
-                                   "stands")
 
 
 async def _nothing() -> tuple[None, str]:

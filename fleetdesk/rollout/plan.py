@@ -31,6 +31,7 @@ from fleetdesk.rollout.policy import (
 from fleetdesk.text import visible_text
 
 if TYPE_CHECKING:
+    from fleetdesk.artifacts.records import ModelRecord
     from fleetdesk.artifacts.store import ArtifactStore
     from fleetdesk.inventory import Device, Group
 
@@ -170,6 +171,12 @@ class RolloutPlan:
 # -- resolved -----------------------------------------------------------------------------------------------
 
 
+def artifact_for(record: ModelRecord, profile: str | None) -> str:
+    """The artifact a device of this profile gets: the variant chosen for its profile, else the FP32 baseline (a
+    device not probed yet, or a profile the model was not optimized for). Rollouts and pushes share this rule."""
+    return record.artifacts.get(profile or "") or record.baseline
+
+
 @dataclass(frozen=True)
 class PlannedDevice:
     device_id: int
@@ -269,7 +276,7 @@ def resolve(plan: RolloutPlan, inventory: DeviceSource, store: ArtifactStore) ->
                         fix="probe them first (`fleetdesk probe NAME`), so that FleetDesk knows which variant fits")
     artifacts: dict[str, tuple[str, str, int]] = {}
     for profile in sorted({d.profile for d in chosen.values() if d.profile}):
-        artifact_id = record.artifacts.get(profile) or record.baseline
+        artifact_id = artifact_for(record, profile)
         if not artifact_id:
             raise PlanError(f"{record.ref} has no artifact for the profile {profile!r} and no baseline",
                             field="model", fix="import the model again (`fleetdesk model import`)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import fleetdesk.agent
+from fleetdesk.agent_client import agent_launcher
 from fleetdesk.transport.shell import shell_quote
 
 AGENT_PACKAGE = "fleetdesk_agent"  # the agent's import name on a device (a file tree, not an installed package)
@@ -75,7 +76,7 @@ class DeviceLayout:
 
     @property
     def launcher(self) -> str:
-        return self.join("bin", "fleetdesk-agent")
+        return agent_launcher(self.root)
 
     @property
     def supervisor(self) -> str:
@@ -194,7 +195,7 @@ def systemd_unit(root: str) -> str:
     settles the confirmation deadline at its start (boot) and owns it while it runs: a logout (logind's
     KillUserProcesses=yes) ends the watchdog an SSH session started, never a system unit."""
     # systemd.exec(5): ExecStart takes an absolute path; quoting keeps a root with spaces one word.
-    launcher = posixpath.join(root, "bin", "fleetdesk-agent")
+    launcher = agent_launcher(root)
     quoted = '"' + launcher.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"""[Unit]
 Description=FleetDesk model server (fleetdesk-agent serve)

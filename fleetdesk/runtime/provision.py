@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleetdesk.agent_client import AgentClient
 from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.errors import DiskFullError, FleetDeskError, ProvisionError, RemoteCommandError, UnreachableError
 from fleetdesk.inventory.records import Device
@@ -519,32 +520,8 @@ class Provisioner:
     async def _selftest(self, d: _Device) -> dict[str, Any]:
         name = d.device.name
         self._say(name, "selftest", "importing onnxruntime and running a tiny model on the device")
-        result = await self.fleet.pool.run(d.target, shell_join([d.layout.launcher, "selftest"]),
-                                           timeout=SELFTEST_TIMEOUT)
-        lines = []
-        for line in result.stdout.splitlines():
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                lines.append(value)
-        error = next((v for v in lines if v.get("type") == "error"), None)
-        if error is not None:
-            raise RemoteCommandError(f"the selftest failed: {error.get('message', '')}", device=name, step="selftest",
-                                     exit_status=result.exit_status, stderr=result.stderr,
-                                     fix=str(error.get("fix") or "provision again"))
-        proof = next((v for v in lines if v.get("type") == "result" and v.get("command") == "selftest"), None)
-        if proof is None or result.exit_status != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RemoteCommandError(f"the agent's selftest gave no result (exit {result.exit_status}): {last[:300]}",
-                                     device=name, step="selftest", exit_status=result.exit_status,
-                                     stderr=result.stderr, fix="provision again; if it persists, run "
-                                     f"`{d.layout.launcher} selftest` on the device and read its error")
-        if not proof.get("inference_ok"):
-            raise RemoteCommandError("the selftest's inference gave a wrong answer", device=name, step="selftest",
-                                     fix="import a wheel built for this device and provision again")
-        return proof
+        agent = AgentClient.pooled(self.fleet.pool, d.target, d.layout.root, device=name)
+        return await agent.selftest(timeout=SELFTEST_TIMEOUT)
 
 
 async def provision(fleet: Any, devices: Sequence[Device], runtime_id: str | None = None, *,

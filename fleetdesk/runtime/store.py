@@ -99,14 +99,6 @@ def runtime_id(wheels: Iterable[WheelFile]) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()[:ID_LENGTH]
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class RuntimeStore:
     """`RuntimeStore.default().list()`; every runtime lives in ROOT/<id>/ with wheels/ and runtime.json."""
 

@@ -24,8 +24,9 @@ from packaging.version import InvalidVersion
 
 from fleetdesk import __version__
 from fleetdesk.errors import FleetDeskError, RuntimeBundleError
+from fleetdesk.files import sha256_file
 from fleetdesk.profiles.schema import Profile
-from fleetdesk.runtime.store import Runtime, RuntimeStore, WheelFile, sha256_file
+from fleetdesk.runtime.store import Runtime, RuntimeStore, WheelFile
 
 Progress = Callable[[str], None]
 

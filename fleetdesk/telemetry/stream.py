@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fleetdesk.agent_client import AgentClient, AgentLine, AgentStream, agent_command, agent_launcher
 from fleetdesk.errors import FleetDeskError, RemoteCommandError, TransportError
 from fleetdesk.telemetry.agentless import AgentlessParser, agentless_command
 from fleetdesk.text import visible_text
@@ -74,11 +75,10 @@ def stream_command(root: str, interval: float, sources: Sequence[str] = (), *, a
     agentless = f"echo '{_MODE_LINE}agentless'; {agentless_command(root, interval)}"
     if not agent:
         return agentless
-    wrapper = shell_quote(root.rstrip("/") + "/bin/fleetdesk-agent")
-    argv = f"{wrapper} telemetry --interval {interval:g}"
-    if sources:
-        argv += " --sources " + shell_quote(",".join(sources))
-    return f"if [ -x {wrapper} ]; then echo '{_MODE_LINE}agent'; exec {argv}; else {agentless}; fi"
+    argv = agent_command(root, "telemetry", "--interval", f"{interval:g}",
+                         *(("--sources", ",".join(sources)) if sources else ()))
+    launcher = shell_quote(agent_launcher(root))
+    return f"if [ -x {launcher} ]; then echo '{_MODE_LINE}agent'; exec {argv}; else {agentless}; fi"
 
 
 class DeviceStream:
@@ -158,7 +158,8 @@ class DeviceStream:
         mode: str | None = None
         agent_error: FleetDeskError | None = None
         samples_before = self._state.samples
-        async with self.pool.stream(target, command) as lines:
+        agent = AgentClient.pooled(self.pool, target, self.root, device=self.name)
+        async with agent.stream("telemetry", shell=command) as lines:
             stream = lines.__aiter__()
             while True:
                 try:
@@ -172,15 +173,16 @@ class DeviceStream:
                         f"no telemetry from {target.host} for {self.stall_timeout:g} s", device=self.name,
                         step="stream", fix="check the device and the network; FleetDesk keeps trying") from None
                 if mode is None:
-                    if line.startswith(_MODE_LINE) and line[len(_MODE_LINE):] in ("agent", "agentless"):
-                        mode = line[len(_MODE_LINE):]
+                    text = line.text
+                    if text.startswith(_MODE_LINE) and text[len(_MODE_LINE):] in ("agent", "agentless"):
+                        mode = text[len(_MODE_LINE):]
                         if mode == "agentless":
                             agentless = AgentlessParser(self.root, device=self.name)
                         self._set(mode=mode, retry_in=None)
                     else:
-                        self._bad(line, "before the stream said which reader runs")
+                        self._bad(text, "before the stream said which reader runs")
                     continue
-                obj = agentless.feed(line) if agentless is not None else self._agent_line(line)
+                obj = agentless.feed(line.text) if agentless is not None else self._agent_line(line, lines)
                 if agentless is not None:
                     self._set(bad_lines=self._state.bad_lines + agentless.bad_lines)
                     agentless.bad_lines = 0
@@ -201,24 +203,16 @@ class DeviceStream:
                                   exit_status=lines.exit_status, stderr=lines.stderr_tail, device=self.name,
                                   step="telemetry", fix="see the device's error output; FleetDesk keeps trying")
 
-    def _agent_line(self, line: str) -> dict[str, Any] | FleetDeskError | None:
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            self._bad(line, "not a JSON line")
+    def _agent_line(self, line: AgentLine, lines: AgentStream) -> dict[str, Any] | FleetDeskError | None:
+        if line.data is None:
+            self._bad(line.text, line.why)
             return None
-        if not isinstance(obj, dict):
-            self._bad(line, "not a JSON object")
-            return None
-        kind = obj.get("type")
-        if kind == "sample":
-            return obj
-        if kind == "error":
-            return RemoteCommandError(f"the agent's telemetry failed: {obj.get('message') or obj.get('code')}",
-                                      device=self.name, step="telemetry",
-                                      fix=str(obj.get("fix") or "see the agent's log on the device"))
-        if kind == "event":
-            log.info("%s: agent event: %.200s", visible_text(self.name), visible_text(line))
+        if line.kind == "sample":
+            return line.data
+        if line.kind == "error":
+            return lines.error(line)
+        if line.kind == "event":
+            log.info("%s: agent event: %.200s", visible_text(self.name), visible_text(line.text))
         return None
 
     def _sample(self, obj: dict[str, Any], first_sample_at: list[float]) -> None:

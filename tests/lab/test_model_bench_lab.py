@@ -19,7 +19,7 @@ from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.fleet import Fleet
 from fleetdesk.inventory.runtimes import DeviceRuntimes
-from fleetdesk.models.service import DeviceBench, bench_devices, bench_on_devices, import_model, model_files
+from fleetdesk.model_import import DeviceBench, bench_devices, bench_on_devices, import_model, model_files
 from fleetdesk.profiles import load_profiles
 from fleetdesk.runtime.agentfiles import agent_tree
 from fleetdesk.runtime.provision import provision

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetdesk.cli import _safe
+from fleetdesk.cli.output import safe as _safe
 from fleetdesk.discovery.mdns import DiscoveryEvent
 from fleetdesk.errors import ConfigError
 from fleetdesk.fleet import Fleet

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleetdesk.cli_rollout import wave_policies_from_flags
+from fleetdesk.cli.rollout import wave_policies_from_flags
 from fleetdesk.errors import PlanError
 from fleetdesk.rollout.plan import RolloutPlan
 from fleetdesk.rollout.policy import WavePolicy

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fleetdesk.cli import main
-from fleetdesk.cli_telemetry import parse_duration
+from fleetdesk.cli.telemetry import parse_duration
 from fleetdesk.errors import ConfigError
 from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory.telemetry_repo import HISTORY_METRICS, MinuteSummary, TelemetryRepo

@@ -1,5 +1,6 @@
 """Importing a model end to end (validate, samples, optimize per profile, sign and store) and timing a variant
-on real devices of its profile with `fleetdesk-agent bench`.
+on real devices of its profile with `fleetdesk-agent bench`. It sits above `fleetdesk.models` (ONNX work) and
+`fleetdesk.artifacts` (the store) and uses both; neither of them imports it.
 
 `import_model` is synchronous and long: the CLI and the GUI run it in an executor, with a progress callback and a
 threading.Event to cancel. `bench_on_devices` is a coroutine on the fleet's loop; `DeviceBench` lets the worker
@@ -12,7 +13,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -24,9 +24,10 @@ from typing import Any
 
 import onnx
 
+from fleetdesk.agent_client import AgentClient
 from fleetdesk.artifacts.records import ModelRecord
 from fleetdesk.artifacts.store import ArtifactStore, check_name, write_golden
-from fleetdesk.errors import FleetDeskError, RemoteCommandError
+from fleetdesk.errors import FleetDeskError
 from fleetdesk.models.card import OptimizationCancelled
 from fleetdesk.models.importer import DEFAULT_MAX_BYTES, inspect_model
 from fleetdesk.models.report import Progress
@@ -145,23 +146,6 @@ def _files_digest(folder: Path, files: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def bench_result(stdout: str, stderr: str = "") -> float:
-    """p50_ms from the agent's `bench` output (JSON lines: progress events, then a result or an error line)."""
-    for line in reversed(stdout.splitlines()):
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and obj.get("type") == "result" and obj.get("command") == "bench":
-            return float(obj["p50_ms"])
-        if isinstance(obj, dict) and obj.get("type") == "error":
-            raise RemoteCommandError(f"agent bench: {obj.get('code')}: {str(obj.get('message'))[:300]}",
-                                     step="bench", fix=str(obj.get("fix") or "see the agent's message"))
-    last = (stderr.strip().splitlines() or [""])[-1][:300]
-    raise RemoteCommandError("agent bench printed no result line" + (f" ({last})" if last else ""), step="bench",
-                             fix="check the agent on the device (fleetdesk provision DEVICE installs it)")
-
-
 async def bench_on_devices(fleet: Any, devices: Sequence[Any], model_folder: Path, files: Sequence[str], *,
                            runs: int = BENCH_RUNS, timeout: float = BENCH_TIMEOUT_S,
                            failures: dict[str, str] | None = None) -> dict[str, float]:
@@ -186,10 +170,8 @@ async def bench_on_devices(fleet: Any, devices: Sequence[Any], model_folder: Pat
         try:
             for name in files:
                 await fleet.pool.push(target, folder / name, f"{remote}/{name}")
-            command = shell_join([f"{root}/bin/fleetdesk-agent", "bench", remote, "--runs", str(runs),
-                                  "--providers", ",".join(providers)])
-            result = await fleet.pool.run(target, command, timeout=timeout)
-            return bench_result(result.stdout, result.stderr)
+            agent = AgentClient.pooled(fleet.pool, target, root, device=device.name)
+            return (await agent.bench(remote, runs=runs, providers=providers, timeout=timeout)).p50_ms
         finally:
             with contextlib.suppress(FleetDeskError, OSError, asyncio.TimeoutError):
                 await fleet.pool.run(target, shell_join(["rm", "-rf", remote]), timeout=CLEANUP_TIMEOUT_S)
@@ -254,5 +236,5 @@ class DeviceBench:
             return {}
 
 
-__all__ = ["DeviceBench", "bench_devices", "bench_on_devices", "bench_result", "choose_profiles",
+__all__ = ["DeviceBench", "bench_devices", "bench_on_devices", "choose_profiles",
            "import_model", "model_files"]

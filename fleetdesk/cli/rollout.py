@@ -17,6 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from fleetdesk.cli.options import with_json
+from fleetdesk.cli.output import emit, safe, table, when
+from fleetdesk.cli.session import open_fleet
+from fleetdesk.errors import ConfigError, PlanError
+
 EXIT_FAILED = 1
 EXIT_STOPPED = 3  # paused or waiting for the operator's approval
 _EXIT = {"done": 0, "paused": EXIT_STOPPED, "waiting-approval": EXIT_STOPPED, "failed": EXIT_FAILED,
@@ -75,7 +80,6 @@ def wave_policies_from_flags(values: Sequence[str], common: Any) -> tuple[Any, .
     counts waves) gets the common policy with those keys changed (success and errors: a count or a share;
     soak: seconds; approve: yes or no); the waves not named keep the common policy (None). PlanError naming
     the flag and the fix for anything else."""
-    from fleetdesk.errors import PlanError
     from fleetdesk.rollout.policy import Threshold
 
     def bad(value: str, problem: str, fix: str = _WAVE_POLICY_FIX) -> PlanError:
@@ -130,8 +134,6 @@ def wave_policies_from_flags(values: Sequence[str], common: Any) -> tuple[Any, .
 
 def _check_wave_policies(resolved: Any) -> None:
     """An override for a wave the rollout does not have is a mistake in the command, not something to ignore."""
-    from fleetdesk.errors import PlanError
-
     plan = resolved.plan
     count = len(resolved.waves)
     beyond = [i + 1 for i, p in enumerate(plan.wave_policies) if p is not None and i >= count]
@@ -168,21 +170,19 @@ def _status_json(repo: Any, rollout_id: int) -> dict[str, Any]:
 
 
 def _status_text(fleet: Any, repo: Any, rollout_id: int) -> str:
-    from fleetdesk.cli import _safe, _table
-
     row = repo.get(rollout_id)
     names = {d.id: d.name for d in fleet.inventory.devices()}
-    head = f"rollout {row.id}: {_safe(row.model_ref)}, {row.status}"
+    head = f"rollout {row.id}: {safe(row.model_ref)}, {row.status}"
     if row.paused_reason:
-        head += f" ({_safe(row.paused_reason)})"
-    head += f"; started by {_safe(row.actor)}"
+        head += f" ({safe(row.paused_reason)})"
+    head += f"; started by {safe(row.actor)}"
     rows = [("WAVE", "DEVICE", "STATE", "SENT", "GATES", "ERROR")]
     for d in sorted(repo.devices(rollout_id), key=lambda d: (d.wave, names.get(d.device_id, ""))):
         gates = d.gates or {}
         verdict = "-" if "passed" not in gates else ("pass" if gates["passed"] else "FAIL")
         rows.append((str(d.wave + 1), names.get(d.device_id, str(d.device_id)), d.state,
                      _mb(d.bytes_sent) if d.bytes_sent else "-", verdict, (d.error or "-")[:100]))
-    return head + "\n" + _table(rows)
+    return head + "\n" + table(rows)
 
 
 class _Printer:
@@ -193,8 +193,6 @@ class _Printer:
         self.last: dict[int, float] = {}
 
     def __call__(self, event: Any) -> None:
-        from fleetdesk.cli import _safe
-
         if event.kind == "progress":
             now = time.monotonic()
             finished = event.bytes_done >= event.bytes_total
@@ -202,11 +200,11 @@ class _Printer:
                 return
             self.last[event.device_id] = now
             eta = f", ETA {event.eta_s:.0f} s" if event.eta_s is not None and not finished else ""
-            name = _safe(event.message.split(":", 1)[0])
+            name = safe(event.message.split(":", 1)[0])
             line = (f"{name}: staging {_mb(event.bytes_done)} of {_mb(event.bytes_total)} at "
                     f"{event.rate_bytes_s / 1e6:.1f} MB/s{eta}")
         else:
-            line = _safe(event.message)
+            line = safe(event.message)
         print(line, file=self.stream, flush=True)
 
 
@@ -215,11 +213,10 @@ class _Printer:
 
 def _with_engine(args: argparse.Namespace, work: Callable[[Any, Any], Any], *, quiet: bool = False) -> int:
     """Open the fleet and the store, make an engine that prints progress, run `work(engine, fleet)`."""
-    from fleetdesk.cli import _open_fleet
     from fleetdesk.rollout.engine import RolloutEngine
 
     async def go() -> int:
-        fleet = _open_fleet(args)
+        fleet = open_fleet(args)
         try:
             stream = sys.stderr if args.json else sys.stdout
             engine = RolloutEngine(fleet, _store(), on_event=None if quiet else _Printer(stream),
@@ -234,8 +231,6 @@ def _with_engine(args: argparse.Namespace, work: Callable[[Any, Any], Any], *, q
 async def _drive(args: argparse.Namespace, engine: Any, fleet: Any, rollout_id: int) -> int:
     """Run the rollout in the foreground until it stops; the first Ctrl-C pauses it cleanly (the steps under
     way finish), a second one stops at once (the journal and the agents' deadlines keep the devices safe)."""
-    from fleetdesk.cli import _emit
-
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     presses = 0
@@ -262,18 +257,17 @@ async def _drive(args: argparse.Namespace, engine: Any, fleet: Any, rollout_id: 
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
-    _emit(args, _status_json(engine.repo, rollout_id), _status_text(fleet, engine.repo, rollout_id))
+    emit(args, _status_json(engine.repo, rollout_id), _status_text(fleet, engine.repo, rollout_id))
     return _EXIT.get(row.status, EXIT_FAILED)
 
 
 def cmd_rollout_plan(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit
     from fleetdesk.rollout.plan import plan_text, resolve
 
     async def work(engine: Any, fleet: Any) -> int:
         resolved = resolve(_plan(args, fleet), fleet.inventory, engine.store)
         _check_wave_policies(resolved)
-        _emit(args, resolved.to_dict(), plan_text(resolved))
+        emit(args, resolved.to_dict(), plan_text(resolved))
         return 0
 
     return _with_engine(args, work, quiet=True)
@@ -312,9 +306,7 @@ def cmd_rollout_approve(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace, engine: Any, fleet: Any, rollout_id: int, code: int | None = None) -> int:
-    from fleetdesk.cli import _emit
-
-    _emit(args, _status_json(engine.repo, rollout_id), _status_text(fleet, engine.repo, rollout_id))
+    emit(args, _status_json(engine.repo, rollout_id), _status_text(fleet, engine.repo, rollout_id))
     return 0 if code is None else code
 
 
@@ -335,8 +327,6 @@ def cmd_rollout_abort(args: argparse.Namespace) -> int:
 
 
 def cmd_rollout_rollback(args: argparse.Namespace) -> int:
-    from fleetdesk.errors import ConfigError
-
     if args.device is not None and args.wave is not None:
         raise ConfigError("--device and --wave both given", fix="roll back one device, one wave, or (neither) all")
 
@@ -352,14 +342,12 @@ def cmd_rollout_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_rollout_status(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit
-
     async def work(engine: Any, fleet: Any) -> int:
         rollout_id = args.id
         if rollout_id is None:
             rows = engine.repo.list(active_only=True) or engine.repo.list()
             if not rows:
-                _emit(args, None, "no rollouts yet: `fleetdesk rollout plan MODEL --device D` shows what one does")
+                emit(args, None, "no rollouts yet: `fleetdesk rollout plan MODEL --device D` shows what one does")
                 return 0
             rollout_id = max(r.id for r in rows)
         return _show(args, engine, fleet, rollout_id)
@@ -368,37 +356,33 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rollout_list(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit, _safe, _table, _when
-
     async def work(engine: Any, fleet: Any) -> int:
         rows = engine.repo.list(active_only=args.active)
-        table = [("ID", "MODEL", "STATUS", "DEVICES", "STARTED BY", "UPDATED")]
+        listing = [("ID", "MODEL", "STATUS", "DEVICES", "STARTED BY", "UPDATED")]
         for r in rows:
-            table.append((str(r.id), _safe(r.model_ref), r.status, str(len(engine.repo.devices(r.id))),
-                          _safe(r.actor), _when(r.updated_at)))
-        _emit(args, [_row_json(r) for r in rows], _table(table) if rows else "no rollouts yet")
+            listing.append((str(r.id), safe(r.model_ref), r.status, str(len(engine.repo.devices(r.id))),
+                          safe(r.actor), when(r.updated_at)))
+        emit(args, [_row_json(r) for r in rows], table(listing) if rows else "no rollouts yet")
         return 0
 
     return _with_engine(args, work, quiet=True)
 
 
 def cmd_rollout_journal(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit, _safe, _table, _when
-
     async def work(engine: Any, fleet: Any) -> int:
         engine.repo.get(args.id)  # a clear error for an unknown id
         names = {d.id: d.name for d in fleet.inventory.devices()}
         entries = engine.repo.journal(args.id)
         audit = engine.repo.audit_log(rollout_id=args.id, limit=10_000)
-        table = [("AT", "DEVICE", "FROM", "EVENT", "TO")]
+        steps = [("AT", "DEVICE", "FROM", "EVENT", "TO")]
         for e in entries:
             who = "-" if e.device_id is None else names.get(e.device_id, str(e.device_id))
-            table.append((_when(e.at), who, e.from_state or "-", e.event, e.to_state or "-"))
-        actions = [("AT", "WHO", "ACTION", "OUTCOME")] + [(_when(a.at), _safe(a.actor), a.action, a.outcome)
+            steps.append((when(e.at), who, e.from_state or "-", e.event, e.to_state or "-"))
+        actions = [("AT", "WHO", "ACTION", "OUTCOME")] + [(when(a.at), safe(a.actor), a.action, a.outcome)
                                                           for a in reversed(audit)]
-        text = _table(table) + "\n\naudit log\n" + _table(actions)
-        _emit(args, {"journal": [dataclasses.asdict(e) for e in entries],
-                     "audit": [dataclasses.asdict(a) for a in audit]}, text)
+        text = table(steps) + "\n\naudit log\n" + table(actions)
+        emit(args, {"journal": [dataclasses.asdict(e) for e in entries],
+                    "audit": [dataclasses.asdict(a) for a in audit]}, text)
         return 0
 
     return _with_engine(args, work, quiet=True)
@@ -447,36 +431,34 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor", metavar="NAME", help="who starts it, for the audit log (default: your OS user)")
 
 
-def register(sub: Any, common: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
-             choose: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add `fleetdesk rollout ...` to the parser."""
+def add_rollout(sub: Any) -> None:
     rollout = sub.add_parser("rollout", help="staged rollouts of a model with health gates, pause and rollback")
     rs = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
 
-    p = common(rs.add_parser("plan", help="show the waves, devices, variants and thresholds (touches no device)"))
+    p = with_json(rs.add_parser("plan", help="show the waves, devices, variants and thresholds (touches no device)"))
     _plan_options(p)
     p.set_defaults(func=cmd_rollout_plan)
 
-    p = common(rs.add_parser("start", help="plan and run a rollout in the foreground (Ctrl-C pauses it)"))
+    p = with_json(rs.add_parser("start", help="plan and run a rollout in the foreground (Ctrl-C pauses it)"))
     _plan_options(p)
     p.set_defaults(func=cmd_rollout_start)
 
     def with_id(name: str, text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        q = common(rs.add_parser(name, help=text))
+        q = with_json(rs.add_parser(name, help=text))
         q.add_argument("id", type=int, metavar="ID")
         q.add_argument("--actor", metavar="NAME", help="who does it, for the audit log (default: your OS user)")
         q.set_defaults(func=func)
         return q
 
-    p = common(rs.add_parser("status", help="a rollout's devices and states (default: the latest active one)"))
+    p = with_json(rs.add_parser("status", help="a rollout's devices and states (default: the latest active one)"))
     p.add_argument("id", type=int, nargs="?", metavar="ID")
     p.set_defaults(func=cmd_rollout_status)
 
-    p = common(rs.add_parser("list", help="every rollout"))
+    p = with_json(rs.add_parser("list", help="every rollout"))
     p.add_argument("--active", action="store_true", help="only those not finished")
     p.set_defaults(func=cmd_rollout_list)
 
-    p = common(rs.add_parser("journal", help="every step of a rollout, in order, and its audit log"))
+    p = with_json(rs.add_parser("journal", help="every step of a rollout, in order, and its audit log"))
     p.add_argument("id", type=int, metavar="ID")
     p.set_defaults(func=cmd_rollout_journal)
 

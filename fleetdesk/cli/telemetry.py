@@ -9,10 +9,12 @@ import dataclasses
 import json
 import re
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fleetdesk.cli.options import choose_devices, with_json
+from fleetdesk.cli.output import emit, safe, table
+from fleetdesk.cli.session import open_fleet, with_fleet
 from fleetdesk.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -32,16 +34,14 @@ def _fmt(value: float | None, unit: str = "", digits: int = 0) -> str:
 
 
 def _sample_line(name: str, sample: Any, mode: str) -> str:
-    from fleetdesk.cli import _safe
-
     when = datetime.fromtimestamp(sample.t).strftime("%H:%M:%S")
-    parts = [when, _safe(name).ljust(16), f"cpu {_fmt(sample.cpu_pct, '%'):>5}", f"mem {_fmt(sample.mem_pct, '%'):>5}",
+    parts = [when, safe(name).ljust(16), f"cpu {_fmt(sample.cpu_pct, '%'):>5}", f"mem {_fmt(sample.mem_pct, '%'):>5}",
              f"temp {_fmt(sample.temp_c, '°C', 1):>7}", f"gpu {_fmt(sample.gpu_pct, '%'):>5}",
              f"p95 {_fmt(sample.latency_p95_ms, 'ms', 1):>8}", mode]
     if sample.throttled:
-        parts.append("throttled: " + ",".join(_safe(f) for f in sample.throttled))
+        parts.append("throttled: " + ",".join(safe(f) for f in sample.throttled))
     if sample.refused:
-        parts.append("PROBLEM: " + _safe(sample.refused))
+        parts.append("PROBLEM: " + safe(sample.refused))
     return "  ".join(parts)
 
 
@@ -52,7 +52,6 @@ def _sample_json(device: Any, sample: Any, mode: str) -> dict[str, Any]:
 
 
 def cmd_telemetry(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _safe, _with_fleet
     from fleetdesk.telemetry.buffers import TelemetryStore
     from fleetdesk.telemetry.hub import TelemetryHub
 
@@ -78,10 +77,10 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
         def state_changed(state: Any) -> None:
             # Stream states go to stderr, so stdout stays one line (or one JSON object) per sample.
             if state.mode == "reconnecting" and state.last_error is not None:
-                print(f"{_safe(by_id[state.device_id].name)}: {state.mode} in {state.retry_in:.1f} s: "
-                      f"{_safe(state.last_error)}", file=sys.stderr, flush=True)
+                print(f"{safe(by_id[state.device_id].name)}: {state.mode} in {state.retry_in:.1f} s: "
+                      f"{safe(state.last_error)}", file=sys.stderr, flush=True)
             elif state.mode in ("agent", "agentless"):
-                print(f"{_safe(by_id[state.device_id].name)}: streaming ({state.mode})", file=sys.stderr, flush=True)
+                print(f"{safe(by_id[state.device_id].name)}: streaming ({state.mode})", file=sys.stderr, flush=True)
 
         store.subscribe(shown)
         hub.on_state = state_changed
@@ -95,17 +94,16 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
             await hub.close()
         silent = [d.name for d in devices if hub.state(d.id).samples == 0]
         for name in silent:
-            print(f"{_safe(name)}: no samples", file=sys.stderr)
+            print(f"{safe(name)}: no samples", file=sys.stderr)
         return 1 if silent else 0
 
-    return _with_fleet(args, work)
+    return with_fleet(args, work)
 
 
 def _open_history(args: argparse.Namespace) -> tuple[Any, Any]:
-    from fleetdesk.cli import _open_fleet
     from fleetdesk.telemetry.history import TelemetryHistory
 
-    fleet = _open_fleet(args)
+    fleet = open_fleet(args)
     return fleet, TelemetryHistory.open(fleet.inventory)
 
 
@@ -114,7 +112,6 @@ def _close(fleet: Any) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit, _safe, _table
     from fleetdesk.inventory.telemetry_repo import HISTORY_METRICS
 
     since = datetime.now(UTC) - parse_duration(args.since)
@@ -136,14 +133,12 @@ def cmd_history(args: argparse.Namespace) -> int:
         rows.append((m.minute.astimezone().strftime("%Y-%m-%d %H:%M"), str(m.samples), pair("cpu_pct"),
                      pair("mem_pct"), pair("temp_c", 1), pair("gpu_pct"), pair("latency_p95_ms", 1),
                      _fmt(m.avg.get("infer_rate"), digits=1), _fmt(m.max.get("infer_errors"))))
-    text = _table(rows) if minutes else f"{_safe(device.name)}: no history since {since.astimezone():%Y-%m-%d %H:%M}"
-    _emit(args, data, text)
+    text = table(rows) if minutes else f"{safe(device.name)}: no history since {since.astimezone():%Y-%m-%d %H:%M}"
+    emit(args, data, text)
     return 0
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit, _safe, _table
-
     since = datetime.now(UTC) - parse_duration(args.since) if args.since else None
     fleet, history = _open_history(args)
     try:
@@ -160,25 +155,27 @@ def cmd_events(args: argparse.Namespace) -> int:
             detail += f" ({e.metric} {_fmt(e.value, digits=1)}, bound {_fmt(e.bound, digits=1)})"
         rows.append((e.at.astimezone().strftime("%Y-%m-%d %H:%M:%S"), names.get(e.device_id, "-") if e.device_id
                      else "(fleet)", e.kind, detail))
-    _emit(args, data, _table(rows) if events else "no events" + (f" for {_safe(device.name)}" if device else ""))
+    emit(args, data, table(rows) if events else "no events" + (f" for {safe(device.name)}" if device else ""))
     return 0
 
 
-def register(sub: Any, common: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
-             choose: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add this module's subcommands to the `fleetdesk` parser."""
-    p = common(sub.add_parser("telemetry", help="watch live telemetry: fleetdesk telemetry DEVICE...|--group G"))
-    choose(p)
+def add_telemetry(sub: Any) -> None:
+    p = with_json(sub.add_parser("telemetry", help="watch live telemetry: fleetdesk telemetry DEVICE...|--group G"))
+    choose_devices(p)
     p.add_argument("--seconds", type=float, metavar="N", help="stop after N seconds (default: until Ctrl-C)")
     p.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds between samples (default 1)")
     p.set_defaults(func=cmd_telemetry)
 
-    p = common(sub.add_parser("history", help="a device's stored telemetry, one line per minute"))
+
+def add_history(sub: Any) -> None:
+    p = with_json(sub.add_parser("history", help="a device's stored telemetry, one line per minute"))
     p.add_argument("device", metavar="DEVICE")
     p.add_argument("--since", default="2h", metavar="AGE", help="how far back, e.g. 30m, 2h, 7d (default 2h)")
     p.set_defaults(func=cmd_history)
 
-    p = common(sub.add_parser("events", help="the event log: alerts and telemetry stream incidents"))
+
+def add_events(sub: Any) -> None:
+    p = with_json(sub.add_parser("events", help="the event log: alerts and telemetry stream incidents"))
     p.add_argument("device", nargs="?", metavar="DEVICE", help="only this device's events")
     p.add_argument("--since", metavar="AGE", help="only events of the last AGE, e.g. 1h, 7d")
     p.add_argument("--limit", type=int, default=200, metavar="N", help="at most N events, newest first (default 200)")

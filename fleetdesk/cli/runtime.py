@@ -1,13 +1,17 @@
-"""`fleetdesk runtime build|list|show|import-wheel` and `fleetdesk provision`."""
+"""`fleetdesk runtime build|list|show|import-wheel` and `fleetdesk provision`: offline runtime bundles per device
+profile, and installing one (with the agent and the fleet key) on devices."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fleetdesk.cli.options import choose_devices, with_json
+from fleetdesk.cli.output import emit, safe, summary, table, when
+from fleetdesk.cli.session import with_fleet
 
 
 def _store() -> Any:
@@ -29,25 +33,22 @@ def _runtime_line(runtime: Any) -> str:
 
 
 def _runtime_text(runtime: Any) -> str:
-    from fleetdesk.cli import _safe, _table, _when
-
     lines = [f"runtime {runtime.id}", f"  for:          {', '.join(runtime.profiles) or '-'} "
                                       f"({runtime.arch}, {runtime.python})",
              f"  requirements: {', '.join(runtime.requirements)}",
-             f"  created:      {_when(runtime.created)}",
+             f"  created:      {when(runtime.created)}",
              f"  size:         {runtime.size / 1e6:.1f} MB in {len(runtime.wheels)} wheels",
-             f"  folder:       {_safe(runtime.path)}"]
+             f"  folder:       {safe(runtime.path)}"]
     if runtime.base:
         lines.append(f"  based on:     {runtime.base}")
     if runtime.tools:
         lines.append("  made with:    " + ", ".join(f"{k} {v}" for k, v in sorted(runtime.tools.items())))
     rows = [("WHEEL", "PROJECT", "VERSION", "SIZE", "SHA-256")]
     rows += [(w.file, w.project, w.version, f"{w.size / 1e6:.1f} MB", w.sha256[:16]) for w in runtime.wheels]
-    return "\n".join(lines) + "\n\n" + _table(rows)
+    return "\n".join(lines) + "\n\n" + table(rows)
 
 
 def cmd_runtime_build(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit
     from fleetdesk.runtime.wheelhouse import build_runtime
 
     profile = _profile(args.profile)
@@ -56,33 +57,28 @@ def cmd_runtime_build(args: argparse.Namespace) -> int:
                                                  progress=lambda m: print(m, file=sys.stderr, flush=True)))
     data = {**runtime.to_json(), "created_now": created}
     verb = "built" if created else "already stored (same wheels); nothing copied"
-    _emit(args, data, f"{verb}: {_runtime_line(runtime)}")
+    emit(args, data, f"{verb}: {_runtime_line(runtime)}")
     return 0
 
 
 def cmd_runtime_list(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit, _table
-
     runtimes = _store().list()
     rows = [("ID", "PROFILES", "ARCH", "PYTHON", "SIZE", "CREATED", "WHEELS")]
     rows += [(r.id, ",".join(r.profiles) or "-", r.arch, r.python, f"{r.size / 1e6:.1f} MB",
               r.created.astimezone().strftime("%Y-%m-%d %H:%M"),
               ", ".join(f"{w.project} {w.version}" for w in r.wheels)) for r in runtimes]
     empty = "no runtimes yet: `fleetdesk runtime build --profile P` while this laptop reaches a package index"
-    _emit(args, [r.to_json() for r in runtimes], _table(rows) if runtimes else empty)
+    emit(args, [r.to_json() for r in runtimes], table(rows) if runtimes else empty)
     return 0
 
 
 def cmd_runtime_show(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit
-
     runtime = _store().get(args.id)
-    _emit(args, runtime.to_json(), _runtime_text(runtime))
+    emit(args, runtime.to_json(), _runtime_text(runtime))
     return 0
 
 
 def cmd_runtime_import_wheel(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit
     from fleetdesk.runtime.wheelhouse import import_wheel
 
     store = _store()
@@ -90,7 +86,7 @@ def cmd_runtime_import_wheel(args: argparse.Namespace) -> int:
     runtime, created = import_wheel(Path(args.file), _profile(args.profile), store, base=base)
     data = {**runtime.to_json(), "created_now": created}
     verb = "new runtime" if created else "already stored"
-    _emit(args, data, f"{verb}: {_runtime_line(runtime)}" + (f" (based on {runtime.base})" if runtime.base else ""))
+    emit(args, data, f"{verb}: {_runtime_line(runtime)}" + (f" (based on {runtime.base})" if runtime.base else ""))
     return 0
 
 
@@ -102,8 +98,6 @@ class _ProgressPrinter:
         self._last: dict[tuple[str, str], int] = {}
 
     def __call__(self, event: Any) -> None:
-        from fleetdesk.cli import _safe
-
         key = (event.device, event.step)
         if event.total:
             tenth = int(10 * event.done / event.total)
@@ -113,22 +107,19 @@ class _ProgressPrinter:
             text = f"{event.message} {event.done / 1e6:.1f}/{event.total / 1e6:.1f} MB"
         else:
             text = event.message
-        print(f"{_safe(event.device)}: {event.step}: {_safe(text)}", file=self.stream, flush=True)
+        print(f"{safe(event.device)}: {event.step}: {safe(text)}", file=self.stream, flush=True)
 
 
 def _outcome_line(o: Any) -> str:
-    from fleetdesk.cli import _safe
-
     if o.error is not None:
-        return f"{_safe(o.device)}: {o.status}: {_safe(o.error.message)}" + (
-            f" — {_safe(o.error.fix)}" if o.error.fix else "")
+        return f"{safe(o.device)}: {o.status}: {safe(o.error.message)}" + (
+            f" — {safe(o.error.fix)}" if o.error.fix else "")
     what = "; ".join(o.changed) if o.changed else "nothing changed"
-    return (f"{_safe(o.device)}: ok in {o.seconds:.1f} s, {o.bytes_sent / 1e6:.1f} MB sent, runtime {o.runtime_id}, "
-            f"onnxruntime {_safe(o.onnxruntime)} ({', '.join(_safe(p) for p in o.providers)}); {_safe(what)}")
+    return (f"{safe(o.device)}: ok in {o.seconds:.1f} s, {o.bytes_sent / 1e6:.1f} MB sent, runtime {o.runtime_id}, "
+            f"onnxruntime {safe(o.onnxruntime)} ({', '.join(safe(p) for p in o.providers)}); {safe(what)}")
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit, _summary, _with_fleet
     from fleetdesk.runtime.provision import provision
 
     async def work(fleet: Any) -> int:
@@ -137,40 +128,42 @@ def cmd_provision(args: argparse.Namespace) -> int:
         outcomes = await provision(fleet, devices, args.runtime, progress=printer, concurrency=args.concurrency,
                                    replace_fleet_key=args.replace_fleet_key)
         counts = {s: sum(o.status == s for o in outcomes) for s in ("succeeded", "failed", "unreachable")}
-        text = "\n".join(_outcome_line(o) for o in outcomes) + "\n" + _summary(counts)
-        _emit(args, {"outcomes": [o.to_dict() for o in outcomes], "summary": counts}, text)
+        text = "\n".join(_outcome_line(o) for o in outcomes) + "\n" + summary(counts)
+        emit(args, {"outcomes": [o.to_dict() for o in outcomes], "summary": counts}, text)
         return 0 if counts["succeeded"] == len(outcomes) else 1
 
-    return _with_fleet(args, work)
+    return with_fleet(args, work)
 
 
-def register(sub: Any, common: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
-             choose: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add this module's subcommands to the `fleetdesk` parser."""
+def add_runtime(sub: Any) -> None:
     runtime = sub.add_parser("runtime", help="offline runtime bundles (wheelhouses) for device profiles")
     runtime_sub = runtime.add_subparsers(dest="runtime_command", required=True, metavar="ACTION")
 
-    p = common(runtime_sub.add_parser("build", help="download a profile's wheels for its platform (needs an index)"))
+    p = with_json(runtime_sub.add_parser("build", help="download a profile's wheels for its platform (needs an index)"))
     p.add_argument("--profile", required=True, metavar="P", help="device profile, e.g. rpi4")
     p.add_argument("--requirement", action="append", metavar="REQ",
                    help="instead of the profile's [runtime] wheels (repeatable), e.g. 'onnxruntime>=1.17'")
     p.set_defaults(func=cmd_runtime_build)
 
-    p = common(runtime_sub.add_parser("list", help="the stored runtimes, newest first"))
+    p = with_json(runtime_sub.add_parser("list", help="the stored runtimes, newest first"))
     p.set_defaults(func=cmd_runtime_list)
 
-    p = common(runtime_sub.add_parser("show", help="one runtime's wheels and origin"))
+    p = with_json(runtime_sub.add_parser("show", help="one runtime's wheels and origin"))
     p.add_argument("id", metavar="ID", help="runtime id (or its first characters)")
     p.set_defaults(func=cmd_runtime_show)
 
-    p = common(runtime_sub.add_parser("import-wheel", help="add a wheel you brought (e.g. NVIDIA's onnxruntime-gpu)"))
+    p = with_json(runtime_sub.add_parser("import-wheel",
+                                         help="add a wheel you brought (e.g. NVIDIA's onnxruntime-gpu)"))
     p.add_argument("file", metavar="FILE", help="the .whl file")
     p.add_argument("--profile", required=True, metavar="P", help="the device profile it is for")
     p.add_argument("--base", metavar="ID", help="runtime whose other wheels to keep (default: the newest for P)")
     p.set_defaults(func=cmd_runtime_import_wheel)
 
-    p = common(sub.add_parser("provision", help="install the runtime, agent and fleet key on devices"))
-    choose(p)
+
+
+def add_provision(sub: Any) -> None:
+    p = with_json(sub.add_parser("provision", help="install the runtime, agent and fleet key on devices"))
+    choose_devices(p)
     p.add_argument("--runtime", metavar="ID", help="runtime to install (default: the newest for each profile)")
     p.add_argument("--concurrency", type=int, default=8, metavar="N", help="devices at once (default 8)")
     p.add_argument("--replace-fleet-key", action="store_true",

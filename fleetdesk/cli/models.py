@@ -1,4 +1,5 @@
-"""`fleetdesk model import|list|show|verify|export|remove|export-key`: the signed artifact store from a terminal."""
+"""`fleetdesk model import|list|show|verify|export|remove|export-key`: the signed artifact store from a terminal
+(`fleetdesk model push`, which puts a model on devices, is in fleetdesk/cli/push.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import contextlib
 import functools
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fleetdesk.cli.options import with_json
+from fleetdesk.cli.output import emit, safe, table
+from fleetdesk.cli.push import add_push
+from fleetdesk.cli.session import open_fleet
+from fleetdesk.errors import ConfigError
 
 EXIT_PROBLEMS = 1
 
@@ -48,20 +54,17 @@ def _ms(value: float | None) -> str:
 
 
 def _progress_line(step: Any) -> None:
-    from fleetdesk.cli import _safe
-
     count = f" ({step.done}/{step.total})" if step.total else ""
-    print(f"{step.stage}: {_safe(step.message)}{count}", file=sys.stderr, flush=True)
+    print(f"{step.stage}: {safe(step.message)}{count}", file=sys.stderr, flush=True)
 
 
 def cmd_model_import(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit, _open_fleet
-    from fleetdesk.models.service import DeviceBench, bench_devices, import_model
+    from fleetdesk.model_import import DeviceBench, bench_devices, import_model
 
     store = _store()
 
     async def go() -> Any:
-        fleet = _open_fleet(args)
+        fleet = open_fleet(args)
         try:
             profiles = list(args.profile or []) or sorted({d.profile for d in fleet.inventory.devices() if d.profile})
             loop = asyncio.get_running_loop()
@@ -95,7 +98,7 @@ def cmd_model_import(args: argparse.Namespace) -> int:
             await fleet.close()
 
     record = asyncio.run(go())
-    _emit(args, record_json(record), _record_text(record))
+    emit(args, record_json(record), _record_text(record))
     return 0
 
 
@@ -103,8 +106,6 @@ def cmd_model_import(args: argparse.Namespace) -> int:
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit, _table
-
     records = _store().models()
     rows = [("MODEL", "IMPORTED", "SIZE", "SOURCE SHA-256", "VARIANTS")]
     for r in records:
@@ -112,28 +113,26 @@ def cmd_model_list(args: argparse.Namespace) -> int:
         rows.append((r.ref, r.imported_at[:19].replace("T", " "), _mb(int(r.card.get("size_bytes", 0))),
                      r.source_sha256[:16], chosen))
     empty = "no models yet: `fleetdesk model import FILE.onnx`"
-    _emit(args, [record_json(r) for r in records], _table(rows) if records else empty)
+    emit(args, [record_json(r) for r in records], table(rows) if records else empty)
     return 0
 
 
 def _record_text(record: Any) -> str:
-    from fleetdesk.cli import _safe, _table
-
     card = record.card
-    lines = [f"model {_safe(record.ref)}",
-             f"  source:      {_safe(card.get('path', '-'))}",
+    lines = [f"model {safe(record.ref)}",
+             f"  source:      {safe(card.get('path', '-'))}",
              f"  sha256:      {record.source_sha256}",
              f"  imported:    {record.imported_at}",
              f"  size:        {_mb(int(card.get('size_bytes', 0)))}, {card.get('parameter_count', 0):,} parameters, "
              f"opset {card.get('opset', {}).get('ai.onnx', '-')}, IR {card.get('ir_version', '-')}",
              "  inputs:      " + "; ".join(_spec(s) for s in card.get("inputs", [])),
              "  outputs:     " + "; ".join(_spec(s) for s in card.get("outputs", [])),
-             "  operators:   " + ", ".join(f"{_safe(k)} x{v}" for k, v in sorted(card.get("operators", {}).items())),
+             "  operators:   " + ", ".join(f"{safe(k)} x{v}" for k, v in sorted(card.get("operators", {}).items())),
              f"  baseline:    {record.baseline} (fp32, the model as imported)"]
     report = record.report
     if report is None:
         return "\n".join(lines)
-    lines.append(f"  samples:     {report.samples} ({_safe(report.samples_source)})")
+    lines.append(f"  samples:     {report.samples} ({safe(report.samples_source)})")
     if report.synthetic:
         lines.append("  NOTE: accuracy checked on synthetic data only (no samples given: inputs were generated "
                      "from the declared shapes)")
@@ -160,27 +159,23 @@ def _record_text(record: Any) -> str:
                 f"{v.local_latency_ms / base_ms:.2f}" if v.local_latency_ms and base_ms else "-",
                 ", ".join(f"{d} {ms:.3g} ms" for d, ms in sorted(v.device_latency_ms.items())) or "-",
                 v.status, v.reason))
-        lines += ["  " + line for line in _table(rows).splitlines()]
+        lines += ["  " + line for line in table(rows).splitlines()]
     return "\n".join(lines)
 
 
 def _spec(spec: dict[str, Any]) -> str:
-    from fleetdesk.cli import _safe
-
     shape = "?" if spec.get("shape") is None else "x".join(str(d) for d in spec["shape"])
-    return f"{_safe(spec.get('name'))} {spec.get('dtype')} [{_safe(shape)}]"
+    return f"{safe(spec.get('name'))} {spec.get('dtype')} [{safe(shape)}]"
 
 
 def cmd_model_show(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit
-
     store = _store()
     record = store.model(args.ref)
     data = record_json(record)
     data["artifact_details"] = {i: artifact_json(store.artifact(i))
                                 for i in sorted({record.baseline, *record.artifacts.values()})
                                 if (store.objects / i).is_dir()}
-    _emit(args, data, _record_text(record))
+    emit(args, data, _record_text(record))
     return 0
 
 
@@ -188,35 +183,28 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 
 
 def cmd_model_verify(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit, _safe
-
     results = _store().verify(args.ref)
     bad = [r for r in results if not r.ok]
     lines = []
     for r in results:
-        lines.append(f"{r.artifact[:16]}  {_safe(r.ref) or '-'}: " + ("ok" if r.ok else "PROBLEM"))
-        lines += [f"    {_safe(p)}" for p in r.problems]
+        lines.append(f"{r.artifact[:16]}  {safe(r.ref) or '-'}: " + ("ok" if r.ok else "PROBLEM"))
+        lines += [f"    {safe(p)}" for p in r.problems]
     lines.append(f"{len(results)} artifact(s) checked, {len(bad)} with problems" if results
                  else "nothing to verify: the store is empty")
-    _emit(args, {"results": [{"artifact": r.artifact, "ref": r.ref, "ok": r.ok, "problems": list(r.problems)}
-                             for r in results], "ok": not bad}, "\n".join(lines))
+    emit(args, {"results": [{"artifact": r.artifact, "ref": r.ref, "ok": r.ok, "problems": list(r.problems)}
+                            for r in results], "ok": not bad}, "\n".join(lines))
     return EXIT_PROBLEMS if bad else 0
 
 
 def cmd_model_export(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit
-
     path = _store().export(args.ref, Path(args.dest), profile=args.profile)
-    _emit(args, {"path": str(path), "size_bytes": path.stat().st_size},
-          f"wrote {path} ({_mb(path.stat().st_size)}): artifacts/<id>/ and keys/fleet.pub, "
-          f"to unpack into a device's FleetDesk root")
+    emit(args, {"path": str(path), "size_bytes": path.stat().st_size},
+         f"wrote {path} ({_mb(path.stat().st_size)}): artifacts/<id>/ and keys/fleet.pub, "
+         f"to unpack into a device's FleetDesk root")
     return 0
 
 
 def cmd_model_remove(args: argparse.Namespace) -> int:
-    from fleetdesk.cli import _emit
-    from fleetdesk.errors import ConfigError
-
     store = _store()
     if "@" not in args.ref and len([r for r in store.models() if r.name == args.ref]) > 1:
         store.remove(args.ref)  # refuses, naming the versions to choose from
@@ -230,8 +218,8 @@ def cmd_model_remove(args: argparse.Namespace) -> int:
             print("not removed", file=sys.stderr)
             return EXIT_PROBLEMS
     gone = store.remove(record.ref)
-    _emit(args, {"removed": record.ref, "artifacts_removed": gone},
-          f"removed {record.ref}; {len(gone)} artifact(s) deleted")
+    emit(args, {"removed": record.ref, "artifacts_removed": gone},
+         f"removed {record.ref}; {len(gone)} artifact(s) deleted")
     return 0
 
 
@@ -245,13 +233,11 @@ def cmd_model_export_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any, common: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
-             choose: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add `fleetdesk model ...` to the parser."""
+def add_model(sub: Any) -> None:
     model = sub.add_parser("model", help="import, optimize, sign and manage ONNX models")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
 
-    p = common(model_sub.add_parser("import", help="validate an .onnx, optimize it per device profile, sign, store"))
+    p = with_json(model_sub.add_parser("import", help="validate an .onnx, optimize it per device profile, sign, store"))
     p.add_argument("file", metavar="FILE", help="the .onnx file (external data next to it)")
     p.add_argument("--name", help="the model's name (default: the file name without .onnx)")
     p.add_argument("--version", help="its version (default: the next number for that name)")
@@ -263,24 +249,27 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], argparse.Argu
                    help="time variants on this laptop only, not on online devices of each profile")
     p.set_defaults(func=cmd_model_import)
 
-    p = common(model_sub.add_parser("list", help="the stored models and the variant chosen per profile"))
+    add_push(model_sub)
+
+    p = with_json(model_sub.add_parser("list", help="the stored models and the variant chosen per profile"))
     p.set_defaults(func=cmd_model_list)
 
-    p = common(model_sub.add_parser("show", help="a model's card and every variant's figures per profile"))
+    p = with_json(model_sub.add_parser("show", help="a model's card and every variant's figures per profile"))
     p.add_argument("ref", metavar="REF", help="NAME (newest version) or NAME@VERSION")
     p.set_defaults(func=cmd_model_show)
 
-    p = common(model_sub.add_parser("verify", help="check every byte and signature (exit 1 on any problem)"))
+    p = with_json(model_sub.add_parser("verify", help="check every byte and signature (exit 1 on any problem)"))
     p.add_argument("ref", nargs="?", metavar="REF", help="NAME, NAME@VERSION or an artifact id (default: all)")
     p.set_defaults(func=cmd_model_verify)
 
-    p = common(model_sub.add_parser("export", help="a .tar of artifacts and the fleet key, laid out as a device root"))
+    p = with_json(model_sub.add_parser("export",
+                                       help="a .tar of artifacts and the fleet key, laid out as a device root"))
     p.add_argument("ref", metavar="REF", help="NAME, NAME@VERSION or an artifact id")
     p.add_argument("dest", metavar="DEST", help="a folder (the file is named for the model) or a .tar path")
     p.add_argument("--profile", metavar="P", help="only the variant for this profile")
     p.set_defaults(func=cmd_model_export)
 
-    p = common(model_sub.add_parser("remove", help="remove a model version and the artifacts only it uses"))
+    p = with_json(model_sub.add_parser("remove", help="remove a model version and the artifacts only it uses"))
     p.add_argument("ref", metavar="REF", help="NAME@VERSION (or NAME when it has one version)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_model_remove)

@@ -1,0 +1,32 @@
+"""Opening the fleet for a command: the inventory (--db) and the SSH pool (--ssh-config), closed when it ends."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fleetdesk.fleet import Fleet
+
+
+def open_fleet(args: argparse.Namespace) -> Fleet:
+    """The Fleet the global options name; the caller closes it (`await fleet.close()`)."""
+    # Imported here: `fleetdesk lab ...` and `--help` need neither the inventory nor SSH.
+    from fleetdesk.fleet import Fleet
+
+    return Fleet.open(args.db, ssh_config=getattr(args, "ssh_config", None))
+
+
+def with_fleet(args: argparse.Namespace, work: Callable[[Fleet], Coroutine[Any, Any, Any]]) -> int:
+    """Open the inventory and the SSH pool, run `work(fleet)` on one event loop, close both; its exit status."""
+
+    async def go() -> int:
+        fleet = open_fleet(args)
+        try:
+            return int(await work(fleet))
+        finally:
+            await fleet.close()
+
+    return asyncio.run(go())
