@@ -30,13 +30,13 @@ from fleetdesk.probe import probe
 from fleetdesk.profiles import ProfileSet, load_profiles
 from fleetdesk.profiles.matcher import ProfileMatch, match_profile
 from fleetdesk.transport import credentials, sshconfig
+from fleetdesk.transport.asyncssh_transport import fetch_host_key
 from fleetdesk.transport.hostkey import PublicKey
 from fleetdesk.transport.knownhosts import import_known_hosts
 from fleetdesk.transport.pool import SSHPool
 from fleetdesk.transport.results import DeviceOutcome, FanOutResult
 from fleetdesk.transport.shell import shell_quote
 from fleetdesk.transport.target import SSHTarget
-from fleetdesk.transport.trust import fetch_host_key
 
 PROBE_TIMEOUT = 60.0
 DEFAULT_USER = "root"

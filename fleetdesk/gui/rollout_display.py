@@ -16,8 +16,8 @@ from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QSize, Qt
 from PySide6.QtGui import QBrush, QColor, QPainter
 from PySide6.QtWidgets import QApplication, QStyle, QStyledItemDelegate, QStyleOptionViewItem, QWidget
 
+from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.rollouts import JournalEntry
-from fleetdesk.rollout import states as st
 
 from .fleet_model import plain
 from .overview import colours

@@ -30,8 +30,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.rollouts import DeviceRow, RolloutRow
-from fleetdesk.rollout import states as st
 from fleetdesk.rollout.engine import RolloutEvent
 
 from .activities import human_bytes, human_duration

@@ -321,7 +321,7 @@ class RolloutRow(Base):
 
 
 class RolloutDeviceRow(Base):
-    """One device in one rollout: its state in the transition table (fleetdesk.rollout.states) and progress."""
+    """One device in one rollout: its state in the transition table (inventory/rollout_states.py) and progress."""
 
     __tablename__ = "rollout_devices"
 

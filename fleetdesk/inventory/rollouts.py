@@ -1,8 +1,11 @@
 """Rollouts in the inventory: each rollout's plan and status, its devices' states, the journal and the audit log.
 
 Every change of a device's state goes through `RolloutRepo.record`, which reads the state, applies the transition
-table (fleetdesk.rollout.states) and appends the journal entry in one write transaction: two FleetDesk processes
-recording at once queue on the inventory's write lock, and a refused transition writes nothing.
+table (fleetdesk.inventory.rollout_states) and appends the journal entry in one write transaction: two FleetDesk
+processes recording at once queue on the inventory's write lock, and a refused transition writes nothing.
+
+The inventory sits below fleetdesk.rollout and never imports it: `create` takes any `ResolvedRollout`, the shape
+of fleetdesk.rollout.plan.ResolvedPlan that it stores.
 """
 
 from __future__ import annotations
@@ -12,18 +15,15 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleetdesk.errors import RolloutConflictError, RolloutNotFoundError
 from fleetdesk.inventory import models as orm
+from fleetdesk.inventory import rollout_states as states
 from fleetdesk.inventory.repository import Inventory
-from fleetdesk.rollout import states
-
-if TYPE_CHECKING:
-    from fleetdesk.rollout.plan import ResolvedPlan
 
 ROLLOUT_STATUSES = ("planned", "running", "paused", "waiting-approval", "aborted", "done", "rolling-back",
                     "rolled-back", "failed")
@@ -35,6 +35,35 @@ CREATED = "create"  # the journal's event for a rollout's creation (from_state "
 STATUS = "status"  # the journal's event for a change of the rollout's status
 DEFAULT_AUDIT_LIMIT = 200
 _NOT_FOUND_FIX = "`fleetdesk rollout status` lists the rollouts"
+
+
+class _Stored(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class ResolvedDevice(Protocol):
+    """One device of a resolved plan, as `create` stores it (fleetdesk.rollout.plan.PlannedDevice)."""
+
+    @property
+    def device_id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def wave(self) -> int: ...
+    @property
+    def artifact(self) -> str: ...
+
+
+class ResolvedRollout(Protocol):
+    """A resolved plan, as `create` stores it (fleetdesk.rollout.plan.ResolvedPlan)."""
+
+    @property
+    def plan(self) -> _Stored: ...
+    @property
+    def model_ref(self) -> str: ...
+    @property
+    def devices(self) -> Sequence[ResolvedDevice]: ...
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -57,7 +86,7 @@ class DeviceRow:
     wave: int
     artifact: str
     previous_artifact: str | None  # the artifact the device ran before the rollout; None until the engine knows
-    state: str  # one of fleetdesk.rollout.states.STATES
+    state: str  # one of fleetdesk.inventory.rollout_states.STATES
     attempts: int
     bytes_sent: int
     error: str
@@ -100,7 +129,7 @@ class RolloutRepo:
 
     # -- rollouts --------------------------------------------------------------------------------------
 
-    def create(self, resolved: ResolvedPlan, actor: str) -> RolloutRow:
+    def create(self, resolved: ResolvedRollout, actor: str) -> RolloutRow:
         """Store a resolved plan as a "planned" rollout with every device "pending".
 
         Refused (RolloutConflictError, nothing written) when one of its devices is in another active rollout.

@@ -1,1 +1,2 @@
-"""Rollouts: plans of waves, the per-device transition table, the engine and its journal."""
+"""Rollouts: plans of waves, the engine that walks each device through the transition table
+(fleetdesk.inventory.rollout_states) and its journal."""

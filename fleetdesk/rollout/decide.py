@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fleetdesk.rollout import states as st
+from fleetdesk.inventory import rollout_states as st
 from fleetdesk.rollout.policy import WavePolicy
 
 # -- actions --------------------------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from fleetdesk.errors import (
     UnreachableError,
 )
 from fleetdesk.fleet import Fleet
+from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.records import Device
 from fleetdesk.inventory.rollouts import DeviceRow
-from fleetdesk.rollout import states as st
 from fleetdesk.rollout.device_ops import AgentView, DeviceOps
 from fleetdesk.rollout.gates import SERVING, GateSample, evaluate
 from fleetdesk.rollout.journal import RolloutJournal

@@ -26,9 +26,9 @@ from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.config import Settings
 from fleetdesk.errors import ConfigError, FleetDeskError, RolloutConflictError
 from fleetdesk.fleet import Fleet
+from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.rollouts import RolloutRepo, RolloutRow
 from fleetdesk.rollout import decide as dc
-from fleetdesk.rollout import states as st
 from fleetdesk.rollout.device_ops import DeviceOps
 from fleetdesk.rollout.device_steps import (
     ABORTED,

@@ -22,6 +22,7 @@ from fleetdesk.inventory.rollouts import (
     AuditEntry,
     DeviceRow,
     JournalEntry,
+    ResolvedRollout,
     RolloutRepo,
     RolloutRow,
 )
@@ -52,7 +53,8 @@ class RolloutJournal:
         return await self.call(self.inventory.device, device_id)
 
     async def create(self, resolved: ResolvedPlan, actor: str) -> RolloutRow:
-        return await self.call(self.repo.create, resolved, actor)
+        stored: ResolvedRollout = resolved  # what the inventory stores of it (checked here: `call` takes Any)
+        return await self.call(self.repo.create, stored, actor)
 
     async def get(self, rollout_id: int) -> RolloutRow:
         return await self.call(self.repo.get, rollout_id)

@@ -3,6 +3,7 @@
 The public face of the transport; the engines (asyncssh, paramiko) and the push steps stay behind it.
 """
 
+from fleetdesk.transport.asyncssh_transport import fetch_host_key
 from fleetdesk.transport.hostkey import PublicKey, fingerprint, parse_public_key
 from fleetdesk.transport.pool import SSHPool, run_many
 from fleetdesk.transport.push import BLOCK_SIZE, LocalFile, digest_file, partial_path
@@ -10,7 +11,7 @@ from fleetdesk.transport.results import DeviceOutcome, FanOutResult, ProgressCal
 from fleetdesk.transport.session import ConnectionLostError, ConnectTimeoutError, PushVerifyError, RemoteWriteError
 from fleetdesk.transport.shell import shell_join, shell_quote
 from fleetdesk.transport.target import SSHTarget
-from fleetdesk.transport.trust import check_host_key, fetch_host_key
+from fleetdesk.transport.trust import check_host_key
 
 __all__ = [
     "BLOCK_SIZE", "ConnectTimeoutError", "ConnectionLostError", "DeviceOutcome", "FanOutResult", "LocalFile",

@@ -1,4 +1,5 @@
-"""The asyncssh engine: connect with our own host-key trust, run commands, write file ranges over SFTP.
+"""The asyncssh engine: connect with our own host-key trust, run commands, write file ranges over SFTP, and fetch a
+new device's host key (untrusted) for the operator to compare.
 
 Every asyncssh, socket and timeout exception is translated to a FleetDeskError in `translate_error`, here only.
 """
@@ -23,10 +24,12 @@ from fleetdesk.errors import (
     FleetDeskError,
     TransportError,
 )
+from fleetdesk.transport.hostkey import PublicKey
 from fleetdesk.transport.results import RunResult, decode_output
 from fleetdesk.transport.session import (
     CLOSE_WAIT,
     ByteRange,
+    ConnectTimeoutError,
     RemoteLines,
     auth_refused,
     connection_lost,
@@ -100,6 +103,25 @@ def translate_error(exc: BaseException, target: SSHTarget, step: str) -> FleetDe
     if isinstance(exc, asyncssh.Error):
         return TransportError(f"SSH error talking to {where}: {exc}", device=target.device, step=step, cause=exc)
     return TransportError(f"unexpected error talking to {where}: {exc!r}", device=target.device, step=step, cause=exc)
+
+
+async def fetch_host_key(target: SSHTarget) -> PublicKey:
+    """The key the device uses for key exchange with us (Ed25519 preferred), fetched WITHOUT trusting it,
+    so the operator can compare its fingerprint before `fleetdesk trust`. Nothing is authenticated."""
+    algs = [a for a in host_key_algorithms(target) if a.encode() in asyncssh.public_key.get_public_key_algs()]
+    try:
+        key = await asyncio.wait_for(
+            asyncssh.get_server_host_key(target.host, target.port, server_host_key_algs=algs, config=None),
+            timeout=target.connect_timeout)
+    except TimeoutError as exc:
+        raise ConnectTimeoutError(f"no SSH handshake from {target.host}:{target.port} within "
+                                  f"{target.connect_timeout:g} s", device=target.device, step="fetch host key",
+                                  fix="check that the device is on and on this network", cause=exc) from None
+    except (OSError, asyncssh.Error) as exc:
+        raise translate_error(exc, target, "fetch host key") from None
+    if key is None:
+        raise TransportError("the device sent no host key", device=target.device, step="fetch host key")
+    return public_key_of(key.algorithm.decode(), key.public_data)
 
 
 class _Client(asyncssh.SSHClient):

@@ -1,5 +1,5 @@
 """The SSH pool: one connection per device, reused and re-opened when dropped, a bound on concurrent work,
-and the operations the rest of FleetDesk calls: run, push, run_many, fetch_host_key (from trust).
+and the operations the rest of FleetDesk calls: run, push, run_many, fetch_host_key (from asyncssh_transport).
 """
 
 from __future__ import annotations

@@ -1,24 +1,20 @@
 """Host-key trust for every transport: the presented key must be one the operator pinned, checked during
-key exchange (before any credential is sent), and a new device's key can be fetched for the operator to accept.
+key exchange (before any credential is sent). A new device's key, for the operator to accept, is fetched by
+the engine (asyncssh_transport.fetch_host_key), which imports this module and never the other way round.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-
-import asyncssh
 
 from fleetdesk.errors import (
     ConfigError,
     FleetDeskError,
     HostKeyChangedError,
     HostKeyUnknownError,
-    TransportError,
 )
 from fleetdesk.transport.hostkey import PublicKey, parse_public_key
-from fleetdesk.transport.session import ConnectTimeoutError
 from fleetdesk.transport.shell import shell_quote
 from fleetdesk.transport.target import SSHTarget
 
@@ -89,24 +85,3 @@ def check_host_key(target: SSHTarget, presented: PublicKey) -> None:
 def public_key_of(key_type: str, blob: bytes) -> PublicKey:
     """A PublicKey from the raw SSH wire blob a library handed us."""
     return PublicKey(key_type, base64.b64encode(blob).decode())
-
-
-async def fetch_host_key(target: SSHTarget) -> PublicKey:
-    """The key the device uses for key exchange with us (Ed25519 preferred), fetched WITHOUT trusting it,
-    so the operator can compare its fingerprint before `fleetdesk trust`. Nothing is authenticated."""
-    from fleetdesk.transport.asyncssh_transport import translate_error  # one translator per library
-
-    algs = [a for a in host_key_algorithms(target) if a.encode() in asyncssh.public_key.get_public_key_algs()]
-    try:
-        key = await asyncio.wait_for(
-            asyncssh.get_server_host_key(target.host, target.port, server_host_key_algs=algs, config=None),
-            timeout=target.connect_timeout)
-    except TimeoutError as exc:
-        raise ConnectTimeoutError(f"no SSH handshake from {target.host}:{target.port} within "
-                                  f"{target.connect_timeout:g} s", device=target.device, step="fetch host key",
-                                  fix="check that the device is on and on this network", cause=exc) from None
-    except (OSError, asyncssh.Error) as exc:
-        raise translate_error(exc, target, "fetch host key") from None
-    if key is None:
-        raise TransportError("the device sent no host key", device=target.device, step="fetch host key")
-    return public_key_of(key.algorithm.decode(), key.public_data)

@@ -30,9 +30,9 @@ from fleetdesk.gui.overview import OverviewModel, OverviewRow
 from fleetdesk.gui.rollout_display import GatePlot, gate_notes_html
 from fleetdesk.gui.rollout_view import RolloutsView
 from fleetdesk.gui.text import markup_text, tooltip_text
+from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.records import Device, ProbeFacts
 from fleetdesk.inventory.rollouts import DeviceRow, JournalEntry, RolloutRow
-from fleetdesk.rollout import states as st
 from fleetdesk.telemetry.alerts import AlertMonitor
 from fleetdesk.telemetry.buffers import TelemetryStore
 from tests.gui.test_models_view import CARD, record

@@ -28,6 +28,7 @@ from fleetdesk.gui.rollout_view import ROLLOUT_ROLE
 from fleetdesk.gui.rollout_wizard import RolloutWizard, section_of
 from fleetdesk.gui.wave_policy_table import APPROVE, ERRORS, OVERRIDE, SOAK, SUCCESS
 from fleetdesk.inventory import open_inventory
+from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.records import ProbeFacts
 from fleetdesk.inventory.rollouts import RolloutRepo
 from fleetdesk.models import inspect_model
@@ -41,7 +42,6 @@ from fleetdesk.models.report import (
     Tolerance,
     Variant,
 )
-from fleetdesk.rollout import states as st
 from fleetdesk.rollout.engine import RolloutEvent
 from fleetdesk.rollout.gates import GateSample, evaluate
 from fleetdesk.rollout.plan import RolloutPlan, plan_text, resolve

@@ -16,9 +16,11 @@ from sqlalchemy import inspect, text
 
 from fleetdesk.errors import RolloutConflictError, RolloutNotFoundError
 from fleetdesk.inventory import Inventory, open_inventory
+from fleetdesk.inventory import rollout_states as s
 from fleetdesk.inventory.database import for_writing, open_database
 from fleetdesk.inventory.migrate import alembic_config, upgrade
 from fleetdesk.inventory.models import Base
+from fleetdesk.inventory.rollout_states import TransitionError
 from fleetdesk.inventory.rollouts import (
     ROLLOUT_STATUSES,
     AuditEntry,
@@ -27,10 +29,8 @@ from fleetdesk.inventory.rollouts import (
     RolloutRepo,
     RolloutRow,
 )
-from fleetdesk.rollout import states as s
 from fleetdesk.rollout.plan import PlannedDevice, ResolvedPlan, RolloutPlan
 from fleetdesk.rollout.policy import WavePolicy
-from fleetdesk.rollout.states import TransitionError
 
 NEW = "a" * 64
 OLD = "b" * 64

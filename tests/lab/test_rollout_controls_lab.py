@@ -28,8 +28,8 @@ import onnx
 import pytest
 
 from fleetdesk.fleet import Fleet
+from fleetdesk.inventory import rollout_states as st
 from fleetdesk.profiles import load_profiles
-from fleetdesk.rollout import states as st
 from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent
 from fleetdesk.rollout.plan import RolloutPlan
 from fleetdesk.rollout.policy import Gates, TransferPolicy

@@ -20,8 +20,8 @@ import pytest
 
 from fleetdesk.errors import UnreachableError
 from fleetdesk.fleet import Fleet
+from fleetdesk.inventory import rollout_states as st
 from fleetdesk.profiles import load_profiles
-from fleetdesk.rollout import states as st
 from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent
 from fleetdesk.rollout.plan import RolloutPlan
 from fleetdesk.rollout.policy import Gates, TransferPolicy, WavePolicy

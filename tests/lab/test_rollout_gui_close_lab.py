@@ -19,9 +19,9 @@ from PySide6.QtWidgets import QMessageBox
 
 from fleetdesk.gui.bridge_rollouts import WINDOW_CLOSED
 from fleetdesk.inventory import open_inventory
+from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.rollouts import RolloutRepo
 from fleetdesk.profiles import load_profiles
-from fleetdesk.rollout import states as st
 from fleetdesk.rollout.plan import RolloutPlan
 from fleetdesk.rollout.policy import Gates, WavePolicy
 from tests.gui_harness import GuiSession, gui_session, private_qsettings

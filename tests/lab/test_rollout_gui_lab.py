@@ -24,9 +24,9 @@ from PySide6.QtWidgets import QApplication
 
 from fleetdesk.gui.rollout_wizard import RolloutWizard
 from fleetdesk.gui.wave_policy_table import APPROVE
+from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.rollouts import RolloutRepo
 from fleetdesk.profiles import load_profiles
-from fleetdesk.rollout import states as st
 from tests.gui.test_rollout_gui import edit, override, wave_rows
 from tests.gui_harness import GuiSession, gui_session, private_qsettings
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon

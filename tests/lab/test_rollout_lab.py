@@ -25,6 +25,7 @@ import pytest
 from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.artifacts.store import ArtifactStore, write_golden
 from fleetdesk.fleet import Fleet
+from fleetdesk.inventory import rollout_states as st
 from fleetdesk.models import inspect_model
 from fleetdesk.models.report import (
     BASELINE,
@@ -36,7 +37,6 @@ from fleetdesk.models.report import (
     Variant,
 )
 from fleetdesk.profiles import ProfileSet, load_profiles
-from fleetdesk.rollout import states as st
 from fleetdesk.rollout.device_ops import AgentView, DeviceOps
 from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent
 from fleetdesk.rollout.plan import RolloutPlan

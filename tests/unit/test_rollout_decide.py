@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleetdesk.rollout import states as st
+from fleetdesk.inventory import rollout_states as st
 from fleetdesk.rollout.decide import (
     APPROVE,
     DONE,

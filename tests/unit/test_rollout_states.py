@@ -1,6 +1,6 @@
-"""The per-device transition table (fleetdesk.rollout.states) read as a specification: every state can be reached
-from pending, every state can end, the terminal states leave only by an operator's rollback, and the paths the
-issue names are walks through the table."""
+"""The per-device transition table (fleetdesk.inventory.rollout_states) read as a specification: every state can be
+reached from pending, every state can end, the terminal states leave only by an operator's rollback, and the paths
+the issue names are walks through the table."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections import deque
 
 import pytest
 
-from fleetdesk.rollout import states as s
-from fleetdesk.rollout.states import TABLE, TransitionError, allowed_events, transition
+from fleetdesk.inventory import rollout_states as s
+from fleetdesk.inventory.rollout_states import TABLE, TransitionError, allowed_events, transition
 
 EVENTS = {s.STAGE, s.STAGED_OK, s.ACTIVATE, s.ACTIVATED, s.PASSED, s.CONFIRMED, s.GATES_FAILED, s.STEP_FAILED, s.LOST,
           s.REACHABLE, s.ROLLBACK, s.ROLLED_BACK_OK, s.ABORT, s.REVERTED, s.RETRY}

@@ -4,6 +4,9 @@ Every change of a device's state goes through `transition`, and the engine write
 inventory's journal *before* it runs the step that state names: after any crash the journal says which
 step was under way, and the engine asks the device (through its agent) how far it got.
 
+The table lives in the inventory, which applies it in the same write as the state (inventory/rollouts.py), on
+a floor below fleetdesk.rollout, whose engine drives it.
+
     pending --stage--> staging --staged--> staged --activate--> activating --activated--> verifying
     verifying --passed--> confirming --confirmed--> done
 
