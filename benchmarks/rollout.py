@@ -392,9 +392,7 @@ class Watcher:
 
 
 def remote_root(fleet: Fleet, device: Any) -> str:
-    from fleetdesk.rollout.device_ops import device_root
-
-    return device_root(fleet, device)
+    return fleet.reach(device).root
 
 
 # -- figure 1 and 3a: rollout A in-process -------------------------------------------------------------------

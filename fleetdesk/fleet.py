@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -26,9 +27,12 @@ from fleetdesk.errors import (
 )
 from fleetdesk.inventory import Inventory, open_inventory
 from fleetdesk.inventory.records import Device, Group, ProbeFacts
+from fleetdesk.inventory.runtimes import DeviceRuntimes
 from fleetdesk.probe import probe
 from fleetdesk.profiles import ProfileSet, load_profiles
 from fleetdesk.profiles.matcher import ProfileMatch, match_profile
+from fleetdesk.profiles.schema import Profile
+from fleetdesk.reach import DeviceLayout, DeviceReach, Stamp, device_root, files_stamp, recently_changed
 from fleetdesk.transport import credentials, sshconfig
 from fleetdesk.transport.asyncssh_transport import fetch_host_key
 from fleetdesk.transport.hostkey import PublicKey
@@ -39,6 +43,7 @@ from fleetdesk.transport.shell import shell_quote
 from fleetdesk.transport.target import SSHTarget
 
 PROBE_TIMEOUT = 60.0
+REACH_THREADS = 4  # areach(): reads of the inventory and the ssh config at once, off the loop
 DEFAULT_USER = "root"
 
 
@@ -79,6 +84,8 @@ class Fleet:
         self.pool = pool or SSHPool()
         self.ssh_config = ssh_config
         self._live_services: dict[int, set[tuple[str, str]]] = {}  # device id -> mDNS services not gone
+        self._reaches: dict[int, _Held] = {}  # device id -> its last reach() and what it was read from
+        self._reach_threads: ThreadPoolExecutor | None = None
 
     @classmethod
     def open(cls, db_url: str | None = None, *, ssh_config: str | os.PathLike[str] | None = None) -> Fleet:
@@ -95,6 +102,9 @@ class Fleet:
 
     async def close(self) -> None:
         await self.pool.close()
+        if self._reach_threads is not None:
+            self._reach_threads.shutdown(wait=False)
+            self._reach_threads = None
         self.inventory.close()
 
     # -- choosing devices ----------------------------------------------------------------------------
@@ -123,26 +133,73 @@ class Fleet:
         mdns_hosts = [n[:-1] for n in device.mdns_names if n.endswith(".")]  # host names are fully qualified
         return sshconfig.resolve(device.name, aliases=[device.address, *mdns_hosts], config_path=self.ssh_config)
 
+    def reach(self, device: Device) -> DeviceReach:
+        """Everything needed to talk to the device (fleetdesk.reach): its SSH target, profile, what provisioning
+        recorded and its layout under the one root rule (reach.device_root).
+
+        Reads the inventory (pinned keys, the runtime record) and the operator's ssh config, then keeps the value
+        until the device is given as another record, its profile is another, this fleet's inventory committed a
+        write (pin, trust, provisioning, a login change...) or an ssh config file it read changed. It reads
+        files and the database: on the event loop, `await fleet.areach(device)`.
+        """
+        revision = self.inventory.revision  # before any read: a write meanwhile makes the next call read again
+        profile = self.profiles.profiles.get(device.profile) if device.profile else None
+        home = os.path.expanduser("~")  # ~ in the config's path, its IdentityFile lines and the device's key file
+        config = self._ssh_config_path()
+        held = self._reaches.get(device.id)
+        if (held is not None and held.device == device and held.revision == revision and held.profile is profile
+                and (held.home, held.config) == (home, config)
+                and files_stamp(p for p, _, _ in held.stamp) == held.stamp):
+            return held.reach
+        pinned = tuple(k.public_key for k in self.inventory.host_keys(device.id))
+        entry = self.ssh_config_for(device)
+        target = self._target(device, profile, pinned, entry)
+        runtime = DeviceRuntimes(self.inventory).get(device.id)
+        reach = DeviceReach(device, target, profile, runtime, DeviceLayout(device_root(runtime, profile)))
+        read = (config, *entry.files)
+        stamp = files_stamp((*read, *(os.path.dirname(p) for p in read)))
+        if recently_changed(stamp):
+            # Written within a clock tick of now: a second write in the same tick would leave the same stamp.
+            self._reaches.pop(device.id, None)
+        else:
+            self._reaches[device.id] = _Held(device, revision, profile, home, config, stamp, reach)
+        return reach
+
+    async def areach(self, device: Device) -> DeviceReach:
+        """`reach(device)` in a worker thread: what callers on the event loop use, so that no inventory read or
+        ssh config parse runs on it. The fleet's own threads: a handle never waits behind the loop's default
+        executor (hashing an artifact, reading a file for a push)."""
+        if self._reach_threads is None:
+            self._reach_threads = ThreadPoolExecutor(max_workers=REACH_THREADS, thread_name_prefix="fleetdesk-reach")
+        return await asyncio.get_running_loop().run_in_executor(self._reach_threads, self.reach, device)
+
     def target(self, device: Device) -> SSHTarget:
+        """`reach(device).target`: how to reach the device over SSH."""
+        return self.reach(device).target
+
+    def _ssh_config_path(self) -> str:
+        return os.path.expanduser(os.fspath(self.ssh_config if self.ssh_config is not None
+                                            else sshconfig.DEFAULT_CONFIG))
+
+    def _target(self, device: Device, profile: Profile | None, pinned: tuple[str, ...],
+                entry: sshconfig.SSHConfigEntry) -> SSHTarget:
         """How to reach the device: the inventory row, its pinned keys and profile, then ~/.ssh/config.
 
         The operator's ssh config (ssh_config_for) supplies HostName, Port, User and IdentityFile unless the
         inventory holds a non-default user or port, or a key file chosen for the device.
         """
-        profile = self.profiles.profiles.get(device.profile) if device.profile else None
         target = SSHTarget(
             device=device.name,
             host=device.address or device.hostname or device.name,
             port=device.port,
             username=device.username,
-            pinned_host_keys=tuple(k.public_key for k in self.inventory.host_keys(device.id)),
+            pinned_host_keys=pinned,
             identity_files=(os.path.expanduser(device.identity_file),) if device.identity_file else (),
             password_account=device.password_account,
             ciphers=profile.ssh_ciphers if profile else (),
             transport=device.transport,
             device_id=device.id,
         )
-        entry = self.ssh_config_for(device)
         sshconfig.check_supported(entry, device=device.name)
         explicit = {"host"} if entry.hostname == device.name.lower() else set()
         if device.username != DEFAULT_USER or device.password_account:
@@ -277,7 +334,7 @@ class Fleet:
 
     async def presented_key(self, device: Device) -> PublicKey:
         """The host key the device presents now, fetched without trusting it or logging in."""
-        return await fetch_host_key(self.target(device))
+        return await fetch_host_key((await self.areach(device)).target)
 
     async def trust(self, device: Device, fingerprint: str) -> TrustOutcome:
         """Pin the device's current host key, after the operator confirmed its fingerprint.
@@ -333,7 +390,7 @@ class Fleet:
 
         async def one(device: Device) -> ProbeOutcome:
             try:
-                target = self.target(device)
+                target = (await self.areach(device)).target
 
                 async def run(command: str) -> tuple[int | None, bytes, bytes]:
                     result = await self.pool.run(target, command, timeout=PROBE_TIMEOUT)
@@ -358,11 +415,14 @@ class Fleet:
         """Run one shell command on every device at once: one outcome each, and who was unreachable."""
         targets: list[SSHTarget] = []
         refused: list[tuple[str, FleetDeskError]] = []
-        for device in devices:
-            try:
-                targets.append(self.target(device))
-            except FleetDeskError as exc:
-                refused.append((device.name, exc))
+        reached = await asyncio.gather(*(self.areach(d) for d in devices), return_exceptions=True)
+        for device, reach in zip(devices, reached, strict=True):
+            if isinstance(reach, FleetDeskError):
+                refused.append((device.name, reach))
+            elif isinstance(reach, BaseException):
+                raise reach
+            else:
+                targets.append(reach.target)
         result = await self.pool.run_many(targets, command, timeout=timeout)
         by_name = {d.name: d for d in devices}
         for outcome in result.outcomes:
@@ -380,6 +440,20 @@ class Fleet:
         if remove:
             return self.inventory.remove_from_group(name, ids)
         return self.inventory.add_to_group(name, ids)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A reach() kept for a device, with what it was read from: the record given, the inventory's revision, the
+    profile, the home folder, the ssh config path and the stamps of the files (and their folders) the parse read."""
+
+    device: Device
+    revision: int
+    profile: Profile | None
+    home: str
+    config: str
+    stamp: Stamp
+    reach: DeviceReach
 
 
 def _service_key(event: DiscoveryEvent) -> tuple[str, str]:

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import posixpath
 import shutil
 import tempfile
 import threading
@@ -154,23 +155,19 @@ async def bench_on_devices(fleet: Any, devices: Sequence[Any], model_folder: Pat
     The files go (verified) to ROOT/tmp/bench-<sha>/ and are removed after; a device that fails is left out
     (its message in `failures`) and never stops the others.
     """
-    from fleetdesk.inventory.runtimes import DeviceRuntimes
-
     folder = Path(model_folder)
     digest = await asyncio.to_thread(_files_digest, folder, files)
-    runtimes = DeviceRuntimes(fleet.inventory)
 
     async def one(device: Any) -> float:
-        profile = fleet.profiles.profiles.get(device.profile) if device.profile else None
-        runtime = runtimes.get(device.id)
-        root = runtime.device_root if runtime else (profile.device_root if profile else "/opt/fleetdesk")
-        remote = f"{root}/tmp/bench-{digest}"
+        reach = await fleet.areach(device)  # the root by the one rule (fleetdesk.reach), read off the loop
+        remote = posixpath.join(reach.layout.tmp, f"bench-{digest}")
+        profile = reach.profile
         providers = list(profile.execution_providers) if profile else ["CPUExecutionProvider"]
-        target = fleet.target(device)
+        target = reach.target
         try:
             for name in files:
                 await fleet.pool.push(target, folder / name, f"{remote}/{name}")
-            agent = AgentClient.pooled(fleet.pool, target, root, device=device.name)
+            agent = AgentClient.pooled(fleet.pool, target, reach.root, device=device.name)
             return (await agent.bench(remote, runs=runs, providers=providers, timeout=timeout)).p50_ms
         finally:
             with contextlib.suppress(FleetDeskError, OSError, asyncio.TimeoutError):

@@ -47,7 +47,7 @@ from fleetdesk.transport.shell import shell_join
 from fleetdesk.transport.sshconfig import SSHConfigEntry
 
 from .activities import Activities, Activity, human_bytes
-from .bridge_models import ARTIFACT_ROOT, DEVICE_ROOT, ModelsMixin, progress_text
+from .bridge_models import ModelsMixin, progress_text
 from .bridge_rollouts import ROLLOUT_REFRESH_S, WINDOW_CLOSED, RolloutsMixin
 from .bridge_telemetry import TelemetryMixin, record_alert
 from .bridge_views import (
@@ -65,9 +65,7 @@ from .bridge_views import (
 
 # What the window and the tests import from here; the values and the mixins live in the bridge_* modules.
 __all__ = [
-    "ARTIFACT_ROOT",
     "CLOSE_PAUSE_WAIT_S",
-    "DEVICE_ROOT",
     "OFFLINE_AFTER_START",
     "ROLLOUT_REFRESH_S",
     "STATUSES",
@@ -201,7 +199,9 @@ class FleetBridge(ModelsMixin, RolloutsMixin, TelemetryMixin, QObject):
     def ssh_command(self, device_id: int) -> str:
         """The command line that opens a terminal on the device, for the operator to copy."""
         device = self._devices[device_id]
-        target = self.fleet.target(device)
+        # Synchronous, for the menu action that copies it at once: the device's handle is read here on a miss
+        # (a SQLite read and the ssh config the detail pane has just read); it is kept until something changes.
+        target = self.fleet.reach(device).target
         argv = ["ssh"]
         if target.port != 22:
             argv += ["-p", str(target.port)]

@@ -32,9 +32,6 @@ from .bridge_views import DeviceView
 
 T = TypeVar("T")
 
-DEVICE_ROOT = "/opt/fleetdesk"  # DESIGN.md, "The device side"; a profile's device_root replaces it
-ARTIFACT_ROOT = f"{DEVICE_ROOT}/artifacts"
-
 
 class ModelsMixin:
     """The model store's operations; `FleetBridge` provides the fleet, the devices, the signals and `_db`."""

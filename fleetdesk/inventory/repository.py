@@ -6,6 +6,7 @@ One Engine, one short transaction per call; writers queue on the database's writ
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
@@ -60,6 +61,14 @@ class Inventory:
         self._engine = engine
         self._reads = sessionmaker(engine, expire_on_commit=False)
         self._writes = sessionmaker(for_writing(engine), expire_on_commit=False)
+        self._revision = 0
+        self._revision_lock = threading.Lock()
+
+    @property
+    def revision(self) -> int:
+        """How many write transactions this Inventory has committed (any table, runtimes too): a value that
+        moved says a record read before may be out of date. Writes by another process are not counted."""
+        return self._revision
 
     @property
     def engine(self) -> Engine:
@@ -291,6 +300,9 @@ class Inventory:
         try:
             with maker.begin() as session:
                 yield session
+            if write:
+                with self._revision_lock:
+                    self._revision += 1
         except IntegrityError as exc:
             raise InventoryError(f"the inventory refused the change ({exc.orig})",
                                  fix="another FleetDesk may have changed the same device; try again",

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fleetdesk.agent_client import AgentClient, AgentReply, AgentView
 from fleetdesk.artifacts.records import MANIFEST_NAME, SIGNATURE_NAME, Artifact
@@ -31,6 +31,7 @@ from fleetdesk.errors import (
     UnreachableError,
 )
 from fleetdesk.inventory.records import Device
+from fleetdesk.reach import DeviceReach
 from fleetdesk.rollout.gates import GOLDEN, MEMORY, P95, SERVING, TEMPERATURE, GateResult, GateSample, evaluate
 from fleetdesk.rollout.policy import Gates
 from fleetdesk.runtime.sealing import SEAL_FUNCTIONS, seal_command
@@ -42,7 +43,6 @@ from fleetdesk.transport.target import SSHTarget
 
 __all__ = ["AgentView", "DeviceOps", "GateResult", "GateSample", "StageResult", "evaluate"]
 
-DEFAULT_ROOT = "/opt/fleetdesk"
 STEP_TIMEOUT_S = 600.0  # one agent command (a bench on an emulated Pi is slow)
 LOAD_WAIT_S = 120.0  # how long `activate` waits for the model server to load the new model
 BENCH_RUNS = 30
@@ -97,17 +97,6 @@ class Staging:
     files: tuple[tuple[str, int, str | None], ...]
     total: int
     complete: bool = False  # the device holds the whole artifact and it verified: nothing to send
-
-
-def device_root(fleet: Any, device: Device) -> str:
-    """Where FleetDesk lives on the device: what provisioning recorded, else the profile's device_root."""
-    from fleetdesk.inventory.runtimes import DeviceRuntimes
-
-    runtime = DeviceRuntimes(fleet.inventory).get(device.id)
-    if runtime is not None:
-        return runtime.device_root
-    profile = fleet.profiles.profiles.get(device.profile) if device.profile else None
-    return profile.device_root if profile else DEFAULT_ROOT
 
 
 class _PacedSession:
@@ -171,8 +160,12 @@ class DeviceOps:
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
-    def root(self, device: Device) -> str:
-        return device_root(self.fleet, device)
+    async def _reach(self, device: Device, step: str) -> DeviceReach:
+        """The device's handle (target, layout), read off the loop; a refusal (a jump host) as _step_error says."""
+        try:
+            return cast(DeviceReach, await self.fleet.areach(device))
+        except FleetDeskError as exc:
+            raise self._step_error(exc, device, step) from None
 
     def _providers(self, device: Device) -> str:
         profile = self.fleet.profiles.profiles.get(device.profile) if device.profile else None
@@ -202,15 +195,15 @@ class DeviceOps:
 
     async def _run(self, device: Device, command: str, step: str, timeout: float) -> Any:
         try:
-            return await self.fleet.pool.run(self.fleet.target(device), command, timeout=timeout)
+            return await self.fleet.pool.run((await self._reach(device, step)).target, command, timeout=timeout)
         except FleetDeskError as exc:
             raise self._step_error(exc, device, step) from None
 
     async def _reply(self, device: Device, step: str, *args: str, timeout: float) -> AgentReply:
         """Run the agent's ARGS on the device (fleetdesk.agent_client); transport failures as _step_error says."""
-        root = self.root(device)
         try:
-            client = AgentClient.pooled(self.fleet.pool, self.fleet.target(device), root, device=device.name)
+            reach = await self._reach(device, step)
+            client = AgentClient.pooled(self.fleet.pool, reach.target, reach.root, device=device.name)
             return await client.run(*args, timeout=timeout)
         except FleetDeskError as exc:
             raise self._step_error(exc, device, step) from None
@@ -253,9 +246,10 @@ class DeviceOps:
         order = [f.path for f in artifact.files] + [SIGNATURE_NAME, MANIFEST_NAME]
         sizes = [(folder / rel).stat().st_size for rel in order]
         total = sum(sizes)
-        remote = posixpath.join(self.root(device), "artifacts", artifact.id)
+        layout = (await self._reach(device, "stage")).layout
+        remote = layout.artifact_dir(artifact.id)
         listing = [str(x) for pair in zip(order, sizes, strict=True) for x in pair]
-        check = await self._run(device, shell_join(["python3", "-c", _SPACE_PY, self.root(device), remote, *listing]),
+        check = await self._run(device, shell_join(["python3", "-c", _SPACE_PY, layout.root, remote, *listing]),
                                 "stage", 120)
         try:
             free, present, has_manifest, unsealed = (int(x) for x in check.stdout.split()[:4])
@@ -281,10 +275,10 @@ class DeviceOps:
         if free < needed:
             raise RolloutStepError(
                 f"stage: not enough space for artifact {artifact.id[:12]} ({artifact.name}@{artifact.version}) "
-                f"under {self.root(device)}: {needed} bytes needed, {free} free", code="disk-full",
+                f"under {layout.root}: {needed} bytes needed, {free} free", code="disk-full",
                 device=device.name, step="stage",
                 fix=f"free at least {needed - free} bytes on {device.name} (old artifacts under "
-                    f"{self.root(device)}/artifacts, logs), or give its profile a device_root on a larger filesystem")
+                    f"{layout.artifacts}, logs), or give its profile a device_root on a larger filesystem")
         return staging
 
     async def transfer(self, staging: Staging, *, bandwidth_bytes_s: int | None = None,
@@ -319,10 +313,11 @@ class DeviceOps:
         """The artifact folder root-owned and read-only where the login is root (elsewhere nothing changes)."""
         result = await self._run(device, seal_command(folder), "stage", 120)
         if result.exit_status != 0:
+            root = (await self._reach(device, "stage")).root
             raise RolloutStepError(f"stage: could not make {folder} read-only: "
                                    f"{(result.stderr.strip() or result.stdout.strip())[-300:]}",
                                    code="command-failed", device=device.name, step="stage",
-                                   fix=f"check the filesystem under {self.root(device)} on {device.name} (a "
+                                   fix=f"check the filesystem under {root} on {device.name} (a "
                                        "read-only or full disk?), then stage again")
 
     async def _check_source(self, staging: Staging, rel: str, sha256: str | None) -> None:
@@ -344,8 +339,8 @@ class DeviceOps:
     async def _push(self, device: Device, local: Path, remote: str, rate: int | None,
                     progress: Callable[[int, int], None]) -> Any:
         pool = self.fleet.pool
-        target: SSHTarget = self.fleet.target(device)
         try:
+            target: SSHTarget = (await self._reach(device, "stage")).target
             if rate is None:
                 return await pool.push(target, local, remote, mode=0o644, progress=progress)
             # Paced: the same resumable, verified push over a session that spaces its writes out. It bypasses
@@ -369,8 +364,8 @@ class DeviceOps:
                                    "or pending)", code="in-use", device=device.name, step="remove",
                                    fix="roll the device to another model first")
         self._artifact(device, artifact_id, "remove")  # a valid id: it becomes a path
-        await self._run(device, shell_join(["rm", "-rf", "--", posixpath.join(self.root(device), "artifacts",
-                                                                                artifact_id)]), "remove", 120)
+        layout = (await self._reach(device, "remove")).layout
+        await self._run(device, shell_join(["rm", "-rf", "--", layout.artifact_dir(artifact_id)]), "remove", 120)
 
     # -- the agent's view ----------------------------------------------------------------------------------
 

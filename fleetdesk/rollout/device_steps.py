@@ -213,11 +213,12 @@ class DeviceSteps:
         """Drop the device's connection when the transfer's bytes stop moving (see stall_timeout_s); the push
         then fails as lost and the retry resumes it. Only once bytes flow and until the last: the space check before
         and the device's hashing of the last file are bounded by the step timeout."""
+        target = (await self.fleet.areach(device)).target  # read once, off the loop: the pool knows its connection
         while not work.done():
             await asyncio.sleep(min(1.0, self.stall_timeout_s / 4))
             if meter.done < meter.total and time.monotonic() - meter.changed > self.stall_timeout_s:
                 meter.stalled = True
-                self.fleet.pool.abort(self.fleet.target(device))
+                self.fleet.pool.abort(target)
                 return
 
     async def _activate(self, rid: int, resolved: ResolvedPlan, wave: int, device_id: int) -> None:

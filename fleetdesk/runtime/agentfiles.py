@@ -6,15 +6,15 @@ script that starts it again after a reboot), and the unit.
 from __future__ import annotations
 
 import hashlib
-import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import fleetdesk.agent
 from fleetdesk.agent_client import agent_launcher
+from fleetdesk.reach import AGENT_PACKAGE as AGENT_PACKAGE  # the layout is fleetdesk.reach's, named here too
+from fleetdesk.reach import DeviceLayout as DeviceLayout
 from fleetdesk.transport.shell import shell_quote
 
-AGENT_PACKAGE = "fleetdesk_agent"  # the agent's import name on a device (a file tree, not an installed package)
 VERSION_LENGTH = 16
 UNIT_NAME = "fleetdesk-agent.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
@@ -54,45 +54,6 @@ def agent_tree(source: Path | None = None) -> AgentTree:
         files.append(AgentFile(rel.as_posix(), path, hashlib.sha256(data).hexdigest(), len(data), data))
     listing = "".join(f"{f.relpath}\0{f.sha256}\n" for f in files)
     return AgentTree(hashlib.sha256(listing.encode()).hexdigest()[:VERSION_LENGTH], tuple(files))
-
-
-@dataclass(frozen=True)
-class DeviceLayout:
-    """The paths of the device layout under ROOT (common contract: agent/, bin/, runtimes/, keys/, run/, log/)."""
-
-    root: str
-
-    def join(self, *parts: str) -> str:
-        return posixpath.join(self.root, *parts)
-
-    def agent_dir(self, version: str) -> str:
-        return self.join("agent", version)
-
-    def agent_file(self, version: str, relpath: str) -> str:
-        return self.join("agent", version, AGENT_PACKAGE, relpath)
-
-    def runtime_dir(self, runtime_id: str) -> str:
-        return self.join("runtimes", runtime_id)
-
-    @property
-    def launcher(self) -> str:
-        return agent_launcher(self.root)
-
-    @property
-    def supervisor(self) -> str:
-        return self.join("bin", "fleetdesk-supervise")
-
-    @property
-    def boot(self) -> str:
-        return self.join("bin", "fleetdesk-boot")
-
-    @property
-    def fleet_pub(self) -> str:
-        return self.join("keys", "fleet.pub")
-
-    @property
-    def supervise_pid(self) -> str:
-        return self.join("run", "supervise.pid")
 
 
 def launcher_script(root: str) -> str:

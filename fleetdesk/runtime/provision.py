@@ -28,11 +28,11 @@ from fleetdesk.errors import DiskFullError, FleetDeskError, ProvisionError, Remo
 from fleetdesk.inventory.records import Device
 from fleetdesk.inventory.runtimes import DeviceRuntimes
 from fleetdesk.profiles.schema import Profile
+from fleetdesk.reach import DeviceLayout, DeviceReach
 from fleetdesk.runtime.agentfiles import (
     UNIT_NAME,
     UNIT_PATH,
     AgentTree,
-    DeviceLayout,
     agent_tree,
     boot_hook_line,
     boot_hook_mark,
@@ -243,7 +243,7 @@ class Provisioner:
         started = time.monotonic()
         run: _Device | None = None
         try:
-            run = self._prepare(device, runtime_ref)
+            run = self._prepare(await self.fleet.areach(device), runtime_ref)
             return await self._provision(run)
         except Exception as exc:  # one device's failure, whatever it is, never stops the others
             if not isinstance(exc, FleetDeskError):
@@ -256,21 +256,23 @@ class Provisioner:
                                     seconds=time.monotonic() - started,
                                     changed=tuple(run.changed) if run else (), error=exc)
 
-    def _prepare(self, device: Device, runtime_ref: str | None) -> _Device:
-        name = device.name
-        if not self.fleet.inventory.host_keys(device.id):
+    def _prepare(self, reach: DeviceReach, runtime_ref: str | None) -> _Device:
+        """The device's run, from its handle: its root is the one rule's (reach.device_root), so a device
+        provisioned before keeps the root it was given even if its profile's device_root changed since."""
+        device, name = reach.device, reach.device.name
+        if not reach.target.pinned_host_keys:
             raise ProvisionError("is not trusted yet, so FleetDesk does not log in to it", device=name,
                                  step="check device", fix=f"`fleetdesk trust {shell_quote(name)}` after checking "
                                                           "its fingerprint")
         if not device.profile:
             raise ProvisionError("has no profile yet (it was never probed, or no profile matched)", device=name,
                                  step="check device", fix=f"`fleetdesk probe {shell_quote(name)}`")
-        profile = self.fleet.profiles.profiles.get(device.profile)
+        profile = reach.profile
         if profile is None:
             raise ProvisionError(f"its profile {device.profile!r} is not among the device profiles", device=name,
                                  step="check device", fix="restore the profile file, or probe the device again")
         runtime = choose_runtime(self.store, profile, runtime_ref, device=name)
-        return _Device(device, self.fleet.target(device), profile, runtime, DeviceLayout(profile.device_root))
+        return _Device(device, reach.target, profile, runtime, reach.layout)
 
     # -- the steps -------------------------------------------------------------------------------------
 
@@ -313,7 +315,8 @@ class Provisioner:
             d.changed.extend(f"removed {line}" for line in pruned.stdout.split() if line)
         providers = tuple(str(p) for p in proof.get("providers", ()))
         python = str(proof.get("python") or state.get("python") or "")
-        DeviceRuntimes(self.fleet.inventory).record(
+        await asyncio.to_thread(
+            DeviceRuntimes(self.fleet.inventory).record,
             d.device.id, runtime_id=runtime.id, agent_version=self.agent.version, device_root=layout.root,
             onnxruntime=str(proof.get("onnxruntime", "")), providers=providers, python=python)
         self._say(name, "done", "nothing changed" if not d.changed else "; ".join(d.changed))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetdesk.agent import procfs
+from fleetdesk.reach import DEFAULT_ROOT
 from fleetdesk.text import visible_text
 from fleetdesk.transport.shell import shell_quote
 
@@ -76,7 +77,7 @@ class AgentlessParser:
     they broke is dropped and the next one starts clean.
     """
 
-    def __init__(self, root: str = "/opt/fleetdesk", *, device: str = "") -> None:
+    def __init__(self, root: str = DEFAULT_ROOT, *, device: str = "") -> None:
         self.root = root
         self.device = device
         self.seq = 0

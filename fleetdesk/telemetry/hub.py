@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fleetdesk.inventory.records import Device
+from fleetdesk.reach import DeviceReach
 from fleetdesk.telemetry.buffers import TelemetryStore
 from fleetdesk.telemetry.history import TelemetryHistory
 from fleetdesk.telemetry.sample import Sample
-from fleetdesk.telemetry.stream import DEFAULT_ROOT, Backoff, DeviceStream, StreamState
-from fleetdesk.transport.target import SSHTarget
+from fleetdesk.telemetry.stream import Backoff, DeviceStream, StreamState
 
 if TYPE_CHECKING:
     from fleetdesk.fleet import Fleet
@@ -55,9 +55,8 @@ class TelemetryHub:
                 continue
             profile = self.fleet.profiles.profiles.get(device.profile) if device.profile else None
             stream = DeviceStream(
-                self.fleet.pool, device.id, device.name, self._target_of(device),
+                self.fleet.pool, device.id, device.name, self._reach_of(device),
                 on_sample=self._sample_handler(device.id), on_state=self._state_changed,
-                root=profile.device_root if profile else DEFAULT_ROOT,
                 sources=profile.telemetry_sources if profile else (),
                 interval=self.interval, stall_timeout=self.stall_timeout, backoff=self._backoff())
             self._states[device.id] = stream.state
@@ -91,11 +90,11 @@ class TelemetryHub:
         """Ids of the devices with a running stream."""
         return list(self._streams)
 
-    def _target_of(self, device: Device) -> Callable[[], Any]:
-        async def target() -> SSHTarget:
-            # Read at every (re)connect, off the loop: the inventory's pinned keys and ~/.ssh/config may change.
-            return await asyncio.to_thread(self.fleet.target, device)
-        return target
+    def _reach_of(self, device: Device) -> Callable[[], Awaitable[DeviceReach]]:
+        async def reach() -> DeviceReach:
+            # Asked at every (re)connect, off the loop: the inventory's pinned keys and ~/.ssh/config may change.
+            return await self.fleet.areach(device)
+        return reach
 
     def _sample_handler(self, device_id: int) -> Callable[[dict[str, Any]], None]:
         def on_sample(obj: dict[str, Any]) -> None:

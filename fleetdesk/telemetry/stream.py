@@ -15,16 +15,15 @@ from typing import Any
 
 from fleetdesk.agent_client import AgentClient, AgentLine, AgentStream, agent_command, agent_launcher
 from fleetdesk.errors import FleetDeskError, RemoteCommandError, TransportError
+from fleetdesk.reach import DEFAULT_ROOT, DeviceReach
 from fleetdesk.telemetry.agentless import AgentlessParser, agentless_command
 from fleetdesk.text import visible_text
 from fleetdesk.transport.pool import SSHPool
 from fleetdesk.transport.session import ConnectionLostError
 from fleetdesk.transport.shell import shell_quote
-from fleetdesk.transport.target import SSHTarget
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROOT = "/opt/fleetdesk"
 MODES = ("connecting", "agent", "agentless", "reconnecting", "stopped")
 # The first line the stream command prints says which reader runs; neither can start with it.
 _MODE_LINE = "@fleetdesk-mode "
@@ -87,25 +86,26 @@ class DeviceStream:
     `on_sample(obj)` gets each sample object (the agent's, or the agentless reader's of the same shape) and may
     raise ValueError for one it cannot use (counted as a bad line). `on_state` hears every change of mode.
     A channel that is silent for `stall_timeout` seconds is taken as lost (a cut cable sends no RST): the
-    pooled connection is dropped so the next attempt opens a new one.
+    pooled connection is dropped so the next attempt opens a new one. `reach()` gives the device's handle (its
+    SSH target and root), asked again at every connect: pinned keys and ~/.ssh/config may have changed.
     """
 
     HEALTHY_AFTER = 60.0  # seconds of samples after which the backoff starts from 1 s again
 
-    def __init__(self, pool: SSHPool, device_id: int, name: str, target: Callable[[], Awaitable[SSHTarget]], *,
+    def __init__(self, pool: SSHPool, device_id: int, name: str, reach: Callable[[], Awaitable[DeviceReach]], *,
                  on_sample: Callable[[dict[str, Any]], None], on_state: Callable[[StreamState], None],
-                 root: str = DEFAULT_ROOT, sources: Sequence[str] = (), interval: float = 1.0,
+                 sources: Sequence[str] = (), interval: float = 1.0,
                  stall_timeout: float | None = None, backoff: Backoff | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.pool = pool
         self.device_id = device_id
         self.name = name
-        self.root = root
+        self.root = DEFAULT_ROOT  # the device's root as its handle says, read again at every connect
         self.sources = tuple(sources)
         self.interval = interval
         self.stall_timeout = stall_timeout if stall_timeout is not None else max(20.0, 5.0 * interval)
         self.backoff = backoff or Backoff()
-        self._target = target
+        self._reach = reach
         self._on_sample = on_sample
         self._on_state = on_state
         self._clock = clock
@@ -151,7 +151,8 @@ class DeviceStream:
 
     async def _once(self, first_sample_at: list[float]) -> FleetDeskError | None:
         """One connection's worth of streaming; returns why it ended (None: the command ended cleanly)."""
-        target = await self._target()
+        reach = await self._reach()
+        target, self.root = reach.target, reach.root
         use_agent = self._agent_failed_at is None or self._clock() - self._agent_failed_at >= AGENT_RETRY_AFTER
         command = stream_command(self.root, self.interval, self.sources, agent=use_agent)
         agentless: AgentlessParser | None = None

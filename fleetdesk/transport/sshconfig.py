@@ -82,6 +82,8 @@ class SSHConfigEntry:
     aliases: tuple[str, ...] = ()  # the device's other names, matched against Host patterns as well as `host`
     # Where each value came from, in the order read. Provenance only: two entries with the same settings are equal.
     applied: tuple[AppliedLine, ...] = field(default=(), compare=False)
+    # Every file the parser read (the config and what it Includes), so that a change to any can be noticed.
+    files: tuple[str, ...] = field(default=(), compare=False)
 
     def unsupported(self) -> tuple[str, ...]:
         """Directives set for this host that FleetDesk cannot follow, as "Directive value" strings."""
@@ -177,6 +179,7 @@ class _OpenSSHClientConfig(SSHClientConfig):
         self._names = (host, *aliases)
         self._block = ""  # the Host/Match line the parser is under, for AppliedLine.block
         self.applied: list[AppliedLine] = []
+        self.files: list[str] = []  # every file parse() read, Includes too
 
     def _set_tokens(self) -> None:
         super()._set_tokens()
@@ -184,6 +187,7 @@ class _OpenSSHClientConfig(SSHClientConfig):
 
     def parse(self, path: Path) -> None:
         outer = self._block  # an Include inside a Host block: its lines are under that block
+        self.files.append(str(path))
         try:
             super().parse(path)
         finally:
@@ -293,6 +297,7 @@ def _entry(host: str, aliases: tuple[str, ...], path: Path, config: _OpenSSHClie
         config_path=str(path),
         aliases=aliases,
         applied=tuple(config.applied),
+        files=tuple(dict.fromkeys(config.files)),
     )
 
 
