@@ -11,8 +11,7 @@ from pathlib import Path
 
 import fleetdesk.agent
 from fleetdesk.agent_client import agent_launcher
-from fleetdesk.reach import AGENT_PACKAGE as AGENT_PACKAGE  # the layout is fleetdesk.reach's, named here too
-from fleetdesk.reach import DeviceLayout as DeviceLayout
+from fleetdesk.reach import AGENT_PACKAGE, DeviceLayout
 from fleetdesk.transport.shell import shell_quote
 
 VERSION_LENGTH = 16

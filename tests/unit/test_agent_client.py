@@ -23,7 +23,8 @@ from fleetdesk.agent_client import (
     read_line,
 )
 from fleetdesk.errors import RemoteCommandError, RolloutStepError, UnreachableError
-from fleetdesk.runtime.agentfiles import AGENT_PACKAGE, DeviceLayout, launcher_script
+from fleetdesk.reach import AGENT_PACKAGE, DeviceLayout
+from fleetdesk.runtime.agentfiles import launcher_script
 from fleetdesk.transport import RunResult, SSHTarget, shell_quote
 from fleetdesk.transport.session import RemoteLines
 from tests.fixtures.models.build import save_mlp_external

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 import fleetdesk.agent
+from fleetdesk.reach import AGENT_PACKAGE, DeviceLayout
 from fleetdesk.runtime.agentfiles import (
-    AGENT_PACKAGE,
-    DeviceLayout,
     agent_tree,
     boot_hook_line,
     boot_hook_mark,
