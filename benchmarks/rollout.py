@@ -252,7 +252,8 @@ async def pool_reference(db_url: str, names: list[str], files: list[Path], paral
                 sent = 0
                 for f in files:
                     rel = f.relative_to(files[-1].parent)
-                    result = await fleet.pool.push(fleet.target(devices[name]), f, posixpath.join(REF_DIR, str(rel)))
+                    target = fleet.reach(devices[name]).target
+                    result = await fleet.pool.push(target, f, posixpath.join(REF_DIR, str(rel)))
                     sent += result.bytes_sent
                 return sent
 
@@ -269,7 +270,7 @@ async def pool_reference(db_url: str, names: list[str], files: list[Path], paral
 
 
 async def clean_reference(fleet: Fleet, names: list[str]) -> None:
-    await fleet.pool.run_many([fleet.target(fleet.inventory.device(n)) for n in names],
+    await fleet.pool.run_many([fleet.reach(fleet.inventory.device(n)).target for n in names],
                               shell_join(["rm", "-rf", "--", REF_DIR]), timeout=120)
 
 
@@ -444,7 +445,7 @@ async def device_holdings(db_url: str, names: list[str], folder_of: dict[str, st
                           ) -> dict[str, dict[str, Any]]:
     async with Fleet(open_inventory(db_url), PROFILES) as fleet:
         async def one(name: str) -> dict[str, Any]:
-            result = await fleet.pool.run(fleet.target(fleet.inventory.device(name)),
+            result = await fleet.pool.run(fleet.reach(fleet.inventory.device(name)).target,
                                           shell_join(["python3", "-c", _HOLDS_PY, folder_of[name], str(BLOCK_SIZE),
                                                       *rels]), timeout=300)
             return json.loads(result.stdout)

@@ -173,10 +173,6 @@ class Fleet:
             self._reach_threads = ThreadPoolExecutor(max_workers=REACH_THREADS, thread_name_prefix="fleetdesk-reach")
         return await asyncio.get_running_loop().run_in_executor(self._reach_threads, self.reach, device)
 
-    def target(self, device: Device) -> SSHTarget:
-        """`reach(device).target`: how to reach the device over SSH."""
-        return self.reach(device).target
-
     def _ssh_config_path(self) -> str:
         return os.path.expanduser(os.fspath(self.ssh_config if self.ssh_config is not None
                                             else sshconfig.DEFAULT_CONFIG))

@@ -213,8 +213,8 @@ class ModelsMixin:
                 self._update(outcome.device)
                 outcomes[outcome.device.name] = str(outcome.error)
 
-            await push_model(self.fleet, self.artifact_store(), record, devices, progress=progress,
-                             on_outcome=finished)
+            store = await self._models(self.artifact_store)  # opened on first use: reads settings, off the loop
+            await push_model(self.fleet, store, record, devices, progress=progress, on_outcome=finished)
             failed = {k: v for k, v in outcomes.items() if v != "ok"}
             if failed and len(failed) == len(devices):
                 first = next(iter(failed.values()))

@@ -246,7 +246,7 @@ def test_a_link_cut_mid_push_fails_that_run_and_the_next_run_resumes_and_complet
             cut_at.append(event.done)
             fleet.fault(X86, "cut")
             # The cut link is noticed by SSH keepalives after about 90 s; drop the connection now instead.
-            fleet_.pool.abort(fleet_.target(fleet_.inventory.device(X86)))
+            fleet_.pool.abort(fleet_.reach(fleet_.inventory.device(X86)).target)
 
     try:
         broken = laptop.provision(X86, progress=cut_midway)[X86]

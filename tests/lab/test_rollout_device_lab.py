@@ -174,7 +174,7 @@ def test_a_cut_mid_transfer_is_unreachable_and_the_next_stage_resumes_resending_
                 cut_at.append(done)
                 fleet.fault(X86, "cut")
                 # A cut link is noticed by SSH keepalives only after a while; drop the connection now instead.
-                fleet_.pool.abort(fleet_.target(device))
+                fleet_.pool.abort(fleet_.reach(device).target)
 
         with pytest.raises(UnreachableError) as lost:
             await ops.stage(device, big, progress=progress)

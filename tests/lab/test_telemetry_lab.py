@@ -93,7 +93,7 @@ def bench(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Be
     async def install() -> None:
         async with bench.open() as desk:
             for name in ("ipc-01", "orin-01"):
-                target = desk.target(desk.inventory.device(name))
+                target = desk.reach(desk.inventory.device(name)).target
                 for path in sorted(AGENT_DIR.glob("*.py")):
                     await desk.pool.push(target, path, f"{ROOT}/agent/dev/fleetdesk_agent/{path.name}")
                 await desk.pool.run(target, (

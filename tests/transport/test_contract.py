@@ -192,13 +192,13 @@ def test_a_device_with_no_profile_yet_negotiates_aes128_gcm_first(sshd: LocalSSH
         return re.findall(r"client->server cipher: (\S+)", sshd.log.read_bytes()[start:].decode())
 
     try:
-        assert negotiated(fleet.target(device)) == ["aes128-gcm@openssh.com"]
+        assert negotiated(fleet.reach(device).target) == ["aes128-gcm@openssh.com"]
         # The same device once a Pi 4 profile matched it: that profile's order is the one offered (chacha20 first;
         # paramiko has no chacha20, so the profile's next choice).
         pi = inventory.save_probe(device.id, ProbeFacts(arch="aarch64"), profile="rpi4")
         assert fleet.profiles.get("rpi4").ssh_ciphers == ("chacha20-poly1305@openssh.com", "aes128-ctr")
         wanted = "chacha20-poly1305@openssh.com" if transport == "asyncssh" else "aes128-ctr"
-        assert negotiated(fleet.target(pi)) == [wanted]
+        assert negotiated(fleet.reach(pi).target) == [wanted]
     finally:
         inventory.close()
 

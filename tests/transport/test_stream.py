@@ -288,7 +288,7 @@ def test_a_dropped_connection_reconnects_and_the_incident_is_logged(bench: HubBe
         hub.on_state = lambda s: modes.append(s.mode)
         hub.start([bench.device])
         await _until(lambda: hub.state(bench.device.id).samples >= 2, "samples")
-        target = bench.fleet.target(bench.device)
+        target = bench.fleet.reach(bench.device).target
         bench.fleet.pool.abort(target)
         await _until(lambda: "reconnecting" in modes, "the stream to notice")
         lost = hub.state(bench.device.id).samples
@@ -329,7 +329,7 @@ def test_stopping_a_device_kills_its_command_and_keeps_its_buffer(bench: HubBenc
         hub = bench.hub()
         hub.start([bench.device])
         await _until(lambda: hub.state(bench.device.id).samples >= 1, "a sample")
-        target = bench.fleet.target(bench.device)
+        target = bench.fleet.reach(bench.device).target
         assert (await bench.fleet.pool.run(target, f"pgrep -f {pattern}")).exit_status == 0
         hub.stop([bench.device.id])
         await _until(lambda: hub.state(bench.device.id).mode == "stopped", "stopped")

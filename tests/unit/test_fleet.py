@@ -57,12 +57,12 @@ def test_goodbye_from_a_device_never_seen_changes_nothing(fleet: Fleet) -> None:
 def test_the_operators_ssh_config_supplies_user_port_and_key_unless_the_inventory_says_otherwise(
         fleet: Fleet, tmp_path: Path) -> None:
     device = fleet.inventory.add_device("198.18.1.20", name="line2-pi-07")
-    target = fleet.target(device)
+    target = fleet.reach(device).target
     assert (target.host, target.username, target.port) == ("198.18.1.20", "pi", 2222)
     assert target.identity_files[0].endswith("/.ssh/line2")
 
     device = asyncio.run(fleet.set_login(device, username="fleet", port=22))
-    target = fleet.target(device)
+    target = fleet.reach(device).target
     assert (target.username, target.port) == ("fleet", 2222)  # the operator chose the user; 22 is the default
 
 
@@ -72,20 +72,20 @@ def test_a_key_file_chosen_for_a_device_is_used_instead_of_the_ssh_config_one(fl
     key.write_text("not checked here: the transport reads it\n")
     chosen = asyncio.run(fleet.set_login(device, identity_file=str(key)))
     assert chosen.identity_file == str(key)
-    assert fleet.target(chosen).identity_files == (str(key),)
+    assert fleet.reach(chosen).target.identity_files == (str(key),)
     with pytest.raises(ConfigError, match="does not exist or cannot be read") as missing:
         asyncio.run(fleet.set_login(chosen, identity_file=str(tmp_path / "typo")))
     assert "private key file" in (missing.value.fix or "")
     assert fleet.inventory.device(device.id).identity_file == str(key)
     back = asyncio.run(fleet.set_login(chosen, identity_file=""))
     assert back.identity_file is None
-    assert fleet.target(back).identity_files[0].endswith("/.ssh/line2")
+    assert fleet.reach(back).target.identity_files[0].endswith("/.ssh/line2")
 
 
 def test_a_device_reached_through_a_jump_host_is_refused_clearly(fleet: Fleet) -> None:
     device = fleet.inventory.add_device("198.18.1.21", name="jump-pi-01")
     with pytest.raises(ConfigError, match="ProxyJump"):
-        fleet.target(device)
+        fleet.reach(device)
 
 
 def test_pinned_keys_and_profile_ciphers_travel_with_the_target(fleet: Fleet, tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_pinned_keys_and_profile_ciphers_travel_with_the_target(fleet: Fleet, tm
     device = fleet.inventory.add_device("198.18.1.22", name="pi4-01")
     fleet.inventory.pin_host_key(device.id, public)
     device = fleet.inventory.save_probe(device.id, ProbeFacts(arch="aarch64"), profile="rpi4")
-    target = fleet.target(device)
+    target = fleet.reach(device).target
     assert target.pinned_host_keys == (" ".join(public.split()[:2]),)
     assert target.ciphers == fleet.profiles.get("rpi4").ssh_ciphers
     assert target.ciphers[0].startswith("chacha20")  # no AES instructions on a Pi 4 (LAB-NOTES)
@@ -122,7 +122,7 @@ def test_ssh_config_blocks_for_the_address_and_the_mdns_name_reach_a_named_devic
     fleet = Fleet(open_inventory(f"sqlite:///{tmp_path / 'fleet.db'}"), load_profiles(), ssh_config=config)
     try:
         added = fleet.inventory.add_device("198.18.1.30", name="floor-cam-1")  # as `fleetdesk add ADDR --name`
-        target = fleet.target(added)
+        target = fleet.reach(added).target
         assert (target.host, target.username, target.port) == ("198.18.1.30", "pi", 22)
         assert target.identity_files[0].endswith("/.ssh/floor_key")
         assert [(line.line, line.directive) for line in fleet.ssh_config_for(added).applied] == [
@@ -130,6 +130,6 @@ def test_ssh_config_blocks_for_the_address_and_the_mdns_name_reach_a_named_devic
         # A device found by mDNS: its announced host name ("cam-7.local.") matches the operator's block.
         [seen] = fleet.inventory.record_sightings([Sighting("mdns", ("198.18.1.31",), host_name="cam-7.local.",
                                                             instance_name="cam-7", service_type=SSH)])
-        assert fleet.target(seen).port == 2200 and fleet.target(seen).username == "root"
+        assert fleet.reach(seen).target.port == 2200 and fleet.reach(seen).target.username == "root"
     finally:
         fleet.inventory.close()

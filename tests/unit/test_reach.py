@@ -103,7 +103,7 @@ def test_the_handle_is_frozen_and_carries_the_target_and_profile(fleet: Fleet) -
     assert reach.device == device and reach.profile is fleet.profiles.get("rpi4")
     assert (reach.target.host, reach.target.username, reach.target.port) == ("198.18.1.43", "pi", 2222)
     assert reach.target.ciphers == fleet.profiles.get("rpi4").ssh_ciphers
-    assert fleet.target(device) == reach.target
+    assert fleet.reach(device).target == reach.target
     with pytest.raises(dataclasses.FrozenInstanceError):
         reach.layout = DeviceLayout("/elsewhere")  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
