@@ -245,3 +245,31 @@ class RolloutStepError(FleetDeskError):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "code": self.code}
+
+
+class AccessError(FleetDeskError):
+    """Who is acting cannot be settled: an unknown operator, a missing signing key, a bad role or name."""
+
+
+class AccessDeniedError(AccessError):
+    """The operator's roles do not allow what they asked; nothing was changed, and the refusal is audited."""
+
+    def __init__(self, message: str, *, operator: str, permission: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.operator = operator
+        self.permission = permission
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "operator": self.operator, "permission": self.permission}
+
+
+class AuditChainError(FleetDeskError):
+    """The audit trail does not verify: `seq` is the first entry that fails, `reason` says how."""
+
+    def __init__(self, message: str, *, seq: int | None, reason: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.seq = seq
+        self.reason = reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "seq": self.seq, "reason": self.reason}

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 
+from fleetdesk.access import Access
 from fleetdesk.config import Settings
 from fleetdesk.discovery.manual import resolve_host
 from fleetdesk.discovery.mdns import DiscoveryEvent, MdnsBrowser
@@ -78,8 +79,9 @@ class Fleet:
     """`async with Fleet.open() as fleet: await fleet.probe(fleet.select(all_devices=True))`."""
 
     def __init__(self, inventory: Inventory, profiles: ProfileSet, *, pool: SSHPool | None = None,
-                 ssh_config: str | os.PathLike[str] | None = None) -> None:
+                 ssh_config: str | os.PathLike[str] | None = None, operator: str | None = None) -> None:
         self.inventory = inventory
+        self.access = Access(inventory, operator)  # who acts: their roles are checked, their changes audited
         self.profiles = profiles
         self.pool = pool or SSHPool()
         self.ssh_config = ssh_config
@@ -88,10 +90,11 @@ class Fleet:
         self._reach_threads: ThreadPoolExecutor | None = None
 
     @classmethod
-    def open(cls, db_url: str | None = None, *, ssh_config: str | os.PathLike[str] | None = None) -> Fleet:
+    def open(cls, db_url: str | None = None, *, ssh_config: str | os.PathLike[str] | None = None,
+             operator: str | None = None) -> Fleet:
         settings = Settings.load(db_url)
         profiles = load_profiles(settings.user_profiles_dir)
-        return cls(open_inventory(settings.db_url), profiles, ssh_config=ssh_config)
+        return cls(open_inventory(settings.db_url), profiles, ssh_config=ssh_config, operator=operator)
 
     async def __aenter__(self) -> Fleet:
         return self

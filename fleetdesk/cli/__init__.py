@@ -1,7 +1,8 @@
 """`fleetdesk ...`: every operation FleetDesk offers, scriptable, with --json output.
 
-One module per command group (lab, devices, discovery, trust, runtime, telemetry, models, push, rollout) over
-`output` (what is printed) and `session` (the fleet a command opens); COMMANDS below is the one table of them.
+One module per command group (lab, devices, discovery, trust, runtime, telemetry, models, push, rollout, and
+access: whoami, operator, audit) over `output` (what is printed) and `session` (the fleet a command opens);
+COMMANDS below is the one table of them.
 Errors are FleetDeskErrors printed as one line (message and fix) with exit status 2.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fleetdesk import __version__
-from fleetdesk.cli import devices, discovery, lab, models, rollout, runtime, telemetry, trust
+from fleetdesk.cli import access, devices, discovery, lab, models, rollout, runtime, telemetry, trust
 from fleetdesk.errors import FleetDeskError
 
 __all__ = ["COMMANDS", "EXIT_ERROR", "build_parser", "main"]
@@ -42,6 +43,9 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     telemetry.add_events,
     models.add_model,  # with `model push` (fleetdesk/cli/push.py)
     rollout.add_rollout,
+    access.add_whoami,
+    access.add_operator,
+    access.add_audit,
 )
 
 
@@ -51,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", metavar="URL", help="inventory database URL (default: FLEETDESK_DB, else SQLite in "
                                                     "the user data folder)")
     parser.add_argument("--ssh-config", metavar="FILE", help="ssh client config to honour (default ~/.ssh/config)")
+    parser.add_argument("--operator", metavar="NAME", help="act as this operator (default: FLEETDESK_OPERATOR, "
+                                                          "else your OS user)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(sub)

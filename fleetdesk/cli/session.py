@@ -16,7 +16,7 @@ def open_fleet(args: argparse.Namespace) -> Fleet:
     # Imported here: `fleetdesk lab ...` and `--help` need neither the inventory nor SSH.
     from fleetdesk.fleet import Fleet
 
-    return Fleet.open(args.db, ssh_config=getattr(args, "ssh_config", None))
+    return Fleet.open(args.db, ssh_config=getattr(args, "ssh_config", None), operator=getattr(args, "operator", None))
 
 
 def with_fleet(args: argparse.Namespace, work: Callable[[Fleet], Coroutine[Any, Any, Any]]) -> int:

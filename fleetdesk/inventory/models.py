@@ -368,3 +368,51 @@ class AuditLogRow(Base):
     device_ids: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of ids
     outcome: Mapped[str] = mapped_column(DeviceText)
     detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+
+
+# --- Operators and the hash-chained audit trail (migration 0007) ---
+# audit_log above holds the entries written before the chain; the chain's genesis entry commits to them.
+
+class OperatorRow(Base):
+    """A named operator: roles, an optional scope of device groups, and the public half of their signing key."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    roles: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of role names
+    groups: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of group names; [] = the whole fleet
+    public_key: Mapped[str] = mapped_column(String(64))  # base64 Ed25519 public key
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # kept: past entries stay attributed
+
+
+class AuditEntryRow(Base):
+    """One entry of the audit trail; `hash` covers the fields and `prev_hash`, `signature` is the operator's."""
+
+    __tablename__ = "audit_entries"
+    __table_args__ = (Index("ix_audit_entries_at", "at"), Index("ix_audit_entries_operator", "operator"))
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    operator: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    targets: Mapped[str] = mapped_column(Text, default="[]")  # JSON list: "device:3", "rollout:7", "model:a@1"
+    before: Mapped[str] = mapped_column(Text, default="null")  # JSON, compact
+    after: Mapped[str] = mapped_column(Text, default="null")  # JSON, compact
+    outcome: Mapped[str] = mapped_column(String(32))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(64))  # base64 public key that signed it ("" for the genesis entry)
+    signature: Mapped[str] = mapped_column(String(100))  # base64 Ed25519 signature of the hash
+
+
+class AuditHeadRow(Base):
+    """The chain's last entry, one row: an append locks it, so two laptops never write the same seq."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))

@@ -36,15 +36,15 @@ def _revisions(engine: Engine) -> set[str]:
         return set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
 
 
-HEAD = "0006"  # the newest migration: 0006 adds rollouts, their devices, the journal and the audit log
+HEAD = "0007"  # the newest migration: 0007 adds operators and the hash-chained audit trail
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_the_package_has_six_revisions_in_a_line() -> None:
-    assert known_revisions() == {"0001", "0002", "0003", "0004", "0005", "0006"}
+def test_the_package_has_seven_revisions_in_a_line() -> None:
+    assert known_revisions() == {"0001", "0002", "0003", "0004", "0005", "0006", "0007"}
     assert head_revision() == HEAD
 
 

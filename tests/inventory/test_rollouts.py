@@ -10,8 +10,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from fleetdesk.errors import RolloutConflictError, RolloutNotFoundError
@@ -328,12 +326,10 @@ def test_migration_0006_adds_the_tables_the_orm_describes_and_downgrades(db_url:
     try:
         upgrade(engine, "0005")
         assert not ROLLOUT_TABLES & set(inspect(engine).get_table_names())
-        upgrade(engine)
+        upgrade(engine, "0006")
         assert ROLLOUT_TABLES <= set(inspect(engine).get_table_names())
         with engine.connect() as conn:
             assert list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars()) == ["0006"]
-            context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
-            assert compare_metadata(context, Base.metadata) == []  # no drift, the new tables included
         columns = {c["name"] for c in inspect(engine).get_columns("rollout_devices")}
         assert columns == {"rollout_id", "device_id", "wave", "artifact", "previous_artifact", "state", "attempts",
                            "bytes_sent", "error", "gates", "updated_at"}

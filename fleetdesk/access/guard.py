@@ -1,0 +1,259 @@
+"""Who is acting, what their roles allow, and the signed audit entry of everything they change.
+
+`Access(inventory, operator)` is the one gate the core operations pass: `require(permission, action, devices=…)`
+before a change (a refusal is audited and raised as AccessDeniedError, and nothing changes), `record(action, …)`
+after it. The acting operator is the name given (`--operator`), else $FLEETDESK_OPERATOR, else the OS user.
+
+A fresh inventory has no operators: whoever acts first becomes its first admin, with a key made on this laptop
+(the OS user, as before operators existed). Once operators exist, an unknown name is refused.
+
+Every call here reads or writes the inventory and may ask the OS keyring: from the event loop, run it on the
+inventory's thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import re
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from fleetdesk.access import roles as rl
+from fleetdesk.access.keys import OperatorKey
+from fleetdesk.errors import AccessDeniedError, AccessError
+from fleetdesk.inventory.audit import (
+    AuditDraft,
+    AuditEntry,
+    AuditRepo,
+    Operator,
+    OperatorRepo,
+    add_operator,
+    update_operator,
+)
+from fleetdesk.inventory.records import Device
+from fleetdesk.inventory.repository import Inventory
+from fleetdesk.text import visible_text
+
+__all__ = ["Access", "operator_name"]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+FLEET_ID_LENGTH = 16  # hex digits of the genesis hash that name the fleet in keyring accounts
+
+
+def operator_name(name: str) -> str:
+    """`name` checked as an operator name: 1–64 letters, digits, ``. _ @ -``, starting with a letter or digit."""
+    if not _NAME.fullmatch(name or ""):
+        raise AccessError(f"{name!r} is not an operator name",
+                          fix="use 1–64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit")
+    return name
+
+
+def _os_user() -> str:
+    with contextlib.suppress(Exception):
+        return getpass.getuser()
+    return "operator"
+
+
+def default_operator() -> str:
+    """The operator a command runs as when none is named: $FLEETDESK_OPERATOR, else the OS user (an OS account
+    name such as "Jane Doe" made an operator name: "Jane-Doe")."""
+    named = os.environ.get("FLEETDESK_OPERATOR", "").strip()
+    if named:
+        return named
+    return re.sub(r"[^A-Za-z0-9._@-]", "-", _os_user()).strip(".-_@")[:64] or "operator"
+
+
+class Access:
+    """The acting operator of one inventory: role checks and signed audit entries."""
+
+    def __init__(self, inventory: Inventory, operator: str | None = None) -> None:
+        self.inventory = inventory
+        self.audit = AuditRepo(inventory)
+        self.operators = OperatorRepo(inventory)
+        self.name = operator_name((operator or "").strip() or default_operator())
+        self._fleet_id: str | None = None
+        self._lock = threading.Lock()  # one bootstrap at a time in this process
+
+    # -- who -------------------------------------------------------------------------------------------
+
+    @property
+    def fleet_id(self) -> str:
+        """This fleet's name in keyring accounts: the start of its audit trail's genesis hash."""
+        if self._fleet_id is None:
+            self._fleet_id = self.audit.entry(1).hash[:FLEET_ID_LENGTH]
+        return self._fleet_id
+
+    def operator(self) -> Operator | None:
+        """The acting operator; None while the inventory has no operators (the first to act becomes admin)."""
+        found = self.operators.get(self.name)
+        if found is not None and found.active:
+            return found
+        if not self.operators.list():
+            return None
+        raise AccessError(f"there is no operator {self.name} in this fleet",
+                          fix="pass --operator NAME (or set FLEETDESK_OPERATOR) as one of: "
+                              + ", ".join(o.name for o in self.operators.list())
+                              + "; an admin adds operators with `fleetdesk operator add`")
+
+    def roles(self) -> tuple[str, ...]:
+        current = self.operator()
+        return ("admin",) if current is None else current.roles
+
+    # -- may they ---------------------------------------------------------------------------------------
+
+    def why_not(self, permission: str, devices: Sequence[Device] = ()) -> str | None:
+        """None when the acting operator may do it; else why not and who can change that (the window's tooltips)."""
+        refusal = self._refusal(permission, devices)
+        return None if refusal is None else f"{refusal[0]} — {refusal[1]}"
+
+    def require(self, permission: str, action: str, *, devices: Sequence[Device] = (),
+                targets: Sequence[str] = ()) -> None:
+        """Raise AccessDeniedError (after auditing the refusal) unless the acting operator may do `action`."""
+        refusal = self._refusal(permission, devices)
+        if refusal is None:
+            return
+        reason, fix = refusal
+        named = tuple(targets) or tuple(f"device:{d.id}" for d in devices)
+        self.record(action, outcome="refused", targets=named, after={"permission": permission, "reason": reason})
+        raise AccessDeniedError(reason, operator=self.name, permission=permission, fix=fix)
+
+    def _refusal(self, permission: str, devices: Sequence[Device]) -> tuple[str, str] | None:
+        granted = rl.PERMISSIONS[permission]
+        current = self.operator()
+        if current is None:
+            return None
+        admins = ", ".join(o.name for o in self.operators.list() if "admin" in o.roles) or "none left"
+        if not rl.allows(current.roles, permission):
+            roles = rl.granting_roles(permission)
+            return (f"operator {current.name} ({', '.join(current.roles)}) may not {granted.doing}: that needs "
+                    f"the role {' or '.join(roles)}",
+                    f"an admin ({admins}) can grant it: `fleetdesk operator set-role {current.name} "
+                    f"{' '.join([*current.roles, roles[0]])}`")
+        if granted.on_devices and current.groups:
+            outside = [visible_text(d.name) for d in devices if not set(d.groups) & set(current.groups)]
+            if outside:
+                return (f"operator {current.name} may act only on devices in {', '.join(current.groups)}; "
+                        f"not on {', '.join(outside)}",
+                        f"choose devices of {', '.join(current.groups)}, or ask an admin ({admins}) to widen the "
+                        "scope")
+        return None
+
+    # -- what they did ----------------------------------------------------------------------------------
+
+    def record(self, action: str, *, outcome: str = "ok", targets: Sequence[str] = (), before: Any = None,
+               after: Any = None) -> AuditEntry:
+        """Append the signed entry of what the acting operator did (the first admin is made first if need be)."""
+        key = self._key()
+        return self.audit.append(AuditDraft(self.name, action, outcome, tuple(targets), before, after), key)
+
+    def whoami(self) -> dict[str, Any]:
+        current = self.operator()
+        if current is None:
+            return {"operator": self.name, "roles": ["admin"], "groups": [], "first": True,
+                    "key_here": None}
+        return {"operator": current.name, "roles": list(current.roles), "groups": list(current.groups),
+                "first": False, "key_here": OperatorKey.load(self.name, self.fleet_id) is not None}
+
+    # -- operators ---------------------------------------------------------------------------------------
+
+    def add_operator(self, name: str, roles: Sequence[str], groups: Sequence[str] = ()) -> Operator:
+        """A new operator with a key made on this laptop (their private half in this keyring)."""
+        name = operator_name(name)
+        chosen = rl.check_roles(roles)
+        self.require("administer", "operator.add", targets=(f"operator:{name}",))
+        existing = self.operators.get(name)
+        if existing is not None and existing.active:
+            raise AccessError(f"there is already an operator {name}",
+                              fix=f"change their roles with `fleetdesk operator set-role {name} ROLE`")
+        new_key = OperatorKey.create(name, self.fleet_id)
+        after = {"name": name, "roles": list(chosen), "groups": sorted(set(groups)), "key": new_key.key}
+        made: list[Operator] = []
+        self.audit.append(AuditDraft(self.name, "operator.add", "ok", (f"operator:{name}",),
+                                     None if existing is None else existing.to_dict(), after),
+                          self._key(), change=lambda s: made.append(
+                              add_operator(s, name, chosen, sorted(set(groups)), new_key.key)))
+        return made[0]
+
+    def set_roles(self, name: str, roles: Sequence[str], groups: Sequence[str] | None = None) -> Operator:
+        chosen = rl.check_roles(roles)
+        self.require("administer", "operator.set-role", targets=(f"operator:{name}",))
+        before = self._existing(name)
+        after = {"name": name, "roles": list(chosen),
+                 "groups": sorted(set(groups)) if groups is not None else list(before.groups)}
+        self._refuse_last_admin(before, chosen)
+        made: list[Operator] = []
+        self.audit.append(AuditDraft(self.name, "operator.set-role", "ok", (f"operator:{name}",),
+                                     {"roles": list(before.roles), "groups": list(before.groups)}, after),
+                          self._key(), change=lambda s: made.append(
+                              update_operator(s, name, roles=chosen, groups=after["groups"])))
+        return made[0]
+
+    def remove_operator(self, name: str) -> Operator:
+        """Remove an operator: they can no longer act, and their past entries stay theirs."""
+        self.require("administer", "operator.remove", targets=(f"operator:{name}",))
+        before = self._existing(name)
+        self._refuse_last_admin(before, ())
+        made: list[Operator] = []
+        self.audit.append(AuditDraft(self.name, "operator.remove", "ok", (f"operator:{name}",),
+                                     {"roles": list(before.roles), "key": before.public_key}, None),
+                          self._key(), change=lambda s: made.append(update_operator(s, name, removed=True)))
+        return made[0]
+
+    def rekey(self, name: str) -> Operator:
+        """A new key for `name`, made on this laptop (the old one no longer signs for them)."""
+        if name != self.name:
+            self.require("administer", "operator.key", targets=(f"operator:{name}",))
+        before = self._existing(name)
+        new_key = OperatorKey.create(name, self.fleet_id)
+        made: list[Operator] = []
+        signer = new_key if name == self.name else self._key()
+        self.audit.append(AuditDraft(self.name, "operator.key", "ok", (f"operator:{name}",),
+                                     {"key": before.public_key}, {"name": name, "key": new_key.key}),
+                          signer, change=lambda s: made.append(update_operator(s, name, public_key=new_key.key)))
+        return made[0]
+
+    # -- plumbing -----------------------------------------------------------------------------------------
+
+    def _existing(self, name: str) -> Operator:
+        found = self.operators.get(name)
+        if found is None or not found.active:
+            raise AccessError(f"there is no operator {name}", fix="`fleetdesk operator list` names them")
+        return found
+
+    def _refuse_last_admin(self, before: Operator, roles: Sequence[str]) -> None:
+        admins = [o.name for o in self.operators.list() if "admin" in o.roles]
+        if "admin" in before.roles and "admin" not in roles and admins == [before.name]:
+            raise AccessError(f"{before.name} is the fleet's last admin",
+                              fix="make another operator admin first")
+
+    def _key(self) -> OperatorKey:
+        """The acting operator's key; for the first to act on a fresh inventory, made now, with them as admin."""
+        with self._lock:
+            if self.operator() is None:
+                return self._bootstrap()
+            return self._key_here()
+
+    def _key_here(self) -> OperatorKey:
+        key = OperatorKey.load(self.name, self.fleet_id)
+        if key is None:
+            raise AccessError(f"this laptop's keyring holds no signing key for operator {self.name}",
+                              fix=f"act as an operator whose key is here (--operator), or have an admin give "
+                                  f"{self.name} a key here with `fleetdesk operator rekey {self.name}`")
+        return key
+
+    def _bootstrap(self) -> OperatorKey:
+        # A key left by an earlier try (the keyring write happened, the inventory's did not) is used again.
+        key = OperatorKey.load(self.name, self.fleet_id) or OperatorKey.create(self.name, self.fleet_id)
+        after = {"name": self.name, "roles": ["admin"], "groups": [], "key": key.key, "first": True}
+        try:
+            self.audit.append(AuditDraft(self.name, "operator.add", "ok", (f"operator:{self.name}",), None, after),
+                              key, change=lambda s: add_operator(s, self.name, ("admin",), (), key.key))
+        except AccessError:
+            # Another process made the first admin meanwhile: act as whoever that makes us.
+            if self.operator() is None:
+                raise
+            return self._key_here()
+        return key
