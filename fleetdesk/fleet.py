@@ -6,11 +6,13 @@ The CLI and the GUI both call these: discover, add, sweep, trust, probe, run, gr
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from fleetdesk.access import Access
 from fleetdesk.config import Settings
@@ -287,6 +289,9 @@ class Fleet:
                   interfaces: Iterable[str] | None = None) -> Device:
         """Add a device by hostname or address (it must resolve; a .local name is asked on `interfaces` by
         mDNS only); a password goes to the keyring only."""
+        await self._allow("operate", "device.add", targets=(f"host:{host}",))
+        if password is not None or transport is not None:
+            await self._allow("administer", "device.login", targets=(f"host:{host}",))
         await resolve_host(host, port, interfaces=interfaces)
         if password is not None:
             # Refuse before the inventory changes: a device added without the password it came with
@@ -295,6 +300,10 @@ class Fleet:
             if not status.usable:
                 raise KeyringUnavailableError(status.message, fix=status.fix, step="store password")
         device = self.inventory.add_device(host, port=port, username=username, name=name)
+        await self._audit("device.add", targets=(f"device:{device.id}",),
+                          after={"name": device.name, "host": host, "port": port, "username": username})
+        if password is None and transport is None:
+            return device
         return await self.set_login(device, username=username, password=password, transport=transport)
 
     async def set_login(self, device: Device, *, username: str | None = None, port: int | None = None,
@@ -305,6 +314,7 @@ class Fleet:
         `identity_file` names a private key file for the device ("" goes back to ssh config and defaults);
         it must exist and be readable now, so a typo is caught here and not at the next connect.
         """
+        await self._allow("administer", "device.login", devices=(device,))
         if identity_file:
             path = os.path.expanduser(identity_file)
             if not os.path.isfile(path) or not os.access(path, os.R_OK):
@@ -317,16 +327,23 @@ class Fleet:
             account = credentials.password_account(username or device.username, device.id)
             # Off the loop: D-Bus may wait on the operator to unlock the keyring.
             await asyncio.to_thread(credentials.set_secret, account, password)
-        return self.inventory.set_connection(device.id, username=username, port=port, transport=transport,
-                                             password_account=account, identity_file=identity_file)
+        changed = self.inventory.set_connection(device.id, username=username, port=port, transport=transport,
+                                                password_account=account, identity_file=identity_file)
+        # The audit says a password was set, never what it is.
+        await self._audit("device.login", targets=(f"device:{device.id}",), before=_login(device),
+                          after={**_login(changed), "password": "set" if password is not None else "unchanged"})
+        return changed
 
     async def sweep(self, cidr: str, *, port: int = 22, rate: float | None = None) -> list[Device]:
         """Connect to `port` across an operator-typed CIDR and record every SSH server that answered."""
+        await self._allow("operate", "device.sweep", targets=(f"cidr:{cidr}",))
         if rate is not None:
             sightings = await sweep(cidr, port=port, rate=rate)
         else:
             sightings = await sweep(cidr, port=port)
         devices = {d.id: d for d in self.inventory.record_sightings(sightings)} if sightings else {}
+        await self._audit("device.sweep", targets=(f"cidr:{cidr}", *(f"device:{i}" for i in sorted(devices))),
+                          after={"cidr": cidr, "port": port, "answered": len(devices)})
         return sorted(devices.values(), key=lambda d: d.name)
 
     # -- trust ---------------------------------------------------------------------------------------
@@ -341,6 +358,7 @@ class Fleet:
         The fingerprint must be the one the device presents right now; if another key was pinned before,
         it is replaced (the operator re-trusts a reinstalled device).
         """
+        await self._allow("administer", "device.trust", devices=(device,))
         wanted = fingerprint.strip()
         if not wanted.startswith("SHA256:"):
             raise ConfigError(f"{wanted!r} is not a SHA256 fingerprint", device=device.name, step="trust",
@@ -359,10 +377,13 @@ class Fleet:
         if replaced:
             self.inventory.forget_host_keys(device.id)
         self.inventory.pin_host_key(device.id, key.line, source="operator")
+        await self._audit("device.trust" if not replaced else "device.retrust", targets=(f"device:{device.id}",),
+                          before={"fingerprints": list(replaced)}, after={"fingerprint": key.fingerprint})
         return TrustOutcome(self.inventory.device(device.id), key, replaced=replaced)
 
     def trust_from_known_hosts(self, device: Device, path: str | os.PathLike[str] | None = None) -> list[PublicKey]:
         """Pin the keys the operator's known_hosts already trusts for the device (by address and by name)."""
+        self.access.require("administer", "device.trust", devices=(device,))
         entry = self.ssh_config_for(device)
         files = [os.fspath(path)] if path is not None else list(sshconfig.known_hosts_files(entry))
         keys: dict[str, PublicKey] = {}
@@ -376,16 +397,23 @@ class Fleet:
                 device=device.name, step="trust",
                 fix=f"check the key at the device and run `fleetdesk trust {shell_quote(device.name)}`")
         pinned = {k.fingerprint for k in self.inventory.host_keys(device.id)}
-        for key in keys.values():
-            if key.fingerprint not in pinned:
-                self.inventory.pin_host_key(device.id, key.line, source="known_hosts")
+        added = [key for key in keys.values() if key.fingerprint not in pinned]
+        for key in added:
+            self.inventory.pin_host_key(device.id, key.line, source="known_hosts")
+        if added:
+            self.access.record("device.trust", targets=(f"device:{device.id}",),
+                               before={"fingerprints": sorted(pinned)},
+                               after={"fingerprints": [k.fingerprint for k in added], "source": "known_hosts"})
         return list(keys.values())
 
     # -- probing and running -------------------------------------------------------------------------
 
     async def probe(self, devices: Sequence[Device], *,
                     on_outcome: Callable[[ProbeOutcome], None] | None = None) -> list[ProbeOutcome]:
-        """Identify each device in one SSH round trip, match its profile and store both; all at once."""
+        """Identify each device in one SSH round trip, match its profile and store both; all at once.
+
+        A probe that changes a device's profile is audited (what it runs as decides what it is given)."""
+        await self._allow("operate", "device.probe", devices=devices)
 
         async def one(device: Device) -> ProbeOutcome:
             try:
@@ -404,6 +432,10 @@ class Fleet:
                 match = match_profile(facts, self.profiles)
                 stored = self.inventory.save_probe(device.id, facts, profile=match.profile if match else None)
                 outcome = ProbeOutcome(stored, facts=facts, match=match)
+                if stored.profile != device.profile:
+                    await self._audit("device.profile", targets=(f"device:{device.id}",),
+                                      before={"profile": device.profile},
+                                      after={"profile": stored.profile, "arch": facts.arch, "model": facts.model})
             if on_outcome is not None:
                 on_outcome(outcome)
             return outcome
@@ -411,7 +443,11 @@ class Fleet:
         return list(await asyncio.gather(*(one(d) for d in devices)))
 
     async def run(self, devices: Sequence[Device], command: str, *, timeout: float | None = 60.0) -> FanOutResult:
-        """Run one shell command on every device at once: one outcome each, and who was unreachable."""
+        """Run one shell command on every device at once: one outcome each, and who was unreachable.
+
+        The command is audited before it runs: an admin's command on the devices is a change whatever it does."""
+        await self._allow("administer", "device.run", devices=devices)
+        await self._audit("device.run", targets=tuple(f"device:{d.id}" for d in devices), after={"command": command})
         targets: list[SSHTarget] = []
         refused: list[tuple[str, FleetDeskError]] = []
         reached = await asyncio.gather(*(self.areach(d) for d in devices), return_exceptions=True)
@@ -435,10 +471,37 @@ class Fleet:
     # -- groups --------------------------------------------------------------------------------------
 
     def group(self, devices: Sequence[Device], name: str, *, remove: bool = False) -> Group:
+        """Put devices in a group (or take them out). An admin's change: a group is what a scope is made of."""
+        action = "group.remove" if remove else "group.add"
+        self.access.require("administer", action, devices=devices, targets=(f"group:{name}",))
         ids = [d.id for d in devices]
-        if remove:
-            return self.inventory.remove_from_group(name, ids)
-        return self.inventory.add_to_group(name, ids)
+        group = self.inventory.remove_from_group(name, ids) if remove else self.inventory.add_to_group(name, ids)
+        self.access.record(action, targets=(f"group:{group.name}", *(f"device:{i}" for i in ids)),
+                           after={"devices": len(ids)})
+        return group
+
+    def remove_devices(self, devices: Sequence[Device]) -> None:
+        """Take devices out of the inventory (their rollouts' history and their audit entries stay)."""
+        self.access.require("administer", "device.remove", devices=devices)
+        for device in devices:
+            self.inventory.remove(device.id)
+            self.access.record("device.remove", targets=(f"device:{device.id}",),
+                               before={"name": device.name, "address": device.address, "profile": device.profile})
+
+    # -- the audit trail -----------------------------------------------------------------------------
+
+    async def _allow(self, permission: str, action: str, *, devices: Sequence[Device] = (),
+                     targets: Sequence[str] = ()) -> None:
+        """Access.require off the loop (it reads the inventory, and a refusal is signed with the keyring's key)."""
+        await asyncio.to_thread(self.access.require, permission, action, devices=devices, targets=targets)
+
+    async def _audit(self, action: str, **entry: Any) -> None:
+        await asyncio.to_thread(functools.partial(self.access.record, action, **entry))
+
+
+def _login(device: Device) -> dict[str, object]:
+    return {"username": device.username, "port": device.port, "transport": device.transport,
+            "identity_file": device.identity_file, "password": bool(device.password_account)}
 
 
 @dataclass(frozen=True)

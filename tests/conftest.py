@@ -50,3 +50,15 @@ def as_unprivileged(code: str, folder: Path) -> str:
                           env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+# Every change to the fleet is signed by its operator's key, which lives in the OS keyring: the whole run has one
+# real private gnome-keyring (tests/keyring_daemon.py), and the CLI and window processes the tests start inherit
+# its bus address. Tests that need no keyring at all point their process or backend elsewhere themselves.
+from tests.keyring_daemon import KeyringDaemon, keyring_daemon  # noqa: E402, F401 - needs skip_or_fail above
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _signing_keyring(request: pytest.FixtureRequest) -> KeyringDaemon:
+    daemon: KeyringDaemon = request.getfixturevalue("keyring_daemon")
+    return daemon
