@@ -3,8 +3,10 @@ on real devices of its profile with `fleetdesk-agent bench`. It sits above `flee
 `fleetdesk.artifacts` (the store) and uses both; neither of them imports it.
 
 `import_model` is synchronous and long: the CLI and the GUI run it in an executor, with a progress callback and a
-threading.Event to cancel. `bench_on_devices` is a coroutine on the fleet's loop; `DeviceBench` lets the worker
-thread call it.
+threading.Event to cancel. It and `remove_model`, `export_model` and `export_fleet_key` are the operations the CLI
+and the window share: each checks the operator's role and audits what it changed (fleetdesk.access), and reads
+the keyring and the inventory, so they run off the event loop. `bench_on_devices` is a coroutine on the fleet's
+loop; `DeviceBench` lets the worker thread call it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import onnx
 
+from fleetdesk.access import Access
 from fleetdesk.agent_client import AgentClient
 from fleetdesk.artifacts.records import ModelRecord
 from fleetdesk.artifacts.store import ArtifactStore, check_name, write_golden
@@ -52,8 +55,9 @@ def choose_profiles(names: Sequence[str] | None, catalog: ProfileSet) -> list[Pr
     return [catalog.profiles[name] for name in sorted(catalog.profiles)]
 
 
-def import_model(path: str | os.PathLike[str], *, name: str | None = None, version: str | None = None,
-                 samples: str | os.PathLike[str] | None = None, profiles: Sequence[str] | None = None,
+def import_model(path: str | os.PathLike[str], *, access: Access, name: str | None = None,
+                 version: str | None = None, samples: str | os.PathLike[str] | None = None,
+                 profiles: Sequence[str] | None = None,
                  store: ArtifactStore, catalog: ProfileSet, progress: ProgressCallback | None = None,
                  cancel: threading.Event | None = None, device_bench: Callable[..., Mapping[str, float]] | None = None,
                  max_bytes: int = DEFAULT_MAX_BYTES, sample_count: int = 16) -> ModelRecord:
@@ -62,10 +66,12 @@ def import_model(path: str | os.PathLike[str], *, name: str | None = None, versi
     Fails fast, before any optimization and with nothing written, on an invalid file, an unknown profile, an
     unusable name or a name clash. An unchanged re-import returns the stored record without optimizing again.
     `profiles`: the names given, else those of the caller's inventory, else (None) every known profile.
+    The operator needs the release permission; a stored import is audited.
     """
     from fleetdesk.models.optimize import optimize_model
     from fleetdesk.models.samples import load_samples
 
+    access.require("release", "model.import", targets=(f"file:{Path(path).name}",))
     say = progress or (lambda _p: None)
     chosen = choose_profiles(profiles, catalog)
     say(Progress("validate", f"checking {Path(path).name}", 0, 1))
@@ -93,10 +99,40 @@ def import_model(path: str | os.PathLike[str], *, name: str | None = None, versi
         golden = write_golden(Path(card.path), sample_set.feeds[:GOLDEN_SAMPLES], work / "golden.npz")
         record = store.add_model(card, report, name=model_name, version=version, source_folder=Path(card.path).parent,
                                  golden=golden)
+        access.record("model.import", targets=(f"model:{record.ref}",),
+                      after={"source_sha256": record.source_sha256, "artifacts": dict(record.artifacts)})
         say(Progress("store", f"stored as {record.ref}", 1, 1))
         return record
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_model(store: ArtifactStore, access: Access, ref: str) -> tuple[ModelRecord, list[str]]:
+    """Delete a model version and the artifacts no other version uses; audited (release permission)."""
+    access.require("release", "model.remove", targets=(f"model:{ref}",))
+    record = store.model(ref)
+    gone = store.remove(record.ref)
+    access.record("model.remove", targets=(f"model:{record.ref}",),
+                  before={"source_sha256": record.source_sha256, "artifacts": dict(record.artifacts)},
+                  after={"artifacts_deleted": list(gone)})
+    return record, gone
+
+
+def export_model(store: ArtifactStore, access: Access, ref: str, dest: Path, profile: str | None = None) -> Path:
+    """Write a model's artifact (for one profile, or all) as an archive a device can unpack; audited."""
+    access.require("release", "model.export", targets=(f"model:{ref}",))
+    path = store.export(ref, dest, profile=profile)
+    access.record("model.export", targets=(f"model:{ref}", f"file:{path.name}"),
+                  after={"profile": profile, "bytes": path.stat().st_size})
+    return path
+
+
+def export_fleet_key(store: ArtifactStore, access: Access) -> bytes:
+    """The fleet's public key (PEM), as devices verify artifacts with it; exporting it is an admin's, audited."""
+    access.require("administer", "fleet-key.export", targets=("fleet-key",))
+    pem = store.public_key_pem()
+    access.record("fleet-key.export", targets=("fleet-key",), after={"sha256": hashlib.sha256(pem).hexdigest()})
+    return pem
 
 
 def _check_cancel(cancel: threading.Event | None, path: str) -> None:

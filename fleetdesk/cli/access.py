@@ -18,20 +18,12 @@ from typing import Any
 
 from fleetdesk.cli.options import with_json
 from fleetdesk.cli.output import emit, safe, table, when
+from fleetdesk.cli.session import open_access
 from fleetdesk.errors import ConfigError, FleetDeskError
 
 EXPORT_FORMAT = "fleetdesk-audit-export/1"
 _AGO = re.compile(r"(\d+)\s*([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-def _access(args: argparse.Namespace) -> Any:
-    # Imported here: `--help` needs neither the inventory nor the keyring.
-    from fleetdesk.access import Access
-    from fleetdesk.config import Settings
-    from fleetdesk.inventory import open_inventory
-
-    return Access(open_inventory(Settings.load(args.db).db_url), getattr(args, "operator", None))
 
 
 def _operator_json(op: Any) -> dict[str, Any]:
@@ -41,7 +33,7 @@ def _operator_json(op: Any) -> dict[str, Any]:
 # -- whoami ---------------------------------------------------------------------------------------------------
 
 def cmd_whoami(args: argparse.Namespace) -> int:
-    access = _access(args)
+    access = open_access(args)
     try:
         me = access.whoami()
     finally:
@@ -59,7 +51,7 @@ def cmd_whoami(args: argparse.Namespace) -> int:
 # -- operator -------------------------------------------------------------------------------------------------
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    access = _access(args)
+    access = open_access(args)
     try:
         return int(_OPERATOR_ACTIONS[args.action](args, access))
     finally:
@@ -139,7 +131,7 @@ def parse_since(text: str) -> datetime:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    access = _access(args)
+    access = open_access(args)
     try:
         return int(_AUDIT_ACTIONS[args.action](args, access))
     finally:

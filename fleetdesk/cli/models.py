@@ -15,7 +15,7 @@ from typing import Any
 from fleetdesk.cli.options import with_json
 from fleetdesk.cli.output import emit, safe, table
 from fleetdesk.cli.push import add_push
-from fleetdesk.cli.session import open_fleet
+from fleetdesk.cli.session import open_access, open_fleet
 from fleetdesk.errors import ConfigError
 
 EXIT_PROBLEMS = 1
@@ -78,7 +78,8 @@ def cmd_model_import(args: argparse.Namespace) -> int:
                     print(f"time-device: timing variants on {names}", file=sys.stderr, flush=True)
             cancel = threading.Event()
             work = loop.run_in_executor(None, functools.partial(
-                import_model, args.file, name=args.name, version=args.version, samples=args.samples,
+                import_model, args.file, access=fleet.access, name=args.name, version=args.version,
+                samples=args.samples,
                 profiles=profiles or None, store=store, catalog=fleet.profiles, progress=_progress_line,
                 cancel=cancel, device_bench=bench))
             try:
@@ -197,7 +198,13 @@ def cmd_model_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_model_export(args: argparse.Namespace) -> int:
-    path = _store().export(args.ref, Path(args.dest), profile=args.profile)
+    from fleetdesk.model_import import export_model
+
+    access = open_access(args)
+    try:
+        path = export_model(_store(), access, args.ref, Path(args.dest), profile=args.profile)
+    finally:
+        access.inventory.close()
     emit(args, {"path": str(path), "size_bytes": path.stat().st_size},
          f"wrote {path} ({_mb(path.stat().st_size)}): artifacts/<id>/ and keys/fleet.pub, "
          f"to unpack into a device's FleetDesk root")
@@ -217,14 +224,26 @@ def cmd_model_remove(args: argparse.Namespace) -> int:
         if answer.strip().lower() != "yes":
             print("not removed", file=sys.stderr)
             return EXIT_PROBLEMS
-    gone = store.remove(record.ref)
+    from fleetdesk.model_import import remove_model
+
+    access = open_access(args)
+    try:
+        _, gone = remove_model(store, access, record.ref)
+    finally:
+        access.inventory.close()
     emit(args, {"removed": record.ref, "artifacts_removed": gone},
          f"removed {record.ref}; {len(gone)} artifact(s) deleted")
     return 0
 
 
 def cmd_model_export_key(args: argparse.Namespace) -> int:
-    pem = _store().public_key_pem()
+    from fleetdesk.model_import import export_fleet_key
+
+    access = open_access(args)
+    try:
+        pem = export_fleet_key(_store(), access)
+    finally:
+        access.inventory.close()
     if args.file:
         Path(args.file).write_bytes(pem)
         print(f"wrote the fleet's public key to {args.file}", file=sys.stderr)

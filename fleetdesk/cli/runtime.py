@@ -11,7 +11,7 @@ from typing import Any
 
 from fleetdesk.cli.options import choose_devices, with_json
 from fleetdesk.cli.output import emit, safe, summary, table, when
-from fleetdesk.cli.session import with_fleet
+from fleetdesk.cli.session import open_access, with_fleet
 
 
 def _store() -> Any:
@@ -52,9 +52,17 @@ def cmd_runtime_build(args: argparse.Namespace) -> int:
     from fleetdesk.runtime.wheelhouse import build_runtime
 
     profile = _profile(args.profile)
-    # Progress goes to stderr always: stdout carries only the result (text or JSON).
-    runtime, created = asyncio.run(build_runtime(profile, _store(), requirements=args.requirement or None,
-                                                 progress=lambda m: print(m, file=sys.stderr, flush=True)))
+    access = open_access(args)
+    try:
+        access.require("release", "runtime.build", targets=(f"profile:{profile.name}",))
+        # Progress goes to stderr always: stdout carries only the result (text or JSON).
+        runtime, created = asyncio.run(build_runtime(profile, _store(), requirements=args.requirement or None,
+                                                     progress=lambda m: print(m, file=sys.stderr, flush=True)))
+        if created:
+            access.record("runtime.build", targets=(f"runtime:{runtime.id}", f"profile:{profile.name}"),
+                          after={"wheels": [w.file for w in runtime.wheels]})
+    finally:
+        access.inventory.close()
     data = {**runtime.to_json(), "created_now": created}
     verb = "built" if created else "already stored (same wheels); nothing copied"
     emit(args, data, f"{verb}: {_runtime_line(runtime)}")
@@ -83,7 +91,16 @@ def cmd_runtime_import_wheel(args: argparse.Namespace) -> int:
 
     store = _store()
     base = store.get(args.base) if args.base else None
-    runtime, created = import_wheel(Path(args.file), _profile(args.profile), store, base=base)
+    profile = _profile(args.profile)
+    access = open_access(args)
+    try:
+        access.require("release", "runtime.import", targets=(f"file:{Path(args.file).name}",))
+        runtime, created = import_wheel(Path(args.file), profile, store, base=base)
+        if created:
+            access.record("runtime.import", targets=(f"runtime:{runtime.id}", f"profile:{profile.name}"),
+                          after={"wheel": Path(args.file).name, "base": runtime.base})
+    finally:
+        access.inventory.close()
     data = {**runtime.to_json(), "created_now": created}
     verb = "new runtime" if created else "already stored"
     emit(args, data, f"{verb}: {_runtime_line(runtime)}" + (f" (based on {runtime.base})" if runtime.base else ""))

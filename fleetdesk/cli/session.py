@@ -1,4 +1,5 @@
-"""Opening the fleet for a command: the inventory (--db) and the SSH pool (--ssh-config), closed when it ends."""
+"""Opening the fleet for a command: the inventory (--db) and the SSH pool (--ssh-config), closed when it ends; or,
+for commands that reach no device, the inventory alone as the acting operator (--operator) sees it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from fleetdesk.access import Access
     from fleetdesk.fleet import Fleet
 
 
@@ -30,3 +32,12 @@ def with_fleet(args: argparse.Namespace, work: Callable[[Fleet], Coroutine[Any, 
             await fleet.close()
 
     return asyncio.run(go())
+
+
+def open_access(args: argparse.Namespace) -> Access:
+    """The inventory the global options name, as the operator they name; the caller closes `.inventory`."""
+    from fleetdesk.access import Access
+    from fleetdesk.config import Settings
+    from fleetdesk.inventory import open_inventory
+
+    return Access(open_inventory(Settings.load(args.db).db_url), getattr(args, "operator", None))

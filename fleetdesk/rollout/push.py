@@ -104,7 +104,12 @@ async def push_model(fleet: Fleet, store: ArtifactStore, record: ModelRecord, de
 
     A file of the store that no longer hashes as its signed manifest says is refused before any byte of it is
     sent (the device's outcome: failed, code bad-artifact); a second push of the same model sends 0 bytes.
-    `progress` hears every byte count; `on_outcome` hears each device as it finishes."""
+    `progress` hears every byte count; `on_outcome` hears each device as it finishes.
+
+    The operator needs the deploy permission over every device; the push is audited once, with each device's
+    outcome, when it ends."""
+    targets = (f"model:{record.ref}", *(f"device:{d.id}" for d in devices))
+    await asyncio.to_thread(fleet.access.require, "deploy", "model.push", devices=devices, targets=targets)
     ops = ops or DeviceOps(fleet, store)
     chosen = await asyncio.to_thread(_chosen_artifacts, store, record, devices)
     all_total = sum(size for _, size in chosen.values())
@@ -132,4 +137,8 @@ async def push_model(fleet: Fleet, store: ArtifactStore, record: ModelRecord, de
         return outcome
 
     outcomes = await asyncio.gather(*(one(d) for d in devices))
-    return PushResult(record.ref, tuple(outcomes))
+    result = PushResult(record.ref, tuple(outcomes))
+    await asyncio.to_thread(fleet.access.record, "model.push", outcome="ok" if result.ok else "failed",
+                            targets=targets, after={"counts": result.counts, "artifacts": {
+                                str(o.device.id): [o.artifact, o.status, o.bytes_sent] for o in outcomes}})
+    return result

@@ -535,11 +535,21 @@ async def provision(fleet: Any, devices: Sequence[Device], runtime_id: str | Non
 
     One device's failure never stops the others; running it again resumes where it stopped and sends only
     what is missing. `agent` defaults to the agent tree as this FleetDesk holds it now. A device that trusts
-    another fleet key fails with FleetKeyMismatchError, untouched, unless `replace_fleet_key`.
+    another fleet key fails with FleetKeyMismatchError, untouched, unless `replace_fleet_key`. The operator needs
+    the deploy permission over every device; the provisioning is audited with each device's outcome.
     """
+    targets = tuple(f"device:{d.id}" for d in devices)
+    await asyncio.to_thread(fleet.access.require, "deploy", "device.provision", devices=devices, targets=targets)
     provisioner = Provisioner(fleet, store=store, signing_key=signing_key, agent=agent, progress=progress,
                               concurrency=concurrency, replace_fleet_key=replace_fleet_key)
-    return await provisioner.run(devices, runtime_id)
+    outcomes = await provisioner.run(devices, runtime_id)
+    failed = [o for o in outcomes if o.error is not None]
+    await asyncio.to_thread(
+        fleet.access.record, "device.provision", outcome="failed" if failed else "ok", targets=targets,
+        after={"runtime": runtime_id, "replace_fleet_key": replace_fleet_key,
+               "devices": {o.device: {"status": o.status, "runtime": o.runtime_id, "changed": list(o.changed)}
+                           for o in outcomes}})
+    return outcomes
 
 
 def _write_bundle(path: Path, items: Sequence[_Item]) -> None:
