@@ -32,7 +32,7 @@ from fleetdesk.errors import (
 )
 from fleetdesk.inventory.records import Device
 from fleetdesk.reach import DeviceReach
-from fleetdesk.rollout.gates import GOLDEN, MEMORY, P95, SERVING, TEMPERATURE, GateResult, GateSample, evaluate
+from fleetdesk.rollout.gates import GOLDEN, MEMORY, P95, SERVING, TEMPERATURE, GateSample
 from fleetdesk.rollout.policy import Gates
 from fleetdesk.runtime.sealing import SEAL_FUNCTIONS, seal_command
 from fleetdesk.telemetry.sample import refusal_text
@@ -41,7 +41,7 @@ from fleetdesk.transport.push import BLOCK_SIZE, push_file
 from fleetdesk.transport.session import ByteRange, DeviceSession, RemoteLines
 from fleetdesk.transport.target import SSHTarget
 
-__all__ = ["AgentView", "DeviceOps", "GateResult", "GateSample", "StageResult", "evaluate"]
+__all__ = ["DeviceOps", "StageResult"]
 
 STEP_TIMEOUT_S = 600.0  # one agent command (a bench on an emulated Pi is slow)
 LOAD_WAIT_S = 120.0  # how long `activate` waits for the model server to load the new model

@@ -1,7 +1,8 @@
 """One device's way through a rollout: stage, activate, verify, confirm or roll back, and reconcile after a crash.
 
-`DeviceSteps` is mixed into the engine (fleetdesk.rollout.engine.RolloutEngine), which drives the waves and the
-operator's actions. Every step is journaled (`_record`, on the inventory's thread) before it runs on the device.
+The engine (fleetdesk.rollout.engine.RolloutEngine), which drives the waves and the operator's actions, holds one
+`DeviceSteps` and gives it what it works with: the fleet, the device operations, the journal, the actor and
+where events go. Every step is journaled (`record`, on the inventory's thread) before it runs on the device.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from fleetdesk.artifacts.store import ArtifactStore
+from fleetdesk.agent_client import AgentView
 from fleetdesk.errors import (
     AuthFailedError,
     CommandTimeoutError,
@@ -30,7 +30,7 @@ from fleetdesk.fleet import Fleet
 from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.records import Device
 from fleetdesk.inventory.rollouts import DeviceRow
-from fleetdesk.rollout.device_ops import AgentView, DeviceOps
+from fleetdesk.rollout.device_ops import DeviceOps
 from fleetdesk.rollout.gates import SERVING, GateSample, evaluate
 from fleetdesk.rollout.journal import RolloutJournal
 from fleetdesk.rollout.plan import ResolvedPlan, RolloutPlan
@@ -41,22 +41,12 @@ ABORTED, DONE, ROLLING_BACK, ROLLED_BACK, FAILED = "aborted", "done", "rolling-b
 FINISHED = frozenset({ABORTED, DONE, ROLLED_BACK, FAILED})
 
 
-@dataclass(frozen=True)
-class RolloutEvent:
-    """Something the operator may want to see: a device's new state, transfer progress, a gate's value."""
+class Emit(Protocol):
+    """Where the steps' events go: the engine's own, which hands each to its `on_event` as a RolloutEvent
+    (fleetdesk.rollout.engine). `extra`: a transfer's bytes_done, bytes_total, rate_bytes_s and eta_s."""
 
-    rollout_id: int
-    kind: str  # "state" | "progress" | "gates" | "status" | "decision" | "note"
-    device_id: int | None
-    state: str | None
-    message: str
-    bytes_done: int = 0
-    bytes_total: int = 0
-    rate_bytes_s: float = 0.0
-    eta_s: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def __call__(self, rid: int, kind: str, device_id: int | None, state: str | None, message: str,
+                 **extra: Any) -> None: ...
 
 
 def lost(exc: BaseException) -> bool:
@@ -116,15 +106,10 @@ def reconciled_state(before: str, artifact: str, view: AgentView) -> str:
 
 
 class DeviceSteps:
-    """The steps of one device; the engine provides `fleet`, `store`, `ops`, `db` and `on_event`."""
-
-    fleet: Fleet
-    store: ArtifactStore
-    ops: DeviceOps
-    db: RolloutJournal
-    on_event: Callable[[RolloutEvent], None] | None
-    actor: str
-    _names: dict[int, str]
+    """A device's steps, over what the engine gives: the fleet (its SSH pool, to cut a stalled transfer), the
+    agent's operations (`ops`) and the rollout journal (`db`); `actor` is named in the journal when the operator
+    rolls a device back, and every event goes to `emit`. The engine holds one (`engine.steps`) and calls it for
+    each device of a wave, many at once."""
 
     soak_interval_s = 5.0  # between gate measurements during the soak
     backoff_s = 1.0  # the first transfer retry waits this long, then twice as long each time (capped at 30 s)
@@ -133,7 +118,17 @@ class DeviceSteps:
     # step timeout. The resumed push re-sends at most the block that was in flight.
     stall_timeout_s = 30.0
 
-    async def _running(self, rid: int) -> bool:
+    def __init__(self, fleet: Fleet, ops: DeviceOps, db: RolloutJournal, *, actor: str, emit: Emit) -> None:
+        self.fleet = fleet
+        self.ops = ops
+        self.db = db
+        self.actor = actor
+        self.emit = emit
+        self._names: dict[int, str] = {}  # device id -> name, for the events' messages
+
+    async def running(self, rid: int) -> bool:
+        """Whether the rollout's status (in the inventory: another process may have paused or aborted it) is
+        still running."""
         return await self.db.status(rid) == RUNNING
 
     async def _device(self, device_id: int) -> Device:
@@ -141,7 +136,7 @@ class DeviceSteps:
         self._names[device_id] = device.name
         return device
 
-    async def _stage(self, rid: int, resolved: ResolvedPlan, device_id: int, slots: Slots) -> None:
+    async def stage(self, rid: int, resolved: ResolvedPlan, device_id: int, slots: Slots) -> None:
         """PENDING (or STAGING) to STAGED, or failed or lost. Only the transfer (each file checked against the
         signed manifest before it goes, and by its SHA-256 on the device when it lands) holds one of the wave's
         transfer slots: the space check before it runs beside other transfers.
@@ -158,12 +153,12 @@ class DeviceSteps:
         async def begin() -> None:
             nonlocal row
             if row.state == st.PENDING:
-                row = await self._record(rid, device_id, st.STAGE, detail={"artifact": row.artifact})
+                row = await self.record(rid, device_id, st.STAGE, detail={"artifact": row.artifact})
 
         for attempt in range(plan.transfer.retries + 1):
             attempts += 1
             await self.db.update(rid, device_id, attempts=attempts)
-            meter = _Meter(self, rid, device_id, device.name)
+            meter = _Meter(self.emit, rid, device_id, device.name)
             sent = 0
             try:
                 staging = await asyncio.wait_for(self.ops.prepare(device, row.artifact), timeout)
@@ -191,21 +186,21 @@ class DeviceSteps:
                                                "stopped", cause=exc)
                 # bytes_done: how far the device had acknowledged this attempt (what a resume need not re-send).
                 figures = {"bytes_done": meter.done, "bytes_total": meter.total, "stalled": meter.stalled}
-                if _retryable(exc) and attempt < plan.transfer.retries and await self._running(rid):
-                    self._emit(rid, "note", device_id, st.STAGING,
-                               f"{device.name}: transfer attempt {attempt + 1} failed ({message(exc)}); "
-                               f"retrying in {delay:g} s", bytes_done=meter.done, bytes_total=meter.total)
+                if _retryable(exc) and attempt < plan.transfer.retries and await self.running(rid):
+                    self.emit(rid, "note", device_id, st.STAGING,
+                              f"{device.name}: transfer attempt {attempt + 1} failed ({message(exc)}); "
+                              f"retrying in {delay:g} s", bytes_done=meter.done, bytes_total=meter.total)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
                     continue
-                self._emit(rid, "note", device_id, st.STAGING, f"{device.name}: transfer attempt {attempt + 1} "
-                           f"failed ({message(exc)})", bytes_done=meter.done, bytes_total=meter.total)
-                await self._record(rid, device_id, st.LOST if lost(exc) else st.STEP_FAILED, error=message(exc),
-                                   detail={"step": "stage", "attempts": attempts, **figures})
+                self.emit(rid, "note", device_id, st.STAGING, f"{device.name}: transfer attempt {attempt + 1} "
+                          f"failed ({message(exc)})", bytes_done=meter.done, bytes_total=meter.total)
+                await self.record(rid, device_id, st.LOST if lost(exc) else st.STEP_FAILED, error=message(exc),
+                                  detail={"step": "stage", "attempts": attempts, **figures})
                 return
             await begin()
-            await self._record(rid, device_id, st.STAGED_OK, bytes_sent=sent_before + sent,
-                               detail={"bytes_sent": sent, "seconds": round(time.monotonic() - meter.started, 3),
+            await self.record(rid, device_id, st.STAGED_OK, bytes_sent=sent_before + sent,
+                              detail={"bytes_sent": sent, "seconds": round(time.monotonic() - meter.started, 3),
                                        "already_there": staging.complete})
             return
 
@@ -221,7 +216,7 @@ class DeviceSteps:
                 self.fleet.pool.abort(target)
                 return
 
-    async def _activate(self, rid: int, resolved: ResolvedPlan, wave: int, device_id: int) -> None:
+    async def activate(self, rid: int, resolved: ResolvedPlan, wave: int, device_id: int) -> None:
         """From staged (or a reconciled later state) to an end state: activate, verify, confirm or roll back."""
         plan = resolved.plan
         policy = resolved.policy_for(wave)
@@ -229,7 +224,7 @@ class DeviceSteps:
         row = await self.db.device(rid, device_id)
         try:
             if row.state == st.STAGED:
-                if not await self._running(rid):
+                if not await self.running(rid):
                     return
                 # The model it runs now: from the baseline when the p95-ratio gate needs one (benching the old model
                 # costs 2-3 s a device), else from the activation's answer (its "previous"): no call of its own.
@@ -241,12 +236,12 @@ class DeviceSteps:
                     except Exception as exc:
                         if lost(exc):
                             raise
-                        self._emit(rid, "note", device_id, st.STAGED,
-                                   f"{device.name}: no baseline on the current model ({message(exc)}); "
-                                   "the latency ratio gate has nothing to compare with")
-                row = await self._record(rid, device_id, st.ACTIVATE, previous_artifact=previous,
-                                         gates={"baseline": _sample_dict(baseline)},
-                                         detail={"previous": previous, "baseline": _sample_dict(baseline)})
+                        self.emit(rid, "note", device_id, st.STAGED,
+                                  f"{device.name}: no baseline on the current model ({message(exc)}); "
+                                  "the latency ratio gate has nothing to compare with")
+                row = await self.record(rid, device_id, st.ACTIVATE, previous_artifact=previous,
+                                        gates={"baseline": _sample_dict(baseline)},
+                                        detail={"previous": previous, "baseline": _sample_dict(baseline)})
                 try:
                     answer = await self._step(plan, self.ops.activate(device, row.artifact, plan.confirm_within_s))
                 except Exception as exc:
@@ -257,12 +252,12 @@ class DeviceSteps:
                         now = await self._step(plan, self.ops.view(device))
                         if now.current == row.artifact:
                             await self._step(plan, self.ops.rollback(device))
-                    await self._record(rid, device_id, st.STEP_FAILED, error=message(exc),
-                                       detail={"step": "activate", "code": getattr(exc, "code", None)})
+                    await self.record(rid, device_id, st.STEP_FAILED, error=message(exc),
+                                      detail={"step": "activate", "code": getattr(exc, "code", None)})
                     return
                 learned = {"previous_artifact": answer["previous"]} if previous is None and isinstance(
                     answer.get("previous"), str) and answer.get("changed", True) else {}
-                row = await self._record(rid, device_id, st.ACTIVATED, detail={"agent": _plain(answer)}, **learned)
+                row = await self.record(rid, device_id, st.ACTIVATED, detail={"agent": _plain(answer)}, **learned)
             if row.state == st.VERIFYING:
                 row = await self._verify(rid, resolved, policy.soak_s, device, row)
             if row.state == st.CONFIRMING:
@@ -274,10 +269,10 @@ class DeviceSteps:
                     code = getattr(exc, "code", None)
                     # deadline-passed: the agent already went back on its own (the confirmation came too late).
                     event = st.REVERTED if code == "deadline-passed" else st.STEP_FAILED
-                    row = await self._record(rid, device_id, event, error=message(exc),
-                                             detail={"step": "confirm", "code": code})
+                    row = await self.record(rid, device_id, event, error=message(exc),
+                                            detail={"step": "confirm", "code": code})
                 else:
-                    row = await self._record(rid, device_id, st.CONFIRMED, detail={"agent": _plain(answer)})
+                    row = await self.record(rid, device_id, st.CONFIRMED, detail={"agent": _plain(answer)})
             if row.state == st.ROLLING_BACK:
                 await self._undo(rid, plan, device, row)
         except Exception as exc:
@@ -285,7 +280,7 @@ class DeviceSteps:
             event = st.LOST if lost(exc) else st.STEP_FAILED
             if (state, event) not in st.TABLE:
                 raise
-            await self._record(rid, device_id, event, error=message(exc), detail={"step": state})
+            await self.record(rid, device_id, event, error=message(exc), detail={"step": state})
 
     async def _verify(self, rid: int, resolved: ResolvedPlan, soak_s: float, device: Device,
                       row: DeviceRow) -> DeviceRow:
@@ -301,22 +296,22 @@ class DeviceSteps:
         waiting = False
         while True:
             if await self.db.status(rid) == ABORTED:
-                return await self._record(rid, row.device_id, st.ABORT, detail={"step": "verify"})
+                return await self.record(rid, row.device_id, st.ABORT, detail={"step": "verify"})
             try:
                 sample = await self._step(plan, self.ops.measure(device, row.artifact, plan.gates))
             except Exception as exc:
                 if lost(exc):
                     raise
                 # A device whose health cannot be measured has not proved itself healthy.
-                return await self._record(rid, row.device_id, st.GATES_FAILED,
-                                          error=f"measuring failed: {message(exc)}",
-                                          detail={"step": "measure", "code": getattr(exc, "code", None)})
+                return await self.record(rid, row.device_id, st.GATES_FAILED,
+                                         error=f"measuring failed: {message(exc)}",
+                                         detail={"step": "measure", "code": getattr(exc, "code", None)})
             if plan.gates.serving and not samples and not sample.serving and time.monotonic() < load_until:
                 if not waiting:
                     waiting = True
-                    self._emit(rid, "note", row.device_id, st.VERIFYING,
-                               f"{device.name}: waiting up to {self.ops.load_wait_s:g} s for its model server to "
-                               f"load the model ({sample.notes.get(SERVING, 'not serving')})")
+                    self.emit(rid, "note", row.device_id, st.VERIFYING,
+                              f"{device.name}: waiting up to {self.ops.load_wait_s:g} s for its model server to "
+                              f"load the model ({sample.notes.get(SERVING, 'not serving')})")
                 await asyncio.sleep(self.soak_interval_s)
                 continue
             if waiting and not samples:
@@ -325,34 +320,34 @@ class DeviceSteps:
             result = evaluate(plan.gates, baseline, samples)
             gates = {"baseline": _sample_dict(baseline), **result.to_dict(), "samples": len(samples)}
             await self.db.update(rid, row.device_id, gates=gates)
-            self._emit(rid, "gates", row.device_id, st.VERIFYING,
-                       f"{device.name}: gates {'pass' if result.passed else 'FAIL'} after {len(samples)} "
-                       f"measurement(s)" + ("" if result.passed else f": {result.reason}"))
+            self.emit(rid, "gates", row.device_id, st.VERIFYING,
+                      f"{device.name}: gates {'pass' if result.passed else 'FAIL'} after {len(samples)} "
+                      f"measurement(s)" + ("" if result.passed else f": {result.reason}"))
             if not result.passed:
-                return await self._record(rid, row.device_id, st.GATES_FAILED, gates=gates, error=result.reason,
-                                          detail={"gates": result.to_dict()})
+                return await self.record(rid, row.device_id, st.GATES_FAILED, gates=gates, error=result.reason,
+                                         detail={"gates": result.to_dict()})
             left = soak_s - (time.monotonic() - started)
             if left <= 0:
-                return await self._record(rid, row.device_id, st.PASSED, gates=gates,
-                                          detail={"gates": result.to_dict()})
+                return await self.record(rid, row.device_id, st.PASSED, gates=gates,
+                                         detail={"gates": result.to_dict()})
             await asyncio.sleep(min(self.soak_interval_s, left))
 
     async def _undo(self, rid: int, plan: RolloutPlan, device: Device, row: DeviceRow) -> DeviceRow:
         """ROLLING_BACK -> the agent goes back to the previous model, only if it still runs the artifact."""
         view = await self._step(plan, self.ops.view(device))
         if view.current != row.artifact:
-            return await self._record(rid, row.device_id, st.ROLLED_BACK_OK,
-                                      detail={"already": True, "current": view.current})
+            return await self.record(rid, row.device_id, st.ROLLED_BACK_OK,
+                                     detail={"already": True, "current": view.current})
         try:
             answer = await self._step(plan, self.ops.rollback(device))
         except Exception as exc:
             if lost(exc):
                 raise
-            return await self._record(rid, row.device_id, st.STEP_FAILED, error=message(exc),
-                                      detail={"step": "rollback", "code": getattr(exc, "code", None)})
-        return await self._record(rid, row.device_id, st.ROLLED_BACK_OK, detail={"agent": _plain(answer)})
+            return await self.record(rid, row.device_id, st.STEP_FAILED, error=message(exc),
+                                     detail={"step": "rollback", "code": getattr(exc, "code", None)})
+        return await self.record(rid, row.device_id, st.ROLLED_BACK_OK, detail={"agent": _plain(answer)})
 
-    async def _rollback_one(self, rid: int, resolved: ResolvedPlan, row: DeviceRow, *, close_pending: bool) -> None:
+    async def rollback_one(self, rid: int, resolved: ResolvedPlan, row: DeviceRow, *, close_pending: bool) -> None:
         plan = resolved.plan
         device = await self._device(row.device_id)
         state = row.state
@@ -360,19 +355,19 @@ class DeviceSteps:
             return
         if state in (st.PENDING, st.STAGING):
             if close_pending:
-                await self._record(rid, row.device_id, st.ABORT, detail={"why": "rollout rolled back"})
+                await self.record(rid, row.device_id, st.ABORT, detail={"why": "rollout rolled back"})
             return
         if state == st.CONFIRMING:
             row = await self._confirm_then(rid, plan, device, row)
         if row.state in (st.STAGED, st.FAILED, st.DONE, st.VERIFYING, st.UNREACHABLE):
-            row = await self._record(rid, row.device_id, st.ROLLBACK, detail={"by": self.actor})
+            row = await self.record(rid, row.device_id, st.ROLLBACK, detail={"by": self.actor})
         if row.state == st.ROLLING_BACK:
             try:
                 await self._undo(rid, plan, device, row)
             except Exception as exc:
                 if not lost(exc):
                     raise
-                await self._record(rid, row.device_id, st.LOST, error=message(exc), detail={"step": "rollback"})
+                await self.record(rid, row.device_id, st.LOST, error=message(exc), detail={"step": "rollback"})
                 raise
 
     async def _confirm_then(self, rid: int, plan: RolloutPlan, device: Device, row: DeviceRow) -> DeviceRow:
@@ -381,29 +376,29 @@ class DeviceSteps:
         target = reconciled_state(st.CONFIRMING, row.artifact, view)
         return await self._move(rid, row, target, view)
 
-    async def _settle_abort(self, rid: int, resolved: ResolvedPlan, ids: Sequence[int]) -> None:
+    async def settle_abort(self, rid: int, resolved: ResolvedPlan, ids: Sequence[int]) -> None:
         """Abort: devices not yet switched are skipped, devices under verification roll back."""
         plan = resolved.plan
-        await self._reconcile_all(rid)
+        await self.reconcile_all(rid)
         rows = {r.device_id: r for r in await self.db.devices(rid)}
         for device_id in ids:
             row = rows[device_id]
             if row.state in (st.PENDING, st.STAGING, st.STAGED, st.UNREACHABLE):
-                await self._record(rid, device_id, st.ABORT, detail={"why": "rollout aborted"})
+                await self.record(rid, device_id, st.ABORT, detail={"why": "rollout aborted"})
             elif row.state in (st.VERIFYING, st.ROLLING_BACK):
                 device = await self._device(device_id)
                 if row.state == st.VERIFYING:
-                    row = await self._record(rid, device_id, st.ABORT, detail={"why": "rollout aborted"})
+                    row = await self.record(rid, device_id, st.ABORT, detail={"why": "rollout aborted"})
                 try:
                     await self._undo(rid, plan, device, row)
                 except Exception as exc:
                     if not lost(exc):
                         raise
-                    await self._record(rid, device_id, st.LOST, error=message(exc), detail={"step": "rollback"})
+                    await self.record(rid, device_id, st.LOST, error=message(exc), detail={"step": "rollback"})
 
     # -- reconciling with the agents ---------------------------------------------------------------------
 
-    async def _reconcile_all(self, rid: int) -> None:
+    async def reconcile_all(self, rid: int) -> None:
         """Devices the journal shows mid-switch are asked what they really run, and journaled as that."""
         rows = [r for r in await self.db.devices(rid) if r.state in (st.ACTIVATING, st.VERIFYING, st.CONFIRMING,
                                                                        st.ROLLING_BACK)]
@@ -416,13 +411,13 @@ class DeviceSteps:
             except Exception as exc:
                 if not lost(exc):
                     raise
-                await self._record(rid, row.device_id, st.LOST, error=message(exc), detail={"step": "reconcile"})
+                await self.record(rid, row.device_id, st.LOST, error=message(exc), detail={"step": "reconcile"})
                 return
             await self._move(rid, row, reconciled_state(row.state, row.artifact, view), view)
 
         await gather(one(r) for r in rows)
 
-    async def _retry_unreachable(self, rid: int, ids: Sequence[int]) -> None:
+    async def retry_unreachable(self, rid: int, ids: Sequence[int]) -> None:
         plan = ResolvedPlan.from_dict((await self.db.get(rid)).resolved).plan
 
         async def one(device_id: int) -> None:
@@ -438,11 +433,11 @@ class DeviceSteps:
             target = reconciled_state(before, row.artifact, view)
             agent = _plain(dataclasses.asdict(view))
             if target == st.ROLLING_BACK:
-                await self._record(rid, device_id, st.ROLLBACK,
-                                   detail={"why": "a rollback was under way when it was lost", "agent": agent})
+                await self.record(rid, device_id, st.ROLLBACK,
+                                  detail={"why": "a rollback was under way when it was lost", "agent": agent})
                 return
-            await self._record(rid, device_id, st.REACHABLE,
-                               detail={"reconciled": target, "before": before, "agent": agent})
+            await self.record(rid, device_id, st.REACHABLE,
+                              detail={"reconciled": target, "before": before, "agent": agent})
 
         await gather(one(i) for i in ids)
 
@@ -460,20 +455,20 @@ class DeviceSteps:
         agent = _plain(dataclasses.asdict(view))
         for event in (st.ACTIVATED, st.CONFIRMED, st.ROLLED_BACK_OK):
             if st.TABLE.get((row.state, event)) == target:
-                return await self._record(rid, row.device_id, event, detail={"reconciled": True, "agent": agent})
+                return await self.record(rid, row.device_id, event, detail={"reconciled": True, "agent": agent})
         if row.state != st.UNREACHABLE:
-            await self._record(rid, row.device_id, st.LOST,
-                               detail={"why": "reconciling with the agent", "agent": agent})
-        return await self._record(rid, row.device_id, st.REACHABLE,
-                                  detail={"reconciled": target, "before": row.state, "agent": agent})
+            await self.record(rid, row.device_id, st.LOST,
+                              detail={"why": "reconciling with the agent", "agent": agent})
+        return await self.record(rid, row.device_id, st.REACHABLE,
+                                 detail={"reconciled": target, "before": row.state, "agent": agent})
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
     async def _step(self, plan: RolloutPlan, work: Awaitable[Any]) -> Any:
         return await asyncio.wait_for(work, plan.step_timeout_s)
 
-    async def _record(self, rid: int, device_id: int, event: str, *, detail: dict[str, Any] | None = None,
-                      **fields: Any) -> DeviceRow:
+    async def record(self, rid: int, device_id: int, event: str, *, detail: dict[str, Any] | None = None,
+                     **fields: Any) -> DeviceRow:
         row = await self.db.record(rid, device_id, event, detail=detail, **fields)
         name = self._names.get(device_id)
         if name is None:
@@ -482,20 +477,15 @@ class DeviceSteps:
             except FleetDeskError:  # removed from the inventory since
                 name = f"device {device_id}"
         extra = f": {row.error}" if row.error and row.state in (st.FAILED, st.ROLLING_BACK, st.UNREACHABLE) else ""
-        self._emit(rid, "state", device_id, row.state, f"{name}: {event} -> {row.state}{extra}")
+        self.emit(rid, "state", device_id, row.state, f"{name}: {event} -> {row.state}{extra}")
         return row
-
-    def _emit(self, rid: int, kind: str, device_id: int | None, state: str | None, message: str, **extra: Any
-              ) -> None:
-        if self.on_event is not None:
-            self.on_event(RolloutEvent(rid, kind, device_id, state, message, **extra))
 
 
 class _Meter:
     """Turns push progress into events with bytes/s and an ETA, at most a few per second."""
 
-    def __init__(self, steps: DeviceSteps, rid: int, device_id: int, name: str) -> None:
-        self.steps, self.rid, self.device_id, self.name = steps, rid, device_id, name
+    def __init__(self, emit: Emit, rid: int, device_id: int, name: str) -> None:
+        self.emit, self.rid, self.device_id, self.name = emit, rid, device_id, name
         self.started = time.monotonic()
         self.last = 0.0
         self.done, self.total = 0, 0  # bytes the device acknowledged (every report, not only those emitted)
@@ -513,9 +503,8 @@ class _Meter:
         elapsed = max(now - self.started, 1e-6)
         rate = done / elapsed
         eta = (total - done) / rate if rate > 0 else None
-        self.steps._emit(self.rid, "progress", self.device_id, st.STAGING,
-                         f"{self.name}: {done}/{total} bytes", bytes_done=done, bytes_total=total,
-                         rate_bytes_s=rate, eta_s=eta)
+        self.emit(self.rid, "progress", self.device_id, st.STAGING, f"{self.name}: {done}/{total} bytes",
+                  bytes_done=done, bytes_total=total, rate_bytes_s=rate, eta_s=eta)
 
 
 class Slots:

@@ -5,8 +5,10 @@ then activate each staged device, measure its health gates through the soak and 
 after each device `decide` says whether to go on, wait, pause, ask for approval or finish. Status lives in the
 inventory, so a pause or abort from another process (the CLI, the GUI) is seen between steps, and a crash is
 repaired by `recover`/`run`: each device's real state is asked of its agent and written back to the journal.
-One device's steps are in fleetdesk.rollout.device_steps; the inventory is reached through
-fleetdesk.rollout.journal, on the inventory's thread, so the event loop (the window's) never waits on a commit.
+One device's steps are fleetdesk.rollout.device_steps.DeviceSteps, which the engine holds (`engine.steps`) and
+gives what they work with: the fleet, the device operations, the journal, the actor and the engine's own way to
+report events (`RolloutEvent`s, to `on_event`). The inventory is reached through fleetdesk.rollout.journal, on the
+inventory's thread, so the event loop (the window's) never waits on a commit.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.config import Settings
@@ -42,7 +46,6 @@ from fleetdesk.rollout.device_steps import (
     RUNNING,
     WAITING,
     DeviceSteps,
-    RolloutEvent,
     Slots,
     gather,
     message,
@@ -57,17 +60,37 @@ class RolloutBusyError(FleetDeskError):
     """Another FleetDesk process on this laptop is driving the rollout now."""
 
 
+@dataclass(frozen=True)
+class RolloutEvent:
+    """Something the operator may want to see: a device's new state, transfer progress, a gate's value."""
+
+    rollout_id: int
+    kind: str  # "state" | "progress" | "gates" | "status" | "decision" | "note"
+    device_id: int | None
+    state: str | None
+    message: str
+    bytes_done: int = 0
+    bytes_total: int = 0
+    rate_bytes_s: float = 0.0
+    eta_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def _os_user() -> str:
     with contextlib.suppress(Exception):
         return getpass.getuser()
     return "unknown"
 
 
-class RolloutEngine(DeviceSteps):
+class RolloutEngine:
     """`rid = await engine.start(plan); row = await engine.run(rid)`; control with pause/resume/approve/abort.
 
     `repo` is the inventory's rollout tables for callers that read them synchronously (the CLI, tests); the
     engine itself goes through `db`, on `executor` (the GUI's inventory thread) or a thread of its own.
+    `steps` (DeviceSteps) takes each device of a wave through its steps: its soak interval, transfer backoff
+    and stall timeout are set there. Every event, the engine's and the steps', goes to `on_event`.
     """
 
     unreachable_poll_s = 3.0  # how often an unreachable device is asked again
@@ -84,7 +107,7 @@ class RolloutEngine(DeviceSteps):
         self.actor = actor or _os_user()
         self._lock_dir = lock_dir
         self._held: dict[int, int] = {}  # rollout id -> fd of its lock file, while this process drives it
-        self._names: dict[int, str] = {}  # device id -> name, for the events' messages
+        self.steps = DeviceSteps(fleet, self.ops, self.db, actor=self.actor, emit=self._emit)
 
     # -- operator actions ------------------------------------------------------------------------------------
 
@@ -142,7 +165,8 @@ class RolloutEngine(DeviceSteps):
             journal = await self.db.journal(rid, device_id=row.device_id)
             if any(e.event == st.ACTIVATE for e in journal):
                 continue
-            await self._record(rid, row.device_id, st.RETRY, error="", detail={"by": self.actor, "failed": row.error})
+            await self.steps.record(rid, row.device_id, st.RETRY, error="",
+                                    detail={"by": self.actor, "failed": row.error})
             retried.append(row.device_id)
         return retried
 
@@ -178,7 +202,7 @@ class RolloutEngine(DeviceSteps):
         async with self._try_lock(rollout_id) as mine:
             if mine:
                 resolved = ResolvedPlan.from_dict(row.resolved)
-                await self._settle_abort(rollout_id, resolved, [d.device_id for d in resolved.devices])
+                await self.steps.settle_abort(rollout_id, resolved, [d.device_id for d in resolved.devices])
             else:
                 outcome = "requested"  # the driving process settles the devices at its next step
         await self.db.audit(self.actor, "abort", outcome, rollout_id=rollout_id,
@@ -216,7 +240,7 @@ class RolloutEngine(DeviceSteps):
                 raise RolloutBusyError(f"rollout {rollout_id} is being driven by another FleetDesk process",
                                        fix=f"pause it first (`fleetdesk rollout pause {rollout_id}`), wait for it "
                                            "to stop, then roll back")
-            await self._reconcile_all(rollout_id)
+            await self.steps.reconcile_all(rollout_id)
             now = {r.device_id: r for r in await self.db.devices(rollout_id)}
             chosen = [now[i] for i in ids]
             whole = device_id is None and wave is None
@@ -227,7 +251,7 @@ class RolloutEngine(DeviceSteps):
                 # The engine is not driving it (we hold the lock): a part rolled back leaves it paused, so the
                 # next `resume` decides again with these devices counted.
                 row = await self.db.set_status(rollout_id, PAUSED, reason="a part was rolled back by the operator")
-            results = await asyncio.gather(*(self._rollback_one(rollout_id, resolved, r, close_pending=whole)
+            results = await asyncio.gather(*(self.steps.rollback_one(rollout_id, resolved, r, close_pending=whole)
                                              for r in chosen), return_exceptions=True)
             problems = [r for r in results if isinstance(r, BaseException)]
             left = [r for r in await self.db.devices(rollout_id) if r.device_id in ids and r.state not in
@@ -254,7 +278,7 @@ class RolloutEngine(DeviceSteps):
             async with self._try_lock(row.id) as mine:
                 if not mine:
                     continue  # another live process drives it: it was not a crash
-                await self._reconcile_all(row.id)
+                await self.steps.reconcile_all(row.id)
                 found.append(row.id)
         return found
 
@@ -272,13 +296,13 @@ class RolloutEngine(DeviceSteps):
                 self._emit(rollout_id, "status", None, RUNNING, f"rollout {rollout_id} running")
             if row.status == ABORTED:
                 resolved = ResolvedPlan.from_dict(row.resolved)
-                await self._settle_abort(rollout_id, resolved, [d.device_id for d in resolved.devices])
+                await self.steps.settle_abort(rollout_id, resolved, [d.device_id for d in resolved.devices])
                 return await self.db.get(rollout_id)
             if row.status != RUNNING:
                 return row
             resolved = ResolvedPlan.from_dict(row.resolved)
             # Whatever a crash left between "journaled" and "done": ask the agents before any new step.
-            await self._reconcile_all(rollout_id)
+            await self.steps.reconcile_all(rollout_id)
             approved = {a.detail.get("wave") for a in await self.db.audit_log(rollout_id=rollout_id, limit=10_000)
                         if a.action == "approve" and a.outcome == "ok"}
             for wave in range(len(resolved.waves)):
@@ -301,7 +325,7 @@ class RolloutEngine(DeviceSteps):
                 break
             row = await self.db.get(rollout_id)
             if row.status == ABORTED:
-                await self._settle_abort(rollout_id, resolved, [d.device_id for d in resolved.devices])
+                await self.steps.settle_abort(rollout_id, resolved, [d.device_id for d in resolved.devices])
             return await self.db.get(rollout_id)
 
     async def _tally(self, rid: int, ids: Sequence[int]) -> dc.WaveTally:
@@ -314,7 +338,7 @@ class RolloutEngine(DeviceSteps):
         ids = list(resolved.waves[wave])
         unreachable_since: float | None = None
         while True:
-            if not await self._running(rid):
+            if not await self.steps.running(rid):
                 return None
             tally = await self._tally(rid, ids)
             if not tally.unreachable:
@@ -330,7 +354,7 @@ class RolloutEngine(DeviceSteps):
                     self._emit(rid, "note", None, None, f"{decision.reason} (up to {plan.unreachable_wait_s:g} s)")
                 await asyncio.sleep(self.unreachable_poll_s)
                 states = await self.db.states(rid, ids)
-                await self._retry_unreachable(rid, [i for i in ids if states[i] == st.UNREACHABLE])
+                await self.steps.retry_unreachable(rid, [i for i in ids if states[i] == st.UNREACHABLE])
             elif decision.action == dc.PAUSE and tally.active:
                 # Errors exceeded while devices are mid-way: those already switched finish their verification
                 # (an unconfirmed switch is never left behind), nothing new starts.
@@ -347,7 +371,7 @@ class RolloutEngine(DeviceSteps):
         stop = asyncio.Event()  # set when a device's end state makes the wave pause: no device starts a new step
 
         async def may_start() -> bool:
-            return not stop.is_set() and await self._running(rid)
+            return not stop.is_set() and await self.steps.running(rid)
 
         # Transfers at once; a device whose turn comes after the wave stopped does not start.
         slots = Slots(plan.transfer.max_parallel, may_start)
@@ -364,7 +388,7 @@ class RolloutEngine(DeviceSteps):
         async def stage_one(device_id: int) -> None:
             if not await may_start():
                 return
-            await self._stage(rid, resolved, device_id, slots)
+            await self.steps.stage(rid, resolved, device_id, slots)
             await check_wave()
 
         async def activate_one(device_id: int) -> None:
@@ -372,7 +396,7 @@ class RolloutEngine(DeviceSteps):
                 state = (await self.db.device(rid, device_id)).state
                 if state == st.STAGED and not await may_start():
                     return
-                await self._activate(rid, resolved, wave, device_id)
+                await self.steps.activate(rid, resolved, wave, device_id)
                 await check_wave()
 
         async def in_state(*wanted: str) -> list[int]:
@@ -396,7 +420,7 @@ class RolloutEngine(DeviceSteps):
                     await activate_one(device_id)
 
             await gather(both(i) for i in ids)
-        if not await self._running(rid):
+        if not await self.steps.running(rid):
             await self._finish_switched(rid, resolved, ids)
 
     async def _finish_switched(self, rid: int, resolved: ResolvedPlan, ids: Sequence[int]) -> None:
@@ -405,7 +429,12 @@ class RolloutEngine(DeviceSteps):
         wave_of = {d.device_id: d.wave for d in resolved.devices}
         states = await self.db.states(rid, ids)
         switched = [i for i in ids if states[i] in (st.VERIFYING, st.CONFIRMING, st.ROLLING_BACK)]
-        await gather(self._activate(rid, resolved, wave_of[i], i) for i in switched)
+        await gather(self.steps.activate(rid, resolved, wave_of[i], i) for i in switched)
+
+    def _emit(self, rid: int, kind: str, device_id: int | None, state: str | None, message: str, **extra: Any
+              ) -> None:
+        if self.on_event is not None:
+            self.on_event(RolloutEvent(rid, kind, device_id, state, message, **extra))
 
     @contextlib.asynccontextmanager
     async def _try_lock(self, rid: int) -> AsyncIterator[bool]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import onnx
 
+from fleetdesk.agent_client import AgentView
 from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.artifacts.store import ArtifactStore, write_golden
 from fleetdesk.fleet import Fleet
@@ -21,7 +22,7 @@ from fleetdesk.models import inspect_model
 from fleetdesk.models.report import BASELINE, CHOSEN, OptimizationReport, ProfileResult, Tolerance, Variant
 from fleetdesk.models.samples import GENERATED_SOURCE, generate_samples
 from fleetdesk.profiles import ProfileSet
-from fleetdesk.rollout.device_ops import AgentView, DeviceOps
+from fleetdesk.rollout.device_ops import DeviceOps
 from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent
 from fleetdesk.rollout.plan import RolloutPlan
 from fleetdesk.rollout.policy import Gates
@@ -63,10 +64,10 @@ def lab_plan(fleet: Fleet, model: str, names: Sequence[str], *, gates: Gates, **
 def quick(engine: RolloutEngine) -> RolloutEngine:
     """The engine's waits shortened for tests: soak samples and unreachable polls every second, a 0.5 s transfer
     backoff, a transfer with no byte moving for 5 s counted as stalled."""
-    engine.soak_interval_s = 1.0
+    engine.steps.soak_interval_s = 1.0
     engine.unreachable_poll_s = 1.0
-    engine.backoff_s = 0.5
-    engine.stall_timeout_s = 5.0
+    engine.steps.backoff_s = 0.5
+    engine.steps.stall_timeout_s = 5.0
     return engine
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fleetdesk.agent_client import AgentView
 from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.artifacts.store import ArtifactStore, write_golden
 from fleetdesk.fleet import Fleet
@@ -37,7 +38,7 @@ from fleetdesk.models.report import (
     Variant,
 )
 from fleetdesk.profiles import ProfileSet, load_profiles
-from fleetdesk.rollout.device_ops import AgentView, DeviceOps
+from fleetdesk.rollout.device_ops import DeviceOps
 from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent
 from fleetdesk.rollout.plan import RolloutPlan
 from fleetdesk.rollout.policy import Gates, WavePolicy
@@ -81,7 +82,7 @@ class Laptop(LabLaptop):
     def engine(self, fleet: Fleet, events: list[RolloutEvent] | None = None) -> RolloutEngine:
         engine = RolloutEngine(fleet, self.store, on_event=None if events is None else events.append,
                                actor="lab-test", lock_dir=self.data_dir / "rollout-locks")
-        engine.soak_interval_s = 2.0
+        engine.steps.soak_interval_s = 2.0
         return engine
 
 

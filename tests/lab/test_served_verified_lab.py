@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from fleetdesk.agent_client import AgentView
 from fleetdesk.fleet import Fleet
 from fleetdesk.profiles import load_profiles
-from fleetdesk.rollout.device_ops import AgentView, DeviceOps
+from fleetdesk.rollout.device_ops import DeviceOps
 from fleetdesk.rollout.gates import SERVING, evaluate
 from fleetdesk.rollout.policy import Gates
 from fleetdesk.telemetry.sample import Sample
