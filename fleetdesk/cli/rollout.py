@@ -66,7 +66,7 @@ def _plan(args: argparse.Namespace, fleet: Any) -> Any:
                        wave_policies=wave_policies_from_flags(args.wave_policy or (), policy), gates=gates,
                        transfer=transfer, unreachable=args.unreachable, unreachable_wait_s=args.unreachable_wait,
                        confirm_within_s=args.confirm_within, step_timeout_s=args.step_timeout,
-                       actor=args.actor or "")
+                       approval_by_other=args.approval_by_other)
 
 
 WAVE_POLICY_FLAG = "--wave-policy"
@@ -219,8 +219,7 @@ def _with_engine(args: argparse.Namespace, work: Callable[[Any, Any], Any], *, q
         fleet = open_fleet(args)
         try:
             stream = sys.stderr if args.json else sys.stdout
-            engine = RolloutEngine(fleet, _store(), on_event=None if quiet else _Printer(stream),
-                                   actor=getattr(args, "actor", None) or None)
+            engine = RolloutEngine(fleet, _store(), on_event=None if quiet else _Printer(stream))
             return int(await work(engine, fleet))
         finally:
             await fleet.close()
@@ -243,8 +242,8 @@ async def _drive(args: argparse.Namespace, engine: Any, fleet: Any, rollout_id: 
                   flush=True)
             with contextlib.suppress(Exception):
                 engine.repo.set_status(rollout_id, "paused", reason="operator (Ctrl-C)", expect="running")
-                engine.repo.audit(engine.actor, "pause", "ok", rollout_id=rollout_id,
-                                  detail={"reason": "Ctrl-C in the terminal"})
+                fleet.access.record("rollout.pause", targets=(f"rollout:{rollout_id}",),
+                                    after={"reason": "Ctrl-C in the terminal"})
         elif task is not None:
             task.cancel()
 
@@ -334,8 +333,8 @@ def cmd_rollout_rollback(args: argparse.Namespace) -> int:
         device_id = fleet.inventory.device(args.device).id if args.device is not None else None
         wave = args.wave - 1 if args.wave is not None else None
         row = await engine.rollback(args.id, device_id=device_id, wave=wave)
-        entries = engine.repo.audit_log(rollout_id=args.id, limit=1)
-        ok = bool(entries) and entries[0].action == "rollback" and entries[0].outcome == "ok"
+        entries = await engine.db.audit_log(args.id)
+        ok = bool(entries) and entries[0].action == "rollout.rollback" and entries[0].outcome == "ok"
         return _show(args, engine, fleet, args.id, 0 if ok and row.status != "failed" else EXIT_FAILED)
 
     return _with_engine(args, work)
@@ -373,16 +372,16 @@ def cmd_rollout_journal(args: argparse.Namespace) -> int:
         engine.repo.get(args.id)  # a clear error for an unknown id
         names = {d.id: d.name for d in fleet.inventory.devices()}
         entries = engine.repo.journal(args.id)
-        audit = engine.repo.audit_log(rollout_id=args.id, limit=10_000)
+        audit = await engine.db.audit_log(args.id)
         steps = [("AT", "DEVICE", "FROM", "EVENT", "TO")]
         for e in entries:
             who = "-" if e.device_id is None else names.get(e.device_id, str(e.device_id))
             steps.append((when(e.at), who, e.from_state or "-", e.event, e.to_state or "-"))
-        actions = [("AT", "WHO", "ACTION", "OUTCOME")] + [(when(a.at), safe(a.actor), a.action, a.outcome)
+        actions = [("AT", "WHO", "ACTION", "OUTCOME")] + [(when(a.at), safe(a.operator), a.action, a.outcome)
                                                           for a in reversed(audit)]
         text = table(steps) + "\n\naudit log\n" + table(actions)
         emit(args, {"journal": [dataclasses.asdict(e) for e in entries],
-                    "audit": [dataclasses.asdict(a) for a in audit]}, text)
+                    "audit": [a.to_dict() for a in audit]}, text)
         return 0
 
     return _with_engine(args, work, quiet=True)
@@ -428,7 +427,8 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temp-max", type=float, metavar="C", help="hottest zone in °C (default 85; negative: off)")
     p.add_argument("--mem-free-min", type=float, metavar="PCT", help="free memory in %% (default 10; negative: off)")
     p.add_argument("--no-serving-gate", action="store_true", help="do not require the server to serve the model")
-    p.add_argument("--actor", metavar="NAME", help="who starts it, for the audit log (default: your OS user)")
+    p.add_argument("--approval-by-other", action="store_true",
+                   help="four-eyes: each wave's approval must come from another operator than the one who starts it")
 
 
 def add_rollout(sub: Any) -> None:
@@ -446,7 +446,6 @@ def add_rollout(sub: Any) -> None:
     def with_id(name: str, text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
         q = with_json(rs.add_parser(name, help=text))
         q.add_argument("id", type=int, metavar="ID")
-        q.add_argument("--actor", metavar="NAME", help="who does it, for the audit log (default: your OS user)")
         q.set_defaults(func=func)
         return q
 

@@ -355,7 +355,8 @@ class RolloutJournalRow(Base):
 
 
 class AuditLogRow(Base):
-    """Who did what, when, to which devices, and how it went; never changed or deleted by another table."""
+    """The audit rows written before the hash chain (migration 0007): read-only since, the genesis entry commits
+    to them."""
 
     __tablename__ = "audit_log"
     __table_args__ = (Index("ix_audit_log_at", "at"), Index("ix_audit_log_rollout_id", "rollout_id"))

@@ -1,4 +1,5 @@
-"""Rollouts in the inventory: each rollout's plan and status, its devices' states, the journal and the audit log.
+"""Rollouts in the inventory: each rollout's plan and status, its devices' states and the journal. (What operators
+did to a rollout is in the audit trail, fleetdesk.inventory.audit.)
 
 Every change of a device's state goes through `RolloutRepo.record`, which reads the state, applies the transition
 table (fleetdesk.inventory.rollout_states) and appends the journal entry in one write transaction: two FleetDesk
@@ -33,7 +34,6 @@ ACTIVE_STATUSES = ("planned", "running", "paused", "waiting-approval", "rolling-
 DEVICE_FIELDS = ("previous_artifact", "attempts", "bytes_sent", "error", "gates")
 CREATED = "create"  # the journal's event for a rollout's creation (from_state "")
 STATUS = "status"  # the journal's event for a change of the rollout's status
-DEFAULT_AUDIT_LIMIT = 200
 _NOT_FOUND_FIX = "`fleetdesk rollout status` lists the rollouts"
 
 
@@ -103,18 +103,6 @@ class JournalEntry:
     event: str
     to_state: str
     at: datetime
-    detail: dict[str, Any] = field(hash=False)
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    id: int
-    at: datetime
-    actor: str
-    action: str  # "start", "pause", "resume", "approve", "abort", "rollback", ...
-    rollout_id: int | None
-    device_ids: tuple[int, ...]
-    outcome: str  # "ok", "refused", "failed", ...
     detail: dict[str, Any] = field(hash=False)
 
 
@@ -261,31 +249,6 @@ class RolloutRepo:
             return [JournalEntry(r.id, r.rollout_id, r.device_id, r.from_state, r.event, r.to_state, r.at,
                                  json.loads(r.detail)) for r in rows]
 
-    # -- audit -----------------------------------------------------------------------------------------
-
-    def audit(self, actor: str, action: str, outcome: str, *, rollout_id: int | None = None,
-              device_ids: Sequence[int] = (), detail: Mapping[str, Any] | None = None) -> AuditEntry:
-        """Append one entry to the audit log: who did what, to which devices, and how it went."""
-        if not action or not outcome:
-            raise ValueError("an audit entry names its action and its outcome")
-        with self._session(write=True) as session:
-            row = orm.AuditLogRow(at=_now(), actor=actor, action=action, rollout_id=rollout_id,
-                                  device_ids=_json([int(i) for i in device_ids]), outcome=outcome,
-                                  detail=_json(dict(detail or {})))
-            session.add(row)
-            session.flush()
-            return _audit(row)
-
-    def audit_log(self, *, rollout_id: int | None = None,
-                  limit: int = DEFAULT_AUDIT_LIMIT) -> builtins.list[AuditEntry]:
-        """The newest entries first (of one rollout when given), at most `limit`."""
-        query = select(orm.AuditLogRow)
-        if rollout_id is not None:
-            query = query.where(orm.AuditLogRow.rollout_id == rollout_id)
-        query = query.order_by(orm.AuditLogRow.id.desc()).limit(max(0, limit))
-        with self._session() as session:
-            return [_audit(row) for row in session.scalars(query)]
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -343,8 +306,3 @@ def _device(row: orm.RolloutDeviceRow) -> DeviceRow:
                      previous_artifact=row.previous_artifact, state=row.state, attempts=row.attempts,
                      bytes_sent=row.bytes_sent, error=row.error, gates=json.loads(row.gates),
                      updated_at=row.updated_at)
-
-
-def _audit(row: orm.AuditLogRow) -> AuditEntry:
-    return AuditEntry(id=row.id, at=row.at, actor=row.actor, action=row.action, rollout_id=row.rollout_id,
-                      device_ids=tuple(json.loads(row.device_ids)), outcome=row.outcome, detail=json.loads(row.detail))

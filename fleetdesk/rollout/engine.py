@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
-import getpass
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -28,7 +27,7 @@ from typing import Any
 
 from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.config import Settings
-from fleetdesk.errors import ConfigError, FleetDeskError, RolloutConflictError
+from fleetdesk.errors import AccessDeniedError, ConfigError, FleetDeskError, RolloutConflictError
 from fleetdesk.fleet import Fleet
 from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.rollouts import RolloutRepo, RolloutRow
@@ -78,12 +77,6 @@ class RolloutEvent:
         return dataclasses.asdict(self)
 
 
-def _os_user() -> str:
-    with contextlib.suppress(Exception):
-        return getpass.getuser()
-    return "unknown"
-
-
 class RolloutEngine:
     """`rid = await engine.start(plan); row = await engine.run(rid)`; control with pause/resume/approve/abort.
 
@@ -97,28 +90,33 @@ class RolloutEngine:
 
     def __init__(self, fleet: Fleet, store: ArtifactStore, *, repo: RolloutRepo | None = None,
                  ops: DeviceOps | None = None, on_event: Callable[[RolloutEvent], None] | None = None,
-                 actor: str | None = None, lock_dir: Path | None = None, executor: Executor | None = None) -> None:
+                 lock_dir: Path | None = None, executor: Executor | None = None) -> None:
         self.fleet = fleet
         self.store = store
         self.repo = repo or RolloutRepo(fleet.inventory)
-        self.db = RolloutJournal(self.repo, fleet.inventory, executor)
+        self.db = RolloutJournal(self.repo, fleet.inventory, fleet.access, executor)
         self.ops = ops or DeviceOps(fleet, store)
         self.on_event = on_event
-        self.actor = actor or _os_user()
+        self.actor = fleet.access.name  # the acting operator: their roles are checked, their actions audited
         self._lock_dir = lock_dir
         self._held: dict[int, int] = {}  # rollout id -> fd of its lock file, while this process drives it
         self.steps = DeviceSteps(fleet, self.ops, self.db, actor=self.actor, emit=self._emit)
 
     # -- operator actions ------------------------------------------------------------------------------------
 
+    async def _allow(self, permission: str, action: str, rollout_id: int) -> None:
+        """The acting operator may do `action` to every device of the rollout, or AccessDeniedError (audited)."""
+        ids = [r.device_id for r in await self.db.devices(rollout_id)]
+        await self.db.allow(permission, action, rollout_id, ids)
+
     async def start(self, plan: RolloutPlan) -> int:
         """Resolve the plan against the inventory and the store, journal it as planned; nothing is touched yet."""
-        actor = plan.actor or self.actor
-        if not plan.actor:
-            plan = dataclasses.replace(plan, actor=actor)
+        actor = self.actor
+        plan = dataclasses.replace(plan, actor=actor)
         resolved = await self.db.call(resolve, plan, self.fleet.inventory, self.store)
+        await self.db.allow("deploy", "start", None, [d.device_id for d in resolved.devices])
         row = await self.db.create(resolved, actor)
-        await self.db.audit(actor, "start", "planned", rollout_id=row.id,
+        await self.db.audit("start", "planned", rollout_id=row.id,
                             device_ids=tuple(d.device_id for d in resolved.devices),
                             detail={"model": resolved.model_ref, "waves": [list(w) for w in resolved.waves]})
         self._emit(row.id, "status", None, row.status,
@@ -128,20 +126,22 @@ class RolloutEngine:
 
     async def pause(self, rollout_id: int, reason: str = "operator") -> RolloutRow:
         row = await self.db.get(rollout_id)
+        await self._allow("deploy", "pause", rollout_id)
         if row.status not in (RUNNING, PLANNED, WAITING):
-            await self.db.audit(self.actor, "pause", "refused", rollout_id=rollout_id, detail={"status": row.status})
+            await self.db.audit("pause", "refused", rollout_id=rollout_id, detail={"status": row.status})
             raise ConfigError(f"rollout {rollout_id} is {row.status}; only a running or waiting one can be paused",
                               fix="see `fleetdesk rollout status ID`")
         row = await self.db.set_status(rollout_id, PAUSED, reason=reason, expect=row.status)
-        await self.db.audit(self.actor, "pause", "ok", rollout_id=rollout_id, detail={"reason": reason})
+        await self.db.audit("pause", "ok", rollout_id=rollout_id, detail={"reason": reason})
         self._emit(rollout_id, "status", None, PAUSED, f"rollout {rollout_id} paused: {reason}")
         return row
 
     async def resume(self, rollout_id: int) -> RolloutRow:
         """A paused rollout runs again (call `run` to drive it); a crashed running one is left running."""
         row = await self.db.get(rollout_id)
+        await self._allow("deploy", "resume", rollout_id)
         if row.status not in (PAUSED, RUNNING, PLANNED):
-            await self.db.audit(self.actor, "resume", "refused", rollout_id=rollout_id, detail={"status": row.status})
+            await self.db.audit("resume", "refused", rollout_id=rollout_id, detail={"status": row.status})
             hint = "approve it: `fleetdesk rollout approve ID`" if row.status == WAITING else \
                 "a finished rollout cannot run again; plan a new one"
             raise ConfigError(f"rollout {rollout_id} is {row.status}, not paused", fix=hint)
@@ -149,7 +149,7 @@ class RolloutEngine:
         if row.status == PAUSED:
             row = await self.db.set_status(rollout_id, RUNNING, expect=PAUSED)
             retried = await self._retry_failed_before_switch(rollout_id)
-        await self.db.audit(self.actor, "resume", "ok", rollout_id=rollout_id, device_ids=tuple(retried),
+        await self.db.audit("resume", "ok", rollout_id=rollout_id, device_ids=tuple(retried),
                             detail={"retried": retried} if retried else None)
         self._emit(rollout_id, "status", None, row.status, f"rollout {rollout_id} resumed")
         return row
@@ -171,17 +171,27 @@ class RolloutEngine:
         return retried
 
     async def approve(self, rollout_id: int) -> RolloutRow:
-        """The operator lets the next wave start (call `run` to drive it)."""
+        """The operator lets the next wave start (call `run` to drive it).
+
+        Needs the approve permission over the rollout's devices; under four-eyes (the plan's approval_by_other)
+        the operator who started the rollout may not approve its waves."""
         row = await self.db.get(rollout_id)
+        await self._allow("approve", "approve", rollout_id)
+        if row.plan.get("approval_by_other") and row.actor == self.actor:
+            reason = (f"rollout {rollout_id} needs its waves approved by another operator than {row.actor}, "
+                      "who started it (four-eyes)")
+            await self.db.audit("approve", "refused", rollout_id=rollout_id, detail={"reason": reason})
+            raise AccessDeniedError(reason, operator=self.actor, permission="approve",
+                                    fix="ask another operator with the approver role to approve it")
         if row.status != WAITING:
-            await self.db.audit(self.actor, "approve", "refused", rollout_id=rollout_id, detail={"status": row.status})
+            await self.db.audit("approve", "refused", rollout_id=rollout_id, detail={"status": row.status})
             raise ConfigError(f"rollout {rollout_id} is {row.status}; nothing waits for approval",
                               fix="approve a rollout whose status is waiting-approval")
         rows = await self.db.devices(rollout_id)
         started = [r.wave for r in rows if r.state != st.PENDING]  # the waiting wave: the last one started
         wave = max(started) if started else 0
         row = await self.db.set_status(rollout_id, RUNNING, expect=WAITING)
-        await self.db.audit(self.actor, "approve", "ok", rollout_id=rollout_id,
+        await self.db.audit("approve", "ok", rollout_id=rollout_id,
                             device_ids=tuple(r.device_id for r in rows if r.wave == wave + 1), detail={"wave": wave})
         self._emit(rollout_id, "status", None, RUNNING, f"rollout {rollout_id}: wave {wave + 2} approved")
         return row
@@ -192,8 +202,9 @@ class RolloutEngine:
         When another process drives the rollout, it does that at its next step; otherwise it is done here.
         """
         row = await self.db.get(rollout_id)
+        await self._allow("deploy", "abort", rollout_id)
         if row.status in FINISHED or row.status == ROLLING_BACK:
-            await self.db.audit(self.actor, "abort", "refused", rollout_id=rollout_id, detail={"status": row.status})
+            await self.db.audit("abort", "refused", rollout_id=rollout_id, detail={"status": row.status})
             raise ConfigError(f"rollout {rollout_id} is {row.status} already; there is nothing to abort",
                               fix="roll it back instead: `fleetdesk rollout rollback ID`")
         row = await self.db.set_status(rollout_id, ABORTED, reason="aborted by the operator", expect=row.status)
@@ -205,7 +216,7 @@ class RolloutEngine:
                 await self.steps.settle_abort(rollout_id, resolved, [d.device_id for d in resolved.devices])
             else:
                 outcome = "requested"  # the driving process settles the devices at its next step
-        await self.db.audit(self.actor, "abort", outcome, rollout_id=rollout_id,
+        await self.db.audit("abort", outcome, rollout_id=rollout_id,
                             device_ids=tuple(d.device_id for d in await self.db.devices(rollout_id)))
         return await self.db.get(rollout_id)
 
@@ -220,6 +231,7 @@ class RolloutEngine:
         row = await self.db.get(rollout_id)
         resolved = ResolvedPlan.from_dict(row.resolved)
         rows = await self.db.devices(rollout_id)
+        await self._allow("deploy", "rollback", rollout_id)
         if device_id is not None:
             chosen = [r for r in rows if r.device_id == device_id]
             if not chosen:
@@ -235,7 +247,7 @@ class RolloutEngine:
         ids = tuple(r.device_id for r in chosen)
         async with self._try_lock(rollout_id) as mine:
             if not mine:
-                await self.db.audit(self.actor, "rollback", "refused", rollout_id=rollout_id, device_ids=ids,
+                await self.db.audit("rollback", "refused", rollout_id=rollout_id, device_ids=ids,
                                     detail={"why": "another process drives the rollout"})
                 raise RolloutBusyError(f"rollout {rollout_id} is being driven by another FleetDesk process",
                                        fix=f"pause it first (`fleetdesk rollout pause {rollout_id}`), wait for it "
@@ -261,7 +273,7 @@ class RolloutEngine:
                 row = await self.db.set_status(rollout_id, ROLLED_BACK if outcome == "ok" else FAILED,
                                                reason="" if outcome == "ok" else
                                                f"{len(left)} device(s) could not be rolled back")
-        await self.db.audit(self.actor, "rollback", outcome, rollout_id=rollout_id, device_ids=ids,
+        await self.db.audit("rollback", outcome, rollout_id=rollout_id, device_ids=ids,
                             detail={"scope": "device" if device_id is not None else "wave" if wave is not None
                                     else "rollout", "wave": wave,
                                     "left": {str(r.device_id): r.state for r in left},
@@ -303,8 +315,8 @@ class RolloutEngine:
             resolved = ResolvedPlan.from_dict(row.resolved)
             # Whatever a crash left between "journaled" and "done": ask the agents before any new step.
             await self.steps.reconcile_all(rollout_id)
-            approved = {a.detail.get("wave") for a in await self.db.audit_log(rollout_id=rollout_id, limit=10_000)
-                        if a.action == "approve" and a.outcome == "ok"}
+            approved = {a.after.get("wave") for a in await self.db.audit_log(rollout_id)
+                        if a.action == "rollout.approve" and a.outcome == "ok"}
             for wave in range(len(resolved.waves)):
                 decision = await self._run_wave(rollout_id, resolved, wave)
                 if decision is None:
@@ -318,9 +330,8 @@ class RolloutEngine:
                 except RolloutConflictError:
                     break  # paused or aborted elsewhere a moment ago: that status stands
                 if status == PAUSED:
-                    await self.db.audit("fleetdesk", "pause", "ok", rollout_id=rollout_id,
-                                        device_ids=tuple(resolved.waves[wave]),
-                                        detail={"wave": wave, **decision.to_dict()})
+                    await self.db.audit("pause", "ok", rollout_id=rollout_id, device_ids=tuple(resolved.waves[wave]),
+                                        detail={"by": "fleetdesk", "wave": wave, **decision.to_dict()})
                 self._emit(rollout_id, "status", None, status, f"rollout {rollout_id} {status}: {decision.reason}")
                 break
             row = await self.db.get(rollout_id)

@@ -16,10 +16,10 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from fleetdesk.access import Access
+from fleetdesk.inventory.audit import AuditEntry, AuditFilter
 from fleetdesk.inventory.records import Device
 from fleetdesk.inventory.rollouts import (
-    DEFAULT_AUDIT_LIMIT,
-    AuditEntry,
     DeviceRow,
     JournalEntry,
     ResolvedRollout,
@@ -39,9 +39,11 @@ class RolloutJournal:
 
     # The annotations say builtins.list: in this class body `list` is the method below.
 
-    def __init__(self, repo: RolloutRepo, inventory: Inventory, executor: Executor | None = None) -> None:
+    def __init__(self, repo: RolloutRepo, inventory: Inventory, access: Access,
+                 executor: Executor | None = None) -> None:
         self.repo = repo
         self.inventory = inventory
+        self.access = access
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleetdesk-journal")
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -90,11 +92,27 @@ class RolloutJournal:
     async def journal(self, rollout_id: int, *, device_id: int | None = None) -> builtins.list[JournalEntry]:
         return await self.call(self.repo.journal, rollout_id, device_id=device_id)
 
-    async def audit(self, actor: str, action: str, outcome: str, *, rollout_id: int | None = None,
-                    device_ids: Sequence[int] = (), detail: Mapping[str, Any] | None = None) -> AuditEntry:
-        return await self.call(self.repo.audit, actor, action, outcome, rollout_id=rollout_id,
-                               device_ids=device_ids, detail=detail)
+    async def allow(self, permission: str, action: str, rollout_id: int | None,
+                    device_ids: Sequence[int]) -> None:
+        """The acting operator may do `action` to these devices, or AccessDeniedError (the refusal audited)."""
+        def check() -> None:
+            devices = [d for d in self.inventory.devices() if d.id in set(device_ids)]
+            self.access.require(permission, f"rollout.{action}", devices=devices,
+                                targets=_targets(rollout_id, device_ids))
+        await self.call(check)
 
-    async def audit_log(self, *, rollout_id: int | None = None,
-                        limit: int = DEFAULT_AUDIT_LIMIT) -> builtins.list[AuditEntry]:
-        return await self.call(self.repo.audit_log, rollout_id=rollout_id, limit=limit)
+    async def audit(self, action: str, outcome: str, *, rollout_id: int | None = None,
+                    device_ids: Sequence[int] = (), detail: Mapping[str, Any] | None = None) -> AuditEntry:
+        """Append the signed entry `rollout.<action>` for the acting operator to the audit trail."""
+        return await self.call(self.access.record, f"rollout.{action}", outcome=outcome,
+                               targets=_targets(rollout_id, device_ids), after=dict(detail or {}))
+
+    async def audit_log(self, rollout_id: int) -> builtins.list[AuditEntry]:
+        """The audit trail's entries about one rollout, newest first."""
+        query = AuditFilter(target=f"rollout:{rollout_id}", action="rollout.")
+        return await self.call(self.access.audit.entries, query, limit=None)
+
+
+def _targets(rollout_id: int | None, device_ids: Sequence[int]) -> tuple[str, ...]:
+    named = () if rollout_id is None else (f"rollout:{rollout_id}",)
+    return (*named, *(f"device:{int(i)}" for i in device_ids))

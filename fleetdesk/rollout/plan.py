@@ -61,7 +61,8 @@ class RolloutPlan:
     unreachable_wait_s: float = 600.0
     confirm_within_s: float = 300.0  # the agent reverts by itself if no confirmation comes in this time
     step_timeout_s: float = 600.0  # any single step on a device
-    actor: str = ""  # who started it (for the audit log; default: the OS user)
+    actor: str = ""  # the operator who started it (set by the engine: the acting operator)
+    approval_by_other: bool = False  # four-eyes: a wave's approval must come from another operator than `actor`
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -101,6 +102,9 @@ class RolloutPlan:
                                              fix="give seconds (more than 0)"))
         if not isinstance(self.actor, str):
             raise PlanError(f"{self.actor!r} is not a name", field="actor", fix="give who starts the rollout")
+        if not isinstance(self.approval_by_other, bool):
+            raise PlanError(f"{self.approval_by_other!r} is not true or false", field="approval_by_other",
+                            fix="give true (another operator approves each wave) or false")
         soaks = [(self.policy.soak_s, "policy.soak_s")] + [
             (p.soak_s, f"wave_policies[{i}].soak_s") for i, p in enumerate(policies) if p is not None]
         soak, where = max(soaks)
@@ -142,7 +146,8 @@ class RolloutPlan:
                 "wave_policies": [None if p is None else p.to_dict() for p in self.wave_policies],
                 "gates": self.gates.to_dict(), "transfer": self.transfer.to_dict(), "unreachable": self.unreachable,
                 "unreachable_wait_s": self.unreachable_wait_s, "confirm_within_s": self.confirm_within_s,
-                "step_timeout_s": self.step_timeout_s, "actor": self.actor}
+                "step_timeout_s": self.step_timeout_s, "actor": self.actor,
+                "approval_by_other": self.approval_by_other}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutPlan:

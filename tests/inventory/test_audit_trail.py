@@ -171,6 +171,20 @@ def test_roles_are_checked_and_a_refusal_changes_nothing_but_is_audited(admin: A
     assert verify_trail(admin.audit).ok
 
 
+def test_hostile_strings_are_kept_as_given_and_still_verify(admin: Access) -> None:
+    # Strings that came from devices or hostile input are stored as given on both backends, and hash the same.
+    hostile = "cam\x00\udcff\u241b'; DROP TABLE audit_entries;--"
+    entry = admin.record("rollout.pause", outcome="refused", targets=(f"device-name:{hostile}",),
+                         before={"name": hostile}, after={"reason": hostile})
+    (back,) = admin.audit.entries(AuditFilter(target=f"device-name:{hostile}"))
+    assert (back.seq, back.targets, back.before, back.after) == (entry.seq, (f"device-name:{hostile}",),
+                                                                 {"name": hostile}, {"reason": hostile})
+    assert [e.action for e in admin.audit.entries(limit=2)] == ["rollout.pause", "rollout.start"]  # newest first
+    with pytest.raises(ValueError):
+        admin.record("")
+    assert verify_trail(admin.audit).ok
+
+
 def test_operators_are_named_and_the_last_admin_stays(admin: Access) -> None:
     with pytest.raises(AccessError, match="not an operator name"):
         admin.add_operator("bob; rm -rf /", ["viewer"])

@@ -18,6 +18,7 @@ from fleetdesk.agent_client import AgentView
 from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.artifacts.store import ArtifactStore, write_golden
 from fleetdesk.fleet import Fleet
+from fleetdesk.inventory.audit import AuditEntry, AuditFilter
 from fleetdesk.models import inspect_model
 from fleetdesk.models.report import BASELINE, CHOSEN, OptimizationReport, ProfileResult, Tolerance, Variant
 from fleetdesk.models.samples import GENERATED_SOURCE, generate_samples
@@ -59,6 +60,17 @@ def lab_plan(fleet: Fleet, model: str, names: Sequence[str], *, gates: Gates, **
     return RolloutPlan(model=model, devices=ids, waves=kwargs.pop("waves", ("100%",)), gates=gates,
                        confirm_within_s=kwargs.pop("confirm_within_s", 120.0),
                        step_timeout_s=kwargs.pop("step_timeout_s", 180.0), **kwargs)
+
+
+def rollout_audit(engine: RolloutEngine, rollout_id: int) -> list[AuditEntry]:
+    """The audit trail's entries about one rollout, newest first (read synchronously, for assertions)."""
+    return engine.fleet.access.audit.entries(AuditFilter(target=f"rollout:{rollout_id}", action="rollout."),
+                                             limit=None)
+
+
+def devices_in(entry: AuditEntry) -> list[int]:
+    """The device ids an audit entry names among its targets."""
+    return [int(t.split(":", 1)[1]) for t in entry.targets if t.startswith("device:")]
 
 
 def quick(engine: RolloutEngine) -> RolloutEngine:

@@ -41,10 +41,12 @@ from tests.lab.rollout_fixtures import (
     add_model,
     agent_view,
     big_model,
+    devices_in,
     lab_plan,
     new_laptop,
     provision_devices,
     quick,
+    rollout_audit,
     small_model,
 )
 
@@ -199,9 +201,10 @@ def test_rollback_of_the_second_wave_then_of_the_canary_alone(laptop: Laptop) ->
     for device_id, name in ids.items():
         events = [e.event for e in engine.repo.journal(rid, device_id=device_id)]
         assert events[-2:] == [st.ROLLBACK, st.ROLLED_BACK_OK], (name, events)
-    audit = [(a.action, a.outcome, sorted(ids[d] for d in a.device_ids))
-             for a in engine.repo.audit_log(rollout_id=rid) if a.action == "rollback"]
-    assert sorted(audit) == [("rollback", "ok", [CANARY]), ("rollback", "ok", sorted([X2, X1]))], audit
+    audit = [(a.action, a.outcome, sorted(ids[d] for d in devices_in(a)))
+             for a in rollout_audit(engine, rid) if a.action == "rollout.rollback"]
+    assert sorted(audit) == [("rollout.rollback", "ok", [CANARY]), ("rollout.rollback", "ok", sorted([X2, X1]))], \
+        audit
 
 
 def test_a_model_slower_than_the_one_it_replaces_fails_the_ratio_gate_on_the_canary(laptop: Laptop) -> None:

@@ -37,6 +37,7 @@ from tests.lab.rollout_fixtures import (
     new_laptop,
     provision_devices,
     quick,
+    rollout_audit,
     small_model,
 )
 
@@ -236,8 +237,8 @@ def test_a_disk_that_fills_during_staging_fails_pauses_and_resume_completes_afte
     assert events == [st.STAGE, st.STEP_FAILED, st.RETRY, st.STAGE, st.STAGED_OK, st.ACTIVATE, st.ACTIVATED,
                       st.PASSED, st.CONFIRMED]
     assert (view.current, view.pending) == (laptop.models[model], None)
-    resumed = [a for a in engine.repo.audit_log(rollout_id=rid) if a.action == "resume"]
-    assert resumed and resumed[0].detail["retried"] == [engine.repo.devices(rid)[0].device_id]
+    resumed = [a for a in rollout_audit(engine, rid) if a.action == "rollout.resume"]
+    assert resumed and resumed[0].after["retried"] == [engine.repo.devices(rid)[0].device_id]
 
 
 def test_an_artifact_tampered_with_on_the_device_is_refused_before_activation(fleet: LabFleet,
@@ -331,8 +332,8 @@ def test_approval_between_waves(laptop: Laptop) -> None:
     assert (between[X1].state, between[X2].state) == (st.DONE, st.PENDING)
     second, errors = second
     assert second.status == "done", (second.paused_reason, errors)
-    audit = [(a.actor, a.action, a.outcome) for a in reversed(engine.repo.audit_log(rollout_id=rid))]
-    assert audit == [("lab-test", "start", "planned"), ("lab-test", "approve", "ok")]
+    audit = [(a.operator, a.action, a.outcome) for a in reversed(rollout_audit(engine, rid))]
+    assert audit == [(engine.actor, "rollout.start", "planned"), (engine.actor, "rollout.approve", "ok")]
 
 
 def test_abort_during_a_long_soak_rolls_the_device_back_and_skips_the_rest(laptop: Laptop) -> None:
@@ -361,8 +362,8 @@ def test_abort_during_a_long_soak_rolls_the_device_back_and_skips_the_rest(lapto
     assert events == [st.STAGE, st.STAGED_OK, st.ACTIVATE, st.ACTIVATED, st.ABORT, st.ROLLED_BACK_OK]
     assert [e.event for e in engine.repo.journal(rid, device_id=rows[1].device_id)] == [st.ABORT]
     assert (after.current, after.pending) == (before.current, None)
-    audit = [(a.action, a.outcome) for a in engine.repo.audit_log(rollout_id=rid)]
-    assert audit[0] == ("abort", "requested")  # the driving engine settled the devices at its next step
+    audit = [(a.action, a.outcome) for a in rollout_audit(engine, rid)]
+    assert audit[0] == ("rollout.abort", "requested")  # the driving engine settled the devices at its next step
 
 
 def test_a_model_slower_than_the_latency_gate_on_an_arm64_device_is_rolled_back(laptop: Laptop) -> None:

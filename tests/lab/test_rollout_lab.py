@@ -50,6 +50,7 @@ from tests.fixtures.models.build import save_cnn
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
 from tests.lab.conftest import Fleet as LabFleet
 from tests.lab.laptop import LabLaptop
+from tests.lab.rollout_fixtures import devices_in, rollout_audit
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 __all__ = ["keyring_daemon"]
@@ -81,7 +82,7 @@ class Laptop(LabLaptop):
 
     def engine(self, fleet: Fleet, events: list[RolloutEvent] | None = None) -> RolloutEngine:
         engine = RolloutEngine(fleet, self.store, on_event=None if events is None else events.append,
-                               actor="lab-test", lock_dir=self.data_dir / "rollout-locks")
+                               lock_dir=self.data_dir / "rollout-locks")
         engine.steps.soak_interval_s = 2.0
         return engine
 
@@ -212,11 +213,11 @@ def test_a_rollout_runs_wave_by_wave_to_done(laptop: Laptop) -> None:
         for name, view in now.items():
             assert (view.current, view.pending) == (artifact, None), name  # switched and confirmed
             assert view.serving_model == artifact
-        # Transfer progress came with bytes/s; the audit log has who started it.
+        # Transfer progress came with bytes/s; the audit trail has who started it.
         progress = [e for e in events if e.kind == "progress"]
         assert progress and all(e.bytes_total > 0 for e in progress)
         assert any(e.bytes_done == e.bytes_total and e.rate_bytes_s > 0 for e in progress)
-        assert [(a.actor, a.action) for a in engine.repo.audit_log(rollout_id=rid)] == [("lab-test", "start")]
+        assert [(a.operator, a.action) for a in rollout_audit(engine, rid)] == [(engine.actor, "rollout.start")]
 
     laptop.with_fleet(work)
 
@@ -273,7 +274,7 @@ def test_sigkill_mid_wave_then_resume(laptop: Laptop, tmp_path: Path) -> None:
     env = dict(os.environ, FLEETDESK_DATA_DIR=str(laptop.data_dir), FLEETDESK_CONFIG_DIR=str(tmp_path / "config"))
     argv = [sys.executable, "-m", "fleetdesk", "--db", laptop.db_url, "rollout", "start", "m2@1",
             *[a for p in sorted(set(PROFILE_OF.values())) for a in ("--profile", p)], "--waves", "1,100%",
-            "--soak", "20", "--p95-ratio", "-1", "--actor", "lab-test"]
+            "--soak", "20", "--p95-ratio", "-1"]
     log = open(tmp_path / "start.log", "wb")  # the child writes to it; closed below
     child = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     db = laptop.data_dir / "fleetdesk.db"
@@ -341,9 +342,9 @@ def test_rollback_of_a_whole_rollout(laptop: Laptop) -> None:
             assert rows[name].state == st.ROLLED_BACK
             assert events_of(engine, rid, rows[name].device_id)[-2:] == [st.ROLLBACK, st.ROLLED_BACK_OK]
             assert (after[name].current, after[name].pending) == (before[name].current, None), name
-        audit = engine.repo.audit_log(rollout_id=rid)
-        assert (audit[0].action, audit[0].outcome) == ("rollback", "ok")
-        assert set(audit[0].device_ids) == {r.device_id for r in rows.values()}
+        audit = rollout_audit(engine, rid)
+        assert (audit[0].action, audit[0].outcome) == ("rollout.rollback", "ok")
+        assert set(devices_in(audit[0])) == {r.device_id for r in rows.values()}
         # Rolling back again changes nothing on the devices (it never swaps them forward).
         again = await engine.rollback(rid)
         assert again.status == "rolled-back"

@@ -17,6 +17,7 @@ from fleetdesk.cli import main
 from fleetdesk.config import Settings
 from fleetdesk.fleet import Fleet
 from fleetdesk.inventory import ProbeFacts
+from fleetdesk.inventory.audit import AuditFilter
 from fleetdesk.inventory.rollouts import RolloutRepo
 from fleetdesk.rollout.engine import RolloutEngine
 from fleetdesk.rollout.plan import RolloutPlan
@@ -47,6 +48,9 @@ def fleet_with_model(capsys: pytest.CaptureFixture[str], keyring_daemon: Keyring
     code, record, err = cli(capsys, "model", "import", str(model), "--profile", "ipc-x86", "--no-device-bench",
                             "--json")
     assert code == 0, err
+    for name in ("tester", "ann"):  # the import made this OS user the fleet's first admin
+        code, _, err = cli(capsys, "operator", "add", name, "--role", "deployer")
+        assert code == 0, err
     fleet = Fleet.open()
     try:
         for name, address in DEVICES.items():
@@ -94,9 +98,9 @@ def test_bad_input_is_a_usage_error_naming_the_fix(capsys: pytest.CaptureFixture
 def _start_without_running(plan: RolloutPlan) -> int:
     """engine.start journals a planned rollout; nothing contacts a device until run()."""
     async def go() -> int:
-        fleet = Fleet.open()
+        fleet = Fleet.open(operator="tester")
         try:
-            return await RolloutEngine(fleet, ArtifactStore.default(), actor="tester").start(plan)
+            return await RolloutEngine(fleet, ArtifactStore.default()).start(plan)
         finally:
             await fleet.close()
 
@@ -115,13 +119,13 @@ def test_status_pause_abort_journal_and_audit(capsys: pytest.CaptureFixture[str]
     code, _, err = cli(capsys, "rollout", "start", "mlp@1", "--device", "line-a-1")
     assert code == 2 and f"already in rollout {rid}" in err
 
-    code, paused, _ = cli(capsys, "rollout", "pause", str(rid), "--reason", "shift change", "--actor", "ann",
+    code, paused, _ = cli(capsys, "--operator", "ann", "rollout", "pause", str(rid), "--reason", "shift change",
                           "--json")
     assert code == 0 and paused["status"] == "paused" and paused["paused_reason"] == "shift change"
     code, _, err = cli(capsys, "rollout", "approve", str(rid))
     assert code == 2 and "nothing waits for approval" in err
 
-    code, aborted, _ = cli(capsys, "rollout", "abort", str(rid), "--actor", "ann", "--json")
+    code, aborted, _ = cli(capsys, "--operator", "ann", "rollout", "abort", str(rid), "--json")
     assert code == 0 and aborted["status"] == "aborted"
     assert {d["state"] for d in aborted["devices"]} == {"skipped"}  # not started: skipped, no device contacted
     code, _, err = cli(capsys, "rollout", "abort", str(rid))
@@ -136,9 +140,10 @@ def test_status_pause_abort_journal_and_audit(capsys: pytest.CaptureFixture[str]
     assert events[0] == (True, "create", "planned")
     assert (True, "status", "paused") in events and (True, "status", "aborted") in events
     assert [e for e in events if not e[0]] == [(False, "abort", "skipped")] * 2
-    actions = [(a["actor"], a["action"], a["outcome"]) for a in reversed(journal["audit"])]
-    assert [a[1:] for a in actions] == [("start", "planned"), ("pause", "ok"), ("approve", "refused"),
-                                        ("abort", "ok"), ("abort", "refused")]
+    actions = [(a["operator"], a["action"], a["outcome"]) for a in reversed(journal["audit"])]
+    assert [a[1:] for a in actions] == [("rollout.start", "planned"), ("rollout.pause", "ok"),
+                                        ("rollout.approve", "refused"), ("rollout.abort", "ok"),
+                                        ("rollout.abort", "refused")]
     assert [a[0] for a in actions][:2] == ["tester", "ann"] and actions[3][0] == "ann"
 
     code, listed, _ = cli(capsys, "rollout", "list", "--json")
@@ -157,7 +162,7 @@ def test_rollback_of_a_rollout_that_never_ran(capsys: pytest.CaptureFixture[str]
     assert code == 0 and data["status"] == "rolled-back"
     assert {d["state"] for d in data["devices"]} == {"skipped"}
     repo_log = _audit(rid)
-    assert ("rollback", "ok") in [(a.action, a.outcome) for a in repo_log]
+    assert ("rollout.rollback", "ok") in [(a.action, a.outcome) for a in repo_log]
     # A rolled-back rollout frees its devices for the next one.
     rid2 = _start_without_running(RolloutPlan(model="mlp@1", devices=(1,), waves=(1,)))
     assert rid2 > rid
@@ -166,7 +171,7 @@ def test_rollback_of_a_rollout_that_never_ran(capsys: pytest.CaptureFixture[str]
 def _audit(rid: int) -> list[Any]:
     fleet = Fleet.open()
     try:
-        return RolloutRepo(fleet.inventory).audit_log(rollout_id=rid)
+        return fleet.access.audit.entries(AuditFilter(target=f"rollout:{rid}"))
     finally:
         asyncio.run(fleet.close())
 
@@ -196,7 +201,7 @@ def test_the_lock_keeps_a_second_driver_out(fleet_with_model: str) -> None:
                 aborted = await engine.abort(rid)  # recorded; the driver settles the devices
                 assert aborted.status == "aborted"
                 assert {d.state for d in engine.repo.devices(rid)} == {"pending"}
-                assert engine.repo.audit_log(rollout_id=rid, limit=1)[0].outcome == "requested"
+                assert (await engine.db.audit_log(rid))[0].outcome == "requested"
             finally:
                 await fleet.close()
 
@@ -224,9 +229,14 @@ class _ThreadRecordingRepo(RolloutRepo):
         self.writes.append(("record", threading.get_ident()))
         return super().record(*args, **kwargs)
 
-    def audit(self, *args: Any, **kwargs: Any) -> Any:
-        self.writes.append(("audit", threading.get_ident()))
-        return super().audit(*args, **kwargs)
+    def noting_audit(self, access: Any) -> None:
+        """Note the audit trail's appends (the engine's go through the fleet's Access) with the others."""
+        append = access.audit.append
+
+        def noted(*args: Any, **kwargs: Any) -> Any:
+            self.writes.append(("audit", threading.get_ident()))
+            return append(*args, **kwargs)
+        access.audit.append = noted
 
 
 def test_the_engine_writes_the_journal_on_the_inventory_thread_not_the_loop(fleet_with_model: str) -> None:
@@ -241,7 +251,8 @@ def test_the_engine_writes_the_journal_on_the_inventory_thread_not_the_loop(flee
         fleet = Fleet.open()
         try:
             repo = _ThreadRecordingRepo(fleet.inventory)
-            engine = RolloutEngine(fleet, ArtifactStore.default(), repo=repo, actor="tester", executor=executor)
+            repo.noting_audit(fleet.access)
+            engine = RolloutEngine(fleet, ArtifactStore.default(), repo=repo, executor=executor)
             rid = await engine.start(RolloutPlan(model="mlp@1", profiles=("ipc-x86",), waves=(1, "100%")))
             await engine.pause(rid)
             row = await engine.abort(rid)
@@ -260,3 +271,45 @@ def test_the_engine_writes_the_journal_on_the_inventory_thread_not_the_loop(flee
     assert {thread for _, thread in repo.writes} == {inventory_thread} != {loop_thread}
     journal = repo.journal(rid)
     assert [e.event for e in journal if e.device_id is not None] == ["abort"] * len(DEVICES)
+
+
+def test_roles_four_eyes_and_scopes_are_enforced_by_the_engine(capsys: pytest.CaptureFixture[str],
+                                                               fleet_with_model: str) -> None:
+    """A viewer cannot start a rollout, a deployer scoped to line A cannot touch line-b-1, and under four-eyes
+    the operator who started a rollout cannot approve its waves: each is refused, nothing changes, and each
+    refusal is in the audit trail."""
+    for name, role, groups in (("vic", "viewer", None), ("abe", "approver", None), ("dan", "deployer", "line A")):
+        scope = ["--groups", groups] if groups else []
+        code, _, err = cli(capsys, "operator", "add", name, "--role", role, *scope)
+        assert code == 0, err
+    code, _, err = cli(capsys, "operator", "set-role", "tester", "deployer", "approver")
+    assert code == 0, err
+
+    code, _, err = cli(capsys, "--operator", "vic", "rollout", "start", "mlp@1", "--device", "line-a-1")
+    assert code == 2 and "operator vic (viewer) may not push models" in err and "deployer" in err
+    code, _, err = cli(capsys, "--operator", "dan", "rollout", "start", "mlp@1", "--device", "line-a-1",
+                       "--device", "line-b-1")
+    assert code == 2 and "only on devices in line A; not on line-b-1" in err
+    code, listed, _ = cli(capsys, "rollout", "list", "--json")
+    assert listed == []  # nothing was planned
+
+    rid = _start_without_running(RolloutPlan(model="mlp@1", devices=(1, 2), waves=(1, "100%"),
+                                             approval_by_other=True))
+    code, _, err = cli(capsys, "--operator", "tester", "rollout", "approve", str(rid))
+    assert code == 2 and "approved by another operator than tester" in err
+    code, _, err = cli(capsys, "--operator", "ann", "rollout", "approve", str(rid))
+    assert code == 2 and "operator ann (deployer) may not approve" in err
+    code, _, err = cli(capsys, "--operator", "abe", "rollout", "approve", str(rid))
+    assert code == 2 and "nothing waits for approval" in err  # allowed: only the rollout's state says no
+
+    refused = [(e.operator, e.action) for e in reversed(_audit_all()) if e.outcome == "refused"]
+    assert refused == [("vic", "rollout.start"), ("dan", "rollout.start"), ("tester", "rollout.approve"),
+                       ("ann", "rollout.approve"), ("abe", "rollout.approve")]
+
+
+def _audit_all() -> list[Any]:
+    fleet = Fleet.open()
+    try:
+        return fleet.access.audit.entries(limit=None)
+    finally:
+        asyncio.run(fleet.close())
