@@ -36,7 +36,8 @@ from fleetdesk.inventory.records import HostKey
 
 from .activities import Activity
 from .activity_view import ActivityView
-from .bridge import STATUSES, DeviceView, FleetBridge
+from .bridge import FleetBridge
+from .bridge_views import STATUSES, DeviceView
 from .dashboard import Dashboard
 from .device_detail import DeviceDetail
 from .dropping import DropOverlay
@@ -148,7 +149,7 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         self.tabs.setObjectName("MainTabs")
         self.tabs.addTab(fleet_page, icon("probe"), "Fleet")
         self.tabs.addTab(self.models_view, icon("model"), "Models")
-        self.dashboard = Dashboard(bridge.telemetry, bridge.alerts, self)
+        self.dashboard = Dashboard(bridge.telemetry.store, bridge.telemetry.alerts, self)
         self.tabs.addTab(self.dashboard, "Telemetry")
         self.rollouts_view = RolloutsView(self)
         self.tabs.addTab(self.rollouts_view, "Rollouts")
@@ -187,17 +188,17 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         self._build_status_bar(database)
 
         # -- wiring ----------------------------------------------------------------------------------------
-        bridge.devices_reset.connect(self._devices_reset)
-        bridge.device_changed.connect(self._device_changed)
-        bridge.device_removed.connect(self._device_removed)
-        bridge.groups_changed.connect(self._groups_changed)
-        bridge.browsing_changed.connect(self._browsing_changed)
-        bridge.discovery_state.connect(self._discovery_state)
-        bridge.trust_requested.connect(self.open_trust_dialog)
-        bridge.fleet_key_differs.connect(self.open_fleet_key_dialog)
-        bridge.model_imported.connect(self.models_view.add_record)
-        bridge.models_changed.connect(self.models_view.set_records)
-        bridge.model_removed.connect(self.models_view.remove_record)
+        bridge.devices.devices_reset.connect(self._devices_reset)
+        bridge.devices.device_changed.connect(self._device_changed)
+        bridge.devices.device_removed.connect(self._device_removed)
+        bridge.devices.groups_changed.connect(self._groups_changed)
+        bridge.devices.browsing_changed.connect(self._browsing_changed)
+        bridge.devices.discovery_state.connect(self._discovery_state)
+        bridge.devices.trust_requested.connect(self.open_trust_dialog)
+        bridge.devices.fleet_key_differs.connect(self.open_fleet_key_dialog)
+        bridge.models.model_imported.connect(self.models_view.add_record)
+        bridge.models.models_changed.connect(self.models_view.set_records)
+        bridge.models.model_removed.connect(self.models_view.remove_record)
         self.models_view.import_requested.connect(lambda: self.open_import_dialog())
         self.models_view.verify_requested.connect(self.verify_model)
         self.models_view.export_requested.connect(self.open_export_dialog)
@@ -215,14 +216,14 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
             if row.indexOf(self.models_view.remove_button) >= 0:
                 row.insertWidget(row.indexOf(self.models_view.remove_button) + 1, self.models_rollout_button)
                 break
-        bridge.rollouts_changed.connect(self.rollouts_view.set_rollouts)
-        bridge.rollout_detail.connect(self._rollout_detail)
-        bridge.rollout_event.connect(self.rollouts_view.add_event)
-        bridge.rollout_started.connect(self._rollout_started)
-        self.rollouts_view.rollout_chosen.connect(self.bridge.watch_rollout)
+        bridge.rollouts.rollouts_changed.connect(self.rollouts_view.set_rollouts)
+        bridge.rollouts.rollout_detail.connect(self._rollout_detail)
+        bridge.rollouts.rollout_event.connect(self.rollouts_view.add_event)
+        bridge.rollouts.rollout_started.connect(self._rollout_started)
+        self.rollouts_view.rollout_chosen.connect(self.bridge.rollouts.watch_rollout)
         self.rollouts_view.action_requested.connect(self.rollout_action)
         self.rollouts_view.wizard_requested.connect(lambda: self.open_rollout_wizard())
-        bridge.notice.connect(lambda text: self.statusBar().showMessage(text, 10000))
+        bridge.telemetry.notice.connect(lambda text: self.statusBar().showMessage(text, 10000))
         bridge.activities.added.connect(self._activity_added)
         bridge.activities.finished.connect(self._activity_finished)
         self.group_tree.group_chosen.connect(self._group_chosen)
@@ -231,11 +232,12 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         self.discovery_panel.interfaces_changed.connect(self._interfaces_changed)
         self.discovery_panel.add_requested.connect(self.open_add_dialog)
         self.discovery_panel.sweep_requested.connect(self.open_sweep_dialog)
-        self.detail.probe_requested.connect(lambda device_id: self.bridge.probe([device_id]))
-        self.detail.trust_requested.connect(self.bridge.request_trust)
-        bridge.alert_event.connect(self.dashboard.add_alert)
-        bridge.alert_event.connect(self._alert_changed)
-        bridge.stream_changed.connect(lambda v: self.dashboard.set_stream_state(v.device_id, v.text, v.live, v.detail))
+        self.detail.probe_requested.connect(lambda device_id: self.bridge.devices.probe([device_id]))
+        self.detail.trust_requested.connect(self.bridge.devices.request_trust)
+        bridge.telemetry.alert_event.connect(self.dashboard.add_alert)
+        bridge.telemetry.alert_event.connect(self._alert_changed)
+        bridge.telemetry.stream_changed.connect(
+            lambda v: self.dashboard.set_stream_state(v.device_id, v.text, v.live, v.detail))
         self.dashboard.stream_requested.connect(self.set_streaming)
         self.dashboard.thresholds_requested.connect(self.open_thresholds_dialog)
         self._restore_thresholds()
@@ -302,9 +304,10 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
                                               "Set the bounds that raise telemetry alerts")
         self.rollout_wizard_action = self._action("Roll out…", lambda: self.open_rollout_wizard(), "Ctrl+Shift+R", "",
                                             "Roll a model out to devices in waves, with health gates")
-        self.recover_action = self._action("Recover rollouts left running", lambda: self.bridge.recover_rollouts(),
-                                           None, "", "Ask the devices of rollouts a crash left running where they "
-                                           "are, then continue them")
+        self.recover_action = self._action("Recover rollouts left running",
+                                           lambda: self.bridge.rollouts.recover_rollouts(), None, "",
+                                           "Ask the devices of rollouts a crash left running where they are, then "
+                                           "continue them")
         self.find_action = self._action("Filter devices", lambda: self.search.setFocus(), "Ctrl+F")
         self.quit_action = self._action("Quit", self.close, QKeySequence.StandardKey.Quit)
         self.dark_action = self._action("Dark theme", lambda on: self.set_theme("dark" if on else "light"),
@@ -365,9 +368,9 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
 
     async def start(self) -> None:
         """Load the inventory, then begin browsing if asked to: the window is on screen meanwhile."""
-        await self.bridge.load()
-        self.bridge.load_models()
-        self.bridge.load_rollouts(then=self.offer_recovery)
+        await self.bridge.devices.load()
+        self.bridge.models.load_models()
+        self.bridge.rollouts.load_rollouts(then=self.offer_recovery)
         if self._browse_on_start:
             self.set_browsing(True)
 

@@ -13,7 +13,7 @@ from PySide6.QtGui import QDragEnterEvent, QDragLeaveEvent, QDragMoveEvent, QDro
 
 from fleetdesk.artifacts.records import ModelRecord
 
-from .bridge import DeviceView
+from .bridge_views import DeviceView
 from .dropping import DeployDialog, DropOverlay, DropPlan, plan_drop
 from .fleet_model import DEVICE_ID_ROLE
 from .model_import import ImportDialog
@@ -117,7 +117,7 @@ class DropTargets(WindowPart):
 
         def confirmed(chosen: list[ModelRecord], ids: list[int]) -> None:
             for record in chosen:
-                self.bridge.push_artifacts(record, ids, title=f"Deploy {record.ref}")
+                self.bridge.models.push_artifacts(record, ids, title=f"Deploy {record.ref}")
 
         dialog.confirmed.connect(confirmed)
         self._keep(dialog)

@@ -16,7 +16,7 @@ from fleetdesk.inventory.records import Group, HostKey
 from fleetdesk.telemetry.alerts import AlertEvent
 from fleetdesk.transport.sshconfig import SSHConfigEntry
 
-from .bridge import DeviceView
+from .bridge_views import DeviceView
 from .dashboard import Dashboard
 from .device_detail import DeviceDetail
 from .fleet_model import DEVICE_ID_ROLE
@@ -124,12 +124,12 @@ class FleetPane(WindowPart):
             return
         view = views[0]
         if fresh or view.id != self._detail_id or view.trusted != (self._detail_keys != []):
-            self._detail_keys = self.bridge.host_keys(view.id)
+            self._detail_keys = self.bridge.devices.host_keys(view.id)
         self._detail_id = view.id
         names = (view.id, view.device.name, view.device.address, view.device.mdns_names)
         if fresh or self._detail_ssh[0] != names:  # what applies follows the names the device goes by
-            self._detail_ssh = (names, self.bridge.ssh_config(view.device))
-        self.detail.show_device(view.device, match=self.bridge.profile_match(view.device),
+            self._detail_ssh = (names, self.bridge.devices.ssh_config(view.device))
+        self.detail.show_device(view.device, match=self.bridge.devices.profile_match(view.device),
                                 host_keys=self._detail_keys, status=view.status, ssh_config=self._detail_ssh[1])
 
     def _tab_changed(self, _index: int) -> None:
@@ -146,7 +146,7 @@ class FleetPane(WindowPart):
         menu.popup(self.fleet_table.viewport().mapToGlobal(position))
 
     def _alert_changed(self, event: AlertEvent) -> None:
-        active = self.bridge.alerts.active(event.device_id)
+        active = self.bridge.telemetry.alerts.active(event.device_id)
         self.fleet_model.set_alerts(event.device_id, [e.message for e in active.values()])
 
     def index_of(self, device_id: int) -> QModelIndex:

@@ -15,8 +15,8 @@ from fleetdesk.inventory.rollouts import RolloutRow
 from fleetdesk.rollout.plan import RolloutPlan
 
 from .activities import Activity
-from .bridge import DeviceView
 from .bridge_rollouts import WINDOW_CLOSED
+from .bridge_views import DeviceView
 from .fleet_model import plain
 from .model_import import ImportDialog, ImportRequest
 from .models_view import ModelsView
@@ -43,9 +43,10 @@ class ModelActions(WindowPart):
         beyond the first wait for this dialog to finish."""
         target_list = list(targets)
         ids = [v.id for v in target_list]
-        fleet_profiles = self.bridge.fleet_profiles(ids) or (self.bridge.fleet_profiles() if not ids else [])
-        dialog = ImportDialog(path, profiles=self.bridge.profile_names(), fleet_profiles=fleet_profiles,
-                              can_time_on_devices=bool(self.bridge.bench_devices(self.bridge.profile_names())),
+        models = self.bridge.models
+        fleet_profiles = models.fleet_profiles(ids) or (models.fleet_profiles() if not ids else [])
+        dialog = ImportDialog(path, profiles=models.profile_names(), fleet_profiles=fleet_profiles,
+                              can_time_on_devices=bool(models.bench_devices(models.profile_names())),
                               parent=self)
         if group:
             dialog.setWindowTitle(f"Import model, then deploy to group “{plain(group)}”")
@@ -75,7 +76,7 @@ class ModelActions(WindowPart):
         target_list = list(targets)
 
         def imported(record: ModelRecord) -> None:
-            # The view already shows and selects it (bridge.model_imported); a drop on devices goes on to deploy,
+            # The view already shows and selects it (models.model_imported); a drop on devices goes on to deploy,
             # a drop on a group to deploy to the group (the plan names it; its members are resolved at start).
             # Built on a pass of its own: the import's end already updated the Models view in this one.
             if group:
@@ -86,7 +87,7 @@ class ModelActions(WindowPart):
             else:
                 self.tabs.setCurrentWidget(self.models_view)
 
-        activity = self.bridge.import_model(request.path, name=request.name, version=request.version,
+        activity = self.bridge.models.import_model(request.path, name=request.name, version=request.version,
                                             samples=request.samples, profiles=request.profiles,
                                             time_on_devices=request.time_on_devices, then=imported)
         activity.changed.connect(lambda: self._import_changed(activity))
@@ -105,7 +106,7 @@ class ModelActions(WindowPart):
             self._keep(box)
 
     def verify_model(self, ref: str) -> Activity:
-        return self.bridge.verify_models(ref, then=self.models_view.show_verify)
+        return self.bridge.models.verify_models(ref, then=self.models_view.show_verify)
 
     def open_export_dialog(self, ref: str) -> QFileDialog | None:
         if not ref:
@@ -115,7 +116,7 @@ class ModelActions(WindowPart):
         dialog.setNameFilter("Tar archives (*.tar)")
         dialog.setDefaultSuffix("tar")
         dialog.selectFile(ref.replace("@", "-") + ".tar")
-        dialog.fileSelected.connect(lambda dest: self.bridge.export_model(ref, dest))
+        dialog.fileSelected.connect(lambda dest: self.bridge.models.export_model(ref, dest))
         self._keep(dialog)
         return dialog
 
@@ -124,7 +125,7 @@ class ModelActions(WindowPart):
         dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
         dialog.setNameFilter("PEM public keys (*.pub *.pem)")
         dialog.selectFile("fleet.pub")
-        dialog.fileSelected.connect(self.bridge.export_public_key)
+        dialog.fileSelected.connect(self.bridge.models.export_public_key)
         self._keep(dialog)
         return dialog
 
@@ -140,7 +141,7 @@ class ModelActions(WindowPart):
                                "first to keep a copy.")
         remove = box.addButton("Remove", QMessageBox.ButtonRole.DestructiveRole)
         box.setDefaultButton(QMessageBox.StandardButton.Cancel)
-        box.buttonClicked.connect(lambda button: self.bridge.remove_model(ref) if button is remove else None)
+        box.buttonClicked.connect(lambda button: self.bridge.models.remove_model(ref) if button is remove else None)
         self._keep(box)
         return box
 
@@ -159,13 +160,13 @@ class ModelActions(WindowPart):
             if not device_ids and self.fleet_filter.group is not None:
                 group = self.fleet_filter.group
         devices = [v.device for v in self.fleet_model.views()]
-        wizard = RolloutWizard(records, devices, self.bridge.groups(), self.bridge.artifact_store(), model=model,
-                               device_ids=device_ids, group=group, parent=self)
+        wizard = RolloutWizard(records, devices, self.bridge.devices.groups(), self.bridge.models.artifact_store(),
+                               model=model, device_ids=device_ids, group=group, parent=self)
         wizard.start_requested.connect(
             lambda plan, run: self.start_rollout(plan, run, [d.device_id for d in wizard.resolved.devices]
                                                  if wizard.resolved is not None else []))
         wizard.push_requested.connect(
-            lambda record, ids: self.bridge.push_artifacts(record, ids, title=f"Deploy {record.ref}"))
+            lambda record, ids: self.bridge.models.push_artifacts(record, ids, title=f"Deploy {record.ref}"))
         wizard.finished.connect(lambda _r: setattr(self, "_wizard", None))
         self._wizard = wizard
         # Shown on the next pass of the loop: building it and laying it out in one pass would hold the loop.
@@ -174,10 +175,10 @@ class ModelActions(WindowPart):
 
     def start_rollout(self, plan: RolloutPlan, run: bool = True, device_ids: Sequence[int] = ()) -> Activity:
         self.tabs.setCurrentWidget(self.rollouts_view)
-        return self.bridge.start_rollout(plan, device_ids, run=run)
+        return self.bridge.rollouts.start_rollout(plan, device_ids, run=run)
 
     def rollout_action(self, action: str, rollout_id: int, options: object = None) -> Activity:
-        return self.bridge.rollout_action(action, rollout_id, options if isinstance(options, dict) else None)
+        return self.bridge.rollouts.rollout_action(action, rollout_id, options if isinstance(options, dict) else None)
 
     def _rollout_started(self, rollout_id: int) -> None:
         self.rollouts_view.select(rollout_id)
@@ -188,7 +189,7 @@ class ModelActions(WindowPart):
     def offer_recovery(self, rows: list[RolloutRow]) -> QMessageBox | None:
         """Rollouts a crash left running (no process drives them), and those paused because their window closed
         while driving them: offer to continue them (recover the first, resume the second)."""
-        crashed = [r for r in rows if r.status == "running" and not self.bridge.rollout_running_here(r.id)]
+        crashed = [r for r in rows if r.status == "running" and not self.bridge.rollouts.rollout_running_here(r.id)]
         closed = [r for r in rows if r.status == "paused" and r.paused_reason == WINDOW_CLOSED]
         left = crashed + closed
         if not left:
@@ -217,9 +218,9 @@ class ModelActions(WindowPart):
             if button is not recover:
                 return
             if crashed:
-                self.bridge.recover_rollouts()
+                self.bridge.rollouts.recover_rollouts()
             for row in closed:
-                self.bridge.rollout_action("resume", row.id)
+                self.bridge.rollouts.rollout_action("resume", row.id)
 
         box.buttonClicked.connect(chosen)
         self.recovery_box = box

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QDialog, QMainWindow, QTableView
 
-from .bridge import DeviceView, FleetBridge
+from .bridge import FleetBridge
+from .bridge_views import DeviceView
 from .fleet_model import FleetFilter, FleetTableModel
 
 # The parts are plain classes at run time (MainWindow has one Qt base); mypy checks them as the window they join.

@@ -111,7 +111,7 @@ def test_grouping_from_the_selection_updates_the_tree_and_the_inventory(session:
     ids = [window.fleet_model.view_at(r).id for r in range(3, 6)]
     window.select_devices(ids)
     assert sorted(window.selected_ids()) == sorted(ids)
-    activity = session.call(lambda: window.bridge.change_group(window.selected_ids(), "line B"))
+    activity = session.call(lambda: window.bridge.devices.change_group(window.selected_ids(), "line B"))
     session.wait(lambda: not activity.running, "grouping to finish")
     assert activity.state == "succeeded", activity.summary
     labels = [window.group_tree.topLevelItem(i).text(0) for i in range(window.group_tree.topLevelItemCount())]
@@ -140,7 +140,7 @@ def test_dropping_an_onnx_file_on_the_window_opens_its_import_dialog(session: Gu
     assert isinstance(dialog, ImportDialog) and dialog.isVisible()
     assert (dialog.path_edit.text(), dialog.name_edit.text()) == (str(path), "classifier")
     # No device has a profile yet: every known profile is checked.
-    assert dialog.chosen_profiles() == tuple(sorted(window.bridge.profile_names()))
+    assert dialog.chosen_profiles() == tuple(sorted(window.bridge.models.profile_names()))
     session.screenshot(dialog, "import-dialog")
     dialog.reject()
     assert window.models_view.records() == []
@@ -209,7 +209,7 @@ def test_devices_dragged_onto_a_group_join_it_and_a_move_leaves_the_old_one(sess
     session.wait(lambda: tree.topLevelItem(1).text(0) == "line A (4)", "line A to have 4 devices")
     # Shown "line A", two of its devices dragged onto a new group "line B" move there.
     session.wait(lambda: not window.bridge.activities.running(), "grouping to finish")
-    session.call(lambda: window.bridge.change_group([ids[0]], "line B"))
+    session.call(lambda: window.bridge.devices.change_group([ids[0]], "line B"))
     session.wait(lambda: tree.topLevelItemCount() == 3, "line B in the tree")
     tree.choose("line A")
     session.call(lambda: drag_onto(2, ids, Qt.DropAction.MoveAction))

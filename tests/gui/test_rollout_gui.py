@@ -146,7 +146,7 @@ def test_the_wizard_defaults_live_wave_sizes_variants_and_plan_preview(session: 
     assert variants["ipc-x86"][3].startswith("90 % (")
     assert variants["rpi4"][1:3] == ["2", "FP32 as imported"]
     # The preview is exactly what `fleetdesk rollout plan` prints for this plan on the real inventory.
-    store = window.bridge.artifact_store()
+    store = window.bridge.models.artifact_store()
     expected = plan_text(resolve(wizard.plan(), window.bridge.fleet.inventory, store))
     assert wizard.preview.toPlainText() == expected
     assert "the next wave starts when at least 1 of 1 is done (success 100%, reached: >=)" in expected
@@ -364,9 +364,9 @@ def test_the_live_view_shows_waves_states_progress_and_gates(world: Path, screen
 
         # Progress through the bridge's real engine handler: bytes, bytes/s and the time left.
         copying = next(d.device_id for d in view.detail.devices if d.state == st.STAGING)
-        window.bridge._rollout_event(RolloutEvent(rid, "progress", copying, st.STAGING, "copying",
-                                                  bytes_done=2_000_000, bytes_total=5_000_000,
-                                                  rate_bytes_s=1_000_000.0, eta_s=3.0))
+        window.bridge.rollouts._rollout_event(RolloutEvent(rid, "progress", copying, st.STAGING, "copying",
+                                                           bytes_done=2_000_000, bytes_total=5_000_000,
+                                                           rate_bytes_s=1_000_000.0, eta_s=3.0))
         assert view.progress_label.text() == "2.0 MB of 5.0 MB, 1.0 MB/s, about 3 s left"
         assert view.progress.value() == 400
         assert view.device_item(copying).text(3) == "2.0 MB of 5.0 MB"
@@ -375,7 +375,8 @@ def test_the_live_view_shows_waves_states_progress_and_gates(world: Path, screen
         shot(window, "rollouts-live-window")
         shot(view, "rollouts-live-view")
         session.call(lambda: view.select_device(hot_id))
-        window.bridge._rollout_event(RolloutEvent(rid, "state", copying, st.STAGED, "line1-ipc-02: staged -> staged"))
+        window.bridge.rollouts._rollout_event(
+            RolloutEvent(rid, "state", copying, st.STAGED, "line1-ipc-02: staged -> staged"))
         assert "line1-ipc-02: staged -> staged" in view.event_log.text()
 
         # The gate plot: one bar per measured gate, as a share of its bound, coloured by its verdict.
@@ -579,7 +580,7 @@ def test_per_wave_overrides_retries_and_step_timeout_reach_the_plan(session: Gui
     assert plan.transfer.retries == 7 and plan.step_timeout_s == 120
     # The preview (plan_text) states each wave's own rules, and the retries and step timeout.
     text = wizard.preview.toPlainText()
-    assert text == plan_text(resolve(plan, window.bridge.fleet.inventory, window.bridge.artifact_store()))
+    assert text == plan_text(resolve(plan, window.bridge.fleet.inventory, window.bridge.models.artifact_store()))
     waves = text.split("  wave ")[1:]
     assert "gates re-measured for 120 s after activation" in waves[0]
     assert "then the operator must approve the next wave" in waves[0]

@@ -290,7 +290,7 @@ def test_the_window_asks_and_no_leaves_the_device_as_it_is_and_yes_replaces_the_
     on_device(fleet, f"rm -rf {ROOT}/artifacts/{big}")
     view = next(v for v in window.window.fleet_model.views() if v.device.name == GPC)
     record = laptop.store.model("partial@1")
-    push = window.call(lambda: window.bridge.push_artifacts(record, [view.id]))
+    push = window.call(lambda: window.bridge.models.push_artifacts(record, [view.id]))
     window.wait(lambda: not push.running, "the deploy", timeout=120)
     assert push.state == "succeeded" and push.summary == "verified on 1 of 1 device(s)", push.summary
     deployed = owners_and_modes(fleet, f"{ROOT}/artifacts/{big}")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from PySide6.QtCore import Qt
 
-from fleetdesk.gui.bridge import Login
+from fleetdesk.gui.bridge_views import Login
 from fleetdesk.gui.dialogs import AddDeviceDialog, SweepDialog
 from fleetdesk.gui.model_import import ImportDialog
 from fleetdesk.gui.overview import FIRST_METRIC_COLUMN, value_text
@@ -136,7 +136,7 @@ def test_trusting_a_device_through_the_dialog_pins_the_fingerprint_it_shows(
     session.screenshot(dialog, "trust-dialog-new-key")
     session.call(lambda: qtbot.mouseClick(dialog.trust_button, Qt.MouseButton.LeftButton))
     session.wait(lambda: status_of(session, device["name"]) == "online", "the device to be trusted")
-    keys = session.bridge.host_keys(row_of(session, device["name"]).id)
+    keys = session.bridge.devices.host_keys(row_of(session, device["name"]).id)
     assert [k.fingerprint for k in keys] == [host_key_fingerprint(device)]
 
 
@@ -163,7 +163,7 @@ def test_streaming_a_trusted_lab_device_fills_its_overview_row_from_the_device(
     window.select_devices([view.id])
     session.call(lambda: window.stream_action.trigger())
     assert window.tabs.currentWidget() is window.dashboard
-    store = session.bridge.telemetry
+    store = session.bridge.telemetry.store
     session.wait(lambda: store.buffer(view.id) is not None and len(store.buffer(view.id)) >= 2,
                  "two samples from the device", timeout=30)
     latest = store.buffer(view.id).latest
@@ -203,10 +203,10 @@ def test_credentials_round_trip_through_the_keyring_daemon(session: GuiSession, 
     # The secret is in the real Secret Service, not in the inventory.
     assert credentials.get_secret(stored.password_account) == LAB_PASSWORD
     # ... and it works: a probe logs in as the lab user with that password (the lab key is root's only).
-    activity = session.call(lambda: session.bridge.probe([stored.id]))
+    activity = session.call(lambda: session.bridge.devices.probe([stored.id]))
     session.wait(lambda: not activity.running, "the probe as the lab user")
     assert activity.state == "succeeded" and activity.summary.startswith("1 of 1 identified"), activity.summary
-    back = session.call(lambda: session.bridge.set_login([stored.id], Login("root")))
+    back = session.call(lambda: session.bridge.devices.set_login([stored.id], Login("root")))
     session.wait(lambda: not back.running, "root login restored")
 
 
@@ -219,7 +219,7 @@ def test_a_changed_host_key_shows_the_warning_with_both_fingerprints(
     new = host_key_fingerprint(device)
     assert new != old
     view = row_of(session, device["name"])
-    activity = session.call(lambda: session.bridge.probe([view.id]))
+    activity = session.call(lambda: session.bridge.devices.probe([view.id]))
     session.wait(lambda: not activity.running, "the probe to meet the new key")
     assert "changed" in activity.summary.lower() or "host key" in activity.summary.lower(), activity.summary
     assert status_of(session, device["name"]) == "untrusted"
@@ -232,7 +232,7 @@ def test_a_changed_host_key_shows_the_warning_with_both_fingerprints(
     dialog.checked_box.setChecked(True)
     session.call(lambda: qtbot.mouseClick(dialog.trust_button, Qt.MouseButton.LeftButton))
     session.wait(lambda: status_of(session, device["name"]) == "online", "the new key to be trusted")
-    assert [k.fingerprint for k in session.bridge.host_keys(view.id)] == [new]
+    assert [k.fingerprint for k in session.bridge.devices.host_keys(view.id)] == [new]
 
 
 def wizard_after_import(session: GuiSession, qtbot: Any, profile: str) -> Any:
@@ -270,7 +270,7 @@ def drop_import_and_deploy(session: GuiSession, qtbot: Any, model: Path, view: A
     push = session.bridge.activities.all()[-1]
     assert push.title == f"Deploy {record.ref}"
     session.wait(lambda: not push.running, "the push", timeout=60)
-    store = session.bridge.artifact_store()
+    store = session.bridge.models.artifact_store()
     artifact = store.artifact(record.artifacts.get(view.device.profile, record.baseline))
     return push, artifact
 
@@ -300,7 +300,7 @@ def test_a_model_dropped_on_a_group_opens_the_rollout_wizard_for_the_group(
         session: GuiSession, fleet: Fleet, tmp_path: Path, qtbot: Any) -> None:
     window = session.window
     view = row_of(session, fleet.by_profile("ipc-x86")["name"])
-    change = session.call(lambda: session.bridge.change_group([view.id], "press line"))
+    change = session.call(lambda: session.bridge.devices.change_group([view.id], "press line"))
     session.wait(lambda: not change.running, "the device added to the group")
 
     def group_item() -> Any:
@@ -317,7 +317,7 @@ def test_a_model_dropped_on_a_group_opens_the_rollout_wizard_for_the_group(
     assert [d.id for d in wizard.target_devices()] == [view.id]
     assert wizard.start_button.isEnabled(), wizard.problem.text()
     session.call(lambda: wizard.reject())
-    removed = session.call(lambda: session.bridge.change_group([view.id], "press line", remove=True))
+    removed = session.call(lambda: session.bridge.devices.change_group([view.id], "press line", remove=True))
     session.wait(lambda: not removed.running, "the group emptied again")
 
 
@@ -374,7 +374,7 @@ def test_a_sweep_typed_in_the_dialog_finds_the_lab_devices(session: GuiSession, 
 def test_a_device_that_leaves_turns_offline_and_comes_back(session: GuiSession, fleet: Fleet) -> None:
     device = [d for d in fleet.devices if d["profile"] == "ipc-x86"][-1]
     seen: list[str] = []
-    session.bridge.device_changed.connect(
+    session.bridge.devices.device_changed.connect(
         lambda view: seen.append(view.status) if view.device.name == device["name"] else None)
     # It leaves as a device shut down by its operator does: avahi says goodbye on SIGTERM. (The lab's
     # reboot fault may have to SIGKILL a slow avahi on a loaded machine; then only the 120 s record

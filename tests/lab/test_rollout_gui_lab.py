@@ -87,7 +87,7 @@ def released(session: GuiSession) -> Iterator[None]:
     yield
     repo = RolloutRepo(session.bridge.fleet.inventory)
     for row in repo.list(active_only=True):
-        abort = session.call(lambda rid=row.id: session.bridge.rollout_action("abort", rid))
+        abort = session.call(lambda rid=row.id: session.bridge.rollouts.rollout_action("abort", rid))
         session.wait(lambda a=abort: not a.running, f"rollout {row.id} aborted", timeout=180)
         if repo.get(row.id).status not in ("aborted", "done", "failed", "rolled-back"):
             repo.set_status(row.id, "aborted", reason="left active by a failed test")
