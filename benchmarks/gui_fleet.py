@@ -337,7 +337,7 @@ async def bench(window: MainWindow, db_url: str, seconds: int, seed: int, select
     table = window.fleet_table
     table.sortByColumn(0, Qt.SortOrder.AscendingOrder)  # Status: every change may move its row
     if select:
-        window.select_devices([window.fleet_model.view_at(0).id])  # an operator looking at one device
+        window.fleet_pane.select_devices([window.fleet_model.view_at(0).id])  # an operator looking at one device
     await asyncio.sleep(0.3)
     views = window.fleet_model.views()
     count = len(views)

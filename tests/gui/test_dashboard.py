@@ -132,7 +132,7 @@ def test_only_rows_with_new_samples_are_repainted_and_arrivals_are_coalesced(ses
 def test_a_sample_over_a_threshold_marks_the_row_and_raises_one_event_then_clears_after_hysteresis(
         session: GuiSession) -> None:
     window, bridge = session.window, session.bridge
-    window.set_thresholds([Threshold("temp_c", 80.0, hold_s=3.0, hysteresis=5.0)])
+    window.device_actions.set_thresholds([Threshold("temp_c", 80.0, hold_s=3.0, hysteresis=5.0)])
     events: list[AlertEvent] = []
     bridge.telemetry.alert_event.connect(events.append)
     sim = simulate(session)
@@ -188,7 +188,7 @@ def test_a_sample_over_a_threshold_marks_the_row_and_raises_one_event_then_clear
 
 def test_thresholds_set_in_the_dialog_apply_and_are_remembered(session: GuiSession) -> None:
     window = session.window
-    dialog = window.open_thresholds_dialog()
+    dialog = window.device_actions.open_thresholds_dialog()
     line = dialog.lines["latency_p95_ms"]
     line.bound.setValue(5.0)
     line.hold.setValue(0.0)
@@ -235,7 +235,7 @@ def test_streaming_a_device_that_does_not_answer_goes_through_the_real_hub(tmp_p
     (tmp_path / "ssh_config").write_text("")
     with gui_session(url, screens, ssh_config=str(tmp_path / "ssh_config")) as session:
         window = session.window
-        session.call(lambda: window.set_streaming([device.id, untrusted.id], True))
+        session.call(lambda: window.device_actions.set_streaming([device.id, untrusted.id], True))
         assert window.tabs.currentWidget() is window.dashboard
         assert "1 not trusted yet, left out" in window.statusBar().currentMessage()
         assert cell(session, "new-pc", 1) == "offline"  # added by hand, never seen: no stream was started
@@ -243,7 +243,7 @@ def test_streaming_a_device_that_does_not_answer_goes_through_the_real_hub(tmp_p
                      "the stream to report that it will retry")
         why = str(cell(session, "bench-pc", 0, Qt.ItemDataRole.ToolTipRole))
         assert f"127.0.0.1:{port} did not accept an SSH connection (Connection refused)" in why
-        session.call(lambda: window.set_streaming([device.id], False))
+        session.call(lambda: window.device_actions.set_streaming([device.id], False))
         assert cell(session, "bench-pc", 1) == "stopped"
         assert session.bridge.telemetry.store.buffer(device.id) is None  # nothing was invented meanwhile
 
@@ -329,7 +329,7 @@ def test_device_view_shows_sources_and_throttling(session: GuiSession) -> None:
 def test_screenshots_of_the_overview_and_device_view(session: GuiSession, theme: str) -> None:
     window = session.window
     window.set_theme(theme)
-    window.set_thresholds([Threshold("temp_c", 80.0, hold_s=0.0, hysteresis=5.0),
+    window.device_actions.set_thresholds([Threshold("temp_c", 80.0, hold_s=0.0, hysteresis=5.0),
                            Threshold("latency_p95_ms", 45.0, hold_s=0.0, hysteresis=5.0)])
     sim = simulate(session)
     advance(session, sim, 240)

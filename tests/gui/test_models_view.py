@@ -318,7 +318,7 @@ def store_files(data: Path) -> list[str]:
 def fill_import_dialog(session: GuiSession, model: Path, profiles: set[str]) -> ImportDialog:
     window = session.window
     session.call(lambda: window.import_action.trigger())  # Ctrl+O
-    dialog = window._import_dialog
+    dialog = window.model_actions.import_dialog
     assert isinstance(dialog, ImportDialog) and dialog.isVisible() and not dialog.import_button.isEnabled()
     dialog.path_edit.setText(str(model))
     for name, box in dialog.profile_boxes.items():

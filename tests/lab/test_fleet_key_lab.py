@@ -247,7 +247,7 @@ def window(laptop: Laptop, tmp_path: Path) -> Iterator[GuiSession]:
 def ask_through_the_window(session: GuiSession) -> FleetKeyDialog:
     window = session.window
     view = next(v for v in window.fleet_model.views() if v.device.name == GPC)
-    window.select_devices([view.id])
+    window.fleet_pane.select_devices([view.id])
     session.call(window.provision_action.trigger)
     activity = session.bridge.activities.all()[-1]
     assert activity.title == f"Provision {GPC}"

@@ -120,7 +120,7 @@ def test_lab_devices_appear_in_the_table_by_themselves(session: GuiSession, flee
 def trust_through_the_dialog(session: GuiSession, qtbot: Any, name: str, *, changed: bool) -> TrustDialog:
     window = session.window
     view = row_of(session, name)
-    window.select_devices([view.id])
+    window.fleet_pane.select_devices([view.id])
     session.call(lambda: window.trust_action.trigger())
     session.wait(lambda: last_dialog(session, TrustDialog) is not None, "the trust dialog")
     dialog = last_dialog(session, TrustDialog)
@@ -144,12 +144,12 @@ def test_probing_from_the_window_fills_profile_and_architecture(session: GuiSess
     device = fleet.by_profile("ipc-x86")
     window = session.window
     view = row_of(session, device["name"])
-    window.select_devices([view.id])
+    window.fleet_pane.select_devices([view.id])
     session.call(lambda: window.probe_action.trigger())
     session.wait(lambda: row_of(session, device["name"]).device.probed_at is not None, "the probe")
     view = row_of(session, device["name"])
     assert (view.device.profile, view.device.facts.arch, view.status) == ("ipc-x86", "x86_64", "online")
-    index = window.index_of(view.id)
+    index = window.fleet_pane.index_of(view.id)
     assert window.fleet_filter.index(index.row(), 3).data() == "ipc-x86"
     session.settle(0.2)
     session.screenshot(window.detail, "device-detail-probed")
@@ -160,7 +160,7 @@ def test_streaming_a_trusted_lab_device_fills_its_overview_row_from_the_device(
     device = fleet.by_profile("ipc-x86")  # trusted and probed by the tests above
     window = session.window
     view = row_of(session, device["name"])
-    window.select_devices([view.id])
+    window.fleet_pane.select_devices([view.id])
     session.call(lambda: window.stream_action.trigger())
     assert window.tabs.currentWidget() is window.dashboard
     store = session.bridge.telemetry.store
@@ -188,7 +188,7 @@ def test_credentials_round_trip_through_the_keyring_daemon(session: GuiSession, 
     device = fleet.by_profile("ipc-x86")
     window = session.window
     view = row_of(session, device["name"])
-    window.select_devices([view.id])
+    window.fleet_pane.select_devices([view.id])
     session.call(lambda: window.login_action.trigger())
     session.wait(lambda: last_dialog(session, CredentialsDialog) is not None, "the credentials dialog")
     dialog = last_dialog(session, CredentialsDialog)
@@ -254,8 +254,8 @@ def drop_import_and_deploy(session: GuiSession, qtbot: Any, model: Path, view: A
     """Drop `model` on the device's row, import it through the dialog, push through the wizard's Push only;
     returns the push activity and the artifact the device's profile got."""
     window = session.window
-    window.select_devices([view.id])
-    rect = window.fleet_table.visualRect(window.index_of(view.id).siblingAtColumn(1))
+    window.fleet_pane.select_devices([view.id])
+    rect = window.fleet_table.visualRect(window.fleet_pane.index_of(view.id).siblingAtColumn(1))
     said = session.call(lambda: drop_files(window.fleet_table.viewport(), [model], rect.center()))
     assert said == f"Drop to deploy {model.name} to 1 device(s)"
     # A drop on devices opens the rollout wizard for them; "Push only…" is the plain push (no waves, no gates).
@@ -339,7 +339,7 @@ def test_a_removed_device_comes_back_by_address_through_the_add_dialog(
         d["profile"] == "ipc-x86-nvidia" for d in fleet.devices) else fleet.devices[-1]
     window = session.window
     gone = row_of(session, device["name"])
-    window.select_devices([gone.id])
+    window.fleet_pane.select_devices([gone.id])
     session.call(lambda: window.remove_action.trigger())
     session.wait(lambda: row_of(session, device["name"]) is None, "the device removed from the table")
     session.call(lambda: window.add_action.trigger())

@@ -96,8 +96,8 @@ def test_closing_the_window_pauses_the_rollout_and_the_next_window_continues_it(
 
     with gui_session(laptop.db_url, screens) as session:
         window = session.window
-        session.wait(lambda: window.recovery_box is not None, "the offer to continue")
-        box = window.recovery_box
+        session.wait(lambda: window.model_actions.recovery_box is not None, "the offer to continue")
+        box = window.model_actions.recovery_box
         assert box.text() == f"Rollout {rid} ({FIRST}) was paused when FleetDesk's window closed."
         session.screenshot(box, "recover-after-close")
         accept = next(b for b in box.buttons() if box.buttonRole(b) == QMessageBox.ButtonRole.AcceptRole)
