@@ -53,8 +53,7 @@ from fleetdesk.discovery.mdns import DiscoveryEvent
 from fleetdesk.discovery.recorder import RecordingState
 from fleetdesk.fleet import Fleet
 from fleetdesk.gui.app import build_window, create_app
-from fleetdesk.gui.bridge import DeviceView
-from fleetdesk.gui.bridge_views import device_status
+from fleetdesk.gui.bridge_views import DeviceView, device_status
 from fleetdesk.gui.fleet_model import COLUMNS, STATUS_TEXT
 from fleetdesk.gui.icons import status_icon
 from fleetdesk.gui.loopwatch import LoopWatch
@@ -338,7 +337,7 @@ async def bench(window: MainWindow, db_url: str, seconds: int, seed: int, select
     table = window.fleet_table
     table.sortByColumn(0, Qt.SortOrder.AscendingOrder)  # Status: every change may move its row
     if select:
-        window.select_devices([window.fleet_model.view_at(0).id])  # an operator looking at one device
+        window.fleet_pane.select_devices([window.fleet_model.view_at(0).id])  # an operator looking at one device
     await asyncio.sleep(0.3)
     views = window.fleet_model.views()
     count = len(views)
@@ -347,8 +346,8 @@ async def bench(window: MainWindow, db_url: str, seconds: int, seed: int, select
     await drive(idle, IDLE_S, LiveFleet(count, None), nothing, table.viewport())
 
     # The recorder hands each stored device to the bridge as the window's own browse does
-    # (FleetBridge.start_browsing's on_device): the bridge's view changes and the table follows.
-    feed = RecorderFeed(window.bridge.fleet, window.bridge._update)
+    # (DevicesPart.start_browsing's on_device): the bridge's view changes and the table follows.
+    feed = RecorderFeed(window.bridge.fleet, window.bridge.devices.update)
     fleetdesk = Phase("FleetDesk table", LoopWatch(0.01))
     try:
         await drive(fleetdesk, seconds, LiveFleet(count, random.Random(seed)), feed.deliver, table.viewport(),

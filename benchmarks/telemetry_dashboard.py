@@ -278,7 +278,7 @@ async def bench(window: MainWindow, args: argparse.Namespace) -> dict[str, Any]:
     dashboard = window.dashboard
     window.tabs.setCurrentWidget(dashboard)
     ids = dashboard.model.device_ids()
-    sim = SimulatedFleet(window.bridge.telemetry, ids, seed=args.seed)
+    sim = SimulatedFleet(window.bridge.telemetry.store, ids, seed=args.seed)
     dashboard.open_device(ids[0])
     # An operator watching a fleet gives the dashboard the room: the activity list small, the overview
     # about half of the dashboard (some 14 rows of sparklines), the device's plots the rest.
@@ -300,7 +300,7 @@ async def bench(window: MainWindow, args: argparse.Namespace) -> dict[str, Any]:
     await stream(ours, sim, args.seconds, args.speed, counters)
     ours.paints = paints.count
     paints.close()
-    buffers_mb = window.bridge.telemetry.nbytes() / 2**20
+    buffers_mb = window.bridge.telemetry.store.nbytes() / 2**20
 
     traced = Phase("FleetDesk dashboard, tracemalloc on")
     if args.traced_seconds:
@@ -312,7 +312,7 @@ async def bench(window: MainWindow, args: argparse.Namespace) -> dict[str, Any]:
     size = dashboard.table.viewport().size()
     window.tabs.setCurrentIndex(0)
     names = {d: f"edge-{n:03d}" for n, d in enumerate(ids)}
-    reference = PlotRows(window.bridge.telemetry, names)
+    reference = PlotRows(window.bridge.telemetry.store, names)
     reference.area.resize(size.width(), size.height() + 20)
     reference.area.show()
     await asyncio.sleep(0.5)

@@ -1,6 +1,7 @@
 """The bridge's side of the model store: import, verify, export and remove signed models, and push artifacts.
 
-`ModelsMixin` is mixed into `FleetBridge` (fleetdesk.gui.bridge), which declares the signals and owns the state.
+`ModelsPart` is one part of `FleetBridge` (fleetdesk.gui.bridge): it owns the artifact store and the model signals,
+and reads and reports devices through the devices part.
 """
 
 from __future__ import annotations
@@ -13,43 +14,40 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from PySide6.QtCore import SignalInstance
+from PySide6.QtCore import QObject, Signal
 
 from fleetdesk import model_import
 from fleetdesk.artifacts.records import ModelRecord, VerifyResult
 from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.config import Settings
 from fleetdesk.errors import FleetDeskError
-from fleetdesk.fleet import Fleet
 from fleetdesk.inventory.records import Device
 from fleetdesk.models.report import Progress
 from fleetdesk.rollout.push import PushOutcome, PushProgress, push_model
 
-from .activities import Activities, Activity, human_duration, window_loop
-from .bridge_views import DeviceView
+from .activities import Activity, human_duration, window_loop
+from .bridge_context import BridgeContext
+from .bridge_devices import DevicesPart
 
 T = TypeVar("T")
 
 
-class ModelsMixin:
-    """The model store's operations; `FleetBridge` provides the fleet, the devices, the signals and `_db`."""
+class ModelsPart(QObject):
+    """The model store's operations; the devices part gives the devices they are timed on and pushed to."""
 
-    fleet: Fleet
-    activities: Activities
-    model_imported: SignalInstance
-    models_changed: SignalInstance
-    model_removed: SignalInstance
-    _devices: dict[int, Device]
-    _store: ArtifactStore | None
+    model_imported = Signal(object)  # ModelRecord, just imported and signed
+    models_changed = Signal(list)  # list[ModelRecord]: everything in the store
+    model_removed = Signal(str)  # the ref of a model version deleted from the store
 
-    if TYPE_CHECKING:  # FleetBridge's own methods (fleetdesk.gui.bridge)
-        async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
-        def view(self, device: Device) -> DeviceView: ...
-        def _chosen(self, device_ids: Sequence[int]) -> list[Device]: ...
-        def _problem(self, device_id: int, error: FleetDeskError | None) -> None: ...
-        def _update(self, device: Device) -> None: ...
+    def __init__(self, context: BridgeContext, devices: DevicesPart) -> None:
+        super().__init__()
+        self._context = context
+        self.fleet = context.fleet
+        self.activities = context.activities
+        self._devices = devices
+        self._store: ArtifactStore | None = None  # the signed artifact store, opened on first use
 
     def artifact_store(self) -> ArtifactStore:
         """The signed artifact store under the user data directory (FLEETDESK_DATA_DIR), opened on first use."""
@@ -63,14 +61,14 @@ class ModelsMixin:
 
     def fleet_profiles(self, device_ids: Sequence[int] = ()) -> list[str]:
         """The profiles of these devices (of every device in the inventory if none), each once."""
-        devices = [self._devices[i] for i in device_ids if i in self._devices] if device_ids \
-            else list(self._devices.values())
+        known = self._devices.known()
+        devices = [known[i] for i in device_ids if i in known] if device_ids else list(known.values())
         return sorted({d.profile for d in devices if d.profile})
 
     def bench_devices(self, profiles: Sequence[str]) -> list[Device]:
         """Devices that can time variants now: trusted, online, not busy, of one of these profiles."""
-        return [d for d in self._devices.values()
-                if d.profile in profiles and self.view(d).status == "online"]
+        return [d for d in self._devices.known().values()
+                if d.profile in profiles and self._devices.view(d).status == "online"]
 
     async def _models(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # Store work reads, hashes and signs files (and may wait on the keyring): never on the loop.
@@ -103,7 +101,7 @@ class ModelsMixin:
             started = time.monotonic()
             bench = None
             if time_on_devices:  # online devices of the chosen profiles with a provisioned runtime
-                ready = await self._db(model_import.bench_devices, self.fleet, chosen)
+                ready = await self._context.db(model_import.bench_devices, self.fleet, chosen)
                 if ready:
                     bench = model_import.DeviceBench(self.fleet, ready, loop)
                     benches.append(bench)
@@ -197,7 +195,7 @@ class ModelsMixin:
         through the core's push (fleetdesk.rollout.push, as `fleetdesk model push`), which stages as rollouts do:
         each file checked against the signed manifest, resumable, SHA-256 checked on the device, the manifest last,
         and the copy sealed read-only where the login is root."""
-        devices = self._chosen(device_ids)
+        devices = self._devices.chosen(device_ids)
 
         async def job(activity: Activity) -> dict[str, str]:
             outcomes: dict[str, str] = {}  # device name -> "ok" or the error, in the order devices finish
@@ -209,8 +207,8 @@ class ModelsMixin:
                 if outcome.error is None:
                     outcomes[outcome.device.name] = "ok"
                     return
-                self._problem(outcome.device.id, outcome.error)
-                self._update(outcome.device)
+                self._devices.note_problem(outcome.device.id, outcome.error)
+                self._devices.update(outcome.device)
                 outcomes[outcome.device.name] = str(outcome.error)
 
             store = await self._models(self.artifact_store)  # opened on first use: reads settings, off the loop

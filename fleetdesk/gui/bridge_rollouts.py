@@ -1,6 +1,7 @@
 """The bridge's side of rollouts: start, drive, pause, resume, approve, abort, roll back and recover them.
 
-`RolloutsMixin` is mixed into `FleetBridge` (fleetdesk.gui.bridge); it turns engine events into signals.
+`RolloutsPart` is one part of `FleetBridge` (fleetdesk.gui.bridge): it owns the engine and the rollouts this window
+drives, and turns engine events into its signals. The models part gives it the artifact store.
 """
 
 from __future__ import annotations
@@ -8,56 +9,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-from PySide6.QtCore import SignalInstance
+from PySide6.QtCore import QObject, Signal
 
-from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.errors import FleetDeskError
-from fleetdesk.fleet import Fleet
-from fleetdesk.inventory.records import Device
 from fleetdesk.inventory.rollouts import RolloutRepo, RolloutRow
 from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent
 from fleetdesk.rollout.plan import RolloutPlan
 
-from .activities import Activities, Activity, window_loop
+from .activities import Activity, window_loop
+from .bridge_context import BridgeContext
+from .bridge_devices import DevicesPart
+from .bridge_models import ModelsPart
 from .bridge_views import RolloutDetail, read_rollout
-
-T = TypeVar("T")
 
 ROLLOUT_REFRESH_S = 0.25  # engine events are gathered this long before the rollout view reads the inventory
 WINDOW_CLOSED = "the window was closed"  # the pause reason of a rollout whose window closed while driving it
+CLOSE_PAUSE_WAIT_S = 30.0  # how long quitting waits for a paused rollout's current step to end
 
 
-class RolloutsMixin:
-    """The rollout operations; `FleetBridge` provides the fleet, the inventory thread, the signals and `_db`, and
-    `ModelsMixin` the artifact store."""
+class RolloutsPart(QObject):
+    """The rollout operations; the devices part names the devices in a rollout's detail, the models part gives
+    the artifact store."""
 
-    fleet: Fleet
-    activities: Activities
-    rollouts_changed: SignalInstance
-    rollout_detail: SignalInstance
-    rollout_event: SignalInstance
-    rollout_started: SignalInstance
-    _devices: dict[int, Device]
-    _db_thread: ThreadPoolExecutor
-    _closed: bool
-    _engine: RolloutEngine | None
-    _runs: dict[int, Activity]
-    _watched: int | None
-    _refreshing: asyncio.Task[None] | None
+    rollouts_changed = Signal(list)  # list[RolloutRow]: every rollout in the inventory
+    rollout_detail = Signal(object)  # RolloutDetail of the rollout the view watches
+    rollout_event = Signal(object)  # RolloutEvent, as the engine emits it
+    rollout_started = Signal(int)  # a rollout was created (before it is driven)
 
-    if TYPE_CHECKING:  # FleetBridge's own methods (fleetdesk.gui.bridge) and ModelsMixin's store
-        async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
-        def artifact_store(self) -> ArtifactStore: ...
+    def __init__(self, context: BridgeContext, devices: DevicesPart, models: ModelsPart) -> None:
+        super().__init__()
+        self._context = context
+        self.fleet = context.fleet
+        self.activities = context.activities
+        self._devices = devices
+        self._models = models
+        self._engine: RolloutEngine | None = None  # the rollout engine, made on first use
+        self._runs: dict[int, Activity] = {}  # rollout id -> the activity that drives it (engine.run)
+        self._watched: int | None = None  # the rollout the view shows
+        self._refreshing: asyncio.Task[None] | None = None  # a pending read for the rollout view
 
     def rollout_engine(self) -> RolloutEngine:
         """The engine over this window's fleet and store; its events become `rollout_event` signals."""
         if self._engine is None:
             # Its journal writes go to this window's inventory thread, in order with the window's own reads.
-            self._engine = RolloutEngine(self.fleet, self.artifact_store(), on_event=self._rollout_event,
-                                         executor=self._db_thread)
+            self._engine = RolloutEngine(self.fleet, self._models.artifact_store(), on_event=self._rollout_event,
+                                         executor=self._context.db_thread)
         return self._engine
 
     def _rollout_repo(self) -> RolloutRepo:
@@ -76,7 +74,7 @@ class RolloutsMixin:
 
     def _schedule_refresh(self) -> None:
         """Read the rollouts again soon: events come in bursts, the view reads once per burst."""
-        if self._closed or (self._refreshing is not None and not self._refreshing.done()):
+        if self._context.closed or (self._refreshing is not None and not self._refreshing.done()):
             return
 
         async def later() -> None:
@@ -88,10 +86,10 @@ class RolloutsMixin:
     async def refresh_rollouts(self) -> list[RolloutRow]:
         """Announce every rollout, and the watched one's detail (read in the inventory's thread)."""
         repo = self._rollout_repo()
-        rows = await self._db(repo.list)
+        rows = await self._context.db(repo.list)
         self.rollouts_changed.emit(rows)
         if self._watched is not None and any(r.id == self._watched for r in rows):
-            self.rollout_detail.emit(await self._db(read_rollout, repo, self._watched, dict(self._devices)))
+            self.rollout_detail.emit(await self._context.db(read_rollout, repo, self._watched, self._devices.known()))
         return rows
 
     def load_rollouts(self, then: Callable[[list[RolloutRow]], object] | None = None) -> Activity:
@@ -108,7 +106,7 @@ class RolloutsMixin:
         self._watched = rollout_id
 
         async def job(activity: Activity) -> RolloutDetail:
-            detail = await self._db(read_rollout, self._rollout_repo(), rollout_id, dict(self._devices))
+            detail = await self._context.db(read_rollout, self._rollout_repo(), rollout_id, self._devices.known())
             self.rollout_detail.emit(detail)
             return detail
 
@@ -128,7 +126,7 @@ class RolloutsMixin:
             await self.refresh_rollouts()
             self.rollout_started.emit(rid)  # after the refresh: the view selects the new row, so it must be listed
             if not run:
-                return await self._db(self._rollout_repo().get, rid)
+                return await self._context.db(self._rollout_repo().get, rid)
             self._runs[rid] = activity
             activity.title = f"Rollout {rid}: {plan.model}"
             activity.changed.emit()
@@ -200,6 +198,17 @@ class RolloutsMixin:
             await self.rollout_engine().pause(rollout_id, reason)
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(run._task), wait)
+
+    async def close(self) -> None:
+        """The window is closing: rollouts it drives pause at their next step boundary (the engine never leaves a
+        device half-switched there), each waited for up to CLOSE_PAUSE_WAIT_S; a pending view refresh is
+        cancelled."""
+        for rid in [r for r, a in self._runs.items() if a.running]:
+            await self._stop_driving(rid, WINDOW_CLOSED, CLOSE_PAUSE_WAIT_S)
+        if self._refreshing is not None and not self._refreshing.done():
+            self._refreshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._refreshing
 
     def recover_rollouts(self) -> Activity:
         """After a crash: ask each switched device of every rollout left running where it is (engine.recover),

@@ -1,6 +1,7 @@
 """The bridge's side of live telemetry: start and stop device streams, judge samples, raise and log alerts.
 
-`TelemetryMixin` is mixed into `FleetBridge` (fleetdesk.gui.bridge), which owns the buffers and the alert monitor.
+`TelemetryPart` is one part of `FleetBridge` (fleetdesk.gui.bridge): it owns the sample buffers, the alert monitor
+and the hub that streams, and follows the devices part (whom it may stream from, which devices are removed).
 """
 
 from __future__ import annotations
@@ -10,13 +11,10 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
-from PySide6.QtCore import SignalInstance
+from PySide6.QtCore import QObject, Signal
 
-from fleetdesk.fleet import Fleet
 from fleetdesk.inventory.records import Device
 from fleetdesk.inventory.telemetry_repo import TelemetryRepo
 from fleetdesk.telemetry.alerts import AlertEvent, AlertMonitor, Threshold
@@ -25,56 +23,47 @@ from fleetdesk.telemetry.history import TelemetryHistory
 from fleetdesk.telemetry.hub import StreamState, TelemetryHub
 
 from .activities import window_loop
-from .bridge_views import DeviceView, stream_view
+from .bridge_context import BridgeContext
+from .bridge_devices import DevicesPart
+from .bridge_views import stream_view
 
 log = logging.getLogger(__name__)
 
 
-class TelemetryMixin:
-    """Streams and alerts; `FleetBridge` provides the fleet, the buffers, the alert monitor and the signals."""
+class TelemetryPart(QObject):
+    """Streams and alerts: `store` keeps each device's samples in bounded buffers, `alerts` judges them."""
 
-    fleet: Fleet
-    telemetry: TelemetryStore
-    alerts: AlertMonitor
-    notice: SignalInstance
-    alert_event: SignalInstance
-    stream_changed: SignalInstance
-    _devices: dict[int, Device]
-    _trusted: set[int]
-    _db_thread: ThreadPoolExecutor
-    _closed: bool
-    _hub: TelemetryHub | None
-    _history: TelemetryHistory | None
-    _alert_writes: set[asyncio.Future[None]]
-    _events: TelemetryRepo | None
-    _problems: dict[int, str]
-    _refusals: dict[int, str]
-    device_changed: SignalInstance
+    notice = Signal(str)  # a short operator message for the status bar
+    alert_event = Signal(object)  # AlertEvent, raised or cleared
+    stream_changed = Signal(object)  # StreamView: a device's telemetry stream in words
 
-    if TYPE_CHECKING:  # FleetBridge's own methods (fleetdesk.gui.bridge)
-        def _chosen(self, device_ids: Sequence[int]) -> list[Device]: ...
-        def view(self, device: Device) -> DeviceView: ...
+    def __init__(self, context: BridgeContext, devices: DevicesPart) -> None:
+        super().__init__()
+        self._context = context
+        self.fleet = context.fleet
+        self._devices = devices
+        # Live telemetry: bounded buffers in memory, judged against the alert thresholds as each sample lands
+        # (subscribed first, so a row is marked in the same pass that paints its sample).
+        self.store = TelemetryStore()
+        self.alerts = AlertMonitor()
+        self.store.subscribe(self._sample_stored)
+        self._hub: TelemetryHub | None = None  # made when the first stream starts
+        self._history: TelemetryHistory | None = None  # the per-minute history the hub writes (for reports)
+        self._alert_writes: set[asyncio.Future[None]] = set()
+        self._events: TelemetryRepo | None = None  # the inventory's event log, where alerts are written
+        # A removed device's stream, samples and alerts go with it.
+        devices.device_removed.connect(self._forget)
 
     def _sample_stored(self, arrival: Arrival) -> None:
         for event in self.alerts.check(arrival.device_id, arrival.sample):
             self._alert(event)
-        self._refusal(arrival.device_id, arrival.sample.refused)
+        self._devices.show_refusal(arrival.device_id, arrival.sample.refused)
 
-    def _refusal(self, device_id: int, refused: str | None) -> None:
-        """The device's model server refusing an artifact (a file that does not verify) is a device problem, with
-        its fix, for as long as its samples say so; it clears when they stop, unless another problem came since."""
-        shown = self._refusals.get(device_id)
-        if refused == shown:
-            return
-        if refused is None:
-            del self._refusals[device_id]
-            if self._problems.get(device_id) == shown:
-                del self._problems[device_id]
-        else:
-            self._refusals[device_id] = self._problems[device_id] = refused
-        device = self._devices.get(device_id)
-        if device is not None:
-            self.device_changed.emit(self.view(device))
+    def _forget(self, device_id: int) -> None:
+        if self._hub is not None:
+            self._hub.stop([device_id])
+        self.store.forget([device_id])
+        self.alerts.forget(device_id)
 
     def set_thresholds(self, thresholds: Sequence[Threshold]) -> None:
         """Judge samples against these thresholds from now on; alerts whose rule went away are cleared."""
@@ -83,12 +72,13 @@ class TelemetryMixin:
 
     def _alert(self, event: AlertEvent) -> None:
         self.alert_event.emit(event)
-        if self._closed:
+        if self._context.closed:
             return
-        # Logged in the inventory's thread, in order; quitting waits for the writes (close()).
+        # Logged in the inventory's thread, in order; quitting waits for the writes (alerts_written).
         if self._events is None:
             self._events = TelemetryRepo.of(self.fleet.inventory)
-        future = window_loop().run_in_executor(self._db_thread, functools.partial(record_alert, self._events, event))
+        future = window_loop().run_in_executor(self._context.db_thread,
+                                               functools.partial(record_alert, self._events, event))
         self._alert_writes.add(future)
         future.add_done_callback(self._alert_written)
 
@@ -100,7 +90,7 @@ class TelemetryMixin:
     def _telemetry_hub(self) -> TelemetryHub:
         if self._hub is None:
             self._history = TelemetryHistory.open(self.fleet.inventory)
-            self._hub = TelemetryHub(self.fleet, self.telemetry, self._history, interval=1.0)
+            self._hub = TelemetryHub(self.fleet, self.store, self._history, interval=1.0)
             self._hub.on_state = self._stream_state
         return self._hub
 
@@ -111,8 +101,8 @@ class TelemetryMixin:
         """Stream telemetry from these devices (every trusted one if none): one SSH channel each, reconnecting
         by itself, until stopped or quit. Untrusted devices are left out (SSH would refuse their key); returns
         the devices that stream."""
-        chosen = self._chosen(device_ids) if device_ids else list(self._devices.values())
-        devices = [d for d in chosen if d.id in self._trusted]
+        chosen = self._devices.chosen(device_ids) if device_ids else list(self._devices.known().values())
+        devices = [d for d in chosen if self._devices.is_trusted(d.id)]
         skipped = len(chosen) - len(devices)
         if not devices:
             self.notice.emit("No trusted device to stream from: check and trust its host key first (Trust…).")
@@ -135,6 +125,19 @@ class TelemetryMixin:
         self._hub.stop(ids)
         for device_id in ids:
             self._stream_state(StreamState(device_id, mode="stopped"))
+
+    async def close_streams(self) -> None:
+        """End every stream, then the history they write (first when the window closes: they use SSH)."""
+        if self._hub is not None:
+            self._hub.on_state = None  # the window is going: streams that end now have no one to tell
+            await self._hub.close()
+        if self._history is not None:
+            await self._history.close()
+
+    async def alerts_written(self) -> None:
+        """Wait for the alerts still being logged in the inventory (before it closes)."""
+        if self._alert_writes:
+            await asyncio.gather(*self._alert_writes, return_exceptions=True)
 
 
 def record_alert(events: TelemetryRepo, event: AlertEvent) -> None:

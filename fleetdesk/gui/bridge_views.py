@@ -1,6 +1,7 @@
 """The values the bridge's signals carry to the widgets: a device, a trust request, a login, a stream, a rollout.
 
-Plain frozen dataclasses and the pure functions that make them; `FleetBridge` (fleetdesk.gui.bridge) emits them.
+Plain frozen dataclasses and the pure functions that make them; the parts of `FleetBridge` (fleetdesk.gui.bridge) emit
+them.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 from fleetdesk.artifacts.records import ModelRecord
 
 from .activities import human_bytes
-from .bridge import DeviceView
+from .bridge_views import DeviceView
 from .fleet_model import plain
 
 MODEL_SUFFIX = ".onnx"

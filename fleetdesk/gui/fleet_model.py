@@ -21,7 +21,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QStyle
 
-from .bridge import DeviceView
+from .bridge_views import DeviceView
 from .icons import status_icon
 from .text import tooltip_text, visible_text
 

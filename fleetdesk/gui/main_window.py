@@ -2,7 +2,8 @@
 
 It wires widgets to the `FleetBridge`: every action becomes a bridge call (an Activity), every
 bridge signal becomes a repaint. Layout (size, splitters, columns, tab, theme) is remembered. What the window
-does lives in its parts, mixed in here: window_fleet, window_devices, window_models and window_drops.
+does lives in its parts, child objects it makes over the widgets it builds: `fleet_pane` (window_fleet),
+`device_actions` (window_devices), `model_actions` (window_models) and `drops` (window_drops).
 """
 
 from __future__ import annotations
@@ -11,7 +12,15 @@ import asyncio
 from collections.abc import Sequence
 
 from PySide6.QtCore import QByteArray, Qt
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDragEnterEvent,
+    QDragLeaveEvent,
+    QDragMoveEvent,
+    QDropEvent,
+    QKeySequence,
+)
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
@@ -22,7 +31,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMainWindow,
-    QMessageBox,
     QPushButton,
     QSplitter,
     QTableView,
@@ -32,32 +40,29 @@ from PySide6.QtWidgets import (
 )
 
 from fleetdesk.discovery.mdns import NetworkInterface
-from fleetdesk.inventory.records import HostKey
 
 from .activities import Activity
 from .activity_view import ActivityView
-from .bridge import STATUSES, DeviceView, FleetBridge
+from .bridge import FleetBridge
+from .bridge_views import STATUSES
 from .dashboard import Dashboard
 from .device_detail import DeviceDetail
 from .dropping import DropOverlay
 from .fleet_model import STATUS_TEXT, FleetFilter, FleetTableModel, plain
 from .icons import app_icon, icon
-from .model_import import ImportDialog
 from .models_view import ModelsView
 from .rollout_view import RolloutsView
-from .rollout_wizard import RolloutWizard
 from .side_panel import DiscoveryPanel, GroupTree
 from .text import tooltip_text
 from .theme import apply_theme, current_theme
 from .window_devices import DeviceActions
-from .window_drops import DropTargets, dropped_paths
+from .window_drops import DropTargets
 from .window_fleet import FleetPane
 from .window_models import ModelActions
+from .window_part import qsettings
 
-__all__ = ["MainWindow", "dropped_paths"]
 
-
-class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindow):
+class MainWindow(QMainWindow):
     """See the module docstring. `shutdown()` is the one way out: it cancels work in order, then closes."""
 
     def __init__(self, bridge: FleetBridge, database: str, *, interfaces: Sequence[NetworkInterface] = (),
@@ -70,17 +75,10 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         self.setAcceptDrops(True)
         self._dialogs: list[QDialog] = []
         self._icons: list[tuple[QAction, str]] = []  # re-drawn when the theme changes
-        self._counting = False
-        self._detail_id: int | None = None  # the device the detail pane shows
-        self._detail_due = False  # a live update of that device waits for the next loop pass
-        self._detail_keys: list[HostKey] = []  # its pinned keys, read when it was chosen
-        self._detail_ssh = (None, None)  # what the operator's ssh config says for it, read when it was chosen
         self._closing = False
         self._closed = False
         self._browse_on_start = browse_on_start
-        self._pending_imports: list[tuple[str, list[DeviceView], str]] = []  # dropped models awaiting a dialog
-        self._import_dialog: ImportDialog | None = None
-        stored = self._qsettings()
+        stored = qsettings()
         if chosen_interfaces is None:
             remembered = stored.value("discovery/interfaces", [])
             chosen_interfaces = [str(a) for a in remembered] if isinstance(remembered, list) else []
@@ -102,7 +100,6 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         self.fleet_table.setDefaultDropAction(Qt.DropAction.MoveAction)
         self.fleet_table.verticalHeader().setVisible(False)
         self.fleet_table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
-        self.fleet_table.customContextMenuRequested.connect(self._context_menu)
         header = self.fleet_table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setDefaultSectionSize(104)
@@ -111,9 +108,9 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         header.setSectionsMovable(True)
         for column in range(header.count()):  # no header cut short, the sort arrow included
             header.resizeSection(column, max(header.defaultSectionSize(), header.sectionSizeHint(column)))
-        # Files dragged from a file manager onto rows go to those devices (the view itself only drags rows out).
+        # Files dragged from a file manager onto rows go to those devices (the view itself only drags rows out;
+        # the drops part filters the viewport's drag events).
         self.fleet_table.viewport().setAcceptDrops(True)
-        self.fleet_table.viewport().installEventFilter(self)
 
         self.search = QLineEdit(self)
         self.search.setObjectName("FleetSearch")
@@ -148,16 +145,13 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         self.tabs.setObjectName("MainTabs")
         self.tabs.addTab(fleet_page, icon("probe"), "Fleet")
         self.tabs.addTab(self.models_view, icon("model"), "Models")
-        self.dashboard = Dashboard(bridge.telemetry, bridge.alerts, self)
+        self.dashboard = Dashboard(bridge.telemetry.store, bridge.telemetry.alerts, self)
         self.tabs.addTab(self.dashboard, "Telemetry")
         self.rollouts_view = RolloutsView(self)
         self.tabs.addTab(self.rollouts_view, "Rollouts")
-        self._wizard: RolloutWizard | None = None
-        self.recovery_box: QMessageBox | None = None
 
         # -- side panels ---------------------------------------------------------------------------------
         self.group_tree = GroupTree(self)
-        self.group_tree.viewport().installEventFilter(self)  # files dropped on a group: deploy to its members
         self.discovery_panel = DiscoveryPanel(interfaces, chosen_interfaces, self)
         left = QSplitter(Qt.Orientation.Vertical, self)
         left.setObjectName("LeftSplitter")
@@ -183,26 +177,34 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         self.setCentralWidget(self.v_splitter)
         self.drop_overlay = DropOverlay(self, anchor=self.v_splitter)
 
+        # -- the parts: what the window does, over the widgets above ------------------------------------------
+        self.fleet_pane = FleetPane(self)
+        self.device_actions = DeviceActions(self, self.fleet_pane)
+        self.model_actions = ModelActions(self, self.fleet_pane)
+        self.drops = DropTargets(self, self.fleet_pane, self.model_actions)
+
         self._build_actions()
         self._build_status_bar(database)
 
         # -- wiring ----------------------------------------------------------------------------------------
-        bridge.devices_reset.connect(self._devices_reset)
-        bridge.device_changed.connect(self._device_changed)
-        bridge.device_removed.connect(self._device_removed)
-        bridge.groups_changed.connect(self._groups_changed)
-        bridge.browsing_changed.connect(self._browsing_changed)
-        bridge.discovery_state.connect(self._discovery_state)
-        bridge.trust_requested.connect(self.open_trust_dialog)
-        bridge.fleet_key_differs.connect(self.open_fleet_key_dialog)
-        bridge.model_imported.connect(self.models_view.add_record)
-        bridge.models_changed.connect(self.models_view.set_records)
-        bridge.model_removed.connect(self.models_view.remove_record)
-        self.models_view.import_requested.connect(lambda: self.open_import_dialog())
-        self.models_view.verify_requested.connect(self.verify_model)
-        self.models_view.export_requested.connect(self.open_export_dialog)
-        self.models_view.remove_requested.connect(self.confirm_remove_model)
-        self.models_view.export_key_requested.connect(self.open_export_key_dialog)
+        fleet_pane, devices, models = self.fleet_pane, self.device_actions, self.model_actions
+        self.fleet_table.customContextMenuRequested.connect(fleet_pane.on_context_menu)
+        bridge.devices.devices_reset.connect(fleet_pane.on_devices_reset)
+        bridge.devices.device_changed.connect(fleet_pane.on_device_changed)
+        bridge.devices.device_removed.connect(fleet_pane.on_device_removed)
+        bridge.devices.groups_changed.connect(fleet_pane.on_groups_changed)
+        bridge.devices.browsing_changed.connect(devices.on_browsing_changed)
+        bridge.devices.discovery_state.connect(devices.on_discovery_state)
+        bridge.devices.trust_requested.connect(devices.open_trust_dialog)
+        bridge.devices.fleet_key_differs.connect(devices.open_fleet_key_dialog)
+        bridge.models.model_imported.connect(self.models_view.add_record)
+        bridge.models.models_changed.connect(self.models_view.set_records)
+        bridge.models.model_removed.connect(self.models_view.remove_record)
+        self.models_view.import_requested.connect(lambda: models.open_import_dialog())
+        self.models_view.verify_requested.connect(models.verify_model)
+        self.models_view.export_requested.connect(models.open_export_dialog)
+        self.models_view.remove_requested.connect(models.confirm_remove_model)
+        self.models_view.export_key_requested.connect(models.open_export_key_dialog)
         # "Roll out…" beside the Models view's own buttons (after Remove): the selected model's rollout wizard.
         self.models_rollout_button = QPushButton("Roll out…", self.models_view)
         self.models_rollout_button.setObjectName("ModelsRollOut")
@@ -210,40 +212,41 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
             "Roll the selected model out to devices in waves, with health gates"))
         self.models_rollout_button.setStyleSheet("min-width: 0px; padding-left: 10px; padding-right: 10px;")
         self.models_rollout_button.clicked.connect(
-            lambda: self.open_rollout_wizard(self.models_view.selected_ref()))
+            lambda: models.open_rollout_wizard(self.models_view.selected_ref()))
         for row in self.models_view.findChildren(QHBoxLayout):
             if row.indexOf(self.models_view.remove_button) >= 0:
                 row.insertWidget(row.indexOf(self.models_view.remove_button) + 1, self.models_rollout_button)
                 break
-        bridge.rollouts_changed.connect(self.rollouts_view.set_rollouts)
-        bridge.rollout_detail.connect(self._rollout_detail)
-        bridge.rollout_event.connect(self.rollouts_view.add_event)
-        bridge.rollout_started.connect(self._rollout_started)
-        self.rollouts_view.rollout_chosen.connect(self.bridge.watch_rollout)
-        self.rollouts_view.action_requested.connect(self.rollout_action)
-        self.rollouts_view.wizard_requested.connect(lambda: self.open_rollout_wizard())
-        bridge.notice.connect(lambda text: self.statusBar().showMessage(text, 10000))
+        bridge.rollouts.rollouts_changed.connect(self.rollouts_view.set_rollouts)
+        bridge.rollouts.rollout_detail.connect(models.on_rollout_detail)
+        bridge.rollouts.rollout_event.connect(self.rollouts_view.add_event)
+        bridge.rollouts.rollout_started.connect(models.on_rollout_started)
+        self.rollouts_view.rollout_chosen.connect(self.bridge.rollouts.watch_rollout)
+        self.rollouts_view.action_requested.connect(models.rollout_action)
+        self.rollouts_view.wizard_requested.connect(lambda: models.open_rollout_wizard())
+        bridge.telemetry.notice.connect(lambda text: self.statusBar().showMessage(text, 10000))
         bridge.activities.added.connect(self._activity_added)
         bridge.activities.finished.connect(self._activity_finished)
-        self.group_tree.group_chosen.connect(self._group_chosen)
-        self.group_tree.devices_dropped.connect(self._devices_dropped_on_group)
-        self.discovery_panel.browse_toggled.connect(self.set_browsing)
-        self.discovery_panel.interfaces_changed.connect(self._interfaces_changed)
-        self.discovery_panel.add_requested.connect(self.open_add_dialog)
-        self.discovery_panel.sweep_requested.connect(self.open_sweep_dialog)
-        self.detail.probe_requested.connect(lambda device_id: self.bridge.probe([device_id]))
-        self.detail.trust_requested.connect(self.bridge.request_trust)
-        bridge.alert_event.connect(self.dashboard.add_alert)
-        bridge.alert_event.connect(self._alert_changed)
-        bridge.stream_changed.connect(lambda v: self.dashboard.set_stream_state(v.device_id, v.text, v.live, v.detail))
-        self.dashboard.stream_requested.connect(self.set_streaming)
-        self.dashboard.thresholds_requested.connect(self.open_thresholds_dialog)
-        self._restore_thresholds()
-        self.fleet_table.selectionModel().selectionChanged.connect(self._selection_changed)
-        self.tabs.currentChanged.connect(self._tab_changed)
+        self.group_tree.group_chosen.connect(fleet_pane.on_group_chosen)
+        self.group_tree.devices_dropped.connect(devices.on_devices_dropped_on_group)
+        self.discovery_panel.browse_toggled.connect(devices.set_browsing)
+        self.discovery_panel.interfaces_changed.connect(devices.on_interfaces_changed)
+        self.discovery_panel.add_requested.connect(devices.open_add_dialog)
+        self.discovery_panel.sweep_requested.connect(devices.open_sweep_dialog)
+        self.detail.probe_requested.connect(lambda device_id: self.bridge.devices.probe([device_id]))
+        self.detail.trust_requested.connect(self.bridge.devices.request_trust)
+        bridge.telemetry.alert_event.connect(self.dashboard.add_alert)
+        bridge.telemetry.alert_event.connect(fleet_pane.on_alert_changed)
+        bridge.telemetry.stream_changed.connect(
+            lambda v: self.dashboard.set_stream_state(v.device_id, v.text, v.live, v.detail))
+        self.dashboard.stream_requested.connect(devices.set_streaming)
+        self.dashboard.thresholds_requested.connect(devices.open_thresholds_dialog)
+        devices.restore_thresholds()
+        self.fleet_table.selectionModel().selectionChanged.connect(fleet_pane.on_selection_changed)
+        self.tabs.currentChanged.connect(fleet_pane.on_tab_changed)
         for signal in (self.fleet_model.rowsInserted, self.fleet_model.rowsRemoved, self.fleet_model.modelReset,
                        self.fleet_model.dataChanged):
-            signal.connect(self._counts_changed)
+            signal.connect(fleet_pane.on_counts_changed)
         self.resize(1280, 800)
         self._restore_layout()
 
@@ -268,53 +271,54 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         return action
 
     def _build_actions(self) -> None:
-        self.browse_action = self._action("Discovery", lambda on: self.set_browsing(bool(on)), "Ctrl+B", "discover",
-                                          "Start or stop listening for devices by mDNS")
+        devices, models, selected = self.device_actions, self.model_actions, self.fleet_pane.selected_ids
+        self.browse_action = self._action("Discovery", lambda on: devices.set_browsing(bool(on)), "Ctrl+B",
+                                          "discover", "Start or stop listening for devices by mDNS")
         self.browse_action.setCheckable(True)
-        self.add_action = self._action("Add device…", self.open_add_dialog, "Ctrl+N", "add-device",
+        self.add_action = self._action("Add device…", devices.open_add_dialog, "Ctrl+N", "add-device",
                                        "Add a device by hostname or address")
-        self.sweep_action = self._action("Sweep network…", self.open_sweep_dialog, "Ctrl+Shift+S", "sweep",
+        self.sweep_action = self._action("Sweep network…", devices.open_sweep_dialog, "Ctrl+Shift+S", "sweep",
                                          "Look for SSH servers across an address range")
-        self.probe_action = self._action("Probe", self.probe_selected, "Ctrl+R", "probe",
+        self.probe_action = self._action("Probe", devices.probe_selected, "Ctrl+R", "probe",
                                          "Identify the selected devices and match their profiles")
-        self.trust_action = self._action("Trust…", self.trust_selected, "Ctrl+T", "trust",
+        self.trust_action = self._action("Trust…", devices.trust_selected, "Ctrl+T", "trust",
                                          "Check and trust the selected device's host key")
-        self.login_action = self._action("Credentials…", self.open_credentials_dialog, "Ctrl+L", "credentials",
+        self.login_action = self._action("Credentials…", devices.open_credentials_dialog, "Ctrl+L", "credentials",
                                          "Set the user, key file or password for the selected devices")
-        self.provision_action = self._action("Provision runtime", self.provision_selected, "Ctrl+Shift+P", "",
+        self.provision_action = self._action("Provision runtime", devices.provision_selected, "Ctrl+Shift+P", "",
                                              "Install the inference runtime and the agent on the selected devices "
                                              "(only what is missing is sent)")
-        self.group_action = self._action("Add to group…", self.open_group_dialog, "Ctrl+G", "group",
+        self.group_action = self._action("Add to group…", devices.open_group_dialog, "Ctrl+G", "group",
                                          "Put the selected devices in a group")
-        self.ungroup_action = self._action("Remove from this group", self.remove_from_current_group, None, "",
+        self.ungroup_action = self._action("Remove from this group", devices.remove_from_current_group, None, "",
                                            "Take the selected devices out of the group shown")
-        self.ssh_action = self._action("Copy SSH command", self.copy_ssh_command, "Ctrl+Shift+C", "terminal",
+        self.ssh_action = self._action("Copy SSH command", devices.copy_ssh_command, "Ctrl+Shift+C", "terminal",
                                        "Copy the ssh command line that opens a terminal on the device")
-        self.remove_action = self._action("Remove from inventory", self.remove_selected,
+        self.remove_action = self._action("Remove from inventory", devices.remove_selected,
                                           QKeySequence.StandardKey.Delete, "remove", "Forget the selected devices")
-        self.import_action = self._action("Import model…", lambda: self.open_import_dialog(), "Ctrl+O", "model",
+        self.import_action = self._action("Import model…", lambda: models.open_import_dialog(), "Ctrl+O", "model",
                                           "Import an .onnx model and optimize it for the fleet's profiles")
-        self.stream_action = self._action("Stream telemetry", lambda: self.set_streaming(self.selected_ids(), True),
+        self.stream_action = self._action("Stream telemetry", lambda: devices.set_streaming(selected(), True),
                                           "Ctrl+Shift+T", "", "Stream live telemetry from the selected devices")
-        self.unstream_action = self._action("Stop telemetry", lambda: self.set_streaming(self.selected_ids(), False),
+        self.unstream_action = self._action("Stop telemetry", lambda: devices.set_streaming(selected(), False),
                                             None, "", "Stop the selected devices' telemetry streams")
-        self.thresholds_action = self._action("Alert thresholds…", self.open_thresholds_dialog, None, "",
+        self.thresholds_action = self._action("Alert thresholds…", devices.open_thresholds_dialog, None, "",
                                               "Set the bounds that raise telemetry alerts")
-        self.rollout_wizard_action = self._action("Roll out…", lambda: self.open_rollout_wizard(), "Ctrl+Shift+R", "",
-                                            "Roll a model out to devices in waves, with health gates")
-        self.recover_action = self._action("Recover rollouts left running", lambda: self.bridge.recover_rollouts(),
-                                           None, "", "Ask the devices of rollouts a crash left running where they "
-                                           "are, then continue them")
+        self.rollout_wizard_action = self._action("Roll out…", lambda: models.open_rollout_wizard(), "Ctrl+Shift+R",
+                                                  "", "Roll a model out to devices in waves, with health gates")
+        self.recover_action = self._action("Recover rollouts left running",
+                                           lambda: self.bridge.rollouts.recover_rollouts(), None, "",
+                                           "Ask the devices of rollouts a crash left running where they are, then "
+                                           "continue them")
         self.find_action = self._action("Filter devices", lambda: self.search.setFocus(), "Ctrl+F")
         self.quit_action = self._action("Quit", self.close, QKeySequence.StandardKey.Quit)
         self.dark_action = self._action("Dark theme", lambda on: self.set_theme("dark" if on else "light"),
                                         "Ctrl+Shift+D")
         self.dark_action.setCheckable(True)
         self.dark_action.setChecked(current_theme() == "dark")
-        self.device_actions = (self.probe_action, self.trust_action, self.login_action, self.provision_action,
-                               self.group_action,
-                               self.ungroup_action, self.ssh_action, self.stream_action, self.unstream_action,
-                               self.remove_action)
+        self.device_menu_actions = (self.probe_action, self.trust_action, self.login_action, self.provision_action,
+                                    self.group_action, self.ungroup_action, self.ssh_action, self.stream_action,
+                                    self.unstream_action, self.remove_action)
 
         menus = self.menuBar()
         file_menu = menus.addMenu("&File")
@@ -325,7 +329,7 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         for action in (self.browse_action, self.add_action, self.sweep_action):
             fleet_menu.addAction(action)
         device_menu = menus.addMenu("&Device")
-        for action in self.device_actions:
+        for action in self.device_menu_actions:
             device_menu.addAction(action)
         rollout_menu = menus.addMenu("&Rollouts")
         rollout_menu.addAction(self.rollout_wizard_action)
@@ -346,7 +350,7 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
             toolbar.addAction(action)
         toolbar.addSeparator()
         toolbar.addAction(self.import_action)
-        self._update_actions()
+        self.fleet_pane.update_actions()
 
     def _build_status_bar(self, database: str) -> None:
         self.database_label = QLabel(f"Database: {database}", self)
@@ -361,21 +365,37 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         self.statusBar().addPermanentWidget(self.activity_label)
         self.statusBar().addPermanentWidget(self.devices_label)
 
+    # -- what the parts share -----------------------------------------------------------------------------
+
+    def keep(self, dialog: QDialog) -> QDialog:
+        """Open `dialog` and keep it until it finishes (quitting rejects what is still open)."""
+        # Dialogs are opened with open() (never exec() in a coroutine) and kept until they finish.
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self._dialogs.append(dialog)
+        dialog.finished.connect(lambda _r, d=dialog: self._dialogs.remove(d) if d in self._dialogs else None)
+        dialog.open()
+        return dialog
+
+    @property
+    def closing(self) -> bool:
+        """Shutdown has begun: nothing new opens."""
+        return self._closing
+
     # -- starting up ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load the inventory, then begin browsing if asked to: the window is on screen meanwhile."""
-        await self.bridge.load()
-        self.bridge.load_models()
-        self.bridge.load_rollouts(then=self.offer_recovery)
+        await self.bridge.devices.load()
+        self.bridge.models.load_models()
+        self.bridge.rollouts.load_rollouts(then=self.model_actions.offer_recovery)
         if self._browse_on_start:
-            self.set_browsing(True)
+            self.device_actions.set_browsing(True)
 
     def set_theme(self, name: str) -> None:
         app = QApplication.instance()
         assert isinstance(app, QApplication)
         apply_theme(app, name)
-        self._qsettings().setValue("main/theme", name)
+        qsettings().setValue("main/theme", name)
         self.dark_action.setChecked(name == "dark")
         for action, icon_name in self._icons:  # icons have a light and a dark drawing
             action.setIcon(icon(icon_name))
@@ -408,7 +428,7 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
     # -- layout and quitting -----------------------------------------------------------------------------------
 
     def _restore_layout(self) -> None:
-        stored = self._qsettings()
+        stored = qsettings()
         for key, restore in (("main/geometry", self.restoreGeometry),
                              ("main/fleet_header", self.fleet_table.horizontalHeader().restoreState),
                              ("main/splitter", self.h_splitter.restoreState),
@@ -422,10 +442,10 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         tab = stored.value("main/tab")
         if tab is not None:
             self.tabs.setCurrentIndex(int(tab))
-        self._tab_changed(self.tabs.currentIndex())
+        self.fleet_pane.on_tab_changed(self.tabs.currentIndex())
 
     def save_layout(self) -> None:
-        stored = self._qsettings()
+        stored = qsettings()
         stored.setValue("main/geometry", self.saveGeometry())
         stored.setValue("main/fleet_header", self.fleet_table.horizontalHeader().saveState())
         hidden = self.detail.isHidden()
@@ -451,6 +471,20 @@ class MainWindow(FleetPane, DeviceActions, ModelActions, DropTargets, QMainWindo
         await self.bridge.close()
         self._closed = True
         self.close()
+
+    # -- Qt's handlers, which must be the window's ----------------------------------------------------------------
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        self.drops.drag_enter(event)
+
+    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
+        self.drops.drag_move(event)
+
+    def dragLeaveEvent(self, event: QDragLeaveEvent) -> None:
+        self.drops.drag_leave(event)
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        self.drops.drop(event)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if self._closed:

@@ -35,7 +35,7 @@ from fleetdesk.inventory.rollouts import DeviceRow, RolloutRow
 from fleetdesk.rollout.engine import RolloutEvent
 
 from .activities import human_bytes, human_duration
-from .bridge import RolloutDetail
+from .bridge_views import RolloutDetail
 from .fleet_model import plain
 from .rollout_display import (
     GatePlot,

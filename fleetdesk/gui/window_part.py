@@ -1,49 +1,71 @@
-"""What the main window's parts share: the Qt class they are typed against, the selection, the kept dialogs.
+"""What the main window's parts see of it: the widgets and actions it builds, its kept dialogs, and QSettings.
 
-Each part (window_fleet, window_devices, window_models, window_drops) is a mixin of MainWindow (main_window.py).
+Each part (window_fleet, window_devices, window_models, window_drops) is a child object of MainWindow
+(main_window.py), made in its __init__ over `Window`, which MainWindow satisfies.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from PySide6.QtCore import QSettings, Qt
-from PySide6.QtWidgets import QDialog, QMainWindow, QTableView
+from PySide6.QtCore import QObject, QSettings
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QDialog, QLabel, QStatusBar, QTableView, QTabWidget, QWidget
 
-from .bridge import DeviceView, FleetBridge
+from .bridge import FleetBridge
+from .dashboard import Dashboard
+from .device_detail import DeviceDetail
+from .dropping import DropOverlay
 from .fleet_model import FleetFilter, FleetTableModel
-
-# The parts are plain classes at run time (MainWindow has one Qt base); mypy checks them as the window they join.
-if TYPE_CHECKING:
-    _Window = QMainWindow
-else:
-    _Window = object
+from .models_view import ModelsView
+from .rollout_view import RolloutsView
+from .side_panel import DiscoveryPanel, GroupTree
 
 
-class WindowPart(_Window):
-    """The base of every part; MainWindow builds `bridge`, the fleet table and its models, and `_dialogs`."""
+def qsettings() -> QSettings:
+    """Where the window remembers its layout, theme, discovery cards and alert thresholds."""
+    return QSettings("FleetDesk", "FleetDesk")
+
+
+class Window(Protocol):
+    """The main window as its parts use it; MainWindow builds all of it before it makes them."""
 
     bridge: FleetBridge
     fleet_model: FleetTableModel
     fleet_filter: FleetFilter
     fleet_table: QTableView
-    _dialogs: list[QDialog]
+    tabs: QTabWidget
+    models_view: ModelsView
+    rollouts_view: RolloutsView
+    dashboard: Dashboard
+    detail: DeviceDetail
+    group_tree: GroupTree
+    discovery_panel: DiscoveryPanel
+    drop_overlay: DropOverlay
+    devices_label: QLabel
+    empty_hint: QLabel
+    browse_action: QAction
+    trust_action: QAction
+    ssh_action: QAction
+    ungroup_action: QAction
+    device_menu_actions: tuple[QAction, ...]  # the Device menu's actions, also the table's context menu
 
-    @staticmethod
-    def _qsettings() -> QSettings:
-        return QSettings("FleetDesk", "FleetDesk")
+    @property
+    def closing(self) -> bool: ...  # shutdown has begun: nothing new opens
 
-    def _keep(self, dialog: QDialog) -> QDialog:
-        # Dialogs are opened with open() (never exec() in a coroutine) and kept until they finish.
-        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        self._dialogs.append(dialog)
-        dialog.finished.connect(lambda _r, d=dialog: self._dialogs.remove(d) if d in self._dialogs else None)
-        dialog.open()
-        return dialog
+    def keep(self, dialog: QDialog) -> QDialog: ...
 
-    def selected_ids(self) -> list[int]:
-        rows = self.fleet_table.selectionModel().selectedRows(0)
-        return self.fleet_filter.device_ids(rows)
+    def statusBar(self) -> QStatusBar: ...
 
-    def selected_views(self) -> list[DeviceView]:
-        return [v for v in (self.fleet_model.view_of(i) for i in self.selected_ids()) if v is not None]
+    def window(self) -> QWidget: ...  # the QMainWindow itself, as a widget
+
+
+class WindowPart(QObject):
+    """The base of every part: the window it belongs to (and is a child of) and the bridge."""
+
+    def __init__(self, window: Window) -> None:
+        widget = window.window()
+        super().__init__(widget)
+        self.widget = widget  # the window as a widget: the parent of the part's dialogs and menus
+        self.window = window
+        self.bridge = window.bridge

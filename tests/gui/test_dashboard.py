@@ -19,7 +19,7 @@ from PySide6.QtGui import QColor, QImage
 from PySide6.QtTest import QTest
 
 from fleetdesk.errors import UnreachableError
-from fleetdesk.gui.bridge import stream_view
+from fleetdesk.gui.bridge_views import stream_view
 from fleetdesk.gui.device_plots import WINDOWS
 from fleetdesk.gui.overview import COLUMNS, FIRST_METRIC_COLUMN, NONE_YET, OVERVIEW_METRICS, value_text
 from fleetdesk.inventory import open_inventory
@@ -49,12 +49,12 @@ def session(tmp_path: Path, screens: Path) -> Iterator[GuiSession]:
 
 
 def ids_by_name(session: GuiSession) -> dict[str, int]:
-    return {v.device.name: v.id for v in session.bridge.views()}
+    return {v.device.name: v.id for v in session.bridge.devices.views()}
 
 
 def simulate(session: GuiSession, seed: int = 3) -> SimulatedFleet:
     ids = ids_by_name(session)
-    return SimulatedFleet(session.bridge.telemetry, [ids[n] for n in NAMES], seed=seed, kinds=KINDS)
+    return SimulatedFleet(session.bridge.telemetry.store, [ids[n] for n in NAMES], seed=seed, kinds=KINDS)
 
 
 def advance(session: GuiSession, sim: SimulatedFleet, seconds: int) -> None:
@@ -85,7 +85,7 @@ def test_the_overview_has_a_row_per_device_with_the_latest_values_from_the_store
 
     sim = simulate(session)
     advance(session, sim, 30)
-    store = session.bridge.telemetry
+    store = session.bridge.telemetry.store
     for name, device_id in ids_by_name(session).items():
         latest = store.buffer(device_id).latest
         for n, metric in enumerate(OVERVIEW_METRICS):
@@ -132,9 +132,9 @@ def test_only_rows_with_new_samples_are_repainted_and_arrivals_are_coalesced(ses
 def test_a_sample_over_a_threshold_marks_the_row_and_raises_one_event_then_clears_after_hysteresis(
         session: GuiSession) -> None:
     window, bridge = session.window, session.bridge
-    window.set_thresholds([Threshold("temp_c", 80.0, hold_s=3.0, hysteresis=5.0)])
+    window.device_actions.set_thresholds([Threshold("temp_c", 80.0, hold_s=3.0, hysteresis=5.0)])
     events: list[AlertEvent] = []
-    bridge.alert_event.connect(events.append)
+    bridge.telemetry.alert_event.connect(events.append)
     sim = simulate(session)
     hot = ids_by_name(session)["jet-03"]
     advance(session, sim, 10)
@@ -188,34 +188,34 @@ def test_a_sample_over_a_threshold_marks_the_row_and_raises_one_event_then_clear
 
 def test_thresholds_set_in_the_dialog_apply_and_are_remembered(session: GuiSession) -> None:
     window = session.window
-    dialog = window.open_thresholds_dialog()
+    dialog = window.device_actions.open_thresholds_dialog()
     line = dialog.lines["latency_p95_ms"]
     line.bound.setValue(5.0)
     line.hold.setValue(0.0)
     dialog.lines["temp_c"].enabled.setChecked(False)
     dialog.buttons.button(dialog.buttons.StandardButton.Ok).click()
-    rules = {t.metric: t for t in session.bridge.alerts.thresholds}
+    rules = {t.metric: t for t in session.bridge.telemetry.alerts.thresholds}
     assert rules["latency_p95_ms"].bound == 5.0 and not rules["temp_c"].enabled
     stored = QSettings("FleetDesk", "FleetDesk").value("telemetry/thresholds")
     assert '"bound": 5.0' in stored
     sim = simulate(session)
     advance(session, sim, 3)
-    serving = [n for n in NAMES if session.bridge.telemetry.buffer(ids_by_name(session)[n]).latest.latency_p95_ms]
-    assert serving and session.bridge.alerts.alerting() == {ids_by_name(session)[n] for n in serving}
+    serving = [n for n in NAMES if session.bridge.telemetry.store.buffer(ids_by_name(session)[n]).latest.latency_p95_ms]
+    assert serving and session.bridge.telemetry.alerts.alerting() == {ids_by_name(session)[n] for n in serving}
 
 
 def test_the_stream_column_says_what_the_hub_reports_and_why(session: GuiSession) -> None:
     device_id = ids_by_name(session)["ipc-05"]
     lost = UnreachableError("no route to 198.18.1.14 port 22", fix="check the cable", device="ipc-05")
-    session.bridge.stream_changed.emit(stream_view(StreamState(device_id, "reconnecting", retry_in=8.2,
-                                                               last_error=lost)))
+    session.bridge.telemetry.stream_changed.emit(stream_view(StreamState(device_id, "reconnecting", retry_in=8.2,
+                                                                         last_error=lost)))
     assert cell(session, "ipc-05", 1) == "reconnecting in 8 s"
     assert "no route to 198.18.1.14" in str(cell(session, "ipc-05", 0, Qt.ItemDataRole.ToolTipRole))
-    session.bridge.stream_changed.emit(stream_view(StreamState(device_id, "agentless")))
+    session.bridge.telemetry.stream_changed.emit(stream_view(StreamState(device_id, "agentless")))
     sim = simulate(session)
     advance(session, sim, 2)
     assert cell(session, "ipc-05", 1) == "streaming (agentless)"
-    session.bridge.stream_changed.emit(stream_view(StreamState(device_id, "stopped")))
+    session.bridge.telemetry.stream_changed.emit(stream_view(StreamState(device_id, "stopped")))
     assert cell(session, "ipc-05", 1) == "stopped"
 
 
@@ -235,7 +235,7 @@ def test_streaming_a_device_that_does_not_answer_goes_through_the_real_hub(tmp_p
     (tmp_path / "ssh_config").write_text("")
     with gui_session(url, screens, ssh_config=str(tmp_path / "ssh_config")) as session:
         window = session.window
-        session.call(lambda: window.set_streaming([device.id, untrusted.id], True))
+        session.call(lambda: window.device_actions.set_streaming([device.id, untrusted.id], True))
         assert window.tabs.currentWidget() is window.dashboard
         assert "1 not trusted yet, left out" in window.statusBar().currentMessage()
         assert cell(session, "new-pc", 1) == "offline"  # added by hand, never seen: no stream was started
@@ -243,9 +243,9 @@ def test_streaming_a_device_that_does_not_answer_goes_through_the_real_hub(tmp_p
                      "the stream to report that it will retry")
         why = str(cell(session, "bench-pc", 0, Qt.ItemDataRole.ToolTipRole))
         assert f"127.0.0.1:{port} did not accept an SSH connection (Connection refused)" in why
-        session.call(lambda: window.set_streaming([device.id], False))
+        session.call(lambda: window.device_actions.set_streaming([device.id], False))
         assert cell(session, "bench-pc", 1) == "stopped"
-        assert session.bridge.telemetry.buffer(device.id) is None  # nothing was invented meanwhile
+        assert session.bridge.telemetry.store.buffer(device.id) is None  # nothing was invented meanwhile
 
 
 def test_start_streaming_with_no_trusted_device_says_what_to_do(session: GuiSession) -> None:
@@ -285,7 +285,7 @@ def test_the_device_view_follows_the_window_pauses_and_catches_up(session: GuiSe
     t, v = plots.shown_series("cpu_pct")
     assert (t == frozen_t).all() and (v == frozen_v).all() and plots.values.text() == frozen_text
     assert plots.x_range() == pytest.approx((end - 60, end))
-    assert len(session.bridge.telemetry.buffer(device_id)) == 420  # the buffer did get the 20 new samples
+    assert len(session.bridge.telemetry.store.buffer(device_id)) == 420  # the buffer did get the 20 new samples
     # Paused, the whole buffer is there to pan back through.
     assert frozen_t[0] == end - 399
 
@@ -329,7 +329,7 @@ def test_device_view_shows_sources_and_throttling(session: GuiSession) -> None:
 def test_screenshots_of_the_overview_and_device_view(session: GuiSession, theme: str) -> None:
     window = session.window
     window.set_theme(theme)
-    window.set_thresholds([Threshold("temp_c", 80.0, hold_s=0.0, hysteresis=5.0),
+    window.device_actions.set_thresholds([Threshold("temp_c", 80.0, hold_s=0.0, hysteresis=5.0),
                            Threshold("latency_p95_ms", 45.0, hold_s=0.0, hysteresis=5.0)])
     sim = simulate(session)
     advance(session, sim, 240)

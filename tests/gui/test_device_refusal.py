@@ -49,20 +49,20 @@ def tooltip(session: GuiSession) -> str:
 def test_a_refused_artifact_is_a_device_problem_naming_the_file_and_the_fix_until_it_clears(
         session: GuiSession) -> None:
     bridge = session.bridge
-    device_id = next(v.id for v in bridge.views() if v.device.name == "line-7")
-    bridge.telemetry.add(device_id, sample(100.0, None))
+    device_id = next(v.id for v in bridge.devices.views() if v.device.name == "line-7")
+    bridge.telemetry.store.add(device_id, sample(100.0, None))
     session.settle(0.05)
     assert "refused" not in tooltip(session)
 
-    bridge.telemetry.add(device_id, sample(101.0, REFUSED))
+    bridge.telemetry.store.add(device_id, sample(101.0, REFUSED))
     session.settle(0.05)
-    problem = next(v.problem for v in bridge.views() if v.id == device_id)
+    problem = next(v.problem for v in bridge.devices.views() if v.id == device_id)
     assert problem.startswith(f"the model server refused artifact {ARTIFACT[:12]} (model.onnx): ")
     assert problem.endswith(" — push the artifact again (the copy on the device is damaged)")
     assert "(model.onnx)" in tooltip(session) and "push the artifact again" in tooltip(session)
 
     # Put right on the device: the next sample says nothing was refused, and the problem goes.
-    bridge.telemetry.add(device_id, sample(102.0, None))
+    bridge.telemetry.store.add(device_id, sample(102.0, None))
     session.settle(0.05)
-    assert next(v.problem for v in bridge.views() if v.id == device_id) == ""
+    assert next(v.problem for v in bridge.devices.views() if v.id == device_id) == ""
     assert "refused" not in tooltip(session)

@@ -87,23 +87,23 @@ def test_the_window_asks_and_only_yes_provisions_those_devices_again_with_replac
     window, bridge = session.window, session.bridge
     cam = next(v for v in window.fleet_model.views() if v.device.name == "cam-21")
     asked: list[tuple[list[int], bool]] = []
-    real_provision = bridge.provision
+    real_provision = bridge.devices.provision
 
     def provision(ids: list[int], *, replace_fleet_key: bool = False) -> object:
         asked.append((list(ids), replace_fleet_key))
         return real_provision(ids, replace_fleet_key=replace_fleet_key)
 
-    bridge.provision = provision  # records the call and runs it as it is
+    bridge.devices.provision = provision  # records the call and runs it as it is
     request = FleetKeyRequest(LAPTOP, ((cam.id, "cam-21", OLD),))
 
-    session.call(lambda: bridge.fleet_key_differs.emit(request))
+    session.call(lambda: bridge.devices.fleet_key_differs.emit(request))
     dialog = next(d for d in window._dialogs if isinstance(d, FleetKeyDialog))
     assert dialog.isVisible() and dialog.device_key_labels[0].text() == OLD
     session.call(lambda: qtbot.mouseClick(dialog.keep_button, Qt.MouseButton.LeftButton))
     session.wait(lambda: not any(isinstance(d, FleetKeyDialog) for d in window._dialogs), "the dialog to close")
     assert asked == []  # No: nothing is provisioned
 
-    session.call(lambda: bridge.fleet_key_differs.emit(request))
+    session.call(lambda: bridge.devices.fleet_key_differs.emit(request))
     dialog = next(d for d in window._dialogs if isinstance(d, FleetKeyDialog))
     session.call(lambda: qtbot.mouseClick(dialog.replace_button, Qt.MouseButton.LeftButton))
     assert asked == [([cam.id], True)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetdesk.gui.bridge import DeviceView, device_status
+from fleetdesk.gui.bridge_views import DeviceView, device_status
 from fleetdesk.gui.dropping import plan_drop
 from fleetdesk.gui.fleet_model import FleetFilter, FleetTableModel, decode_device_ids, encode_device_ids, plain
 from fleetdesk.inventory.records import Device, ProbeFacts

@@ -23,7 +23,7 @@ from pytestqt.qtbot import QtBot
 import fleetdesk.gui
 from fleetdesk.gui.activities import Activity
 from fleetdesk.gui.activity_view import OPERATION
-from fleetdesk.gui.bridge import DeviceView, RolloutDetail
+from fleetdesk.gui.bridge_views import DeviceView, RolloutDetail
 from fleetdesk.gui.fleet_model import FleetTableModel
 from fleetdesk.gui.models_view import ModelsView
 from fleetdesk.gui.overview import OverviewModel, OverviewRow

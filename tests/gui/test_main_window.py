@@ -109,9 +109,9 @@ def test_text_status_and_group_filters_narrow_the_table(session: GuiSession) -> 
 def test_grouping_from_the_selection_updates_the_tree_and_the_inventory(session: GuiSession, db_url: str) -> None:
     window = session.window
     ids = [window.fleet_model.view_at(r).id for r in range(3, 6)]
-    window.select_devices(ids)
-    assert sorted(window.selected_ids()) == sorted(ids)
-    activity = session.call(lambda: window.bridge.change_group(window.selected_ids(), "line B"))
+    window.fleet_pane.select_devices(ids)
+    assert sorted(window.fleet_pane.selected_ids()) == sorted(ids)
+    activity = session.call(lambda: window.bridge.devices.change_group(window.fleet_pane.selected_ids(), "line B"))
     session.wait(lambda: not activity.running, "grouping to finish")
     assert activity.state == "succeeded", activity.summary
     labels = [window.group_tree.topLevelItem(i).text(0) for i in range(window.group_tree.topLevelItemCount())]
@@ -128,7 +128,7 @@ def test_dropping_a_text_file_says_why_not_and_imports_nothing(session: GuiSessi
     said = session.call(lambda: drop_files(window, [notes], QPoint(50, 50)))
     assert said.startswith("Cannot drop here: notes.txt is not an ONNX model")
     assert "notes.txt is not an ONNX model" in window.statusBar().currentMessage()
-    assert window._import_dialog is None and window.models_view.records() == []
+    assert window.model_actions.import_dialog is None and window.models_view.records() == []
 
 
 def test_dropping_an_onnx_file_on_the_window_opens_its_import_dialog(session: GuiSession, tmp_path: Path) -> None:
@@ -136,11 +136,11 @@ def test_dropping_an_onnx_file_on_the_window_opens_its_import_dialog(session: Gu
     window = session.window
     said = session.call(lambda: drop_files(window, [path], QPoint(50, 50)))
     assert said == "Drop to import classifier.onnx into Models"
-    dialog = window._import_dialog
+    dialog = window.model_actions.import_dialog
     assert isinstance(dialog, ImportDialog) and dialog.isVisible()
     assert (dialog.path_edit.text(), dialog.name_edit.text()) == (str(path), "classifier")
     # No device has a profile yet: every known profile is checked.
-    assert dialog.chosen_profiles() == tuple(sorted(window.bridge.profile_names()))
+    assert dialog.chosen_profiles() == tuple(sorted(window.bridge.models.profile_names()))
     session.screenshot(dialog, "import-dialog")
     dialog.reject()
     assert window.models_view.records() == []
@@ -155,7 +155,7 @@ def test_dropping_a_model_on_an_untrusted_device_says_why_not(session: GuiSessio
     assert said.startswith("Cannot deploy here: cam-10 is not trusted yet")
     message = window.statusBar().currentMessage()
     assert "Cannot deploy here" in message and "cam-10 is not trusted yet" in message
-    assert window._import_dialog is None and window.models_view.records() == []
+    assert window.model_actions.import_dialog is None and window.models_view.records() == []
 
 
 def test_quitting_cancels_running_work_in_order(session: GuiSession) -> None:
@@ -209,7 +209,7 @@ def test_devices_dragged_onto_a_group_join_it_and_a_move_leaves_the_old_one(sess
     session.wait(lambda: tree.topLevelItem(1).text(0) == "line A (4)", "line A to have 4 devices")
     # Shown "line A", two of its devices dragged onto a new group "line B" move there.
     session.wait(lambda: not window.bridge.activities.running(), "grouping to finish")
-    session.call(lambda: window.bridge.change_group([ids[0]], "line B"))
+    session.call(lambda: window.bridge.devices.change_group([ids[0]], "line B"))
     session.wait(lambda: tree.topLevelItemCount() == 3, "line B in the tree")
     tree.choose("line A")
     session.call(lambda: drag_onto(2, ids, Qt.DropAction.MoveAction))
@@ -221,8 +221,8 @@ def test_devices_dragged_onto_a_group_join_it_and_a_move_leaves_the_old_one(sess
 def test_the_ssh_command_for_a_device_is_copied_to_the_clipboard(session: GuiSession) -> None:
     window = session.window
     view = window.fleet_model.view_at(0)
-    window.select_devices([view.id])
-    command = window.copy_ssh_command()
+    window.fleet_pane.select_devices([view.id])
+    command = window.device_actions.copy_ssh_command()
     assert command == f"ssh root@{view.device.address}"
     assert QApplication.clipboard().text() == command
     assert window.statusBar().currentMessage() == f"Copied: {command}"
@@ -278,11 +278,11 @@ def test_the_detail_pane_shows_which_ssh_config_lines_reach_the_chosen_device(db
                    for row in range(3)}
 
         def ssh_config_row(address: str) -> str:
-            session.call(lambda: window.select_devices([by_name[address]]))
+            session.call(lambda: window.fleet_pane.select_devices([by_name[address]]))
             rows = {(section, label): value for section, label, value in window.detail.rows()}
             return rows[("Connection", "SSH config")]
 
         assert ssh_config_row("198.18.1.11") == f"{config}:2: User pi  (Host 198.18.1.11)"  # by its address
         assert ssh_config_row("198.18.1.12") == f"{config}:4: Port 2200  (Host cam-12.local)"  # by its mDNS name
-        assert session.call(window.copy_ssh_command) == "ssh -p 2200 root@198.18.1.12"
+        assert session.call(window.device_actions.copy_ssh_command) == "ssh -p 2200 root@198.18.1.12"
         assert ssh_config_row("198.18.1.13") == f"No line of {config} applies to this device"

@@ -318,7 +318,7 @@ def store_files(data: Path) -> list[str]:
 def fill_import_dialog(session: GuiSession, model: Path, profiles: set[str]) -> ImportDialog:
     window = session.window
     session.call(lambda: window.import_action.trigger())  # Ctrl+O
-    dialog = window._import_dialog
+    dialog = window.model_actions.import_dialog
     assert isinstance(dialog, ImportDialog) and dialog.isVisible() and not dialog.import_button.isEnabled()
     dialog.path_edit.setText(str(model))
     for name, box in dialog.profile_boxes.items():
@@ -375,7 +375,7 @@ def test_a_model_imported_through_the_dialog_is_signed_stored_and_shown(store_se
     assert view.verify_label.text().startswith("Verified ") and "FAILED" not in view.verify_label.text()
 
     # A second window reads the same record back from the store.
-    session.call(lambda: window.bridge.load_models())
+    session.call(lambda: window.bridge.models.load_models())
     session.wait(lambda: not window.bridge.activities.running(), "the store read")
     assert [r.ref for r in view.records()] == ["cnn@1"]
 

@@ -51,7 +51,7 @@ def session(tmp_path: Path, screens: Path, monkeypatch: pytest.MonkeyPatch,
 def cell(session: GuiSession, name: str, column: int, role: int = Qt.ItemDataRole.DisplayRole) -> object:
     model = session.window.fleet_model
     view = next(v for v in model.views() if v.device.name == name)
-    return session.window.index_of(view.id).siblingAtColumn(column).data(role)
+    return session.window.fleet_pane.index_of(view.id).siblingAtColumn(column).data(role)
 
 
 def test_the_runtime_column_shows_what_provisioning_proved(session: GuiSession) -> None:
@@ -64,7 +64,7 @@ def test_the_runtime_column_shows_what_provisioning_proved(session: GuiSession) 
 def test_provisioning_an_untrusted_device_fails_with_the_reason_and_the_fix(session: GuiSession) -> None:
     window = session.window
     view = next(v for v in window.fleet_model.views() if v.device.name == "cam-22")
-    window.select_devices([view.id])
+    window.fleet_pane.select_devices([view.id])
     assert window.provision_action.isEnabled() and window.provision_action.shortcut().toString() == "Ctrl+Shift+P"
     session.call(window.provision_action.trigger)
     activity = session.bridge.activities.all()[-1]

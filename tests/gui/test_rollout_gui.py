@@ -122,7 +122,7 @@ def all_ids(session: GuiSession) -> list[int]:
 
 
 def open_wizard(session: GuiSession, ids: list[int]) -> RolloutWizard:
-    wizard = session.call(lambda: session.window.open_rollout_wizard("line-camera@1", ids))
+    wizard = session.call(lambda: session.window.model_actions.open_rollout_wizard("line-camera@1", ids))
     assert isinstance(wizard, RolloutWizard)
     session.wait(wizard.isVisible, "the wizard on screen")
     return wizard
@@ -146,7 +146,7 @@ def test_the_wizard_defaults_live_wave_sizes_variants_and_plan_preview(session: 
     assert variants["ipc-x86"][3].startswith("90 % (")
     assert variants["rpi4"][1:3] == ["2", "FP32 as imported"]
     # The preview is exactly what `fleetdesk rollout plan` prints for this plan on the real inventory.
-    store = window.bridge.artifact_store()
+    store = window.bridge.models.artifact_store()
     expected = plan_text(resolve(wizard.plan(), window.bridge.fleet.inventory, store))
     assert wizard.preview.toPlainText() == expected
     assert "the next wave starts when at least 1 of 1 is done (success 100%, reached: >=)" in expected
@@ -170,7 +170,7 @@ def test_the_wizard_opened_for_a_group_targets_the_group(session: GuiSession) ->
     """A model dropped on a group: the plan names the group (its members are resolved when it starts), not the
     devices that happen to be in it now."""
     members = sorted(d.id for d in session.window.bridge.fleet.inventory.devices(group="line 1"))
-    wizard = session.call(lambda: session.window.open_rollout_wizard("line-camera@1", group="line 1"))
+    wizard = session.call(lambda: session.window.model_actions.open_rollout_wizard("line-camera@1", group="line 1"))
     assert isinstance(wizard, RolloutWizard)
     session.wait(wizard.isVisible, "the wizard on screen")
     plan = wizard.plan()
@@ -282,7 +282,7 @@ def test_a_second_rollout_started_is_the_one_chosen_in_the_list_and_shown(sessio
     ids = all_ids(session)
     rids = []
     for devices in (ids[:2], ids[2:4]):
-        activity = session.call(lambda d=devices: window.start_rollout(
+        activity = session.call(lambda d=devices: window.model_actions.start_rollout(
             RolloutPlan("line-camera@1", devices=tuple(d)), run=False, device_ids=d))
         session.wait(lambda a=activity: not a.running, "the rollout planned")
         assert activity.state == "succeeded", activity.summary
@@ -343,9 +343,9 @@ def test_the_live_view_shows_waves_states_progress_and_gates(world: Path, screen
     with gui_session(f"sqlite:///{world / 'fleet.db'}", screens) as session:
         window = session.window
         # Left running with no process driving it: recovery is offered at start (declined here: no lab).
-        session.wait(lambda: window.recovery_box is not None, "the recovery offer")
-        assert f"Rollout {rid} (line-camera@1) was still running" in window.recovery_box.text()
-        window.recovery_box.reject()
+        session.wait(lambda: window.model_actions.recovery_box is not None, "the recovery offer")
+        assert f"Rollout {rid} (line-camera@1) was still running" in window.model_actions.recovery_box.text()
+        window.model_actions.recovery_box.reject()
         view = window.rollouts_view
         session.call(lambda: window.tabs.setCurrentWidget(view))
         session.wait(lambda: view.detail is not None and view.detail.row.id == rid, "the rollout's detail")
@@ -364,9 +364,9 @@ def test_the_live_view_shows_waves_states_progress_and_gates(world: Path, screen
 
         # Progress through the bridge's real engine handler: bytes, bytes/s and the time left.
         copying = next(d.device_id for d in view.detail.devices if d.state == st.STAGING)
-        window.bridge._rollout_event(RolloutEvent(rid, "progress", copying, st.STAGING, "copying",
-                                                  bytes_done=2_000_000, bytes_total=5_000_000,
-                                                  rate_bytes_s=1_000_000.0, eta_s=3.0))
+        window.bridge.rollouts._rollout_event(RolloutEvent(rid, "progress", copying, st.STAGING, "copying",
+                                                           bytes_done=2_000_000, bytes_total=5_000_000,
+                                                           rate_bytes_s=1_000_000.0, eta_s=3.0))
         assert view.progress_label.text() == "2.0 MB of 5.0 MB, 1.0 MB/s, about 3 s left"
         assert view.progress.value() == 400
         assert view.device_item(copying).text(3) == "2.0 MB of 5.0 MB"
@@ -375,7 +375,8 @@ def test_the_live_view_shows_waves_states_progress_and_gates(world: Path, screen
         shot(window, "rollouts-live-window")
         shot(view, "rollouts-live-view")
         session.call(lambda: view.select_device(hot_id))
-        window.bridge._rollout_event(RolloutEvent(rid, "state", copying, st.STAGED, "line1-ipc-02: staged -> staged"))
+        window.bridge.rollouts._rollout_event(
+            RolloutEvent(rid, "state", copying, st.STAGED, "line1-ipc-02: staged -> staged"))
         assert "line1-ipc-02: staged -> staged" in view.event_log.text()
 
         # The gate plot: one bar per measured gate, as a share of its bound, coloured by its verdict.
@@ -411,14 +412,15 @@ def test_a_rollout_paused_by_its_window_closing_is_offered_to_continue_and_an_op
         session.wait(lambda: [window.rollouts_view.list.topLevelItem(i).text(2)
                               for i in range(window.rollouts_view.list.topLevelItemCount())] == ["paused"],
                      "the paused rollout in the Rollouts tab")
-        assert window.recovery_box is None  # the operator's own pause is theirs to resume
+        assert window.model_actions.recovery_box is None  # the operator's own pause is theirs to resume
     paused(WINDOW_CLOSED)
     with gui_session(url, screens) as session:
         window = session.window
-        session.wait(lambda: window.recovery_box is not None, "the offer to continue")
-        assert window.recovery_box.text() == f"Rollout {rid} (line-camera@1) was paused when FleetDesk's window closed."
-        assert [b.text() for b in window.recovery_box.buttons()] == ["Recover and continue", "Later"]
-        window.recovery_box.reject()
+        session.wait(lambda: window.model_actions.recovery_box is not None, "the offer to continue")
+        assert window.model_actions.recovery_box.text() == (
+            f"Rollout {rid} (line-camera@1) was paused when FleetDesk's window closed.")
+        assert [b.text() for b in window.model_actions.recovery_box.buttons()] == ["Recover and continue", "Later"]
+        window.model_actions.recovery_box.reject()
 
 
 def colour_pixels(image: QImage, rect: QRect, colour: str, within: int = 40) -> int:
@@ -439,8 +441,8 @@ def test_at_1280x800_every_gate_caption_shows_and_the_chosen_device_keeps_its_st
     rid = make_running_rollout(world)
     with gui_session(f"sqlite:///{world / 'fleet.db'}", screens) as session:
         window = session.window
-        session.wait(lambda: window.recovery_box is not None, "the recovery offer")
-        window.recovery_box.reject()
+        session.wait(lambda: window.model_actions.recovery_box is not None, "the recovery offer")
+        window.model_actions.recovery_box.reject()
         view = window.rollouts_view
         window.resize(1280, 800)
         session.call(lambda: window.tabs.setCurrentWidget(view))
@@ -579,7 +581,7 @@ def test_per_wave_overrides_retries_and_step_timeout_reach_the_plan(session: Gui
     assert plan.transfer.retries == 7 and plan.step_timeout_s == 120
     # The preview (plan_text) states each wave's own rules, and the retries and step timeout.
     text = wizard.preview.toPlainText()
-    assert text == plan_text(resolve(plan, window.bridge.fleet.inventory, window.bridge.artifact_store()))
+    assert text == plan_text(resolve(plan, window.bridge.fleet.inventory, window.bridge.models.artifact_store()))
     waves = text.split("  wave ")[1:]
     assert "gates re-measured for 120 s after activation" in waves[0]
     assert "then the operator must approve the next wave" in waves[0]

@@ -127,7 +127,7 @@ def test_the_window_shows_a_locked_inventory_on_the_discovery_activity_then_list
         other = sqlite3.connect(db, isolation_level=None)
         try:
             other.execute("BEGIN IMMEDIATE")  # another program's write transaction, left open
-            activity = session.call(lambda: session.bridge.start_browsing([LAB_BRIDGE]))
+            activity = session.call(lambda: session.bridge.devices.start_browsing([LAB_BRIDGE]))
             session.wait(lambda: activity.problem is not None, "the lock shown on the discovery activity", 40)
             model = window.activity_view.model
             outcome = model.index(discovery_row(session, activity), OUTCOME)
@@ -154,6 +154,6 @@ def test_the_window_shows_a_locked_inventory_on_the_discovery_activity_then_list
         session.wait(lambda: {v.device.address for v in window.fleet_model.views()} >= lab_addresses(fleet),
                      "every lab device in the fleet table", 30)
         session.screenshot(window, "discovery-recording-again")
-        session.call(session.bridge.stop_browsing)
+        session.call(session.bridge.devices.stop_browsing)
         session.wait(lambda: not activity.running, "discovery stopped")
     assert integrity(db) == "ok"

@@ -247,7 +247,7 @@ def window(laptop: Laptop, tmp_path: Path) -> Iterator[GuiSession]:
 def ask_through_the_window(session: GuiSession) -> FleetKeyDialog:
     window = session.window
     view = next(v for v in window.fleet_model.views() if v.device.name == GPC)
-    window.select_devices([view.id])
+    window.fleet_pane.select_devices([view.id])
     session.call(window.provision_action.trigger)
     activity = session.bridge.activities.all()[-1]
     assert activity.title == f"Provision {GPC}"
@@ -290,7 +290,7 @@ def test_the_window_asks_and_no_leaves_the_device_as_it_is_and_yes_replaces_the_
     on_device(fleet, f"rm -rf {ROOT}/artifacts/{big}")
     view = next(v for v in window.window.fleet_model.views() if v.device.name == GPC)
     record = laptop.store.model("partial@1")
-    push = window.call(lambda: window.bridge.push_artifacts(record, [view.id]))
+    push = window.call(lambda: window.bridge.models.push_artifacts(record, [view.id]))
     window.wait(lambda: not push.running, "the deploy", timeout=120)
     assert push.state == "succeeded" and push.summary == "verified on 1 of 1 device(s)", push.summary
     deployed = owners_and_modes(fleet, f"{ROOT}/artifacts/{big}")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from PySide6.QtCore import Qt
 
-from fleetdesk.gui.bridge import Login
+from fleetdesk.gui.bridge_views import Login
 from fleetdesk.gui.dialogs import AddDeviceDialog, SweepDialog
 from fleetdesk.gui.model_import import ImportDialog
 from fleetdesk.gui.overview import FIRST_METRIC_COLUMN, value_text
@@ -120,7 +120,7 @@ def test_lab_devices_appear_in_the_table_by_themselves(session: GuiSession, flee
 def trust_through_the_dialog(session: GuiSession, qtbot: Any, name: str, *, changed: bool) -> TrustDialog:
     window = session.window
     view = row_of(session, name)
-    window.select_devices([view.id])
+    window.fleet_pane.select_devices([view.id])
     session.call(lambda: window.trust_action.trigger())
     session.wait(lambda: last_dialog(session, TrustDialog) is not None, "the trust dialog")
     dialog = last_dialog(session, TrustDialog)
@@ -136,7 +136,7 @@ def test_trusting_a_device_through_the_dialog_pins_the_fingerprint_it_shows(
     session.screenshot(dialog, "trust-dialog-new-key")
     session.call(lambda: qtbot.mouseClick(dialog.trust_button, Qt.MouseButton.LeftButton))
     session.wait(lambda: status_of(session, device["name"]) == "online", "the device to be trusted")
-    keys = session.bridge.host_keys(row_of(session, device["name"]).id)
+    keys = session.bridge.devices.host_keys(row_of(session, device["name"]).id)
     assert [k.fingerprint for k in keys] == [host_key_fingerprint(device)]
 
 
@@ -144,12 +144,12 @@ def test_probing_from_the_window_fills_profile_and_architecture(session: GuiSess
     device = fleet.by_profile("ipc-x86")
     window = session.window
     view = row_of(session, device["name"])
-    window.select_devices([view.id])
+    window.fleet_pane.select_devices([view.id])
     session.call(lambda: window.probe_action.trigger())
     session.wait(lambda: row_of(session, device["name"]).device.probed_at is not None, "the probe")
     view = row_of(session, device["name"])
     assert (view.device.profile, view.device.facts.arch, view.status) == ("ipc-x86", "x86_64", "online")
-    index = window.index_of(view.id)
+    index = window.fleet_pane.index_of(view.id)
     assert window.fleet_filter.index(index.row(), 3).data() == "ipc-x86"
     session.settle(0.2)
     session.screenshot(window.detail, "device-detail-probed")
@@ -160,10 +160,10 @@ def test_streaming_a_trusted_lab_device_fills_its_overview_row_from_the_device(
     device = fleet.by_profile("ipc-x86")  # trusted and probed by the tests above
     window = session.window
     view = row_of(session, device["name"])
-    window.select_devices([view.id])
+    window.fleet_pane.select_devices([view.id])
     session.call(lambda: window.stream_action.trigger())
     assert window.tabs.currentWidget() is window.dashboard
-    store = session.bridge.telemetry
+    store = session.bridge.telemetry.store
     session.wait(lambda: store.buffer(view.id) is not None and len(store.buffer(view.id)) >= 2,
                  "two samples from the device", timeout=30)
     latest = store.buffer(view.id).latest
@@ -188,7 +188,7 @@ def test_credentials_round_trip_through_the_keyring_daemon(session: GuiSession, 
     device = fleet.by_profile("ipc-x86")
     window = session.window
     view = row_of(session, device["name"])
-    window.select_devices([view.id])
+    window.fleet_pane.select_devices([view.id])
     session.call(lambda: window.login_action.trigger())
     session.wait(lambda: last_dialog(session, CredentialsDialog) is not None, "the credentials dialog")
     dialog = last_dialog(session, CredentialsDialog)
@@ -203,10 +203,10 @@ def test_credentials_round_trip_through_the_keyring_daemon(session: GuiSession, 
     # The secret is in the real Secret Service, not in the inventory.
     assert credentials.get_secret(stored.password_account) == LAB_PASSWORD
     # ... and it works: a probe logs in as the lab user with that password (the lab key is root's only).
-    activity = session.call(lambda: session.bridge.probe([stored.id]))
+    activity = session.call(lambda: session.bridge.devices.probe([stored.id]))
     session.wait(lambda: not activity.running, "the probe as the lab user")
     assert activity.state == "succeeded" and activity.summary.startswith("1 of 1 identified"), activity.summary
-    back = session.call(lambda: session.bridge.set_login([stored.id], Login("root")))
+    back = session.call(lambda: session.bridge.devices.set_login([stored.id], Login("root")))
     session.wait(lambda: not back.running, "root login restored")
 
 
@@ -219,7 +219,7 @@ def test_a_changed_host_key_shows_the_warning_with_both_fingerprints(
     new = host_key_fingerprint(device)
     assert new != old
     view = row_of(session, device["name"])
-    activity = session.call(lambda: session.bridge.probe([view.id]))
+    activity = session.call(lambda: session.bridge.devices.probe([view.id]))
     session.wait(lambda: not activity.running, "the probe to meet the new key")
     assert "changed" in activity.summary.lower() or "host key" in activity.summary.lower(), activity.summary
     assert status_of(session, device["name"]) == "untrusted"
@@ -232,7 +232,7 @@ def test_a_changed_host_key_shows_the_warning_with_both_fingerprints(
     dialog.checked_box.setChecked(True)
     session.call(lambda: qtbot.mouseClick(dialog.trust_button, Qt.MouseButton.LeftButton))
     session.wait(lambda: status_of(session, device["name"]) == "online", "the new key to be trusted")
-    assert [k.fingerprint for k in session.bridge.host_keys(view.id)] == [new]
+    assert [k.fingerprint for k in session.bridge.devices.host_keys(view.id)] == [new]
 
 
 def wizard_after_import(session: GuiSession, qtbot: Any, profile: str) -> Any:
@@ -254,8 +254,8 @@ def drop_import_and_deploy(session: GuiSession, qtbot: Any, model: Path, view: A
     """Drop `model` on the device's row, import it through the dialog, push through the wizard's Push only;
     returns the push activity and the artifact the device's profile got."""
     window = session.window
-    window.select_devices([view.id])
-    rect = window.fleet_table.visualRect(window.index_of(view.id).siblingAtColumn(1))
+    window.fleet_pane.select_devices([view.id])
+    rect = window.fleet_table.visualRect(window.fleet_pane.index_of(view.id).siblingAtColumn(1))
     said = session.call(lambda: drop_files(window.fleet_table.viewport(), [model], rect.center()))
     assert said == f"Drop to deploy {model.name} to 1 device(s)"
     # A drop on devices opens the rollout wizard for them; "Push only…" is the plain push (no waves, no gates).
@@ -270,7 +270,7 @@ def drop_import_and_deploy(session: GuiSession, qtbot: Any, model: Path, view: A
     push = session.bridge.activities.all()[-1]
     assert push.title == f"Deploy {record.ref}"
     session.wait(lambda: not push.running, "the push", timeout=60)
-    store = session.bridge.artifact_store()
+    store = session.bridge.models.artifact_store()
     artifact = store.artifact(record.artifacts.get(view.device.profile, record.baseline))
     return push, artifact
 
@@ -300,7 +300,7 @@ def test_a_model_dropped_on_a_group_opens_the_rollout_wizard_for_the_group(
         session: GuiSession, fleet: Fleet, tmp_path: Path, qtbot: Any) -> None:
     window = session.window
     view = row_of(session, fleet.by_profile("ipc-x86")["name"])
-    change = session.call(lambda: session.bridge.change_group([view.id], "press line"))
+    change = session.call(lambda: session.bridge.devices.change_group([view.id], "press line"))
     session.wait(lambda: not change.running, "the device added to the group")
 
     def group_item() -> Any:
@@ -317,7 +317,7 @@ def test_a_model_dropped_on_a_group_opens_the_rollout_wizard_for_the_group(
     assert [d.id for d in wizard.target_devices()] == [view.id]
     assert wizard.start_button.isEnabled(), wizard.problem.text()
     session.call(lambda: wizard.reject())
-    removed = session.call(lambda: session.bridge.change_group([view.id], "press line", remove=True))
+    removed = session.call(lambda: session.bridge.devices.change_group([view.id], "press line", remove=True))
     session.wait(lambda: not removed.running, "the group emptied again")
 
 
@@ -339,7 +339,7 @@ def test_a_removed_device_comes_back_by_address_through_the_add_dialog(
         d["profile"] == "ipc-x86-nvidia" for d in fleet.devices) else fleet.devices[-1]
     window = session.window
     gone = row_of(session, device["name"])
-    window.select_devices([gone.id])
+    window.fleet_pane.select_devices([gone.id])
     session.call(lambda: window.remove_action.trigger())
     session.wait(lambda: row_of(session, device["name"]) is None, "the device removed from the table")
     session.call(lambda: window.add_action.trigger())
@@ -374,7 +374,7 @@ def test_a_sweep_typed_in_the_dialog_finds_the_lab_devices(session: GuiSession, 
 def test_a_device_that_leaves_turns_offline_and_comes_back(session: GuiSession, fleet: Fleet) -> None:
     device = [d for d in fleet.devices if d["profile"] == "ipc-x86"][-1]
     seen: list[str] = []
-    session.bridge.device_changed.connect(
+    session.bridge.devices.device_changed.connect(
         lambda view: seen.append(view.status) if view.device.name == device["name"] else None)
     # It leaves as a device shut down by its operator does: avahi says goodbye on SIGTERM. (The lab's
     # reboot fault may have to SIGKILL a slow avahi on a loaded machine; then only the 120 s record

@@ -75,7 +75,7 @@ def test_closing_the_window_pauses_the_rollout_and_the_next_window_continues_it(
         ids = device_ids(session)
         plan = RolloutPlan(model=FIRST, devices=tuple(ids.values()), waves=(1, "100%"),
                            policy=WavePolicy(soak_s=6.0), gates=Gates(p95_ratio_max=None))
-        session.call(lambda: session.bridge.start_rollout(plan, list(ids.values())))
+        session.call(lambda: session.bridge.rollouts.start_rollout(plan, list(ids.values())))
         repo = RolloutRepo(session.bridge.fleet.inventory)
         session.wait(lambda: any(r.model_ref == FIRST for r in repo.list()), "the rollout journaled")
         rid = next(r.id for r in repo.list() if r.model_ref == FIRST)
@@ -96,8 +96,8 @@ def test_closing_the_window_pauses_the_rollout_and_the_next_window_continues_it(
 
     with gui_session(laptop.db_url, screens) as session:
         window = session.window
-        session.wait(lambda: window.recovery_box is not None, "the offer to continue")
-        box = window.recovery_box
+        session.wait(lambda: window.model_actions.recovery_box is not None, "the offer to continue")
+        box = window.model_actions.recovery_box
         assert box.text() == f"Rollout {rid} ({FIRST}) was paused when FleetDesk's window closed."
         session.screenshot(box, "recover-after-close")
         accept = next(b for b in box.buttons() if box.buttonRole(b) == QMessageBox.ButtonRole.AcceptRole)
@@ -132,7 +132,7 @@ def test_pause_and_resume_from_the_rollouts_tab(laptop: Laptop, fleet: LabFleet,
         ids = device_ids(session)
         plan = RolloutPlan(model=SECOND, devices=tuple(ids.values()), waves=(1, "100%"),
                            policy=WavePolicy(soak_s=8.0), gates=Gates(p95_ratio_max=None))
-        session.call(lambda: session.bridge.start_rollout(plan, list(ids.values())))
+        session.call(lambda: session.bridge.rollouts.start_rollout(plan, list(ids.values())))
         view = window.rollouts_view
         session.wait(lambda: view.detail is not None and view.detail.row.model_ref == SECOND, "the rollout in the tab")
         rid = view.detail.row.id

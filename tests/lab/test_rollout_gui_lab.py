@@ -87,7 +87,7 @@ def released(session: GuiSession) -> Iterator[None]:
     yield
     repo = RolloutRepo(session.bridge.fleet.inventory)
     for row in repo.list(active_only=True):
-        abort = session.call(lambda rid=row.id: session.bridge.rollout_action("abort", rid))
+        abort = session.call(lambda rid=row.id: session.bridge.rollouts.rollout_action("abort", rid))
         session.wait(lambda a=abort: not a.running, f"rollout {row.id} aborted", timeout=180)
         if repo.get(row.id).status not in ("aborted", "done", "failed", "rolled-back"):
             repo.set_status(row.id, "aborted", reason="left active by a failed test")
@@ -158,8 +158,8 @@ def test_an_operator_rolls_a_model_out_from_the_wizard_and_the_tab_follows_it_to
     ids = device_ids(session)
     assert set(ids) == set(NAMES)
     # The operator selects both devices in the fleet table and chooses Rollouts ▸ Roll out… (Ctrl+Shift+R).
-    window.select_devices(list(ids.values()))
-    assert sorted(window.selected_ids()) == sorted(ids.values())
+    window.fleet_pane.select_devices(list(ids.values()))
+    assert sorted(window.fleet_pane.selected_ids()) == sorted(ids.values())
     session.call(lambda: window.rollout_wizard_action.trigger())
     wizard = shown_wizard(session)
     assert sorted(d.id for d in wizard.target_devices()) == sorted(ids.values())  # the selection, checked
@@ -227,7 +227,7 @@ def test_a_wave_waiting_for_approval_goes_on_when_the_operator_presses_approve(
     window.tabs.setCurrentWidget(window.models_view)
     window.models_view.select(SECOND)
     assert window.models_view.selected_ref() == SECOND
-    window.select_devices(list(ids.values()))
+    window.fleet_pane.select_devices(list(ids.values()))
     session.call(lambda: qtbot.mouseClick(window.models_rollout_button, Qt.MouseButton.LeftButton))
     wizard = shown_wizard(session)
     assert wizard.record() is not None and wizard.record().ref == SECOND
