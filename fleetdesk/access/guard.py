@@ -98,6 +98,14 @@ class Access:
                               + ", ".join(o.name for o in self.operators.list())
                               + "; an admin adds operators with `fleetdesk operator add`")
 
+    def switch(self, name: str) -> Operator | None:
+        """Act as `name` from now on (the window's "Switch operator…"): an unknown name is refused, nothing
+        changes. Returns that operator (None on a fresh inventory: they become its first admin)."""
+        other = Access(self.inventory, name)
+        found = other.operator()
+        self.name = other.name
+        return found
+
     def roles(self) -> tuple[str, ...]:
         current = self.operator()
         return ("admin",) if current is None else current.roles

@@ -7,7 +7,8 @@ requests; see bridge_views). The parts, one per concern, share one `BridgeContex
 - `devices` (bridge_devices): the devices and groups, discovery, probing, provisioning, trust, logins, removal;
 - `models` (bridge_models): the signed model store and pushing artifacts;
 - `rollouts` (bridge_rollouts): the rollout engine and the rollouts this window drives;
-- `telemetry` (bridge_telemetry): live streams, their buffers and the alerts.
+- `telemetry` (bridge_telemetry): live streams, their buffers and the alerts;
+- `access` (bridge_access): who is signed in, switching operator, and the audit trail.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from fleetdesk.fleet import Fleet
 
 from .activities import Activities
+from .bridge_access import AccessPart
 from .bridge_context import BridgeContext
 from .bridge_devices import DevicesPart
 from .bridge_models import ModelsPart
@@ -40,6 +42,7 @@ class FleetBridge:
         self.telemetry = TelemetryPart(self.context, self.devices)
         self.models = ModelsPart(self.context, self.devices)
         self.rollouts = RolloutsPart(self.context, self.devices, self.models)
+        self.access = AccessPart(self.context)
 
     async def close(self) -> None:
         """Cancel every activity newest first, then close SSH and the inventory, in that order."""

@@ -9,6 +9,7 @@ problems through it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Sequence
 
@@ -430,7 +431,8 @@ class DevicesPart(QObject):
                 raise ConfigError("the group has no name", fix="type a name such as 'line A'")
             inventory = self.fleet.inventory
             ids = [d.id for d in devices]
-            group = await self._context.db(inventory.remove_from_group if remove else inventory.add_to_group, name, ids)
+            # The fleet's operation: the operator's role is checked and the change audited (off the loop).
+            group = await self._context.db(functools.partial(self.fleet.group, devices, name, remove=remove))
             for device_id in ids:
                 self.update(await self._context.db(inventory.device, device_id))
             self._groups = await self._context.db(inventory.groups)
@@ -446,8 +448,8 @@ class DevicesPart(QObject):
         devices = self.chosen(device_ids)
 
         async def job(activity: Activity) -> int:
+            await self._context.db(self.fleet.remove_devices, devices)  # checked and audited
             for device in devices:
-                await self._context.db(self.fleet.inventory.remove, device.id)
                 self._forget(device.id)
             self._groups = await self._context.db(self.fleet.inventory.groups)
             self.groups_changed.emit(list(self._groups))

@@ -117,7 +117,8 @@ class ModelsPart(QObject):
             store = await self._models(self.artifact_store)
             activity.report(None, f"checking {os.path.basename(path)}")
             work = loop.run_in_executor(None, functools.partial(
-                model_import.import_model, path, name=name, version=version, samples=samples, profiles=chosen or None,
+                model_import.import_model, path, access=self.fleet.access, name=name, version=version, samples=samples,
+                profiles=chosen or None,
                 store=store, catalog=self.fleet.profiles, progress=progress, cancel=cancel, device_bench=bench))
             try:
                 record = await asyncio.shield(work)
@@ -165,14 +166,16 @@ class ModelsPart(QObject):
         """Write a model's artifacts (or one profile's) to a .tar file the operator chose."""
         async def job(activity: Activity) -> str:
             activity.report(None, f"writing {os.path.basename(dest)}")
-            return str(await self._models(lambda: self.artifact_store().export(ref, Path(dest), profile=profile)))
+            return str(await self._models(lambda: model_import.export_model(self.artifact_store(), self.fleet.access,
+                                                                            ref, Path(dest), profile)))
 
         return self.activities.start(f"Export {ref}", job, summarize=lambda p: f"written to {p}")
 
     def remove_model(self, ref: str) -> Activity:
         """Delete a model version and the artifacts no other version uses; the view forgets it."""
         async def job(activity: Activity) -> list[str]:
-            removed = await self._models(lambda: self.artifact_store().remove(ref))
+            _, removed = await self._models(lambda: model_import.remove_model(self.artifact_store(), self.fleet.access,
+                                                                              ref))
             self.model_removed.emit(ref)
             return list(removed)
 
@@ -181,7 +184,7 @@ class ModelsPart(QObject):
     def export_public_key(self, dest: str) -> Activity:
         """Save the fleet's public signing key (PEM) where the operator chose (made on first use)."""
         async def job(activity: Activity) -> str:
-            pem = await self._models(lambda: self.artifact_store().public_key_pem())
+            pem = await self._models(lambda: model_import.export_fleet_key(self.artifact_store(), self.fleet.access))
             await self._models(Path(dest).write_bytes, pem)
             return dest
 

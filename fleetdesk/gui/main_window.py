@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from PySide6.QtCore import QByteArray, Qt
 from PySide6.QtGui import (
@@ -28,6 +29,7 @@ from PySide6.QtWidgets import (
     QDialog,
     QHBoxLayout,
     QHeaderView,
+    QInputDialog,
     QLabel,
     QLineEdit,
     QMainWindow,
@@ -39,10 +41,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from fleetdesk.access.roles import PERMISSIONS, allows, granting_roles
 from fleetdesk.discovery.mdns import NetworkInterface
 
 from .activities import Activity
 from .activity_view import ActivityView
+from .audit_dialog import AuditDialog
 from .bridge import FleetBridge
 from .bridge_views import STATUSES
 from .dashboard import Dashboard
@@ -74,6 +78,7 @@ class MainWindow(QMainWindow):
         self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
         self._dialogs: list[QDialog] = []
+        self.denied: dict[QAction, str] = {}  # actions the operator's roles do not allow, and why
         self._icons: list[tuple[QAction, str]] = []  # re-drawn when the theme changes
         self._closing = False
         self._closed = False
@@ -225,6 +230,7 @@ class MainWindow(QMainWindow):
         self.rollouts_view.action_requested.connect(models.rollout_action)
         self.rollouts_view.wizard_requested.connect(lambda: models.open_rollout_wizard())
         bridge.telemetry.notice.connect(lambda text: self.statusBar().showMessage(text, 10000))
+        bridge.access.operator_changed.connect(self.on_operator_changed)
         bridge.activities.added.connect(self._activity_added)
         bridge.activities.finished.connect(self._activity_finished)
         self.group_tree.group_chosen.connect(fleet_pane.on_group_chosen)
@@ -266,6 +272,7 @@ class MainWindow(QMainWindow):
             action.setToolTip(tooltip_text(
                 f"{tip} ({action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)})"
                 if shortcut else tip))
+            action.setProperty("plainTip", action.toolTip())  # given back when a role no longer denies it
         action.triggered.connect(slot)
         self.addAction(action)
         return action
@@ -310,6 +317,10 @@ class MainWindow(QMainWindow):
                                            lambda: self.bridge.rollouts.recover_rollouts(), None, "",
                                            "Ask the devices of rollouts a crash left running where they are, then "
                                            "continue them")
+        self.switch_operator_action = self._action("Switch operator…", self.open_switch_operator_dialog,
+                                                   "Ctrl+Shift+O", "", "Act as another operator of this fleet")
+        self.audit_action = self._action("Audit trail…", self.open_audit_dialog, "Ctrl+Shift+A", "",
+                                         "Who changed what, with filters; verify the trail")
         self.find_action = self._action("Filter devices", lambda: self.search.setFocus(), "Ctrl+F")
         self.quit_action = self._action("Quit", self.close, QKeySequence.StandardKey.Quit)
         self.dark_action = self._action("Dark theme", lambda on: self.set_theme("dark" if on else "light"),
@@ -323,6 +334,9 @@ class MainWindow(QMainWindow):
         menus = self.menuBar()
         file_menu = menus.addMenu("&File")
         file_menu.addAction(self.import_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.switch_operator_action)
+        file_menu.addAction(self.audit_action)
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
         fleet_menu = menus.addMenu("F&leet")
@@ -361,7 +375,11 @@ class MainWindow(QMainWindow):
         self.activity_label.setObjectName("ActivityLabel")
         self.activity_label.setTextFormat(Qt.TextFormat.PlainText)  # "Working: Probe <a device's name>"
         self.database_label.setTextFormat(Qt.TextFormat.PlainText)  # a path or URL is never markup
+        self.operator_label = QLabel("Operator: …", self)
+        self.operator_label.setObjectName("OperatorLabel")
+        self.operator_label.setTextFormat(Qt.TextFormat.PlainText)
         self.statusBar().addWidget(self.database_label, 1)
+        self.statusBar().addPermanentWidget(self.operator_label)
         self.statusBar().addPermanentWidget(self.activity_label)
         self.statusBar().addPermanentWidget(self.devices_label)
 
@@ -385,11 +403,81 @@ class MainWindow(QMainWindow):
 
     async def start(self) -> None:
         """Load the inventory, then begin browsing if asked to: the window is on screen meanwhile."""
+        self.bridge.access.load()
         await self.bridge.devices.load()
         self.bridge.models.load_models()
         self.bridge.rollouts.load_rollouts(then=self.model_actions.offer_recovery)
         if self._browse_on_start:
             self.device_actions.set_browsing(True)
+
+    # -- who acts ------------------------------------------------------------------------------------------
+
+    def role_actions(self) -> dict[QAction, str]:
+        """Each action that changes something, and the permission it needs (the core checks it again)."""
+        return {self.browse_action: "operate", self.add_action: "operate", self.sweep_action: "operate",
+                self.probe_action: "operate", self.stream_action: "operate", self.unstream_action: "operate",
+                self.trust_action: "administer", self.login_action: "administer", self.group_action: "administer",
+                self.ungroup_action: "administer", self.remove_action: "administer",
+                self.provision_action: "deploy", self.rollout_wizard_action: "deploy",
+                self.recover_action: "deploy", self.import_action: "release", self.audit_action: "audit"}
+
+    def on_operator_changed(self, me: dict[str, Any]) -> None:
+        """Say who acts, and disable what their roles cannot do, saying why in the tooltip."""
+        roles = [str(r) for r in me.get("roles", [])]
+        groups = [str(g) for g in me.get("groups", [])]
+        scope = f" on {', '.join(groups)}" if groups else ""
+        self.operator_label.setText(f"Operator: {me.get('operator')} ({', '.join(roles)}{scope})")
+        self.denied = {}
+        for action, permission in self.role_actions().items():
+            if not allows(roles, permission):
+                self.denied[action] = (f"{me.get('operator')} ({', '.join(roles)}) may not "
+                                       f"{PERMISSIONS[permission].doing}: that needs the role "
+                                       f"{' or '.join(granting_roles(permission))}")
+        for action in self.role_actions():
+            wanted = action.property("wanted")
+            self.gate(action, True if wanted is None else bool(wanted))
+        self.fleet_pane.update_actions()  # the device actions again, by the selection
+
+    def gate(self, action: QAction, wanted: bool) -> None:
+        """Enable `action` when the selection wants it and the operator's roles allow it."""
+        reason = self.denied.get(action)
+        action.setProperty("wanted", wanted)  # what the selection asks, whatever the roles say
+        action.setEnabled(wanted and reason is None)
+        if reason is not None:
+            action.setToolTip(tooltip_text(reason))
+        elif action.property("plainTip") is not None:
+            action.setToolTip(str(action.property("plainTip")))
+
+    def open_switch_operator_dialog(self) -> None:
+        """Choose another operator of this fleet from the list (read off the loop first)."""
+        def chosen(names: list[str]) -> None:
+            if self._closing:
+                return
+            dialog = QInputDialog(self)
+            dialog.setObjectName("SwitchOperatorDialog")
+            dialog.setWindowTitle("Switch operator")
+            dialog.setLabelText("Act as:" if names else "No operators yet: the first change makes you the admin.")
+            dialog.setComboBoxItems(names or [str(self.bridge.access.current.get("operator", ""))])
+            dialog.setComboBoxEditable(False)
+            dialog.textValueSelected.connect(lambda name: self.bridge.access.switch(name))
+            self.keep(dialog)
+        self.bridge.access.operator_names(chosen)
+
+    def open_audit_dialog(self) -> AuditDialog:
+        dialog = AuditDialog(self)
+        dialog.refresh_requested.connect(
+            lambda query: self._audit_activity(dialog, self.bridge.access.audit_entries(query, dialog.show_entries)))
+        dialog.verify_requested.connect(
+            lambda: self._audit_activity(dialog, self.bridge.access.verify(dialog.show_verification)))
+        self.keep(dialog)
+        dialog.refresh_requested.emit(dialog.query())
+        return dialog
+
+    def _audit_activity(self, dialog: AuditDialog, activity: Activity) -> None:
+        def ended(finished: Activity) -> None:
+            if finished is activity and finished.state != "succeeded":
+                dialog.show_problem(finished.summary)
+        self.bridge.activities.finished.connect(ended)
 
     def set_theme(self, name: str) -> None:
         app = QApplication.instance()

@@ -99,14 +99,14 @@ class FleetPane(WindowPart):
         self._show_detail(fresh=True)
 
     def update_actions(self) -> None:
-        """Enable the device actions the selection allows."""
+        """Enable the device actions the selection allows and the operator's roles permit (MainWindow.gate)."""
         window = self.window
         count = len(self.selected_ids())
         for action in window.device_menu_actions:
-            action.setEnabled(count > 0)
-        window.trust_action.setEnabled(count == 1)
-        window.ssh_action.setEnabled(count == 1)
-        window.ungroup_action.setEnabled(count > 0 and window.fleet_filter.group is not None)
+            window.gate(action, count > 0)
+        window.gate(window.trust_action, count == 1)
+        window.gate(window.ssh_action, count == 1)
+        window.gate(window.ungroup_action, count > 0 and window.fleet_filter.group is not None)
 
     def _show_detail(self, *, fresh: bool) -> None:
         """Show the one selected device; its pinned keys are read when it is chosen (or after a trust),

@@ -55,6 +55,8 @@ class Window(Protocol):
 
     def keep(self, dialog: QDialog) -> QDialog: ...
 
+    def gate(self, action: QAction, wanted: bool) -> None: ...  # enabled when wanted and the roles allow it
+
     def statusBar(self) -> QStatusBar: ...
 
     def window(self) -> QWidget: ...  # the QMainWindow itself, as a widget

@@ -1,8 +1,8 @@
 """One device's way through a rollout: stage, activate, verify, confirm or roll back, and reconcile after a crash.
 
 The engine (fleetdesk.rollout.engine.RolloutEngine), which drives the waves and the operator's actions, holds one
-`DeviceSteps` and gives it what it works with: the fleet, the device operations, the journal, the actor and
-where events go. Every step is journaled (`record`, on the inventory's thread) before it runs on the device.
+`DeviceSteps` and gives it what it works with: the fleet (and its acting operator), the device operations, the
+journal and where events go. Every step is journaled (`record`, on the inventory's thread) before it runs on the device.
 """
 
 from __future__ import annotations
@@ -107,9 +107,9 @@ def reconciled_state(before: str, artifact: str, view: AgentView) -> str:
 
 class DeviceSteps:
     """A device's steps, over what the engine gives: the fleet (its SSH pool, to cut a stalled transfer), the
-    agent's operations (`ops`) and the rollout journal (`db`); `actor` is named in the journal when the operator
-    rolls a device back, and every event goes to `emit`. The engine holds one (`engine.steps`) and calls it for
-    each device of a wave, many at once."""
+    agent's operations (`ops`) and the rollout journal (`db`); the fleet's acting operator is named in the journal
+    when the operator rolls a device back, and every event goes to `emit`. The engine holds one (`engine.steps`)
+    and calls it for each device of a wave, many at once."""
 
     soak_interval_s = 5.0  # between gate measurements during the soak
     backoff_s = 1.0  # the first transfer retry waits this long, then twice as long each time (capped at 30 s)
@@ -118,11 +118,10 @@ class DeviceSteps:
     # step timeout. The resumed push re-sends at most the block that was in flight.
     stall_timeout_s = 30.0
 
-    def __init__(self, fleet: Fleet, ops: DeviceOps, db: RolloutJournal, *, actor: str, emit: Emit) -> None:
+    def __init__(self, fleet: Fleet, ops: DeviceOps, db: RolloutJournal, *, emit: Emit) -> None:
         self.fleet = fleet
         self.ops = ops
         self.db = db
-        self.actor = actor
         self.emit = emit
         self._names: dict[int, str] = {}  # device id -> name, for the events' messages
 
@@ -360,7 +359,7 @@ class DeviceSteps:
         if state == st.CONFIRMING:
             row = await self._confirm_then(rid, plan, device, row)
         if row.state in (st.STAGED, st.FAILED, st.DONE, st.VERIFYING, st.UNREACHABLE):
-            row = await self.record(rid, row.device_id, st.ROLLBACK, detail={"by": self.actor})
+            row = await self.record(rid, row.device_id, st.ROLLBACK, detail={"by": self.fleet.access.name})
         if row.state == st.ROLLING_BACK:
             try:
                 await self._undo(rid, plan, device, row)

@@ -6,9 +6,9 @@ after each device `decide` says whether to go on, wait, pause, ask for approval 
 inventory, so a pause or abort from another process (the CLI, the GUI) is seen between steps, and a crash is
 repaired by `recover`/`run`: each device's real state is asked of its agent and written back to the journal.
 One device's steps are fleetdesk.rollout.device_steps.DeviceSteps, which the engine holds (`engine.steps`) and
-gives what they work with: the fleet, the device operations, the journal, the actor and the engine's own way to
-report events (`RolloutEvent`s, to `on_event`). The inventory is reached through fleetdesk.rollout.journal, on the
-inventory's thread, so the event loop (the window's) never waits on a commit.
+gives what they work with: the fleet (and its acting operator), the device operations, the journal and the
+engine's own way to report events (`RolloutEvent`s, to `on_event`). The inventory is reached through
+fleetdesk.rollout.journal, on the inventory's thread, so the event loop (the window's) never waits on a commit.
 """
 
 from __future__ import annotations
@@ -97,10 +97,15 @@ class RolloutEngine:
         self.db = RolloutJournal(self.repo, fleet.inventory, fleet.access, executor)
         self.ops = ops or DeviceOps(fleet, store)
         self.on_event = on_event
-        self.actor = fleet.access.name  # the acting operator: their roles are checked, their actions audited
         self._lock_dir = lock_dir
         self._held: dict[int, int] = {}  # rollout id -> fd of its lock file, while this process drives it
-        self.steps = DeviceSteps(fleet, self.ops, self.db, actor=self.actor, emit=self._emit)
+        self.steps = DeviceSteps(fleet, self.ops, self.db, emit=self._emit)
+
+    @property
+    def actor(self) -> str:
+        """The acting operator (the fleet's, who may switch in the window): their roles are checked, their
+        actions audited."""
+        return self.fleet.access.name
 
     # -- operator actions ------------------------------------------------------------------------------------
 

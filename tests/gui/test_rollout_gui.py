@@ -29,6 +29,7 @@ from fleetdesk.gui.rollout_wizard import RolloutWizard, section_of
 from fleetdesk.gui.wave_policy_table import APPROVE, ERRORS, OVERRIDE, SOAK, SUCCESS
 from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory import rollout_states as st
+from fleetdesk.inventory.audit import AuditFilter
 from fleetdesk.inventory.records import ProbeFacts
 from fleetdesk.inventory.rollouts import RolloutRepo
 from fleetdesk.models import inspect_model
@@ -247,8 +248,9 @@ def test_a_planned_rollout_from_the_wizard_is_paused_and_aborted_through_the_eng
     session.wait(lambda: view.detail.row.status == "aborted", "aborted")
     session.wait(lambda: all(d.state == st.SKIPPED for d in view.detail.devices), "every device skipped")
     assert {a for a, b in view.buttons.items() if b.isEnabled()} == {"rollback"}
-    audit = [(a.action, a.outcome) for a in reversed(repo.audit_log(rollout_id=rid))]
-    assert audit == [("start", "planned"), ("pause", "ok"), ("abort", "ok")]
+    trail = window.bridge.fleet.access.audit.entries(AuditFilter(target=f"rollout:{rid}"))
+    audit = [(a.action, a.outcome) for a in reversed(trail)]
+    assert audit == [("rollout.start", "planned"), ("rollout.pause", "ok"), ("rollout.abort", "ok")]
     statuses = [(e.from_state, e.to_state) for e in repo.journal(rid) if e.device_id is None]
     assert statuses == [("", "planned"), ("planned", "paused"), ("paused", "aborted")]
 

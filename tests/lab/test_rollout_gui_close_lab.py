@@ -20,6 +20,7 @@ from PySide6.QtWidgets import QMessageBox
 from fleetdesk.gui.bridge_rollouts import WINDOW_CLOSED
 from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory import rollout_states as st
+from fleetdesk.inventory.audit import AuditFilter
 from fleetdesk.inventory.rollouts import RolloutRepo
 from fleetdesk.profiles import load_profiles
 from fleetdesk.rollout.plan import RolloutPlan
@@ -117,8 +118,9 @@ def test_closing_the_window_pauses_the_rollout_and_the_next_window_continues_it(
             assert events.count(st.ACTIVATE) == 1 and events.count(st.STAGED_OK) == 1, events
             if device.device_id == ids["ipc-01"]:
                 assert device.bytes_sent == sent[device.device_id]  # nothing sent to the canary again
-        audit = [(a.action, a.outcome) for a in repo.audit_log(rollout_id=rid)]
-        assert ("pause", "ok") in audit and ("resume", "ok") in audit, audit
+        trail = session.bridge.fleet.access.audit.entries(AuditFilter(target=f"rollout:{rid}"))
+        audit = [(a.action, a.outcome) for a in trail]
+        assert ("rollout.pause", "ok") in audit and ("rollout.resume", "ok") in audit, audit
 
         session.settle(0.3)
 

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import QApplication
 from fleetdesk.gui.rollout_wizard import RolloutWizard
 from fleetdesk.gui.wave_policy_table import APPROVE
 from fleetdesk.inventory import rollout_states as st
+from fleetdesk.inventory.audit import AuditFilter
 from fleetdesk.inventory.rollouts import RolloutRepo
 from fleetdesk.profiles import load_profiles
 from tests.gui.test_rollout_gui import edit, override, wave_rows
@@ -264,8 +265,9 @@ def test_a_wave_waiting_for_approval_goes_on_when_the_operator_presses_approve(
     approval = next(a for a in session.bridge.activities.all() if a.title == f"Approve rollout {rid}")
     session.wait(lambda: not approval.running, "the approval's drive to end")
     assert approval.state == "succeeded", approval.summary
-    audit = [(a.action, a.outcome) for a in RolloutRepo(session.bridge.fleet.inventory).audit_log(rollout_id=rid)]
-    assert ("approve", "ok") in audit, audit
+    trail = session.bridge.fleet.access.audit.entries(AuditFilter(target=f"rollout:{rid}"))
+    audit = [(a.action, a.outcome) for a in trail]
+    assert ("rollout.approve", "ok") in audit, audit
     for name in NAMES:
         status = agent_status(fleet, name)
         assert (status["active"], status["pending"], status["previous"]) == (artifact, None, before[name]), status
