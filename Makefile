@@ -49,6 +49,7 @@ bench: $(BENCH_STAMP) system-deps-test
 	$(BIN)/python benchmarks/serve_batching.py --seconds 10
 	$(BIN)/python benchmarks/telemetry_dashboard.py
 	$(BIN)/python benchmarks/model_variants.py
+	$(BIN)/python benchmarks/audit.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache .mypy_cache

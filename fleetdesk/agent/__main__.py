@@ -108,6 +108,11 @@ def build_parser(load: str | None = None) -> tuple[ArgumentParser, Any]:
     # let expire, and give an activation still inside its window a watchdog again.
     p = commands.add_parser("settle", help="revert an unconfirmed activation whose deadline passed (run at boot)")
     p.add_argument("--by", default="boot", help=argparse.SUPPRESS)
+    p = commands.add_parser("witness", help="keep an audit checkpoint signed by the fleet key, or --list them")
+    p.add_argument("--seq", type=int, metavar="N", help="the audit entry's number")
+    p.add_argument("--hash", metavar="SHA256", help="the audit entry's hash (hex)")
+    p.add_argument("--signature", metavar="B64", help="the fleet key's signature of the checkpoint")
+    p.add_argument("--list", action="store_true", help="print the checkpoints this device holds")
     loaded = None
     for name, text in LAZY_COMMANDS.items():
         p = commands.add_parser(name, help=text)
@@ -152,6 +157,16 @@ def dispatch(args: argparse.Namespace, module: Any) -> int:
         emit(protocol.event("reverted", **record) if record else protocol.event("watchdog-done", sha=args.sha))
     elif args.command == "settle":
         emit(protocol.result("settle", **settle(args)))
+    elif args.command == "witness":
+        from . import witness
+
+        if args.list:
+            emit(protocol.result("witness", checkpoints=witness.stored(root)))
+        elif args.seq is None or not args.hash or not args.signature:
+            raise AgentError(protocol.BAD_ARGUMENTS, "witness needs --seq, --hash and --signature (or --list)",
+                             fix="hand over a checkpoint as FleetDesk makes it")
+        else:
+            emit(protocol.result("witness", **witness.add(root, args.seq, args.hash, args.signature)))
     return protocol.EXIT_OK
 
 

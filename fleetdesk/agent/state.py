@@ -165,6 +165,29 @@ def switch_link(root: str, name: str, sha: str | None) -> None:
     _fsync_dir(root)
 
 
+def fleet_key(root: str) -> bytes:
+    """The fleet's public key (raw 32 bytes) from ROOT/keys/fleet.pub; AgentError(BAD_SIGNATURE) without one."""
+    key_path = os.path.join(root, "keys", "fleet.pub")
+    try:
+        with open(key_path, "rb") as f:
+            pem = f.read()
+    except FileNotFoundError:
+        raise AgentError(BAD_SIGNATURE, f"this device has no fleet key ({key_path} is missing), so no artifact "
+                         "can be trusted", fix="provision the device (fleetdesk provision DEVICE) to install "
+                                               "the fleet's public key", file=key_path) from None
+    except OSError as exc:
+        raise AgentError(BAD_SIGNATURE, f"the fleet key {key_path} cannot be read ({exc.strerror})",
+                         fix="check the FleetDesk root's permissions, or provision the device again",
+                         file=key_path) from None
+    try:
+        public = ed25519.public_key_from_pem(pem)
+    except ed25519.InvalidKey as exc:
+        raise AgentError(BAD_SIGNATURE, f"the fleet key {key_path} is malformed: {exc}",
+                         fix="provision the device again to replace it with the fleet's public key "
+                             "(fleetdesk model export-key shows it)", file=key_path) from None
+    return public
+
+
 def check_signature(folder: str, root: str) -> str:
     """The artifact's manifest.json must carry a valid Ed25519 signature (manifest.json.sig: base64, one line)
     by the fleet key ROOT/keys/fleet.pub. Returns "valid"; raises AgentError(BAD_SIGNATURE) otherwise."""
@@ -188,23 +211,7 @@ def check_signature(folder: str, root: str) -> str:
     except OSError as exc:
         raise AgentError(BAD_SIGNATURE, f"artifact {name}: {SIGNATURE_NAME} cannot be read ({exc.strerror})",
                          fix="push the artifact again", file=SIGNATURE_NAME) from None
-    try:
-        with open(key_path, "rb") as f:
-            pem = f.read()
-    except FileNotFoundError:
-        raise AgentError(BAD_SIGNATURE, f"this device has no fleet key ({key_path} is missing), so no artifact "
-                         "can be trusted", fix="provision the device (fleetdesk provision DEVICE) to install "
-                                               "the fleet's public key", file=key_path) from None
-    except OSError as exc:
-        raise AgentError(BAD_SIGNATURE, f"the fleet key {key_path} cannot be read ({exc.strerror})",
-                         fix="check the FleetDesk root's permissions, or provision the device again",
-                         file=key_path) from None
-    try:
-        public = ed25519.public_key_from_pem(pem)
-    except ed25519.InvalidKey as exc:
-        raise AgentError(BAD_SIGNATURE, f"the fleet key {key_path} is malformed: {exc}",
-                         fix="provision the device again to replace it with the fleet's public key "
-                             "(fleetdesk model export-key shows it)", file=key_path) from None
+    public = fleet_key(root)
     try:
         signature = base64.b64decode(signature_text.strip(), validate=True)
     except (binascii.Error, ValueError):

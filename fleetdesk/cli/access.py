@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fleetdesk.cli.options import with_json
+from fleetdesk.cli.options import choose_devices, with_json
 from fleetdesk.cli.output import emit, safe, table, when
-from fleetdesk.cli.session import open_access
+from fleetdesk.cli.session import open_access, with_fleet
 from fleetdesk.errors import ConfigError, FleetDeskError
 
 EXPORT_FORMAT = "fleetdesk-audit-export/1"
@@ -174,6 +174,8 @@ def _audit_verify(args: argparse.Namespace, access: Any) -> int:
     from fleetdesk.access.verify import verify_entries, verify_trail
 
     access.require("audit", "audit.verify")
+    if args.with_devices:
+        return _verify_with_devices(args)
     if args.file:
         legacy, entries = read_export(Path(args.file))
         result = verify_entries([entries], legacy)
@@ -181,6 +183,34 @@ def _audit_verify(args: argparse.Namespace, access: Any) -> int:
         result = verify_trail(access.audit)
     emit(args, result.to_dict(), str(result))
     return 0 if result.ok else 1
+
+
+def _verify_with_devices(args: argparse.Namespace) -> int:
+    """The trail, then every checkpoint the chosen devices (default: every provisioned one) hold."""
+    from fleetdesk.artifacts.store import ArtifactStore
+    from fleetdesk.inventory.runtimes import DeviceRuntimes
+    from fleetdesk.rollout.checkpoints import verify_with_devices
+    from fleetdesk.rollout.device_ops import DeviceOps
+
+    async def work(fleet: Any) -> int:
+        if args.devices or args.group or args.all:
+            devices = fleet.select(args.devices, group=args.group, all_devices=args.all)
+        else:
+            runtimes = DeviceRuntimes(fleet.inventory)
+            devices = [d for d in fleet.inventory.devices() if runtimes.get(d.id) is not None]
+        result, witnesses = await verify_with_devices(DeviceOps(fleet, ArtifactStore.default()), devices)
+        lines = [str(result)]
+        for w in witnesses:
+            held = f"{len(w.checkpoints)} checkpoint(s), newest entry {w.checkpoints[-1]['seq']}" \
+                if w.checkpoints else "no checkpoints"
+            lines.append(f"  {safe(w.device)}: " + (f"not asked: {safe(w.error)}" if w.error else held))
+        emit(args, {**result.to_dict(), "devices": [{"device": w.device, "checkpoints": len(w.checkpoints),
+                                                     "newest": w.checkpoints[-1]["seq"] if w.checkpoints else None,
+                                                     "error": w.error or None} for w in witnesses]},
+             "\n".join(lines))
+        return 0 if result.ok else 1
+
+    return with_fleet(args, work)
 
 
 def _audit_export(args: argparse.Namespace, access: Any) -> int:
@@ -290,6 +320,9 @@ def add_audit(sub: Any) -> None:
     q.add_argument("seq", type=int, metavar="SEQ")
     q = with_json(acts.add_parser("verify", help="check every entry's hash, chain and signature"))
     q.add_argument("--file", metavar="FILE", help="check an `audit export` file instead of the inventory")
+    q.add_argument("--with-devices", action="store_true",
+                   help="also check the trail against the checkpoints devices hold (default: every provisioned one)")
+    choose_devices(q)
     q = with_json(acts.add_parser("export", help="write the trail as JSON lines, verifiable with `verify --file`"))
     q.add_argument("file", metavar="FILE")
     p.set_defaults(func=cmd_audit)

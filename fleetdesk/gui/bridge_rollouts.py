@@ -195,7 +195,7 @@ class RolloutsPart(QObject):
         if run is None or not run.running or run._task is None:
             return
         with contextlib.suppress(FleetDeskError):
-            await self.rollout_engine().pause(rollout_id, reason)
+            await self.rollout_engine().pause(rollout_id, reason, witness=False)
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(run._task), wait)
 

@@ -209,6 +209,12 @@ class AuditRepo:
                                      fix="`fleetdesk audit list` shows the entries and their numbers")
             return _entry(row)
 
+    def entries_at(self, seqs: Sequence[int]) -> dict[int, AuditEntry]:
+        """The entries with these numbers that exist (a missing one is simply absent)."""
+        with self._session() as session:
+            rows = session.scalars(select(orm.AuditEntryRow).where(orm.AuditEntryRow.seq.in_(list(seqs))))
+            return {row.seq: _entry(row) for row in rows}
+
     def walk(self, batch: int = 5000) -> Iterator[builtins.list[AuditEntry]]:
         """Every entry in sequence order, `batch` at a time (each batch its own read transaction)."""
         table = orm.AuditEntryRow.__table__

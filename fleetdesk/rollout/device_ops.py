@@ -193,6 +193,19 @@ class DeviceOps:
         return RolloutStepError(f"{step}: {exc.message}", code=code, device=device.name, step=step, cause=exc,
                                 fix=exc.fix or "see the message; the device keeps the model it ran")
 
+    # -- the audit trail's checkpoints ---------------------------------------------------------------------
+
+    async def witness(self, device: Device, seq: int, digest: str, signature: str, *,
+                      timeout: float = 30.0) -> dict[str, Any]:
+        """Hand the device a checkpoint of the audit trail to keep (`fleetdesk-agent witness`)."""
+        return await self._agent(device, "witness", "witness", "--seq", str(seq), "--hash", digest,
+                                 "--signature", signature, timeout=timeout)
+
+    async def checkpoints(self, device: Device, *, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """The checkpoints the device holds, lowest entry first."""
+        found = (await self._agent(device, "witness", "witness", "--list", timeout=timeout)).get("checkpoints")
+        return [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
+
     async def _run(self, device: Device, command: str, step: str, timeout: float) -> Any:
         try:
             return await self.fleet.pool.run((await self._reach(device, step)).target, command, timeout=timeout)

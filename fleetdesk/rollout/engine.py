@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -30,8 +31,11 @@ from fleetdesk.config import Settings
 from fleetdesk.errors import AccessDeniedError, ConfigError, FleetDeskError, RolloutConflictError
 from fleetdesk.fleet import Fleet
 from fleetdesk.inventory import rollout_states as st
+from fleetdesk.inventory.records import Device
 from fleetdesk.inventory.rollouts import RolloutRepo, RolloutRow
+from fleetdesk.inventory.runtimes import DeviceRuntimes
 from fleetdesk.rollout import decide as dc
+from fleetdesk.rollout.checkpoints import hand_checkpoint
 from fleetdesk.rollout.device_ops import DeviceOps
 from fleetdesk.rollout.device_steps import (
     ABORTED,
@@ -51,6 +55,9 @@ from fleetdesk.rollout.device_steps import (
 )
 from fleetdesk.rollout.journal import RolloutJournal
 from fleetdesk.rollout.plan import ResolvedPlan, RolloutPlan, resolve
+from fleetdesk.text import visible_text
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RolloutBusyError", "RolloutEngine", "RolloutEvent"]
 
@@ -109,6 +116,25 @@ class RolloutEngine:
 
     # -- operator actions ------------------------------------------------------------------------------------
 
+    async def _witness(self, rollout_id: int) -> None:
+        """Hand the audit trail's newest checkpoint to the rollout's devices (best effort: a device that cannot
+        take it now is only not a witness of this one; the action stands)."""
+        ids = {r.device_id for r in await self.db.devices(rollout_id)}
+
+        def with_agent() -> list[Device]:
+            # Only devices provisioning gave an agent: asking any other would be a connection for nothing.
+            runtimes = DeviceRuntimes(self.fleet.inventory)
+            return [d for d in self.fleet.inventory.devices() if d.id in ids and runtimes.get(d.id) is not None]
+        devices = await self.db.call(with_agent)
+        try:
+            missed = {name: why for name, why in (await hand_checkpoint(self.ops, devices)).items() if why}
+        except FleetDeskError as exc:
+            log.warning("rollout %s: no audit checkpoint was handed to its devices: %s", rollout_id, exc)
+            return
+        if missed:
+            log.info("rollout %s: %d device(s) did not take the audit checkpoint: %s", rollout_id, len(missed),
+                     "; ".join(f"{visible_text(n)}: {w}" for n, w in sorted(missed.items())))
+
     async def _allow(self, permission: str, action: str, rollout_id: int) -> None:
         """The acting operator may do `action` to every device of the rollout, or AccessDeniedError (audited)."""
         ids = [r.device_id for r in await self.db.devices(rollout_id)]
@@ -124,12 +150,15 @@ class RolloutEngine:
         await self.db.audit("start", "planned", rollout_id=row.id,
                             device_ids=tuple(d.device_id for d in resolved.devices),
                             detail={"model": resolved.model_ref, "waves": [list(w) for w in resolved.waves]})
+        await self._witness(row.id)
         self._emit(row.id, "status", None, row.status,
                    f"rollout {row.id}: {resolved.model_ref} to {len(resolved.devices)} device(s) in "
                    f"{len(resolved.waves)} wave(s)")
         return row.id
 
-    async def pause(self, rollout_id: int, reason: str = "operator") -> RolloutRow:
+    async def pause(self, rollout_id: int, reason: str = "operator", *, witness: bool = True) -> RolloutRow:
+        """No new steps once the current ones end. `witness=False` (a closing window) skips handing the devices
+        the audit checkpoint, so the pause is not held up by a device that does not answer."""
         row = await self.db.get(rollout_id)
         await self._allow("deploy", "pause", rollout_id)
         if row.status not in (RUNNING, PLANNED, WAITING):
@@ -138,6 +167,8 @@ class RolloutEngine:
                               fix="see `fleetdesk rollout status ID`")
         row = await self.db.set_status(rollout_id, PAUSED, reason=reason, expect=row.status)
         await self.db.audit("pause", "ok", rollout_id=rollout_id, detail={"reason": reason})
+        if witness:
+            await self._witness(rollout_id)
         self._emit(rollout_id, "status", None, PAUSED, f"rollout {rollout_id} paused: {reason}")
         return row
 
@@ -156,6 +187,7 @@ class RolloutEngine:
             retried = await self._retry_failed_before_switch(rollout_id)
         await self.db.audit("resume", "ok", rollout_id=rollout_id, device_ids=tuple(retried),
                             detail={"retried": retried} if retried else None)
+        await self._witness(rollout_id)
         self._emit(rollout_id, "status", None, row.status, f"rollout {rollout_id} resumed")
         return row
 
@@ -198,6 +230,7 @@ class RolloutEngine:
         row = await self.db.set_status(rollout_id, RUNNING, expect=WAITING)
         await self.db.audit("approve", "ok", rollout_id=rollout_id,
                             device_ids=tuple(r.device_id for r in rows if r.wave == wave + 1), detail={"wave": wave})
+        await self._witness(rollout_id)
         self._emit(rollout_id, "status", None, RUNNING, f"rollout {rollout_id}: wave {wave + 2} approved")
         return row
 
@@ -223,6 +256,7 @@ class RolloutEngine:
                 outcome = "requested"  # the driving process settles the devices at its next step
         await self.db.audit("abort", outcome, rollout_id=rollout_id,
                             device_ids=tuple(d.device_id for d in await self.db.devices(rollout_id)))
+        await self._witness(rollout_id)
         return await self.db.get(rollout_id)
 
     async def rollback(self, rollout_id: int, *, device_id: int | None = None, wave: int | None = None
@@ -283,6 +317,7 @@ class RolloutEngine:
                                     else "rollout", "wave": wave,
                                     "left": {str(r.device_id): r.state for r in left},
                                     "problems": [message(p) for p in problems]})
+        await self._witness(rollout_id)
         return await self.db.get(rollout_id)
 
     async def recover(self) -> list[int]:

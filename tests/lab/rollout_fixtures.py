@@ -50,7 +50,7 @@ class Laptop(LabLaptop):
                bench_runs: int = 5) -> RolloutEngine:
         on_event = events.append if isinstance(events, list) else events
         return RolloutEngine(fleet, self.store, ops=DeviceOps(fleet, self.store, bench_runs=bench_runs),
-                             on_event=on_event, actor="lab-test", lock_dir=self.data_dir / "rollout-locks")
+                             on_event=on_event, lock_dir=self.data_dir / "rollout-locks")
 
 
 def lab_plan(fleet: Fleet, model: str, names: Sequence[str], *, gates: Gates, **kwargs: Any) -> RolloutPlan:

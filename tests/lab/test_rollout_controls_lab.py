@@ -26,9 +26,13 @@ from typing import Any
 
 import onnx
 import pytest
+from sqlalchemy import text
 
+from fleetdesk.access.guard import default_operator
 from fleetdesk.fleet import Fleet
+from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory import rollout_states as st
+from fleetdesk.inventory.database import for_writing
 from fleetdesk.profiles import load_profiles
 from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent
 from fleetdesk.rollout.plan import RolloutPlan
@@ -294,7 +298,7 @@ def test_the_cli_pauses_a_rollout_another_process_drives_then_resumes_and_approv
     # A 15 s soak: long enough for a second `fleetdesk` process to start on a loaded machine and pause the rollout
     # while the canary still soaks.
     argv = cli(laptop, "start", "cli@1", "--device", CANARY, "--device", X2, "--waves", "1,100%",
-               "--soak", "15", "--approve", "--p95-ratio", "3", "--actor", "lab-test", "--json")
+               "--soak", "15", "--approve", "--p95-ratio", "3", "--json")
     started = subprocess.Popen(argv, env=cli_env(laptop, tmp_path), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     db = laptop.data_dir / "fleetdesk.db"
@@ -310,8 +314,7 @@ def test_the_cli_pauses_a_rollout_another_process_drives_then_resumes_and_approv
                 break
             time.sleep(0.3)
         assert rid is not None, "the canary never reached verifying"
-        code, paused = run_cli(laptop, tmp_path, "pause", str(rid), "--reason", "shift change", "--actor",
-                               "lab-test")
+        code, paused = run_cli(laptop, tmp_path, "pause", str(rid), "--reason", "shift change")
         assert code == 0 and paused["status"] == "paused" and paused["paused_reason"] == "shift change", paused
         out, err = started.communicate(timeout=300)
     finally:
@@ -324,10 +327,10 @@ def test_the_cli_pauses_a_rollout_another_process_drives_then_resumes_and_approv
     states = {d["wave"]: d["state"] for d in report["devices"]}
     assert report["status"] == "paused" and states == {0: st.DONE, 1: st.PENDING}, report
 
-    code, resumed = run_cli(laptop, tmp_path, "resume", str(rid), "--actor", "lab-test")
+    code, resumed = run_cli(laptop, tmp_path, "resume", str(rid))
     # The canary's wave is complete and needs the operator's approval: resume stops there, 3 again.
     assert code == 3 and resumed["status"] == "waiting-approval", resumed
-    code, approved = run_cli(laptop, tmp_path, "approve", str(rid), "--actor", "lab-test")
+    code, approved = run_cli(laptop, tmp_path, "approve", str(rid))
     assert code == 0 and approved["status"] == "done", approved
     assert [d["state"] for d in approved["devices"]] == [st.DONE, st.DONE]
     # The ratio gate measured each device against the model it ran before: the canary the small "late" CNN
@@ -339,9 +342,9 @@ def test_the_cli_pauses_a_rollout_another_process_drives_then_resumes_and_approv
         assert ratio["ok"] is True and ratio["value"] is not None and ratio["bound"] == 3.0, ratio
         print(f"wave {device['wave'] + 1}: p95 {ratio['value']:.2f}x the previous model's {baseline['p95_ms']:.3f} ms")
     code, journal = run_cli(laptop, tmp_path, "journal", str(rid))
-    actions = [(a["action"], a["actor"]) for a in journal["audit"]]
-    for action in ("start", "pause", "resume", "approve"):
-        assert (action, "lab-test") in actions, actions
+    actions = [(a["action"], a["operator"]) for a in journal["audit"]]
+    for action in ("start", "pause", "resume", "approve"):  # each by the one operator every process runs as
+        assert (f"rollout.{action}", default_operator()) in actions, actions
 
     async def now(fleet: Fleet) -> Any:
         return await actives(fleet, laptop)
@@ -349,3 +352,45 @@ def test_the_cli_pauses_a_rollout_another_process_drives_then_resumes_and_approv
     found = laptop.with_fleet(now)
     artifact = laptop.models["cli@1"]
     assert (found[CANARY], found[X2]) == ((artifact, None), (artifact, None))
+
+
+def test_the_devices_witness_the_audit_trail_so_a_deleted_tail_is_caught(laptop: Laptop, tmp_path: Path) -> None:
+    """After a rollout action each of its devices holds the trail's newest checkpoint (signed by the fleet key).
+    Someone with the database and the keys who deletes the tail and moves the head back by hand leaves a trail
+    that verifies on its own; `audit verify --with-devices` catches it against a device's checkpoint. (Last in
+    this module: it rewrites the laptop's trail.)"""
+    async def work(fleet: Fleet) -> Any:
+        engine = laptop.engine(fleet)
+        before = fleet.access.audit.entries(limit=1)[0]
+        rid = await engine.start(plan(fleet, "late@1", gates=NO_RATIO))
+        await engine.abort(rid)  # nothing staged yet: every device is skipped, the trail gets two entries
+        newest = fleet.access.audit.entries(limit=1)[0]
+        held = {n: await engine.ops.checkpoints(fleet.inventory.device(n)) for n in NAMES}
+        return before, newest, held
+
+    before, newest, held = laptop.with_fleet(work)
+    assert newest.action == "rollout.abort"
+    for name in NAMES:
+        assert held[name] and held[name][-1]["seq"] == newest.seq and held[name][-1]["hash"] == newest.hash, name
+
+    code, alone = run_audit(laptop, tmp_path, "verify")
+    assert code == 0 and alone["ok"], alone
+    # The tail goes: the rollout's two entries (and anything after `before`), and the head row points back.
+    with open_inventory(laptop.db_url) as inventory:
+        with for_writing(inventory.engine).begin() as conn:
+            conn.execute(text("DELETE FROM audit_entries WHERE seq > :s"), {"s": before.seq})
+            conn.execute(text("UPDATE audit_head SET seq = :s, hash = :h"), {"s": before.seq, "h": before.hash})
+    code, alone = run_audit(laptop, tmp_path, "verify")
+    assert code == 0 and alone["ok"] and alone["head_seq"] == before.seq, alone  # alone, it cannot tell
+    code, witnessed = run_audit(laptop, tmp_path, "verify", "--with-devices")
+    assert code == 1 and not witnessed["ok"] and witnessed["seq"] == before.seq + 1, witnessed
+    assert f"holds a checkpoint of entry {newest.seq}" in witnessed["reason"] and "tail was deleted" in \
+        witnessed["reason"], witnessed
+    assert {d["device"] for d in witnessed["devices"] if d["newest"] == newest.seq} >= set(NAMES), witnessed
+
+
+def run_audit(laptop: Laptop, tmp: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    argv = [sys.executable, "-m", "fleetdesk", "--db", laptop.db_url, "audit", *args, "--json"]
+    proc = subprocess.run(argv, env=cli_env(laptop, tmp), capture_output=True, text=True, timeout=300, check=False)
+    assert proc.stdout.strip(), f"{args}: no JSON on stdout; stderr:\n{proc.stderr[-3000:]}"
+    return proc.returncode, json.loads(proc.stdout)
