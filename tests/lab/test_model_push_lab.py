@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from fleetdesk.access.guard import default_operator
 from fleetdesk.fleet import Fleet
 from tests.fixtures.models.build import save_cnn
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
@@ -165,3 +166,43 @@ def test_a_file_damaged_on_the_laptop_after_signing_is_refused_before_any_byte_i
     assert text.returncode == 1
     line = text.stdout.strip().splitlines()[0]
     assert line.startswith(f"{operator.name}: failed: stage: ") and " — run `fleetdesk model verify`" in line
+
+
+def test_every_change_of_this_module_is_one_signed_entry_and_the_trail_verifies(
+        fleet: LabFleet, operator: Operator, tmp_path: Path) -> None:
+    """The audit trail as this module's laptop left it (enrolment, imports, pushes), then each remaining kind of
+    change once through the CLI: each one entry, in order, by the operator who made it; a viewer's probe is
+    refused and audited; `audit verify` passes. (Removing a device is the window's: tests/unit/test_fleet_access.py.)"""
+    def trail() -> list[tuple[str, str, str]]:
+        proc = operator.cli("audit", "list", "--limit", "1000", "--json")
+        assert proc.returncode == 0, proc.stderr
+        return [(e["operator"], e["action"], e["outcome"]) for e in reversed(json.loads(proc.stdout))]
+
+    me = default_operator()
+    so_far = trail()
+    assert so_far[:5] == [("", "audit.genesis", "ok"), (me, "operator.add", "ok"), (me, "device.login", "ok"),
+                          (me, "device.trust", "ok"), (me, "device.profile", "ok")], so_far
+    imports = [a for a in so_far if a[1] == "model.import"]
+    pushes = [a for a in so_far if a[1] == "model.push"]
+    assert len(imports) == 2 and pushes, so_far  # two models; the damaged file's push failed and is audited too
+
+    def step(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = operator.cli(*args)
+        assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+        return proc
+
+    step("run", operator.name, "--", "true")
+    step("group", operator.name, "--name", "line audit")
+    step("model", "export", "line-camera@1", str(tmp_path))
+    step("model", "export-key", "--file", str(tmp_path / "fleet.pub"))
+    step("model", "remove", "press-line@1", "--yes")
+    step("operator", "add", "vic", "--role", "viewer")
+    refused = operator.cli("--operator", "vic", "probe", operator.name)
+    assert refused.returncode == 2 and "operator vic (viewer) may not discover and probe devices" in refused.stderr
+    step("operator", "remove", "vic")
+    added = trail()[len(so_far):]
+    assert added == [(me, "device.run", "ok"), (me, "group.add", "ok"), (me, "model.export", "ok"),
+                     (me, "fleet-key.export", "ok"), (me, "model.remove", "ok"), (me, "operator.add", "ok"),
+                     ("vic", "device.probe", "refused"), (me, "operator.remove", "ok")], added
+    verified = step("audit", "verify", "--json")
+    assert json.loads(verified.stdout)["ok"] is True
