@@ -269,10 +269,9 @@ class MainWindow(QMainWindow):
             action.setShortcut(QKeySequence(shortcut))
             action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
         if tip:
-            action.setToolTip(tooltip_text(
-                f"{tip} ({action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)})"
-                if shortcut else tip))
-            action.setProperty("plainTip", action.toolTip())  # given back when a role no longer denies it
+            text = f"{tip} ({action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)})" if shortcut else tip
+            action.setToolTip(tooltip_text(text))
+            action.setProperty("plainTip", text)  # given back when a role no longer denies it
         action.triggered.connect(slot)
         self.addAction(action)
         return action
@@ -446,7 +445,7 @@ class MainWindow(QMainWindow):
         if reason is not None:
             action.setToolTip(tooltip_text(reason))
         elif action.property("plainTip") is not None:
-            action.setToolTip(str(action.property("plainTip")))
+            action.setToolTip(tooltip_text(str(action.property("plainTip"))))
 
     def open_switch_operator_dialog(self) -> None:
         """Choose another operator of this fleet from the list (read off the loop first)."""
