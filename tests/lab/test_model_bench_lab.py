@@ -136,7 +136,8 @@ def test_the_worker_thread_adapter_and_an_import_timed_on_the_device(laptop: Lap
         loop = asyncio.get_running_loop()
         direct = await loop.run_in_executor(None, bench, PROFILES.get("ipc-x86"), model)
         record = await loop.run_in_executor(None, functools.partial(
-            import_model, model, name="cnn", profiles=["ipc-x86"], store=store, catalog=PROFILES,
+            import_model, model, access=fleet_.access, name="cnn", profiles=["ipc-x86"], store=store,
+            catalog=PROFILES,
             device_bench=bench))
         return direct, record, bench.failures
 
