@@ -227,4 +227,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(ROOT))
+    from tests.keyring_daemon import some_keyring
+
+    # A probe that finds a device's profile is audited, signed with the operator's key from the OS keyring.
+    with some_keyring(Path(tempfile.mkdtemp(prefix="fleetdesk-bench-keyring-"))):
+        main()

@@ -406,7 +406,7 @@ async def rollout_in_process(db_url: str, data: Path, store: ArtifactStore, stat
     async with Fleet(open_inventory(db_url), PROFILES) as fleet:
         ops = TimedOps(fleet, store)
         engine = RolloutEngine(fleet, store, ops=ops, on_event=lambda e: events.append((time.time(), e)),
-                               actor="bench", lock_dir=data / "rollout-locks")
+                               lock_dir=data / "rollout-locks")
         ids = tuple(fleet.inventory.device(d["name"]).id for d in devices)
         canary = devices[0]  # waves are filled in the order given (plan.resolve)
         root = remote_root(fleet, fleet.inventory.device(canary["name"]))
@@ -540,7 +540,7 @@ def kill_and_resume(db_url: str, data: Path, store: ArtifactStore, state: dict[s
 
     async def journal() -> dict[str, Any]:
         async with Fleet(open_inventory(db_url), PROFILES) as fleet:
-            engine = RolloutEngine(fleet, store, actor="bench", lock_dir=data / "rollout-locks")
+            engine = RolloutEngine(fleet, store, lock_dir=data / "rollout-locks")
             out = {}
             for d in engine.repo.devices(rid):
                 name = fleet.inventory.device(d.device_id).name
