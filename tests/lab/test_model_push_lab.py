@@ -194,7 +194,7 @@ def test_every_change_of_this_module_is_one_signed_entry_and_the_trail_verifies(
     step("run", operator.name, "--", "true")
     step("group", operator.name, "--name", "line audit")
     step("model", "export", "line-camera@1", str(tmp_path))
-    step("model", "export-key", "--file", str(tmp_path / "fleet.pub"))
+    step("model", "export-key", str(tmp_path / "fleet.pub"))
     step("model", "remove", "press-line@1", "--yes")
     step("operator", "add", "vic", "--role", "viewer")
     refused = operator.cli("--operator", "vic", "probe", operator.name)
