@@ -55,7 +55,7 @@ def as_unprivileged(code: str, folder: Path) -> str:
 # Every change to the fleet is signed by its operator's key, which lives in the OS keyring: the whole run has one
 # real private gnome-keyring (tests/keyring_daemon.py), and the CLI and window processes the tests start inherit
 # its bus address. Tests that need no keyring at all point their process or backend elsewhere themselves.
-from tests.keyring_daemon import KeyringDaemon, keyring_daemon  # noqa: E402, F401 - needs skip_or_fail above
+from tests.keyring_daemon import KeyringDaemon, keyring_daemon  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import skip_or_fail
-
 KEYRING_PASSWORD = "fleetdesk-test-login"  # the throwaway login keyring of a temp HOME
 
 # A session bus with no service directories: nothing on this machine gets D-Bus-activated behind the
@@ -55,6 +53,8 @@ class KeyringDaemon:
 def _require(binary: str) -> str:
     path = shutil.which(binary)
     if path is None:
+        from tests.conftest import skip_or_fail  # here: tests.conftest imports this module (benchmarks too)
+
         skip_or_fail(f"{binary} is not installed (apt-get install gnome-keyring dbus-x11)")
     return str(path)
 
@@ -126,6 +126,8 @@ def private_keyring(base: Path, *, with_secret_service: bool = True,
         try:
             import secretstorage  # noqa: F401
         except ImportError:
+            from tests.conftest import skip_or_fail
+
             skip_or_fail("the secretstorage package is not installed (pip install secretstorage)")
     home = base / "home"
     runtime = base / "run"
