@@ -18,7 +18,7 @@ from typing import Any
 
 from fleetdesk.cli.options import choose_devices, with_json
 from fleetdesk.cli.output import emit, safe, table, when
-from fleetdesk.cli.session import open_access, with_fleet
+from fleetdesk.cli.session import opened_access, with_fleet
 from fleetdesk.errors import ConfigError, FleetDeskError
 
 EXPORT_FORMAT = "fleetdesk-audit-export/1"
@@ -26,18 +26,11 @@ _AGO = re.compile(r"(\d+)\s*([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
-def _operator_json(op: Any) -> dict[str, Any]:
-    return dict(op.to_dict())
-
-
 # -- whoami ---------------------------------------------------------------------------------------------------
 
 def cmd_whoami(args: argparse.Namespace) -> int:
-    access = open_access(args)
-    try:
+    with opened_access(args) as access:
         me = access.whoami()
-    finally:
-        access.inventory.close()
     scope = ", ".join(me["groups"]) or "the whole fleet"
     text = f"{safe(me['operator'])}: {', '.join(me['roles'])} on {scope}"
     if me["first"]:
@@ -51,11 +44,8 @@ def cmd_whoami(args: argparse.Namespace) -> int:
 # -- operator -------------------------------------------------------------------------------------------------
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    access = open_access(args)
-    try:
+    with opened_access(args) as access:
         return int(_OPERATOR_ACTIONS[args.action](args, access))
-    finally:
-        access.inventory.close()
 
 
 def _groups(text: str | None) -> list[str]:
@@ -64,7 +54,7 @@ def _groups(text: str | None) -> list[str]:
 
 def _op_add(args: argparse.Namespace, access: Any) -> int:
     op = access.add_operator(args.name, args.role, _groups(args.groups))
-    emit(args, _operator_json(op), f"added operator {safe(op.name)} ({', '.join(op.roles)}); their signing key is "
+    emit(args, op.to_dict(), f"added operator {safe(op.name)} ({', '.join(op.roles)}); their signing key is "
                                    "in this laptop's keyring")
     return 0
 
@@ -75,7 +65,7 @@ def _op_list(args: argparse.Namespace, access: Any) -> int:
     rows = [("NAME", "ROLES", "GROUPS", "ADDED", "REMOVED")]
     rows += [(o.name, ",".join(o.roles), ",".join(o.groups) or "(all)", when(o.created_at), when(o.removed_at))
              for o in ops]
-    emit(args, [_operator_json(o) for o in ops], table(rows) if ops else
+    emit(args, [o.to_dict() for o in ops], table(rows) if ops else
          "no operators yet: the first change makes the one who makes it this fleet's admin")
     return 0
 
@@ -88,26 +78,26 @@ def _op_show(args: argparse.Namespace, access: Any) -> int:
     text = "\n".join([f"operator  {safe(op.name)}", f"roles     {', '.join(op.roles)}",
                       f"groups    {', '.join(op.groups) or '(the whole fleet)'}", f"key       {op.public_key}",
                       f"added     {when(op.created_at)}", f"removed   {when(op.removed_at)}"])
-    emit(args, _operator_json(op), text)
+    emit(args, op.to_dict(), text)
     return 0
 
 
 def _op_set_role(args: argparse.Namespace, access: Any) -> int:
     op = access.set_roles(args.name, args.roles, None if args.groups is None else _groups(args.groups))
-    emit(args, _operator_json(op), f"{safe(op.name)} is now {', '.join(op.roles)}"
+    emit(args, op.to_dict(), f"{safe(op.name)} is now {', '.join(op.roles)}"
                                    f" on {', '.join(op.groups) or 'the whole fleet'}")
     return 0
 
 
 def _op_remove(args: argparse.Namespace, access: Any) -> int:
     op = access.remove_operator(args.name)
-    emit(args, _operator_json(op), f"removed operator {safe(op.name)}; their past entries stay theirs")
+    emit(args, op.to_dict(), f"removed operator {safe(op.name)}; their past entries stay theirs")
     return 0
 
 
 def _op_rekey(args: argparse.Namespace, access: Any) -> int:
     op = access.rekey(args.name)
-    emit(args, _operator_json(op), f"{safe(op.name)} has a new signing key, in this laptop's keyring")
+    emit(args, op.to_dict(), f"{safe(op.name)} has a new signing key, in this laptop's keyring")
     return 0
 
 
@@ -131,11 +121,8 @@ def parse_since(text: str) -> datetime:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    access = open_access(args)
-    try:
+    with opened_access(args) as access:
         return int(_AUDIT_ACTIONS[args.action](args, access))
-    finally:
-        access.inventory.close()
 
 
 def _entry_line(e: Any) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from typing import Any
 from fleetdesk.cli.options import with_json
 from fleetdesk.cli.output import emit, safe, table
 from fleetdesk.cli.push import add_push
-from fleetdesk.cli.session import open_access, open_fleet
+from fleetdesk.cli.session import open_fleet, opened_access
 from fleetdesk.errors import ConfigError
 
 EXIT_PROBLEMS = 1
@@ -200,11 +200,8 @@ def cmd_model_verify(args: argparse.Namespace) -> int:
 def cmd_model_export(args: argparse.Namespace) -> int:
     from fleetdesk.model_import import export_model
 
-    access = open_access(args)
-    try:
+    with opened_access(args) as access:
         path = export_model(_store(), access, args.ref, Path(args.dest), profile=args.profile)
-    finally:
-        access.inventory.close()
     emit(args, {"path": str(path), "size_bytes": path.stat().st_size},
          f"wrote {path} ({_mb(path.stat().st_size)}): artifacts/<id>/ and keys/fleet.pub, "
          f"to unpack into a device's FleetDesk root")
@@ -226,11 +223,8 @@ def cmd_model_remove(args: argparse.Namespace) -> int:
             return EXIT_PROBLEMS
     from fleetdesk.model_import import remove_model
 
-    access = open_access(args)
-    try:
+    with opened_access(args) as access:
         _, gone = remove_model(store, access, record.ref)
-    finally:
-        access.inventory.close()
     emit(args, {"removed": record.ref, "artifacts_removed": gone},
          f"removed {record.ref}; {len(gone)} artifact(s) deleted")
     return 0
@@ -239,11 +233,8 @@ def cmd_model_remove(args: argparse.Namespace) -> int:
 def cmd_model_export_key(args: argparse.Namespace) -> int:
     from fleetdesk.model_import import export_fleet_key
 
-    access = open_access(args)
-    try:
+    with opened_access(args) as access:
         pem = export_fleet_key(_store(), access)
-    finally:
-        access.inventory.close()
     if args.file:
         Path(args.file).write_bytes(pem)
         print(f"wrote the fleet's public key to {args.file}", file=sys.stderr)

@@ -11,7 +11,7 @@ from typing import Any
 
 from fleetdesk.cli.options import choose_devices, with_json
 from fleetdesk.cli.output import emit, safe, summary, table, when
-from fleetdesk.cli.session import open_access, with_fleet
+from fleetdesk.cli.session import opened_access, with_fleet
 
 
 def _store() -> Any:
@@ -52,8 +52,7 @@ def cmd_runtime_build(args: argparse.Namespace) -> int:
     from fleetdesk.runtime.wheelhouse import build_runtime
 
     profile = _profile(args.profile)
-    access = open_access(args)
-    try:
+    with opened_access(args) as access:
         access.require("release", "runtime.build", targets=(f"profile:{profile.name}",))
         # Progress goes to stderr always: stdout carries only the result (text or JSON).
         runtime, created = asyncio.run(build_runtime(profile, _store(), requirements=args.requirement or None,
@@ -61,8 +60,6 @@ def cmd_runtime_build(args: argparse.Namespace) -> int:
         if created:
             access.record("runtime.build", targets=(f"runtime:{runtime.id}", f"profile:{profile.name}"),
                           after={"wheels": [w.file for w in runtime.wheels]})
-    finally:
-        access.inventory.close()
     data = {**runtime.to_json(), "created_now": created}
     verb = "built" if created else "already stored (same wheels); nothing copied"
     emit(args, data, f"{verb}: {_runtime_line(runtime)}")
@@ -92,15 +89,12 @@ def cmd_runtime_import_wheel(args: argparse.Namespace) -> int:
     store = _store()
     base = store.get(args.base) if args.base else None
     profile = _profile(args.profile)
-    access = open_access(args)
-    try:
+    with opened_access(args) as access:
         access.require("release", "runtime.import", targets=(f"file:{Path(args.file).name}",))
         runtime, created = import_wheel(Path(args.file), profile, store, base=base)
         if created:
             access.record("runtime.import", targets=(f"runtime:{runtime.id}", f"profile:{profile.name}"),
                           after={"wheel": Path(args.file).name, "base": runtime.base})
-    finally:
-        access.inventory.close()
     data = {**runtime.to_json(), "created_now": created}
     verb = "new runtime" if created else "already stored"
     emit(args, data, f"{verb}: {_runtime_line(runtime)}" + (f" (based on {runtime.base})" if runtime.base else ""))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Callable, Coroutine
+import contextlib
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,10 +35,16 @@ def with_fleet(args: argparse.Namespace, work: Callable[[Fleet], Coroutine[Any, 
     return asyncio.run(go())
 
 
-def open_access(args: argparse.Namespace) -> Access:
-    """The inventory the global options name, as the operator they name; the caller closes `.inventory`."""
+@contextlib.contextmanager
+def opened_access(args: argparse.Namespace) -> Iterator[Access]:
+    """`with opened_access(args) as access:` the inventory the global options name, as the operator they name;
+    closed when the block ends."""
     from fleetdesk.access import Access
     from fleetdesk.config import Settings
     from fleetdesk.inventory import open_inventory
 
-    return Access(open_inventory(Settings.load(args.db).db_url), getattr(args, "operator", None))
+    access = Access(open_inventory(Settings.load(args.db).db_url), getattr(args, "operator", None))
+    try:
+        yield access
+    finally:
+        access.inventory.close()

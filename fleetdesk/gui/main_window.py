@@ -435,6 +435,10 @@ class MainWindow(QMainWindow):
         for action in self.role_actions():
             wanted = action.property("wanted")
             self.gate(action, True if wanted is None else bool(wanted))
+        panel = self.discovery_panel  # its buttons do what the Fleet menu's actions do
+        for button, action in ((panel.browse_button, self.browse_action), (panel.add_button, self.add_action),
+                               (panel.sweep_button, self.sweep_action)):
+            button.setEnabled(action not in self.denied)  # the reason is on the action, in the menu and toolbar
         self.fleet_pane.update_actions()  # the device actions again, by the selection
 
     def gate(self, action: QAction, wanted: bool) -> None:

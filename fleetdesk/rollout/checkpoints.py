@@ -91,23 +91,24 @@ def judge(ops: DeviceOps, trail: Verification, witnesses: Sequence[DeviceWitness
     if not trail.ok:
         return trail
     key = _fleet_key(ops.store.signer)
-    problems: list[tuple[int, str]] = []
+    held: list[tuple[str, int, str]] = []  # (device, seq, hash) of every checkpoint the fleet key signed
     for witness in witnesses:
-        for held in witness.checkpoints:
+        for item in witness.checkpoints:
             try:
-                seq, digest, signature = int(held["seq"]), str(held["hash"]), str(held["signature"])
+                seq, digest, signature = int(item["seq"]), str(item["hash"]), str(item["signature"])
             except (KeyError, TypeError, ValueError):
                 continue
-            if not chain.checkpoint_ok(key, seq, digest, signature):
-                continue  # not this fleet key's: no evidence (the device refuses such checkpoints itself)
-            if seq > trail.head_seq:
-                problems.append((trail.head_seq + 1, f"device {witness.device} holds a checkpoint of entry {seq}, "
-                                 f"but the trail ends at entry {trail.head_seq}: its tail was deleted"))
-                continue
-            entry = ops.fleet.access.audit.entries_at([seq]).get(seq)
-            if entry is None or entry.hash != digest:
-                problems.append((seq, f"entry {seq} is not the one device {witness.device} witnessed: the trail "
-                                      "was rewritten from there on"))
+            if chain.checkpoint_ok(key, seq, digest, signature):  # else no evidence (devices refuse such ones)
+                held.append((witness.device, seq, digest))
+    entries = ops.fleet.access.audit.entries_at([seq for _, seq, _ in held if seq <= trail.head_seq])
+    problems: list[tuple[int, str]] = []
+    for device, seq, digest in held:
+        if seq > trail.head_seq:
+            problems.append((trail.head_seq + 1, f"device {device} holds a checkpoint of entry {seq}, but the trail "
+                                                 f"ends at entry {trail.head_seq}: its tail was deleted"))
+        elif seq not in entries or entries[seq].hash != digest:
+            problems.append((seq, f"entry {seq} is not the one device {device} witnessed: the trail was rewritten "
+                                  "from there on"))
     if not problems:
         return trail
     seq, reason = min(problems)

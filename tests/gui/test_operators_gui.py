@@ -45,8 +45,10 @@ def test_the_window_says_who_acts_and_switching_disables_what_the_role_cannot_do
     session.screenshot(dialog, "switch-operator")
     session.call(lambda: (dialog.setTextValue("vera"), dialog.accept()))
     session.wait(lambda: window.operator_label.text() == "Operator: vera (viewer)", "vera named")
+    session.screenshot(window, "window-as-a-viewer")
     for action in (window.add_action, window.import_action, window.rollout_wizard_action, window.audit_action):
         assert not action.isEnabled(), action.text()
+    assert not window.discovery_panel.browse_button.isEnabled() and not window.discovery_panel.add_button.isEnabled()
     assert "vera (viewer) may not import, remove and export models" in window.import_action.toolTip()
     assert "release-manager or admin" in window.import_action.toolTip()
     assert window.bridge.fleet.access.name == "vera"  # the core acts as vera now: it checks her roles again
