@@ -36,6 +36,7 @@ from fleetdesk.profiles import ProfileSet, load_profiles
 from fleetdesk.profiles.matcher import ProfileMatch, match_profile
 from fleetdesk.profiles.schema import Profile
 from fleetdesk.reach import DeviceLayout, DeviceReach, Stamp, device_root, files_stamp, recently_changed
+from fleetdesk.text import visible_text
 from fleetdesk.transport import credentials, sshconfig
 from fleetdesk.transport.asyncssh_transport import fetch_host_key
 from fleetdesk.transport.hostkey import PublicKey
@@ -48,6 +49,7 @@ from fleetdesk.transport.target import SSHTarget
 PROBE_TIMEOUT = 60.0
 REACH_THREADS = 4  # areach(): reads of the inventory and the ssh config at once, off the loop
 DEFAULT_USER = "root"
+MAX_NAME = 128  # characters of a device name an operator types (an mDNS label is at most 63 bytes)
 
 
 @dataclass(frozen=True)
@@ -224,11 +226,16 @@ class Fleet:
         run: list[DiscoveryEvent] = []
 
         def flush() -> None:
-            devices = self.inventory.record_sightings([e.sighting for e in run])
+            added: set[int] = set()
+            devices = self.inventory.record_sightings([e.sighting for e in run], added=added)
             for event, device in zip(run, devices, strict=True):
                 self._live_services.setdefault(device.id, set()).add(_service_key(event))
             results.extend(devices)
             run.clear()
+            if added:  # a device the fleet did not know is a change: who was browsing answers for it
+                new = sorted({d.id: d for d in devices if d.id in added}.values(), key=lambda d: d.id)
+                self.access.record("device.discover", targets=tuple(f"device:{d.id}" for d in new),
+                                   after={"source": "mdns", "devices": [d.name for d in new]})
 
         for event in events:
             if event.kind in ("seen", "updated"):
@@ -259,6 +266,12 @@ class Fleet:
         and tells `on_state` when the inventory refuses writes (held and retried) and when it records again."""
         return DiscoveryRecorder(self.apply_discovery_events, on_device, on_state)
 
+    async def allow_discovery(self, interfaces: Iterable[str] | None = None) -> None:
+        """Whether the acting operator may browse for devices (which records the ones found): AccessDeniedError,
+        audited, if not. Every browse asks before it starts, the window's as well as `fleetdesk discover`."""
+        await self._allow("operate", "device.discover",
+                          targets=tuple(f"interface:{i}" for i in interfaces or ()) or ("interface:all",))
+
     async def discover(self, interfaces: Iterable[str] | None = None, timeout: float = 3.0, *,
                        on_device: Callable[[Device], None] | None = None,
                        on_state: Callable[[RecordingState], None] | None = None) -> list[Device]:
@@ -267,6 +280,7 @@ class Fleet:
         An inventory that still refuses writes when the browse ends raises InventoryUnavailableError."""
         if not 0 < timeout <= 600:
             raise ConfigError(f"a browse time of {timeout} s is out of range", fix="use 1 to 600 seconds")
+        await self.allow_discovery(interfaces)
         found: dict[int, Device] = {}
 
         def seen(device: Device) -> None:
@@ -479,6 +493,20 @@ class Fleet:
         self.access.record(action, targets=(f"group:{group.name}", *(f"device:{i}" for i in ids)),
                            after={"devices": len(ids)})
         return group
+
+    def rename(self, device: Device, name: str) -> Device:
+        """Call a device something else (its id, keys, groups and history stay): what the operator knows it by."""
+        wanted = name.strip()
+        if not wanted or len(wanted) > MAX_NAME or not wanted.isprintable():
+            raise ConfigError(f"{visible_text(wanted)!r} cannot be a device name",
+                              device=device.name, step="rename",
+                              fix=f"use 1 to {MAX_NAME} printable characters, e.g. line2-pi-07")
+        self.access.require("operate", "device.rename", devices=(device,))
+        renamed = self.inventory.rename(device.id, wanted)
+        if renamed.name != device.name:
+            self.access.record("device.rename", targets=(f"device:{device.id}",), before={"name": device.name},
+                               after={"name": renamed.name})
+        return renamed
 
     def remove_devices(self, devices: Sequence[Device]) -> None:
         """Take devices out of the inventory (their rollouts' history and their audit entries stay)."""

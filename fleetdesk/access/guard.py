@@ -13,23 +13,29 @@ inventory's thread.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import getpass
+import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
+from fleetdesk import chain
 from fleetdesk.access import roles as rl
 from fleetdesk.access.keys import OperatorKey
-from fleetdesk.errors import AccessDeniedError, AccessError
+from fleetdesk.access.verify import Verification, fleet_key_b64, verify_trail
+from fleetdesk.errors import AccessDeniedError, AccessError, FleetDeskError
 from fleetdesk.inventory.audit import (
+    AuditCheckpoint,
     AuditDraft,
     AuditEntry,
     AuditRepo,
     Operator,
     OperatorRepo,
+    Signer,
     add_operator,
     update_operator,
 )
@@ -37,10 +43,23 @@ from fleetdesk.inventory.records import Device
 from fleetdesk.inventory.repository import Inventory
 from fleetdesk.text import visible_text
 
-__all__ = ["Access", "operator_name"]
+__all__ = ["CHECKPOINT_EVERY", "Access", "FleetKey", "operator_name"]
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 FLEET_ID_LENGTH = 16  # hex digits of the genesis hash that name the fleet in keyring accounts
+CHECKPOINT_EVERY = 100  # entries: every hundredth is signed as a checkpoint, whatever else makes them
+
+
+class FleetKey(Protocol):
+    """The fleet signing key (fleetdesk.artifacts.signing.FleetSigningKey), as checkpoints need it."""
+
+    def exists(self) -> bool: ...
+
+    def public_pem(self) -> bytes: ...
+
+    def sign(self, data: bytes) -> bytes: ...
 
 
 def operator_name(name: str) -> str:
@@ -76,6 +95,7 @@ class Access:
         self.name = operator_name((operator or "").strip() or default_operator())
         self._fleet_id: str | None = None
         self._lock = threading.Lock()  # one bootstrap at a time in this process
+        self._fleet_key: FleetKey | None = None
 
     # -- who -------------------------------------------------------------------------------------------
 
@@ -155,7 +175,44 @@ class Access:
                after: Any = None) -> AuditEntry:
         """Append the signed entry of what the acting operator did (the first admin is made first if need be)."""
         key = self._key()
-        return self.audit.append(AuditDraft(self.name, action, outcome, tuple(targets), before, after), key)
+        return self._append(AuditDraft(self.name, action, outcome, tuple(targets), before, after), key)
+
+    def sign_checkpoints_with(self, fleet_key: FleetKey | None) -> None:
+        """Sign checkpoints with the fleet key: every CHECKPOINT_EVERY entries, and when asked (`checkpoint`)."""
+        self._fleet_key = fleet_key
+
+    def checkpoint(self) -> AuditCheckpoint | None:
+        """The fleet key's checkpoint of the trail's newest entry, kept in the inventory (to hand to devices and
+        to export); None when there is no fleet key to sign with yet (nothing was signed for a device either)."""
+        if self._fleet_key is None or not self._fleet_key.exists():
+            return None
+        newest = self.audit.entries(limit=1)[0]
+        return self._keep_checkpoint(newest)
+
+    def verify(self) -> Verification:
+        """The whole trail checked (fleetdesk.access.verify), and against the checkpoints the inventory keeps when
+        the fleet key is here. Reads every entry: run it off the loop."""
+        here = self._fleet_key is not None and self._fleet_key.exists()
+        key = fleet_key_b64(self._fleet_key.public_pem()) if here and self._fleet_key is not None else None
+        return verify_trail(self.audit, fleet_key=key)
+
+    def _keep_checkpoint(self, entry: AuditEntry) -> AuditCheckpoint:
+        assert self._fleet_key is not None
+        signature = self._fleet_key.sign(chain.checkpoint_message(entry.seq, entry.hash))
+        made = AuditCheckpoint(entry.seq, entry.hash, base64.b64encode(signature).decode("ascii"))
+        self.audit.keep_checkpoint(made)
+        return made
+
+    def _append(self, draft: AuditDraft, signer: Signer, change: Callable[[Any], object] | None = None) -> AuditEntry:
+        """AuditRepo.append, and the checkpoint every CHECKPOINT_EVERY entries (best effort: a fleet key that cannot
+        sign now never stops the change the entry records; the next checkpoint covers this entry too)."""
+        entry = self.audit.append(draft, signer, change=change)
+        if entry.seq % CHECKPOINT_EVERY == 0 and self._fleet_key is not None and self._fleet_key.exists():
+            try:
+                self._keep_checkpoint(entry)
+            except FleetDeskError as exc:
+                log.warning("no audit checkpoint of entry %d: %s", entry.seq, exc.message)
+        return entry
 
     def whoami(self) -> dict[str, Any]:
         current = self.operator()
@@ -179,10 +236,10 @@ class Access:
         new_key = OperatorKey.create(name, self.fleet_id)
         after = {"name": name, "roles": list(chosen), "groups": sorted(set(groups)), "key": new_key.key}
         made: list[Operator] = []
-        self.audit.append(AuditDraft(self.name, "operator.add", "ok", (f"operator:{name}",),
-                                     None if existing is None else existing.to_dict(), after),
-                          self._key(), change=lambda s: made.append(
-                              add_operator(s, name, chosen, sorted(set(groups)), new_key.key)))
+        self._append(AuditDraft(self.name, "operator.add", "ok", (f"operator:{name}",),
+                                None if existing is None else existing.to_dict(), after),
+                     self._key(), change=lambda s: made.append(
+                         add_operator(s, name, chosen, sorted(set(groups)), new_key.key)))
         return made[0]
 
     def set_roles(self, name: str, roles: Sequence[str], groups: Sequence[str] | None = None) -> Operator:
@@ -193,10 +250,10 @@ class Access:
                  "groups": sorted(set(groups)) if groups is not None else list(before.groups)}
         self._refuse_last_admin(before, chosen)
         made: list[Operator] = []
-        self.audit.append(AuditDraft(self.name, "operator.set-role", "ok", (f"operator:{name}",),
-                                     {"roles": list(before.roles), "groups": list(before.groups)}, after),
-                          self._key(), change=lambda s: made.append(
-                              update_operator(s, name, roles=chosen, groups=after["groups"])))
+        self._append(AuditDraft(self.name, "operator.set-role", "ok", (f"operator:{name}",),
+                                {"roles": list(before.roles), "groups": list(before.groups)}, after),
+                     self._key(), change=lambda s: made.append(
+                         update_operator(s, name, roles=chosen, groups=after["groups"])))
         return made[0]
 
     def remove_operator(self, name: str) -> Operator:
@@ -205,9 +262,9 @@ class Access:
         before = self._existing(name)
         self._refuse_last_admin(before, ())
         made: list[Operator] = []
-        self.audit.append(AuditDraft(self.name, "operator.remove", "ok", (f"operator:{name}",),
-                                     {"roles": list(before.roles), "key": before.public_key}, None),
-                          self._key(), change=lambda s: made.append(update_operator(s, name, removed=True)))
+        self._append(AuditDraft(self.name, "operator.remove", "ok", (f"operator:{name}",),
+                                {"roles": list(before.roles), "key": before.public_key}, None),
+                     self._key(), change=lambda s: made.append(update_operator(s, name, removed=True)))
         return made[0]
 
     def rekey(self, name: str) -> Operator:
@@ -218,9 +275,9 @@ class Access:
         new_key = OperatorKey.create(name, self.fleet_id)
         made: list[Operator] = []
         signer = new_key if name == self.name else self._key()
-        self.audit.append(AuditDraft(self.name, "operator.key", "ok", (f"operator:{name}",),
-                                     {"key": before.public_key}, {"name": name, "key": new_key.key}),
-                          signer, change=lambda s: made.append(update_operator(s, name, public_key=new_key.key)))
+        self._append(AuditDraft(self.name, "operator.key", "ok", (f"operator:{name}",),
+                                {"key": before.public_key}, {"name": name, "key": new_key.key}),
+                     signer, change=lambda s: made.append(update_operator(s, name, public_key=new_key.key)))
         return made[0]
 
     # -- plumbing -----------------------------------------------------------------------------------------
@@ -257,8 +314,8 @@ class Access:
         key = OperatorKey.load(self.name, self.fleet_id) or OperatorKey.create(self.name, self.fleet_id)
         after = {"name": self.name, "roles": ["admin"], "groups": [], "key": key.key, "first": True}
         try:
-            self.audit.append(AuditDraft(self.name, "operator.add", "ok", (f"operator:{self.name}",), None, after),
-                              key, change=lambda s: add_operator(s, self.name, ("admin",), (), key.key))
+            self._append(AuditDraft(self.name, "operator.add", "ok", (f"operator:{self.name}",), None, after),
+                         key, change=lambda s: add_operator(s, self.name, ("admin",), (), key.key))
         except AccessError:
             # Another process made the first admin meanwhile: act as whoever that makes us.
             if self.operator() is None:

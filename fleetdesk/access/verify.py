@@ -12,16 +12,20 @@ chained on the calling thread.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import base64
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from fleetdesk import chain
 from fleetdesk.inventory.audit import GENESIS_ACTION as GENESIS
-from fleetdesk.inventory.audit import AuditEntry, AuditRepo
+from fleetdesk.inventory.audit import AuditCheckpoint, AuditEntry, AuditRepo
 
-__all__ = ["Verification", "verify_entries", "verify_trail"]
+__all__ = ["Verification", "against_checkpoints", "fleet_key_b64", "verify_entries", "verify_trail"]
 
 OPERATOR_ACTIONS = ("operator.add", "operator.set-role", "operator.remove", "operator.key")
 THREADS = 2
@@ -136,9 +140,48 @@ def verify_entries(batches: Iterable[Sequence[AuditEntry]], legacy: Sequence[dic
     return Verification(True, checked, expected - 1, head)
 
 
-def verify_trail(repo: AuditRepo, *, threads: int = THREADS) -> Verification:
-    """Check the inventory's whole audit trail."""
-    return verify_entries(repo.walk(), repo.legacy_rows(), threads=threads)
+def verify_trail(repo: AuditRepo, *, threads: int = THREADS, fleet_key: str | None = None) -> Verification:
+    """Check the inventory's whole audit trail; with the fleet key (base64 raw) also against the checkpoints the
+    inventory keeps (a trail rewritten without them still contradicts them)."""
+    result = verify_entries(repo.walk(), repo.legacy_rows(), threads=threads)
+    if fleet_key is None:
+        return result
+    return against_checkpoints(result, [("the inventory's checkpoint", c) for c in repo.checkpoints()], fleet_key,
+                               repo.entries_at)
+
+
+def fleet_key_b64(public_pem: bytes) -> str:
+    """The fleet key's public half (PEM, as keys/fleet.pub holds it) as checkpoints are checked against: base64 raw."""
+    public = serialization.load_pem_public_key(public_pem)
+    if not isinstance(public, Ed25519PublicKey):
+        raise ValueError("the fleet key is not an Ed25519 key")
+    return base64.b64encode(public.public_bytes_raw()).decode("ascii")
+
+
+def against_checkpoints(trail: Verification, held: Iterable[tuple[str, AuditCheckpoint]], fleet_key: str,
+                        entries_at: Callable[[list[int]], Mapping[int, AuditEntry]]) -> Verification:
+    """The trail's verification, failed at the first entry a checkpoint contradicts.
+
+    `held` pairs who holds a checkpoint ("device cam-3", "the inventory") with it; only checkpoints the fleet key
+    (`fleet_key`, base64 raw) signed count as evidence. An entry a checkpoint covers must still be in the trail with
+    the same hash, and a checkpoint past the trail's end means its tail was deleted.
+    """
+    if not trail.ok:
+        return trail
+    signed = [(holder, c) for holder, c in held if chain.checkpoint_ok(fleet_key, c.seq, c.hash, c.signature)]
+    entries = entries_at(sorted({c.seq for _, c in signed if c.seq <= trail.head_seq}))
+    problems: list[tuple[int, str]] = []
+    for holder, c in signed:
+        if c.seq > trail.head_seq:
+            problems.append((trail.head_seq + 1, f"{holder} holds a checkpoint of entry {c.seq}, but the trail ends "
+                                                 f"at entry {trail.head_seq}: its tail was deleted"))
+        elif c.seq not in entries or entries[c.seq].hash != c.hash:
+            problems.append((c.seq, f"entry {c.seq} is not the one {holder} witnessed: the trail was rewritten "
+                                    "from there on"))
+    if not problems:
+        return trail
+    seq, reason = min(problems)
+    return Verification(False, trail.checked, trail.head_seq, trail.head_hash, seq, reason)
 
 
 def _structure(entry: AuditEntry, expected: int, prev_hash: str, legacy: Sequence[dict[str, Any]]) -> str | None:

@@ -34,6 +34,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     discovery.add_sweep,
     trust.add_trust,
     devices.add_probe,
+    devices.add_rename,
     devices.add_group,
     devices.add_run,
     runtime.add_runtime,

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from fleetdesk.cli.output import emit, safe, table, when
 from fleetdesk.cli.session import opened_access, with_fleet
 from fleetdesk.errors import ConfigError, FleetDeskError
 
-EXPORT_FORMAT = "fleetdesk-audit-export/1"
+EXPORT_FORMAT = "fleetdesk-audit-export/2"  # /2 adds the fleet key and the checkpoints; /1 is still read
 _AGO = re.compile(r"(\d+)\s*([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -158,18 +159,35 @@ def _audit_show(args: argparse.Namespace, access: Any) -> int:
 
 
 def _audit_verify(args: argparse.Namespace, access: Any) -> int:
-    from fleetdesk.access.verify import verify_entries, verify_trail
-
     access.require("audit", "audit.verify")
     if args.with_devices:
         return _verify_with_devices(args)
-    if args.file:
-        legacy, entries = read_export(Path(args.file))
-        result = verify_entries([entries], legacy)
-    else:
-        result = verify_trail(access.audit)
+    result = _verify_export(args) if args.file else access.verify()
     emit(args, result.to_dict(), str(result))
     return 0 if result.ok else 1
+
+
+def _verify_export(args: argparse.Namespace) -> Any:
+    """An export checked with the public keys alone: the operators' (from the trail) and the fleet key's, which
+    `--fleet-key` pins (else the one the export names, a claim the checkpoints are then checked against)."""
+    from fleetdesk.access import against_checkpoints, fleet_key_b64
+    from fleetdesk.access.verify import verify_entries
+
+    export = read_export(Path(args.file))
+    result = verify_entries([export.entries], export.legacy)
+    key = export.fleet_key
+    if args.fleet_key:
+        try:
+            key = fleet_key_b64(Path(args.fleet_key).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the fleet key {args.fleet_key}: {exc}",
+                              fix="give the fleet's public key (PEM) as `fleetdesk model export-key` writes it") \
+                from None
+    if not key:
+        return result
+    by_seq = {e.seq: e for e in export.entries}
+    return against_checkpoints(result, [("the export's checkpoint", c) for c in export.checkpoints], key,
+                               lambda seqs: {s: by_seq[s] for s in seqs if s in by_seq})
 
 
 def _verify_with_devices(args: argparse.Namespace) -> int:
@@ -201,18 +219,27 @@ def _verify_with_devices(args: argparse.Namespace) -> int:
 
 
 def _audit_export(args: argparse.Namespace, access: Any) -> int:
+    from fleetdesk.access import fleet_key_b64
+    from fleetdesk.artifacts.signing import FleetSigningKey
+    from fleetdesk.config import Settings
+
     access.require("audit", "audit.export")
     dest = Path(args.file)
     partial = dest.with_name(dest.name + ".partial")
+    fleet_key = FleetSigningKey.default(Settings.load(args.db))
     count = 0
     try:
         with partial.open("w", encoding="ascii") as out:
-            out.write(json.dumps({"format": EXPORT_FORMAT, "legacy": access.audit.legacy_rows()},
+            out.write(json.dumps({"format": EXPORT_FORMAT, "legacy": access.audit.legacy_rows(),
+                                  "fleet_key": fleet_key_b64(fleet_key.public_pem()) if fleet_key.exists() else None},
                                  sort_keys=True) + "\n")
             for batch in access.audit.walk():
                 for entry in batch:
                     out.write(json.dumps({"entry": entry.to_dict()}, sort_keys=True) + "\n")
                     count += 1
+            checkpoints = access.audit.checkpoints()
+            for checkpoint in checkpoints:
+                out.write(json.dumps({"checkpoint": checkpoint.to_dict()}, sort_keys=True) + "\n")
             out.flush()
             os.fsync(out.fileno())
         partial.replace(dest)
@@ -220,23 +247,40 @@ def _audit_export(args: argparse.Namespace, access: Any) -> int:
         partial.unlink(missing_ok=True)
         raise ConfigError(f"cannot write the audit export {dest}: {exc.strerror or exc}",
                           fix="choose a folder you can write to, with free space") from None
-    access.record("audit.export", targets=(f"file:{dest.name}",), after={"entries": count})
-    emit(args, {"file": str(dest), "entries": count}, f"wrote {count} entries to {dest}")
+    access.record("audit.export", targets=(f"file:{dest.name}",),
+                  after={"entries": count, "checkpoints": len(checkpoints)})
+    emit(args, {"file": str(dest), "entries": count, "checkpoints": len(checkpoints)},
+         f"wrote {count} entries and {len(checkpoints)} checkpoint(s) to {dest}")
     return 0
 
 
-def read_export(path: Path) -> tuple[list[dict[str, Any]], list[Any]]:
-    """The pre-chain rows and the entries of an `audit export` file, ready for verify_entries."""
-    from fleetdesk.inventory.audit import AuditEntry
+@dataclass(frozen=True)
+class Export:
+    """What an `audit export` file holds."""
+
+    legacy: list[dict[str, Any]]
+    entries: list[Any]  # AuditEntry
+    checkpoints: list[Any]  # AuditCheckpoint
+    fleet_key: str | None  # base64 raw, as the file claims it
+
+
+def read_export(path: Path) -> Export:
+    """An `audit export` file, ready for verify_entries and against_checkpoints."""
+    from fleetdesk.inventory.audit import AuditCheckpoint, AuditEntry
 
     try:
         lines = path.read_text(encoding="ascii").splitlines()
         head = json.loads(lines[0]) if lines else {}
-        if head.get("format") != EXPORT_FORMAT:
+        if head.get("format") not in (EXPORT_FORMAT, "fleetdesk-audit-export/1"):
             raise ValueError(f"its first line does not say {EXPORT_FORMAT}")
-        entries = []
+        entries, checkpoints = [], []
         for line in lines[1:]:
-            data = json.loads(line)["entry"]
+            item = json.loads(line)
+            if "checkpoint" in item:
+                c = item["checkpoint"]
+                checkpoints.append(AuditCheckpoint(int(c["seq"]), str(c["hash"]), str(c["signature"])))
+                continue
+            data = item["entry"]
             entries.append(AuditEntry(
                 seq=int(data["seq"]), at=datetime.strptime(data["at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC),
                 operator=data["operator"], action=data["action"], targets_text=_canonical(list(data["targets"])),
@@ -249,7 +293,8 @@ def read_export(path: Path) -> tuple[list[dict[str, Any]], list[Any]]:
     except (ValueError, KeyError, TypeError) as exc:
         raise FleetDeskError(f"{path} is not an audit export FleetDesk can read ({exc})",
                              fix="give the file `fleetdesk audit export` wrote, unchanged") from None
-    return list(head.get("legacy", [])), entries
+    key = head.get("fleet_key")
+    return Export(list(head.get("legacy", [])), entries, checkpoints, key if isinstance(key, str) else None)
 
 
 def _canonical(value: Any) -> str:
@@ -307,6 +352,8 @@ def add_audit(sub: Any) -> None:
     q.add_argument("seq", type=int, metavar="SEQ")
     q = with_json(acts.add_parser("verify", help="check every entry's hash, chain and signature"))
     q.add_argument("--file", metavar="FILE", help="check an `audit export` file instead of the inventory")
+    q.add_argument("--fleet-key", metavar="PEM",
+                   help="with --file: check its checkpoints with this fleet public key, not the one it names")
     q.add_argument("--with-devices", action="store_true",
                    help="also check the trail against the checkpoints devices hold (default: every provisioned one)")
     choose_devices(q)

@@ -120,6 +120,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return with_fleet(args, work)
 
 
+def cmd_rename(args: argparse.Namespace) -> int:
+    async def work(fleet: Any) -> int:
+        device = fleet.inventory.device(args.device)
+        renamed = fleet.rename(device, args.name)
+        emit(args, device_json(fleet, renamed), f"{safe(device.name)} is now {safe(renamed.name)}")
+        return 0
+
+    return with_fleet(args, work)
+
+
 def cmd_group(args: argparse.Namespace) -> int:
     async def work(fleet: Any) -> int:
         if not args.devices:
@@ -182,6 +192,13 @@ def add_probe(sub: Any) -> None:
     p = with_json(sub.add_parser("probe", help="identify devices and match their profiles"))
     choose_devices(p)
     p.set_defaults(func=cmd_probe)
+
+
+def add_rename(sub: Any) -> None:
+    p = with_json(sub.add_parser("rename", help="call a device something else: fleetdesk rename DEVICE NEW_NAME"))
+    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("name", metavar="NEW_NAME")
+    p.set_defaults(func=cmd_rename)
 
 
 def add_group(sub: Any) -> None:

@@ -19,7 +19,9 @@ def open_fleet(args: argparse.Namespace) -> Fleet:
     # Imported here: `fleetdesk lab ...` and `--help` need neither the inventory nor SSH.
     from fleetdesk.fleet import Fleet
 
-    return Fleet.open(args.db, ssh_config=getattr(args, "ssh_config", None), operator=getattr(args, "operator", None))
+    fleet = Fleet.open(args.db, ssh_config=getattr(args, "ssh_config", None), operator=getattr(args, "operator", None))
+    _sign_checkpoints(fleet.access, args)
+    return fleet
 
 
 def with_fleet(args: argparse.Namespace, work: Callable[[Fleet], Coroutine[Any, Any, Any]]) -> int:
@@ -44,7 +46,16 @@ def opened_access(args: argparse.Namespace) -> Iterator[Access]:
     from fleetdesk.inventory import open_inventory
 
     access = Access(open_inventory(Settings.load(args.db).db_url), getattr(args, "operator", None))
+    _sign_checkpoints(access, args)
     try:
         yield access
     finally:
         access.inventory.close()
+
+
+def _sign_checkpoints(access: Access, args: argparse.Namespace) -> None:
+    """Every hundredth audit entry a command appends is signed as a checkpoint with the fleet key."""
+    from fleetdesk.artifacts.signing import FleetSigningKey
+    from fleetdesk.config import Settings
+
+    access.sign_checkpoints_with(FleetSigningKey.default(Settings.load(args.db)))

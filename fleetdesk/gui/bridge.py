@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import time
 
+from fleetdesk.artifacts.signing import FleetSigningKey
+from fleetdesk.config import Settings
 from fleetdesk.fleet import Fleet
 
 from .activities import Activities
@@ -43,6 +45,8 @@ class FleetBridge:
         self.models = ModelsPart(self.context, self.devices)
         self.rollouts = RolloutsPart(self.context, self.devices, self.models)
         self.access = AccessPart(self.context)
+        # Every hundredth audit entry is signed as a checkpoint with the fleet key (fleetdesk.access.guard).
+        fleet.access.sign_checkpoints_with(FleetSigningKey.default(Settings.load()))
 
     async def close(self) -> None:
         """Cancel every activity newest first, then close SSH and the inventory, in that order."""

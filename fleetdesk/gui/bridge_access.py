@@ -12,7 +12,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from fleetdesk.access import Verification, verify_trail
+from fleetdesk.access import Verification
 from fleetdesk.inventory.audit import AuditEntry, AuditFilter
 
 from .activities import Activity
@@ -76,7 +76,7 @@ class AccessPart(QObject):
         async def job(activity: Activity) -> str:
             await self._context.db(self.fleet.access.require, "audit", "audit.verify")
             activity.report(None, "checking every entry's hash, chain and signature")
-            result = await asyncio.to_thread(verify_trail, self.fleet.access.audit)
+            result = await asyncio.to_thread(self.fleet.access.verify)
             then(result)
             return str(result)
 

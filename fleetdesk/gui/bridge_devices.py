@@ -210,6 +210,7 @@ class DevicesPart(QObject):
         where = ", ".join(chosen) if chosen else "all network cards"
 
         async def job(activity: Activity) -> int:
+            await self.fleet.allow_discovery(chosen)  # a refusal ends the activity with its reason, audited
             seen: set[int] = set()
             recovered = ""  # said after the count once the inventory records again, until discovery stops
 
@@ -443,6 +444,17 @@ class DevicesPart(QObject):
         where = "out of" if remove else "in"
         return self.activities.start(f"{verb} {len(devices)} device(s) {where} {name!r}", job,
                                      summarize=lambda g: "done")
+
+    def rename(self, device_id: int, name: str) -> Activity:
+        device = self.chosen([device_id])[0]
+
+        async def job(activity: Activity) -> str:
+            renamed = await self._context.db(self.fleet.rename, device, name)  # checked and audited
+            self.update(renamed)
+            return renamed.name
+
+        return self.activities.start(f"Rename {device.name!r}", job,
+                                     summarize=lambda new: f"now {new!r}")
 
     def remove_devices(self, device_ids: Sequence[int]) -> Activity:
         devices = self.chosen(device_ids)

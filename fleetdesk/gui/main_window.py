@@ -294,6 +294,8 @@ class MainWindow(QMainWindow):
         self.provision_action = self._action("Provision runtime", devices.provision_selected, "Ctrl+Shift+P", "",
                                              "Install the inference runtime and the agent on the selected devices "
                                              "(only what is missing is sent)")
+        self.rename_action = self._action("Rename…", devices.open_rename_dialog, "F2", "",
+                                          "Call the selected device something else")
         self.group_action = self._action("Add to group…", devices.open_group_dialog, "Ctrl+G", "group",
                                          "Put the selected devices in a group")
         self.ungroup_action = self._action("Remove from this group", devices.remove_from_current_group, None, "",
@@ -327,8 +329,8 @@ class MainWindow(QMainWindow):
         self.dark_action.setCheckable(True)
         self.dark_action.setChecked(current_theme() == "dark")
         self.device_menu_actions = (self.probe_action, self.trust_action, self.login_action, self.provision_action,
-                                    self.group_action, self.ungroup_action, self.ssh_action, self.stream_action,
-                                    self.unstream_action, self.remove_action)
+                                    self.rename_action, self.group_action, self.ungroup_action, self.ssh_action,
+                                    self.stream_action, self.unstream_action, self.remove_action)
 
         menus = self.menuBar()
         file_menu = menus.addMenu("&File")
@@ -414,7 +416,8 @@ class MainWindow(QMainWindow):
     def role_actions(self) -> dict[QAction, str]:
         """Each action that changes something, and the permission it needs (the core checks it again)."""
         return {self.browse_action: "operate", self.add_action: "operate", self.sweep_action: "operate",
-                self.probe_action: "operate", self.stream_action: "operate", self.unstream_action: "operate",
+                self.probe_action: "operate", self.rename_action: "operate", self.stream_action: "operate",
+                self.unstream_action: "operate",
                 self.trust_action: "administer", self.login_action: "administer", self.group_action: "administer",
                 self.ungroup_action: "administer", self.remove_action: "administer",
                 self.provision_action: "deploy", self.rollout_wizard_action: "deploy",

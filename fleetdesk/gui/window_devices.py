@@ -179,6 +179,20 @@ class DeviceActions(WindowPart):
         dialog.textValueSelected.connect(lambda name: self.bridge.devices.change_group(ids, name))
         self.window.keep(dialog)
 
+    def open_rename_dialog(self) -> QInputDialog | None:
+        views = self._fleet_pane.selected_views()
+        if len(views) != 1:
+            return None
+        device = views[0].device
+        dialog = QInputDialog(self.widget)
+        dialog.setObjectName("RenameDialog")
+        dialog.setWindowTitle("Rename device")
+        dialog.setLabelText(f"New name for {visible_text(device.name)}:")
+        dialog.setTextValue(device.name)
+        dialog.textValueSelected.connect(lambda name: self.bridge.devices.rename(device.id, name))
+        self.window.keep(dialog)
+        return dialog
+
     def remove_from_current_group(self) -> None:
         ids, group = self._fleet_pane.selected_ids(), self.window.fleet_filter.group
         if ids and group is not None:

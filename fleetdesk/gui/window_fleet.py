@@ -106,6 +106,7 @@ class FleetPane(WindowPart):
             window.gate(action, count > 0)
         window.gate(window.trust_action, count == 1)
         window.gate(window.ssh_action, count == 1)
+        window.gate(window.rename_action, count == 1)
         window.gate(window.ungroup_action, count > 0 and window.fleet_filter.group is not None)
 
     def _show_detail(self, *, fresh: bool) -> None:

@@ -47,6 +47,7 @@ class Window(Protocol):
     browse_action: QAction
     trust_action: QAction
     ssh_action: QAction
+    rename_action: QAction
     ungroup_action: QAction
     device_menu_actions: tuple[QAction, ...]  # the Device menu's actions, also the table's context menu
 

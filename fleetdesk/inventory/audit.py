@@ -26,8 +26,8 @@ from fleetdesk.errors import AccessError, FleetDeskError, InventoryError
 from fleetdesk.inventory import models as orm
 from fleetdesk.inventory.repository import Inventory
 
-__all__ = ["AuditDraft", "AuditEntry", "AuditFilter", "AuditRepo", "Operator", "OperatorRepo", "Signer", "add_operator",
-           "legacy_fields", "stamp", "update_operator"]
+__all__ = ["AuditCheckpoint", "AuditDraft", "AuditEntry", "AuditFilter", "AuditRepo", "Operator", "OperatorRepo",
+           "Signer", "add_operator", "legacy_fields", "stamp", "update_operator"]
 
 GENESIS_ACTION = "audit.genesis"
 HEAD_ID = 1
@@ -52,6 +52,18 @@ class AuditDraft:
     targets: tuple[str, ...] = ()
     before: Any = None  # a JSON value
     after: Any = None  # a JSON value
+
+
+@dataclass(frozen=True)
+class AuditCheckpoint:
+    """The fleet key's signature (base64) of entry `seq`'s hash (fleetdesk.chain.checkpoint_message)."""
+
+    seq: int
+    hash: str
+    signature: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "hash": self.hash, "signature": self.signature}
 
 
 @dataclass(frozen=True)
@@ -242,6 +254,19 @@ class AuditRepo:
     def count(self) -> int:
         with self._session() as session:
             return int(session.scalar(select(func.count()).select_from(orm.AuditEntryRow)) or 0)
+
+    def keep_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
+        """Keep a checkpoint the fleet key signed (one per entry: a second of the same entry changes nothing)."""
+        with self._session(write=True) as session:
+            if session.get(orm.AuditCheckpointRow, checkpoint.seq) is None:
+                session.add(orm.AuditCheckpointRow(seq=checkpoint.seq, hash=checkpoint.hash,
+                                                   signature=checkpoint.signature, made_at=datetime.now(UTC)))
+
+    def checkpoints(self) -> builtins.list[AuditCheckpoint]:
+        """Every checkpoint kept in the inventory, lowest entry first."""
+        with self._session() as session:
+            rows = session.scalars(select(orm.AuditCheckpointRow).order_by(orm.AuditCheckpointRow.seq))
+            return [AuditCheckpoint(r.seq, r.hash, r.signature) for r in rows]
 
     def legacy_rows(self) -> builtins.list[dict[str, Any]]:
         """The audit rows written before the chain, as the genesis entry's digest covers them."""

@@ -409,6 +409,18 @@ class AuditEntryRow(Base):
     signature: Mapped[str] = mapped_column(String(100))  # base64 Ed25519 signature of the hash
 
 
+class AuditCheckpointRow(Base):
+    """A checkpoint: the fleet key's signature of one entry's (seq, hash), as devices are handed it (0008)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(100))  # base64, the fleet key's
+    made_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class AuditHeadRow(Base):
     """The chain's last entry, one row: an append locks it, so two laptops never write the same seq."""
 

@@ -106,8 +106,9 @@ class Inventory:
         """Add or update the device a sighting shows; the same mDNS host name or address means the same device."""
         return self.record_sightings([sighting])[0]
 
-    def record_sightings(self, sightings: Sequence[Sighting]) -> list[Device]:
-        """record_sighting for many, in one transaction (a browse that hears a whole floor at once)."""
+    def record_sightings(self, sightings: Sequence[Sighting], *, added: set[int] | None = None) -> list[Device]:
+        """record_sighting for many, in one transaction (a browse that hears a whole floor at once); the ids of
+        devices this made (not known before) go into `added` when given."""
         for sighting in sightings:
             if not sighting.host_name and not _dedupe(sighting.addresses):
                 raise InventoryError("a sighting with neither an address nor a host name cannot be recorded",
@@ -117,7 +118,7 @@ class Inventory:
             # A device's services arrive together: later sightings of a host name already matched in this
             # batch go to that row without a query (and the autoflush each query would cost).
             by_host: dict[str, DeviceRow] = {}
-            rows = [_record(session, sighting, online=True, recent=by_host) for sighting in sightings]
+            rows = [_record(session, sighting, online=True, recent=by_host, added=added) for sighting in sightings]
             session.flush()
             return [_device(row) for row in rows]
 
@@ -470,7 +471,7 @@ def _match(session: Session, sighting: Sighting, recent: dict[str, DeviceRow] | 
 
 
 def _record(session: Session, sighting: Sighting, *, online: bool, name: str | None = None,
-            recent: dict[str, DeviceRow] | None = None) -> DeviceRow:
+            recent: dict[str, DeviceRow] | None = None, added: set[int] | None = None) -> DeviceRow:
     seen = _utc(sighting.seen_at)
     row = _match(session, sighting, recent)
     ssh_port = _ssh_port(sighting)
@@ -482,6 +483,8 @@ def _record(session: Session, sighting: Sighting, *, online: bool, name: str | N
                         addresses=[], names=[], services=[], host_keys=[], groups=[])
         session.add(row)
         session.flush()
+        if added is not None:
+            added.add(row.id)
     elif ssh_port is not None and sighting.source == "mdns" and row.port != ssh_port:
         # The device itself announces where its SSH listens (it may have been created from another service).
         row.port = ssh_port

@@ -11,31 +11,19 @@ checkpoint. Devices that do not answer are listed, not counted as evidence eithe
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from fleetdesk import chain
-from fleetdesk.access import Verification, verify_trail
-from fleetdesk.artifacts.signing import FleetSigningKey
+from fleetdesk.access import Verification, against_checkpoints, fleet_key_b64
 from fleetdesk.errors import FleetDeskError
+from fleetdesk.inventory.audit import AuditCheckpoint
 from fleetdesk.inventory.records import Device
 from fleetdesk.rollout.device_ops import DeviceOps
 
-__all__ = ["DeviceWitness", "hand_checkpoint", "make_checkpoint", "verify_with_devices"]
+__all__ = ["DeviceWitness", "hand_checkpoint", "verify_with_devices"]
 
 WITNESS_TIMEOUT_S = 15.0  # a checkpoint is small: a device that takes longer is simply not a witness this time
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    seq: int
-    hash: str
-    signature: str  # base64, the fleet key's
 
 
 @dataclass
@@ -47,17 +35,12 @@ class DeviceWitness:
     error: str = ""
 
 
-def make_checkpoint(ops: DeviceOps) -> Checkpoint:
-    """The fleet key's checkpoint of the trail's newest entry (reads the inventory and the keyring: off the loop)."""
-    newest = ops.fleet.access.audit.entries(limit=1)[0]
-    signature = ops.store.signer.sign(chain.checkpoint_message(newest.seq, newest.hash))
-    return Checkpoint(newest.seq, newest.hash, base64.b64encode(signature).decode("ascii"))
-
-
 async def hand_checkpoint(ops: DeviceOps, devices: Sequence[Device]) -> dict[str, str]:
     """Give every device the newest checkpoint, all at once; device name -> "" (kept) or why not. Never raises
     for a device: a rollout action is not undone because a device could not witness it."""
-    checkpoint = await asyncio.to_thread(make_checkpoint, ops)
+    checkpoint = await asyncio.to_thread(ops.fleet.access.checkpoint)
+    if checkpoint is None:
+        return {d.name: "there is no fleet key yet to sign a checkpoint with" for d in devices}
 
     async def one(device: Device) -> tuple[str, str]:
         try:
@@ -80,44 +63,23 @@ async def collect(ops: DeviceOps, devices: Sequence[Device]) -> list[DeviceWitne
     return list(await asyncio.gather(*(one(d) for d in devices)))
 
 
-def _fleet_key(signer: FleetSigningKey) -> str:
-    public = serialization.load_pem_public_key(signer.public_pem())
-    assert isinstance(public, Ed25519PublicKey)
-    return base64.b64encode(public.public_bytes_raw()).decode("ascii")
-
-
 def judge(ops: DeviceOps, trail: Verification, witnesses: Sequence[DeviceWitness]) -> Verification:
     """The trail's verification, failed at the first entry a device's checkpoint contradicts."""
-    if not trail.ok:
-        return trail
-    key = _fleet_key(ops.store.signer)
-    held: list[tuple[str, int, str]] = []  # (device, seq, hash) of every checkpoint the fleet key signed
+    held: list[tuple[str, AuditCheckpoint]] = []
     for witness in witnesses:
         for item in witness.checkpoints:
             try:
-                seq, digest, signature = int(item["seq"]), str(item["hash"]), str(item["signature"])
+                checkpoint = AuditCheckpoint(int(item["seq"]), str(item["hash"]), str(item["signature"]))
             except (KeyError, TypeError, ValueError):
-                continue
-            if chain.checkpoint_ok(key, seq, digest, signature):  # else no evidence (devices refuse such ones)
-                held.append((witness.device, seq, digest))
-    entries = ops.fleet.access.audit.entries_at([seq for _, seq, _ in held if seq <= trail.head_seq])
-    problems: list[tuple[int, str]] = []
-    for device, seq, digest in held:
-        if seq > trail.head_seq:
-            problems.append((trail.head_seq + 1, f"device {device} holds a checkpoint of entry {seq}, but the trail "
-                                                 f"ends at entry {trail.head_seq}: its tail was deleted"))
-        elif seq not in entries or entries[seq].hash != digest:
-            problems.append((seq, f"entry {seq} is not the one device {device} witnessed: the trail was rewritten "
-                                  "from there on"))
-    if not problems:
-        return trail
-    seq, reason = min(problems)
-    return Verification(False, trail.checked, trail.head_seq, trail.head_hash, seq, reason)
+                continue  # no evidence either way (a device keeps only checkpoints the fleet key signed)
+            held.append((f"device {witness.device}", checkpoint))
+    key = fleet_key_b64(ops.store.signer.public_pem())
+    return against_checkpoints(trail, held, key, ops.fleet.access.audit.entries_at)
 
 
 async def verify_with_devices(ops: DeviceOps, devices: Sequence[Device]) -> tuple[Verification,
                                                                                    list[DeviceWitness]]:
     """The whole trail checked, then checked against every checkpoint the devices hold."""
-    trail = await asyncio.to_thread(verify_trail, ops.fleet.access.audit)
+    trail = await asyncio.to_thread(ops.fleet.access.verify)
     witnesses = await collect(ops, devices)
     return await asyncio.to_thread(judge, ops, trail, witnesses), witnesses

@@ -100,6 +100,7 @@ class RolloutEngine:
                  lock_dir: Path | None = None, executor: Executor | None = None) -> None:
         self.fleet = fleet
         self.store = store
+        fleet.access.sign_checkpoints_with(store.signer)  # the checkpoints it hands the devices
         self.repo = repo or RolloutRepo(fleet.inventory)
         self.db = RolloutJournal(self.repo, fleet.inventory, fleet.access, executor)
         self.ops = ops or DeviceOps(fleet, store)

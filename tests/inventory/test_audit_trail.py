@@ -5,6 +5,7 @@ with operator keys in a real gnome-keyring (tests/keyring_daemon.py)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -14,8 +15,10 @@ import pytest
 from sqlalchemy import text
 
 from fleetdesk import chain
-from fleetdesk.access import Access, verify_trail
+from fleetdesk.access import Access, fleet_key_b64, verify_trail
+from fleetdesk.access.guard import CHECKPOINT_EVERY
 from fleetdesk.access.keys import OperatorKey, key_account
+from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.errors import AccessDeniedError, AccessError
 from fleetdesk.inventory import Inventory, open_inventory
 from fleetdesk.inventory.audit import AuditFilter
@@ -309,3 +312,68 @@ def test_the_cli_adds_operators_lists_verifies_and_exports_the_trail(sqlite_url:
 def _fleet_id(url: str) -> str:
     with open_inventory(url) as inventory:
         return Access(inventory, "alice").fleet_id
+
+
+def test_every_hundredth_entry_is_signed_as_a_checkpoint_the_inventory_keeps(admin: Access, tmp_path: Path) -> None:
+    fleet_key = FleetSigningKey(tmp_path / "keys")
+    admin.record("probe", after={"n": 0})  # no fleet key yet: no checkpoint, nothing stops
+    admin.sign_checkpoints_with(fleet_key)
+    assert admin.checkpoint() is None and admin.audit.checkpoints() == []
+    fleet_key.sign(b"made")  # the fleet key exists once something was signed for the fleet
+    while admin.audit.head()[0] < 2 * CHECKPOINT_EVERY + 5:
+        admin.record("probe", after={"n": admin.audit.head()[0]})
+    kept = admin.audit.checkpoints()
+    assert [c.seq for c in kept] == [CHECKPOINT_EVERY, 2 * CHECKPOINT_EVERY]
+    key = fleet_key_b64(fleet_key.public_pem())
+    assert all(chain.checkpoint_ok(key, c.seq, c.hash, c.signature) for c in kept)
+    assert kept[1].hash == admin.audit.entry(2 * CHECKPOINT_EVERY).hash
+    asked = admin.checkpoint()  # as a rollout action asks: the newest entry
+    assert asked is not None and asked.seq == admin.audit.head()[0] and asked in admin.audit.checkpoints()
+    assert admin.verify().ok
+
+    # The tail deleted and the head moved back by hand: the chain alone still verifies, the kept checkpoint does not.
+    cut = 2 * CHECKPOINT_EVERY - 1
+    _sql(admin.inventory, "DELETE FROM audit_entries WHERE seq > :cut", cut=cut)
+    _sql(admin.inventory, "UPDATE audit_head SET seq = :cut, hash = (SELECT hash FROM audit_entries WHERE seq = :cut)",
+         cut=cut)
+    assert verify_trail(admin.audit).ok
+    result = admin.verify()
+    assert not result.ok and result.seq == cut + 1
+    assert f"the inventory's checkpoint holds a checkpoint of entry {2 * CHECKPOINT_EVERY}" in result.reason
+    assert "its tail was deleted" in result.reason
+
+
+def test_an_export_carries_the_checkpoints_and_verifies_with_the_public_keys_alone(
+        sqlite_url: str, keyring_daemon: KeyringDaemon, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = ("--db", sqlite_url, "--operator", "alice")
+    with open_inventory(sqlite_url) as inventory:
+        access = Access(inventory, "alice")
+        fleet_key = FleetSigningKey.default()  # the one the CLI signs with (FLEETDESK_DATA_DIR of this test)
+        access.sign_checkpoints_with(fleet_key)
+        fleet_key.sign(b"made")
+        access.record("device.add", targets=("device:1",))
+        assert access.checkpoint() is not None
+    export, pem = tmp_path / "trail.jsonl", tmp_path / "fleet.pub"
+    pem.write_bytes(fleet_key.public_pem())
+    code, out, _ = _cli(capsys, *db, "audit", "export", str(export), "--json")
+    assert code == 0 and json.loads(out)["checkpoints"] == 1
+    code, out, _ = _cli(capsys, *db, "audit", "verify", "--file", str(export), "--fleet-key", str(pem))
+    assert code == 0 and "verifies" in out
+
+    # Cut the tail off the export (and re-point nothing: an export has no head): its checkpoint names the cut.
+    lines = export.read_text().splitlines()
+    entries = [line for line in lines if '"entry"' in line]
+    checkpoint = json.loads(next(line for line in lines if '"checkpoint"' in line))["checkpoint"]
+    short = [lines[0], *[e for e in entries if json.loads(e)["entry"]["seq"] < checkpoint["seq"]],
+             json.dumps({"checkpoint": checkpoint})]
+    export.write_text("\n".join(short) + "\n")
+    code, out, _ = _cli(capsys, *db, "audit", "verify", "--file", str(export), "--fleet-key", str(pem), "--json")
+    assert code == 1 and "its tail was deleted" in json.loads(out)["reason"]
+
+    # A checkpoint signed by another key is no evidence when the fleet key is pinned; so the forger gains nothing.
+    forged = FleetSigningKey(tmp_path / "other")
+    checkpoint["signature"] = base64.b64encode(forged.sign(chain.checkpoint_message(
+        checkpoint["seq"], checkpoint["hash"]))).decode()
+    export.write_text("\n".join([*short[:-1], json.dumps({"checkpoint": checkpoint})]) + "\n")
+    code, out, _ = _cli(capsys, *db, "audit", "verify", "--file", str(export), "--fleet-key", str(pem))
+    assert code == 0 and "verifies" in out

@@ -86,6 +86,10 @@ def test_discover_puts_each_lab_device_in_the_inventory_once(operator: Operator,
     lab_addresses = {d["address"] for d in fleet.devices}
     ssh_rows = [d for d in devices.values() if d["port"] == 22 and set(d["addresses"]) & lab_addresses]
     assert len(ssh_rows) == len(fleet.devices)
+    # Each device the browse found first is in an audit entry of who browsed, once (a device heard again is not new).
+    found = operator.json("audit", "list", "--action", "device.discover")
+    named = [name for e in found for name in e["after"]["devices"]]
+    assert sorted(named) == sorted(set(named)) and set(named) >= {d["name"] for d in fleet.devices}, found
 
 
 def test_a_new_host_key_is_shown_never_accepted(operator: Operator, fleet: Fleet) -> None:

@@ -172,7 +172,9 @@ def test_every_change_of_this_module_is_one_signed_entry_and_the_trail_verifies(
         fleet: LabFleet, operator: Operator, tmp_path: Path) -> None:
     """The audit trail as this module's laptop left it (enrolment, imports, pushes), then each remaining kind of
     change once through the CLI: each one entry, in order, by the operator who made it; a viewer's probe is
-    refused and audited; `audit verify` passes. (Removing a device is the window's: tests/unit/test_fleet_access.py.)"""
+    refused and audited; `audit verify` passes. (Removing a device is the window's: tests/unit/test_fleet_access.py;
+    discovery's entry is checked in tests/lab/test_cli_fleet.py, provisioning's in tests/lab/test_provision_lab.py,
+    the runtimes' in tests/unit/test_runtime_wheelhouse.py, the rollout actions' in tests/lab/test_rollout_*.)"""
     def trail() -> list[tuple[str, str, str]]:
         proc = operator.cli("audit", "list", "--limit", "1000", "--json")
         assert proc.returncode == 0, proc.stderr
@@ -200,9 +202,12 @@ def test_every_change_of_this_module_is_one_signed_entry_and_the_trail_verifies(
     refused = operator.cli("--operator", "vic", "probe", operator.name)
     assert refused.returncode == 2 and "operator vic (viewer) may not discover and probe devices" in refused.stderr
     step("operator", "remove", "vic")
+    step("add", "198.18.77.77", "--name", "spare-cam")
+    step("rename", "spare-cam", "Prüfstand Linie 4 — Kamera ✓")
     added = trail()[len(so_far):]
     assert added == [(me, "device.run", "ok"), (me, "group.add", "ok"), (me, "model.export", "ok"),
                      (me, "fleet-key.export", "ok"), (me, "model.remove", "ok"), (me, "operator.add", "ok"),
-                     ("vic", "device.probe", "refused"), (me, "operator.remove", "ok")], added
+                     ("vic", "device.probe", "refused"), (me, "operator.remove", "ok"), (me, "device.add", "ok"),
+                     (me, "device.rename", "ok")], added
     verified = step("audit", "verify", "--json")
     assert json.loads(verified.stdout)["ok"] is True

@@ -281,4 +281,9 @@ def test_the_cli_provisions_with_json_and_reports_nothing_to_do(fleet: LabFleet,
     text = subprocess.run([sys.executable, "-m", "fleetdesk", "provision", "--all"], capture_output=True, text=True,
                           timeout=900, env=env, check=False)
     assert text.returncode == 0 and "2 succeeded, 0 failed, 0 unreachable" in text.stdout
+    trail = subprocess.run([sys.executable, "-m", "fleetdesk", "audit", "list", "--action", "device.provision",
+                            "--json"], capture_output=True, text=True, timeout=120, env=env, check=False)
+    provisioned = [(e["outcome"], sorted(e["targets"])) for e in json.loads(trail.stdout)]
+    # One entry per provisioning (the two commands above, newest first), naming both devices.
+    assert [(outcome, len(targets)) for outcome, targets in provisioned[:2]] == [("ok", 2), ("ok", 2)], provisioned
     assert f"{shlex.quote(X86)}: ok in" in text.stdout and "nothing changed" in text.stdout

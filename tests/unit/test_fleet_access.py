@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 from fleetdesk.access import verify_trail
-from fleetdesk.errors import AccessDeniedError
+from fleetdesk.discovery.mdns import DiscoveryEvent
+from fleetdesk.errors import AccessDeniedError, ConfigError, InventoryError
 from fleetdesk.fleet import Fleet
 from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory.audit import AuditFilter
+from fleetdesk.inventory.records import Sighting
 from fleetdesk.profiles import load_profiles
 
 
@@ -87,3 +89,50 @@ def test_a_viewer_is_refused_changes_nothing_and_the_refusal_is_audited(alice: F
     finally:
         asyncio.run(vera.close())
         asyncio.run(otto.close())
+
+
+def test_a_device_found_by_discovery_is_an_entry_and_a_viewer_may_not_browse(alice: Fleet, db: str) -> None:
+    def seen(host: str, address: str) -> DiscoveryEvent:
+        return DiscoveryEvent("seen", Sighting("mdns", (address,), host_name=f"{host}.local.", instance_name=host,
+                                               service_type="_ssh._tcp.local."))
+
+    alice.apply_discovery_events([seen("pi-07", "198.18.1.7"), seen("pi-08", "198.18.1.8")])
+    alice.apply_discovery_events([seen("pi-07", "198.18.1.7")])  # heard again: nothing new, no entry
+    found = alice.access.audit.entries(AuditFilter(action="device.discover"))
+    assert [(e.operator, e.after) for e in found] == [("alice", {"source": "mdns", "devices": ["pi-07", "pi-08"]})]
+    assert set(found[0].targets) == {f"device:{d.id}" for d in alice.inventory.devices()}
+
+    alice.access.add_operator("vera", ["viewer"])
+    vera = _as(db, "vera")
+    try:
+        with pytest.raises(AccessDeniedError, match="operator vera \\(viewer\\) may not discover"):
+            asyncio.run(vera.discover(["198.18.1.1"], timeout=1))
+        refused = vera.access.audit.entries(AuditFilter(action="device.discover"))[0]
+        assert (refused.operator, refused.outcome, refused.targets) == ("vera", "refused", ("interface:198.18.1.1",))
+    finally:
+        asyncio.run(vera.close())
+
+
+def test_a_rename_is_checked_and_audited_with_both_names(alice: Fleet, db: str) -> None:
+    press = asyncio.run(alice.add("198.18.3.10", name="press-cam"))
+    asyncio.run(alice.add("198.18.3.11", name="drill-cam"))
+    renamed = alice.rename(press, "Prüfstand Linie 4 — Kamera ✓")
+    assert alice.inventory.device(press.id).name == renamed.name == "Prüfstand Linie 4 — Kamera ✓"
+    entry = alice.access.audit.entries(AuditFilter(action="device.rename"))[0]
+    assert (entry.targets, entry.before, entry.after) == (
+        (f"device:{press.id}",), {"name": "press-cam"}, {"name": "Prüfstand Linie 4 — Kamera ✓"})
+    for bad in ("", "   ", "cam\x1b[2Jera", "x" * 129):
+        with pytest.raises(ConfigError, match="cannot be a device name"):
+            alice.rename(renamed, bad)
+    with pytest.raises(InventoryError, match="already used by device"):
+        alice.rename(renamed, "drill-cam")
+
+    alice.access.add_operator("vera", ["viewer"])
+    vera = _as(db, "vera")
+    try:
+        with pytest.raises(AccessDeniedError, match="may not discover and probe devices"):
+            vera.rename(renamed, "vera-cam")
+        assert alice.inventory.device(press.id).name == renamed.name
+    finally:
+        asyncio.run(vera.close())
+    assert verify_trail(alice.access.audit).ok

@@ -51,7 +51,10 @@ def _bench(figures: Mapping[str, float], device: str = "dev-01"):
 def test_cpu_profile_device_figures_decide_and_slower_int8_is_rejected_naming_both(cnn, profiles, tmp_path) -> None:
     samples = load_samples(cnn, None, count=6)
     bench = _bench({BASELINE: 10.0, "graph": 9.9, "int8-static": 4.0, "int8-dynamic": 31.0}, device="rpi4-01")
-    report = optimize_model(cnn, samples, [profiles["rpi4"]], tmp_path, device_bench=bench)
+    # A tolerance both int8 variants meet whatever the installed onnxruntime's quantizer makes of this CNN (1.32's
+    # dynamic int8 drifts to cosine 0.9898): this test is about the speed rule; the next but one is about accuracy.
+    loose = Tolerance(max_abs_error=0.1, min_cosine=0.95, min_top1_agreement=0.5)
+    report = optimize_model(cnn, samples, [profiles["rpi4"]], tmp_path, device_bench=bench, tolerance=loose)
     result = report.profile("rpi4")
     assert result is not None and result.chosen == "int8-static"
     assert [v.recipe for v in result.variants] == [BASELINE, "graph", "int8-static", "int8-dynamic"]

@@ -273,3 +273,9 @@ def test_the_cli_builds_lists_shows_and_imports(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     imported = json.loads(ok.stdout)
     assert imported["base"] == built["id"] and "packaging==24.1" in imported["requirements"]
+
+    # One audit entry per runtime made (the second build stored nothing and changed nothing; the refusal of the
+    # wrong wheel changed nothing either).
+    trail = json.loads(cli("audit", "list", "--action", "runtime.", "--json").stdout)
+    assert [(e["action"], e["targets"][0]) for e in reversed(trail)] == [
+        ("runtime.build", f"runtime:{built['id']}"), ("runtime.import", f"runtime:{imported['id']}")]
