@@ -1,0 +1,199 @@
+"""The health report over a period (default: the 7 days up to the newest minute kept): per device and per group
+CPU, GPU, memory, temperature and inference latency (p50 / p95 / max) from the per-minute history, availability
+(the share of the period with telemetry) and the longest outage; hourly fleet charts; alerts and stream incidents.
+
+Percentiles are over the minutes' averages (nearest rank); "max" is the highest value any sample of the period
+reached. A device's period starts no earlier than the moment it entered the inventory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from fleetdesk.inventory import Device, Inventory
+from fleetdesk.inventory.telemetry_repo import MinuteSummary, TelemetryRepo
+from fleetdesk.reports.document import Cell, Chart, Column, Fact, Report, Series, Table, stamp
+from fleetdesk.reports.selection import Filters, chosen_devices, period, scope_text
+
+MINUTE = timedelta(minutes=1)
+# (history metric, the words a column uses): what the report summarises, in this order.
+METRICS = (("cpu_pct", "CPU %"), ("gpu_pct", "GPU %"), ("mem_pct", "Memory %"), ("temp_c", "Temp °C"),
+           ("latency_p95_ms", "Latency ms"))
+EVENT_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class Figures:
+    p50: float | None
+    p95: float | None
+    max: float | None
+
+
+@dataclass(frozen=True)
+class DeviceHealth:
+    name: str
+    groups: tuple[str, ...]
+    minutes: int  # minutes with telemetry in the device's part of the period
+    availability: float | None  # percent of that part with telemetry
+    longest_outage_min: int
+    figures: dict[str, Figures]
+    alerts: int
+    incidents: int
+
+
+def percentile(ordered: Sequence[float], share: float) -> float | None:
+    """Nearest-rank percentile of sorted values (None for none)."""
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def device_health(device: Device, minutes: Sequence[MinuteSummary], since: datetime, until: datetime,
+                  hours: dict[str, list[list[float]]], hour_zero: datetime) -> DeviceHealth:
+    """One device's figures; adds its minutes to the fleet's hourly sums (`hours[metric][hour] = [sum, n]`)."""
+    start = max(since, device.first_seen.replace(second=0, microsecond=0))
+    expected = max(0, math.ceil((until - start) / MINUTE))
+    values: dict[str, list[float]] = {m: [] for m, _ in METRICS}
+    highs: dict[str, float | None] = {m: None for m, _ in METRICS}
+    longest, previous = 0, start - MINUTE
+    for summary in minutes:
+        longest = max(longest, int((summary.minute - previous) / MINUTE) - 1)
+        previous = summary.minute
+        hour = int((summary.minute - hour_zero).total_seconds() // 3600)
+        for metric, _ in METRICS:
+            value, high = summary.avg.get(metric), summary.max.get(metric)
+            if value is not None:
+                values[metric].append(value)
+                cell = hours[metric][hour]
+                cell[0] += value
+                cell[1] += 1
+            before = highs[metric]
+            if high is not None:
+                highs[metric] = high if before is None else max(before, high)
+    longest = max(longest, int((until - previous) / MINUTE) - 1) if expected else 0
+    figures = {}
+    for metric, _ in METRICS:
+        ordered = sorted(values[metric])
+        figures[metric] = Figures(percentile(ordered, 0.5), percentile(ordered, 0.95), highs[metric])
+    return DeviceHealth(device.name, device.groups, len(minutes),
+                        round(100.0 * len(minutes) / expected, 2) if expected else None, max(0, longest), figures,
+                        0, 0)
+
+
+def health_report(inventory: Inventory, filters: Filters) -> Report:
+    devices = chosen_devices(inventory, filters)
+    repo = TelemetryRepo.of(inventory)
+    latest = [d.last_seen for d in devices]
+    since, until = period(filters, [m.replace(second=0, microsecond=0) + MINUTE for m in latest if m])
+    hour_zero = since.replace(minute=0, second=0, microsecond=0)
+    hour_count = max(1, math.ceil((until - hour_zero) / timedelta(hours=1)))
+    hours = {m: [[0.0, 0] for _ in range(hour_count)] for m, _ in METRICS}
+    events = [e for e in repo.events(since=since, limit=EVENT_LIMIT) if e.at < until]
+    per_device_events: dict[int, list[str]] = defaultdict(list)
+    for e in events:
+        if e.device_id is not None:
+            per_device_events[e.device_id].append(e.kind)
+    found: list[DeviceHealth] = []
+    for device in devices:
+        health = device_health(device, repo.minutes(device.id, since, until), since, until, hours, hour_zero)
+        kinds = per_device_events.get(device.id, [])
+        found.append(DeviceHealth(**{**health.__dict__, "alerts": kinds.count("alert"),
+                                     "incidents": sum(1 for k in kinds if k != "alert")}))
+
+    columns = [Column("device", "Device", 1.8), Column("groups", "Groups", 1.0), Column("minutes", "Minutes", 0.6),
+               Column("availability_pct", "Avail. %", 0.6), Column("longest_outage_min", "Longest outage min", 0.8)]
+    for metric, words in METRICS:
+        columns += [Column(f"{metric}_p50", f"{words} p50", 0.6), Column(f"{metric}_p95", f"{words} p95", 0.6),
+                    Column(f"{metric}_max", f"{words} max", 0.6)]
+    columns += [Column("alerts", "Alerts", 0.5), Column("incidents", "Stream incidents", 0.6)]
+    rows: list[tuple[Cell, ...]] = []
+    for h in found:
+        cells: list[Cell] = [h.name, ", ".join(h.groups), h.minutes, h.availability, h.longest_outage_min]
+        for metric, _ in METRICS:
+            f = h.figures[metric]
+            cells += [_round(f.p50), _round(f.p95), _round(f.max)]
+        rows.append((*cells, h.alerts, h.incidents))
+
+    group_rows = _groups(found)
+    names = {d.id: d.name for d in devices}
+    chosen = set(names)
+    shown_events = [e for e in sorted(events, key=lambda e: (e.at, e.id)) if e.device_id in chosen]
+    labels = tuple((hour_zero + timedelta(hours=i)).strftime("%m-%d %H:00") for i in range(hour_count))
+
+    def hourly(metric: str) -> tuple[float | None, ...]:
+        return tuple(round(s / n, 2) if n else None for s, n in hours[metric])
+
+    charts = (
+        Chart("load", "Fleet average per hour", "line", labels, (
+            Series("CPU %", hourly("cpu_pct")), Series("GPU %", hourly("gpu_pct")),
+            Series("Memory %", hourly("mem_pct"))), unit="%"),
+        Chart("temperature", "Fleet temperature per hour", "line", labels, (Series("°C", hourly("temp_c")),),
+              unit="°C"),
+        Chart("latency", "Fleet inference latency p95 per hour", "line", labels,
+              (Series("ms", hourly("latency_p95_ms")),), unit="ms"),
+        Chart("outage", "Time without telemetry, by device", "bar", tuple(h.name for h in found),
+              (Series("availability %", tuple(100.0 - (h.availability or 0.0) for h in found)),),
+              unit="% of the period without telemetry"),
+    )
+    measured = [h for h in found if h.minutes]
+    facts = (Fact("Devices", len(found)), Fact("Devices with telemetry in the period", len(measured)),
+             Fact("Minutes of telemetry", sum(h.minutes for h in found)),
+             Fact("Average availability %", _round(sum(h.availability or 0.0 for h in found) / len(found))
+                  if found else None),
+             Fact("Alerts", sum(h.alerts for h in found)), Fact("Stream incidents", sum(h.incidents for h in found)))
+    notes = []
+    if not found:
+        notes.append("There is nothing to report: no device is in the inventory"
+                     + (" for these filters." if filters.group or filters.device else "."))
+    elif not measured:
+        notes.append("No telemetry was kept for these devices in this period.")
+    tables = (
+        Table("devices", "Health by device", tuple(columns), tuple(rows), empty="no device"),
+        Table("groups", "Health by group", GROUP_COLUMNS, tuple(group_rows), empty="no device is in a group"),
+        Table("events", "Alerts and stream incidents", EVENT_COLUMNS, tuple(
+            (stamp(e.at), names.get(e.device_id or -1, ""), e.kind, e.metric, _round(e.value), _round(e.bound),
+             e.message) for e in shown_events), empty="no alert or stream incident in this period"),
+    )
+    return Report("health", "Fleet health", scope_text(filters), since, until, facts, charts, tables, tuple(notes),
+                  filters.to_dict())
+
+
+GROUP_COLUMNS = (Column("group", "Group", 1.5), Column("devices", "Devices", 0.5),
+                 Column("availability_pct", "Avail. % (mean)", 0.7), Column("worst_availability_pct",
+                                                                            "Avail. % (worst device)", 0.8),
+                 Column("cpu_pct_p95", "CPU % p95 (worst device)", 0.8), Column("temp_c_max", "Temp °C max", 0.7),
+                 Column("latency_p95_ms_p95", "Latency ms p95 (worst device)", 0.9),
+                 Column("latency_p95_ms_max", "Latency ms max", 0.7), Column("alerts", "Alerts", 0.5))
+EVENT_COLUMNS = (Column("at", "At", 1.2), Column("device", "Device", 1.5), Column("kind", "Kind", 0.5),
+                 Column("metric", "Metric", 0.8), Column("value", "Value", 0.5), Column("bound", "Bound", 0.5),
+                 Column("message", "Message", 3.5))
+
+
+def _groups(found: Sequence[DeviceHealth]) -> list[tuple[Cell, ...]]:
+    members: dict[str, list[DeviceHealth]] = defaultdict(list)
+    for h in found:
+        for g in h.groups:
+            members[g].append(h)
+    rows: list[tuple[Cell, ...]] = []
+    for group in sorted(members, key=lambda g: (g.casefold(), g)):
+        hs = members[group]
+        avail = [h.availability for h in hs if h.availability is not None]
+
+        rows.append((group, len(hs), _round(sum(avail) / len(avail)) if avail else None,
+                     _round(min(avail)) if avail else None, _worst(hs, "cpu_pct", "p95"), _worst(hs, "temp_c", "max"),
+                     _worst(hs, "latency_p95_ms", "p95"), _worst(hs, "latency_p95_ms", "max"),
+                     sum(h.alerts for h in hs)))
+    return rows
+
+
+def _worst(found: Sequence[DeviceHealth], metric: str, part: str) -> float | None:
+    values = [getattr(h.figures[metric], part) for h in found if getattr(h.figures[metric], part) is not None]
+    return _round(max(values)) if values else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
