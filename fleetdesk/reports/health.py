@@ -87,8 +87,7 @@ def device_health(device: Device, minutes: Sequence[MinuteSummary], since: datet
 def health_report(inventory: Inventory, filters: Filters) -> Report:
     devices = chosen_devices(inventory, filters)
     repo = TelemetryRepo.of(inventory)
-    latest = [d.last_seen for d in devices]
-    since, until = period(filters, [m.replace(second=0, microsecond=0) + MINUTE for m in latest if m])
+    since, until = period(filters, [d.last_seen for d in devices])
     hour_zero = since.replace(minute=0, second=0, microsecond=0)
     hour_count = max(1, math.ceil((until - hour_zero) / timedelta(hours=1)))
     hours = {m: [[0.0, 0] for _ in range(hour_count)] for m, _ in METRICS}

@@ -19,7 +19,7 @@ body{font-family:"DejaVu Sans",Verdana,Arial,sans-serif;font-size:13px;color:#11
 h1{font-size:20px;margin:0 0 4px}h2{font-size:15px;margin:22px 0 6px;border-bottom:1px solid #ccc}
 .meta{color:#444;margin:2px 0}.note{background:#fff4d6;border:1px solid #e6c36a;padding:6px 10px;margin:8px 0}
 table{border-collapse:collapse;margin:4px 0 10px}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;
-vertical-align:top;white-space:pre-wrap;overflow-wrap:anywhere}th{background:#eef2f7}
+vertical-align:top;white-space:pre-wrap;overflow-wrap:break-word}th{background:#eef2f7;white-space:nowrap}
 tr:nth-child(even) td{background:#f8f8f8}td.num{text-align:right}.charts{display:flex;flex-wrap:wrap;gap:12px}
 .charts svg{border:1px solid #ddd;background:#fff}
 .empty{color:#666;font-style:italic}

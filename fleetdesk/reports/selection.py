@@ -65,12 +65,17 @@ def scope_text(filters: Filters) -> str:
 
 def period(filters: Filters, moments: Iterable[datetime | None], *, days: int = DEFAULT_DAYS,
            ) -> tuple[datetime, datetime]:
-    """(since, until): as given, else until = the newest of `moments` and since = `days` before it."""
+    """(since, until), until exclusive: as given; else until = just after the newest of `moments` (to the second,
+    so that moment is in), and since = `days` before until."""
     known = [m for m in moments if m is not None]
-    until = filters.until or (max(known) if known else EPOCH)
-    since = filters.since or (until - timedelta(days=days) if known or filters.until else EPOCH)
-    if filters.since is None and filters.until is None and not known:
-        return EPOCH, EPOCH + timedelta(days=days)
+    newest = (max(known) + timedelta(seconds=1)).replace(microsecond=0) if known else None
+    until = filters.until
+    if until is None:
+        if newest is not None and (filters.since is None or newest > filters.since):
+            until = newest
+        else:
+            until = (filters.since or EPOCH) + timedelta(days=days)
+    since = filters.since or until - timedelta(days=days)
     if since >= until:
         raise ReportError(f"the period from {since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC is empty",
                           fix="give --since earlier than --until (or leave one out)")
