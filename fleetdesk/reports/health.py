@@ -13,9 +13,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
 
 from fleetdesk.inventory import Device, Inventory
-from fleetdesk.inventory.telemetry_repo import MinuteSummary, TelemetryRepo
+from fleetdesk.inventory.telemetry_repo import TelemetryRepo
 from fleetdesk.reports.document import Cell, Chart, Column, Fact, Report, Series, Table, stamp
 from fleetdesk.reports.selection import Filters, chosen_devices, period, scope_text
 
@@ -45,43 +48,41 @@ class DeviceHealth:
     incidents: int
 
 
-def percentile(ordered: Sequence[float], share: float) -> float | None:
-    """Nearest-rank percentile of sorted values (None for none)."""
-    if not ordered:
-        return None
-    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
-
-
-def device_health(device: Device, minutes: Sequence[MinuteSummary], since: datetime, until: datetime,
-                  hours: dict[str, list[list[float]]], hour_zero: datetime) -> DeviceHealth:
-    """One device's figures; adds its minutes to the fleet's hourly sums (`hours[metric][hour] = [sum, n]`)."""
+def device_health(device: Device, rows: Sequence[tuple[Any, ...]], highs: dict[str, float | None],
+                  since: datetime, until: datetime, hours: np.ndarray[Any, Any], hour_zero: datetime,
+                  ) -> DeviceHealth:
+    """One device's figures from its rows (TelemetryRepo.averages over METRICS: the minute in Unix seconds, then
+    the average of each) and maxima; adds its minutes to the fleet's hourly sums and counts
+    (`hours[metric index, 0 | 1, hour]`)."""
     start = max(since, device.first_seen.replace(second=0, microsecond=0))
     expected = max(0, math.ceil((until - start) / MINUTE))
-    values: dict[str, list[float]] = {m: [] for m, _ in METRICS}
-    highs: dict[str, float | None] = {m: None for m, _ in METRICS}
-    longest, previous = 0, start - MINUTE
-    for summary in minutes:
-        longest = max(longest, int((summary.minute - previous) / MINUTE) - 1)
-        previous = summary.minute
-        hour = int((summary.minute - hour_zero).total_seconds() // 3600)
-        for metric, _ in METRICS:
-            value, high = summary.avg.get(metric), summary.max.get(metric)
-            if value is not None:
-                values[metric].append(value)
-                cell = hours[metric][hour]
-                cell[0] += value
-                cell[1] += 1
-            before = highs[metric]
-            if high is not None:
-                highs[metric] = high if before is None else max(before, high)
-    longest = max(longest, int((until - previous) / MINUTE) - 1) if expected else 0
+    # One array for the whole device, None as NaN: weeks of minutes are summed and ranked in numpy.
+    table = np.array(rows, dtype=float).reshape(len(rows), 1 + len(METRICS))
+    longest = 0
+    if expected:
+        edges = np.concatenate(([start.timestamp() - 60], table[:, 0], [until.timestamp()]))
+        longest = int(np.diff(edges).max() // 60) - 1
+    hour = ((table[:, 0] - hour_zero.timestamp()) // 3600).astype(int)
     figures = {}
-    for metric, _ in METRICS:
-        ordered = sorted(values[metric])
-        figures[metric] = Figures(percentile(ordered, 0.5), percentile(ordered, 0.95), highs[metric])
-    return DeviceHealth(device.name, device.groups, len(minutes),
-                        round(100.0 * len(minutes) / expected, 2) if expected else None, max(0, longest), figures,
+    for n, (metric, _) in enumerate(METRICS):
+        averages = table[:, 1 + n]
+        measured = ~np.isnan(averages)
+        hours[n, 0] += np.bincount(hour[measured], weights=averages[measured], minlength=hours.shape[2])
+        hours[n, 1] += np.bincount(hour[measured], minlength=hours.shape[2])
+        p50, p95 = percentiles(averages[measured], (0.5, 0.95))
+        figures[metric] = Figures(p50, p95, highs.get(metric))
+    return DeviceHealth(device.name, device.groups, len(rows),
+                        round(100.0 * len(rows) / expected, 2) if expected else None, max(0, longest), figures,
                         0, 0)
+
+
+def percentiles(values: np.ndarray[Any, Any], shares: Sequence[float]) -> list[float | None]:
+    """Nearest-rank percentiles of unsorted values (None for none)."""
+    if not values.size:
+        return [None] * len(shares)
+    ranks = [max(0, math.ceil(share * values.size) - 1) for share in shares]
+    ordered = np.partition(values, ranks)
+    return [float(ordered[rank]) for rank in ranks]
 
 
 def health_report(inventory: Inventory, filters: Filters) -> Report:
@@ -90,7 +91,9 @@ def health_report(inventory: Inventory, filters: Filters) -> Report:
     since, until = period(filters, [d.last_seen for d in devices])
     hour_zero = since.replace(minute=0, second=0, microsecond=0)
     hour_count = max(1, math.ceil((until - hour_zero) / timedelta(hours=1)))
-    hours = {m: [[0.0, 0] for _ in range(hour_count)] for m, _ in METRICS}
+    hours = np.zeros((len(METRICS), 2, hour_count))
+    metrics = [m for m, _ in METRICS]
+    highest = repo.maxima(metrics, since, until)
     events = [e for e in repo.events(since=since, limit=EVENT_LIMIT) if e.at < until]
     per_device_events: dict[int, list[str]] = defaultdict(list)
     for e in events:
@@ -98,7 +101,8 @@ def health_report(inventory: Inventory, filters: Filters) -> Report:
             per_device_events[e.device_id].append(e.kind)
     found: list[DeviceHealth] = []
     for device in devices:
-        health = device_health(device, repo.minutes(device.id, since, until), since, until, hours, hour_zero)
+        health = device_health(device, repo.averages(device.id, metrics, since, until),
+                               highest.get(device.id, {}), since, until, hours, hour_zero)
         kinds = per_device_events.get(device.id, [])
         found.append(DeviceHealth(**{**health.__dict__, "alerts": kinds.count("alert"),
                                      "incidents": sum(1 for k in kinds if k != "alert")}))
@@ -124,7 +128,9 @@ def health_report(inventory: Inventory, filters: Filters) -> Report:
     labels = tuple((hour_zero + timedelta(hours=i)).strftime("%m-%d %H:00") for i in range(hour_count))
 
     def hourly(metric: str) -> tuple[float | None, ...]:
-        return tuple(round(s / n, 2) if n else None for s, n in hours[metric])
+        sums, counts = hours[metrics.index(metric)]
+        return tuple(round(float(total / count), 2) if count else None
+                     for total, count in zip(sums, counts, strict=True))
 
     charts = (
         Chart("load", "Fleet average per hour", "line", labels, (
