@@ -93,7 +93,6 @@ def health_report(inventory: Inventory, filters: Filters) -> Report:
     hour_count = max(1, math.ceil((until - hour_zero) / timedelta(hours=1)))
     hours = np.zeros((len(METRICS), 2, hour_count))
     metrics = [m for m, _ in METRICS]
-    highest = repo.maxima(metrics, since, until)
     events = [e for e in repo.events(since=since, limit=EVENT_LIMIT) if e.at < until]
     per_device_events: dict[int, list[str]] = defaultdict(list)
     for e in events:
@@ -102,7 +101,7 @@ def health_report(inventory: Inventory, filters: Filters) -> Report:
     found: list[DeviceHealth] = []
     for device in devices:
         health = device_health(device, repo.averages(device.id, metrics, since, until),
-                               highest.get(device.id, {}), since, until, hours, hour_zero)
+                               repo.maxima(device.id, metrics, since, until), since, until, hours, hour_zero)
         kinds = per_device_events.get(device.id, [])
         found.append(DeviceHealth(**{**health.__dict__, "alerts": kinds.count("alert"),
                                      "incidents": sum(1 for k in kinds if k != "alert")}))

@@ -54,8 +54,8 @@ def test_reports_read_averages_as_unix_minutes_and_maxima_per_device(inventory: 
     start = int(T0.timestamp())
     assert repo.averages(a.id, ["cpu_pct", "temp_c"], T0, until) == [(start, 0.0, None), (start + 60, 1.0, None)]
     assert repo.averages(b.id, ["cpu_pct"], T0, until) == [(start, None)]
-    assert repo.maxima(["cpu_pct", "temp_c"], T0, until) == {a.id: {"cpu_pct": 6.0, "temp_c": None},
-                                                              b.id: {"cpu_pct": None, "temp_c": None}}
+    assert repo.maxima(a.id, ["cpu_pct", "temp_c"], T0, until) == {"cpu_pct": 6.0, "temp_c": None}
+    assert repo.maxima(b.id, ["cpu_pct"], T0, until) == {"cpu_pct": None}
     with pytest.raises(ValueError, match="no history is kept of disk_pct"):
         repo.averages(a.id, ["disk_pct"], T0, until)
 
