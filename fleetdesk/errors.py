@@ -273,3 +273,11 @@ class AuditChainError(FleetDeskError):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "seq": self.seq, "reason": self.reason}
+
+
+class ReportError(FleetDeskError):
+    """A report cannot be made or written as asked (an empty period, an unwritable path); nothing was written."""
+
+
+class ReportSignatureError(ReportError):
+    """A report's signature is missing, malformed, by another key, or does not match the report's bytes."""

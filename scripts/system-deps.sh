@@ -19,6 +19,9 @@ run_pkgs+=(libx11-6 libx11-xcb1 libxcb1 libxkbcommon-x11-0 libxcb-cursor0 libxcb
 test_pkgs=(iproute2 iptables openssh-server openssh-client debootstrap qemu-user-static binfmt-support zstd
            util-linux mount procps xz-utils systemd
            gnome-keyring dbus-daemon dbus-x11 postgresql)
+# tests/unit/test_reports.py: poppler's pdftotext, pdfinfo and pdftoppm read the PDF reports back; headless
+# chromium opens the HTML report (no script may run) and takes its screenshot.
+test_pkgs+=(poppler-utils chromium)
 # tests/gui/test_real_display.py: a real X server, xwininfo/xprop (x11-utils) and xwd (x11-apps).
 test_pkgs+=(xvfb x11-utils x11-apps)
 

@@ -1,7 +1,7 @@
 """`fleetdesk ...`: every operation FleetDesk offers, scriptable, with --json output.
 
 One module per command group (lab, devices, discovery, trust, runtime, telemetry, models, push, rollout, and
-access: whoami, operator, audit) over `output` (what is printed) and `session` (the fleet a command opens);
+access: whoami, operator, audit; reports) over `output` (what is printed) and `session` (the fleet a command opens);
 COMMANDS below is the one table of them.
 Errors are FleetDeskErrors printed as one line (message and fix) with exit status 2.
 """
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fleetdesk import __version__
-from fleetdesk.cli import access, devices, discovery, lab, models, rollout, runtime, telemetry, trust
+from fleetdesk.cli import access, devices, discovery, lab, models, reports, rollout, runtime, telemetry, trust
 from fleetdesk.errors import FleetDeskError
 
 __all__ = ["COMMANDS", "EXIT_ERROR", "build_parser", "main"]
@@ -47,6 +47,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     access.add_whoami,
     access.add_operator,
     access.add_audit,
+    reports.add_report,
 )
 
 

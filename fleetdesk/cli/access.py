@@ -108,15 +108,16 @@ _OPERATOR_ACTIONS = {"add": _op_add, "list": _op_list, "show": _op_show, "set-ro
 
 # -- audit ----------------------------------------------------------------------------------------------------
 
-def parse_since(text: str) -> datetime:
-    """`--since`: an ISO date or time (this laptop's zone unless it says), or an age such as 90m, 12h, 7d."""
+def parse_since(text: str, option: str = "--since") -> datetime:
+    """`--since` (or `option`): an ISO date or time (this laptop's zone unless it says), or an age such as 90m,
+    12h, 7d."""
     found = _AGO.fullmatch(text.strip())
     if found:
         return datetime.now(UTC) - timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ConfigError(f"--since {text!r} is neither a date nor an age",
+        raise ConfigError(f"{option} {text!r} is neither a date nor an age",
                           fix="give e.g. 2026-12-01, '2026-12-01 08:00', 90m, 12h or 7d") from None
     return (moment if moment.tzinfo else moment.astimezone()).astimezone(UTC)
 

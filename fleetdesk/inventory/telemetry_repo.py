@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, delete, select
+from sqlalchemy import CursorResult, Engine, Integer, delete, extract, func, select
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +24,7 @@ from fleetdesk.inventory.repository import Inventory
 __all__ = ["HISTORY_METRICS", "Event", "MinuteSummary", "TelemetryRepo"]
 
 DEFAULT_EVENT_LIMIT = 200
+FETCH_CHUNK = 2000  # rows per fetch when reading history in bulk
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,42 @@ class TelemetryRepo:
         with self._session() as session:
             return [_summary(row) for row in session.scalars(query.order_by(TelemetryMinuteRow.minute))]
 
+    def averages(self, device_id: int, metrics: Sequence[str], since: datetime, until: datetime,
+                 ) -> list[tuple[Any, ...]]:
+        """The device's minutes from `since` (inclusive) to `until` (exclusive), oldest first, as plain rows: the
+        minute's start in Unix seconds, then the average of each of `metrics` (None where not measured).
+
+        What a report reads weeks of at once: numbers only, no datetime or object per minute (`minutes` gives
+        whole summaries)."""
+        table = TelemetryMinuteRow.__table__
+        # EXTRACT(epoch) on PostgreSQL, STRFTIME('%s') on SQLite (which keeps UTC): both count from 1970 in UTC.
+        columns = [sql_cast(extract("epoch", table.c.minute), Integer), *(table.c[f"{m}_avg"] for m in _known(metrics))]
+        query = (select(*columns).where(table.c.device_id == device_id, table.c.minute >= _aware(since),
+                                        table.c.minute < _aware(until)).order_by(table.c.minute))
+        with self._session() as session:
+            result = cast(CursorResult[Any], session.execute(query))
+            # Every column is a plain number: the driver's own tuples, without a Row object per minute (a week of
+            # a large fleet is millions of rows), fetched in chunks so that a thread reading them lets the event
+            # loop run between two.
+            rows: list[tuple[Any, ...]] = []
+            while result.cursor is not None and (chunk := result.cursor.fetchmany(FETCH_CHUNK)):
+                rows.extend(chunk)
+            return rows
+
+    def maxima(self, device_id: int, metrics: Sequence[str], since: datetime, until: datetime,
+               ) -> dict[str, float | None]:
+        """The highest value of each of `metrics` any sample of the device reached from `since` to `until`.
+
+        One device at a time: that reads the device's own rows by the primary key, where one query grouped by
+        device would visit the whole fleet's rows through the minute index, twice as slow."""
+        table = TelemetryMinuteRow.__table__
+        wanted = _known(metrics)
+        query = select(*(func.max(table.c[f"{m}_max"]) for m in wanted)).where(
+            table.c.device_id == device_id, table.c.minute >= _aware(since), table.c.minute < _aware(until))
+        with self._session() as session:
+            highs = session.execute(query).one()
+        return {m: None if v is None else float(v) for m, v in zip(wanted, highs, strict=True)}
+
     def prune(self, before: datetime) -> tuple[int, int]:
         """Delete minutes and events older than `before`: (minutes, events) deleted."""
         before = _aware(before)
@@ -192,6 +230,13 @@ def _aware(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError("naive datetimes are not accepted: give a timezone-aware one")
     return moment.astimezone(UTC)
+
+
+def _known(metrics: Sequence[str]) -> list[str]:
+    unknown = [m for m in metrics if m not in HISTORY_METRICS]
+    if unknown:
+        raise ValueError(f"no history is kept of {', '.join(unknown)}")
+    return list(metrics)
 
 
 def _utc_minute(moment: datetime) -> datetime:

@@ -44,6 +44,22 @@ def test_minutes_are_written_and_read_back_by_range_oldest_first(inventory: Inve
     assert len(repo.minutes(a.id)) == 4
 
 
+def test_reports_read_averages_as_unix_minutes_and_maxima_per_device(inventory: Inventory,
+                                                                     repo: TelemetryRepo) -> None:
+    """What the health report reads in bulk: plain numbers, the same on both backends."""
+    a, b = inventory.add_device("198.18.1.10"), inventory.add_device("198.18.1.11")
+    repo.write_minutes([_summary(a.id, T0 + timedelta(minutes=i), 60, float(i), float(i) + 5) for i in (0, 1, 3)]
+                       + [_summary(b.id, T0, 10, None)])
+    until = T0 + timedelta(minutes=3)
+    start = int(T0.timestamp())
+    assert repo.averages(a.id, ["cpu_pct", "temp_c"], T0, until) == [(start, 0.0, None), (start + 60, 1.0, None)]
+    assert repo.averages(b.id, ["cpu_pct"], T0, until) == [(start, None)]
+    assert repo.maxima(a.id, ["cpu_pct", "temp_c"], T0, until) == {"cpu_pct": 6.0, "temp_c": None}
+    assert repo.maxima(b.id, ["cpu_pct"], T0, until) == {"cpu_pct": None}
+    with pytest.raises(ValueError, match="no history is kept of disk_pct"):
+        repo.averages(a.id, ["disk_pct"], T0, until)
+
+
 def test_a_minute_written_twice_is_merged_not_duplicated(inventory: Inventory, repo: TelemetryRepo) -> None:
     device = inventory.add_device("198.18.1.10")
     repo.write_minutes([_summary(device.id, T0 + timedelta(seconds=30), 30, 10.0, 20.0)])  # stored at its minute
