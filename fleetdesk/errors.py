@@ -279,5 +279,9 @@ class ReportError(FleetDeskError):
     """A report cannot be made or written as asked (an empty period, an unwritable path); nothing was written."""
 
 
+class ReportCancelledError(ReportError):
+    """The operator cancelled a report before it was written; nothing was written."""
+
+
 class ReportSignatureError(ReportError):
     """A report's signature is missing, malformed, by another key, or does not match the report's bytes."""

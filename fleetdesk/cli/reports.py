@@ -28,22 +28,16 @@ KIND_HELP = {"fleet": "devices by status, profile, runtime and model, then the i
 
 def cmd_report(args: argparse.Namespace) -> int:
     from fleetdesk.artifacts.signing import FleetSigningKey
-    from fleetdesk.reports import PERMISSIONS, Filters, make_report, write_report
+    from fleetdesk.config import Settings
+    from fleetdesk.reports import Filters, ReportRequest, export_report
 
     filters = Filters(group=args.group, device=args.device,
                       since=parse_since(args.since) if args.since else None,
                       until=parse_since(args.until, "--until") if args.until else None)
-    path = Path(args.output)
-    if not path.parent.is_dir():
-        raise ReportError(f"the folder {path.parent} does not exist", fix="create it, or choose another -o PATH")
+    request = ReportRequest(args.kind, filters, args.format, Path(args.output), args.paper,
+                            getattr(args, "rollout_id", None))
     with opened_access(args) as access:
-        access.require(PERMISSIONS[args.kind], "report.export", targets=(f"file:{path.name}",))
-        report = make_report(args.kind, access.inventory, filters, rollout_id=getattr(args, "rollout_id", None))
-        written = write_report(report, args.format, path, FleetSigningKey.default(), paper=args.paper)
-        access.record("report.export", targets=(f"file:{path.name}",),
-                      after={"type": args.kind, "format": args.format, "paper": args.paper,
-                             "since": report.since.isoformat(), "until": report.until.isoformat(),
-                             "filters": report.filters, "signature": written.signature.name})
+        report, written = export_report(access, request, FleetSigningKey.default(Settings.load(args.db)))
     text = (f"wrote the {args.kind} report {written.path} ({written.bytes} bytes"
             + (f" in {len(written.files)} files" if len(written.files) > 1 else "")
             + f"), signed in {written.signature.name} by fleet key {written.key}")

@@ -25,6 +25,7 @@ from .bridge_access import AccessPart
 from .bridge_context import BridgeContext
 from .bridge_devices import DevicesPart
 from .bridge_models import ModelsPart
+from .bridge_reports import ReportsPart
 from .bridge_rollouts import RolloutsPart
 from .bridge_telemetry import TelemetryPart
 
@@ -45,6 +46,7 @@ class FleetBridge:
         self.models = ModelsPart(self.context, self.devices)
         self.rollouts = RolloutsPart(self.context, self.devices, self.models)
         self.access = AccessPart(self.context)
+        self.reports = ReportsPart(self.context, self.models)
         # Every hundredth audit entry is signed as a checkpoint with the fleet key (fleetdesk.access.guard).
         fleet.access.sign_checkpoints_with(FleetSigningKey.default(Settings.load()))
 

@@ -55,6 +55,7 @@ from .dropping import DropOverlay
 from .fleet_model import STATUS_TEXT, FleetFilter, FleetTableModel, plain
 from .icons import app_icon, icon
 from .models_view import ModelsView
+from .reports_dialog import ReportsDialog
 from .rollout_view import RolloutsView
 from .side_panel import DiscoveryPanel, GroupTree
 from .text import tooltip_text
@@ -322,6 +323,9 @@ class MainWindow(QMainWindow):
                                                    "Ctrl+Shift+O", "", "Act as another operator of this fleet")
         self.audit_action = self._action("Audit trail…", self.open_audit_dialog, "Ctrl+Shift+A", "",
                                          "Who changed what, with filters; verify the trail")
+        self.reports_action = self._action("Reports…", self.open_reports_dialog, "Ctrl+P", "",
+                                           "Write a signed fleet, rollout, health, models or audit report "
+                                           "(PDF, HTML, CSV, JSON)")
         self.find_action = self._action("Filter devices", lambda: self.search.setFocus(), "Ctrl+F")
         self.quit_action = self._action("Quit", self.close, QKeySequence.StandardKey.Quit)
         self.dark_action = self._action("Dark theme", lambda on: self.set_theme("dark" if on else "light"),
@@ -338,6 +342,7 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self.switch_operator_action)
         file_menu.addAction(self.audit_action)
+        file_menu.addAction(self.reports_action)
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
         fleet_menu = menus.addMenu("F&leet")
@@ -421,7 +426,8 @@ class MainWindow(QMainWindow):
                 self.trust_action: "administer", self.login_action: "administer", self.group_action: "administer",
                 self.ungroup_action: "administer", self.remove_action: "administer",
                 self.provision_action: "deploy", self.rollout_wizard_action: "deploy",
-                self.recover_action: "deploy", self.import_action: "release", self.audit_action: "audit"}
+                self.recover_action: "deploy", self.import_action: "release", self.audit_action: "audit",
+                self.reports_action: "view"}
 
     def on_operator_changed(self, me: dict[str, Any]) -> None:
         """Say who acts, and disable what their roles cannot do, saying why in the tooltip."""
@@ -477,6 +483,29 @@ class MainWindow(QMainWindow):
             lambda: self._audit_activity(dialog, self.bridge.access.verify(dialog.show_verification)))
         self.keep(dialog)
         dialog.refresh_requested.emit(dialog.query())
+        return dialog
+
+    def open_reports_dialog(self) -> ReportsDialog:
+        dialog = ReportsDialog([g.name for g in self.bridge.devices.groups()], self)
+        running: list[Activity] = []
+
+        def watch(activity: Activity) -> None:
+            running[:] = [activity]
+
+            def ended(finished: Activity) -> None:
+                if finished is activity and finished.state != "succeeded":
+                    dialog.show_problem(finished.summary)
+            self.bridge.activities.finished.connect(ended)
+            activity.changed.connect(lambda: dialog.show_progress(activity.detail) if activity.running else None)
+
+        dialog.preview_requested.connect(lambda request: watch(self.bridge.reports.preview(request,
+                                                                                          dialog.show_preview)))
+        dialog.write_requested.connect(lambda request: watch(self.bridge.reports.write(request, dialog.show_written)))
+        def cancel() -> None:
+            for activity in running:
+                activity.cancel()
+        dialog.cancel_requested.connect(cancel)
+        self.keep(dialog)
         return dialog
 
     def _audit_activity(self, dialog: AuditDialog, activity: Activity) -> None:

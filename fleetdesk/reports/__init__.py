@@ -1,48 +1,23 @@
 """Offline fleet reports in PDF, HTML, CSV and JSON, signed by the fleet key.
 
-`make_report(kind, …)` gathers one report type from the inventory (fleet.py, rollout.py, health.py, models.py,
-audit.py) into a format-free `Report` (document.py); `write_report` renders it (render_*.py), signs it
-(signature.py) and writes it atomically (output.py); `verify_report` checks a written one with the public key.
-Rendering is CPU work: callers on an event loop run it in a thread.
+`export_report(access, ReportRequest(...), key)` is what the CLI and the window call: the permission checked, the
+report gathered, written and signed, the export audited (export.py). `make_report(kind, …)` (gather.py) gathers one
+report type from the inventory (fleet.py, rollout.py, health.py, models.py, audit.py) into a format-free `Report`
+(document.py); `write_report` renders it (render_*.py), signs it (signature.py) and writes it atomically
+(output.py); `verify_report` checks a written one with the public key. Rendering is CPU work: callers on an event
+loop run it in a thread.
 """
 
 from __future__ import annotations
 
-from fleetdesk.artifacts.store import ArtifactStore
-from fleetdesk.errors import ReportError
-from fleetdesk.inventory import Inventory
-from fleetdesk.reports.audit import audit_report
 from fleetdesk.reports.document import KINDS, Report
-from fleetdesk.reports.fleet import fleet_report
-from fleetdesk.reports.health import health_report
-from fleetdesk.reports.models import models_report
+from fleetdesk.reports.export import ReportRequest, export_report, gather_report
+from fleetdesk.reports.gather import PERMISSIONS, make_report
 from fleetdesk.reports.output import FORMATS, WrittenReport, render, write_report
 from fleetdesk.reports.render_pdf import PAPERS
-from fleetdesk.reports.rollout import rollout_report
 from fleetdesk.reports.selection import Filters
 from fleetdesk.reports.signature import VerifiedReport, signature_path, verify_report
 
-__all__ = ["FORMATS", "KINDS", "PAPERS", "Filters", "Report", "VerifiedReport", "WrittenReport", "make_report",
-           "render", "signature_path", "verify_report", "write_report"]
-
-# What reading each report type needs (fleetdesk.access.roles permissions).
-PERMISSIONS = {"fleet": "view", "rollout": "view", "health": "view", "models": "view", "audit": "audit"}
-
-
-def make_report(kind: str, inventory: Inventory, filters: Filters, *, store: ArtifactStore | None = None,
-                rollout_id: int | None = None) -> Report:
-    """Gather report `kind` (one of KINDS) from the inventory (and the artifact store, for model names)."""
-    if kind == "rollout":
-        if rollout_id is None:
-            raise ReportError("a rollout report needs the rollout's id", fix="`fleetdesk report rollout ID`")
-        return rollout_report(inventory, rollout_id, filters)
-    if kind == "health":
-        return health_report(inventory, filters)
-    if kind == "audit":
-        return audit_report(inventory, filters)
-    store = store or ArtifactStore.default()
-    if kind == "fleet":
-        return fleet_report(inventory, store.artifacts(), filters)
-    if kind == "models":
-        return models_report(inventory, store.models(), store.artifacts(), filters)
-    raise ReportError(f"there is no report {kind!r}", fix=f"choose one of {', '.join(KINDS)}")
+__all__ = ["FORMATS", "KINDS", "PAPERS", "PERMISSIONS", "Filters", "Report", "ReportRequest", "VerifiedReport",
+           "WrittenReport", "export_report", "gather_report", "make_report", "render", "signature_path",
+           "verify_report", "write_report"]

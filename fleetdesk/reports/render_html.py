@@ -47,7 +47,7 @@ def render_html(report: Report) -> bytes:
         parts.append("</table>")
     if report.charts:
         parts.append('<div class="charts">')
-        parts += [_svg(chart) for chart in report.charts]
+        parts += [chart_svg(chart) for chart in report.charts]
         parts.append("</div>")
     for table in report.tables:
         parts.append(_table(table))
@@ -69,7 +69,8 @@ def _table(table: Table) -> str:
     return head + "<table>" + "".join(rows) + "</table>"
 
 
-def _svg(chart: Chart) -> str:
+def chart_svg(chart: Chart) -> str:
+    """The chart as inline SVG, as the HTML report shows it (the window's preview draws the same)."""
     height = height_for(chart, CHART_HEIGHT)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{(CHART_WIDTH + 8) * SCALE:.0f}" '
            f'height="{(height + 8) * SCALE:.0f}" viewBox="-4 -4 {CHART_WIDTH + 8} {height + 8}" '
@@ -89,4 +90,4 @@ def _svg(chart: Chart) -> str:
     return "".join(out)
 
 
-__all__ = ["NOTHING", "esc", "render_html"]
+__all__ = ["NOTHING", "chart_svg", "esc", "render_html"]

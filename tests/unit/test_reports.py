@@ -413,3 +413,23 @@ def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_numbers_stay_numb
     from fleetdesk.reports.render_csv import csv_cell
 
     assert csv_cell(cell) == written  # type: ignore[arg-type]
+
+
+def test_a_cancelled_export_writes_nothing_and_audits_nothing(fleet: ReportFleet, tmp_path: Path) -> None:
+    from fleetdesk.access import Access
+    from fleetdesk.artifacts.signing import FleetSigningKey
+    from fleetdesk.errors import ReportCancelledError
+    from fleetdesk.inventory import open_inventory
+    from fleetdesk.reports import Filters, ReportRequest, export_report
+
+    target = tmp_path / "health.pdf"
+    said: list[str] = []
+    with open_inventory(fleet.url) as inventory:
+        access = Access(inventory)
+        before = access.audit.head()
+        with pytest.raises(ReportCancelledError, match="nothing was written"):
+            export_report(access, ReportRequest("health", Filters(), "pdf", target), FleetSigningKey.default(),
+                          cancelled=lambda: True, progress=said.append)
+        assert access.audit.head() == before  # not even an entry
+    assert said == ["gathering the health report"]
+    assert not target.exists() and not list(tmp_path.iterdir())
