@@ -23,6 +23,7 @@ import pytest
 
 from fleetdesk.access.guard import default_operator
 from fleetdesk.fleet import Fleet
+from fleetdesk.lab.state import BRIDGE_ADDRESS
 from tests.fixtures.models.build import save_cnn
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
 from tests.lab.conftest import Fleet as LabFleet
@@ -173,7 +174,7 @@ def test_every_change_of_this_module_is_one_signed_entry_and_the_trail_verifies(
     """The audit trail as this module's laptop left it (enrolment, imports, pushes), then each remaining kind of
     change once through the CLI: each one entry, in order, by the operator who made it; a viewer's probe is
     refused and audited; `audit verify` passes. (Removing a device is the window's: tests/unit/test_fleet_access.py;
-    discovery's entry is checked in tests/lab/test_cli_fleet.py, provisioning's in tests/lab/test_provision_lab.py,
+    provisioning's entry is checked in tests/lab/test_provision_lab.py,
     the runtimes' in tests/unit/test_runtime_wheelhouse.py, the rollout actions' in tests/lab/test_rollout_*.)"""
     def trail() -> list[tuple[str, str, str]]:
         proc = operator.cli("audit", "list", "--limit", "1000", "--json")
@@ -204,10 +205,14 @@ def test_every_change_of_this_module_is_one_signed_entry_and_the_trail_verifies(
     step("operator", "remove", "vic")
     step("add", "198.18.77.77", "--name", "spare-cam")
     step("rename", "spare-cam", "Prüfstand Linie 4 — Kamera ✓")
+    step("discover", "--interface", BRIDGE_ADDRESS, "--timeout", "3")  # the lab's other devices are new here
+    step("report", "fleet", "--format", "json", "-o", str(tmp_path / "fleet.json"))
+    step("audit", "export", str(tmp_path / "trail.jsonl"))
     added = trail()[len(so_far):]
     assert added == [(me, "device.run", "ok"), (me, "group.add", "ok"), (me, "model.export", "ok"),
                      (me, "fleet-key.export", "ok"), (me, "model.remove", "ok"), (me, "operator.add", "ok"),
                      ("vic", "device.probe", "refused"), (me, "operator.remove", "ok"), (me, "device.add", "ok"),
-                     (me, "device.rename", "ok")], added
+                     (me, "device.rename", "ok"), (me, "device.discover", "ok"), (me, "report.export", "ok"),
+                     (me, "audit.export", "ok")], added
     verified = step("audit", "verify", "--json")
     assert json.loads(verified.stdout)["ok"] is True
