@@ -44,6 +44,39 @@ def lab_namespaces() -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("fdlab-")) if folder.is_dir() else []
 
 
+# Which test run brought the machine's lab up: its lab folder and its pytest process. A run that is
+# killed (a session that ends, a CI timeout) cannot take its lab down; the next run reads this to
+# tell such an abandoned lab from one somebody is using. /run is emptied at boot, like the lab.
+LAB_OWNER = Path("/run/fleetdesk-test-lab.json")
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process `pid` (field 22 of /proc/PID/stat), so a reused pid is not taken for it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def record_lab_owner(lab_dir: Path) -> None:
+    LAB_OWNER.write_text(json.dumps({"lab_dir": str(lab_dir), "pid": os.getpid(),
+                                     "start": _process_start(os.getpid())}))
+
+
+def take_down_an_abandoned_lab(env: dict[str, str]) -> None:
+    """Take down the lab a killed test run left up; a lab anybody else brought up is left alone."""
+    try:
+        owner = json.loads(LAB_OWNER.read_text())
+    except (OSError, ValueError):
+        return
+    if _process_start(int(owner["pid"])) == owner["start"]:
+        return  # that test run is still going
+    print(f"taking down the lab a killed test run left up ({owner['lab_dir']})", file=sys.stderr)
+    fleetdesk("lab", "down", env={**env, "FLEETDESK_LAB_DIR": owner["lab_dir"]})
+    LAB_OWNER.unlink(missing_ok=True)
+
+
 @dataclass
 class Fleet:
     """The running lab as the tests see it."""
@@ -130,11 +163,14 @@ def fleet(lab_env: dict[str, str]) -> Iterator[Fleet]:
         yield lab
         return
     if lab_namespaces():
+        take_down_an_abandoned_lab(lab_env)
+    if lab_namespaces():
         pytest.fail(f"a lab is already up on this machine ({lab_namespaces()[0]} ...): run `fleetdesk lab down` first")
     proc = fleetdesk("lab", "up", "--devices", SPEC, env=lab_env)
     if proc.returncode != 0:
         fleetdesk("lab", "down", env=lab_env)
         pytest.fail(f"`fleetdesk lab up` failed:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
+    record_lab_owner(Path(lab_env["FLEETDESK_LAB_DIR"]))
     lab = Fleet(lab_dir=Path(lab_env["FLEETDESK_LAB_DIR"]), state={}, env=lab_env, up_output=proc.stdout)
     lab.refresh()
     # Tests in this process (and helpers they call) find the same lab.
@@ -142,6 +178,7 @@ def fleet(lab_env: dict[str, str]) -> Iterator[Fleet]:
     yield lab
     if not lab.torn_down:
         fleetdesk("lab", "down", env=lab_env)
+    LAB_OWNER.unlink(missing_ok=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
