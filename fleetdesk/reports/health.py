@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fleetdesk.inventory import Device, Inventory
-from fleetdesk.inventory.telemetry_repo import TelemetryRepo
+from fleetdesk.inventory.telemetry_repo import DeviceHistory, TelemetryRepo
 from fleetdesk.reports.document import Cell, Chart, Column, Fact, Report, Series, Table, stamp
 from fleetdesk.reports.selection import Filters, chosen_devices, period, scope_text
 
@@ -48,31 +48,30 @@ class DeviceHealth:
     incidents: int
 
 
-def device_health(device: Device, rows: Sequence[tuple[Any, ...]], highs: dict[str, float | None],
-                  since: datetime, until: datetime, hours: np.ndarray[Any, Any], hour_zero: datetime,
-                  ) -> DeviceHealth:
-    """One device's figures from its rows (TelemetryRepo.averages over METRICS: the minute in Unix seconds, then
-    the average of each) and maxima; adds its minutes to the fleet's hourly sums and counts
-    (`hours[metric index, 0 | 1, hour]`)."""
+def device_health(device: Device, history: DeviceHistory, since: datetime, until: datetime,
+                  hours: np.ndarray[Any, Any], hour_zero: datetime) -> DeviceHealth:
+    """One device's figures from its history over the period; adds its minutes to the fleet's hourly sums and
+    counts (`hours[metric index, 0 | 1, hour]`)."""
     start = max(since, device.first_seen.replace(second=0, microsecond=0))
     expected = max(0, math.ceil((until - start) / MINUTE))
-    # One array for the whole device, None as NaN: weeks of minutes are summed and ranked in numpy.
-    table = np.array(rows, dtype=float).reshape(len(rows), 1 + len(METRICS))
+    minutes = history.minutes
     longest = 0
     if expected:
-        edges = np.concatenate(([start.timestamp() - 60], table[:, 0], [until.timestamp()]))
+        edges = np.concatenate(([start.timestamp() - 60], minutes, [until.timestamp()]))
         longest = int(np.diff(edges).max() // 60) - 1
-    hour = ((table[:, 0] - hour_zero.timestamp()) // 3600).astype(int)
+    hour = ((minutes - hour_zero.timestamp()) // 3600).astype(int)
     figures = {}
     for n, (metric, _) in enumerate(METRICS):
-        averages = table[:, 1 + n]
-        measured = ~np.isnan(averages)
-        hours[n, 0] += np.bincount(hour[measured], weights=averages[measured], minlength=hours.shape[2])
-        hours[n, 1] += np.bincount(hour[measured], minlength=hours.shape[2])
-        p50, p95 = percentiles(averages[measured], (0.5, 0.95))
-        figures[metric] = Figures(p50, p95, highs.get(metric))
-    return DeviceHealth(device.name, device.groups, len(rows),
-                        round(100.0 * len(rows) / expected, 2) if expected else None, max(0, longest), figures,
+        averages = history.averages.get(metric)
+        p50 = p95 = None
+        if averages is not None:  # measured at least once: weeks of minutes are summed and ranked in numpy
+            measured = ~np.isnan(averages)
+            hours[n, 0] += np.bincount(hour[measured], weights=averages[measured], minlength=hours.shape[2])
+            hours[n, 1] += np.bincount(hour[measured], minlength=hours.shape[2])
+            p50, p95 = percentiles(averages[measured], (0.5, 0.95))
+        figures[metric] = Figures(p50, p95, history.maxima.get(metric))
+    return DeviceHealth(device.name, device.groups, len(minutes),
+                        round(100.0 * len(minutes) / expected, 2) if expected else None, max(0, longest), figures,
                         0, 0)
 
 
@@ -99,9 +98,9 @@ def health_report(inventory: Inventory, filters: Filters) -> Report:
         if e.device_id is not None:
             per_device_events[e.device_id].append(e.kind)
     found: list[DeviceHealth] = []
-    for device in devices:
-        health = device_health(device, repo.averages(device.id, metrics, since, until),
-                               repo.maxima(device.id, metrics, since, until), since, until, hours, hour_zero)
+    for device, history in zip(devices, repo.histories([d.id for d in devices], metrics, since, until),
+                               strict=True):
+        health = device_health(device, history, since, until, hours, hour_zero)
         kinds = per_device_events.get(device.id, [])
         found.append(DeviceHealth(**{**health.__dict__, "alerts": kinds.count("alert"),
                                      "incidents": sum(1 for k in kinds if k != "alert")}))
