@@ -52,12 +52,14 @@ def test_reports_read_averages_as_unix_minutes_and_maxima_per_device(inventory: 
                        + [_summary(b.id, T0, 10, None)])
     until = T0 + timedelta(minutes=3)
     start = int(T0.timestamp())
-    assert repo.averages(a.id, ["cpu_pct", "temp_c"], T0, until) == [(start, 0.0, None), (start + 60, 1.0, None)]
-    assert repo.averages(b.id, ["cpu_pct"], T0, until) == [(start, None)]
-    assert repo.maxima(a.id, ["cpu_pct", "temp_c"], T0, until) == {"cpu_pct": 6.0, "temp_c": None}
-    assert repo.maxima(b.id, ["cpu_pct"], T0, until) == {"cpu_pct": None}
+    first, second = repo.histories([a.id, b.id], ["cpu_pct", "temp_c"], T0, until)
+    assert first.minutes.tolist() == [start, start + 60] and first.averages["cpu_pct"].tolist() == [0.0, 1.0]
+    assert "temp_c" not in first.averages  # never measured: not read at all
+    assert first.maxima == {"cpu_pct": 6.0, "temp_c": None}
+    assert second.minutes.tolist() == [start] and second.averages == {}
+    assert second.maxima == {"cpu_pct": None, "temp_c": None}
     with pytest.raises(ValueError, match="no history is kept of disk_pct"):
-        repo.averages(a.id, ["disk_pct"], T0, until)
+        list(repo.histories([a.id], ["disk_pct"], T0, until))
 
 
 def test_a_minute_written_twice_is_merged_not_duplicated(inventory: Inventory, repo: TelemetryRepo) -> None:
