@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+DIST_STAMP := $(VENV)/.installed-dist
 
-.PHONY: run test lint contracts bench lab-test system-deps-test system-deps-run clean
+.PHONY: run test lint contracts bench lab-test dist dist-offline system-deps-test system-deps-run system-deps-dist clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,14 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	@touch $(BENCH_STAMP)
 
+# PyInstaller (the `dist` extra) on top of the dev install; only the dist targets install it.
+$(DIST_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dist]'
+	@touch $(DIST_STAMP)
+
+system-deps-dist:
+	@scripts/system-deps.sh dist
+
 system-deps-run:
 	@scripts/system-deps.sh run
 
@@ -30,12 +39,23 @@ run: $(STAMP) system-deps-run
 	$(BIN)/fleetdesk-gui
 
 lint: $(STAMP)
-	$(BIN)/ruff check fleetdesk tests benchmarks
+	$(BIN)/ruff check fleetdesk tests benchmarks packaging
 	$(BIN)/vermin --no-tips --violations -t=3.8- fleetdesk/agent
 	$(BIN)/mypy fleetdesk
 
 contracts: $(STAMP)
 	$(BIN)/lint-imports
+
+# The installers of this commit (packaging/build.sh): dist/fleetdesk-<version>-linux-x86_64.tar.gz and
+# dist/fleetdesk_<version>_amd64.deb, then their sizes and the unpacked bundle's.
+dist: $(DIST_STAMP) system-deps-dist
+	packaging/build.sh $(BIN)/python
+
+# What the installer test (on branch `installers`, not yet in `make test`) installs: a build of these sources, kept in the cache
+# folder and reused while they do not change, and the Debian packages its Depends pull into a clean bookworm root,
+# downloaded here (an install step) because the test's root has no network.
+dist-offline: $(DIST_STAMP) system-deps-dist
+	$(BIN)/python packaging/cached_build.py --build --offline-debs
 
 test: $(STAMP) system-deps-test lint contracts
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest $(PYTEST_ARGS)

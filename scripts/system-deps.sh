@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages FleetDesk's tests and lab need, when missing and when run as root.
-# Usage: scripts/system-deps.sh [test|run]
+# Usage: scripts/system-deps.sh [test|run|dist]
 set -euo pipefail
 what=${1:-test}
 
@@ -25,8 +25,15 @@ test_pkgs+=(poppler-utils chromium)
 # tests/gui/test_real_display.py: a real X server, xwininfo/xprop (x11-utils) and xwd (x11-apps).
 test_pkgs+=(xvfb x11-utils x11-apps)
 
+# `make dist` (packaging/): dpkg-shlibdeps and dpkg-scanpackages (dpkg-dev), and the checks of what the .deb
+# carries: desktop-file-validate (desktop-file-utils), appstreamcli (appstream), lintian.
+dist_pkgs=(dpkg-dev xz-utils desktop-file-utils appstream lintian)
+# tests/lab/test_installer_lab.py builds the installers (when no build of the commit is cached) and checks them.
+test_pkgs+=("${dist_pkgs[@]}")
+
 pkgs=("${run_pkgs[@]}")
 [ "$what" = test ] && pkgs+=("${test_pkgs[@]}")
+[ "$what" = dist ] && pkgs+=("${dist_pkgs[@]}")
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
   # Not Debian: nothing here can check; name what to look for and let the app start.

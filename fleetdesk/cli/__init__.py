@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fleetdesk import __version__
+from fleetdesk import __version__, build_commit
 from fleetdesk.cli import access, devices, discovery, lab, models, reports, rollout, runtime, telemetry, trust
 from fleetdesk.errors import FleetDeskError
 
@@ -51,9 +51,21 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
 )
 
 
+class _VersionAction(argparse.Action):
+    """`fleetdesk --version`: the version and its commit; the commit is looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"fleetdesk {__version__} (commit {build_commit()})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetdesk", description="Run a fleet of edge AI devices from this laptop.")
-    parser.add_argument("--version", action="version", version=f"fleetdesk {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and the commit it was built from")
     parser.add_argument("--db", metavar="URL", help="inventory database URL (default: FLEETDESK_DB, else SQLite in "
                                                     "the user data folder)")
     parser.add_argument("--ssh-config", metavar="FILE", help="ssh client config to honour (default ~/.ssh/config)")

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import BigInteger, CursorResult, Engine, bindparam, delete, extract, func, select
+from sqlalchemy import BigInteger, BindParameter, CursorResult, Engine, bindparam, delete, extract, func, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -150,7 +150,7 @@ class TelemetryRepo:
         wanted = _known(metrics)
         table = TelemetryMinuteRow.__table__
         minute = table.c.minute
-        device = bindparam("device_id")
+        device: BindParameter[int] = bindparam("device_id")
         where = (table.c.device_id == device, minute >= _aware(since), minute < _aware(until))
         summary = select(func.count(), *(func.count(table.c[f"{m}_avg"]) for m in wanted),
                          *(func.max(table.c[f"{m}_max"]) for m in wanted)).where(*where)
@@ -171,7 +171,8 @@ class TelemetryRepo:
                     # the cursor into one array, with no list of rows kept.
                     result = cast(CursorResult[Any], session.execute(query, {"device_id": device_id}))
                     try:
-                        flat = np.fromiter(itertools.chain.from_iterable(result.cursor), np.float64)
+                        rows_read = cast("Iterable[tuple[Any, ...]]", result.cursor)
+                        flat = np.fromiter(itertools.chain.from_iterable(rows_read), np.float64)
                     except TypeError:  # a minute without one of them came in since the count: read it as below
                         result.close()
                 if flat is None:

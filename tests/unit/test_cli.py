@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +40,11 @@ def test_unknown_fault_names_the_valid_ones(capsys: pytest.CaptureFixture[str]) 
     assert "unknown fault 'explode'" in err and "rekey" in err
 
 
-def test_version() -> None:
+def test_version_names_the_pyproject_version_and_the_commit(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["--version"])
     assert caught.value.code == 0
+    with (Path(__file__).resolve().parents[2] / "pyproject.toml").open("rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    out = capsys.readouterr().out
+    assert out.startswith(f"fleetdesk {version} (commit ") and "unknown" not in out

@@ -1,0 +1,115 @@
+"""`make dist`'s outputs for this checkout, built once and kept: the .deb and the .tar.gz under the cache folder
+(FLEETDESK_CACHE_DIR, else the user cache folder) in dist/<key>/, where the key is the commit and any uncommitted
+change to tracked files. The installer test and `make dist-offline` reuse a build of the same sources.
+
+Usage: python packaging/cached_build.py [--build] [--offline-debs]
+prints the folder; builds into it first when it is missing (only with --build; without it, exit status 1 says
+there is none). --offline-debs also downloads (packaging/offline_debs.sh, as root) the Debian packages the .deb's
+Depends pull into the lab's clean amd64 bookworm root, into offline_debs_folder().
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fleetdesk.config import Settings  # noqa: E402 - the checkout's own fleetdesk, not an installed one
+from fleetdesk.lab import rootfs  # noqa: E402
+
+
+def build_key(root: Path = ROOT) -> str:
+    """The commit, and the diff of tracked files against it: what the build is made from (untracked files are not)."""
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, check=True).stdout
+    diff = subprocess.run(["git", "-C", str(root), "diff", "HEAD", "--binary"], capture_output=True, check=True).stdout
+    return f"{head.decode().strip()[:12]}-{hashlib.sha256(head + diff).hexdigest()[:12]}"
+
+
+def cache_folder(key: str | None = None) -> Path:
+    return Settings.load().cache_dir / "dist" / (key or build_key())
+
+
+def clean_root_tarball() -> Path:
+    """The lab's cached amd64 bookworm image: the clean root the installer test installs into."""
+    return rootfs.tarball_path(Settings.load().lab_cache_dir, "x86_64")
+
+
+def offline_debs_folder() -> Path:
+    """Debian packages for the clean root, with a Packages index and the Depends line they were fetched for."""
+    return Settings.load().cache_dir / "dist" / f"debs-{rootfs.image_key('x86_64')}"
+
+
+def deb_depends(deb: Path) -> str:
+    return subprocess.run(["dpkg-deb", "--field", str(deb), "Depends"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def fetch_offline_debs(deb: Path) -> Path:
+    """Download what the .deb pulls into the clean root (the lab's image is built first when missing)."""
+    folder = offline_debs_folder()
+    stamp = folder / "depends.txt"
+    depends = deb_depends(deb)
+    if stamp.is_file() and stamp.read_text().strip() == depends:
+        return folder
+    tarball = clean_root_tarball()
+    if not tarball.is_file():
+        rootfs.build_tarball(Settings.load().lab_cache_dir, "x86_64")
+    subprocess.run([str(ROOT / "packaging" / "offline_debs.sh"), str(deb), str(tarball), str(folder)], check=True)
+    stamp.write_text(depends + "\n")
+    return folder
+
+
+def cached_build(python: str, *, build: bool) -> Path | None:
+    """The folder holding this checkout's .deb and .tar.gz; built (packaging/build.sh) when asked and missing."""
+    folder = cache_folder()
+    if (folder / "done").is_file():
+        return folder
+    if not build:
+        return None
+    started = time.monotonic()
+    subprocess.run([str(ROOT / "packaging" / "build.sh"), python], cwd=ROOT, check=True)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    version = subprocess.run([python, "-c", "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))"
+                              "['project']['version'])"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+    for name in (f"fleetdesk_{version}_amd64.deb", f"fleetdesk-{version}-linux-x86_64.tar.gz"):
+        shutil.copy2(ROOT / "dist" / name, partial / name)
+    (partial / "done").write_text(f"built in {time.monotonic() - started:.0f} s\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--build", action="store_true", help="build it when there is none")
+    parser.add_argument("--offline-debs", action="store_true",
+                        help="and download the Debian packages its Depends pull into a clean bookworm root (root)")
+    parser.add_argument("--python", default=sys.executable, help="the Python with PyInstaller (the dist extra)")
+    args = parser.parse_args(argv)
+    folder = cached_build(args.python, build=args.build)
+    if folder is None:
+        print(f"no build of these sources in {cache_folder()}; run `make dist-offline`", file=sys.stderr)
+        return 1
+    if args.offline_debs:
+        if os.geteuid() != 0:
+            print("not root: the Debian packages for the installer test are not fetched (it skips)", file=sys.stderr)
+        else:
+            [deb] = folder.glob("fleetdesk_*_amd64.deb")
+            print(fetch_offline_debs(deb), file=sys.stderr)
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
