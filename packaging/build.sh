@@ -13,10 +13,9 @@ PY=${1:-${PYTHON:-$ROOT/.venv/bin/python}}
 BUILD=$ROOT/build/dist
 DIST=$ROOT/dist
 
-VERSION=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
-COMMIT=$(git rev-parse --short=12 HEAD)
-# A bundle built from uncommitted changes says so in `fleetdesk --version`.
-[ -z "$(git status --porcelain --untracked-files=no)" ] || COMMIT="$COMMIT-dirty"
+# The checkout's own answer (fleetdesk.__version__ and build_commit(): "-dirty" for uncommitted changes), so the
+# bundle's `fleetdesk --version` says what the checkout's says.
+read -r VERSION COMMIT < <("$PY" -c 'import fleetdesk; print(fleetdesk.__version__, fleetdesk.build_commit())')
 SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)
 PYTHONHASHSEED=0
 export FLEETDESK_VERSION=$VERSION FLEETDESK_COMMIT=$COMMIT SOURCE_DATE_EPOCH PYTHONHASHSEED

@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fleetdesk.config import Settings  # noqa: E402 - the checkout's own fleetdesk, not an installed one
+import fleetdesk  # noqa: E402 - the checkout's own fleetdesk, not an installed one
+from fleetdesk.config import Settings  # noqa: E402
 from fleetdesk.lab import rootfs  # noqa: E402
 
 
@@ -79,9 +80,7 @@ def cached_build(python: str, *, build: bool) -> Path | None:
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    version = subprocess.run([python, "-c", "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))"
-                              "['project']['version'])"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
+    version = fleetdesk.__version__
     for name in (f"fleetdesk_{version}_amd64.deb", f"fleetdesk-{version}-linux-x86_64.tar.gz"):
         shutil.copy2(ROOT / "dist" / name, partial / name)
     (partial / "done").write_text(f"built in {time.monotonic() - started:.0f} s\n")

@@ -28,8 +28,6 @@ test_pkgs+=(xvfb x11-utils x11-apps)
 # `make dist` (packaging/): dpkg-shlibdeps and dpkg-scanpackages (dpkg-dev), and the checks of what the .deb
 # carries: desktop-file-validate (desktop-file-utils), appstreamcli (appstream), lintian.
 dist_pkgs=(dpkg-dev xz-utils desktop-file-utils appstream lintian)
-# tests/lab/test_installer_lab.py builds the installers (when no build of the commit is cached) and checks them.
-test_pkgs+=("${dist_pkgs[@]}")
 
 pkgs=("${run_pkgs[@]}")
 [ "$what" = test ] && pkgs+=("${test_pkgs[@]}")
