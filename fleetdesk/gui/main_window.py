@@ -64,7 +64,7 @@ from .window_devices import DeviceActions
 from .window_drops import DropTargets
 from .window_fleet import FleetPane
 from .window_models import ModelActions
-from .window_part import qsettings
+from .window_part import qsettings, store_settings
 
 
 class MainWindow(QMainWindow):
@@ -567,29 +567,29 @@ class MainWindow(QMainWindow):
             self.tabs.setCurrentIndex(int(tab))
         self.fleet_pane.on_tab_changed(self.tabs.currentIndex())
 
-    def save_layout(self) -> None:
-        stored = qsettings()
-        stored.setValue("main/geometry", self.saveGeometry())
-        stored.setValue("main/fleet_header", self.fleet_table.horizontalHeader().saveState())
+    def remembered_layout(self) -> dict[str, object]:
+        """What the window remembers of its layout, read from its widgets (in the loop's thread; nothing is written)."""
         hidden = self.detail.isHidden()
         self.detail.setHidden(False)  # saved as the Fleet tab shows it, not collapsed by the Models tab
-        stored.setValue("main/splitter", self.h_splitter.saveState())
+        splitter = self.h_splitter.saveState()
         self.detail.setHidden(hidden)
-        stored.setValue("main/activity_splitter", self.v_splitter.saveState())
-        stored.setValue("main/left_splitter", self.left_splitter.saveState())
-        stored.setValue("main/dashboard_splitter", self.dashboard.splitter.saveState())
-        self.models_view.save_layout(stored)
-        stored.setValue("main/tab", self.tabs.currentIndex())
+        return {"main/geometry": self.saveGeometry(),
+                "main/fleet_header": self.fleet_table.horizontalHeader().saveState(),
+                "main/splitter": splitter,
+                "main/activity_splitter": self.v_splitter.saveState(),
+                "main/left_splitter": self.left_splitter.saveState(),
+                "main/dashboard_splitter": self.dashboard.splitter.saveState(),
+                "main/tab": self.tabs.currentIndex(),
+                **self.models_view.remembered_layout()}
 
     async def shutdown(self) -> None:
         """Save the layout, cancel every activity newest first, close SSH and the inventory, then close."""
         if self._closing:
             return
         self._closing = True
-        self.save_layout()
-        # Written to disk off the loop (QSettings is reentrant and its file cache shared): on a busy disk the
-        # write and fsync took 100-250 ms, a frozen window while it closes.
-        await asyncio.to_thread(lambda: qsettings().sync())
+        # Stored off the loop: a QSettings writes and fsyncs its file when it syncs or is destroyed with changes
+        # pending, 100-250 ms on a busy disk (CI met a 108 ms stall that was only that), a frozen window.
+        await asyncio.to_thread(store_settings, self.remembered_layout())
         for dialog in list(self._dialogs):
             dialog.reject()
         self.dashboard.shutdown()

@@ -462,11 +462,11 @@ class ModelsView(QWidget):
 
     # -- layout -------------------------------------------------------------------------------------------------
 
-    def save_layout(self, stored: QSettings) -> None:
-        stored.setValue("models/splitter", self.splitter.saveState())
-        stored.setValue("models/right_splitter", self.right_splitter.saveState())
-        stored.setValue("models/list_header", self.model_list.header().saveState())
-        stored.setValue("models/variants_header", self.variants.header().saveState())
+    def remembered_layout(self) -> dict[str, object]:
+        return {"models/splitter": self.splitter.saveState(),
+                "models/right_splitter": self.right_splitter.saveState(),
+                "models/list_header": self.model_list.header().saveState(),
+                "models/variants_header": self.variants.header().saveState()}
 
     def restore_layout(self, stored: QSettings) -> None:
         for key, restore in (("models/splitter", self.splitter.restoreState),

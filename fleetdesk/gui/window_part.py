@@ -6,6 +6,7 @@ Each part (window_fleet, window_devices, window_models, window_drops) is a child
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from PySide6.QtCore import QObject, QSettings
@@ -25,6 +26,15 @@ from .side_panel import DiscoveryPanel, GroupTree
 def qsettings() -> QSettings:
     """Where the window remembers its layout, theme, discovery cards and alert thresholds."""
     return QSettings("FleetDesk", "FleetDesk")
+
+
+def store_settings(values: Mapping[str, object]) -> None:
+    """Write `values` to the window's settings file and sync it. Made for a worker thread: the QSettings is
+    made, written and destroyed there, so its file write never holds up the loop."""
+    stored = qsettings()
+    for key, value in values.items():
+        stored.setValue(key, value)
+    stored.sync()
 
 
 class Window(Protocol):

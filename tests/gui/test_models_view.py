@@ -214,7 +214,8 @@ def test_splitters_and_columns_are_remembered(qtbot: object, tmp_path: Path) -> 
     first.splitter.setSizes([300, 900])
     first.variants.header().resizeSection(V_REASON := len(VARIANT_COLUMNS) - 2, 211)
     sizes = first.splitter.sizes()
-    first.save_layout(stored)
+    for key, value in first.remembered_layout().items():
+        stored.setValue(key, value)
     second = ModelsView()
     qtbot.addWidget(second)  # type: ignore[attr-defined]
     second.resize(1200, 700)
