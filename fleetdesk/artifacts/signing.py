@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fleetdesk.config import Settings
 from fleetdesk.errors import CredentialError, KeyringUnavailableError
+from fleetdesk.files import exclusive_lock
 from fleetdesk.transport import credentials
 
 KEYRING_ACCOUNT = "artifact-signing-key"  # service "fleetdesk" (transport.credentials.SERVICE)
@@ -124,17 +125,8 @@ class FleetSigningKey:
     def _lock(self) -> Iterator[None]:
         """One process at a time makes or reads the key, so two first uses never write two different keys."""
         self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            import fcntl
-        except ImportError:  # Windows: one FleetDesk at a time makes the key
+        with exclusive_lock(self.keys_dir / ".lock"):
             yield
-            return
-        with open(self.keys_dir / ".lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _public_pem(key: Ed25519PublicKey) -> bytes:

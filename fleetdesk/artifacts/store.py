@@ -66,7 +66,7 @@ from fleetdesk.artifacts.store_records import check_name as check_name
 from fleetdesk.artifacts.store_records import key_fingerprint as key_fingerprint
 from fleetdesk.config import Settings
 from fleetdesk.errors import ArtifactStoreError, ModelNameClashError, StoreEntryNotFoundError
-from fleetdesk.files import sha256_file
+from fleetdesk.files import exclusive_lock, sha256_file
 from fleetdesk.models.card import ModelCard
 from fleetdesk.models.report import BASELINE, OptimizationReport, Variant
 
@@ -551,21 +551,8 @@ class ArtifactStore:
     @contextlib.contextmanager
     def _locked(self, blocking: bool = True) -> Iterator[bool]:
         self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            import fcntl
-        except ImportError:  # Windows: one FleetDesk at a time writes
-            yield True
-            return
-        with open(self.root / ".lock", "a+b") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with exclusive_lock(self.root / ".lock", blocking=blocking) as held:
+            yield held
 
     def _clean_staging(self) -> None:
         """Under the lock no other writer runs: anything in tmp/ is what a crashed write left."""

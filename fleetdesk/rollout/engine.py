@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
@@ -29,6 +27,7 @@ from typing import Any
 from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.config import Settings
 from fleetdesk.errors import AccessDeniedError, ConfigError, FleetDeskError, RolloutConflictError
+from fleetdesk.files import exclusive_lock
 from fleetdesk.fleet import Fleet
 from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.records import Device
@@ -106,7 +105,7 @@ class RolloutEngine:
         self.ops = ops or DeviceOps(fleet, store)
         self.on_event = on_event
         self._lock_dir = lock_dir
-        self._held: dict[int, int] = {}  # rollout id -> fd of its lock file, while this process drives it
+        self._held: set[int] = set()  # the rollouts whose lock this process holds, while it drives them
         self.steps = DeviceSteps(fleet, self.ops, self.db, emit=self._emit)
 
     @property
@@ -490,24 +489,18 @@ class RolloutEngine:
 
     @contextlib.asynccontextmanager
     async def _try_lock(self, rid: int) -> AsyncIterator[bool]:
-        """An flock per rollout while this process drives it; the kernel drops it when the process dies."""
+        """A file lock per rollout while this process drives it; the system drops it when the process dies."""
         if rid in self._held:
             yield True
             return
         folder = self._lock_dir or Settings.load().data_dir / "rollout-locks"
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / f"{rid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with exclusive_lock(folder / f"{rid}.lock", blocking=False) as held:
+            if not held:
                 yield False
                 return
-            self._held[rid] = fd
+            self._held.add(rid)
             try:
                 yield True
             finally:
-                del self._held[rid]
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+                self._held.discard(rid)
