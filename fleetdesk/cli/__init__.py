@@ -1,7 +1,8 @@
 """`fleetdesk ...`: every operation FleetDesk offers, scriptable, with --json output.
 
 One module per command group (lab, devices, discovery, trust, runtime, telemetry, models, push, rollout, and
-access: whoami, operator, audit; reports) over `output` (what is printed) and `session` (the fleet a command opens);
+access: whoami, operator, audit; reports; database: the inventory's schema) over `output` (what is printed)
+and `session` (the fleet a command opens);
 COMMANDS below is the one table of them.
 Errors are FleetDeskErrors printed as one line (message and fix) with exit status 2.
 """
@@ -16,7 +17,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fleetdesk import __version__, build_commit
-from fleetdesk.cli import access, devices, discovery, lab, models, reports, rollout, runtime, telemetry, trust
+from fleetdesk.cli import (
+    access,
+    database,
+    devices,
+    discovery,
+    lab,
+    models,
+    reports,
+    rollout,
+    runtime,
+    telemetry,
+    trust,
+)
 from fleetdesk.errors import FleetDeskError
 
 __all__ = ["COMMANDS", "EXIT_ERROR", "build_parser", "main"]
@@ -48,6 +61,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     access.add_operator,
     access.add_audit,
     reports.add_report,
+    database.add_db,
 )
 
 
