@@ -93,6 +93,11 @@ class DeviceNotFoundError(InventoryError):
     """No device in the inventory matches the name, address or id the operator gave."""
 
 
+class EditConflictError(InventoryError):
+    """An edit made from an outdated view of a record: someone else (another laptop, a terminal) changed it since
+    it was read. Nothing was written; the message names who changed it and when."""
+
+
 class TransportError(FleetDeskError):
     """Talking to a device over SSH failed. `device` and `step` say where."""
 

@@ -29,7 +29,7 @@ from fleetdesk.errors import (
     UnreachableError,
 )
 from fleetdesk.inventory import Inventory, open_inventory
-from fleetdesk.inventory.records import Device, Group, ProbeFacts
+from fleetdesk.inventory.records import Device, Edit, Group, ProbeFacts
 from fleetdesk.inventory.runtimes import DeviceRuntimes
 from fleetdesk.probe import probe
 from fleetdesk.profiles import ProfileSet, load_profiles
@@ -342,7 +342,8 @@ class Fleet:
             # Off the loop: D-Bus may wait on the operator to unlock the keyring.
             await asyncio.to_thread(credentials.set_secret, account, password)
         changed = self.inventory.set_connection(device.id, username=username, port=port, transport=transport,
-                                                password_account=account, identity_file=identity_file)
+                                                password_account=account, identity_file=identity_file,
+                                                edit=self._edit(device))
         # The audit says a password was set, never what it is.
         await self._audit("device.login", targets=(f"device:{device.id}",), before=_login(device),
                           after={**_login(changed), "password": "set" if password is not None else "unchanged"})
@@ -502,7 +503,7 @@ class Fleet:
                               device=device.name, step="rename",
                               fix=f"use 1 to {MAX_NAME} printable characters, e.g. line2-pi-07")
         self.access.require("operate", "device.rename", devices=(device,))
-        renamed = self.inventory.rename(device.id, wanted)
+        renamed = self.inventory.rename(device.id, wanted, edit=self._edit(device))
         if renamed.name != device.name:
             self.access.record("device.rename", targets=(f"device:{device.id}",), before={"name": device.name},
                                after={"name": renamed.name})
@@ -512,9 +513,13 @@ class Fleet:
         """Take devices out of the inventory (their rollouts' history and their audit entries stay)."""
         self.access.require("administer", "device.remove", devices=devices)
         for device in devices:
-            self.inventory.remove(device.id)
+            self.inventory.remove(device.id, edit=self._edit(device))
             self.access.record("device.remove", targets=(f"device:{device.id}",),
                                before={"name": device.name, "address": device.address, "profile": device.profile})
+
+    def _edit(self, device: Device) -> Edit:
+        """An edit of `device` as the caller saw it: refused if another laptop or terminal changed it since."""
+        return Edit(by=self.access.name, seen_version=device.version)
 
     # -- the audit trail -----------------------------------------------------------------------------
 

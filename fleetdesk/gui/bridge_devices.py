@@ -9,9 +9,10 @@ problems through it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from PySide6.QtCore import QObject, Signal
 
@@ -19,6 +20,7 @@ from fleetdesk.discovery.mdns import MdnsBrowser
 from fleetdesk.discovery.recorder import RecordingState
 from fleetdesk.errors import (
     ConfigError,
+    EditConflictError,
     FleetDeskError,
     FleetKeyMismatchError,
     HostKeyChangedError,
@@ -411,8 +413,9 @@ class DevicesPart(QObject):
 
         async def job(activity: Activity) -> int:
             for n, device in enumerate(devices, 1):
-                updated = await self.fleet.set_login(device, username=login.username, password=login.password,
-                                                     identity_file=login.key_file if login.key_file else "")
+                async with self._showing_edits_of_others([device.id]):
+                    updated = await self.fleet.set_login(device, username=login.username, password=login.password,
+                                                         identity_file=login.key_file if login.key_file else "")
                 self.update(updated)
                 activity.report(n / len(devices), f"{n} of {len(devices)} saved")
             return len(devices)
@@ -449,18 +452,32 @@ class DevicesPart(QObject):
         device = self.chosen([device_id])[0]
 
         async def job(activity: Activity) -> str:
-            renamed = await self._context.db(self.fleet.rename, device, name)  # checked and audited
+            async with self._showing_edits_of_others([device.id]):
+                renamed = await self._context.db(self.fleet.rename, device, name)  # checked and audited
             self.update(renamed)
             return renamed.name
 
         return self.activities.start(f"Rename {device.name!r}", job,
                                      summarize=lambda new: f"now {new!r}")
 
+    @contextlib.asynccontextmanager
+    async def _showing_edits_of_others(self, device_ids: Sequence[int]) -> AsyncIterator[None]:
+        """An edit refused because someone else changed the device since this window read it: the window shows
+        the device as it is now (the activity fails with who changed it), so the operator decides on what is."""
+        try:
+            yield
+        except EditConflictError:
+            for device_id in device_ids:
+                with contextlib.suppress(FleetDeskError):
+                    self.update(await self._context.db(self.fleet.inventory.device, device_id))
+            raise
+
     def remove_devices(self, device_ids: Sequence[int]) -> Activity:
         devices = self.chosen(device_ids)
 
         async def job(activity: Activity) -> int:
-            await self._context.db(self.fleet.remove_devices, devices)  # checked and audited
+            async with self._showing_edits_of_others([d.id for d in devices]):
+                await self._context.db(self.fleet.remove_devices, devices)  # checked and audited
             for device in devices:
                 self._forget(device.id)
             self._groups = await self._context.db(self.fleet.inventory.groups)

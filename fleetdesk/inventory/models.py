@@ -128,6 +128,11 @@ class DeviceRow(Base):
     dmi_product: Mapped[str] = mapped_column(DeviceText, default="")
     gpu: Mapped[str] = mapped_column(DeviceText, default="")
     gpu_memory_mb: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped by an operator's edit (name, login, removal), never by what the fleet observes (sightings, probes,
+    # online state): an edit made from an older version is refused (fleetdesk.inventory.repository).
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    changed_by: Mapped[str | None] = mapped_column(Text)  # the operator of the last edit
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     addresses: Mapped[list[AddressRow]] = relationship(
         back_populates="device", cascade="all, delete-orphan", passive_deletes=True,

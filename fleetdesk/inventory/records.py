@@ -69,6 +69,7 @@ class Device:
     groups: tuple[str, ...]
     source: str  # how it first entered the inventory: "mdns" | "sweep" | "manual"
     identity_file: str | None = None  # a private key file chosen for this device; None = ssh config / defaults
+    version: int = 1  # counts operators' edits (name, login); an edit from an older version is refused
 
     @property
     def address(self) -> str:
@@ -114,3 +115,11 @@ class Group:
     name: str
     device_ids: tuple[int, ...]
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class Edit:
+    """An operator's edit of a device: who makes it, and the device's version they saw when they chose it."""
+
+    by: str
+    seen_version: int

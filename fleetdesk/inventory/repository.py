@@ -17,7 +17,7 @@ from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from fleetdesk.errors import DeviceNotFoundError, FleetDeskError, InventoryError
+from fleetdesk.errors import DeviceNotFoundError, EditConflictError, FleetDeskError, InventoryError
 from fleetdesk.inventory.database import for_writing, open_database, unavailable_error
 from fleetdesk.inventory.migrate import check_sqlite_file, upgrade
 from fleetdesk.inventory.models import (
@@ -29,7 +29,7 @@ from fleetdesk.inventory.models import (
     NameRow,
     ServiceRow,
 )
-from fleetdesk.inventory.records import Device, Group, HostKey, ProbeFacts, ServiceRecord, Sighting
+from fleetdesk.inventory.records import Device, Edit, Group, HostKey, ProbeFacts, ServiceRecord, Sighting
 from fleetdesk.transport.hostkey import parse_public_key
 from fleetdesk.transport.target import TRANSPORTS
 
@@ -181,8 +181,9 @@ class Inventory:
 
     def set_connection(self, device_id: int, *, username: str | None = None, port: int | None = None,
                        transport: str | None = None, password_account: str | None = None,
-                       identity_file: str | None = None) -> Device:
-        """Change how to reach a device; None leaves a setting as it is, "" clears password_account/identity_file."""
+                       identity_file: str | None = None, edit: Edit | None = None) -> Device:
+        """Change how to reach a device; None leaves a setting as it is, "" clears password_account/identity_file.
+        With `edit`, refused (EditConflictError) when the device changed since the version the operator saw."""
         if username is not None and not username.strip():
             raise InventoryError("the user name is empty", fix="give the SSH user, e.g. root")
         if port is not None:
@@ -191,6 +192,7 @@ class Inventory:
             raise InventoryError(f"{transport!r} is not a transport", fix=f"use one of: {', '.join(TRANSPORTS)}")
         with self._session(write=True) as session:
             row = _get(session, device_id)
+            _edited(row, edit)
             if username is not None:
                 row.username = username.strip()
             if port is not None:
@@ -203,17 +205,20 @@ class Inventory:
                 row.identity_file = identity_file or None
             return _device(row)
 
-    def rename(self, device_id: int, name: str) -> Device:
+    def rename(self, device_id: int, name: str, *, edit: Edit | None = None) -> Device:
         name = name.strip()
         with self._session(write=True) as session:
             row = _get(session, device_id)
+            _edited(row, edit)
             _check_free_name(session, name, row.id)
             row.name = name
             return _device(row)
 
-    def remove(self, device_id: int) -> None:
+    def remove(self, device_id: int, *, edit: Edit | None = None) -> None:
         with self._session(write=True) as session:
-            session.delete(_get(session, device_id))
+            row = _get(session, device_id)
+            _edited(row, edit)
+            session.delete(row)
 
     def service_records(self, device_id: int) -> list[ServiceRecord]:
         """The latest announcement of each mDNS service the device made, TXT bytes as received."""
@@ -328,6 +333,24 @@ _DEVICE_LOADS = (selectinload(DeviceRow.addresses), selectinload(DeviceRow.names
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _edited(row: DeviceRow, edit: Edit | None) -> None:
+    """Check `edit` against the stored version and count it (inside the write transaction, which holds the write
+    lock, so two laptops' edits are checked one after the other)."""
+    if edit is None:
+        return
+    if row.version != edit.seen_version:
+        who = row.changed_by or "another FleetDesk"
+        when = row.changed_at.strftime("%Y-%m-%d %H:%M:%S UTC") if row.changed_at else "a moment ago"
+        raise EditConflictError(
+            f"{row.name!r} was changed by {who} at {when} after you read it (version {row.version}, you saw "
+            f"{edit.seen_version}); your change was not made",
+            fix="look at the device as it is now (the window shows it; `fleetdesk devices` lists it) and make your "
+                "change again if it still applies", device=row.name, step="edit device")
+    row.version += 1
+    row.changed_by = edit.by
+    row.changed_at = _now()
 
 
 def _utc(moment: datetime | None) -> datetime:
@@ -582,7 +605,8 @@ def _device(row: DeviceRow) -> Device:
         profile=row.profile,
         facts=ProbeFacts(hostname=row.hostname if row.probed_at else "", **{f: getattr(row, f) for f in _FACT_COLUMNS}),
         probed_at=row.probed_at, first_seen=row.first_seen, last_seen=row.last_seen, online=row.online,
-        groups=tuple(sorted(g.name for g in row.groups)), source=row.source, identity_file=row.identity_file)
+        groups=tuple(sorted(g.name for g in row.groups)), source=row.source, identity_file=row.identity_file,
+        version=row.version)
 
 
 def _host_key(row: HostKeyRow) -> HostKey:

@@ -122,3 +122,38 @@ def test_a_device_is_renamed_from_the_window_and_a_viewer_may_not(session: GuiSe
     session.wait(lambda: window.operator_label.text() == "Operator: vera (viewer)", "vera named")
     assert not window.rename_action.isEnabled()
     assert "vera (viewer) may not discover and probe devices" in window.rename_action.toolTip()
+
+
+def test_a_rename_from_an_outdated_view_is_refused_and_the_window_shows_the_device_as_it_is(
+        session: GuiSession, db_url: str) -> None:
+    """Another laptop (a second Fleet on the same inventory, acting as bob) renames the device after this window
+    read it: the window's rename is refused naming bob, nothing of it is written or audited, and the window now
+    shows bob's name."""
+    from fleetdesk.fleet import Fleet
+    from fleetdesk.profiles import load_profiles
+
+    window = session.window
+    bridge = window.bridge
+    # Setting the scene is the test's work, not the window's: not watched for stalls.
+    press = session.run(bridge.fleet.add("198.18.3.11", name="press-cam-2"), watch=False)
+    session.call(lambda: bridge.devices.update(press))
+    bridge.fleet.access.add_operator("bob", ["operator"])
+    other_laptop = Fleet(open_inventory(db_url), load_profiles(), operator="bob")
+    try:
+        other_laptop.rename(other_laptop.inventory.device(press.id), "press-cam-hall-2")
+    finally:
+        session.run(other_laptop.close(), watch=False)
+
+    session.call(lambda: window.fleet_pane.select_devices([press.id]))
+    dialog = session.call(window.device_actions.open_rename_dialog)
+    assert dialog is not None and dialog.textValue() == "press-cam-2"  # what this window last read
+    session.call(lambda: (dialog.setTextValue("press-cam-line-1"), dialog.accept()))
+    session.wait(lambda: any(a.title.startswith("Rename") and a.error is not None for a in bridge.activities.all()),
+                 "the rename refused")
+    refused = next(a for a in bridge.activities.all() if a.title.startswith("Rename") and a.error is not None)
+    assert "was changed by bob at " in str(refused.error) and "your change was not made" in str(refused.error)
+    session.wait(lambda: getattr(bridge.devices.device(press.id), "name", None) == "press-cam-hall-2",
+                 "the window shows bob's name")
+    assert bridge.fleet.inventory.device(press.id).name == "press-cam-hall-2"
+    renames = bridge.fleet.access.audit.entries(AuditFilter(action="device.rename"))
+    assert [(e.operator, e.after["name"]) for e in renames] == [("bob", "press-cam-hall-2")]
