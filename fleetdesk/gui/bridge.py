@@ -8,7 +8,8 @@ requests; see bridge_views). The parts, one per concern, share one `BridgeContex
 - `models` (bridge_models): the signed model store and pushing artifacts;
 - `rollouts` (bridge_rollouts): the rollout engine and the rollouts this window drives;
 - `telemetry` (bridge_telemetry): live streams, their buffers and the alerts;
-- `access` (bridge_access): who is signed in, switching operator, and the audit trail.
+- `access` (bridge_access): who is signed in, switching operator, and the audit trail;
+- `shared` (bridge_shared): on a shared PostgreSQL inventory, other laptops' changes as they commit.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .bridge_devices import DevicesPart
 from .bridge_models import ModelsPart
 from .bridge_reports import ReportsPart
 from .bridge_rollouts import RolloutsPart
+from .bridge_shared import SharedInventoryPart
 from .bridge_telemetry import TelemetryPart
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class FleetBridge:
         self.rollouts = RolloutsPart(self.context, self.devices, self.models)
         self.access = AccessPart(self.context)
         self.reports = ReportsPart(self.context, self.models)
+        self.shared = SharedInventoryPart(self.context, self.devices, self.rollouts, self.access)
         # Every hundredth audit entry is signed as a checkpoint with the fleet key (fleetdesk.access.guard).
         fleet.access.sign_checkpoints_with(FleetSigningKey.default(Settings.load()))
 
@@ -56,6 +59,7 @@ class FleetBridge:
             return
         self.context.closed = True
         started = time.monotonic()
+        await self.shared.close()  # no other laptop's change is applied while the rest closes
         await self.telemetry.close_streams()  # the streams first: they use the SSH pool closed below
         # Rollouts this window drives pause at their next step boundary; only then is the rest cancelled.
         await self.rollouts.close()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from PySide6.QtCore import QObject, Signal
 
@@ -20,6 +20,7 @@ from fleetdesk.discovery.mdns import MdnsBrowser
 from fleetdesk.discovery.recorder import RecordingState
 from fleetdesk.errors import (
     ConfigError,
+    DeviceNotFoundError,
     EditConflictError,
     FleetDeskError,
     FleetKeyMismatchError,
@@ -152,6 +153,25 @@ class DevicesPart(QObject):
             self._unreachable.discard(device.id)  # it is back on the network: try again before saying so
         self._devices[device.id] = device
         self.device_changed.emit(self.view(device))
+
+    async def reload(self, device_ids: Iterable[int], *, trust: bool = False, groups: bool = False,
+                     runtimes: bool = False) -> None:
+        """Read these devices again (off the loop) and announce each as it is now, or gone; and the trusted set,
+        the groups and the runtimes when asked: what another FleetDesk changed in a shared inventory."""
+        inventory = self.fleet.inventory
+        if trust:
+            self._trusted = await self._context.db(inventory.trusted_device_ids)
+        if runtimes:
+            self._runtimes = {r.device_id: r for r in await self._context.db(DeviceRuntimes(inventory).all)}
+        for device_id in sorted(set(device_ids)):
+            try:
+                self.update(await self._context.db(inventory.device, device_id))
+            except DeviceNotFoundError:
+                if device_id in self._devices:
+                    self._forget(device_id)
+        if groups:
+            self._groups = await self._context.db(inventory.groups)
+            self.groups_changed.emit(list(self._groups))
 
     def _forget(self, device_id: int) -> None:
         # The telemetry part forgets the device's stream, samples and alerts on `device_removed` (connected first).

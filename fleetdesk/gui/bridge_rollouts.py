@@ -70,9 +70,9 @@ class RolloutsPart(QObject):
             else:
                 run.report(None, event.message)
         if event.kind != "progress":
-            self._schedule_refresh()
+            self.refresh_soon()
 
-    def _schedule_refresh(self) -> None:
+    def refresh_soon(self) -> None:
         """Read the rollouts again soon: events come in bursts, the view reads once per burst."""
         if self._context.closed or (self._refreshing is not None and not self._refreshing.done()):
             return

@@ -9,6 +9,7 @@ does lives in its parts, child objects it makes over the widgets it builds: `fle
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -232,6 +233,7 @@ class MainWindow(QMainWindow):
         self.rollouts_view.wizard_requested.connect(lambda: models.open_rollout_wizard())
         bridge.telemetry.notice.connect(lambda text: self.statusBar().showMessage(text, 10000))
         bridge.access.operator_changed.connect(self.on_operator_changed)
+        bridge.shared.connection_changed.connect(self.on_shared_connection)
         bridge.activities.added.connect(self._activity_added)
         bridge.activities.finished.connect(self._activity_finished)
         self.group_tree.group_chosen.connect(fleet_pane.on_group_chosen)
@@ -373,6 +375,7 @@ class MainWindow(QMainWindow):
         self.fleet_pane.update_actions()
 
     def _build_status_bar(self, database: str) -> None:
+        self._database = database
         self.database_label = QLabel(f"Database: {database}", self)
         self.database_label.setObjectName("DatabaseLabel")
         self.devices_label = QLabel("Devices online: 0 / 0", self)
@@ -413,8 +416,24 @@ class MainWindow(QMainWindow):
         await self.bridge.devices.load()
         self.bridge.models.load_models()
         self.bridge.rollouts.load_rollouts(then=self.model_actions.offer_recovery)
+        self.bridge.shared.start()
         if self._browse_on_start:
             self.device_actions.set_browsing(True)
+
+    def on_shared_connection(self, live: bool, reason: str) -> None:
+        """A shared inventory: live, or unreachable (what the window shows may be out of date until it is back)."""
+        if live:
+            self.database_label.setText(f"Database: {self._database} (shared, live)")
+            self.database_label.setToolTip("Changes other laptops make appear here as they are made.")
+            self.database_label.setProperty("stale", False)
+        else:
+            since = time.strftime("%H:%M:%S")
+            self.database_label.setText(f"Database unreachable since {since}: what is shown may be out of date "
+                                        "(reconnecting)")
+            self.database_label.setToolTip(tooltip_text(f"{self._database}: {reason}"))
+            self.database_label.setProperty("stale", True)
+        self.database_label.style().unpolish(self.database_label)
+        self.database_label.style().polish(self.database_label)
 
     # -- who acts ------------------------------------------------------------------------------------------
 
