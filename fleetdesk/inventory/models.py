@@ -323,6 +323,9 @@ class RolloutRow(Base):
     actor: Mapped[str] = mapped_column(DeviceText)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The FleetDesk driving it ("host:pid") and until when its lease runs (migration 0011; RolloutRepo.take_lease).
+    driver: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class RolloutDeviceRow(Base):

@@ -15,10 +15,10 @@ import builtins
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fleetdesk.errors import RolloutConflictError, RolloutNotFoundError
@@ -104,6 +104,30 @@ class JournalEntry:
     to_state: str
     at: datetime
     detail: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who drives a rollout ("host:pid") and until when, as the database saw it at `now`."""
+
+    driver: str
+    until: datetime
+    now: datetime
+
+    @property
+    def host(self) -> str:
+        return self.driver.rpartition(":")[0]
+
+    @property
+    def pid(self) -> str:
+        return self.driver.rpartition(":")[2]
+
+
+def _database_now(session: Session) -> datetime:
+    if session.get_bind().dialect.name == "postgresql":
+        moment = session.execute(select(func.now())).scalar_one()
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return _now()
 
 
 class RolloutRepo:
@@ -192,6 +216,35 @@ class RolloutRepo:
             row.paused_reason = reason
             row.updated_at = now
             return _rollout(row)
+
+    # -- who drives it ---------------------------------------------------------------------------------
+
+    def take_lease(self, rollout_id: int, driver: str, seconds: float, *, stale_host: str | None = None) -> Lease:
+        """Take (or renew) the lease on driving the rollout for `seconds`, unless another driver holds a lease
+        that has not expired. Returns the lease as it stands: `driver`'s when taken.
+
+        `stale_host`: a lease of another process on this host is taken over too; the caller knows none of them
+        drives the rollout any more (it holds the host's lock that every local driver holds). Time is the
+        database server's on PostgreSQL, so laptops with different clocks agree on when a lease ends.
+        """
+        with self._session(write=True) as session:
+            row = _get_rollout(session, rollout_id)
+            now = _database_now(session)
+            free = (row.driver in (None, driver) or row.lease_until is None or row.lease_until <= now
+                    or (stale_host is not None and row.driver.rpartition(":")[0] == stale_host))
+            if free:
+                row.driver = driver
+                row.lease_until = now + timedelta(seconds=seconds)
+            assert row.driver is not None and row.lease_until is not None
+            return Lease(row.driver, row.lease_until, now)
+
+    def release_lease(self, rollout_id: int, driver: str) -> None:
+        """Give the lease back (only `driver`'s own: one taken over meanwhile stays its new holder's)."""
+        with self._session(write=True) as session:
+            row = _get_rollout(session, rollout_id)
+            if row.driver == driver:
+                row.driver = None
+                row.lease_until = None
 
     # -- devices ---------------------------------------------------------------------------------------
 

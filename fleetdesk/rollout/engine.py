@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
@@ -31,7 +33,7 @@ from fleetdesk.files import exclusive_lock
 from fleetdesk.fleet import Fleet
 from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.records import Device
-from fleetdesk.inventory.rollouts import RolloutRepo, RolloutRow
+from fleetdesk.inventory.rollouts import Lease, RolloutRepo, RolloutRow
 from fleetdesk.inventory.runtimes import DeviceRuntimes
 from fleetdesk.rollout import decide as dc
 from fleetdesk.rollout.checkpoints import hand_checkpoint
@@ -62,7 +64,12 @@ __all__ = ["RolloutBusyError", "RolloutEngine", "RolloutEvent"]
 
 
 class RolloutBusyError(FleetDeskError):
-    """Another FleetDesk process on this laptop is driving the rollout now."""
+    """Another FleetDesk process (on this laptop, or on another one sharing the inventory) is driving the rollout."""
+
+
+# A driver renews its lease every third of this; one that stops (crashed, lid closed, network gone) loses the
+# rollout to whoever asks after it ran out. A process that dies on this laptop frees it at once (the file lock).
+LEASE_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,9 @@ class RolloutEngine:
         self.on_event = on_event
         self._lock_dir = lock_dir
         self._held: set[int] = set()  # the rollouts whose lock this process holds, while it drives them
+        self._elsewhere: dict[int, Lease | None] = {}  # who drives a rollout this process found busy (None: local)
+        self.host = socket.gethostname()
+        self.driver = f"{self.host}:{os.getpid()}"  # this process, as the lease names it
         self.steps = DeviceSteps(fleet, self.ops, self.db, emit=self._emit)
 
     @property
@@ -288,7 +298,7 @@ class RolloutEngine:
             if not mine:
                 await self.db.audit("rollback", "refused", rollout_id=rollout_id, device_ids=ids,
                                     detail={"why": "another process drives the rollout"})
-                raise RolloutBusyError(f"rollout {rollout_id} is being driven by another FleetDesk process",
+                raise RolloutBusyError(self._driven_elsewhere(rollout_id),
                                        fix=f"pause it first (`fleetdesk rollout pause {rollout_id}`), wait for it "
                                            "to stop, then roll back")
             await self.steps.reconcile_all(rollout_id)
@@ -340,7 +350,7 @@ class RolloutEngine:
         """Drive the rollout until it is done, paused, waiting for approval, aborted or failed."""
         async with self._try_lock(rollout_id) as mine:
             if not mine:
-                raise RolloutBusyError(f"rollout {rollout_id} is being driven by another FleetDesk process",
+                raise RolloutBusyError(self._driven_elsewhere(rollout_id),
                                        fix="watch it with `fleetdesk rollout status ID`, or pause it there")
             row = await self.db.get(rollout_id)
             if row.status == PLANNED:
@@ -497,10 +507,48 @@ class RolloutEngine:
         folder.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(folder / f"{rid}.lock", blocking=False) as held:
             if not held:
+                self._elsewhere[rid] = None
+                yield False
+                return
+            # No other process on this laptop drives it (they would hold the lock): a lease of this host's is a
+            # dead process's, and is taken over; another laptop's holds until it runs out.
+            lease = await self.db.call(self.repo.take_lease, rid, self.driver, LEASE_S, stale_host=self.host)
+            if lease.driver != self.driver:
+                self._elsewhere[rid] = lease
                 yield False
                 return
             self._held.add(rid)
+            renewing = asyncio.create_task(self._renew_lease(rid), name=f"rollout {rid} lease")
             try:
                 yield True
             finally:
                 self._held.discard(rid)
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
+                with contextlib.suppress(FleetDeskError):
+                    await self.db.call(self.repo.release_lease, rid, self.driver)
+
+    async def _renew_lease(self, rid: int) -> None:
+        """Keep the lease while driving; say so when it was lost (this process was stopped longer than LEASE_S
+        and another FleetDesk took the rollout over) or cannot be renewed (the inventory is unreachable)."""
+        while True:
+            await asyncio.sleep(LEASE_S / 3)
+            try:
+                lease = await self.db.call(self.repo.take_lease, rid, self.driver, LEASE_S)
+            except FleetDeskError as exc:
+                log.warning("rollout %s: cannot renew the lease on driving it: %s", rid, exc)
+                continue
+            if lease.driver != self.driver:
+                log.warning("rollout %s: lost the lease on driving it to %s", rid, lease.driver)
+                self._emit(rid, "lease", None, None,
+                           f"rollout {rid} is now driven by the FleetDesk on {lease.host} (process {lease.pid}): "
+                           "this one was stopped longer than its lease")
+                return
+
+    def _driven_elsewhere(self, rid: int) -> str:
+        lease = self._elsewhere.get(rid)
+        if lease is None:
+            return f"rollout {rid} is being driven by another FleetDesk process on this laptop"
+        return (f"rollout {rid} is being driven by the FleetDesk on {lease.host} (process {lease.pid}); its lease "
+                f"runs until {lease.until:%H:%M:%S} UTC and is renewed while it drives")

@@ -313,3 +313,47 @@ def test_migration_0006_adds_the_tables_the_orm_describes_and_downgrades(db_url:
         assert not ROLLOUT_TABLES & set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_one_driver_holds_the_lease_until_it_runs_out_or_is_given_back(db_url: str) -> None:
+    """Two laptops (two Inventories on one database) asking to drive the same rollout at once: exactly one gets the
+    lease; the other gets it once the lease ran out, or was given back; a dead process of the same host is
+    taken over at once when the caller knows no local driver lives (it holds the host's lock)."""
+    import time
+
+    laptops = [open_inventory(db_url) for _ in range(4)]
+    try:
+        rid = RolloutRepo(laptops[0]).create(make_plan(laptops[0], "cam-01"), "op").id
+        start = threading.Barrier(len(laptops))
+        taken: list[str] = []
+
+        def ask(i: int) -> None:
+            start.wait()
+            lease = RolloutRepo(laptops[i]).take_lease(rid, f"laptop-{i}:100", 30)
+            taken.append(lease.driver)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(laptops))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(set(taken)) == 1, f"more than one driver took the lease: {taken}"
+        winner = taken[0]
+        repo = RolloutRepo(laptops[1])
+        held = repo.take_lease(rid, "laptop-9:1", 30)
+        assert held.driver == winner and held.until > held.now  # refused: the winner's lease still runs
+        assert held.host == winner.rpartition(":")[0] and held.pid == "100"
+
+        repo.release_lease(rid, "laptop-9:1")  # not the holder: nothing happens
+        assert repo.take_lease(rid, "laptop-9:1", 30).driver == winner
+        RolloutRepo(laptops[0]).release_lease(rid, winner)
+        assert repo.take_lease(rid, "laptop-9:1", 0.3).driver == "laptop-9:1"  # given back: taken
+        assert repo.take_lease(rid, "laptop-8:1", 30).driver == "laptop-9:1"
+        time.sleep(0.5)
+        assert repo.take_lease(rid, "laptop-8:1", 30).driver == "laptop-8:1"  # ran out: taken over
+        # Same host, another (dead) process: taken over only when the caller says the host has no live driver.
+        assert repo.take_lease(rid, "laptop-8:2", 30).driver == "laptop-8:1"
+        assert repo.take_lease(rid, "laptop-8:2", 30, stale_host="laptop-8").driver == "laptop-8:2"
+    finally:
+        for inventory in laptops:
+            inventory.close()

@@ -210,6 +210,36 @@ def test_the_lock_keeps_a_second_driver_out(fleet_with_model: str) -> None:
         os.close(fd)
 
 
+def test_a_rollout_another_laptop_drives_is_refused_until_its_lease_runs_out(fleet_with_model: str) -> None:
+    """Another laptop on the same inventory holds the rollout's lease (no file lock of this laptop is held): run and
+    rollback are refused naming that laptop; once its lease ran out (it stopped renewing), this one takes over."""
+    from fleetdesk.rollout.engine import RolloutBusyError
+
+    rid = _start_without_running(RolloutPlan(model="mlp@1", devices=(1,), waves=(1,)))
+
+    async def go() -> None:
+        fleet = Fleet.open()
+        try:
+            engine = RolloutEngine(fleet, ArtifactStore.default())
+            lease = await engine.db.call(engine.repo.take_lease, rid, "laptop-2:4242", 0.6)
+            assert lease.driver == "laptop-2:4242"
+            with pytest.raises(RolloutBusyError, match="driven by the FleetDesk on laptop-2 \\(process 4242\\)"):
+                await engine.run(rid)
+            with pytest.raises(RolloutBusyError, match="laptop-2"):
+                await engine.rollback(rid)
+            await asyncio.sleep(0.8)  # laptop-2 stopped renewing: its lease ran out
+            async with engine._try_lock(rid) as mine:
+                assert mine
+                held = await engine.db.call(engine.repo.take_lease, rid, "laptop-2:4242", 30)
+                assert held.driver == engine.driver  # laptop-2 is refused now
+            # Given back when this process stopped driving.
+            assert (await engine.db.call(engine.repo.take_lease, rid, "laptop-3:1", 30)).driver == "laptop-3:1"
+        finally:
+            await fleet.close()
+
+    asyncio.run(go())
+
+
 class _ThreadRecordingRepo(RolloutRepo):
     """The real repository, noting which thread each of its writes ran on."""
 
