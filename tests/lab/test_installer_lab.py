@@ -1,12 +1,15 @@
 """The .deb, proved the way an IT department would: installed with apt into a clean Debian bookworm root (the lab's
 cached amd64 image, unpacked afresh: no Python of this machine, no venv, no checkout in it, and no network), then
-used there: `fleetdesk --version`, `fleetdesk devices --json` on a fresh inventory, the desktop entry's Exec line
-drawing the window on a real X server with Qt's xcb platform; removed (the operator's data stays) and purged
-(/opt/fleetdesk goes).
+used there: `fleetdesk --version`, `fleetdesk devices --json` on a fresh inventory, `fleetdesk model import` of a
+small CNN (onnxruntime, the optimizer and the quantizer frozen; the operator's signing key in a real gnome-keyring
+whose D-Bus socket is inside the root), the desktop entry's Exec line drawing the window on a real X server with
+Qt's xcb platform; removed (the operator's data stays) and purged (/opt/fleetdesk goes).
 
-The build is `make dist`'s, of these sources, reused from the cache folder (packaging/cached_build.py); the Debian
-packages its Depends pull in were downloaded by `make dist-offline` (the root has no route to any mirror) and are
-offered to apt as a local file: repository. This test never brings up the lab; it only copies the lab's image.
+The build is `make dist`'s, of these sources, reused from the cache folder (packaging/cached_build.py, keyed by what
+goes into the bundle); the test builds it when there is none. The Debian packages its Depends pull in were
+downloaded by `make dist-offline` (an install step, a prerequisite of `make test`: the root has no route to any
+mirror) and are offered to apt as a local file: repository. This test never brings up the lab; it only copies the
+lab's image.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from tests.conftest import skip_or_fail
+from tests.fixtures.models.build import save_cnn
 from tests.gui.x_display import XWindow, ask_to_close, grab_screen, missing_tools, top_level_windows, window_pid, xvfb
 from tests.gui_harness import distinct_colours
+from tests.keyring_daemon import private_keyring
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -58,6 +63,7 @@ class CleanRoot:
     deb: Path  # inside the root
     version: str
     build_seconds: float | None  # None: reused from the cache
+    session: dict[str, str] = field(default_factory=dict)  # what the operator's desktop session sets (its D-Bus)
 
     def run(self, command: str, *, env: dict[str, str] | None = None, timeout: float = 300,
             check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -71,7 +77,7 @@ class CleanRoot:
         """`command` run by /bin/sh of the root, chrooted, in private mount and network namespaces (only
         loopback, up), with /proc, /dev and the X server's socket folder mounted; the same process id throughout
         (no fork between here and the command), so its windows name the pid Popen sees."""
-        env_args = " ".join(f"{k}={_q(v)}" for k, v in {**BASE_ENV, **(env or {})}.items())
+        env_args = " ".join(f"{k}={_q(v)}" for k, v in {**BASE_ENV, **self.session, **(env or {})}.items())
         setup = (
             f"set -e; R={_q(str(self.path))}; "
             'mount -t proc proc "$R/proc"; mount --rbind /dev "$R/dev"; '
@@ -93,8 +99,6 @@ def clean_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CleanRoot]:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         skip_or_fail(f"host tools missing: {', '.join(missing)} (scripts/system-deps.sh test installs them)")
-    if importlib.util.find_spec("PyInstaller") is None:
-        skip_or_fail("PyInstaller is not installed (`make dist-offline` installs the dist extra)")
     packaging = _packaging()
     tarball: Path = packaging.clean_root_tarball()
     if not tarball.is_file():
@@ -104,6 +108,9 @@ def clean_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CleanRoot]:
     folder = packaging.cached_build(sys.executable, build=False)
     build_seconds = None
     if folder is None:
+        if importlib.util.find_spec("PyInstaller") is None:
+            skip_or_fail("no build of these sources, and PyInstaller is not installed to make one "
+                         "(`make dist-offline` installs the dist extra and builds)")
         folder = packaging.cached_build(sys.executable, build=True)
         build_seconds = time.monotonic() - started
     [deb] = folder.glob("fleetdesk_*_amd64.deb")
@@ -125,7 +132,14 @@ def clean_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CleanRoot]:
     shutil.copy2(deb, root / "tmp" / deb.name)
     (root / "tmp/.X11-unix").mkdir(exist_ok=True)
     version = deb.name.split("_")[1]
-    yield CleanRoot(root, Path("/tmp") / deb.name, version, build_seconds)
+    # The operator's session bus and Secret Service: a private gnome-keyring, run from here, whose bus socket is a
+    # file inside the root (a filesystem socket reaches across the network namespace; the path drops the root's).
+    keyring_base = root / "run/fleetdesk-keyring"
+    with private_keyring(keyring_base) as keyring:
+        bus = keyring.bus_address.replace(str(root), "", 1)
+        assert bus != keyring.bus_address, keyring.bus_address
+        yield CleanRoot(root, Path("/tmp") / deb.name, version, build_seconds,
+                        {"DBUS_SESSION_BUS_ADDRESS": bus})
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -171,6 +185,28 @@ def test_the_commands_run_from_the_package_on_a_fresh_inventory(installed: Clean
     devices = installed.run(f"mkdir -p {HOME} && fleetdesk devices --json")
     assert json.loads(devices.stdout) == []
     assert (installed.path / HOME.lstrip("/") / ".local/share/fleetdesk/fleetdesk.db").is_file()
+
+
+def test_a_small_cnn_is_imported_and_optimized_for_each_profile(installed: CleanRoot) -> None:
+    # One arm64 and one x86 profile: each builds graph-optimized and INT8 (static and dynamic) variants.
+    profiles = ("rpi4", "ipc-x86")
+    save_cnn(installed.path / "srv/small_cnn.onnx")
+    proc = installed.run(f"mkdir -p {HOME} && cd /srv && fleetdesk model import small_cnn.onnx --name line-cam "
+                         f"--version 1.0 --no-device-bench --json "
+                         + " ".join(f"--profile {p}" for p in profiles), timeout=600)
+    record = json.loads(proc.stdout)
+    assert record["name"] == "line-cam" and record["version"] == "1.0", record
+    report = record["report"]
+    assert sorted(p["profile"] for p in report["profiles"]) == sorted(profiles), report
+    for result in report["profiles"]:
+        variants = {v["recipe"]: v for v in result["variants"]}
+        failed = {recipe: v["reason"] for recipe, v in variants.items() if v["status"] == "failed"}
+        assert not failed, f"{result['profile']}: variants failed in the frozen bundle: {failed}"
+        # The quantizer ran frozen and its model ran in onnxruntime: it has an accuracy against the original.
+        assert variants["int8-static"]["accuracy"] is not None, variants["int8-static"]
+        assert result["chosen"] in variants, result
+    verified = json.loads(installed.run(f"fleetdesk model verify {record['ref']} --json", check=False).stdout)
+    assert verified["ok"] and verified["results"], verified
 
 
 def _desktop_exec(root: Path) -> str:
