@@ -46,8 +46,9 @@ lint: $(STAMP)
 contracts: $(STAMP)
 	$(BIN)/lint-imports
 
-# The installers of this commit (packaging/build.sh): dist/fleetdesk-<version>-linux-x86_64.tar.gz and
-# dist/fleetdesk_<version>_amd64.deb, then their sizes and the unpacked bundle's.
+# The installers of this commit (packaging/build.sh): dist/fleetdesk-<version>-linux-x86_64.tar.gz,
+# dist/fleetdesk_<version>_amd64.deb and the offline device-runtime pack dist/fleetdesk-runtimes_<version>_all.deb
+# (its wheels downloaded with the venv's pip), then their sizes and the unpacked bundle's.
 dist: $(DIST_STAMP) system-deps-dist
 	packaging/build.sh $(BIN)/python
 

@@ -97,7 +97,7 @@ def fetch_offline_debs(deb: Path) -> Path:
 
 
 def cached_build(python: str, *, build: bool) -> Path | None:
-    """The folder holding this checkout's .deb and .tar.gz; built (packaging/build.sh) when asked and missing."""
+    """The folder holding this checkout's .debs and .tar.gz; built (packaging/build.sh) when asked and missing."""
     folder = cache_folder(python)
     if (folder / "done").is_file():
         return folder
@@ -109,7 +109,8 @@ def cached_build(python: str, *, build: bool) -> Path | None:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     version = fleetdesk.__version__
-    for name in (f"fleetdesk_{version}_amd64.deb", f"fleetdesk-{version}-linux-x86_64.tar.gz"):
+    for name in (f"fleetdesk_{version}_amd64.deb", f"fleetdesk-runtimes_{version}_all.deb",
+                 f"fleetdesk-{version}-linux-x86_64.tar.gz"):
         shutil.copy2(ROOT / "dist" / name, partial / name)
     (partial / "done").write_text(f"built in {time.monotonic() - started:.0f} s\n")
     shutil.rmtree(folder, ignore_errors=True)

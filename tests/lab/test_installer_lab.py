@@ -5,15 +5,19 @@ small CNN (onnxruntime, the optimizer and the quantizer frozen; the operator's s
 whose D-Bus socket is inside the root), the desktop entry's Exec line drawing the window on a real X server with
 Qt's xcb platform; removed (the operator's data stays) and purged (/opt/fleetdesk goes).
 
+The offline device-runtime pack (fleetdesk-runtimes_<version>_all.deb) is installed beside it: `fleetdesk runtime
+list` shows its runtimes, and `fleetdesk runtime build`, which needs pip and an index, says so and names them.
+
 The build is `make dist`'s, of these sources, reused from the cache folder (packaging/cached_build.py, keyed by what
-goes into the bundle); the test builds it when there is none. The Debian packages its Depends pull in were
-downloaded by `make dist-offline` (an install step, a prerequisite of `make test`: the root has no route to any
-mirror) and are offered to apt as a local file: repository. This test never brings up the lab; it only copies the
-lab's image.
+goes into the bundle) where `make dist-offline` (a prerequisite of `make test`) put it: building reaches the package
+index for the runtime pack's wheels, so it is an install step, never this test's. So is the download of the Debian
+packages the .deb's Depends pull in (the root has no route to any mirror): they are offered to apt as a local file:
+repository. This test never brings up the lab; it only copies the lab's image.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -61,8 +65,8 @@ def _packaging() -> ModuleType:
 class CleanRoot:
     path: Path
     deb: Path  # inside the root
+    runtimes_deb: Path  # inside the root
     version: str
-    build_seconds: float | None  # None: reused from the cache
     session: dict[str, str] = field(default_factory=dict)  # what the operator's desktop session sets (its D-Bus)
 
     def run(self, command: str, *, env: dict[str, str] | None = None, timeout: float = 300,
@@ -104,16 +108,12 @@ def clean_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CleanRoot]:
     if not tarball.is_file():
         skip_or_fail(f"no clean bookworm image at {tarball} (`make dist-offline` builds it)")
 
-    started = time.monotonic()
     folder = packaging.cached_build(sys.executable, build=False)
-    build_seconds = None
     if folder is None:
-        if importlib.util.find_spec("PyInstaller") is None:
-            skip_or_fail("no build of these sources, and PyInstaller is not installed to make one "
-                         "(`make dist-offline` installs the dist extra and builds)")
-        folder = packaging.cached_build(sys.executable, build=True)
-        build_seconds = time.monotonic() - started
+        skip_or_fail(f"no build of these sources in {packaging.cache_folder(sys.executable)} "
+                     "(`make dist-offline` builds it)")
     [deb] = folder.glob("fleetdesk_*_amd64.deb")
+    [runtimes_deb] = folder.glob("fleetdesk-runtimes_*_all.deb")
     debs: Path = packaging.offline_debs_folder()
     stamp = debs / "depends.txt"
     if not stamp.is_file() or stamp.read_text().strip() != packaging.deb_depends(deb):
@@ -130,6 +130,7 @@ def clean_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CleanRoot]:
     (root / "etc/apt/sources.list.d").mkdir()
     shutil.copytree(debs, root / LOCAL_REPO.lstrip("/"))
     shutil.copy2(deb, root / "tmp" / deb.name)
+    shutil.copy2(runtimes_deb, root / "tmp" / runtimes_deb.name)
     (root / "tmp/.X11-unix").mkdir(exist_ok=True)
     version = deb.name.split("_")[1]
     # The operator's session bus and Secret Service: a private gnome-keyring, run from here, whose bus socket is a
@@ -138,7 +139,7 @@ def clean_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CleanRoot]:
     with private_keyring(keyring_base) as keyring:
         bus = keyring.bus_address.replace(str(root), "", 1)
         assert bus != keyring.bus_address, keyring.bus_address
-        yield CleanRoot(root, Path("/tmp") / deb.name, version, build_seconds,
+        yield CleanRoot(root, Path("/tmp") / deb.name, Path("/tmp") / runtimes_deb.name, version,
                         {"DBUS_SESSION_BUS_ADDRESS": bus})
     shutil.rmtree(root, ignore_errors=True)
 
@@ -148,15 +149,14 @@ def installed(clean_root: CleanRoot) -> CleanRoot:
     assert not (clean_root.path / "root/.pyenv").exists() and not (clean_root.path / "work").exists()
     assert not (clean_root.path / "opt/fleetdesk").exists()
     clean_root.run("apt-get update -qq", timeout=120)
-    proc = clean_root.run(f"apt-get install -y --no-install-recommends {clean_root.deb}", timeout=900)
+    proc = clean_root.run(f"apt-get install -y --no-install-recommends {clean_root.deb} {clean_root.runtimes_deb}",
+                          timeout=900)
     # apt names what it installs besides the package; every one must come from the declared Depends.
     new = re.search(r"NEW packages will be installed:\n((?:  .*\n)+)", proc.stdout)
     assert new, proc.stdout
-    pulled = set(new.group(1).split()) - {"fleetdesk"}
+    pulled = set(new.group(1).split()) - {"fleetdesk", "fleetdesk-runtimes"}
     assert pulled, "a clean root needs the xcb libraries: apt installed nothing but fleetdesk?"
     print(f"apt-get install pulled {len(pulled)} packages: {' '.join(sorted(pulled))}")
-    if clean_root.build_seconds is not None:
-        print(f"built the installers in {clean_root.build_seconds:.0f} s")
     return clean_root
 
 
@@ -165,8 +165,8 @@ def test_apt_installs_it_with_only_its_declared_dependencies(installed: CleanRoo
     depends = installed.run(f"dpkg-deb --field {installed.deb} Depends").stdout
     declared = {part.split()[0] for part in depends.split(",")}
     assert {"libxcb-cursor0", "libegl1", "libfontconfig1", "libdbus-1-3"} <= declared, depends
-    status = installed.run("dpkg-query -W -f='${Package} ${Status}\\n' fleetdesk").stdout
-    assert "install ok installed" in status
+    status = installed.run("dpkg-query -W -f='${Package} ${Status}\\n' fleetdesk fleetdesk-runtimes").stdout
+    assert status.count("install ok installed") == 2, status
     for path in ("opt/fleetdesk/fleetdesk", "opt/fleetdesk/fleetdesk-gui", "usr/share/doc/fleetdesk/copyright",
                  f"usr/share/applications/{APP_ID}.desktop", f"usr/share/metainfo/{APP_ID}.metainfo.xml",
                  f"usr/share/icons/hicolor/scalable/apps/{APP_ID}.svg",
@@ -207,6 +207,28 @@ def test_a_small_cnn_is_imported_and_optimized_for_each_profile(installed: Clean
         assert result["chosen"] in variants, result
     verified = json.loads(installed.run(f"fleetdesk model verify {record['ref']} --json", check=False).stdout)
     assert verified["ok"] and verified["results"], verified
+
+
+def test_the_runtime_pack_is_listed_and_a_frozen_build_names_it(installed: CleanRoot) -> None:
+    runtimes = json.loads(installed.run("fleetdesk runtime list --json").stdout)
+    by_platform = {(r["arch"], r["python"]): r for r in runtimes}
+    # The CPU device families: the Pis (aarch64) and the x86 PCs, both on bookworm's Python 3.11.
+    assert set(by_platform) == {("aarch64", "cp311"), ("x86_64", "cp311")}, runtimes
+    assert {"rpi4", "rpi5"} <= set(by_platform["aarch64", "cp311"]["profiles"])
+    assert "ipc-x86" in by_platform["x86_64", "cp311"]["profiles"]
+    for runtime in runtimes:
+        assert runtime["shipped"], runtime
+        assert {w["project"] for w in runtime["wheels"]} >= {"onnxruntime", "numpy"}, runtime
+        folder = installed.path / "usr/share/fleetdesk/runtimes" / runtime["id"] / "wheels"
+        for wheel in runtime["wheels"]:
+            path = folder / wheel["file"]
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == wheel["sha256"], path
+    # The bundle has no pip: building a runtime is refused with what to do instead, and the shipped one named.
+    proc = installed.run("fleetdesk runtime build --profile rpi4", check=False)
+    assert proc.returncode != 0
+    assert "needs a Python with pip and a package index" in proc.stderr, proc.stderr
+    assert by_platform["aarch64", "cp311"]["id"] in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
 
 
 def _desktop_exec(root: Path) -> str:
