@@ -46,18 +46,21 @@ lint: $(STAMP)
 contracts: $(STAMP)
 	$(BIN)/lint-imports
 
-# The installers of this commit (packaging/build.sh): dist/fleetdesk-<version>-linux-x86_64.tar.gz and
-# dist/fleetdesk_<version>_amd64.deb, then their sizes and the unpacked bundle's.
+# The installers of this commit (packaging/build.sh): dist/fleetdesk-<version>-linux-x86_64.tar.gz,
+# dist/fleetdesk_<version>_amd64.deb and the offline device-runtime pack dist/fleetdesk-runtimes_<version>_all.deb
+# (its wheels downloaded with the venv's pip), then their sizes and the unpacked bundle's.
 dist: $(DIST_STAMP) system-deps-dist
 	packaging/build.sh $(BIN)/python
 
-# What the installer test (on branch `installers`, not yet in `make test`) installs: a build of these sources, kept in the cache
-# folder and reused while they do not change, and the Debian packages its Depends pull into a clean bookworm root,
-# downloaded here (an install step) because the test's root has no network.
-dist-offline: $(DIST_STAMP) system-deps-dist
+# What the installer test (tests/lab/test_installer_lab.py) installs: a build of these sources, kept in the cache
+# folder and reused while what goes into the bundle does not change (a commit of tests or docs builds nothing), and
+# the Debian packages its Depends pull into a clean bookworm root, downloaded here (an install step) because the
+# test's root has no network. The download needs the .deb's Depends, so the build happens here too, before the test.
+# The test's system set has the build's tools (lintian, which only `make dist` runs, is not in it).
+dist-offline: $(DIST_STAMP) system-deps-test
 	$(BIN)/python packaging/cached_build.py --build --offline-debs
 
-test: $(STAMP) system-deps-test lint contracts
+test: $(STAMP) system-deps-test lint contracts dist-offline
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(BENCH_STAMP) system-deps-test

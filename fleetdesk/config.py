@@ -12,6 +12,9 @@ from pathlib import Path
 import platformdirs
 
 APP_NAME = "fleetdesk"
+# Where the Debian package fleetdesk-runtimes puts the device runtimes it ships (packaging/runtimes.py): read-only,
+# listed beside the operator's own runtimes.
+SHIPPED_RUNTIMES_DIR = "/usr/share/fleetdesk/runtimes"
 
 
 def _dir_from_env(var: str, default: str) -> Path:
@@ -40,6 +43,11 @@ class Settings:
     def user_profiles_dir(self) -> Path:
         """Operators' own device profiles; they override shipped ones of the same name."""
         return self.config_dir / "device_profiles"
+
+    @property
+    def shipped_runtimes_dir(self) -> Path:
+        """The runtimes an installed package ships (FLEETDESK_SHIPPED_RUNTIMES_DIR overrides it)."""
+        return _dir_from_env("FLEETDESK_SHIPPED_RUNTIMES_DIR", SHIPPED_RUNTIMES_DIR)
 
     @property
     def lab_cache_dir(self) -> Path:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make dist`: the frozen bundle (PyInstaller one-folder, packaging/fleetdesk.spec) as
-# dist/fleetdesk-<version>-linux-x86_64.tar.gz, and the Debian package dist/fleetdesk_<version>_amd64.deb
-# (packaging/deb.sh), then their sizes.
+# dist/fleetdesk-<version>-linux-x86_64.tar.gz, the Debian package dist/fleetdesk_<version>_amd64.deb
+# (packaging/deb.sh), the offline device-runtime pack dist/fleetdesk-runtimes_<version>_all.deb (packaging/runtimes.py:
+# it downloads the CPU device families' wheels with this Python's pip, a build step), then their sizes.
 #
 # Version from pyproject.toml only; the commit and SOURCE_DATE_EPOCH from git (the last commit), PYTHONHASHSEED=0,
 # archives sorted, owned by root and clamped to SOURCE_DATE_EPOCH, gzip without a name or time.
@@ -48,8 +49,11 @@ rm -rf "$stage"
 
 "$ROOT/packaging/deb.sh" "$bundle" "$VERSION" "$PY"
 deb=$DIST/fleetdesk_${VERSION}_amd64.deb
+"$PY" "$ROOT/packaging/runtimes.py" "$VERSION"
+runtimes_deb=$DIST/fleetdesk-runtimes_${VERSION}_all.deb
 
 echo "frozen in $((frozen - started)) s, packed in $(($(date +%s) - frozen)) s"
 echo "bundle (unpacked): $(du -sb "$bundle" | cut -f1 | numfmt --to=iec --suffix=B) in $(find "$bundle" -type f | wc -l) files"
 echo "$(basename "$tarball"): $(stat -c %s "$tarball" | numfmt --to=iec --suffix=B)"
 echo "$(basename "$deb"): $(stat -c %s "$deb" | numfmt --to=iec --suffix=B)"
+echo "$(basename "$runtimes_deb"): $(stat -c %s "$runtimes_deb" | numfmt --to=iec --suffix=B)"

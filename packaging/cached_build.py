@@ -1,6 +1,8 @@
 """`make dist`'s outputs for this checkout, built once and kept: the .deb and the .tar.gz under the cache folder
-(FLEETDESK_CACHE_DIR, else the user cache folder) in dist/<key>/, where the key is the commit and any uncommitted
-change to tracked files. The installer test and `make dist-offline` reuse a build of the same sources.
+(FLEETDESK_CACHE_DIR, else the user cache folder) in dist/<key>/, where the key is a hash of exactly what goes into
+the bundle: FleetDesk's sources and data folders, packaging/, pyproject.toml, and the building Python's version and
+installed distributions. A commit that touches only tests or docs reuses the build (whose `--version` then names the
+commit it was built from). The installer test and `make dist-offline` reuse a build of the same inputs.
 
 Usage: python packaging/cached_build.py [--build] [--offline-debs]
 prints the folder; builds into it first when it is missing (only with --build; without it, exit status 1 says
@@ -26,16 +28,42 @@ import fleetdesk  # noqa: E402 - the checkout's own fleetdesk, not an installed 
 from fleetdesk.config import Settings  # noqa: E402
 from fleetdesk.lab import rootfs  # noqa: E402
 
+# What packaging/fleetdesk.spec, build.sh and deb.sh read from the checkout; the README, this file and the download
+# of Debian packages for the test are not in the bundle.
+BUNDLE_INPUTS = ("fleetdesk", "ui", "resources", "device_profiles", "packaging", "pyproject.toml")
+NOT_BUNDLE_INPUTS = ("packaging/README.md", "packaging/cached_build.py", "packaging/offline_debs.sh")
 
-def build_key(root: Path = ROOT) -> str:
-    """The commit, and the diff of tracked files against it: what the build is made from (untracked files are not)."""
-    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, check=True).stdout
-    diff = subprocess.run(["git", "-C", str(root), "diff", "HEAD", "--binary"], capture_output=True, check=True).stdout
-    return f"{head.decode().strip()[:12]}-{hashlib.sha256(head + diff).hexdigest()[:12]}"
+# The Python the build runs with: its version and every installed distribution but the checkout's own fleetdesk
+# (an editable install, whose sources are hashed above).
+_ENVIRONMENT = """
+import importlib.metadata, sys
+names = {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+         if (d.metadata['Name'] or '').lower() != 'fleetdesk'}
+print(sys.version)
+print('\\n'.join(sorted(names)))
+"""
 
 
-def cache_folder(key: str | None = None) -> Path:
-    return Settings.load().cache_dir / "dist" / (key or build_key())
+def build_key(python: str = sys.executable, root: Path = ROOT) -> str:
+    """A hash of what the bundle is made from: the input files (path and content; caches left out, untracked files
+    in) and the building Python's installed distributions."""
+    digest = hashlib.sha256()
+    for name in BUNDLE_INPUTS:
+        base = root / name
+        paths = sorted(base.rglob("*")) if base.is_dir() else [base]
+        for path in paths:
+            rel = path.relative_to(root).as_posix()
+            if (not path.is_file() or "__pycache__" in path.parts or path.suffix == ".pyc"
+                    or rel in NOT_BUNDLE_INPUTS):
+                continue
+            digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    environment = subprocess.run([python, "-c", _ENVIRONMENT], capture_output=True, check=True).stdout
+    digest.update(environment)
+    return digest.hexdigest()[:16]
+
+
+def cache_folder(python: str = sys.executable) -> Path:
+    return Settings.load().cache_dir / "dist" / build_key(python)
 
 
 def clean_root_tarball() -> Path:
@@ -69,8 +97,8 @@ def fetch_offline_debs(deb: Path) -> Path:
 
 
 def cached_build(python: str, *, build: bool) -> Path | None:
-    """The folder holding this checkout's .deb and .tar.gz; built (packaging/build.sh) when asked and missing."""
-    folder = cache_folder()
+    """The folder holding this checkout's .debs and .tar.gz; built (packaging/build.sh) when asked and missing."""
+    folder = cache_folder(python)
     if (folder / "done").is_file():
         return folder
     if not build:
@@ -81,7 +109,8 @@ def cached_build(python: str, *, build: bool) -> Path | None:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     version = fleetdesk.__version__
-    for name in (f"fleetdesk_{version}_amd64.deb", f"fleetdesk-{version}-linux-x86_64.tar.gz"):
+    for name in (f"fleetdesk_{version}_amd64.deb", f"fleetdesk-runtimes_{version}_all.deb",
+                 f"fleetdesk-{version}-linux-x86_64.tar.gz"):
         shutil.copy2(ROOT / "dist" / name, partial / name)
     (partial / "done").write_text(f"built in {time.monotonic() - started:.0f} s\n")
     shutil.rmtree(folder, ignore_errors=True)
@@ -98,7 +127,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     folder = cached_build(args.python, build=args.build)
     if folder is None:
-        print(f"no build of these sources in {cache_folder()}; run `make dist-offline`", file=sys.stderr)
+        print(f"no build of these sources in {cache_folder(args.python)}; run `make dist-offline`", file=sys.stderr)
         return 1
     if args.offline_debs:
         if os.geteuid() != 0:

@@ -24,6 +24,9 @@ test_pkgs=(iproute2 iptables openssh-server openssh-client debootstrap qemu-user
 test_pkgs+=(poppler-utils chromium)
 # tests/gui/test_real_display.py: a real X server, xwininfo/xprop (x11-utils) and xwd (x11-apps).
 test_pkgs+=(xvfb x11-utils x11-apps)
+# tests/lab/test_installer_lab.py and the build it installs (`make dist-offline`): dpkg-shlibdeps and
+# dpkg-scanpackages (dpkg-dev), desktop-file-validate (desktop-file-utils), appstreamcli (appstream).
+test_pkgs+=(dpkg-dev desktop-file-utils appstream)
 
 # `make dist` (packaging/): dpkg-shlibdeps and dpkg-scanpackages (dpkg-dev), and the checks of what the .deb
 # carries: desktop-file-validate (desktop-file-utils), appstreamcli (appstream), lintian.

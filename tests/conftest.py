@@ -27,6 +27,8 @@ def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     monkeypatch.setenv("FLEETDESK_DATA_DIR", str(home / "data"))
     monkeypatch.setenv("FLEETDESK_CONFIG_DIR", str(home / "config"))
     monkeypatch.delenv("FLEETDESK_DB", raising=False)
+    # Nor the runtimes an installed FleetDesk package ships.
+    monkeypatch.setenv("FLEETDESK_SHIPPED_RUNTIMES_DIR", str(home / "shipped-runtimes"))
     return home
 
 

@@ -68,9 +68,9 @@ def cmd_runtime_build(args: argparse.Namespace) -> int:
 
 def cmd_runtime_list(args: argparse.Namespace) -> int:
     runtimes = _store().list()
-    rows = [("ID", "PROFILES", "ARCH", "PYTHON", "SIZE", "CREATED", "WHEELS")]
+    rows = [("ID", "PROFILES", "ARCH", "PYTHON", "SIZE", "CREATED", "FROM", "WHEELS")]
     rows += [(r.id, ",".join(r.profiles) or "-", r.arch, r.python, f"{r.size / 1e6:.1f} MB",
-              r.created.astimezone().strftime("%Y-%m-%d %H:%M"),
+              r.created.astimezone().strftime("%Y-%m-%d %H:%M"), "package" if r.shipped else "this laptop",
               ", ".join(f"{w.project} {w.version}" for w in r.wheels)) for r in runtimes]
     empty = "no runtimes yet: `fleetdesk runtime build --profile P` while this laptop reaches a package index"
     emit(args, [r.to_json() for r in runtimes], table(rows) if runtimes else empty)

@@ -1,4 +1,5 @@
 """The laptop's content-addressed store of runtime bundles: one folder per runtime, wheels/ and runtime.json.
+Runtimes an installed package ships (read-only, e.g. /usr/share/fleetdesk/runtimes) are listed beside them.
 
 A runtime's id is a hash of its wheels (file names and SHA-256), so the same wheels are the same runtime;
 a new one is assembled in a hidden temp folder and renamed into place, so a killed build leaves nothing half-made.
@@ -62,6 +63,7 @@ class Runtime:
     tools: dict[str, str] = field(default_factory=dict, compare=False)  # pip / python / fleetdesk versions
     base: str | None = None  # the runtime an imported wheel was added to
     path: Path = field(default=Path(), compare=False)
+    shipped: bool = field(default=False, compare=False)  # installed with FleetDesk's package, not made here
 
     @property
     def size(self) -> int:
@@ -81,16 +83,17 @@ class Runtime:
         return {"id": self.id, "arch": self.arch, "python": self.python, "profiles": list(self.profiles),
                 "requirements": list(self.requirements), "platforms": list(self.platforms),
                 "wheels": [w.to_json() for w in self.wheels], "size": self.size,
-                "created": self.created.isoformat(), "tools": dict(self.tools), "base": self.base}
+                "created": self.created.isoformat(), "tools": dict(self.tools), "base": self.base,
+                "shipped": self.shipped}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], path: Path) -> Runtime:
+    def from_json(cls, data: dict[str, Any], path: Path, *, shipped: bool = False) -> Runtime:
         return cls(id=str(data["id"]), arch=str(data["arch"]), python=str(data["python"]),
                    profiles=tuple(data.get("profiles", ())), requirements=tuple(data["requirements"]),
                    platforms=tuple(data.get("platforms", ())),
                    wheels=tuple(WheelFile.from_json(w) for w in data["wheels"]),
                    created=datetime.fromisoformat(data["created"]), tools=dict(data.get("tools", {})),
-                   base=data.get("base"), path=path)
+                   base=data.get("base"), path=path, shipped=shipped)
 
 
 def runtime_id(wheels: Iterable[WheelFile]) -> str:
@@ -100,33 +103,42 @@ def runtime_id(wheels: Iterable[WheelFile]) -> str:
 
 
 class RuntimeStore:
-    """`RuntimeStore.default().list()`; every runtime lives in ROOT/<id>/ with wheels/ and runtime.json."""
+    """`RuntimeStore.default().list()`; every runtime lives in ROOT/<id>/ with wheels/ and runtime.json.
 
-    def __init__(self, root: Path) -> None:
+    `shipped` folders are laid out the same way and only read: a runtime there is listed, chosen and provisioned
+    like one of ROOT's (ROOT's wins when both hold the same id); new runtimes always go into ROOT.
+    """
+
+    def __init__(self, root: Path, shipped: Sequence[Path] = ()) -> None:
         self.root = Path(root)
+        self.shipped = tuple(Path(folder) for folder in shipped)
 
     @classmethod
     def default(cls, settings: Settings | None = None) -> RuntimeStore:
-        return cls((settings or Settings.load()).data_dir / "runtimes")
+        settings = settings or Settings.load()
+        return cls(settings.data_dir / "runtimes", shipped=(settings.shipped_runtimes_dir,))
 
     def list(self) -> list[Runtime]:
         """Every stored runtime, newest first; folders that are not runtimes (half-made, foreign) are skipped."""
-        if not self.root.is_dir():
-            return []
-        found = []
-        for folder in self.root.iterdir():
-            if folder.name.startswith(".") or not (folder / RUNTIME_JSON).is_file():
+        found: dict[str, Runtime] = {}
+        for root, shipped in [(folder, True) for folder in reversed(self.shipped)] + [(self.root, False)]:
+            if not root.is_dir():
                 continue
-            with contextlib.suppress(FleetDeskError):
-                found.append(self._read(folder))
-        return sorted(found, key=lambda r: (r.created, r.id), reverse=True)
+            for folder in root.iterdir():
+                if folder.name.startswith(".") or not (folder / RUNTIME_JSON).is_file():
+                    continue
+                with contextlib.suppress(FleetDeskError):
+                    runtime = self._read(folder, shipped=shipped)
+                    found[runtime.id] = runtime
+        return sorted(found.values(), key=lambda r: (r.created, r.id), reverse=True)
 
     def get(self, ref: str) -> Runtime:
         """The runtime with this id, or the only one whose id starts with `ref` (at least 4 characters)."""
         ref = ref.strip().lower()
-        exact = self.root / ref
-        if len(ref) == ID_LENGTH and (exact / RUNTIME_JSON).is_file():
-            return self._read(exact)
+        for root, shipped in [(self.root, False), *((folder, True) for folder in self.shipped)]:
+            exact = root / ref
+            if len(ref) == ID_LENGTH and (exact / RUNTIME_JSON).is_file():
+                return self._read(exact, shipped=shipped)
         matches = [r for r in self.list() if len(ref) >= 4 and r.id.startswith(ref)]
         if len(matches) == 1:
             return matches[0]
@@ -143,11 +155,11 @@ class RuntimeStore:
         candidates = own or fitting
         return candidates[0] if candidates else None
 
-    def _read(self, folder: Path) -> Runtime:
+    def _read(self, folder: Path, *, shipped: bool = False) -> Runtime:
         path = folder / RUNTIME_JSON
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return Runtime.from_json(data, folder)
+            return Runtime.from_json(data, folder, shipped=shipped)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path} is not a readable runtime description ({exc})", step="read runtime",
                               fix=f"remove the folder {folder} and build the runtime again") from None
@@ -183,6 +195,11 @@ class RuntimeStore:
             if (final / RUNTIME_JSON).is_file():
                 shutil.rmtree(folder, ignore_errors=True)
                 return self._add_profiles(self._read(final), profiles), False
+            # The same wheels as a shipped runtime: that one serves (its folder is read-only; profiles stay).
+            for shipped_root in self.shipped:
+                if (shipped_root / rid / RUNTIME_JSON).is_file():
+                    shutil.rmtree(folder, ignore_errors=True)
+                    return self._read(shipped_root / rid, shipped=True), False
             runtime = Runtime(id=rid, arch=arch, python=python, profiles=tuple(dict.fromkeys(profiles)),
                               requirements=tuple(requirements), platforms=tuple(platforms),
                               wheels=tuple(sorted(wheels, key=lambda w: w.file)), created=datetime.now(UTC),

@@ -262,6 +262,8 @@ async def build_runtime(profile: Profile, store: RuntimeStore, *, requirements: 
     if not reqs:
         raise RuntimeBundleError(f"profile {profile.name} lists no wheels", step="build runtime",
                           fix="add [runtime] wheels to the profile, or pass --requirement")
+    if getattr(sys, "frozen", False):
+        raise _frozen_build_refused(profile, target, store)
     pip = await _pip_version()
     folder = store.new_folder()
     try:
@@ -299,6 +301,19 @@ async def build_runtime(profile: Profile, store: RuntimeStore, *, requirements: 
     return store.commit(folder, arch=target.arch, python=target.python, profiles=[profile.name], requirements=reqs,
                         platforms=target.download_platforms, wheels=[i.as_file() for i in infos],
                         tools=_tools(pip))
+
+
+def _frozen_build_refused(profile: Profile, target: TargetPlatform, store: RuntimeStore) -> RuntimeBundleError:
+    """An installed bundle carries no pip (sys.executable is FleetDesk itself): say so, and name what it has."""
+    fitting = [r for r in store.list() if (r.arch, r.python) == (target.arch, target.python)]
+    have = "; ".join(f"{r.id} ({', '.join(r.profiles) or '-'}{', shipped' if r.shipped else ''})" for r in fitting)
+    fix = (f"use a runtime already here for {target.describe()}: {have} (`fleetdesk provision` picks the newest)"
+           if fitting else "install the fleetdesk-runtimes package, which ships runtimes for the CPU device families")
+    return RuntimeBundleError(
+        f"this installed FleetDesk cannot build runtime bundles for {profile.name}: that needs a Python with pip and "
+        "a package index", step="build runtime",
+        fix=f"{fix}; or bring wheels with `fleetdesk runtime import-wheel`, or build with a FleetDesk installed by "
+            "pip on a machine that reaches the index")
 
 
 def _tools(pip: str | None) -> dict[str, str]:

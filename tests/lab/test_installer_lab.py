@@ -1,0 +1,306 @@
+"""The .deb, proved the way an IT department would: installed with apt into a clean Debian bookworm root (the lab's
+cached amd64 image, unpacked afresh: no Python of this machine, no venv, no checkout in it, and no network), then
+used there: `fleetdesk --version`, `fleetdesk devices --json` on a fresh inventory, `fleetdesk model import` of a
+small CNN (onnxruntime, the optimizer and the quantizer frozen; the operator's signing key in a real gnome-keyring
+whose D-Bus socket is inside the root), the desktop entry's Exec line drawing the window on a real X server with
+Qt's xcb platform; removed (the operator's data stays) and purged (/opt/fleetdesk goes).
+
+The offline device-runtime pack (fleetdesk-runtimes_<version>_all.deb) is installed beside it: `fleetdesk runtime
+list` shows its runtimes, and `fleetdesk runtime build`, which needs pip and an index, says so and names them.
+
+The build is `make dist`'s, of these sources, reused from the cache folder (packaging/cached_build.py, keyed by what
+goes into the bundle) where `make dist-offline` (a prerequisite of `make test`) put it: building reaches the package
+index for the runtime pack's wheels, so it is an install step, never this test's. So is the download of the Debian
+packages the .deb's Depends pull in (the root has no route to any mirror): they are offered to apt as a local file:
+repository. This test never brings up the lab; it only copies the lab's image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import skip_or_fail
+from tests.fixtures.models.build import save_cnn
+from tests.gui.x_display import XWindow, ask_to_close, grab_screen, missing_tools, top_level_windows, window_pid, xvfb
+from tests.gui_harness import distinct_colours
+from tests.keyring_daemon import private_keyring
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+APP_ID = "org.fleetdesk.FleetDesk"
+TOOLS = ("tar", "zstd", "unshare", "chroot", "mount", "ip", "dpkg-deb", "desktop-file-validate", "appstreamcli")
+LOCAL_REPO = "/var/local/fleetdesk-debs"
+HOME = "/home/operator"  # inside the root
+STARTUP_LIMIT = 120.0
+WINDOW_CLASS = ("fleetdesk-gui", "FleetDesk")
+# Inside the root, what a login shell would have; nothing of this machine's environment goes in.
+BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+            "HOME": HOME, "XDG_RUNTIME_DIR": f"{HOME}/runtime", "DEBIAN_FRONTEND": "noninteractive"}
+
+
+def _packaging() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fleetdesk_cached_build", CHECKOUT / "packaging" / "cached_build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class CleanRoot:
+    path: Path
+    deb: Path  # inside the root
+    runtimes_deb: Path  # inside the root
+    version: str
+    session: dict[str, str] = field(default_factory=dict)  # what the operator's desktop session sets (its D-Bus)
+
+    def run(self, command: str, *, env: dict[str, str] | None = None, timeout: float = 300,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(self.argv(command, env), capture_output=True, text=True, timeout=timeout, check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"in the clean root, `{command}` failed ({proc.returncode}):\n{proc.stdout}\n"
+                                 f"{proc.stderr}")
+        return proc
+
+    def argv(self, command: str, env: dict[str, str] | None = None) -> list[str]:
+        """`command` run by /bin/sh of the root, chrooted, in private mount and network namespaces (only
+        loopback, up), with /proc, /dev and the X server's socket folder mounted; the same process id throughout
+        (no fork between here and the command), so its windows name the pid Popen sees."""
+        env_args = " ".join(f"{k}={_q(v)}" for k, v in {**BASE_ENV, **self.session, **(env or {})}.items())
+        setup = (
+            f"set -e; R={_q(str(self.path))}; "
+            'mount -t proc proc "$R/proc"; mount --rbind /dev "$R/dev"; '
+            '[ -d /tmp/.X11-unix ] && mount --bind /tmp/.X11-unix "$R/tmp/.X11-unix"; '
+            "ip link set lo up; "
+            f'exec chroot "$R" /usr/bin/env -i {env_args} /bin/sh -c {_q(command)}'
+        )
+        return ["unshare", "--mount", "--net", "--propagation", "private", "--", "/bin/sh", "-c", setup]
+
+
+def _q(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+@pytest.fixture(scope="module")
+def clean_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CleanRoot]:
+    if sys.platform != "linux" or os.geteuid() != 0:
+        skip_or_fail("the installer test needs Linux and root (chroot, namespaces)")
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        skip_or_fail(f"host tools missing: {', '.join(missing)} (scripts/system-deps.sh test installs them)")
+    packaging = _packaging()
+    tarball: Path = packaging.clean_root_tarball()
+    if not tarball.is_file():
+        skip_or_fail(f"no clean bookworm image at {tarball} (`make dist-offline` builds it)")
+
+    folder = packaging.cached_build(sys.executable, build=False)
+    if folder is None:
+        skip_or_fail(f"no build of these sources in {packaging.cache_folder(sys.executable)} "
+                     "(`make dist-offline` builds it)")
+    [deb] = folder.glob("fleetdesk_*_amd64.deb")
+    [runtimes_deb] = folder.glob("fleetdesk-runtimes_*_all.deb")
+    debs: Path = packaging.offline_debs_folder()
+    stamp = debs / "depends.txt"
+    if not stamp.is_file() or stamp.read_text().strip() != packaging.deb_depends(deb):
+        skip_or_fail(f"the Debian packages this .deb depends on are not downloaded for it in {debs} "
+                     "(`make dist-offline` fetches them)")
+
+    root = tmp_path_factory.mktemp("clean-root") / "root"
+    root.mkdir()
+    subprocess.run(["tar", "--zstd", "--numeric-owner", "-xpf", str(tarball), "-C", str(root)], check=True,
+                   timeout=600)
+    # apt's only source: the local repository (the image's deb.debian.org line goes; there is no route anyway).
+    (root / "etc/apt/sources.list").write_text(f"deb [trusted=yes] file:{LOCAL_REPO} ./\n")
+    shutil.rmtree(root / "etc/apt/sources.list.d", ignore_errors=True)
+    (root / "etc/apt/sources.list.d").mkdir()
+    shutil.copytree(debs, root / LOCAL_REPO.lstrip("/"))
+    shutil.copy2(deb, root / "tmp" / deb.name)
+    shutil.copy2(runtimes_deb, root / "tmp" / runtimes_deb.name)
+    (root / "tmp/.X11-unix").mkdir(exist_ok=True)
+    version = deb.name.split("_")[1]
+    # The operator's session bus and Secret Service: a private gnome-keyring, run from here, whose bus socket is a
+    # file inside the root (a filesystem socket reaches across the network namespace; the path drops the root's).
+    keyring_base = root / "run/fleetdesk-keyring"
+    with private_keyring(keyring_base) as keyring:
+        bus = keyring.bus_address.replace(str(root), "", 1)
+        assert bus != keyring.bus_address, keyring.bus_address
+        yield CleanRoot(root, Path("/tmp") / deb.name, Path("/tmp") / runtimes_deb.name, version,
+                        {"DBUS_SESSION_BUS_ADDRESS": bus})
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def installed(clean_root: CleanRoot) -> CleanRoot:
+    assert not (clean_root.path / "root/.pyenv").exists() and not (clean_root.path / "work").exists()
+    assert not (clean_root.path / "opt/fleetdesk").exists()
+    clean_root.run("apt-get update -qq", timeout=120)
+    proc = clean_root.run(f"apt-get install -y --no-install-recommends {clean_root.deb} {clean_root.runtimes_deb}",
+                          timeout=900)
+    # apt names what it installs besides the package; every one must come from the declared Depends.
+    new = re.search(r"NEW packages will be installed:\n((?:  .*\n)+)", proc.stdout)
+    assert new, proc.stdout
+    pulled = set(new.group(1).split()) - {"fleetdesk", "fleetdesk-runtimes"}
+    assert pulled, "a clean root needs the xcb libraries: apt installed nothing but fleetdesk?"
+    print(f"apt-get install pulled {len(pulled)} packages: {' '.join(sorted(pulled))}")
+    return clean_root
+
+
+def test_apt_installs_it_with_only_its_declared_dependencies(installed: CleanRoot) -> None:
+    root = installed.path
+    depends = installed.run(f"dpkg-deb --field {installed.deb} Depends").stdout
+    declared = {part.split()[0] for part in depends.split(",")}
+    assert {"libxcb-cursor0", "libegl1", "libfontconfig1", "libdbus-1-3"} <= declared, depends
+    status = installed.run("dpkg-query -W -f='${Package} ${Status}\\n' fleetdesk fleetdesk-runtimes").stdout
+    assert status.count("install ok installed") == 2, status
+    for path in ("opt/fleetdesk/fleetdesk", "opt/fleetdesk/fleetdesk-gui", "usr/share/doc/fleetdesk/copyright",
+                 f"usr/share/applications/{APP_ID}.desktop", f"usr/share/metainfo/{APP_ID}.metainfo.xml",
+                 f"usr/share/icons/hicolor/scalable/apps/{APP_ID}.svg",
+                 *(f"usr/share/icons/hicolor/{n}x{n}/apps/{APP_ID}.png" for n in (48, 128, 256))):
+        assert (root / path).exists(), f"/{path} is not installed"
+    assert os.readlink(root / "usr/bin/fleetdesk") == "/opt/fleetdesk/fleetdesk"
+    # The desktop entry and the metainfo are valid as installed.
+    subprocess.run(["desktop-file-validate", str(root / f"usr/share/applications/{APP_ID}.desktop")], check=True)
+    subprocess.run(["appstreamcli", "validate", "--no-net", "--pedantic",
+                    str(root / f"usr/share/metainfo/{APP_ID}.metainfo.xml")], check=True, capture_output=True)
+
+
+def test_the_commands_run_from_the_package_on_a_fresh_inventory(installed: CleanRoot) -> None:
+    out = installed.run("fleetdesk --version").stdout.strip()
+    assert re.fullmatch(rf"fleetdesk {re.escape(installed.version)} \(commit [0-9a-f]{{12}}(-dirty)?\)", out), out
+    devices = installed.run(f"mkdir -p {HOME} && fleetdesk devices --json")
+    assert json.loads(devices.stdout) == []
+    assert (installed.path / HOME.lstrip("/") / ".local/share/fleetdesk/fleetdesk.db").is_file()
+
+
+def test_a_small_cnn_is_imported_and_optimized_for_each_profile(installed: CleanRoot) -> None:
+    # One arm64 and one x86 profile: each builds graph-optimized and INT8 (static and dynamic) variants.
+    profiles = ("rpi4", "ipc-x86")
+    save_cnn(installed.path / "srv/small_cnn.onnx")
+    proc = installed.run(f"mkdir -p {HOME} && cd /srv && fleetdesk model import small_cnn.onnx --name line-cam "
+                         f"--version 1.0 --no-device-bench --json "
+                         + " ".join(f"--profile {p}" for p in profiles), timeout=600)
+    record = json.loads(proc.stdout)
+    assert record["name"] == "line-cam" and record["version"] == "1.0", record
+    report = record["report"]
+    assert sorted(p["profile"] for p in report["profiles"]) == sorted(profiles), report
+    for result in report["profiles"]:
+        variants = {v["recipe"]: v for v in result["variants"]}
+        failed = {recipe: v["reason"] for recipe, v in variants.items() if v["status"] == "failed"}
+        assert not failed, f"{result['profile']}: variants failed in the frozen bundle: {failed}"
+        # The quantizer ran frozen and its model ran in onnxruntime: it has an accuracy against the original.
+        assert variants["int8-static"]["accuracy"] is not None, variants["int8-static"]
+        assert result["chosen"] in variants, result
+    verified = json.loads(installed.run(f"fleetdesk model verify {record['ref']} --json", check=False).stdout)
+    assert verified["ok"] and verified["results"], verified
+
+
+def test_the_runtime_pack_is_listed_and_a_frozen_build_names_it(installed: CleanRoot) -> None:
+    runtimes = json.loads(installed.run("fleetdesk runtime list --json").stdout)
+    by_platform = {(r["arch"], r["python"]): r for r in runtimes}
+    # The CPU device families: the Pis (aarch64) and the x86 PCs, both on bookworm's Python 3.11.
+    assert set(by_platform) == {("aarch64", "cp311"), ("x86_64", "cp311")}, runtimes
+    assert {"rpi4", "rpi5"} <= set(by_platform["aarch64", "cp311"]["profiles"])
+    assert "ipc-x86" in by_platform["x86_64", "cp311"]["profiles"]
+    for runtime in runtimes:
+        assert runtime["shipped"], runtime
+        assert {w["project"] for w in runtime["wheels"]} >= {"onnxruntime", "numpy"}, runtime
+        folder = installed.path / "usr/share/fleetdesk/runtimes" / runtime["id"] / "wheels"
+        for wheel in runtime["wheels"]:
+            path = folder / wheel["file"]
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == wheel["sha256"], path
+    # The bundle has no pip: building a runtime is refused with what to do instead, and the shipped one named.
+    proc = installed.run("fleetdesk runtime build --profile rpi4", check=False)
+    assert proc.returncode != 0
+    assert "needs a Python with pip and a package index" in proc.stderr, proc.stderr
+    assert by_platform["aarch64", "cp311"]["id"] in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def _desktop_exec(root: Path) -> str:
+    entry = (root / f"usr/share/applications/{APP_ID}.desktop").read_text()
+    [line] = [line for line in entry.splitlines() if line.startswith("Exec=")]
+    return line.removeprefix("Exec=").replace("%U", "").replace("%F", "").strip()
+
+
+def _wait_for_window(display: str, app: subprocess.Popen[bytes], stderr: Path) -> XWindow:
+    deadline = time.monotonic() + STARTUP_LIMIT
+    while True:
+        if app.poll() is not None:
+            pytest.fail(f"the installed fleetdesk-gui exited with {app.returncode} before its window:\n"
+                        f"{stderr.read_text()}")
+        mine = [w for w in top_level_windows(display)
+                if w.wm_class == WINDOW_CLASS and w.viewable and window_pid(display, w) == app.pid]
+        if mine:
+            return mine[0]
+        if time.monotonic() > deadline:
+            pytest.fail(f"no FleetDesk window within {STARTUP_LIMIT:.0f} s:\n{stderr.read_text()}")
+        time.sleep(0.2)
+
+
+def test_the_desktop_entry_starts_the_window_on_xcb(installed: CleanRoot, tmp_path: Path) -> None:
+    missing = missing_tools()
+    if missing:
+        skip_or_fail(f"no real X display here: {', '.join(missing)} missing")
+    command = _desktop_exec(installed.path)
+    assert command == "fleetdesk-gui"
+    installed.run(f"mkdir -p -m 700 {HOME}/runtime")
+    stderr = tmp_path / "fleetdesk-gui.stderr"
+    with xvfb(tmp_path / "xvfb.log") as display:
+        env = {"DISPLAY": display, "QT_QPA_PLATFORM": "xcb", "FLEETDESK_MDNS_INTERFACES": "127.0.0.1"}
+        started = time.monotonic()
+        with stderr.open("wb") as err:
+            app = subprocess.Popen(installed.argv(f"exec {command}", env), stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            window = _wait_for_window(display, app, stderr)
+            shown = time.monotonic() - started
+            # The process runs the bundle's own Python: no library of this machine's Python is mapped.
+            maps = Path(f"/proc/{app.pid}/maps").read_text()
+            assert "/opt/fleetdesk/_internal/libpython3" in maps
+            assert "pyenv" not in maps and "site-packages" not in maps and ".venv" not in maps
+            shot = grab_screen(display).copy(window.x, window.y, window.width, window.height)
+            deadline = time.monotonic() + 60
+            while distinct_colours(shot) < 16 and time.monotonic() < deadline:
+                time.sleep(0.3)
+                shot = grab_screen(display).copy(window.x, window.y, window.width, window.height)
+            picture = tmp_path / "installed-window.png"
+            assert shot.save(str(picture))
+            shared = os.environ.get("FLEETDESK_SCREENSHOTS")
+            if shared:
+                Path(shared).mkdir(parents=True, exist_ok=True)
+                shot.save(str(Path(shared) / "installed-window.png"))
+            print(f"window shown {shown:.1f} s after start; screenshot {picture}")
+            assert window.title == "FleetDesk" and window.width >= 640 and window.height >= 480, window
+            assert distinct_colours(shot) >= 16, f"the window is blank; see {picture}"
+            ask_to_close(display, window)
+            status = app.wait(timeout=60)
+        finally:
+            if app.poll() is None:
+                app.kill()
+                app.wait()
+    assert status == 0, stderr.read_text()
+
+
+def test_remove_keeps_the_operators_data_and_purge_removes_opt(installed: CleanRoot) -> None:
+    db = installed.path / HOME.lstrip("/") / ".local/share/fleetdesk/fleetdesk.db"
+    installed.run("mkdir -p /opt/fleetdesk/_internal/leftover && touch /opt/fleetdesk/_internal/leftover/x")
+    installed.run("apt-get remove -y fleetdesk")
+    assert not (installed.path / "usr/bin/fleetdesk").exists()
+    assert db.is_file(), "removing FleetDesk deleted the operator's inventory"
+    installed.run("dpkg --purge fleetdesk")
+    assert not (installed.path / "opt/fleetdesk").exists()
+    assert db.is_file()
