@@ -74,6 +74,7 @@ bench: $(BENCH_STAMP) system-deps-test
 	$(BIN)/python benchmarks/model_variants.py
 	$(BIN)/python benchmarks/audit.py
 	$(BIN)/python benchmarks/reports.py
+	$(BIN)/python benchmarks/shared_inventory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache .mypy_cache

@@ -20,7 +20,6 @@ from fleetdesk.discovery.mdns import MdnsBrowser
 from fleetdesk.discovery.recorder import RecordingState
 from fleetdesk.errors import (
     ConfigError,
-    DeviceNotFoundError,
     EditConflictError,
     FleetDeskError,
     FleetKeyMismatchError,
@@ -163,12 +162,14 @@ class DevicesPart(QObject):
             self._trusted = await self._context.db(inventory.trusted_device_ids)
         if runtimes:
             self._runtimes = {r.device_id: r for r in await self._context.db(DeviceRuntimes(inventory).all)}
-        for device_id in sorted(set(device_ids)):
-            try:
-                self.update(await self._context.db(inventory.device, device_id))
-            except DeviceNotFoundError:
-                if device_id in self._devices:
-                    self._forget(device_id)
+        wanted = set(device_ids)
+        if wanted:
+            found = await self._context.db(inventory.devices, ids=wanted)
+            for device in found:
+                self.update(device)
+            for gone in wanted - {d.id for d in found}:
+                if gone in self._devices:
+                    self._forget(gone)
         if groups:
             self._groups = await self._context.db(inventory.groups)
             self.groups_changed.emit(list(self._groups))

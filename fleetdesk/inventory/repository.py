@@ -87,10 +87,14 @@ class Inventory:
 
     # -- devices -------------------------------------------------------------------------------------
 
-    def devices(self, *, group: str | None = None) -> list[Device]:
-        """All devices, by name; only the members of `group` when given (an unknown group is an error)."""
+    def devices(self, *, group: str | None = None, ids: Iterable[int] | None = None) -> list[Device]:
+        """All devices, by name; only the members of `group` when given (an unknown group is an error), only
+        those of `ids` when given (ids not in the inventory are left out: a shared inventory's window reads what
+        another laptop changed this way, in one go)."""
         with self._session() as session:
             query = select(DeviceRow).options(*_DEVICE_LOADS)
+            if ids is not None:
+                query = query.where(DeviceRow.id.in_(list(ids)))
             if group is not None:
                 group_row = _group_row(session, group)
                 query = query.join(GroupMemberRow).where(GroupMemberRow.group_id == group_row.id)
