@@ -269,6 +269,7 @@ class TelemetryMinuteRow(Base):
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
     minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)  # the minute's start, UTC
     samples: Mapped[int] = mapped_column()
+    writer: Mapped[str | None] = mapped_column(Text)  # "host:pid" of the FleetDesk that wrote it (migration 0012)
     # float columns: SQLAlchemy maps a `float` annotation to Float (double precision on PostgreSQL).
     cpu_pct_avg: Mapped[float | None] = mapped_column()
     cpu_pct_max: Mapped[float | None] = mapped_column()

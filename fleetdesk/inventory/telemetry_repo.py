@@ -6,6 +6,8 @@ Written in batches by fleetdesk.telemetry.history from its own thread; read by r
 from __future__ import annotations
 
 import itertools
+import os
+import socket
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -87,7 +89,8 @@ class Event:
 class TelemetryRepo:
     """Every read and write of the telemetry tables; one short transaction per call, safe from any thread."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, writer: str | None = None) -> None:
+        self.writer = writer or f"{socket.gethostname()}:{os.getpid()}"  # this FleetDesk, in the minutes it writes
         self._reads = sessionmaker(engine, expire_on_commit=False)
         self._writes = sessionmaker(for_writing(engine), expire_on_commit=False)
 
@@ -100,10 +103,12 @@ class TelemetryRepo:
     # -- minutes -------------------------------------------------------------------------------------
 
     def write_minutes(self, summaries: Sequence[MinuteSummary]) -> int:
-        """Store summaries in one transaction, merging with a row already there for the same minute.
+        """Store summaries in one transaction, merging with a row this FleetDesk already wrote for the same minute.
 
-        Summaries of devices no longer in the inventory are dropped (the operator removed the device while
-        it streamed). Returns how many were stored.
+        A minute another FleetDesk wrote (a shared inventory, two laptops streaming the same device) is kept as it
+        is: each device's minute is written once, by whichever laptop wrote it first. Summaries of devices no
+        longer in the inventory are dropped (the operator removed the device while it streamed). Returns how
+        many were stored.
         """
         if not summaries:
             return 0
@@ -117,9 +122,11 @@ class TelemetryRepo:
                 minute = _utc_minute(summary.minute)
                 row = session.get(TelemetryMinuteRow, (summary.device_id, minute))
                 if row is None:
-                    row = TelemetryMinuteRow(device_id=summary.device_id, minute=minute)
+                    row = TelemetryMinuteRow(device_id=summary.device_id, minute=minute, writer=self.writer)
                     session.add(row)
                     merged = summary
+                elif row.writer not in (None, self.writer):
+                    continue  # another laptop's minute
                 else:
                     merged = _summary(row).merged(summary)
                 _fill(row, merged)

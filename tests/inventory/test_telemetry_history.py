@@ -70,6 +70,21 @@ def test_a_minute_written_twice_is_merged_not_duplicated(inventory: Inventory, r
     assert (minute.minute, minute.samples, minute.avg["cpu_pct"], minute.max["cpu_pct"]) == (T0, 40, 20.0, 80.0)
 
 
+def test_two_laptops_streaming_one_device_keep_each_minute_once(inventory: Inventory) -> None:
+    """A shared inventory: two laptops (two writers) stream the same device. Each minute is kept as the first to
+    write it saw it; the other's summary of that minute is not added to it (that would count samples twice)."""
+    device = inventory.add_device("198.18.1.12")
+    laptop_a = TelemetryRepo(inventory.engine, writer="laptop-a:11")
+    laptop_b = TelemetryRepo(inventory.engine, writer="laptop-b:22")
+    assert laptop_a.write_minutes([_summary(device.id, T0, 30, 10.0, 20.0)]) == 1
+    assert laptop_b.write_minutes([_summary(device.id, T0, 30, 90.0, 95.0),
+                                   _summary(device.id, T0 + timedelta(minutes=1), 60, 40.0, 45.0)]) == 1
+    assert laptop_a.write_minutes([_summary(device.id, T0, 30, 30.0, 40.0)]) == 1  # its own minute: merged
+    first, second = laptop_b.minutes(device.id)
+    assert (first.samples, first.avg["cpu_pct"], first.max["cpu_pct"]) == (60, 20.0, 40.0)
+    assert (second.minute, second.samples, second.avg["cpu_pct"]) == (T0 + timedelta(minutes=1), 60, 40.0)
+
+
 def test_minutes_of_removed_devices_are_dropped_and_go_with_the_device(inventory: Inventory,
                                                                       repo: TelemetryRepo) -> None:
     kept, removed = inventory.add_device("198.18.1.10"), inventory.add_device("198.18.1.11")
