@@ -24,9 +24,13 @@ from fleetdesk.inventory.database import for_writing
 from fleetdesk.inventory.models import HISTORY_METRICS, DeviceRow, EventRow, TelemetryMinuteRow
 from fleetdesk.inventory.repository import Inventory
 
-__all__ = ["HISTORY_METRICS", "DeviceHistory", "Event", "MinuteSummary", "TelemetryRepo"]
+__all__ = ["ALERT_CLEARED", "ALERT_RAISED", "HISTORY_METRICS", "DeviceHistory", "Event", "MinuteSummary",
+           "TelemetryRepo"]
 
 DEFAULT_EVENT_LIMIT = 200
+# The event log's kinds for the two ends of an alert: a threshold crossed, and the value back within it.
+ALERT_RAISED = "alert"
+ALERT_CLEARED = "alert.cleared"
 
 
 @dataclass(frozen=True)
