@@ -1,6 +1,8 @@
 """A report as PDF with ReportLab's platypus: A4 or Letter (landscape: the inventory table is wide), tables that
 split across pages with their header row repeated, charts as vector drawings (reportlab.graphics), and DejaVu
-Sans embedded (Latin with diacritics, dashes, ✓ and more: what device names hold).
+Sans embedded (Latin with diacritics, dashes, ✓ and more: what device names hold). No CJK: a font that has it
+would add some 16 MB to every installer, so a CJK character prints as an empty box and is missing from the PDF's
+text (the HTML, CSV and JSON carry it whole).
 
 Deterministic: ReportLab's invariant mode (no random document id, no clock), and the creation date is the end of
 the report's period, so the same report gives the same bytes.

@@ -469,3 +469,30 @@ def test_alerts_count_only_raised_ones_and_one_not_cleared_stays_open(tmp_path: 
     assert main(["--db", url, "report", "health", *PERIOD, "--format", "json", "-o", str(path)]) == 0
     rows = next(t for t in json.loads(path.read_text())["tables"] if t["name"] == "devices")["rows"]
     assert sorted((r["alerts"], r["incidents"]) for r in rows) == [(1, 0), (2, 0)]
+
+
+def test_a_device_name_in_cjk_renders_and_keeps_what_the_font_can_show(tmp_path: Path) -> None:
+    """DejaVu Sans has no CJK glyphs (render_pdf's docstring says why none is shipped): the PDF still renders, its
+    text holds every character the font has, in order, and the JSON carries the whole name."""
+    from reportlab.pdfbase import pdfmetrics
+
+    from fleetdesk.inventory import Sighting
+    from fleetdesk.reports.render_pdf import FONT, register_fonts
+
+    name = "検査ライン 3 カメラ — 東京工場 Ωμ №5"
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    inventory = open_inventory(url)
+    try:
+        inventory.record_sighting(Sighting("mdns", ("192.0.2.40",), instance_name=name))
+    finally:
+        inventory.close()
+    register_fonts()
+    glyphs = pdfmetrics.getFont(FONT).face.charToGlyph
+    shown = "".join(c for c in name if ord(c) in glyphs)
+    assert shown.split() == ["3", "—", "Ωμ", "№5"]  # the Latin, Greek and punctuation runs, no CJK
+    for fmt in ("pdf", "json"):
+        path = tmp_path / f"fleet.{fmt}"
+        assert main(["--db", url, "report", "fleet", "--format", fmt, "-o", str(path)]) == 0
+    assert " ".join(shown.split()) in " ".join(pdf_text(tmp_path / "fleet.pdf").split())
+    rows = next(t for t in json.loads((tmp_path / "fleet.json").read_text())["tables"] if t["name"] == "devices")
+    assert [r["name"] for r in rows["rows"]] == [name]
