@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from PySide6.QtCore import QObject, Signal
 
 from fleetdesk.inventory.records import Device
-from fleetdesk.inventory.telemetry_repo import TelemetryRepo
+from fleetdesk.inventory.telemetry_repo import ALERT_CLEARED, ALERT_RAISED, TelemetryRepo
 from fleetdesk.telemetry.alerts import AlertEvent, AlertMonitor, Threshold
 from fleetdesk.telemetry.buffers import Arrival, TelemetryStore
 from fleetdesk.telemetry.history import TelemetryHistory
@@ -142,5 +142,6 @@ class TelemetryPart(QObject):
 
 def record_alert(events: TelemetryRepo, event: AlertEvent) -> None:
     """Write one alert, raised or cleared, to the inventory's event log (runs in the inventory's thread)."""
-    events.log_event(event.device_id, "alert", event.message, metric=event.metric, value=event.value,
+    kind = ALERT_RAISED if event.kind == "raised" else ALERT_CLEARED
+    events.log_event(event.device_id, kind, event.message, metric=event.metric, value=event.value,
                      bound=event.bound, at=datetime.fromtimestamp(event.at, UTC))

@@ -26,9 +26,13 @@ from fleetdesk.inventory.database import for_writing
 from fleetdesk.inventory.models import HISTORY_METRICS, DeviceRow, EventRow, TelemetryMinuteRow
 from fleetdesk.inventory.repository import Inventory
 
-__all__ = ["HISTORY_METRICS", "DeviceHistory", "Event", "MinuteSummary", "TelemetryRepo"]
+__all__ = ["ALERT_CLEARED", "ALERT_RAISED", "HISTORY_METRICS", "DeviceHistory", "Event", "MinuteSummary",
+           "TelemetryRepo"]
 
 DEFAULT_EVENT_LIMIT = 200
+# The event log's kinds for the two ends of an alert: a threshold crossed, and the value back within it.
+ALERT_RAISED = "alert"
+ALERT_CLEARED = "alert.cleared"
 
 
 @dataclass(frozen=True)
@@ -149,44 +153,46 @@ class TelemetryRepo:
         """Each device's minutes from `since` (inclusive) to `until` (exclusive) as arrays, one device at a time
         and in the order given, read in one transaction: what a report reads weeks of a whole fleet at once.
 
-        Per device, one aggregate (rows, which of `metrics` were measured, and their maxima) and then one scan of
-        its rows by the primary key that fetches only the measured metrics: a CPU-only device costs nothing for
-        its GPU columns. The rows come as the driver's own tuples and go straight into numpy, without a Row
-        object, datetime or list per minute (a week of 500 devices is five million minutes).
+        Per device, one aggregate (rows, first and last minute, and each metric's maximum: a metric with none was
+        never measured) and then one scan of its rows by the primary key that fetches only the measured metrics:
+        a CPU-only device costs nothing for its GPU columns. When the rows are as many as the minutes from the
+        first to the last, the minutes are every one of them and are not read again: turning each stored minute
+        back into a number costs as much as reading all the metrics. The rows come as the driver's own tuples and
+        go straight into numpy, without a Row object, datetime or list per minute (a week of 500 devices is five
+        million minutes).
         """
         wanted = _known(metrics)
         table = TelemetryMinuteRow.__table__
         minute = table.c.minute
         device: BindParameter[int] = bindparam("device_id")
         where = (table.c.device_id == device, minute >= _aware(since), minute < _aware(until))
-        summary = select(func.count(), *(func.count(table.c[f"{m}_avg"]) for m in wanted),
-                         *(func.max(table.c[f"{m}_max"]) for m in wanted)).where(*where)
         with self._session() as session:
-            epoch = _epoch_seconds(minute, session.get_bind().dialect.name)
+            dialect = session.get_bind().dialect.name
+            summary = select(func.count(), _epoch_seconds(func.min(minute), dialect),
+                             _epoch_seconds(func.max(minute), dialect),
+                             *(func.max(table.c[f"{m}_max"]) for m in wanted)).where(*where)
+            epoch = _epoch_seconds(minute, dialect)
             for device_id in device_ids:
-                counts = session.execute(summary, {"device_id": device_id}).one()
-                rows, measured, highs = int(counts[0]), counts[1:1 + len(wanted)], counts[1 + len(wanted):]
+                found = session.execute(summary, {"device_id": device_id}).one()
+                rows, highs = int(found[0]), found[3:]
                 maxima = {m: None if v is None else float(v) for m, v in zip(wanted, highs, strict=True)}
-                present = [m for m, n in zip(wanted, measured, strict=True) if n]
+                present = [m for m, v in zip(wanted, highs, strict=True) if v is not None]
                 if not rows:
                     yield DeviceHistory(device_id, np.empty(0), {}, maxima)
                     continue
-                query = select(epoch, *(table.c[f"{m}_avg"] for m in present)).where(*where).order_by(minute)
-                flat = None
-                if all(n == rows for n in measured if n):
-                    # Every measured metric in every minute: no None to turn into NaN, so the values stream from
-                    # the cursor into one array, with no list of rows kept.
-                    result = cast(CursorResult[Any], session.execute(query, {"device_id": device_id}))
-                    try:
-                        rows_read = cast("Iterable[tuple[Any, ...]]", result.cursor)
-                        flat = np.fromiter(itertools.chain.from_iterable(rows_read), np.float64)
-                    except TypeError:  # a minute without one of them came in since the count: read it as below
-                        result.close()
-                if flat is None:
-                    result = cast(CursorResult[Any], session.execute(query, {"device_id": device_id}))
-                    flat = np.array(result.cursor.fetchall(), dtype=np.float64)  # None as NaN
-                columns = flat.reshape(-1, 1 + len(present))
-                yield DeviceHistory(device_id, columns[:, 0], {m: columns[:, 1 + n] for n, m in enumerate(present)},
+                first, last = int(found[1]), int(found[2])
+                values_only = [table.c[f"{m}_avg"] for m in present]
+                if rows == (last - first) // 60 + 1:  # minutes are whole and unique: these are all of them
+                    values = _read(session, select(*values_only).where(*where).order_by(minute), device_id,
+                                   len(values_only)) if values_only else np.empty((rows, 0))
+                    if len(values) == rows:
+                        yield DeviceHistory(device_id, first + 60.0 * np.arange(rows, dtype=np.float64),
+                                            {m: values[:, n] for n, m in enumerate(present)}, maxima)
+                        continue
+                    # Minutes came or went since the aggregate: read them with their times, as below.
+                values = _read(session, select(epoch, *values_only).where(*where).order_by(minute), device_id,
+                               1 + len(values_only))
+                yield DeviceHistory(device_id, values[:, 0], {m: values[:, 1 + n] for n, m in enumerate(present)},
                                     maxima)
 
     def prune(self, before: datetime) -> tuple[int, int]:
@@ -259,6 +265,21 @@ def _aware(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError("naive datetimes are not accepted: give a timezone-aware one")
     return moment.astimezone(UTC)
+
+
+def _read(session: Session, query: Any, device_id: int, width: int) -> np.ndarray[Any, Any]:
+    """A device's rows of `query` (`width` numbers each) as a 2-D float array, NULL as NaN."""
+    # Where no column misses a minute there is no None to turn into NaN: the values stream from the cursor into
+    # one array, with no list of rows kept.
+    result = cast(CursorResult[Any], session.execute(query, {"device_id": device_id}))
+    try:
+        flat = np.fromiter(itertools.chain.from_iterable(cast("Iterable[tuple[Any, ...]]", result.cursor)),
+                           np.float64)
+    except TypeError:  # a minute without one of them: read them again, None as NaN
+        result.close()
+        result = cast(CursorResult[Any], session.execute(query, {"device_id": device_id}))
+        flat = np.array(result.cursor.fetchall(), dtype=np.float64)
+    return flat.reshape(-1, width)
 
 
 def _epoch_seconds(minute: Any, dialect: str) -> Any:

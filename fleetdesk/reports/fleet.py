@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from fleetdesk.artifacts.records import Artifact
 from fleetdesk.inventory import Device, Inventory
 from fleetdesk.inventory.rollouts import RolloutRepo
 from fleetdesk.inventory.runtimes import DeviceRuntimes
-from fleetdesk.inventory.telemetry_repo import TelemetryRepo
+from fleetdesk.inventory.telemetry_repo import ALERT_CLEARED, ALERT_RAISED, Event, TelemetryRepo
 from fleetdesk.reports.document import Cell, Chart, Column, Fact, Report, Series, Table, stamp
 from fleetdesk.reports.selection import Filters, chosen_devices, period, scope_text
 from fleetdesk.reports.selection import active_models as find_active_models
@@ -55,6 +56,23 @@ ALERT_COLUMNS = (Column("at", "At", 1.2), Column("device", "Device", 1.4), Colum
                  Column("value", "Value", 0.6), Column("bound", "Bound", 0.6), Column("message", "Message", 3.0))
 
 
+OPEN_NOTE = ("An alert is open when it was raised in the period and not cleared after it before the period ends. "
+             "Alerts are watched by the window while it streams telemetry: a window closed while an alert is raised "
+             "logs no clear, so that alert stays open here.")
+
+
+def open_alerts(ends: Sequence[Event]) -> list[Event]:
+    """The raised alerts among `ends` (raised and cleared alerts of one period) with no clear of the same device
+    and metric after them."""
+    last_clear: dict[tuple[int | None, str | None], tuple[datetime, int]] = {}
+    for e in ends:
+        if e.kind == ALERT_CLEARED:
+            key = (e.device_id, e.metric)
+            last_clear[key] = max(last_clear.get(key, (e.at, e.id)), (e.at, e.id))
+    return [e for e in ends if e.kind == ALERT_RAISED
+            and last_clear.get((e.device_id, e.metric), (e.at, -1)) < (e.at, e.id)]
+
+
 def status_of(device: Device, trusted: bool) -> str:
     if not device.online:
         return "offline"
@@ -87,8 +105,10 @@ def fleet_report(inventory: Inventory, artifacts: Sequence[Artifact], filters: F
 
     in_period = [r for r in all_rollouts if r.created_at < until and r.updated_at >= since
                  and ((not filters.group and not filters.device) or _touches(rollouts, r.id, chosen))]
-    alerts = [e for e in telemetry.events(since=since, limit=EVENT_LIMIT)
-              if e.kind == "alert" and e.at < until and e.device_id in chosen]
+    ends = [e for e in telemetry.events(since=since, limit=EVENT_LIMIT)
+            if e.kind in (ALERT_RAISED, ALERT_CLEARED) and e.at < until and e.device_id in chosen]
+    alerts = [e for e in ends if e.kind == ALERT_RAISED]
+    still_open = open_alerts(ends)
     names = {d.id: d.name for d in devices}
 
     def counted(title: str, name: str, values: Sequence[str]) -> Chart:
@@ -110,6 +130,7 @@ def fleet_report(inventory: Inventory, artifacts: Sequence[Artifact], filters: F
              Fact("Online, host key not trusted", statuses["untrusted"]),
              Fact("Alerts raised in the period", len(alerts)),
              Fact("Devices with alerts in the period", len({e.device_id for e in alerts})),
+             Fact("Alerts open at the end of the period", len(still_open)),
              Fact("Rollouts in the period", len(in_period)))
     tables = (
         Table("devices", "Inventory", DEVICE_COLUMNS, tuple(line.cells() for line in lines),
@@ -122,8 +143,8 @@ def fleet_report(inventory: Inventory, artifacts: Sequence[Artifact], filters: F
             (stamp(e.at), names.get(e.device_id or -1, ""), e.metric, e.value, e.bound, e.message)
             for e in sorted(alerts, key=lambda e: (e.at, e.id))), empty="no alert in this period"),
     )
-    notes = () if lines else ("There is nothing to report: no device is in the inventory"
-                              + (" for these filters." if filters.group or filters.device else "."),)
+    notes = (OPEN_NOTE,) if lines else ("There is nothing to report: no device is in the inventory"
+                                        + (" for these filters." if filters.group or filters.device else "."),)
     return Report("fleet", "Fleet status", scope_text(filters), since, until, facts, charts, tables, notes,
                   filters.to_dict())
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fleetdesk.inventory import Device, Inventory
-from fleetdesk.inventory.telemetry_repo import DeviceHistory, TelemetryRepo
+from fleetdesk.inventory.telemetry_repo import ALERT_CLEARED, ALERT_RAISED, DeviceHistory, TelemetryRepo
 from fleetdesk.reports.document import Cell, Chart, Column, Fact, Report, Series, Table, stamp
 from fleetdesk.reports.selection import Filters, chosen_devices, period, scope_text
 
@@ -102,8 +102,8 @@ def health_report(inventory: Inventory, filters: Filters) -> Report:
                                strict=True):
         health = device_health(device, history, since, until, hours, hour_zero)
         kinds = per_device_events.get(device.id, [])
-        found.append(DeviceHealth(**{**health.__dict__, "alerts": kinds.count("alert"),
-                                     "incidents": sum(1 for k in kinds if k != "alert")}))
+        found.append(DeviceHealth(**{**health.__dict__, "alerts": kinds.count(ALERT_RAISED),
+                                     "incidents": sum(1 for k in kinds if k not in (ALERT_RAISED, ALERT_CLEARED))}))
 
     columns = [Column("device", "Device", 1.8), Column("groups", "Groups", 1.0), Column("minutes", "Minutes", 0.6),
                Column("availability_pct", "Avail. %", 0.6), Column("longest_outage_min", "Longest outage min", 0.8)]
@@ -147,7 +147,8 @@ def health_report(inventory: Inventory, filters: Filters) -> Report:
              Fact("Minutes of telemetry", sum(h.minutes for h in found)),
              Fact("Average availability %", _round(sum(h.availability or 0.0 for h in found) / len(found))
                   if found else None),
-             Fact("Alerts", sum(h.alerts for h in found)), Fact("Stream incidents", sum(h.incidents for h in found)))
+             Fact("Alerts raised", sum(h.alerts for h in found)),
+             Fact("Stream incidents", sum(h.incidents for h in found)))
     notes = []
     if not found:
         notes.append("There is nothing to report: no device is in the inventory"

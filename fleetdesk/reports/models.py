@@ -25,6 +25,10 @@ VARIANT_COLUMNS = (Column("model", "Model", 1.1), Column("version", "Version", 0
 RUNS_COLUMNS = (Column("device", "Device", 1.6), Column("profile", "Profile", 1.0), Column("model", "Model", 1.2),
                 Column("version", "Version", 0.5), Column("artifact", "Artifact", 1.0), Column("since", "Since", 1.2))
 
+# Where a version runs is what rollouts record as activated: the one path that switches a device's model.
+PUSH_NOTE = ("Only a rollout activates a model. `fleetdesk model push` and the window's Deploy copy a model onto "
+             "devices without switching to it, so a pushed version is listed as running once a rollout activates it.")
+
 
 def models_report(inventory: Inventory, records: Sequence[ModelRecord], artifacts: Sequence[Artifact],
                   filters: Filters) -> Report:
@@ -72,12 +76,12 @@ def models_report(inventory: Inventory, records: Sequence[ModelRecord], artifact
                   (Series("devices", tuple(float(len(v)) for _, v in counts)),), unit="devices")
     facts = (Fact("Model versions", len(records)), Fact("Variants", len(variant_rows)),
              Fact("Devices chosen", len(devices)), Fact("Devices running a model", len(runs_rows)))
-    notes = () if records else ("There is nothing to report: no model has been imported on this laptop.",)
+    notes = (PUSH_NOTE,) if records else ("There is nothing to report: no model has been imported on this laptop.",)
     return Report("models", "Models", scope_text(filters), since, until, facts, (chart,), (
         Table("models", "Model versions", MODEL_COLUMNS, tuple(model_rows), empty="no model imported"),
         Table("variants", "Variants per profile", VARIANT_COLUMNS, tuple(variant_rows), empty="no variant"),
         Table("running", "Where each version runs", RUNS_COLUMNS, tuple(runs_rows),
-              empty="no chosen device runs a model a rollout put there")), notes, filters.to_dict())
+              empty="no chosen device runs a model a rollout activated")), notes, filters.to_dict())
 
 
 def _moment(text: str) -> datetime:

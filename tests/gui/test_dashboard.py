@@ -182,7 +182,7 @@ def test_a_sample_over_a_threshold_marks_the_row_and_raises_one_event_then_clear
     session.wait(lambda: len(repo.events(hot)) == 2, "the two alert events in the inventory")
     logged = sorted(repo.events(hot), key=lambda e: e.id)
     assert [(e.kind, e.metric, e.value, e.bound) for e in logged] == [("alert", "temp_c", 91.0, 80.0),
-                                                                       ("alert", "temp_c", 60.0, 80.0)]
+                                                                       ("alert.cleared", "temp_c", 60.0, 80.0)]
     assert logged[0].message == "Temperature °C 91 is above 80"
 
 

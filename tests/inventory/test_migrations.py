@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory.database import open_database
 from fleetdesk.inventory.migrate import head_revision, known_revisions, upgrade
 from fleetdesk.inventory.models import Base
+from fleetdesk.telemetry.alerts import AlertEvent
 
 FUTURE = "9001_telemetry_v7"
 
@@ -36,7 +38,7 @@ def _revisions(engine: Engine) -> set[str]:
         return set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
 
 
-HEAD = "0012"  # the newest migration: 0012 keeps one writer per telemetry minute
+HEAD = "0013"  # the newest migration: 0013 gives a cleared alert its own event kind
 
 
 def _sha256(path: Path) -> str:
@@ -199,3 +201,23 @@ def test_tables_without_a_version_stamp_are_refused(engine: Engine, db_url: str)
         conn.execute(text("DROP TABLE alembic_version"))
     with pytest.raises(InventoryError, match="no schema version stamp"):
         open_inventory(db_url)
+
+
+def test_migration_0013_gives_the_cleared_alerts_of_earlier_releases_their_own_kind(db_url: str) -> None:
+    engine = open_database(db_url)
+    try:
+        upgrade(engine, "0012")
+        raised = AlertEvent(1, "temp_c", 91.0, 85.0, "raised", 0.0)
+        cleared = AlertEvent(1, "temp_c", 60.0, 85.0, "cleared", 60.0)
+        with engine.begin() as conn:
+            for message, kind in ((raised.message, "alert"), (cleared.message, "alert"), ("cleared by hand", "alert"),
+                                  ("telemetry stream lost", "stream")):
+                conn.execute(text("INSERT INTO events (at, kind, message) VALUES (:t, :k, :m)"),
+                             {"t": datetime(2026, 12, 1, tzinfo=UTC), "k": kind, "m": message})
+        upgrade(engine)
+        with engine.connect() as conn:
+            kinds = conn.execute(text("SELECT message, kind FROM events ORDER BY id")).all()
+    finally:
+        engine.dispose()
+    assert [tuple(k) for k in kinds] == [(raised.message, "alert"), (cleared.message, "alert.cleared"),
+                                          ("cleared by hand", "alert"), ("telemetry stream lost", "stream")]

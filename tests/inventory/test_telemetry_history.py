@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 
 from fleetdesk.errors import InventoryError
@@ -60,6 +61,26 @@ def test_reports_read_averages_as_unix_minutes_and_maxima_per_device(inventory: 
     assert second.maxima == {"cpu_pct": None, "temp_c": None}
     with pytest.raises(ValueError, match="no history is kept of disk_pct"):
         list(repo.histories([a.id], ["disk_pct"], T0, until))
+
+
+def test_reports_read_the_minutes_of_a_history_with_gaps_and_unmeasured_minutes(inventory: Inventory,
+                                                                              repo: TelemetryRepo) -> None:
+    """A device whose rows cover every minute from its first to its last is read without its times; one with a
+    gap is read with them; a metric missing from some minutes is NaN there on both."""
+    gappy, steady = inventory.add_device("198.18.1.10"), inventory.add_device("198.18.1.11")
+    rows = [_summary(gappy.id, T0 + timedelta(minutes=i), 60, float(i)) for i in (1, 2, 4, 5)]
+    rows += [_summary(steady.id, T0 + timedelta(minutes=i), 60, None if i == 2 else float(i)) for i in range(1, 5)]
+    temp = MinuteSummary(steady.id, T0 + timedelta(minutes=3), 60, {"temp_c": 50.0}, {"temp_c": 51.0})
+    repo.write_minutes([*rows, temp])
+    start = int(T0.timestamp())
+    first, second = repo.histories([gappy.id, steady.id], ["cpu_pct", "temp_c"], T0, T0 + timedelta(hours=1))
+    assert first.minutes.tolist() == [start + 60 * i for i in (1, 2, 4, 5)]
+    assert first.averages["cpu_pct"].tolist() == [1.0, 2.0, 4.0, 5.0] and "temp_c" not in first.averages
+    assert second.minutes.tolist() == [start + 60 * i for i in range(1, 5)]
+    cpu, temp_c = second.averages["cpu_pct"], second.averages["temp_c"]
+    assert np.isnan(cpu[1]) and cpu[[0, 2, 3]].tolist() == [1.0, 3.0, 4.0]
+    assert np.isnan(temp_c[[0, 1, 3]]).all() and temp_c[2] == 50.0
+    assert second.maxima == {"cpu_pct": 4.0, "temp_c": 51.0}
 
 
 def test_a_minute_written_twice_is_merged_not_duplicated(inventory: Inventory, repo: TelemetryRepo) -> None:

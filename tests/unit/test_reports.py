@@ -433,3 +433,66 @@ def test_a_cancelled_export_writes_nothing_and_audits_nothing(fleet: ReportFleet
         assert access.audit.head() == before  # not even an entry
     assert said == ["gathering the health report"]
     assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_alerts_count_only_raised_ones_and_one_not_cleared_stays_open(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from fleetdesk.inventory.telemetry_repo import ALERT_CLEARED, ALERT_RAISED, TelemetryRepo
+    from fleetdesk.telemetry.alerts import AlertEvent
+
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    start = datetime(2026, 11, 30, 6, tzinfo=UTC)
+    inventory = open_inventory(url)
+    try:
+        device = inventory.add_device("198.18.7.1")
+        other = inventory.add_device("198.18.7.2")
+        events = TelemetryRepo.of(inventory)
+        for minutes, device_id, kind, value in ((0, device.id, "raised", 91.0), (10, device.id, "cleared", 60.0),
+                                                (20, device.id, "raised", 92.0), (30, other.id, "raised", 95.0),
+                                                (40, other.id, "cleared", 70.0)):
+            alert = AlertEvent(device_id, "temp_c", value, 85.0, kind, (start + timedelta(minutes=minutes)).timestamp())
+            events.log_event(device_id, ALERT_RAISED if kind == "raised" else ALERT_CLEARED, alert.message,
+                             metric="temp_c", value=value, bound=85.0, at=start + timedelta(minutes=minutes))
+    finally:
+        inventory.close()
+    path = tmp_path / "fleet.json"
+    assert main(["--db", url, "report", "fleet", *PERIOD, "--format", "json", "-o", str(path)]) == 0
+    data = json.loads(path.read_text())
+    facts = {f["label"]: f["value"] for f in data["facts"]}
+    assert facts["Alerts raised in the period"] == 3 and facts["Alerts open at the end of the period"] == 1
+    assert facts["Devices with alerts in the period"] == 2
+    alerts = next(t for t in data["tables"] if t["name"] == "alerts")["rows"]
+    assert [r["value"] for r in alerts] == [91.0, 92.0, 95.0]
+    assert any("a window closed while an alert is raised" in note for note in data["notes"])
+    path = tmp_path / "health.json"
+    assert main(["--db", url, "report", "health", *PERIOD, "--format", "json", "-o", str(path)]) == 0
+    rows = next(t for t in json.loads(path.read_text())["tables"] if t["name"] == "devices")["rows"]
+    assert sorted((r["alerts"], r["incidents"]) for r in rows) == [(1, 0), (2, 0)]
+
+
+def test_a_device_name_in_cjk_renders_and_keeps_what_the_font_can_show(tmp_path: Path) -> None:
+    """DejaVu Sans has no CJK glyphs (render_pdf's docstring says why none is shipped): the PDF still renders, its
+    text holds every character the font has, in order, and the JSON carries the whole name."""
+    from reportlab.pdfbase import pdfmetrics
+
+    from fleetdesk.inventory import Sighting
+    from fleetdesk.reports.render_pdf import FONT, register_fonts
+
+    name = "検査ライン 3 カメラ — 東京工場 Ωμ №5"
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    inventory = open_inventory(url)
+    try:
+        inventory.record_sighting(Sighting("mdns", ("192.0.2.40",), instance_name=name))
+    finally:
+        inventory.close()
+    register_fonts()
+    glyphs = pdfmetrics.getFont(FONT).face.charToGlyph
+    shown = "".join(c for c in name if ord(c) in glyphs)
+    assert shown.split() == ["3", "—", "Ωμ", "№5"]  # the Latin, Greek and punctuation runs, no CJK
+    for fmt in ("pdf", "json"):
+        path = tmp_path / f"fleet.{fmt}"
+        assert main(["--db", url, "report", "fleet", "--format", fmt, "-o", str(path)]) == 0
+    assert " ".join(shown.split()) in " ".join(pdf_text(tmp_path / "fleet.pdf").split())
+    rows = next(t for t in json.loads((tmp_path / "fleet.json").read_text())["tables"] if t["name"] == "devices")
+    assert [r["name"] for r in rows["rows"]] == [name]

@@ -56,6 +56,7 @@ def test_models_report_shows_variants_and_where_each_version_runs(tmp_path: Path
     chosen = [v for v in variants if v["chosen"] == "yes"]
     assert len(chosen) == 1 and chosen[0]["artifact"] == artifact[:12] and chosen[0]["reason"]
     assert any(v["recipe"] == "fp32" and v["size_pct"] == 100.0 for v in variants)
+    assert any("Only a rollout activates a model" in note for note in data["notes"])
     assert tables["running"] == [{"device": NAME, "profile": "ipc-x86", "model": "mlp", "version": "1",
                                   "artifact": artifact[:12], "since": tables["running"][0]["since"]}]
 
