@@ -1,18 +1,26 @@
 """The model server's shadow candidate: a staged artifact, verified like the active one, loaded beside it and fed a
 share of live requests by one worker thread, off the request path. The caller is answered by the active model and
 never waits: a mirrored request that finds the bounded queue full is dropped and counted.
+
+`fleetdesk-agent shadow start SHA | stop | status` asks the running server (ROOT/run/serve-address.json, as `check`
+does) over its localhost HTTP: POST, DELETE and GET /v1/shadow.
 """
 
 from __future__ import annotations
 
+import argparse
+import http.client
+import json
 import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from . import procfs
+from . import check, procfs, protocol
 from .inference import LoadedModel, one_line
+from .protocol import AgentError
 from .shadowstats import ShadowStats
 
 DEFAULT_QUEUE = 16  # mirrored requests waiting for the candidate; a busy device drops beyond this, never blocks
@@ -141,3 +149,65 @@ class Shadow:
         figures = self.stats.snapshot()
         return {"state": state, "reason": reason, "share": self.share, "queue_size": self.queue_size,
                 "queued": self.queued(), "started_at": round(self.started_at, 3), **figures}
+
+
+# --- the agent command: start, stop and read the running server's shadow ------------------------------------
+
+LOAD_TIMEOUT_S = 300.0  # starting loads the candidate (and verifies its signature in pure Python): slow on a Pi
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("start", "stop", "status"),
+                        help="start: load ARTIFACT beside the active model and mirror requests to it; stop: unload "
+                             "it and print its final figures; status: the figures now")
+    parser.add_argument("artifact", nargs="?", default=None, help="(start) the staged artifact's SHA-256")
+    parser.add_argument("--share", type=float, default=1.0, help="(start) share of requests mirrored, in (0, 1]")
+    parser.add_argument("--queue", type=int, default=DEFAULT_QUEUE,
+                        help="(start) mirrored requests that may wait for the candidate; more are dropped")
+    parser.add_argument("--margin-mb", type=float, default=None,
+                        help="(start) memory that must stay available once it is loaded (default: the server's "
+                             "--shadow-margin-mb)")
+
+
+def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int:
+    root = str(args.root)
+    if args.action == "start":
+        if not args.artifact:
+            raise AgentError(protocol.BAD_ARGUMENTS, "shadow start needs the candidate artifact's SHA-256",
+                             fix="fleetdesk-agent shadow start SHA [--share S]")
+        body: dict[str, Any] = {"artifact": args.artifact, "share": args.share, "queue": args.queue}
+        if args.margin_mb is not None:
+            body["margin_mb"] = args.margin_mb
+        status, answer = _ask(root, "POST", body)
+    else:
+        status, answer = _ask(root, "DELETE" if args.action == "stop" else "GET", None)
+    if status != 200:
+        raise AgentError(str(answer.get("code") or "shadow-failed"), str(answer.get("error")),
+                         fix=str(answer.get("fix") or "see the model server's answer above"),
+                         file=answer.get("file"))
+    emit(protocol.result("shadow", action=args.action, **answer))
+    return protocol.EXIT_OK
+
+
+def _ask(root: str, method: str, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    address = check.serve_address(root)
+    no_server = AgentError("no-server", f"no model server answers for {root} (no {check.SERVE_ADDRESS} in "
+                           f"{os.path.join(root, 'run')}, or nothing listens there)",
+                           fix="start the model server (fleetdesk-agent serve) with the active model")
+    if address is None:
+        raise no_server
+    host, port, _ = address
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=LOAD_TIMEOUT_S)
+        try:
+            data = json.dumps(body).encode("utf-8") if body is not None else None
+            conn.request(method, "/v1/shadow", body=data, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            answer = json.loads(response.read().decode("utf-8"))
+        finally:
+            conn.close()
+    except (OSError, ValueError, http.client.HTTPException):
+        raise no_server from None
+    if not isinstance(answer, dict):
+        raise no_server
+    return response.status, answer

@@ -26,6 +26,7 @@ from tests.unit.test_agent_serve import (
     PATIENCE_S,
     TEST_KEY,
     activate,
+    agent_line,
     b64_tensor,
     cnn,
     direct,
@@ -77,8 +78,9 @@ def wait_shadow(server: Any, predicate: Any) -> dict[str, Any]:
 def shadow_run(server: Any, active: Path, candidate: Path, share: float) -> dict[str, Any]:
     """Start a shadow of `candidate`, send REQUESTS requests, check each is the active model's answer, stop it
     once every mirrored request is accounted for; its final figures."""
-    status, started = server.request("POST", "/v1/shadow", {"artifact": candidate.name, "share": share})
-    assert status == 200, started
+    # Started as the laptop starts it: the agent's command, which asks the running server.
+    started = agent_line(server.root, "shadow", "start", candidate.name, "--share", str(share))
+    assert started["type"] == "result" and started["command"] == "shadow", started
     assert started["state"] == "running" and started["candidate"] == candidate.name
     assert started["active"] == active.name
     for i in range(REQUESTS):
@@ -94,8 +96,8 @@ def shadow_run(server: Any, active: Path, candidate: Path, share: float) -> dict
     assert settled["failed"] == 0, settled["last_failure"]
     _, health = server.request("GET", "/v1/health")
     assert health["model"] == active.name and health["shadow"]["state"] == "running"
-    status, stopped = server.request("DELETE", "/v1/shadow")
-    assert status == 200 and stopped["state"] == "stopped", stopped
+    stopped = agent_line(server.root, "shadow", "stop")
+    assert stopped["type"] == "result" and stopped["state"] == "stopped", stopped
     assert stopped["mirrored"] == settled["mirrored"] and stopped["compared"] == settled["compared"]
     return stopped
 
@@ -138,6 +140,7 @@ def test_a_different_network_disagrees_and_the_same_weights_agree_while_the_acti
     assert written["model"] == active.name
     status, none = server.request("DELETE", "/v1/shadow")
     assert status == 404 and none["code"] == "not-found"
+    assert agent_line(root, "shadow", "status")["candidate"] == same.name
 
 
 def test_an_unverified_candidate_is_refused_with_the_file_and_why_and_nothing_is_mirrored(
@@ -163,9 +166,10 @@ def test_an_unverified_candidate_is_refused_with_the_file_and_why_and_nothing_is
     status, refused = server.request("POST", "/v1/shadow", {"artifact": tampered.name})
     assert status == 422 and refused["code"] == "bad-artifact" and refused["file"] == "small_cnn.onnx", refused
 
-    # Not staged at all.
-    status, refused = server.request("POST", "/v1/shadow", {"artifact": "0" * 64})
-    assert status == 422 and refused["code"] == "not-found", refused
+    # Not staged at all: the agent's command says so as an error line with the fix.
+    line = agent_line(root, "shadow", "start", "0" * 64)
+    assert line["type"] == "error" and line["code"] == "not-found" and "not staged" in line["message"], line
+    assert "stage the artifact" in line["fix"]
 
     # Verified, but it would leave less than the margin asked for: refused for memory, the reason kept.
     same = make_artifact(root, cnn_resaved)
@@ -181,6 +185,12 @@ def test_an_unverified_candidate_is_refused_with_the_file_and_why_and_nothing_is
     _, health = server.request("GET", "/v1/health")
     assert health["model"] == active.name and health["shadow"]["state"] == "refused"
     assert "mirrored" not in health["shadow"]
+
+
+def test_the_shadow_command_names_a_missing_server_and_the_fix(root: Path) -> None:
+    line = agent_line(root, "shadow", "status")
+    assert line["type"] == "error" and line["code"] == "no-server", line
+    assert "fleetdesk-agent serve" in line["fix"]
 
 
 def test_a_full_queue_drops_the_mirrored_request_and_counts_it(root: Path) -> None:
