@@ -21,6 +21,7 @@ from typing import Any
 
 from . import check, inference, protocol, state
 from .batching import MicroBatcher, ResultCache
+from .drift import SAMPLE_INTERVAL_S, DriftWatch, ReferenceMissing, load_reference
 from .inference import LoadedModel, ModelLoadError, RequestError, RuntimeMissing
 from .protocol import AgentError
 from .servestats import ServeStats, stats_document, write_atomically
@@ -34,6 +35,7 @@ from .shadow import (
     check_memory,
     same_signature,
 )
+from .shadowstats import DRIFT_WINDOW
 from .verified import VerifiedArtifacts, refusal
 
 DEFAULT_PORT = 8750
@@ -56,17 +58,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-size", type=int, default=0, help="LRU cache entries keyed by input hash (0: off)")
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
+    parser.add_argument("--drift-window", type=int, default=DRIFT_WINDOW,
+                        help="sampled requests in the sliding window of input drift statistics")
+    parser.add_argument("--drift-interval-ms", type=float, default=SAMPLE_INTERVAL_S * 1000.0,
+                        help="at most one request per this interval is sampled for input drift (0: every one the "
+                             "drift worker keeps up with)")
     parser.add_argument("--shadow-margin-mb", type=float, default=DEFAULT_MARGIN_MB,
                         help="memory that must stay available after a shadow candidate is loaded (POST /v1/shadow "
                              "may ask for more with margin_mb)")
 
 
 class Served:
-    """What answers requests for one loaded model: the model, its batcher (if batching applies), its cache."""
+    """What answers requests for one loaded model: the model, its batcher (if batching applies), its cache, and the
+    drift watch of its inputs (None with the reason when its artifact carries no reference statistics)."""
 
     def __init__(self, model: LoadedModel, max_batch: int, max_wait_s: float, cache_size: int,
-                 stats: ServeStats) -> None:
+                 stats: ServeStats, drift: DriftWatch | None = None, drift_reason: str = "") -> None:
         self.model = model
+        self.drift = drift
+        self.drift_reason = drift_reason
         self.cache = ResultCache(cache_size)
         self.batcher: MicroBatcher | None = None
         if model.batchable and max_batch > 1:
@@ -77,6 +87,13 @@ class Served:
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        if self.drift is not None:
+            self.drift.close()
+
+    def drift_state(self) -> dict[str, Any]:
+        if self.drift is None:
+            return {"state": "off", "reason": self.drift_reason}
+        return self.drift.describe()
 
 
 class Ticket:
@@ -94,7 +111,8 @@ class ModelServer:
 
     def __init__(self, root: str, providers: list[str], model_path: str | None = None, max_batch: int = 8,
                  max_wait_ms: float = 5.0, cache_size: int = 0, threads: int | None = None,
-                 shadow_margin_mb: float = DEFAULT_MARGIN_MB) -> None:
+                 shadow_margin_mb: float = DEFAULT_MARGIN_MB, drift_window: int = DRIFT_WINDOW,
+                 drift_interval_ms: float = SAMPLE_INTERVAL_S * 1000.0) -> None:
         self.root = root
         self.providers = providers
         self.model_path = model_path
@@ -113,6 +131,8 @@ class ModelServer:
         # The last artifact this server would not load (which file failed and why), until one loads.
         self.refused: dict[str, Any] | None = None
         self.shadow_margin_mb = shadow_margin_mb
+        self.drift_window = drift_window
+        self.drift_interval_s = drift_interval_ms / 1000.0
         self.shadow: Shadow | None = None
         # What the last shadow came to when none runs: its final figures, or why its candidate was refused.
         self.shadow_last: dict[str, Any] | None = None
@@ -136,7 +156,7 @@ class ModelServer:
             return {"type": "event", "event": "model-unloaded", "reason": self.reason}
         sha = os.path.basename(os.path.normpath(target))
         try:
-            path, _ = self._verified_model(target)
+            path, files = self._verified_model(target)
         except AgentError as exc:
             return self._refuse(sha, exc, quiet=retry)
         self.refused = None
@@ -146,7 +166,14 @@ class ModelServer:
             text = str(exc) if isinstance(exc, (ModelLoadError, RuntimeMissing, OSError)) else repr(exc)
             self._swap(None, f"model {sha} failed to load: {text}", [])
             return {"type": "event", "event": "model-failed", "model": sha, "reason": self.reason}
-        self._swap(Served(model, self.max_batch, self.max_wait_s, self.cache_size, self.stats), "", model.skipped)
+        try:
+            drift: DriftWatch | None = DriftWatch(load_reference(target, files), self.drift_window,
+                                                  self.drift_interval_s)
+            drift_reason = ""
+        except ReferenceMissing as exc:
+            drift, drift_reason = None, str(exc)
+        self._swap(Served(model, self.max_batch, self.max_wait_s, self.cache_size, self.stats, drift, drift_reason),
+                   "", model.skipped)
         self._folder = target
         return {"type": "event", "event": "model-loaded", "model": model.sha, "provider": model.provider,
                 "skipped": model.skipped, "batchable": model.batchable}
@@ -295,7 +322,8 @@ class ModelServer:
         body = {"ready": served is not None, "model": served.model.sha if served else None,
                 "provider": served.model.provider if served else None,
                 "reason": self.reason if served is None else "", "skipped": self.skipped, "refused": self.refused,
-                "shadow": _shadow_summary(self.shadow_state())}
+                "shadow": _shadow_summary(self.shadow_state()),
+                "drift": _drift_summary(served.drift_state()) if served else None}
         return (200 if served is not None else 503), body
 
     def model_info(self) -> tuple[int, dict[str, Any]]:
@@ -330,7 +358,7 @@ class ModelServer:
         served = self.served
         return stats_document(self.stats.snapshot(), served.model.sha if served else None,
                               served.model.provider if served else None, len(served.cache) if served else 0,
-                              self.refused, self.shadow_state())
+                              self.refused, self.shadow_state(), served.drift_state() if served else None)
 
     def begin(self) -> Ticket:
         """A POST /v1/infer starts: fix which model answers it, and tell its batcher one is on the way."""
@@ -369,6 +397,8 @@ class ModelServer:
             raise RequestError(400, f"the body is not JSON: {exc}") from exc
         model = served.model
         feeds = inference.decode_inputs(model, payload)
+        if served.drift is not None:
+            served.drift.offer(feeds)  # one clock read; now and then a queue put for the drift worker
         key = inference.input_key(model.sha, feeds) if served.cache.size else None
         hit = served.cache.get(key) if key else None
         if hit is not None:
@@ -539,6 +569,15 @@ def _shadow_summary(shadow: dict[str, Any] | None) -> dict[str, Any] | None:
     return {key: shadow[key] for key in keys if key in shadow}
 
 
+def _drift_summary(drift: dict[str, Any]) -> dict[str, Any]:
+    """The drift in /v1/health: per input its scores (the per-channel figures are in /v1/stats)."""
+    if "inputs" not in drift:
+        return drift
+    inputs = {name: {"requests": d["requests"], "psi": d["psi"], "mean_shift_std": d["mean_shift_std"]}
+              for name, d in drift["inputs"].items()}
+    return dict(drift, inputs=inputs)
+
+
 def _error(emit: Callable[[dict[str, Any]], None], code: str, message: str, fix: str) -> int:
     emit({"type": "error", "code": code, "message": message, "fix": fix})
     return 2
@@ -558,13 +597,15 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int
     except RuntimeMissing as exc:
         return _error(emit, "no-runtime", str(exc), "run `fleetdesk provision DEVICE`")
     if (args.max_batch < 1 or args.max_wait_ms < 0 or args.cache_size < 0 or args.max_body_mb <= 0
-            or args.shadow_margin_mb < 0):
-        return _error(emit, protocol.BAD_ARGUMENTS, "--max-batch must be >= 1, --max-wait-ms, --cache-size and "
-                      "--shadow-margin-mb >= 0, --max-body-mb > 0", "pass values in those ranges")
+            or args.shadow_margin_mb < 0 or args.drift_window < 1 or args.drift_interval_ms < 0):
+        return _error(emit, protocol.BAD_ARGUMENTS, "--max-batch and --drift-window must be >= 1, --max-wait-ms, "
+                      "--cache-size, --shadow-margin-mb and --drift-interval-ms >= 0, --max-body-mb > 0",
+                      "pass values in those ranges")
     providers = [p.strip() for p in str(args.providers).split(",") if p.strip()]
     app = ModelServer(root, providers, model_path=args.model, max_batch=args.max_batch,
                       max_wait_ms=args.max_wait_ms, cache_size=args.cache_size, threads=args.threads,
-                      shadow_margin_mb=args.shadow_margin_mb)
+                      shadow_margin_mb=args.shadow_margin_mb, drift_window=args.drift_window,
+                      drift_interval_ms=args.drift_interval_ms)
     try:
         httpd = _HTTPServer((args.host, args.port), _Handler)
     except OSError as exc:

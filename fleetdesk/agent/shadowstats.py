@@ -278,3 +278,9 @@ class InputDrift:
 
 def _r(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, 6)
+
+
+def reference_document(samples: dict[str, Any], bins: int = DRIFT_BINS) -> dict[str, Any]:
+    """The reference statistics file an artifact carries (drift.py reads it): {"inputs": {name: per channel}} from
+    each input's stacked sample tensors."""
+    return {"inputs": {name: reference_statistics(array, bins) for name, array in samples.items()}}

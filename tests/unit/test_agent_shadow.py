@@ -1,7 +1,8 @@
-"""The model server's shadow candidate, with the real `serve` process and real onnxruntime: the active model answers
-every request, a share of them is mirrored to a staged candidate off the request path, and the figures say whether
-the candidate agrees (a genuinely different network does not; the same weights re-saved do). A candidate that is not
-verified, or that would leave too little memory, is refused with the reason.
+"""The model server's shadow candidate and input drift, with the real `serve` process and real onnxruntime: the
+active model answers every request, a share of them is mirrored to a staged candidate off the request path, and the
+figures say whether the candidate agrees (a genuinely different network does not; the same weights re-saved do). A
+candidate that is not verified, or that would leave too little memory, is refused with the reason. Inputs shifted by
+two reference standard deviations show as drift, which clears when they return.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fleetdesk.agent import inference
 from fleetdesk.agent.shadow import Shadow
+from fleetdesk.agent.shadowstats import reference_document
 from tests.fixtures.models.build import small_cnn
 from tests.fixtures.signed import signed_artifact
 from tests.unit import test_agent_serve
@@ -210,3 +212,50 @@ def test_a_full_queue_drops_the_mirrored_request_and_counts_it(root: Path) -> No
     assert figures["compared"] == 2 and figures["top1_agreement"] == 1.0
     shadow.offer({"image": x}, outputs, 1.0)  # stopped: nothing more is taken
     assert shadow.stats.snapshot()["offered"] == 5
+
+
+def drift_of(server: Any) -> dict[str, Any]:
+    _, health = server.request("GET", "/v1/health")
+    drift: dict[str, Any] = health["drift"]
+    return drift
+
+
+def send_until(server: Any, mean: float, predicate: Any, limit: int = 300) -> dict[str, Any]:
+    """Send requests whose pixels are N(mean, 1) until the health's image drift satisfies `predicate`."""
+    drift: dict[str, Any] = {}
+    for i in range(limit):
+        x = (images(1, seed=1000 + i) + mean).astype(np.float32)
+        assert server.infer({"image": b64_tensor(x)})[0] == 200
+        drift = drift_of(server)
+        if predicate(drift["inputs"]["image"]):
+            return drift
+    raise AssertionError(f"the drift never reached the state after {limit} requests; last: {drift}")
+
+
+def test_inputs_shifted_by_two_reference_stds_show_as_drift_and_it_clears_when_they_return(
+        root: Path, servers: Any) -> None:
+    # The artifact carries reference statistics of N(0, 1) images, listed and signed like its model.
+    reference = json.dumps(reference_document({"image": images(64, seed=0)})).encode()
+    buffer = io.BytesIO()
+    onnx.save_model(small_cnn(), buffer)
+    sha = signed_artifact(root, TEST_KEY, buffer.getvalue(), model="small_cnn.onnx",
+                          more={"reference.json": reference}, extra={"input_reference": "reference.json"})
+    activate(root, root / "artifacts" / sha)
+    server = servers(root, "--max-wait-ms", "1", "--drift-window", "8", "--drift-interval-ms", "0")
+    assert drift_of(server)["state"] == "watching"
+
+    calm = send_until(server, 0.0, lambda d: d["requests"] == 8)["inputs"]["image"]
+    assert calm["mean_shift_std"] < 0.3 and calm["psi"] < 0.25
+    shifted = send_until(server, 2.0, lambda d: d["mean_shift_std"] > 1.7)["inputs"]["image"]
+    assert shifted["mean_shift_std"] < 2.3 and shifted["psi"] > 1.0
+    _, stats = server.request("GET", "/v1/stats")
+    channels = stats["drift"]["inputs"]["image"]["channels"]
+    assert len(channels) == 3 and all(c["mean_shift_std"] > 0 for c in channels)
+    send_until(server, 0.0, lambda d: d["mean_shift_std"] < 0.3 and d["psi"] < 0.25)
+
+    # An artifact without reference statistics: no drift figures, and the reason says what is missing.
+    plain = make_artifact(root, cnn)
+    activate(root, plain)
+    server.wait_until(lambda h: h["model"] == plain.name)
+    off = drift_of(server)
+    assert off["state"] == "off" and "input_reference" in off["reason"]
