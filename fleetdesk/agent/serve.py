@@ -351,14 +351,17 @@ class ModelServer:
         body = self.stats_file()
         body.update({"ready": served is not None, "reason": self.reason if served is None else "",
                      "runs": self.stats.runs, "max_batch": self.max_batch,
-                     "max_wait_ms": self.max_wait_s * 1000.0, "batching": bool(served and served.batcher)})
+                     "max_wait_ms": self.max_wait_s * 1000.0, "batching": bool(served and served.batcher),
+                     "drift": served.drift_state() if served else None})
         return body
 
     def stats_file(self) -> dict[str, Any]:
         served = self.served
         return stats_document(self.stats.snapshot(), served.model.sha if served else None,
                               served.model.provider if served else None, len(served.cache) if served else 0,
-                              self.refused, self.shadow_state(), served.drift_state() if served else None)
+                              self.refused, self.shadow_state(),
+                              # Per input only: telemetry carries this file every second; channels are in /v1/stats.
+                              _drift_summary(served.drift_state()) if served else None)
 
     def begin(self) -> Ticket:
         """A POST /v1/infer starts: fix which model answers it, and tell its batcher one is on the way."""
@@ -570,7 +573,7 @@ def _shadow_summary(shadow: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _drift_summary(drift: dict[str, Any]) -> dict[str, Any]:
-    """The drift in /v1/health: per input its scores (the per-channel figures are in /v1/stats)."""
+    """The drift in /v1/health and serve-stats.json: per input its scores (the channels' figures are in /v1/stats)."""
     if "inputs" not in drift:
         return drift
     inputs = {name: {"requests": d["requests"], "psi": d["psi"], "mean_shift_std": d["mean_shift_std"]}

@@ -189,6 +189,20 @@ def test_an_unverified_candidate_is_refused_with_the_file_and_why_and_nothing_is
     assert "mirrored" not in health["shadow"]
 
 
+def test_a_new_active_model_ends_the_shadow_that_compared_with_the_old_one(root: Path, servers: Any) -> None:
+    active = make_artifact(root, cnn)
+    same = make_artifact(root, cnn_resaved)
+    activate(root, active)
+    server = servers(root, "--max-wait-ms", "1")
+    assert agent_line(root, "shadow", "start", same.name)["state"] == "running"
+    activate(root, same)  # the candidate becomes the active model
+    health = server.wait_until(lambda h: h["model"] == same.name)
+    health = server.wait_until(lambda h: (h["shadow"] or {}).get("state") == "stopped")
+    assert health["shadow"]["candidate"] == same.name and health["shadow"]["active"] == active.name
+    _, last = server.request("GET", "/v1/shadow")
+    assert last["reason"] == f"the active model changed from {active.name} to {same.name}"
+
+
 def test_the_shadow_command_names_a_missing_server_and_the_fix(root: Path) -> None:
     line = agent_line(root, "shadow", "status")
     assert line["type"] == "error" and line["code"] == "no-server", line
@@ -251,6 +265,8 @@ def test_inputs_shifted_by_two_reference_stds_show_as_drift_and_it_clears_when_t
     _, stats = server.request("GET", "/v1/stats")
     channels = stats["drift"]["inputs"]["image"]["channels"]
     assert len(channels) == 3 and all(c["mean_shift_std"] > 0 for c in channels)
+    written = json.loads((root / "run" / "serve-stats.json").read_text())
+    assert written["drift"]["state"] == "watching" and "channels" not in written["drift"]["inputs"]["image"]
     send_until(server, 0.0, lambda d: d["mean_shift_std"] < 0.3 and d["psi"] < 0.25)
 
     # An artifact without reference statistics: no drift figures, and the reason says what is missing.
