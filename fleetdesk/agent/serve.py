@@ -24,7 +24,7 @@ from .batching import MicroBatcher, ResultCache
 from .drift import SAMPLE_INTERVAL_S, DriftWatch, ReferenceMissing, load_reference
 from .inference import LoadedModel, ModelLoadError, RequestError, RuntimeMissing
 from .protocol import AgentError
-from .servestats import ServeStats, stats_document, write_atomically
+from .servestats import ServeStats, shadow_headline, stats_document, write_atomically
 from .shadow import (
     DEFAULT_MARGIN_MB,
     DEFAULT_QUEUE,
@@ -322,7 +322,7 @@ class ModelServer:
         body = {"ready": served is not None, "model": served.model.sha if served else None,
                 "provider": served.model.provider if served else None,
                 "reason": self.reason if served is None else "", "skipped": self.skipped, "refused": self.refused,
-                "shadow": _shadow_summary(self.shadow_state()),
+                "shadow": shadow_headline(self.shadow_state()),
                 "drift": _drift_summary(served.drift_state()) if served else None}
         return (200 if served is not None else 503), body
 
@@ -561,15 +561,6 @@ class _HTTPServer(ThreadingHTTPServer):
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _shadow_summary(shadow: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The shadow in /v1/health: its state and headline figures (GET /v1/shadow has them all)."""
-    if shadow is None:
-        return None
-    keys = ("state", "candidate", "active", "reason", "code", "fix", "share", "offered", "mirrored", "dropped",
-            "compared", "failed", "top1_agreement", "p95_ratio")
-    return {key: shadow[key] for key in keys if key in shadow}
 
 
 def _drift_summary(drift: dict[str, Any]) -> dict[str, Any]:

@@ -93,6 +93,17 @@ STATS_FILE_KEYS = ("t", "model", "requests", "rate_per_s", "p50_ms", "p95_ms", "
                    "batch_mean", "cache_hits", "cache_size", "provider", "refused", "shadow", "drift")
 
 
+SHADOW_HEADLINE = ("state", "candidate", "active", "reason", "code", "fix", "share", "offered", "mirrored", "dropped",
+                   "compared", "failed", "top1_agreement", "p95_ratio")
+
+
+def shadow_headline(shadow: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A shadow's state and headline figures (for /v1/health and `status`; GET /v1/shadow has them all)."""
+    if shadow is None:
+        return None
+    return {key: shadow[key] for key in SHADOW_HEADLINE if key in shadow}
+
+
 def stats_document(snapshot: dict[str, Any], model: str | None, provider: str | None,
                    cache_size: int, refused: dict[str, Any] | None = None,
                    shadow: dict[str, Any] | None = None, drift: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -143,6 +143,9 @@ def test_a_different_network_disagrees_and_the_same_weights_agree_while_the_acti
     status, none = server.request("DELETE", "/v1/shadow")
     assert status == 404 and none["code"] == "not-found"
     assert agent_line(root, "shadow", "status")["candidate"] == same.name
+    serving = agent_line(root, "status")["serving"]
+    assert serving["model"] == active.name and serving["shadow"]["state"] == "stopped"
+    assert serving["shadow"]["top1_agreement"] == 1.0 and serving["drift"]["state"] == "off"
 
 
 def test_an_unverified_candidate_is_refused_with_the_file_and_why_and_nothing_is_mirrored(
