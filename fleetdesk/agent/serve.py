@@ -256,22 +256,28 @@ class ModelServer:
             return 400, {"error": 'the body must be {"artifact": SHA-256 of a staged artifact, "share": a number in '
                                   '(0, 1], "queue": an integer >= 1, "margin_mb": a number >= 0}; "share", "queue" '
                                   'and "margin_mb" may be left out', "code": protocol.BAD_ARGUMENTS}
+        served = self.served
+        if served is None:
+            return 409, {"error": f"no active model to shadow: {self.reason}", "code": "not-ready"}
+        # Loaded outside the lock: a load takes seconds on a small device, and the main loop's model switch (which
+        # stops a shadow) must not wait for it. A running shadow keeps running until the new one is in place.
+        try:
+            shadow = self._load_candidate(served, artifact, float(share), size, float(margin))
+        except ShadowRefused as exc:
+            self.shadow_last = exc.record(artifact)
+            return (422 if exc.code != "low-memory" else 507), {"error": exc.message, "code": exc.code,
+                                                                "fix": exc.fix, "file": exc.file}
         with self._shadow_lock:
-            served = self.served
-            if served is None:
-                return 409, {"error": f"no active model to shadow: {self.reason}", "code": "not-ready"}
-            try:
-                shadow = self._load_candidate(served, artifact, float(share), size, float(margin))
-            except ShadowRefused as exc:
-                self.shadow_last = exc.record(artifact)
-                return (422 if exc.code != "low-memory" else 507), {"error": exc.message, "code": exc.code,
-                                                                    "fix": exc.fix, "file": exc.file}
+            now = self.served
+            if now is None or now.model.sha != served.model.sha:
+                return 409, {"error": f"the active model changed while candidate {artifact} loaded; nothing is "
+                                      "shadowed", "code": "not-ready", "fix": "start the shadow again"}
             old, self.shadow = self.shadow, shadow
             shadow.start()
-            if old is not None:
-                old.stop()
             self.shadow_last = None
-            return 200, shadow.describe()
+        if old is not None:
+            old.stop()
+        return 200, shadow.describe()
 
     def _load_candidate(self, served: Served, artifact: str, share: float, size: int, margin_mb: float) -> Shadow:
         folder = state.artifact_dir(self.root, artifact)
