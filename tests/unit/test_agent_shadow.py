@@ -278,3 +278,13 @@ def test_inputs_shifted_by_two_reference_stds_show_as_drift_and_it_clears_when_t
     server.wait_until(lambda h: h["model"] == plain.name)
     off = drift_of(server)
     assert off["state"] == "off" and "input_reference" in off["reason"]
+
+    # Reference statistics the signed file list leaves out are never used.
+    model_bytes = buffer.getvalue()
+    unsigned = signed_artifact(root, TEST_KEY, model_bytes, model="small_cnn.onnx", more={"reference.json": reference},
+                               extra={"input_reference": "reference.json"},
+                               files=[{"path": "small_cnn.onnx", "sha256": hashlib.sha256(model_bytes).hexdigest()}])
+    activate(root, root / "artifacts" / unsigned)
+    server.wait_until(lambda h: h["model"] == unsigned)
+    off = drift_of(server)
+    assert off["state"] == "off" and "not in its signed file list" in off["reason"], off
