@@ -25,6 +25,7 @@ LAZY_COMMANDS = {
     "bench": "benchmark an artifact on this device",
     "selftest": "prove the runtime: import onnxruntime, run a tiny inference, list execution providers",
     "check": "compare an artifact's outputs on its samples with the golden outputs it carries",
+    "shadow": "start, stop or read the model server's shadow candidate (mirrored requests, agreement, latency)",
 }
 # Commands taking an ARTIFACT that also accept the word "current" (the active model).
 ACCEPT_CURRENT = ("bench", "check")
@@ -64,6 +65,8 @@ def _lazy_module(name: str) -> Any:
             from . import bench as module
         elif name == "check":
             from . import check as module
+        elif name == "shadow":
+            from . import shadow as module
         else:
             from . import selftest as module
     except ImportError as exc:

@@ -21,9 +21,21 @@ from typing import Any
 
 from . import check, inference, protocol, state
 from .batching import MicroBatcher, ResultCache
+from .drift import SAMPLE_INTERVAL_S, DriftWatch, ReferenceMissing, load_reference
 from .inference import LoadedModel, ModelLoadError, RequestError, RuntimeMissing
 from .protocol import AgentError
-from .servestats import ServeStats, stats_document, write_atomically
+from .servestats import ServeStats, shadow_headline, stats_document, write_atomically
+from .shadow import (
+    DEFAULT_MARGIN_MB,
+    DEFAULT_QUEUE,
+    Shadow,
+    ShadowRefused,
+    artifact_bytes,
+    available_mb,
+    check_memory,
+    same_signature,
+)
+from .shadowstats import DRIFT_WINDOW
 from .verified import VerifiedArtifacts, refusal
 
 DEFAULT_PORT = 8750
@@ -46,14 +58,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-size", type=int, default=0, help="LRU cache entries keyed by input hash (0: off)")
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
+    parser.add_argument("--drift-window", type=int, default=DRIFT_WINDOW,
+                        help="sampled requests in the sliding window of input drift statistics")
+    parser.add_argument("--drift-interval-ms", type=float, default=SAMPLE_INTERVAL_S * 1000.0,
+                        help="at most one request per this interval is sampled for input drift (0: every one the "
+                             "drift worker keeps up with)")
+    parser.add_argument("--shadow-margin-mb", type=float, default=DEFAULT_MARGIN_MB,
+                        help="memory that must stay available after a shadow candidate is loaded (POST /v1/shadow "
+                             "may ask for more with margin_mb)")
 
 
 class Served:
-    """What answers requests for one loaded model: the model, its batcher (if batching applies), its cache."""
+    """What answers requests for one loaded model: the model, its batcher (if batching applies), its cache, and the
+    drift watch of its inputs (None with the reason when its artifact carries no reference statistics)."""
 
     def __init__(self, model: LoadedModel, max_batch: int, max_wait_s: float, cache_size: int,
-                 stats: ServeStats) -> None:
+                 stats: ServeStats, drift: DriftWatch | None = None, drift_reason: str = "") -> None:
         self.model = model
+        self.drift = drift
+        self.drift_reason = drift_reason
         self.cache = ResultCache(cache_size)
         self.batcher: MicroBatcher | None = None
         if model.batchable and max_batch > 1:
@@ -64,6 +87,13 @@ class Served:
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        if self.drift is not None:
+            self.drift.close()
+
+    def drift_state(self) -> dict[str, Any]:
+        if self.drift is None:
+            return {"state": "off", "reason": self.drift_reason}
+        return self.drift.describe()
 
 
 class Ticket:
@@ -80,7 +110,9 @@ class ModelServer:
     """The server's state, independent of HTTP: which model is served, and answering each endpoint."""
 
     def __init__(self, root: str, providers: list[str], model_path: str | None = None, max_batch: int = 8,
-                 max_wait_ms: float = 5.0, cache_size: int = 0, threads: int | None = None) -> None:
+                 max_wait_ms: float = 5.0, cache_size: int = 0, threads: int | None = None,
+                 shadow_margin_mb: float = DEFAULT_MARGIN_MB, drift_window: int = DRIFT_WINDOW,
+                 drift_interval_ms: float = SAMPLE_INTERVAL_S * 1000.0) -> None:
         self.root = root
         self.providers = providers
         self.model_path = model_path
@@ -98,6 +130,13 @@ class ModelServer:
         self.verified = VerifiedArtifacts(root)
         # The last artifact this server would not load (which file failed and why), until one loads.
         self.refused: dict[str, Any] | None = None
+        self.shadow_margin_mb = shadow_margin_mb
+        self.drift_window = drift_window
+        self.drift_interval_s = drift_interval_ms / 1000.0
+        self.shadow: Shadow | None = None
+        # What the last shadow came to when none runs: its final figures, or why its candidate was refused.
+        self.shadow_last: dict[str, Any] | None = None
+        self._shadow_lock = threading.Lock()  # one start or stop at a time
 
     # --- which model --------------------------------------------------------------------------------------
 
@@ -117,18 +156,9 @@ class ModelServer:
             return {"type": "event", "event": "model-unloaded", "reason": self.reason}
         sha = os.path.basename(os.path.normpath(target))
         try:
-            verdict = self.verified.verify(target)
-            path = inference.model_file(target)
-            if not verdict.covers(path):  # the manifest changed between its verification and this read
-                raise AgentError(protocol.BAD_ARTIFACT, f"artifact {sha}: {os.path.relpath(path, target)!r} was not "
-                                 "verified", fix="send SIGHUP to the model server to verify it again",
-                                 file=os.path.relpath(path, target))
+            path, files = self._verified_model(target)
         except AgentError as exc:
             return self._refuse(sha, exc, quiet=retry)
-        except ModelLoadError as exc:  # the signed manifest names no model it lists
-            return self._refuse(sha, AgentError(protocol.BAD_ARTIFACT, str(exc), file=exc.file or state.MANIFEST_NAME,
-                                                fix="rebuild the artifact on the laptop (fleetdesk model import) and "
-                                                    "push it again"), quiet=retry)
         self.refused = None
         try:
             model = inference.load_model(sha, path, self.providers, self.threads)
@@ -136,10 +166,34 @@ class ModelServer:
             text = str(exc) if isinstance(exc, (ModelLoadError, RuntimeMissing, OSError)) else repr(exc)
             self._swap(None, f"model {sha} failed to load: {text}", [])
             return {"type": "event", "event": "model-failed", "model": sha, "reason": self.reason}
-        self._swap(Served(model, self.max_batch, self.max_wait_s, self.cache_size, self.stats), "", model.skipped)
+        try:
+            drift: DriftWatch | None = DriftWatch(load_reference(target, files), self.drift_window,
+                                                  self.drift_interval_s)
+            drift_reason = ""
+        except ReferenceMissing as exc:
+            drift, drift_reason = None, str(exc)
+        self._swap(Served(model, self.max_batch, self.max_wait_s, self.cache_size, self.stats, drift, drift_reason),
+                   "", model.skipped)
         self._folder = target
         return {"type": "event", "event": "model-loaded", "model": model.sha, "provider": model.provider,
                 "skipped": model.skipped, "batchable": model.batchable}
+
+    def _verified_model(self, target: str) -> tuple[str, dict[str, Any]]:
+        """(the .onnx to load, the versions of the files verified) of an artifact folder, verified against the fleet
+        key (verified.py); AgentError naming the file otherwise. Only a file the signed manifest lists is loaded."""
+        sha = os.path.basename(os.path.normpath(target))
+        try:
+            verdict = self.verified.verify(target)
+            path = inference.model_file(target)
+        except ModelLoadError as exc:  # the signed manifest names no model it lists
+            raise AgentError(protocol.BAD_ARTIFACT, str(exc), file=exc.file or state.MANIFEST_NAME,
+                             fix="rebuild the artifact on the laptop (fleetdesk model import) and push it again"
+                             ) from None
+        if not verdict.covers(path):  # the manifest changed between its verification and this read
+            raise AgentError(protocol.BAD_ARTIFACT, f"artifact {sha}: {os.path.relpath(path, target)!r} was not "
+                             "verified", fix="send SIGHUP to the model server to verify it again",
+                             file=os.path.relpath(path, target))
+        return path, dict(verdict.files)
 
     def _wanted(self) -> str | None:
         """The artifact folder to serve: --model's (an artifact id or folder), else the one ROOT/current points at."""
@@ -171,9 +225,101 @@ class ModelServer:
         self.skipped = skipped
         if old is not None:
             old.close()  # requests already queued on the old model still get their answers
+        shadow = self.shadow
+        if shadow is not None and (served is None or served.model.sha != shadow.stats.active):
+            # Its figures compare the candidate with the model it was started beside, no other.
+            self.stop_shadow("the active model changed from {} to {}".format(
+                shadow.stats.active, served.model.sha if served else "none"))
 
     def close(self) -> None:
         self._swap(None, "stopped", [])
+
+    # --- the shadow candidate -------------------------------------------------------------------------------
+
+    def start_shadow(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """POST /v1/shadow {"artifact": SHA, "share": 0..1, "queue": N, "margin_mb": MiB}: load the staged artifact
+        SHA beside the active model (verified, memory checked) and mirror that share of requests to it; a running
+        shadow is replaced. 200 with the shadow's state; 4xx with code, reason and fix (kept in shadow_last)."""
+        try:
+            request = json.loads(body.decode("utf-8") or "{}")
+        except (UnicodeDecodeError, ValueError) as exc:
+            return 400, {"error": f"the body is not JSON: {exc}"}
+        if not isinstance(request, dict):
+            request = {}
+        artifact: Any = request.get("artifact")
+        share: Any = request.get("share", 1.0)
+        size: Any = request.get("queue", DEFAULT_QUEUE)
+        margin: Any = request.get("margin_mb", self.shadow_margin_mb)
+        if not (isinstance(artifact, str) and state.is_sha(artifact) and _number(share) and 0 < share <= 1
+                and isinstance(size, int) and not isinstance(size, bool) and size >= 1
+                and _number(margin) and margin >= 0):
+            return 400, {"error": 'the body must be {"artifact": SHA-256 of a staged artifact, "share": a number in '
+                                  '(0, 1], "queue": an integer >= 1, "margin_mb": a number >= 0}; "share", "queue" '
+                                  'and "margin_mb" may be left out', "code": protocol.BAD_ARGUMENTS}
+        served = self.served
+        if served is None:
+            return 409, {"error": f"no active model to shadow: {self.reason}", "code": "not-ready"}
+        # Loaded outside the lock: a load takes seconds on a small device, and the main loop's model switch (which
+        # stops a shadow) must not wait for it. A running shadow keeps running until the new one is in place.
+        try:
+            shadow = self._load_candidate(served, artifact, float(share), size, float(margin))
+        except ShadowRefused as exc:
+            self.shadow_last = exc.record(artifact)
+            return (422 if exc.code != "low-memory" else 507), {"error": exc.message, "code": exc.code,
+                                                                "fix": exc.fix, "file": exc.file}
+        with self._shadow_lock:
+            now = self.served
+            if now is None or now.model.sha != served.model.sha:
+                return 409, {"error": f"the active model changed while candidate {artifact} loaded; nothing is "
+                                      "shadowed", "code": "not-ready", "fix": "start the shadow again"}
+            old, self.shadow = self.shadow, shadow
+            shadow.start()
+            self.shadow_last = None
+        if old is not None:
+            old.stop()
+        return 200, shadow.describe()
+
+    def _load_candidate(self, served: Served, artifact: str, share: float, size: int, margin_mb: float) -> Shadow:
+        folder = state.artifact_dir(self.root, artifact)
+        if not os.path.isdir(folder):
+            raise ShadowRefused(protocol.NOT_FOUND, f"candidate {artifact} is not staged on this device ({folder})",
+                                "stage the artifact on the device first (it lands in ROOT/artifacts/SHA)")
+        if artifact == served.model.sha:
+            raise ShadowRefused(protocol.BAD_ARGUMENTS, f"candidate {artifact} is the active model itself",
+                                "shadow another artifact than the one ROOT/current points at")
+        try:
+            path, files = self._verified_model(folder)
+        except AgentError as exc:
+            raise ShadowRefused(exc.code, f"candidate {artifact} refused: {exc.message}", exc.fix or "",
+                                file=exc.file) from None
+        check_memory(artifact, artifact_bytes(folder, files), margin_mb, available_mb())
+        try:
+            candidate = inference.load_model(artifact, path, self.providers, self.threads)
+        except Exception as exc:  # whatever a model does to onnxruntime, the active model keeps serving
+            text = str(exc) if isinstance(exc, (ModelLoadError, RuntimeMissing, OSError)) else repr(exc)
+            raise ShadowRefused("load-failed", f"candidate {artifact} failed to load: {text}",
+                                "check that the model opens with onnxruntime on this device") from None
+        mismatch = same_signature(served.model, candidate)
+        if mismatch:
+            raise ShadowRefused(protocol.BAD_ARGUMENTS, f"candidate {artifact} cannot shadow {served.model.sha}: "
+                                f"{mismatch}", "shadow a model with the same inputs and outputs")
+        return Shadow(candidate, served.model.sha, share, size)
+
+    def stop_shadow(self, reason: str = "stopped") -> tuple[int, dict[str, Any]]:
+        """DELETE /v1/shadow: stop mirroring and unload the candidate; 200 with its final figures (kept in
+        shadow_last), 404 when none runs."""
+        with self._shadow_lock:
+            shadow, self.shadow = self.shadow, None
+            if shadow is None:
+                return 404, {"error": "no shadow is running", "code": protocol.NOT_FOUND, "last": self.shadow_last}
+            shadow.stop()
+            self.shadow_last = shadow.describe("stopped", reason)
+            return 200, self.shadow_last
+
+    def shadow_state(self) -> dict[str, Any] | None:
+        """The running shadow's figures, else what the last one came to (stopped or refused), else None."""
+        shadow = self.shadow
+        return shadow.describe() if shadow is not None else self.shadow_last
 
     # --- endpoints ----------------------------------------------------------------------------------------
 
@@ -181,7 +327,9 @@ class ModelServer:
         served = self.served
         body = {"ready": served is not None, "model": served.model.sha if served else None,
                 "provider": served.model.provider if served else None,
-                "reason": self.reason if served is None else "", "skipped": self.skipped, "refused": self.refused}
+                "reason": self.reason if served is None else "", "skipped": self.skipped, "refused": self.refused,
+                "shadow": shadow_headline(self.shadow_state()),
+                "drift": _drift_summary(served.drift_state()) if served else None}
         return (200 if served is not None else 503), body
 
     def model_info(self) -> tuple[int, dict[str, Any]]:
@@ -209,14 +357,17 @@ class ModelServer:
         body = self.stats_file()
         body.update({"ready": served is not None, "reason": self.reason if served is None else "",
                      "runs": self.stats.runs, "max_batch": self.max_batch,
-                     "max_wait_ms": self.max_wait_s * 1000.0, "batching": bool(served and served.batcher)})
+                     "max_wait_ms": self.max_wait_s * 1000.0, "batching": bool(served and served.batcher),
+                     "drift": served.drift_state() if served else None})
         return body
 
     def stats_file(self) -> dict[str, Any]:
         served = self.served
         return stats_document(self.stats.snapshot(), served.model.sha if served else None,
                               served.model.provider if served else None, len(served.cache) if served else 0,
-                              self.refused)
+                              self.refused, self.shadow_state(),
+                              # Per input only: telemetry carries this file every second; channels are in /v1/stats.
+                              _drift_summary(served.drift_state()) if served else None)
 
     def begin(self) -> Ticket:
         """A POST /v1/infer starts: fix which model answers it, and tell its batcher one is on the way."""
@@ -236,7 +387,7 @@ class ModelServer:
         started = time.monotonic()
         ticket = ticket if ticket is not None else Ticket(self.served)
         try:
-            answer = self._infer(body, ticket)
+            answer = self._infer(body, ticket, started)
         except RequestError as exc:
             self.stats.record_request(None, ok=False)
             return exc.status, {"error": exc.message}
@@ -245,7 +396,7 @@ class ModelServer:
         self.stats.record_request(ms, ok=True, cached=answer["cached"])
         return 200, answer
 
-    def _infer(self, body: bytes, ticket: Ticket) -> dict[str, Any]:
+    def _infer(self, body: bytes, ticket: Ticket, started: float) -> dict[str, Any]:
         served = ticket.served
         if served is None:
             raise RequestError(503, f"no model is ready: {self.reason}")
@@ -255,6 +406,8 @@ class ModelServer:
             raise RequestError(400, f"the body is not JSON: {exc}") from exc
         model = served.model
         feeds = inference.decode_inputs(model, payload)
+        if served.drift is not None:
+            served.drift.offer(feeds)  # one clock read; now and then a queue put for the drift worker
         key = inference.input_key(model.sha, feeds) if served.cache.size else None
         hit = served.cache.get(key) if key else None
         if hit is not None:
@@ -273,6 +426,10 @@ class ModelServer:
         encoded = {name: inference.encode_tensor(name, outputs[i]) for i, name in enumerate(model.output_names)}
         if key:
             served.cache.put(key, encoded)
+        shadow = self.shadow
+        if shadow is not None and shadow.stats.active == model.sha:
+            # Queued for the shadow worker, never waited for: the answer below goes out as it would without.
+            shadow.offer(feeds, outputs, (time.monotonic() - started) * 1000.0)
         return {"outputs": encoded, "model": model.sha, "batch": batch, "cached": False}
 
 
@@ -300,6 +457,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(*self.app.model_info())
         elif path == "/v1/stats":
             self._send(200, self.app.stats_body())
+        elif path == "/v1/shadow":
+            shadow = self.app.shadow_state()
+            self._send(200 if shadow is not None else 404, shadow or {"error": "no shadow has run",
+                                                                      "code": protocol.NOT_FOUND})
         elif path == "/v1/check":
             query = urllib.parse.parse_qs(self.path.partition("?")[2])
             self._send(*self.app.check((query.get("artifact") or [""])[0]))
@@ -307,13 +468,27 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(405, {"error": "use POST for /v1/infer"})
         else:
             self._send(404, {"error": f"no endpoint {json.dumps(path)}: there are /v1/health, /v1/model, "
-                                      "/v1/stats, /v1/check?artifact=SHA and POST /v1/infer"})
+                                      "/v1/stats, /v1/check?artifact=SHA, /v1/shadow, POST /v1/infer, "
+                                      "POST /v1/shadow and DELETE /v1/shadow"})
+
+    def do_DELETE(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path != "/v1/shadow":
+            self._send(404, {"error": f"DELETE goes to /v1/shadow (stop the shadow), not {json.dumps(path)}"},
+                       close=True)
+            return
+        self._send(*self.app.stop_shadow())
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
+        if path == "/v1/shadow":
+            body = self._read_body()
+            if body is not None:
+                self._send(*self.app.start_shadow(body))
+            return
         if path != "/v1/infer":
             self._send(404 if path not in ("/v1/health", "/v1/model", "/v1/stats", "/v1/check") else 405,
-                       {"error": f"POST goes to /v1/infer, not {json.dumps(path)}"})
+                       {"error": f"POST goes to /v1/infer or /v1/shadow, not {json.dumps(path)}"})
             self.close_connection = True  # its body, if any, was not read
             return
         ticket = self.app.begin()
@@ -390,6 +565,19 @@ class _HTTPServer(ThreadingHTTPServer):
     max_body_bytes: int
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _drift_summary(drift: dict[str, Any]) -> dict[str, Any]:
+    """The drift in /v1/health and serve-stats.json: per input its scores (the channels' figures are in /v1/stats)."""
+    if "inputs" not in drift:
+        return drift
+    inputs = {name: {"requests": d["requests"], "psi": d["psi"], "mean_shift_std": d["mean_shift_std"]}
+              for name, d in drift["inputs"].items()}
+    return dict(drift, inputs=inputs)
+
+
 def _error(emit: Callable[[dict[str, Any]], None], code: str, message: str, fix: str) -> int:
     emit({"type": "error", "code": code, "message": message, "fix": fix})
     return 2
@@ -408,12 +596,16 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int
         inference.import_runtime()
     except RuntimeMissing as exc:
         return _error(emit, "no-runtime", str(exc), "run `fleetdesk provision DEVICE`")
-    if args.max_batch < 1 or args.max_wait_ms < 0 or args.cache_size < 0 or args.max_body_mb <= 0:
-        return _error(emit, protocol.BAD_ARGUMENTS, "--max-batch must be >= 1, --max-wait-ms and --cache-size >= 0, "
-                      "--max-body-mb > 0", "pass values in those ranges")
+    if (args.max_batch < 1 or args.max_wait_ms < 0 or args.cache_size < 0 or args.max_body_mb <= 0
+            or args.shadow_margin_mb < 0 or args.drift_window < 1 or args.drift_interval_ms < 0):
+        return _error(emit, protocol.BAD_ARGUMENTS, "--max-batch and --drift-window must be >= 1, --max-wait-ms, "
+                      "--cache-size, --shadow-margin-mb and --drift-interval-ms >= 0, --max-body-mb > 0",
+                      "pass values in those ranges")
     providers = [p.strip() for p in str(args.providers).split(",") if p.strip()]
     app = ModelServer(root, providers, model_path=args.model, max_batch=args.max_batch,
-                      max_wait_ms=args.max_wait_ms, cache_size=args.cache_size, threads=args.threads)
+                      max_wait_ms=args.max_wait_ms, cache_size=args.cache_size, threads=args.threads,
+                      shadow_margin_mb=args.shadow_margin_mb, drift_window=args.drift_window,
+                      drift_interval_ms=args.drift_interval_ms)
     try:
         httpd = _HTTPServer((args.host, args.port), _Handler)
     except OSError as exc:

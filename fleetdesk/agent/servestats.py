@@ -86,14 +86,29 @@ def _round(value: float | None) -> float | None:
 
 # The keys of serve-stats.json, exactly as the telemetry command (and common.md) expect them.
 # "refused": the artifact the server last would not load ({"artifact", "file", "code", "reason", "fix", "at"}), or null.
+# "shadow": the shadow candidate's state and figures (GET /v1/shadow's body), or null when none has run.
+# "drift": the active model's input drift ({"state": "watching", "inputs": {name: scores}} or {"state": "off",
+# "reason"}), or null with no model.
 STATS_FILE_KEYS = ("t", "model", "requests", "rate_per_s", "p50_ms", "p95_ms", "p99_ms", "errors",
-                   "batch_mean", "cache_hits", "cache_size", "provider", "refused")
+                   "batch_mean", "cache_hits", "cache_size", "provider", "refused", "shadow", "drift")
+
+
+SHADOW_HEADLINE = ("state", "candidate", "active", "reason", "code", "fix", "share", "offered", "mirrored", "dropped",
+                   "compared", "failed", "top1_agreement", "p95_ratio")
+
+
+def shadow_headline(shadow: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A shadow's state and headline figures (for /v1/health and `status`; GET /v1/shadow has them all)."""
+    if shadow is None:
+        return None
+    return {key: shadow[key] for key in SHADOW_HEADLINE if key in shadow}
 
 
 def stats_document(snapshot: dict[str, Any], model: str | None, provider: str | None,
-                   cache_size: int, refused: dict[str, Any] | None = None) -> dict[str, Any]:
+                   cache_size: int, refused: dict[str, Any] | None = None,
+                   shadow: dict[str, Any] | None = None, drift: dict[str, Any] | None = None) -> dict[str, Any]:
     doc = dict(snapshot, t=round(time.time(), 3), model=model, provider=provider, cache_size=cache_size,
-               refused=refused)
+               refused=refused, shadow=shadow, drift=drift)
     return {key: doc.get(key) for key in STATS_FILE_KEYS}
 
 

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from . import protocol, sensors, state, verified
+from .servestats import shadow_headline
 
 
 def _link_name(path: str) -> str | None:
@@ -103,11 +104,16 @@ def serving(root: str, now: float | None = None) -> dict[str, Any]:
     ours = server is not None and isinstance(t, (int, float)) and float(t) >= server["since"] - STATS_CLOCK_SLACK_S
     fresh = age is not None and age <= STATS_MAX_AGE_S and ours
     refused = stats.get("refused") if stats and fresh else None
+    shadow = stats.get("shadow") if stats and fresh else None
+    drift = stats.get("drift") if stats and fresh else None
     return {"running": running, "pid": server["pid"] if server else None,
             "model": stats.get("model") if stats and fresh else None,
             "provider": stats.get("provider") if stats and fresh else None, "stats_age_s": age,
             # The artifact the server would not load (its signature or a file's hash did not match): which file, why.
-            "refused": refused if isinstance(refused, dict) else None}
+            "refused": refused if isinstance(refused, dict) else None,
+            # The shadow candidate's headline figures and the input drift per input (issue 24), as the server wrote.
+            "shadow": shadow_headline(shadow) if isinstance(shadow, dict) else None,
+            "drift": drift if isinstance(drift, dict) else None}
 
 
 def load_failure(root: str, sha: str) -> str | None:

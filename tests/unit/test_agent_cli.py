@@ -507,7 +507,7 @@ def test_status_lists_artifacts_pending_deadline_and_server(root: Path) -> None:
     assert (st["active"], st["previous"], st["pending"]["sha"]) == (b, a, b)
     assert before + 59 <= st["pending"]["deadline"] <= time.time() + 60
     assert st["serving"] == {"running": False, "pid": None, "model": None, "provider": None, "stats_age_s": None,
-                             "refused": None}
+                             "refused": None, "shadow": None, "drift": None}
     one(root, "rollback")
 
 
