@@ -424,7 +424,7 @@ class MainWindow(QMainWindow):
         """A shared inventory: live, or unreachable (what the window shows may be out of date until it is back)."""
         if live:
             self.database_label.setText(f"Database: {self._database} (shared, live)")
-            self.database_label.setToolTip("Changes other laptops make appear here as they are made.")
+            self.database_label.setToolTip(tooltip_text("Changes other laptops make appear here as they are made."))
             self.database_label.setProperty("stale", False)
         else:
             since = time.strftime("%H:%M:%S")
