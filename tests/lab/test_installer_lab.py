@@ -18,7 +18,6 @@ repository. This test never brings up the lab; it only copies the lab's image.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -29,10 +28,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.cached_build import cached_build
 from tests.conftest import skip_or_fail
 from tests.fixtures.models.build import save_cnn
 from tests.gui.x_display import XWindow, ask_to_close, grab_screen, missing_tools, top_level_windows, window_pid, xvfb
@@ -51,14 +50,6 @@ WINDOW_CLASS = ("fleetdesk-gui", "FleetDesk")
 # Inside the root, what a login shell would have; nothing of this machine's environment goes in.
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
             "HOME": HOME, "XDG_RUNTIME_DIR": f"{HOME}/runtime", "DEBIAN_FRONTEND": "noninteractive"}
-
-
-def _packaging() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fleetdesk_cached_build", CHECKOUT / "packaging" / "cached_build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass(frozen=True)
@@ -103,7 +94,7 @@ def clean_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CleanRoot]:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         skip_or_fail(f"host tools missing: {', '.join(missing)} (scripts/system-deps.sh test installs them)")
-    packaging = _packaging()
+    packaging = cached_build()
     tarball: Path = packaging.clean_root_tarball()
     if not tarball.is_file():
         skip_or_fail(f"no clean bookworm image at {tarball} (`make dist-offline` builds it)")

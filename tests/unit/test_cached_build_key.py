@@ -3,22 +3,12 @@ with that, so a commit of tests or docs reuses the build the installer test inst
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-CHECKOUT = Path(__file__).resolve().parents[2]
-
-
-def _cached_build() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fleetdesk_cached_build", CHECKOUT / "packaging" / "cached_build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.cached_build import cached_build
 
 
 @pytest.fixture()
@@ -33,7 +23,7 @@ def checkout(tmp_path: Path) -> Path:
 
 
 def test_tests_docs_and_caches_do_not_change_the_key(checkout: Path) -> None:
-    build_key = _cached_build().build_key
+    build_key = cached_build().build_key
     before = build_key(sys.executable, checkout)
     (checkout / "tests/test_x.py").write_text("def test(): assert True\n")
     (checkout / "README.md").write_text("more\n")
@@ -46,7 +36,7 @@ def test_tests_docs_and_caches_do_not_change_the_key(checkout: Path) -> None:
 @pytest.mark.parametrize("rel", ["fleetdesk/core.py", "device_profiles/rpi4.toml", "packaging/fleetdesk.spec",
                                  "pyproject.toml", "fleetdesk/new_module.py"])
 def test_what_goes_into_the_bundle_changes_the_key(checkout: Path, rel: str) -> None:
-    build_key = _cached_build().build_key
+    build_key = cached_build().build_key
     before = build_key(sys.executable, checkout)
     (checkout / rel).write_text("changed = True\n")
     assert build_key(sys.executable, checkout) != before
