@@ -67,12 +67,14 @@ bench: $(BENCH_STAMP) system-deps-test
 	$(BIN)/python benchmarks/lab_up.py
 	$(BIN)/python benchmarks/discovery_probe.py --devices 100 --with-push
 	$(BIN)/python benchmarks/gui_fleet.py --seconds 30
+	$(BIN)/python benchmarks/gil_handoff.py
 	benchmarks/device_side.sh $(BIN)/python
 	benchmarks/rollout.sh $(BIN)/python
 	$(BIN)/python benchmarks/serve_batching.py --seconds 10
 	$(BIN)/python benchmarks/telemetry_dashboard.py
 	$(BIN)/python benchmarks/model_variants.py
 	$(BIN)/python benchmarks/audit.py
+	$(BIN)/python benchmarks/history_layout.py
 	$(BIN)/python benchmarks/reports.py
 	$(BIN)/python benchmarks/shared_inventory.py
 

@@ -30,6 +30,10 @@ class Settings:
     cache_dir: Path
     config_dir: Path
     db_url: str
+    # A folder every laptop of a shared inventory can read and write (an NFS or SMB mount): `model import` copies
+    # the signed artifacts there, and a laptop fetches from it what it lacks (fleetdesk/artifacts/shared_store.py).
+    # None: models imported elsewhere cannot be fetched on this laptop.
+    shared_store: Path | None = None
 
     @classmethod
     def load(cls, db_url: str | None = None) -> Settings:
@@ -37,7 +41,9 @@ class Settings:
         cache_dir = _dir_from_env("FLEETDESK_CACHE_DIR", platformdirs.user_cache_dir(APP_NAME))
         config_dir = _dir_from_env("FLEETDESK_CONFIG_DIR", platformdirs.user_config_dir(APP_NAME))
         url = db_url or os.environ.get("FLEETDESK_DB") or f"sqlite:///{data_dir / 'fleetdesk.db'}"
-        return cls(data_dir=data_dir, cache_dir=cache_dir, config_dir=config_dir, db_url=url)
+        shared = os.environ.get("FLEETDESK_SHARED_STORE")
+        return cls(data_dir=data_dir, cache_dir=cache_dir, config_dir=config_dir, db_url=url,
+                   shared_store=Path(shared).expanduser() if shared else None)
 
     @property
     def user_profiles_dir(self) -> Path:

@@ -89,13 +89,29 @@ class InventoryUnavailableError(InventoryError):
     changed, and the same write may succeed once the cause is gone."""
 
 
+class DatabaseUnreachableError(InventoryUnavailableError):
+    """The inventory's database server cannot be reached (stopped, restarting, the network to it gone): nothing of
+    the transaction was written; the same work succeeds once the server answers again."""
+
+
 class DeviceNotFoundError(InventoryError):
     """No device in the inventory matches the name, address or id the operator gave."""
 
 
 class EditConflictError(InventoryError):
-    """An edit made from an outdated view of a record: someone else (another laptop, a terminal) changed it since
-    it was read. Nothing was written; the message names who changed it and when."""
+    """An edit made from an outdated view of a record (a device, a group, a rollout): someone else (another laptop,
+    a terminal) changed it since it was read. Nothing was written; the message names who changed it and when."""
+
+    def __init__(self, message: str, *, changed_by: str | None = None, version: int | None = None,
+                 seen_version: int | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.changed_by = changed_by  # the operator of the change that came first; None when not known
+        self.version = version  # the record's version now (None: the record is gone)
+        self.seen_version = seen_version  # the version the refused edit was made from
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "changed_by": self.changed_by, "version": self.version,
+                "seen_version": self.seen_version}
 
 
 class TransportError(FleetDeskError):

@@ -22,6 +22,7 @@ from fleetdesk.discovery.recorder import DiscoveryRecorder, RecordingState
 from fleetdesk.discovery.sweep import sweep
 from fleetdesk.errors import (
     ConfigError,
+    DatabaseUnreachableError,
     FleetDeskError,
     HostKeyChangedError,
     HostKeyUnknownError,
@@ -158,10 +159,18 @@ class Fleet:
                 and (held.home, held.config) == (home, config)
                 and files_stamp(p for p, _, _ in held.stamp) == held.stamp):
             return held.reach
-        pinned = tuple(k.public_key for k in self.inventory.host_keys(device.id))
+        try:
+            pinned = tuple(k.public_key for k in self.inventory.host_keys(device.id))
+            runtime = DeviceRuntimes(self.inventory).get(device.id)
+        except DatabaseUnreachableError:
+            # The database went away mid-step: the device is reached as it was last read (its pinned keys, its
+            # runtime), so that a step under way can finish; a device never reached before cannot be.
+            if (held is not None and held.device == device and held.profile is profile
+                    and (held.home, held.config) == (home, config)):
+                return held.reach
+            raise
         entry = self.ssh_config_for(device)
         target = self._target(device, profile, pinned, entry)
-        runtime = DeviceRuntimes(self.inventory).get(device.id)
         reach = DeviceReach(device, target, profile, runtime, DeviceLayout(device_root(runtime, profile)))
         read = (config, *entry.files)
         stamp = files_stamp((*read, *(os.path.dirname(p) for p in read)))
@@ -485,15 +494,48 @@ class Fleet:
 
     # -- groups --------------------------------------------------------------------------------------
 
-    def group(self, devices: Sequence[Device], name: str, *, remove: bool = False) -> Group:
-        """Put devices in a group (or take them out). An admin's change: a group is what a scope is made of."""
+    def group(self, devices: Sequence[Device], name: str, *, remove: bool = False, seen: Group | None = None) -> Group:
+        """Put devices in a group (or take them out). An admin's change: a group is what a scope is made of.
+
+        `seen` is the group as the operator saw it when they chose the change: if another operator edited it since
+        (members in or out, a rename, a delete), the change is refused with EditConflictError naming them. Without
+        it, the group as read now is the one checked (a new name makes a new group)."""
         action = "group.remove" if remove else "group.add"
         self.access.require("administer", action, devices=devices, targets=(f"group:{name}",))
         ids = [d.id for d in devices]
-        group = self.inventory.remove_from_group(name, ids) if remove else self.inventory.add_to_group(name, ids)
+        edit = self._group_edit(name, seen)
+        group = (self.inventory.remove_from_group(name, ids, edit=edit) if remove
+                 else self.inventory.add_to_group(name, ids, edit=edit))
         self.access.record(action, targets=(f"group:{group.name}", *(f"device:{i}" for i in ids)),
                            after={"devices": len(ids)})
         return group
+
+    def rename_group(self, group: Group, name: str) -> Group:
+        """Call a group something else (its devices stay in it); refused if another operator edited it since
+        `group` was read, or while an operator's scope names it."""
+        self.access.require("administer", "group.rename", targets=(f"group:{group.name}",))
+        renamed = self.inventory.rename_group(group.name, name, edit=Edit(by=self.access.name,
+                                                                          seen_version=group.version))
+        if renamed.name != group.name:
+            self.access.record("group.rename", targets=(f"group:{renamed.name}",), before={"name": group.name},
+                               after={"name": renamed.name})
+        return renamed
+
+    def delete_group(self, group: Group) -> None:
+        """Delete a group (its devices stay in the inventory); refused if another operator edited it since `group`
+        was read, or while an operator's scope names it."""
+        self.access.require("administer", "group.delete", targets=(f"group:{group.name}",))
+        gone = self.inventory.delete_group(group.name, edit=Edit(by=self.access.name, seen_version=group.version))
+        self.access.record("group.delete", targets=(f"group:{gone.name}", *(f"device:{i}" for i in gone.device_ids)),
+                           before={"name": gone.name, "devices": len(gone.device_ids)})
+
+    def _group_edit(self, name: str, seen: Group | None) -> Edit:
+        if seen is not None:
+            return Edit(by=self.access.name, seen_version=seen.version)
+        try:
+            return Edit(by=self.access.name, seen_version=self.inventory.group(name).version)
+        except FleetDeskError:
+            return Edit(by=self.access.name, seen_version=None)  # no such group yet: this makes it
 
     def rename(self, device: Device, name: str) -> Device:
         """Call a device something else (its id, keys, groups and history stay): what the operator knows it by."""

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -29,8 +30,9 @@ import onnx
 
 from fleetdesk.access import Access
 from fleetdesk.agent_client import AgentClient
+from fleetdesk.artifacts.fleet_models import fleet_version, share_model
 from fleetdesk.artifacts.records import ModelRecord
-from fleetdesk.artifacts.store import ArtifactStore, check_name, write_golden
+from fleetdesk.artifacts.store import ArtifactStore, check_name, write_golden, write_reference
 from fleetdesk.errors import FleetDeskError
 from fleetdesk.models.card import OptimizationCancelled
 from fleetdesk.models.importer import DEFAULT_MAX_BYTES, inspect_model
@@ -77,8 +79,21 @@ def import_model(path: str | os.PathLike[str], *, access: Access, name: str | No
     say(Progress("validate", f"checking {Path(path).name}", 0, 1))
     card = inspect_model(path, name=name, max_bytes=max_bytes)
     model_name = check_name(name or card.name)
+    if version is not None:
+        check_name(version, "version")
+    # On a shared inventory the version is the fleet's: another laptop's name@version is not taken again.
+    version = fleet_version(store, model_name, version, card.sha256)
     found = store.existing(model_name, version, card.sha256)
+    if found is None and version is not None and store.catalogue is not None:
+        # Imported from these bytes on another laptop: the fleet has it; its files are fetched when needed.
+        found = next((r for r in store.catalogued(model_name)
+                      if r.version == version and r.source_sha256 == card.sha256), None)
+        if found is not None:
+            say(Progress("store", f"{found.ref} is already in the fleet's models with the same bytes; nothing to do",
+                         1, 1))
+            return found
     if found is not None:
+        _share(store, access, found)  # finishes a share that failed (shared store unmounted) the first time
         say(Progress("store", f"{found.ref} is already stored with the same bytes; nothing to do", 1, 1))
         return found
     _check_cancel(cancel, card.path)
@@ -97,24 +112,38 @@ def import_model(path: str | os.PathLike[str], *, access: Access, name: str | No
         # The imported model's answers on a few samples travel in every artifact: a rollout's golden-output gate
         # checks the device's variant against them (`fleetdesk-agent check`).
         golden = write_golden(Path(card.path), sample_set.feeds[:GOLDEN_SAMPLES], work / "golden.npz")
+        # The operator's samples are what the floor's inputs look like: the device scores its live inputs' drift
+        # against their statistics. Generated samples say nothing of the floor, so they give no reference (the
+        # device then says drift is off and why).
+        reference = None if sample_set.synthetic else write_reference(sample_set.feeds, work / "input_reference.json")
         record = store.add_model(card, report, name=model_name, version=version, source_folder=Path(card.path).parent,
-                                 golden=golden)
+                                 golden=golden, reference=reference)
         access.record("model.import", targets=(f"model:{record.ref}",),
                       after={"source_sha256": record.source_sha256, "artifacts": dict(record.artifacts)})
+        _share(store, access, record)
         say(Progress("store", f"stored as {record.ref}", 1, 1))
         return record
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _share(store: ArtifactStore, access: Access, record: ModelRecord) -> None:
+    """The fleet's side of an import: the signed files to the shared store, the model to the inventory's catalogue
+    (fleetdesk.artifacts.fleet_models), so the other laptops list it and fetch its files when they need them."""
+    share_model(store, record, access.name, datetime.now(UTC))
+
+
 def remove_model(store: ArtifactStore, access: Access, ref: str) -> tuple[ModelRecord, list[str]]:
-    """Delete a model version and the artifacts no other version uses; audited (release permission)."""
+    """Delete a model version and the artifacts no other version uses from this laptop, and take it out of the
+    fleet's catalogue (when the store has one): no laptop lists it any more. Copies other laptops fetched and the
+    shared store's files stay (a re-import puts it back). Audited (release permission)."""
     access.require("release", "model.remove", targets=(f"model:{ref}",))
     record = store.model(ref)
     gone = store.remove(record.ref)
+    uncatalogued = store.catalogue.remove(record.name, record.version) if store.catalogue is not None else False
     access.record("model.remove", targets=(f"model:{record.ref}",),
                   before={"source_sha256": record.source_sha256, "artifacts": dict(record.artifacts)},
-                  after={"artifacts_deleted": list(gone)})
+                  after={"artifacts_deleted": list(gone), "catalogue": uncatalogued})
     return record, gone
 
 

@@ -26,6 +26,20 @@ class ClusterUnavailable(RuntimeError):
 class PostgresCluster:
     port: int
     data_dir: Path
+    options: str = ""  # the server's options (pg_ctl -o), to start it again as it was
+    log: Path | None = None
+
+    def stop(self) -> None:
+        """Stop the server as an administrator restarting it would (pg_ctl stop -m fast): every session is ended,
+        open transactions roll back, nothing more is accepted until `start`."""
+        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60",
+                                     "stop"]), check=True, capture_output=True, timeout=90)
+
+    def start(self) -> None:
+        """Start the stopped server again, on the same port, with the same data."""
+        log = [] if self.log is None else ["-l", str(self.log)]
+        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-o", self.options, *log,
+                                     "-w", "-t", "60", "start"]), check=True, capture_output=True, timeout=90)
 
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -104,7 +118,7 @@ def running_cluster() -> Iterator[PostgresCluster]:
                                      "-w", "-t", "60", "start"]),
                        check=True, capture_output=True, timeout=90)
         started = True
-        yield PostgresCluster(port=port, data_dir=data)
+        yield PostgresCluster(port=port, data_dir=data, options=options, log=log)
     except subprocess.CalledProcessError as exc:
         detail = (exc.stderr or b"").decode(errors="replace")[-800:]
         if log.is_file():

@@ -6,6 +6,7 @@ rolled-back device; signed audit entries."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -84,6 +85,9 @@ def build_report_fleet(url: str, *, minutes: bool = True) -> ReportFleet:
                     load = 10.0 + k * 10 + (i % 60) / 6
                     avg = {m: None for m in HISTORY_METRICS}
                     avg.update(cpu_pct=load, mem_pct=40.0 + k, temp_c=50.0 + k, latency_p95_ms=5.0 + k + (i % 10))
+                    if k == 2:  # the third device's model scores input drift: its inputs moved in the last hour
+                        drifted = i >= 23 * 60
+                        avg.update(drift_psi=0.4 if drifted else 0.02, drift_shift_sd=2.0 if drifted else 0.1)
                     high = {m: (v + 1.0 if v is not None else None) for m, v in avg.items()}
                     rows.append(MinuteSummary(d.id, at, 12, avg, high))
             telemetry.write_minutes(rows)
@@ -94,9 +98,13 @@ def build_report_fleet(url: str, *, minutes: bool = True) -> ReportFleet:
         repo = RolloutRepo(inventory)
         planned = tuple(PlannedDevice(d.id, d.name, d.profile or "", NEW_ARTIFACT, "int8-dynamic",
                                       0 if i == 0 else 1, 123456) for i, d in enumerate(devices[:3]))
-        plan = RolloutPlan("cnn@2", devices=tuple(ids[:3]), policy=WavePolicy(errors="10%"))
+        plan = RolloutPlan("cnn@2", devices=tuple(ids[:3]), policy=WavePolicy(errors="10%"), takeover="auto")
         resolved = ResolvedPlan(plan, "cnn@2", planned, ((ids[0],), (ids[1], ids[2])))
         rollout = repo.create(resolved, "admin-op")
+        # laptop-a drove it and stopped; laptop-b took it over once the lease ran out (journaled by take_lease).
+        repo.take_lease(rollout.id, "laptop-a:100", 0.01)
+        time.sleep(0.05)
+        repo.take_lease(rollout.id, "laptop-b:200", 30)
         gates = {"baseline": {"p95_ms": 10.0}, "passed": True, "reason": "", "samples": 3,
                  "values": {"p95_ratio": {"value": 1.12, "bound": 1.5, "ok": True},
                             "temperature_c": {"value": 61.0, "bound": 85.0, "ok": True}}}

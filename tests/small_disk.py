@@ -17,7 +17,7 @@ from tests.conftest import skip_or_fail
 
 
 @contextmanager
-def small_disk(folder: Path, size: str = "512k") -> Iterator[Path]:
+def small_disk(folder: Path, size: str = "1m") -> Iterator[Path]:
     """`folder` as a fresh tmpfs of `size`, unmounted again on exit."""
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:

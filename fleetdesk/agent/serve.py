@@ -26,6 +26,7 @@ from .inference import LoadedModel, ModelLoadError, RequestError, RuntimeMissing
 from .protocol import AgentError
 from .servestats import ServeStats, shadow_headline, stats_document, write_atomically
 from .shadow import (
+    CANDIDATE_THREADS,
     DEFAULT_MARGIN_MB,
     DEFAULT_QUEUE,
     Shadow,
@@ -40,6 +41,9 @@ from .verified import VerifiedArtifacts, refusal
 
 DEFAULT_PORT = 8750
 STATS_INTERVAL_S = 1.0
+# A shadow that nothing stops within this many seconds of its start stops by itself (POST /v1/shadow "expires_s";
+# the laptop asks for its time bound and a margin): a laptop that died mid-shadow leaves no candidate loaded.
+SHADOW_EXPIRES_S = 3600.0
 # A request thread never waits for the batch worker longer than this (a wedged provider answers 500).
 RUN_TIMEOUT_S = 300.0
 
@@ -250,12 +254,13 @@ class ModelServer:
         share: Any = request.get("share", 1.0)
         size: Any = request.get("queue", DEFAULT_QUEUE)
         margin: Any = request.get("margin_mb", self.shadow_margin_mb)
+        expires: Any = request.get("expires_s", SHADOW_EXPIRES_S)
         if not (isinstance(artifact, str) and state.is_sha(artifact) and _number(share) and 0 < share <= 1
                 and isinstance(size, int) and not isinstance(size, bool) and size >= 1
-                and _number(margin) and margin >= 0):
+                and _number(margin) and margin >= 0 and _number(expires) and expires > 0):
             return 400, {"error": 'the body must be {"artifact": SHA-256 of a staged artifact, "share": a number in '
-                                  '(0, 1], "queue": an integer >= 1, "margin_mb": a number >= 0}; "share", "queue" '
-                                  'and "margin_mb" may be left out', "code": protocol.BAD_ARGUMENTS}
+                                  '(0, 1], "queue": an integer >= 1, "margin_mb": a number >= 0, "expires_s": a '
+                                  'number > 0}; all but "artifact" may be left out', "code": protocol.BAD_ARGUMENTS}
         served = self.served
         if served is None:
             return 409, {"error": f"no active model to shadow: {self.reason}", "code": "not-ready"}
@@ -273,6 +278,7 @@ class ModelServer:
                 return 409, {"error": f"the active model changed while candidate {artifact} loaded; nothing is "
                                       "shadowed", "code": "not-ready", "fix": "start the shadow again"}
             old, self.shadow = self.shadow, shadow
+            shadow.expires_s = float(expires)
             shadow.start()
             self.shadow_last = None
         if old is not None:
@@ -294,7 +300,7 @@ class ModelServer:
                                 file=exc.file) from None
         check_memory(artifact, artifact_bytes(folder, files), margin_mb, available_mb())
         try:
-            candidate = inference.load_model(artifact, path, self.providers, self.threads)
+            candidate = inference.load_model(artifact, path, self.providers, CANDIDATE_THREADS)
         except Exception as exc:  # whatever a model does to onnxruntime, the active model keeps serving
             text = str(exc) if isinstance(exc, (ModelLoadError, RuntimeMissing, OSError)) else repr(exc)
             raise ShadowRefused("load-failed", f"candidate {artifact} failed to load: {text}",
@@ -305,16 +311,32 @@ class ModelServer:
                                 f"{mismatch}", "shadow a model with the same inputs and outputs")
         return Shadow(candidate, served.model.sha, share, size)
 
-    def stop_shadow(self, reason: str = "stopped") -> tuple[int, dict[str, Any]]:
+    def stop_shadow(self, reason: str = "stopped", *, only: Shadow | None = None) -> tuple[int, dict[str, Any]]:
         """DELETE /v1/shadow: stop mirroring and unload the candidate; 200 with its final figures (kept in
-        shadow_last), 404 when none runs."""
+        shadow_last), 404 when none runs (or, with `only`, when another one runs now)."""
         with self._shadow_lock:
+            if only is not None and self.shadow is not only:
+                return 404, {"error": "that shadow is no longer running", "code": protocol.NOT_FOUND}
             shadow, self.shadow = self.shadow, None
             if shadow is None:
                 return 404, {"error": "no shadow is running", "code": protocol.NOT_FOUND, "last": self.shadow_last}
             shadow.stop()
             self.shadow_last = shadow.describe("stopped", reason)
             return 200, self.shadow_last
+
+    def expire_shadow(self) -> dict[str, Any] | None:
+        """Stop a shadow nothing stopped within its expiry (the laptop that started it is gone): its candidate does
+        not stay loaded beside the model for good. The event to report, or None."""
+        shadow = self.shadow
+        if shadow is None or time.time() - shadow.started_at < shadow.expires_s:
+            return None
+        status, last = self.stop_shadow(f"expired: nothing stopped it within {shadow.expires_s:g} s of its start "
+                                        "(the FleetDesk that started it is gone); the candidate was unloaded",
+                                        only=shadow)
+        if status != 200:
+            return None
+        return {"type": "event", "event": "shadow-expired", "candidate": last.get("candidate"),
+                "reason": last.get("reason")}
 
     def shadow_state(self) -> dict[str, Any] | None:
         """The running shadow's figures, else what the last one came to (stopped or refused), else None."""
@@ -655,6 +677,7 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int
                 if owns_deadline:
                     _keep_deadline(root, emit, settle_errors)
                 _report(emit, app.refresh())
+                _report(emit, app.expire_shadow())
                 _write_stats(app, stats_path)
             # Signals only set flags and `wake`: acted on at once, and no wakeup in between (idle costs nothing).
             wake.wait(max(0.0, next_tick - time.monotonic()))

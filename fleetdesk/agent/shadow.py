@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
 import queue
 import threading
@@ -26,6 +27,11 @@ from .shadowstats import ShadowStats
 DEFAULT_QUEUE = 16  # mirrored requests waiting for the candidate; a busy device drops beyond this, never blocks
 DEFAULT_MARGIN_MB = 256.0  # memory that must stay available after the candidate is loaded (the profile may say more)
 STOP_TIMEOUT_S = 30.0  # how long stopping waits for the candidate's run in progress
+# The candidate runs on the worker thread alone: one onnxruntime intra-op thread, no thread pool of its own spinning
+# beside the active model's, so it takes at most one core from the requests. Lowering the worker's niceness was
+# measured worse (benchmarks/shadow_latency.py, arm64 lab device: callers' p95 5.7x the shadow-off figure at nice 19
+# against 1.7x at 0): the worker holds the GIL between runs, and a starved holder stalls every request thread.
+CANDIDATE_THREADS = 1
 
 
 class ShadowRefused(Exception):
@@ -92,6 +98,7 @@ class Shadow:
         self.queue_size = queue_size
         self.stats = ShadowStats(candidate.sha, active, candidate.output_names)
         self.started_at = time.time()
+        self.expires_s = math.inf  # the server sets it: stopped by itself this long after its start
         self._queue: queue.Queue[tuple[dict[str, Any], list[Any], float] | None] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         # Which requests are mirrored: every time the running share crosses a whole request (no randomness, so a
@@ -148,7 +155,8 @@ class Shadow:
     def describe(self, state: str = "running", reason: str = "") -> dict[str, Any]:
         figures = self.stats.snapshot()
         return {"state": state, "reason": reason, "share": self.share, "queue_size": self.queue_size,
-                "queued": self.queued(), "started_at": round(self.started_at, 3), **figures}
+                "queued": self.queued(), "started_at": round(self.started_at, 3),
+                "expires_s": self.expires_s if math.isfinite(self.expires_s) else None, **figures}
 
 
 # --- the agent command: start, stop and read the running server's shadow ------------------------------------
@@ -164,6 +172,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--share", type=float, default=1.0, help="(start) share of requests mirrored, in (0, 1]")
     parser.add_argument("--queue", type=int, default=DEFAULT_QUEUE,
                         help="(start) mirrored requests that may wait for the candidate; more are dropped")
+    parser.add_argument("--expires", type=float, default=None, metavar="S",
+                        help="(start) stop by itself S seconds after starting if nothing stopped it (default: the "
+                             "server's, an hour): a laptop that went away leaves no candidate loaded")
     parser.add_argument("--margin-mb", type=float, default=None,
                         help="(start) memory that must stay available once it is loaded (default: the server's "
                              "--shadow-margin-mb)")
@@ -178,6 +189,8 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> int
         body: dict[str, Any] = {"artifact": args.artifact, "share": args.share, "queue": args.queue}
         if args.margin_mb is not None:
             body["margin_mb"] = args.margin_mb
+        if args.expires is not None:
+            body["expires_s"] = args.expires
         status, answer = _ask(root, "POST", body)
     else:
         status, answer = _ask(root, "DELETE" if args.action == "stop" else "GET", None)

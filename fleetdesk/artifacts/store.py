@@ -5,6 +5,10 @@
     ROOT/tmp/                            staging; whatever is left there is a crashed write, removed on next write
     ROOT/.lock                           flock held by every writer (the GUI and the CLI may run at once)
 
+With a shared inventory, `model(ref)` also finds the models other laptops imported (the fleet's catalogue,
+migration 0017), and `artifact(id)` fetches an artifact this laptop lacks from the shared store path, verified as
+`verify` checks the local ones, before anything uses it (`fetch`).
+
 An artifact appears by renaming a complete staging folder into objects/, and a record by replacing its file
 (temp + fsync + rename): a crash leaves either nothing or a whole artifact, never half of one.
 """
@@ -39,6 +43,8 @@ from fleetdesk.artifacts.records import (
     ModelRecord,
     VerifyResult,
 )
+from fleetdesk.artifacts.shared_store import SETTING as SHARED_SETTING
+from fleetdesk.artifacts.shared_store import SharedStore
 from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.artifacts.store_files import (
     check_relative,
@@ -51,6 +57,8 @@ from fleetdesk.artifacts.store_files import (
     write_file_bytes,
 )
 from fleetdesk.artifacts.store_files import write_golden as write_golden  # re-exported: importers take it from here
+from fleetdesk.artifacts.store_files import write_reference as write_reference
+from fleetdesk.artifacts.store_records import RECORD_FORMAT as RECORD_FORMAT
 from fleetdesk.artifacts.store_records import (
     baseline_device_ms,
     baseline_local_ms,
@@ -58,6 +66,8 @@ from fleetdesk.artifacts.store_records import (
     newest_first,
     next_version,
     recipe_for,
+    record_document,
+    record_from_document,
     record_ids,
     utc_now,
 )
@@ -67,11 +77,15 @@ from fleetdesk.artifacts.store_records import key_fingerprint as key_fingerprint
 from fleetdesk.config import Settings
 from fleetdesk.errors import ArtifactStoreError, ModelNameClashError, StoreEntryNotFoundError
 from fleetdesk.files import exclusive_lock, sha256_file
+from fleetdesk.inventory import Inventory
+from fleetdesk.inventory.model_catalogue import ModelCatalogue
 from fleetdesk.models.card import ModelCard
 from fleetdesk.models.report import BASELINE, OptimizationReport, Variant
 
-RECORD_FORMAT = "fleetdesk-model/1"
 GOLDEN_NAME = "golden.npz"  # sample inputs and the imported model's outputs on them, read by `fleetdesk-agent check`
+# Statistics of each input over the operator's samples (fleetdesk.agent.shadowstats.reference_document), what the
+# device's model server scores live inputs against for drift; the manifest names it under "input_reference".
+REFERENCE_NAME = "input_reference.json"
 _ID = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -89,17 +103,23 @@ class _Planned:
 class ArtifactStore:
     """`ArtifactStore.default().add_model(card, report, name="resnet", source_folder=...)`."""
 
-    def __init__(self, root: Path, signer: FleetSigningKey) -> None:
+    def __init__(self, root: Path, signer: FleetSigningKey, *, shared: Path | None = None,
+                 catalogue: ModelCatalogue | None = None) -> None:
         self.root = Path(root)
         self.signer = signer
+        self.shared = SharedStore(shared) if shared is not None else None  # where artifacts are shared and fetched
+        self.catalogue = catalogue  # the fleet's models (a shared inventory): found by model() too
         with contextlib.suppress(OSError), self._locked(blocking=False) as got:
             if got:
                 self._clean_staging()
 
     @classmethod
-    def default(cls, settings: Settings | None = None) -> ArtifactStore:
+    def default(cls, settings: Settings | None = None, inventory: Inventory | None = None) -> ArtifactStore:
+        """This laptop's store, fetching from the settings' shared store path (FLEETDESK_SHARED_STORE) when one is
+        set; with the inventory, it also finds the fleet's models (the catalogue)."""
         settings = settings or Settings.load()
-        return cls(settings.data_dir / "artifacts", FleetSigningKey.default(settings))
+        return cls(settings.data_dir / "artifacts", FleetSigningKey.default(settings), shared=settings.shared_store,
+                   catalogue=ModelCatalogue(inventory) if inventory is not None else None)
 
     @property
     def objects(self) -> Path:
@@ -123,16 +143,36 @@ class ArtifactStore:
         return sorted(found, key=lambda r: (r.name, newest_first(r)))
 
     def model(self, ref: str) -> ModelRecord:
-        """"name" (its newest version) or "name@version"."""
+        """"name" (its newest version) or "name@version"; with a catalogue, of this laptop's models and the fleet's
+        (the catalogue is not read when this laptop has the name@version asked for)."""
         name, _, version = str(ref).partition("@")
         versions = [r for r in self.models() if r.name == name]
+        if self.catalogue is not None and not (version and any(r.version == version for r in versions)):
+            here = {r.ref for r in versions}
+            versions += [r for r in self.catalogued(name) if r.ref not in here]
+            versions.sort(key=newest_first)
         if version:
             versions = [r for r in versions if r.version == version]
         if not versions:
-            known = ", ".join(sorted({r.ref for r in self.models()})) or "none yet"
+            known = ", ".join(sorted({r.ref for r in self.models()} | {r.ref for r in self.catalogued()})) or "none yet"
             raise StoreEntryNotFoundError(f"no model {str(ref)[:80]!r} in the store", step="find model",
                                           fix=f"give NAME or NAME@VERSION of a stored model ({known[:400]})")
         return versions[0]
+
+    def catalogued(self, name: str | None = None) -> list[ModelRecord]:
+        """The records of the fleet's catalogue (all, or of one name); none without a catalogue."""
+        if self.catalogue is None:
+            return []
+        out = []
+        for entry in self.catalogue.models():
+            if name is None or entry.name == name:
+                try:
+                    out.append(record_from_document(json.loads(entry.record)))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ArtifactStoreError(f"the fleet's catalogue entry of {entry.ref} cannot be read ({exc})",
+                                             step="read model", fix=f"import {entry.ref} again on a laptop that "
+                                                                    "has it") from None
+        return out
 
     def artifacts(self) -> list[Artifact]:
         out = []
@@ -150,6 +190,8 @@ class ArtifactStore:
             raise StoreEntryNotFoundError(f"{str(id_or_prefix)[:80]!r} is not an artifact id", step="find artifact",
                                           fix="give the artifact's SHA-256 or its first 6 or more hex digits")
         matches = [p for p in self.objects.glob(f"{text}*") if _ID.match(p.name)] if self.objects.is_dir() else []
+        if not matches and _ID.match(text):
+            return self.fetch(text)  # imported on another laptop: from the shared store, verified
         if len(matches) != 1:
             what = "no artifact" if not matches else f"{len(matches)} artifacts"
             raise StoreEntryNotFoundError(f"{what} with id {text}{'' if len(text) == 64 else '...'} in the store",
@@ -176,14 +218,7 @@ class ArtifactStore:
 
     def _read_record(self, path: Path) -> ModelRecord:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            report = data.get("report")
-            return ModelRecord(name=str(data["name"]), version=str(data["version"]),
-                               source_sha256=str(data["source_sha256"]), imported_at=str(data["imported_at"]),
-                               card=data.get("card", {}),
-                               report=None if report is None else OptimizationReport.from_dict(report),
-                               baseline=str(data.get("baseline", "")),
-                               artifacts={str(k): str(v) for k, v in dict(data.get("artifacts", {})).items()})
+            return record_from_document(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ArtifactStoreError(f"the model record {path} cannot be read ({exc})", step="read model",
                                      fix="restore it from a backup, or delete it and import the model again") from None
@@ -212,13 +247,15 @@ class ArtifactStore:
         return record
 
     def add_model(self, card: ModelCard, report: OptimizationReport, *, name: str, version: str | None = None,
-                  source_folder: Path, golden: Path | None = None) -> ModelRecord:
+                  source_folder: Path, golden: Path | None = None, reference: Path | None = None) -> ModelRecord:
         """Store the model as imported (the baseline) and each profile's chosen variant, signed, and its record.
 
         Variants with the same bytes become one artifact listing all their profiles. An unchanged re-import
         returns the stored record and writes nothing; on any failure nothing of this call is left.
         `golden` (made by `write_golden`) goes into every artifact as golden.npz, listed and signed like the
-        model, and named by the manifest's "golden" key: the device checks its variant against it.
+        model, and named by the manifest's "golden" key: the device checks its variant against it. `reference`
+        (input statistics over the operator's samples) goes in the same way as input_reference.json, named by the
+        manifest's "input_reference" key: the device's model server scores its live inputs' drift against it.
         """
         with self._locked():
             self._clean_staging()
@@ -228,8 +265,9 @@ class ArtifactStore:
             if version is None:
                 version = next_version([r for r in self.models() if r.name == name])
             plans = self._plan(card, report, Path(source_folder))
-            if golden is not None:
-                plans = [_with_golden(plan, Path(golden)) for plan in plans]
+            for carried, path in ((GOLDEN_NAME, golden), (REFERENCE_NAME, reference)):
+                if path is not None:
+                    plans = [_with_file(plan, carried, Path(path)) for plan in plans]
             pem = self.public_key_pem()
             created_now: list[Path] = []
             try:
@@ -292,6 +330,7 @@ class ArtifactStore:
             "samples": {"count": report.samples, "synthetic": report.synthetic, "source": report.samples_source},
             "created": utc_now(), "tools": current_tool_versions(), "key": key_fingerprint(pem),
             **({"golden": GOLDEN_NAME} if any(rel == GOLDEN_NAME for rel, _ in plan.sources) else {}),
+            **({"input_reference": REFERENCE_NAME} if any(rel == REFERENCE_NAME for rel, _ in plan.sources) else {}),
         }
 
     def _write_artifact(self, plan: _Planned, card: ModelCard, report: OptimizationReport, name: str, version: str,
@@ -338,10 +377,7 @@ class ArtifactStore:
                            artifacts=by_profile)
 
     def _write_record(self, record: ModelRecord) -> None:
-        data = {"format": RECORD_FORMAT, "name": record.name, "version": record.version,
-                "source_sha256": record.source_sha256, "imported_at": record.imported_at, "card": dict(record.card),
-                "report": record.report.to_dict() if record.report else None, "baseline": record.baseline,
-                "artifacts": dict(record.artifacts)}
+        data = record_document(record)
         folder = self.records / record.name
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -349,6 +385,52 @@ class ArtifactStore:
                          atomic=True)
         except OSError as exc:
             raise full_disk_error(exc, f"writing the record of {record.ref}") from None
+
+    # -- sharing ------------------------------------------------------------------------------------------
+
+    def share(self, record: ModelRecord) -> list[str]:
+        """Copy the record's artifacts to the shared store (those not there yet); the ids copied. None set: []."""
+        if self.shared is None:
+            return []
+        return [i for i in sorted(set(record_ids(record))) if self.shared.publish(self.objects / i, i)]
+
+    def fetch(self, artifact_id: str) -> Artifact:
+        """The artifact from this store, else copied from the shared store into tmp/ and checked there as `verify`
+        checks (the id, the signature with the fleet key, every file's size and SHA-256, nothing extra) before it
+        is renamed into objects/. A copy that fails leaves nothing here and says what is wrong."""
+        with self._locked():
+            folder = self.objects / artifact_id
+            if folder.is_dir():
+                return self._read_artifact(folder)
+            if self.shared is None:
+                raise StoreEntryNotFoundError(
+                    f"artifact {artifact_id} is not on this laptop, and no shared store is set to fetch it from",
+                    step="fetch artifact",
+                    fix=f"set {SHARED_SETTING} to the fleet's shared folder (where `model import` on the other "
+                        "laptops copies the signed files), or import the model on this laptop")
+            staging = self.root / "tmp" / f"fetch-{uuid.uuid4().hex}"
+            try:
+                self.shared.copy_into(artifact_id, staging)
+                checked = self._verify_folder(staging, artifact_id, "")
+                if not checked.ok:
+                    copy = self.shared.folder(artifact_id)
+                    other_key = any("fleet key" in p for p in checked.problems) and len(checked.problems) == 1
+                    raise ArtifactStoreError(
+                        f"the shared store's copy of artifact {artifact_id} ({copy}) fails verification: "
+                        f"{'; '.join(checked.problems[:3])}; nothing of it was taken", step="fetch artifact",
+                        fix=(f"its signature is not this laptop's fleet key ({key_fingerprint(self.public_key_pem())})"
+                             ": give this laptop the fleet's key (the importing laptop's keys folder), or if that "
+                             f"laptop is not of this fleet, remove {copy}") if other_key else
+                            (f"remove {copy} and run the same `fleetdesk model import` again on the laptop that "
+                             "imported the model: it copies its verified artifact again"))
+                self.objects.mkdir(parents=True, exist_ok=True)
+                os.rename(staging, folder)
+                fsync_dir(self.objects)
+            except OSError as exc:
+                raise full_disk_error(exc, f"fetching artifact {artifact_id} from the shared store") from None
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            return self._read_artifact(folder)
 
     # -- verifying ----------------------------------------------------------------------------------------
 
@@ -380,7 +462,14 @@ class ArtifactStore:
                 if artifact_id != r.baseline:
                     labels[artifact_id] = f"{r.ref} {recipe_for(r, profiles[0])} ({', '.join(sorted(profiles))})"
         for artifact_id in ids:
-            results.append(self._verify_one(artifact_id, labels.get(artifact_id, "")))
+            label = labels.get(artifact_id, "")
+            if ref_or_id is not None and not (self.objects / artifact_id).exists() and self.shared is not None:
+                try:  # a model imported on another laptop: fetched (and checked) now, as its first use would
+                    self.fetch(artifact_id)
+                except ArtifactStoreError as exc:
+                    results.append(VerifyResult(artifact_id, label, False, (str(exc),)))
+                    continue
+            results.append(self._verify_folder(self.objects / artifact_id, artifact_id, label))
         return results
 
     def _id_of(self, text: str) -> str:
@@ -389,8 +478,8 @@ class ArtifactStore:
             return lowered  # checked even when its folder is gone: verify reports it missing
         return self.artifact(text).id
 
-    def _verify_one(self, artifact_id: str, label: str) -> VerifyResult:
-        folder = self.objects / artifact_id
+    def _verify_folder(self, folder: Path, artifact_id: str, label: str) -> VerifyResult:
+        """Check one artifact's folder (under objects/, or a copy being fetched) against `artifact_id`."""
         problems: list[str] = []
 
         def result() -> VerifyResult:
@@ -490,7 +579,7 @@ class ArtifactStore:
         else:
             artifact = self.artifact(ref_or_id)
             ids, stem = [artifact.id], f"{artifact.name}-{artifact.version}-{artifact.id[:12]}"
-        broken = [r for r in (self._verify_one(i, "") for i in ids) if not r.ok]
+        broken = [r for r in (self._verify_folder(self.objects / i, i, "") for i in ids) if not r.ok]
         if broken:
             raise ArtifactStoreError(f"artifact {broken[0].artifact} fails verification: {broken[0].problems[0]}",
                                      step="export", fix="run `fleetdesk model verify`; remove and re-import the "
@@ -530,9 +619,11 @@ class ArtifactStore:
                                               step="remove model", fix=f"give NAME@VERSION, e.g. {name}@"
                                                                        f"{self.model(name).version}")
             record = self.model(ref)
+            path = self.records / record.name / f"{record.version}.json"
+            if not path.is_file():
+                return []  # a model of the fleet's catalogue that this laptop never stored: nothing of it here
             keep = {i for r in self.models() if r.ref != record.ref for i in record_ids(r)}
             gone = sorted(set(record_ids(record)) - keep)
-            path = self.records / record.name / f"{record.version}.json"
             path.unlink()
             fsync_dir(path.parent)
             with contextlib.suppress(OSError):
@@ -566,8 +657,9 @@ class ArtifactStore:
                         entry.unlink()
 
 
-def _with_golden(plan: _Planned, golden: Path) -> _Planned:
-    if any(rel == GOLDEN_NAME for rel, _ in plan.sources):
-        raise ArtifactStoreError(f"the model has a file named {GOLDEN_NAME}, the name golden outputs take",
-                                 step="store model", fix=f"rename the model's {GOLDEN_NAME} and import it again")
-    return replace(plan, sources=(*plan.sources, (GOLDEN_NAME, golden)))
+def _with_file(plan: _Planned, name: str, path: Path) -> _Planned:
+    """The plan with a file FleetDesk adds to every artifact (golden outputs, input statistics) as `name`."""
+    if any(rel == name for rel, _ in plan.sources):
+        raise ArtifactStoreError(f"the model has a file named {name}, a name FleetDesk's own files take",
+                                 step="store model", fix=f"rename the model's {name} and import it again")
+    return replace(plan, sources=(*plan.sources, (name, path)))

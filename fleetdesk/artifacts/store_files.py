@@ -1,5 +1,6 @@
 """How the artifact store puts bytes on disk: hashing, copying and writing with fsync, the fixed tar members of
-an export, the golden file, and the error a full disk gives. Kept apart from store.py, which decides what goes where.
+an export, the golden file, the input reference statistics, and the error a full disk gives. Kept apart from
+store.py, which decides what goes where.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import tarfile
 import uuid
@@ -14,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from fleetdesk.agent.shadowstats import reference_document
 from fleetdesk.artifacts.records import MANIFEST_NAME, SIGNATURE_NAME
 from fleetdesk.errors import ArtifactStoreError, StoreFullError
 
@@ -62,6 +65,19 @@ def write_golden(model_path: Path, feeds: Sequence[Mapping[str, Any]], dest: Pat
     dest = Path(dest)
     with open(dest, "wb") as f:
         np.savez_compressed(f, **arrays)
+    return dest
+
+
+def write_reference(feeds: Sequence[Mapping[str, Any]], dest: Path) -> Path:
+    """The input reference file for `add_model`: per input, per channel (axis 1) the statistics of the operator's
+    samples that the device's model server scores live inputs against (fleetdesk/agent/drift.py). The same code
+    computes both sides (fleetdesk.agent.shadowstats), so a sample stream like the reference scores 0."""
+    import numpy as np
+
+    stacked = {name: np.concatenate([np.asarray(feed[name]) for feed in feeds], axis=0) if np.ndim(feeds[0][name])
+               else np.asarray([feed[name] for feed in feeds]) for name in feeds[0]}
+    dest = Path(dest)
+    dest.write_text(json.dumps(reference_document(stacked), separators=(",", ":")), encoding="utf-8")
     return dest
 
 

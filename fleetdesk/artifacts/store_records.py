@@ -19,6 +19,7 @@ from fleetdesk.artifacts.records import ModelRecord
 from fleetdesk.errors import InvalidModelNameError
 from fleetdesk.models.report import BASELINE, OptimizationReport
 
+RECORD_FORMAT = "fleetdesk-model/1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -91,3 +92,22 @@ def recipe_for(record: ModelRecord, profile: str) -> str:
     """The recipe the record's report chose for `profile` ("variant" when the report does not say)."""
     result = record.report.profile(profile) if record.report is not None else None
     return result.chosen if result is not None else "variant"
+
+
+def record_document(record: ModelRecord) -> dict[str, Any]:
+    """A model record as the store writes it (ROOT/models/<name>/<version>.json) and the fleet's catalogue keeps it."""
+    return {"format": RECORD_FORMAT, "name": record.name, "version": record.version,
+            "source_sha256": record.source_sha256, "imported_at": record.imported_at, "card": dict(record.card),
+            "report": record.report.to_dict() if record.report else None, "baseline": record.baseline,
+            "artifacts": dict(record.artifacts)}
+
+
+def record_from_document(data: Mapping[str, Any]) -> ModelRecord:
+    """The record `record_document` wrote; KeyError, TypeError or ValueError when it is not one."""
+    report = data.get("report")
+    return ModelRecord(name=str(data["name"]), version=str(data["version"]),
+                       source_sha256=str(data["source_sha256"]), imported_at=str(data["imported_at"]),
+                       card=data.get("card", {}),
+                       report=None if report is None else OptimizationReport.from_dict(report),
+                       baseline=str(data.get("baseline", "")),
+                       artifacts={str(k): str(v) for k, v in dict(data.get("artifacts", {})).items()})

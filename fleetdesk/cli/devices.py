@@ -7,12 +7,14 @@ import argparse
 import dataclasses
 import shlex
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from fleetdesk.cli.options import choose_devices, with_json
 from fleetdesk.cli.output import device_json, devices_table, emit, progress, safe, safe_block, summary
 from fleetdesk.cli.session import with_fleet
-from fleetdesk.errors import ConfigError
+from fleetdesk.errors import ConfigError, InventoryError
+from fleetdesk.inventory.records import Group
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -132,6 +134,8 @@ def cmd_rename(args: argparse.Namespace) -> int:
 
 def cmd_group(args: argparse.Namespace) -> int:
     async def work(fleet: Any) -> int:
+        if args.rename is not None or args.delete:
+            return _edit_group(args, fleet)
         if not args.devices:
             groups = fleet.inventory.groups()
             names = {d.id: d.name for d in fleet.inventory.devices()}
@@ -142,13 +146,42 @@ def cmd_group(args: argparse.Namespace) -> int:
         if not args.name:
             raise ConfigError("no group name given", fix="add --name NAME, e.g. --name 'line A'")
         devices = fleet.select(args.devices)
-        group = fleet.group(devices, args.name, remove=args.remove)
+        group = fleet.group(devices, args.name, remove=args.remove, seen=_seen_group(args, fleet))
         names = {d.id: d.name for d in fleet.inventory.devices()}
         emit(args, dataclasses.asdict(group),
              f"{safe(group.name)}: {', '.join(safe(names.get(i, i)) for i in group.device_ids) or 'empty'}")
         return 0
 
     return with_fleet(args, work)
+
+
+def _seen_group(args: argparse.Namespace, fleet: Any) -> Any:
+    """The group as the operator saw it (--seen-version V), or None: the group as read now is the one checked."""
+    if args.seen_version is None:
+        return None
+    try:
+        stored = fleet.inventory.group(args.name)
+    except InventoryError:
+        # Gone since the operator read it: any version they saw is refused (the group was deleted or renamed).
+        return Group(name=args.name.strip(), device_ids=(), created_at=datetime.now(UTC), version=args.seen_version)
+    return dataclasses.replace(stored, version=args.seen_version)
+
+
+def _edit_group(args: argparse.Namespace, fleet: Any) -> int:
+    """`fleetdesk group --name G --rename NEW` or `--delete`: a change of the group itself (its devices stay)."""
+    if not args.name:
+        raise ConfigError("no group name given", fix="add --name NAME, e.g. --name 'line A'")
+    if args.devices or args.remove or (args.rename is not None and args.delete):
+        raise ConfigError("--rename and --delete change the group itself: give only --name (and --seen-version)",
+                          fix="e.g. fleetdesk group --name 'line A' --rename 'line A (north)'")
+    seen = _seen_group(args, fleet) or fleet.inventory.group(args.name)
+    if args.delete:
+        fleet.delete_group(seen)
+        emit(args, {"deleted": seen.name}, f"deleted the group {safe(seen.name)} (its devices stay)")
+        return 0
+    group = fleet.rename_group(seen, args.rename)
+    emit(args, dataclasses.asdict(group), f"{safe(seen.name)} is now {safe(group.name)}")
+    return 0
 
 
 # -- the parsers, in the order `fleetdesk --help` lists them (fleetdesk/cli/__init__.py) ----------------------
@@ -202,10 +235,15 @@ def add_rename(sub: Any) -> None:
 
 
 def add_group(sub: Any) -> None:
-    p = with_json(sub.add_parser("group", help="put devices in a group (no devices: list groups)"))
+    p = with_json(sub.add_parser("group", help="put devices in a group, rename or delete one (no devices: list "
+                                               "groups)"))
     p.add_argument("devices", nargs="*", metavar="DEVICE")
     p.add_argument("--name", metavar="NAME", help="the group, e.g. 'line A'")
     p.add_argument("--remove", action="store_true", help="take the devices out of the group instead")
+    p.add_argument("--rename", metavar="NEW", help="call the group NEW (its devices stay in it)")
+    p.add_argument("--delete", action="store_true", help="delete the group (its devices stay in the inventory)")
+    p.add_argument("--seen-version", type=int, metavar="V",
+                   help="change it only if no other operator changed the group since its version V")
     p.set_defaults(func=cmd_group)
 
 

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,19 @@ def _store() -> Any:
     from fleetdesk.artifacts.store import ArtifactStore
 
     return ArtifactStore.default()
+
+
+@contextlib.contextmanager
+def _fleet_store(args: argparse.Namespace) -> Iterator[Any]:
+    """This laptop's store with the inventory's catalogue: the models other laptops imported are found too, and
+    their files fetched from the shared store (FLEETDESK_SHARED_STORE) when a command needs them."""
+    from fleetdesk.artifacts.store import ArtifactStore
+    from fleetdesk.config import Settings
+    from fleetdesk.inventory import open_inventory
+
+    settings = Settings.load(args.db)
+    with open_inventory(settings.db_url) as inventory:
+        yield ArtifactStore.default(settings, inventory)
 
 
 def record_json(record: Any) -> dict[str, Any]:
@@ -59,13 +73,13 @@ def _progress_line(step: Any) -> None:
 
 
 def cmd_model_import(args: argparse.Namespace) -> int:
+    from fleetdesk.artifacts.store import ArtifactStore
     from fleetdesk.model_import import DeviceBench, bench_devices, import_model
-
-    store = _store()
 
     async def go() -> Any:
         fleet = open_fleet(args)
         try:
+            store = ArtifactStore.default(inventory=fleet.inventory)  # the import is catalogued for the fleet
             profiles = list(args.profile or []) or sorted({d.profile for d in fleet.inventory.devices() if d.profile})
             loop = asyncio.get_running_loop()
             bench = None
@@ -107,14 +121,19 @@ def cmd_model_import(args: argparse.Namespace) -> int:
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:
-    records = _store().models()
-    rows = [("MODEL", "IMPORTED", "SIZE", "SOURCE SHA-256", "VARIANTS")]
-    for r in records:
+    from fleetdesk.artifacts.fleet_models import fleet_models
+
+    with _fleet_store(args) as store:
+        models = fleet_models(store)
+    rows = [("MODEL", "IMPORTED", "BY", "SIZE", "SOURCE SHA-256", "FILES", "VARIANTS")]
+    for m in models:
+        r = m.record
         chosen = ", ".join(f"{p.profile}: {p.chosen}" for p in r.report.profiles) if r.report else "-"
-        rows.append((r.ref, r.imported_at[:19].replace("T", " "), _mb(int(r.card.get("size_bytes", 0))),
-                     r.source_sha256[:16], chosen))
+        rows.append((r.ref, r.imported_at[:19].replace("T", " "), m.imported_by or "-",
+                     _mb(int(r.card.get("size_bytes", 0))), r.source_sha256[:16], m.where, chosen))
     empty = "no models yet: `fleetdesk model import FILE.onnx`"
-    emit(args, [record_json(r) for r in records], table(rows) if records else empty)
+    emit(args, [{**record_json(m.record), "files": m.where, "available": m.available, "imported_by": m.imported_by,
+                 "artifacts_size_bytes": m.size_bytes} for m in models], table(rows) if models else empty)
     return 0
 
 
@@ -170,12 +189,12 @@ def _spec(spec: dict[str, Any]) -> str:
 
 
 def cmd_model_show(args: argparse.Namespace) -> int:
-    store = _store()
-    record = store.model(args.ref)
-    data = record_json(record)
-    data["artifact_details"] = {i: artifact_json(store.artifact(i))
-                                for i in sorted({record.baseline, *record.artifacts.values()})
-                                if (store.objects / i).is_dir()}
+    with _fleet_store(args) as store:  # shows a model of another laptop too, without fetching its files
+        record = store.model(args.ref)
+        data = record_json(record)
+        data["artifact_details"] = {i: artifact_json(store.artifact(i))
+                                    for i in sorted({record.baseline, *record.artifacts.values()})
+                                    if (store.objects / i).is_dir()}
     emit(args, data, _record_text(record))
     return 0
 
@@ -184,7 +203,8 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 
 
 def cmd_model_verify(args: argparse.Namespace) -> int:
-    results = _store().verify(args.ref)
+    with _fleet_store(args) as store:  # a model of another laptop: its files fetched from the shared store first
+        results = store.verify(args.ref)
     bad = [r for r in results if not r.ok]
     lines = []
     for r in results:
@@ -209,22 +229,23 @@ def cmd_model_export(args: argparse.Namespace) -> int:
 
 
 def cmd_model_remove(args: argparse.Namespace) -> int:
-    store = _store()
-    if "@" not in args.ref and len([r for r in store.models() if r.name == args.ref]) > 1:
-        store.remove(args.ref)  # refuses, naming the versions to choose from
-    record = store.model(args.ref)
-    if not args.yes:
-        if args.json or not sys.stdin.isatty():
-            raise ConfigError(f"removing {record.ref} needs confirmation", step="remove model",
-                              fix=f"add --yes: fleetdesk model remove {record.ref} --yes")
-        answer = input(f"Remove {record.ref} and its artifacts from this laptop? Type yes: ")
-        if answer.strip().lower() != "yes":
-            print("not removed", file=sys.stderr)
-            return EXIT_PROBLEMS
-    from fleetdesk.model_import import remove_model
+    with _fleet_store(args) as store:  # taken out of the fleet's catalogue too
+        if "@" not in args.ref and len([r for r in store.models() if r.name == args.ref]) > 1:
+            store.remove(args.ref)  # refuses, naming the versions to choose from
+        record = store.model(args.ref)
+        if not args.yes:
+            if args.json or not sys.stdin.isatty():
+                raise ConfigError(f"removing {record.ref} needs confirmation", step="remove model",
+                                  fix=f"add --yes: fleetdesk model remove {record.ref} --yes")
+            answer = input(f"Remove {record.ref} from the fleet's models and its artifacts from this laptop? "
+                           "Type yes: ")
+            if answer.strip().lower() != "yes":
+                print("not removed", file=sys.stderr)
+                return EXIT_PROBLEMS
+        from fleetdesk.model_import import remove_model
 
-    with opened_access(args) as access:
-        _, gone = remove_model(store, access, record.ref)
+        with opened_access(args) as access:
+            _, gone = remove_model(store, access, record.ref)
     emit(args, {"removed": record.ref, "artifacts_removed": gone},
          f"removed {record.ref}; {len(gone)} artifact(s) deleted")
     return 0

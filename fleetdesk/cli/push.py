@@ -10,6 +10,7 @@ Exit status: 0 when every device holds the artifact, 1 when any did not (each on
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from typing import Any
@@ -67,11 +68,12 @@ def cmd_model_push(args: argparse.Namespace) -> int:
     from fleetdesk.artifacts.store import ArtifactStore
     from fleetdesk.rollout.push import push_model
 
-    store = ArtifactStore.default()
-
     async def work(fleet: Any) -> int:
+        # With the inventory: a model another laptop imported is pushed too, its files fetched (verified) from the
+        # shared store as push_model asks the store for them.
+        store = ArtifactStore.default(inventory=fleet.inventory)
         devices = fleet.select(args.devices, group=args.group, all_devices=args.all)
-        record = store.model(args.ref)
+        record = await asyncio.to_thread(store.model, args.ref)
         if not devices:
             where = f"group {args.group!r} has" if args.group is not None else "the inventory has"
             raise ConfigError(f"no devices to push {record.ref} to: {where} none",

@@ -1,5 +1,6 @@
-"""`fleetdesk rollout plan|start|status|list|journal|pause|resume|approve|abort|rollback`: staged rollouts from a
-terminal. `start`, `resume` and `approve` drive the rollout in the foreground; Ctrl-C pauses it cleanly.
+"""`fleetdesk rollout plan|start|status|list|journal|pause|resume|approve|run|abort|rollback`: staged rollouts from
+a terminal. `start`, `resume`, `approve` and `run` drive the rollout in the foreground; Ctrl-C pauses it cleanly.
+`run ID --take-over` takes over a rollout whose driver (another laptop) stopped, once its lease runs out.
 
 Exit status: 0 done (or the action asked for succeeded), 3 paused or waiting for approval, 1 failed (or
 aborted while running), 2 a usage error or any other FleetDesk error.
@@ -14,7 +15,7 @@ import dataclasses
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fleetdesk.cli.options import with_json
@@ -29,10 +30,11 @@ _EXIT = {"done": 0, "paused": EXIT_STOPPED, "waiting-approval": EXIT_STOPPED, "f
          "planned": 0}
 
 
-def _store() -> Any:
+def _store(fleet: Any) -> Any:
     from fleetdesk.artifacts.store import ArtifactStore
 
-    return ArtifactStore.default()
+    # With the inventory: a model another laptop imported is found, its files fetched from the shared store.
+    return ArtifactStore.default(inventory=fleet.inventory)
 
 
 def _mb(size: float) -> str:
@@ -66,7 +68,39 @@ def _plan(args: argparse.Namespace, fleet: Any) -> Any:
                        wave_policies=wave_policies_from_flags(args.wave_policy or (), policy), gates=gates,
                        transfer=transfer, unreachable=args.unreachable, unreachable_wait_s=args.unreachable_wait,
                        confirm_within_s=args.confirm_within, step_timeout_s=args.step_timeout,
-                       approval_by_other=args.approval_by_other)
+                       approval_by_other=args.approval_by_other, shadow=_shadow(args), takeover=args.takeover,
+                       on_database_loss=args.on_database_loss)
+
+
+_SHADOW_FLAGS = {"shadow_min": "--shadow-min", "shadow_agree": "--shadow-agree",
+                 "shadow_p95_ratio": "--shadow-p95-ratio", "shadow_max_wait": "--shadow-max-wait",
+                 "shadow_canary_only": "--shadow-canary-only", "shadow_on_skip": "--shadow-on-skip"}
+
+
+def _shadow(args: argparse.Namespace) -> Any:
+    """The plan's shadow step from --shadow SHARE and its options; None without --shadow."""
+    from fleetdesk.rollout.policy import ShadowPolicy
+
+    if args.shadow is None:
+        given = [flag for name, flag in _SHADOW_FLAGS.items() if getattr(args, name) not in (None, False)]
+        if given:
+            raise PlanError(f"{', '.join(given)} given without --shadow", field="--shadow",
+                            fix="add --shadow SHARE (the share of live requests mirrored to the candidate, e.g. 0.5) "
+                                "to run the shadow step, or leave its options out")
+        return None
+    defaults = ShadowPolicy()
+    try:
+        return ShadowPolicy(share=args.shadow,
+                            min_requests=defaults.min_requests if args.shadow_min is None else args.shadow_min,
+                            min_agreement=_off(args.shadow_agree, defaults.min_agreement),
+                            p95_ratio_max=_off(args.shadow_p95_ratio, defaults.p95_ratio_max),
+                            max_wait_s=defaults.max_wait_s if args.shadow_max_wait is None else args.shadow_max_wait,
+                            waves="canary" if args.shadow_canary_only else "all",
+                            on_skip=args.shadow_on_skip or defaults.on_skip)
+    except PlanError as exc:
+        flag = {"share": "--shadow", "min_requests": "--shadow-min", "min_agreement": "--shadow-agree",
+                "p95_ratio_max": "--shadow-p95-ratio", "max_wait_s": "--shadow-max-wait"}.get(exc.field or "")
+        raise PlanError(exc.message.removeprefix(f"{exc.field}: "), field=flag or exc.field, fix=exc.fix) from None
 
 
 WAVE_POLICY_FLAG = "--wave-policy"
@@ -165,17 +199,33 @@ def _status_json(repo: Any, rollout_id: int) -> dict[str, Any]:
     row = repo.get(rollout_id)
     data = _row_json(row)
     data["plan"] = row.plan
+    data["takeover"] = row.plan.get("takeover", "ask")
     data["devices"] = [dataclasses.asdict(d) for d in repo.devices(rollout_id)]
     return data
 
 
+def _driver_text(row: Any) -> str:
+    """Who drives the rollout and until when its lease runs; "" when nobody does."""
+    if row.driver is None or row.lease_until is None:
+        return ""
+    host, _, pid = row.driver.rpartition(":")
+    return f"driven by {safe(host)} (process {safe(pid)}), lease until {when(row.lease_until)}"
+
+
 def _status_text(fleet: Any, repo: Any, rollout_id: int) -> str:
+    from fleetdesk.rollout.plan import takeover_text
+
     row = repo.get(rollout_id)
     names = {d.id: d.name for d in fleet.inventory.devices()}
     head = f"rollout {row.id}: {safe(row.model_ref)}, {row.status}"
     if row.paused_reason:
         head += f" ({safe(row.paused_reason)})"
     head += f"; started by {safe(row.actor)}"
+    driver = _driver_text(row)
+    if driver and row.status in ("running", "planned"):
+        head += f"; {driver}"
+    policy = row.plan.get("takeover", "ask")
+    head += f"\ntakeover ({policy}): {takeover_text(policy)}"
     rows = [("WAVE", "DEVICE", "STATE", "SENT", "GATES", "ERROR")]
     for d in sorted(repo.devices(rollout_id), key=lambda d: (d.wave, names.get(d.device_id, ""))):
         gates = d.gates or {}
@@ -219,7 +269,7 @@ def _with_engine(args: argparse.Namespace, work: Callable[[Any, Any], Any], *, q
         fleet = open_fleet(args)
         try:
             stream = sys.stderr if args.json else sys.stdout
-            engine = RolloutEngine(fleet, _store(), on_event=None if quiet else _Printer(stream))
+            engine = RolloutEngine(fleet, _store(fleet), on_event=None if quiet else _Printer(stream))
             return int(await work(engine, fleet))
         finally:
             await fleet.close()
@@ -227,9 +277,13 @@ def _with_engine(args: argparse.Namespace, work: Callable[[Any, Any], Any], *, q
     return asyncio.run(go())
 
 
-async def _drive(args: argparse.Namespace, engine: Any, fleet: Any, rollout_id: int) -> int:
-    """Run the rollout in the foreground until it stops; the first Ctrl-C pauses it cleanly (the steps under
-    way finish), a second one stops at once (the journal and the agents' deadlines keep the devices safe)."""
+async def _drive(args: argparse.Namespace, engine: Any, fleet: Any, rollout_id: int,
+                 drive: Callable[[], Awaitable[Any]] | None = None,
+                 told: Callable[[], tuple[dict[str, Any], str]] | None = None) -> int:
+    """Run the rollout in the foreground until it stops (`drive`, by default engine.run); the first Ctrl-C pauses
+    it cleanly (the steps under way finish), a second one stops at once (the journal and the agents' deadlines keep
+    the devices safe). Ctrl-C while this process does not drive it yet (take-over waiting) only stops waiting.
+    `told`: what to add to the status printed at the end (JSON keys, a line of text)."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     presses = 0
@@ -237,6 +291,10 @@ async def _drive(args: argparse.Namespace, engine: Any, fleet: Any, rollout_id: 
     def interrupted() -> None:
         nonlocal presses
         presses += 1
+        if not engine.driving(rollout_id):
+            if task is not None:
+                task.cancel()
+            return
         if presses == 1:
             print("pausing: the steps under way finish first (Ctrl-C again to stop at once)", file=sys.stderr,
                   flush=True)
@@ -250,13 +308,18 @@ async def _drive(args: argparse.Namespace, engine: Any, fleet: Any, rollout_id: 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, interrupted)
     try:
-        row = await engine.run(rollout_id)
+        row = await (drive() if drive is not None else engine.run(rollout_id))
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
-    emit(args, _status_json(engine.repo, rollout_id), _status_text(fleet, engine.repo, rollout_id))
+    data, text = _status_json(engine.repo, rollout_id), _status_text(fleet, engine.repo, rollout_id)
+    if told is not None:
+        more, line = told()
+        data.update(more)
+        text = f"{line}\n{text}" if line else text
+    emit(args, data, text)
     return _EXIT.get(row.status, EXIT_FAILED)
 
 
@@ -288,7 +351,7 @@ def cmd_rollout_start(args: argparse.Namespace) -> int:
 
 def cmd_rollout_resume(args: argparse.Namespace) -> int:
     async def work(engine: Any, fleet: Any) -> int:
-        await engine.resume(args.id)
+        await engine.resume(args.id, seen=args.seen_version)
         return await _drive(args, engine, fleet, args.id)
 
     return _with_engine(args, work)
@@ -296,10 +359,41 @@ def cmd_rollout_resume(args: argparse.Namespace) -> int:
 
 def cmd_rollout_approve(args: argparse.Namespace) -> int:
     async def work(engine: Any, fleet: Any) -> int:
-        await engine.approve(args.id)
+        await engine.approve(args.id, seen=args.seen_version)
         if args.no_run:
             return _show(args, engine, fleet, args.id)
         return await _drive(args, engine, fleet, args.id)
+
+    return _with_engine(args, work)
+
+
+def cmd_rollout_run(args: argparse.Namespace) -> int:
+    from fleetdesk.rollout.engine import RolloutBusyError
+
+    outcome: list[Any] = []
+
+    async def work(engine: Any, fleet: Any) -> int:
+        async def drive() -> Any:
+            result = await engine.take_over(args.id, wait=args.take_over)
+            if not result.taken and result.row.status == "planned":
+                raise ConfigError(result.reason.split(", not started")[0] + ", not started",
+                                  fix=f"start it with `fleetdesk rollout resume {args.id}`")
+            if not result.taken and result.row.status == "running":
+                raise RolloutBusyError(result.reason, fix=f"`fleetdesk rollout run {args.id} --take-over` waits for "
+                                       "its lease to run out (its FleetDesk stopped) and takes it over")
+            outcome.append(result)
+            return result.row
+
+        def told() -> tuple[dict[str, Any], str]:
+            result = outcome[0]
+            if result.taken:
+                line = (f"took rollout {args.id} over from {safe(result.previous)} after {result.waited_s:.0f} s"
+                        if result.previous else f"drove rollout {args.id} (nobody else was driving it)")
+            else:
+                line = ""  # the engine said why (its event, printed as it came)
+            return {"takeover": {**result.to_dict(), "policy": result.row.plan.get("takeover", "ask")}}, line
+
+        return await _drive(args, engine, fleet, args.id, drive, told)
 
     return _with_engine(args, work)
 
@@ -311,7 +405,7 @@ def _show(args: argparse.Namespace, engine: Any, fleet: Any, rollout_id: int, co
 
 def cmd_rollout_pause(args: argparse.Namespace) -> int:
     async def work(engine: Any, fleet: Any) -> int:
-        await engine.pause(args.id, reason=args.reason)
+        await engine.pause(args.id, reason=args.reason, seen=args.seen_version)
         return _show(args, engine, fleet, args.id)
 
     return _with_engine(args, work, quiet=True)
@@ -319,7 +413,7 @@ def cmd_rollout_pause(args: argparse.Namespace) -> int:
 
 def cmd_rollout_abort(args: argparse.Namespace) -> int:
     async def work(engine: Any, fleet: Any) -> int:
-        await engine.abort(args.id)
+        await engine.abort(args.id, seen=args.seen_version)
         return _show(args, engine, fleet, args.id)
 
     return _with_engine(args, work)
@@ -332,7 +426,7 @@ def cmd_rollout_rollback(args: argparse.Namespace) -> int:
     async def work(engine: Any, fleet: Any) -> int:
         device_id = fleet.inventory.device(args.device).id if args.device is not None else None
         wave = args.wave - 1 if args.wave is not None else None
-        row = await engine.rollback(args.id, device_id=device_id, wave=wave)
+        row = await engine.rollback(args.id, device_id=device_id, wave=wave, seen=args.seen_version)
         entries = await engine.db.audit_log(args.id)
         ok = bool(entries) and entries[0].action == "rollout.rollback" and entries[0].outcome == "ok"
         return _show(args, engine, fleet, args.id, 0 if ok and row.status != "failed" else EXIT_FAILED)
@@ -429,6 +523,32 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-serving-gate", action="store_true", help="do not require the server to serve the model")
     p.add_argument("--approval-by-other", action="store_true",
                    help="four-eyes: each wave's approval must come from another operator than the one who starts it")
+    p.add_argument("--takeover", choices=["ask", "auto"], default="ask",
+                   help="when the FleetDesk driving it stops and its lease runs out: ask (default; an operator takes "
+                        "it over with `rollout run ID --take-over`) or auto (a FleetDesk window open on the same "
+                        "inventory takes it over by itself)")
+    p.add_argument("--on-database-loss", choices=["pause", "resume"], default="pause",
+                   help="when the inventory's database cannot be reached mid-rollout, the steps under way finish and "
+                        "the driver reconnects; once it answers the rollout is paused with the outage as its reason: "
+                        "pause (default; an operator resumes it) or resume (it goes on by itself)")
+    p.add_argument("--shadow", type=float, metavar="SHARE",
+                   help="shadow step before activation: the staged model runs beside the active one on this share "
+                        "of live requests (0 < SHARE <= 1) and is activated only if it agrees and is fast enough")
+    p.add_argument("--shadow-min", type=int, metavar="N",
+                   help="mirrored requests compared before the shadow verdict (default 200)")
+    p.add_argument("--shadow-agree", type=float, metavar="X",
+                   help="lowest agreement with the active model: top-1, or median cosine for outputs that are not "
+                        "class scores (default 0.98; negative: off)")
+    p.add_argument("--shadow-p95-ratio", type=float, metavar="R",
+                   help="highest candidate p95 / active p95 on the same requests (default 1.2; negative: off)")
+    p.add_argument("--shadow-max-wait", type=float, metavar="S",
+                   help="time bound of the shadow step: fewer than --shadow-min requests by then fails it "
+                        "(default 600)")
+    p.add_argument("--shadow-canary-only", action="store_true",
+                   help="only the first wave's devices shadow (default: every device)")
+    p.add_argument("--shadow-on-skip", choices=["fail", "pass"],
+                   help="a device with too little memory to load the candidate beside its model: fail (default; it "
+                        "keeps its model and counts as failed) or pass (activated without a shadow)")
 
 
 def add_rollout(sub: Any) -> None:
@@ -446,6 +566,10 @@ def add_rollout(sub: Any) -> None:
     def with_id(name: str, text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
         q = with_json(rs.add_parser(name, help=text))
         q.add_argument("id", type=int, metavar="ID")
+        # An operator's action is refused when another operator acted on the rollout since the version given
+        # (what `rollout status --json` showed as "version"), naming them: a script never acts on a stale view.
+        q.add_argument("--seen-version", type=int, metavar="V",
+                       help="act only if no other operator acted on the rollout since its version V")
         q.set_defaults(func=func)
         return q
 
@@ -466,6 +590,11 @@ def add_rollout(sub: Any) -> None:
     with_id("resume", "run a paused (or crashed) rollout again, in the foreground", cmd_rollout_resume)
     p = with_id("approve", "let the next wave start, and run it in the foreground", cmd_rollout_approve)
     p.add_argument("--no-run", action="store_true", help="only approve; another process drives it")
+    p = with_id("run", "drive a running rollout nobody drives, in the foreground; with --take-over, one another "
+                "laptop drove, once its lease runs out", cmd_rollout_run)
+    p.add_argument("--take-over", action="store_true",
+                   help="wait while another FleetDesk's lease on driving it is live (it is told who holds it and until "
+                        "when), then take it over and carry on from the journal")
     with_id("abort", "no new steps; devices under verification roll back, the rest are skipped", cmd_rollout_abort)
     p = with_id("rollback", "put devices back on their previous model: all, one wave, or one device",
                 cmd_rollout_rollback)

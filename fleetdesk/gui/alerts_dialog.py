@@ -13,7 +13,6 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
-    QDoubleSpinBox,
     QGridLayout,
     QLabel,
     QVBoxLayout,
@@ -23,6 +22,8 @@ from PySide6.QtWidgets import (
 from fleetdesk.errors import FleetDeskError
 from fleetdesk.telemetry.alerts import DEFAULT_THRESHOLDS, Threshold
 from fleetdesk.telemetry.sample import METRIC_LABELS, METRICS
+
+from .fields import number_spin
 
 # The error counter is cumulative since the model server started, so a bound on it would never clear.
 EDITABLE = tuple(m for m in METRICS if m != "infer_errors")
@@ -53,24 +54,16 @@ class _Line:
         self.side = QComboBox(parent)
         self.side.addItem("above", True)
         self.side.addItem("below", False)
-        self.bound = self._spin(parent, -1e6, 1e6, 1)
+        decimals = 2 if metric.startswith("drift_") else 1  # a PSI bound is 0.25, a shift 1.5 standard deviations
+        self.bound = number_spin(parent, -1e6, 1e6, decimals, tracking=False)
         self.bound.setObjectName(f"bound-{metric}")
-        self.hold = self._spin(parent, 0, 86400, 0, " s")
+        self.hold = number_spin(parent, 0, 86400, 0, " s", tracking=False)
         self.hold.setObjectName(f"hold-{metric}")
-        self.hysteresis = self._spin(parent, 0, 1e6, 1)
+        self.hysteresis = number_spin(parent, 0, 1e6, decimals, tracking=False)
         self.hysteresis.setObjectName(f"hysteresis-{metric}")
         for column, widget in enumerate((self.enabled, self.side, self.bound, self.hold, self.hysteresis)):
             grid.addWidget(widget, row, column)
         self.enabled.toggled.connect(self._enable)
-
-    @staticmethod
-    def _spin(parent: QWidget, low: float, high: float, decimals: int, suffix: str = "") -> QDoubleSpinBox:
-        spin = QDoubleSpinBox(parent)
-        spin.setRange(low, high)
-        spin.setDecimals(decimals)
-        spin.setSuffix(suffix)
-        spin.setKeyboardTracking(False)
-        return spin
 
     def _enable(self, on: bool) -> None:
         for widget in (self.side, self.bound, self.hold, self.hysteresis):

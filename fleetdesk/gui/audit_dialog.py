@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, QPoint, Qt, Signal
+from PySide6.QtGui import QHelpEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDialog,
@@ -20,6 +21,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
+    QToolTip,
     QVBoxLayout,
     QWidget,
 )
@@ -30,6 +32,39 @@ from fleetdesk.inventory.audit import AuditEntry, AuditFilter
 from .text import tooltip_text, visible_text
 
 COLUMNS = ("#", "When", "Operator", "Action", "Outcome", "Targets", "Change")
+
+
+def entry_cells(entries: Sequence[AuditEntry]) -> list[tuple[str, ...]]:
+    """Each entry's cells in COLUMNS order, as shown; pure, for a worker thread (a long trail's JSON takes a while
+    to decode)."""
+    rows = []
+    for e in entries:
+        change = {k: v for k, v in (("before", e.before), ("after", e.after)) if v is not None}
+        texts = (str(e.seq), e.at.astimezone().strftime("%Y-%m-%d %H:%M:%S"), e.operator or "-", e.action,
+                 e.outcome, " ".join(e.targets) or "-", json.dumps(change, ensure_ascii=False) if change else "")
+        rows.append(tuple(map(visible_text, texts)))
+    return rows
+
+
+class EntryTable(QTableWidget):
+    """The entries. A cell's whole text is its tooltip, made when the pointer rests on the cell: escaping a
+    tooltip for each of 500 rows' seven cells as the table fills held the loop past 100 ms on a loaded machine."""
+
+    def tooltip_at(self, pos: QPoint) -> str:
+        """The tooltip of the cell at `pos` (viewport coordinates): its whole text, escaped; "" for none."""
+        item = self.itemAt(pos)
+        return tooltip_text(item.text()) if item is not None and item.text() else ""
+
+    def viewportEvent(self, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.ToolTip and isinstance(event, QHelpEvent):
+            tip = self.tooltip_at(event.pos())
+            if tip:
+                QToolTip.showText(event.globalPos(), tip, self.viewport())
+            else:
+                QToolTip.hideText()
+                event.ignore()
+            return True
+        return super().viewportEvent(event)
 
 
 class AuditDialog(QDialog):
@@ -58,7 +93,7 @@ class AuditDialog(QDialog):
         self.refresh.clicked.connect(self._refresh)
         self.verify.clicked.connect(self._verify)
 
-        self.table = QTableWidget(0, len(COLUMNS), self)
+        self.table = EntryTable(0, len(COLUMNS), self)
         self.table.setObjectName("AuditTable")
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().setVisible(False)
@@ -66,6 +101,8 @@ class AuditDialog(QDialog):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
+        # Column widths from the rows in sight: measuring every cell of a long trail stalls the loop.
+        self.table.horizontalHeader().setResizeContentsPrecision(0)
         self.status = QLabel("", self)
         self.status.setObjectName("AuditStatus")
         self.status.setTextFormat(Qt.TextFormat.PlainText)
@@ -90,18 +127,17 @@ class AuditDialog(QDialog):
         self.status.setText("verifying every entry…")
         self.verify_requested.emit()
 
-    def show_entries(self, entries: Sequence[AuditEntry]) -> None:
-        self.table.setRowCount(len(entries))
-        for row, e in enumerate(entries):
-            change = {k: v for k, v in (("before", e.before), ("after", e.after)) if v is not None}
-            cells = (str(e.seq), e.at.astimezone().strftime("%Y-%m-%d %H:%M:%S"), e.operator or "-", e.action,
-                     e.outcome, " ".join(e.targets) or "-", json.dumps(change, ensure_ascii=False) if change else "")
-            for column, text in enumerate(cells):
-                shown = visible_text(text)
-                item = QTableWidgetItem(shown)
-                item.setToolTip(tooltip_text(shown))
-                self.table.setItem(row, column, item)
-        self.status.setText(f"{len(entries)} entries, newest first" if entries else "no entries match")
+    def show_entries(self, rows: Sequence[Sequence[str]]) -> None:
+        """Show rows made by `entry_cells`."""
+        self.table.setUpdatesEnabled(False)  # one repaint when all are in, not one per cell
+        try:
+            self.table.setRowCount(len(rows))
+            for row, cells in enumerate(rows):
+                for column, shown in enumerate(cells):
+                    self.table.setItem(row, column, QTableWidgetItem(shown))
+        finally:
+            self.table.setUpdatesEnabled(True)
+        self.status.setText(f"{len(rows)} entries, newest first" if rows else "no entries match")
 
     def show_verification(self, result: Verification) -> None:
         self.verify.setEnabled(True)

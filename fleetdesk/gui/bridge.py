@@ -49,7 +49,7 @@ class FleetBridge:
         self.rollouts = RolloutsPart(self.context, self.devices, self.models)
         self.access = AccessPart(self.context)
         self.reports = ReportsPart(self.context, self.models)
-        self.shared = SharedInventoryPart(self.context, self.devices, self.rollouts, self.access)
+        self.shared = SharedInventoryPart(self.context, self.devices, self.rollouts, self.access, self.models)
         # Every hundredth audit entry is signed as a checkpoint with the fleet key (fleetdesk.access.guard).
         fleet.access.sign_checkpoints_with(FleetSigningKey.default(Settings.load()))
 

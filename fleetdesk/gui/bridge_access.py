@@ -7,7 +7,7 @@ inventory's thread, verification on a thread of its own so the window's other re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any
 
 from PySide6.QtCore import QObject, Signal
@@ -58,11 +58,13 @@ class AccessPart(QObject):
 
         return self.activities.start(f"Switch operator to {name}", job, summarize=lambda n: f"acting as {n}")
 
-    def audit_entries(self, query: AuditFilter, then: Callable[[list[AuditEntry]], object]) -> Activity:
-        """The newest entries matching `query` (the audit permission is needed, and a refusal is audited)."""
-        def read() -> list[AuditEntry]:
+    def audit_entries(self, query: AuditFilter, prepare: Callable[[list[AuditEntry]], Sized],
+                      then: Callable[[Any], object]) -> Activity:
+        """The newest entries matching `query` (the audit permission is needed, and a refusal is audited), made
+        ready for showing by `prepare` off the loop, then handed to `then` on it."""
+        def read() -> Sized:
             self.fleet.access.require("audit", "audit.list")
-            return self.fleet.access.audit.entries(query, limit=AUDIT_ROWS)
+            return prepare(self.fleet.access.audit.entries(query, limit=AUDIT_ROWS))
 
         async def job(activity: Activity) -> int:
             found = await self._context.db(read)

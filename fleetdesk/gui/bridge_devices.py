@@ -448,8 +448,11 @@ class DevicesPart(QObject):
     # -- groups and removal --------------------------------------------------------------------------
 
     def change_group(self, device_ids: Sequence[int], name: str, *, remove: bool = False) -> Activity:
+        """Put devices in a group or take them out, as this window shows the group now: refused if another operator
+        changed it since (the window then shows the group as it is)."""
         devices = self.chosen(device_ids)
         name = name.strip()
+        seen = self._group(name)  # None: a group this window does not know, made (or read) by the change
 
         async def job(activity: Activity) -> Group:
             if not name:
@@ -457,7 +460,9 @@ class DevicesPart(QObject):
             inventory = self.fleet.inventory
             ids = [d.id for d in devices]
             # The fleet's operation: the operator's role is checked and the change audited (off the loop).
-            group = await self._context.db(functools.partial(self.fleet.group, devices, name, remove=remove))
+            async with self._showing_group_as_it_is(ids):
+                group = await self._context.db(functools.partial(self.fleet.group, devices, name, remove=remove,
+                                                                 seen=seen))
             for device_id in ids:
                 self.update(await self._context.db(inventory.device, device_id))
             self._groups = await self._context.db(inventory.groups)
@@ -468,6 +473,51 @@ class DevicesPart(QObject):
         where = "out of" if remove else "in"
         return self.activities.start(f"{verb} {len(devices)} device(s) {where} {name!r}", job,
                                      summarize=lambda g: "done")
+
+    def rename_group(self, name: str, new_name: str) -> Activity:
+        """Call a group something else, as this window shows it now (refused if another operator changed it since;
+        the window then shows the group as it is)."""
+        seen = self._group(name)
+
+        async def job(activity: Activity) -> str:
+            if seen is None:
+                raise ConfigError(f"this window knows no group {name!r}", fix="choose a group in the tree")
+            async with self._showing_group_as_it_is(seen.device_ids):
+                renamed = await self._context.db(self.fleet.rename_group, seen, new_name)  # checked and audited
+            await self.reload(renamed.device_ids, groups=True)
+            return renamed.name
+
+        return self.activities.start(f"Rename the group {name!r}", job, summarize=lambda new: f"now {new!r}")
+
+    def delete_group(self, name: str) -> Activity:
+        """Delete a group (its devices stay), as this window shows it now (refused if another operator changed it
+        since; the window then shows the group as it is)."""
+        seen = self._group(name)
+
+        async def job(activity: Activity) -> int:
+            if seen is None:
+                raise ConfigError(f"this window knows no group {name!r}", fix="choose a group in the tree")
+            async with self._showing_group_as_it_is(seen.device_ids):
+                await self._context.db(self.fleet.delete_group, seen)  # checked and audited
+            await self.reload(seen.device_ids, groups=True)
+            return len(seen.device_ids)
+
+        return self.activities.start(f"Delete the group {name!r}", job,
+                                     summarize=lambda n: f"deleted; its {n} device(s) stay")
+
+    def _group(self, name: str) -> Group | None:
+        return next((g for g in self._groups if g.name == name.strip()), None)
+
+    @contextlib.asynccontextmanager
+    async def _showing_group_as_it_is(self, device_ids: Sequence[int]) -> AsyncIterator[None]:
+        """A group edit refused because someone else changed the group since this window read it: the window shows
+        the groups (and these devices' memberships) as they are now, and the activity fails naming who changed it."""
+        try:
+            yield
+        except EditConflictError:
+            with contextlib.suppress(FleetDeskError):
+                await self.reload(device_ids, groups=True)
+            raise
 
     def rename(self, device_id: int, name: str) -> Activity:
         device = self.chosen([device_id])[0]

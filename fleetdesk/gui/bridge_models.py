@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from PySide6.QtCore import QObject, Signal
 
 from fleetdesk import model_import
+from fleetdesk.artifacts.fleet_models import ON_LAPTOP, fleet_models
 from fleetdesk.artifacts.records import ModelRecord, VerifyResult
 from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.config import Settings
@@ -38,7 +39,9 @@ class ModelsPart(QObject):
     """The model store's operations; the devices part gives the devices they are timed on and pushed to."""
 
     model_imported = Signal(object)  # ModelRecord, just imported and signed
-    models_changed = Signal(list)  # list[ModelRecord]: everything in the store
+    # list[ModelRecord]: this laptop's store and the fleet's catalogue; dict: ref -> where the files are of those
+    # not on this laptop (fleetdesk.artifacts.fleet_models: "on the shared store", "not available: ...")
+    models_changed = Signal(list, dict)
     model_removed = Signal(str)  # the ref of a model version deleted from the store
 
     def __init__(self, context: BridgeContext, devices: DevicesPart) -> None:
@@ -50,9 +53,10 @@ class ModelsPart(QObject):
         self._store: ArtifactStore | None = None  # the signed artifact store, opened on first use
 
     def artifact_store(self) -> ArtifactStore:
-        """The signed artifact store under the user data directory (FLEETDESK_DATA_DIR), opened on first use."""
+        """The signed artifact store under the user data directory (FLEETDESK_DATA_DIR), opened on first use; with
+        the inventory's catalogue, so models imported on other laptops are listed and deployed too."""
         if self._store is None:
-            self._store = ArtifactStore.default(Settings.load())
+            self._store = ArtifactStore.default(Settings.load(), self.fleet.inventory)
         return self._store
 
     def profile_names(self) -> list[str]:
@@ -75,11 +79,12 @@ class ModelsPart(QObject):
         return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
     def load_models(self) -> Activity:
-        """Read the store's model records and announce them (`models_changed`)."""
+        """Read the store's model records and the fleet's catalogue and announce them (`models_changed`)."""
         async def job(activity: Activity) -> list[ModelRecord]:
             activity.report(None, "reading the artifact store")
-            records = await self._models(lambda: self.artifact_store().models())
-            self.models_changed.emit(list(records))
+            models = await self._models(lambda: fleet_models(self.artifact_store()))
+            records = [m.record for m in models]
+            self.models_changed.emit(records, {m.record.ref: m.where for m in models if m.where != ON_LAPTOP})
             return records
 
         return self.activities.start("Read the model store", job, summarize=lambda records: f"{len(records)} model(s)")

@@ -1,8 +1,8 @@
 """The bridge's part for a shared inventory: on PostgreSQL, what other laptops commit (devices added, renamed,
-trusted, probed, grouped, provisioned; rollouts started, paused, progressing; operators) is shown as it commits,
-each change reloading only the rows it names (fleetdesk.inventory.changes). While the database is unreachable the
-window says that what it shows may be out of date; when it is back, the window reads everything again, since
-what was committed meanwhile was never announced to it.
+trusted, probed, grouped, provisioned; rollouts started, paused, progressing; operators; models imported) is shown
+as it commits, each change reloading only the rows it names (fleetdesk.inventory.changes). While the database is
+unreachable the window says that what it shows may be out of date; when it is back, the window reads everything
+again, since what was committed meanwhile was never announced to it.
 
 On SQLite there is no other laptop: the part does nothing.
 """
@@ -21,6 +21,7 @@ from fleetdesk.inventory.changes import Change, ChangeFeed
 from .bridge_access import AccessPart
 from .bridge_context import BridgeContext
 from .bridge_devices import DevicesPart
+from .bridge_models import ModelsPart
 from .bridge_rollouts import RolloutsPart
 
 DEVICE_TABLES = frozenset({"devices", "device_addresses", "device_names", "device_services", "host_keys",
@@ -32,10 +33,11 @@ class SharedInventoryPart(QObject):
     connection_changed = Signal(bool, str)
 
     def __init__(self, context: BridgeContext, devices: DevicesPart, rollouts: RolloutsPart,
-                 access: AccessPart) -> None:
+                 access: AccessPart, models: ModelsPart) -> None:
         super().__init__()
         self._context = context
         self._devices = devices
+        self._models = models
         self._rollouts = rollouts
         self._access = access
         url = context.fleet.inventory.engine.url.render_as_string(hide_password=False)
@@ -76,10 +78,12 @@ class SharedInventoryPart(QObject):
     # -- on the loop ---------------------------------------------------------------------------------
 
     def _run(self, job: Coroutine[Any, Any, None]) -> None:
-        if self._context.closed:
+        if self._context.closed or self._loop is None:
             job.close()  # never awaited: closed, so no warning
             return
-        task = asyncio.get_running_loop().create_task(job, name="shared inventory change")
+        # The loop the part started on, not get_running_loop(): qasync also runs callbacks from Qt's event
+        # processing while its loop is not running, and there that call would fail with the job left unawaited.
+        task = self._loop.create_task(job, name="shared inventory change")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -93,6 +97,7 @@ class SharedInventoryPart(QObject):
         await self._devices.load()
         self._rollouts.refresh_soon()
         self._access.load()
+        self._models.load_models()
 
     async def _apply(self, burst: Sequence[Change]) -> None:
         tables = {c.table for c in burst}
@@ -104,3 +109,5 @@ class SharedInventoryPart(QObject):
             self._rollouts.refresh_soon()
         if "operators" in tables:
             self._access.load()
+        if "models" in tables:  # a model imported on another laptop (the catalogue, migration 0017)
+            self._models.load_models()

@@ -101,6 +101,7 @@ class RolloutDetail:
     names: Mapping[int, str] = field(default_factory=dict)
     profiles: Mapping[int, str] = field(default_factory=dict)
     last: Mapping[int, JournalEntry] = field(default_factory=dict)
+    driven_here: bool = False  # this window drives it (or is taking it over): nothing for it to take over
 
 
 def read_rollout(repo: RolloutRepo, rollout_id: int, devices: Mapping[int, Device]) -> RolloutDetail:

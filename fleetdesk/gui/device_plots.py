@@ -60,6 +60,7 @@ PANELS: tuple[Panel, ...] = (
     Panel("Memory %", (("mem_pct", "RAM", 0), ("swap_pct", "swap", 1), ("disk_pct", "disk", 2)), percent=True),
     Panel("Temperature °C", (("temp_c", "hottest zone", 3), ("gpu_temp_c", "GPU", 1))),
     Panel("Latency ms", (("latency_p50_ms", "p50", 0), ("latency_p95_ms", "p95", 1), ("latency_p99_ms", "p99", 3))),
+    Panel("Input drift", (("drift_psi", "PSI", 4), ("drift_shift_sd", "mean shift (ref. std)", 1))),
 )
 SERIES_COLOURS = ("#2f6fde", "#d08a00", "#2e9d50", "#c8372d", "#7b4bb8")
 # pyqtgraph's minute level skips from every minute to every 5 minutes, which leaves a 5-minute window on a
@@ -174,15 +175,6 @@ class DevicePlots(QWidget):
                 plot.getViewBox().sigRangeChangedManually.connect(self._dragged)
                 self.plots.append(plot)
             # The sixth place: each core's load in the sample shown (the ring buffers keep only the total over time).
-            self.cores_plot = self.graphics.addPlot(row=1, col=2, title="CPU % per core, now")
-            self.cores_plot.setMenuEnabled(False)
-            self.cores_plot.hideButtons()
-            self.cores_plot.setMouseEnabled(x=False, y=False)
-            self.cores_plot.setYRange(0, 100, padding=0.02)
-            self.cores_plot.enableAutoRange(axis="y", enable=False)
-            self.cores_plot.getAxis("bottom").setTicks([[]])
-            self.cores = pg.BarGraphItem(x=[], height=[], width=0.7, brush=SERIES_COLOURS[0], pen=None)
-            self.cores_plot.addItem(self.cores)
 
         bar = QHBoxLayout()
         bar.addWidget(self.title, 1)
@@ -317,19 +309,17 @@ class DevicePlots(QWidget):
 
     def _describe(self, sample: Sample | None) -> None:
         if sample is None:
-            self.cores.setOpts(x=[], height=[])
             self.values.setText("No samples yet: start streaming this device.")
             self.sources.setText("")
             self.throttle.setText("")
             return
         parts = []
-        for metric in ("cpu_pct", "gpu_pct", "mem_pct", "temp_c", "latency_p95_ms", "infer_rate"):
+        for metric in ("cpu_pct", "gpu_pct", "mem_pct", "temp_c", "latency_p95_ms", "infer_rate", "drift_psi"):
             value = sample.value(metric)
             if value is not None:
                 parts.append(f"{METRIC_LABELS[metric]} {value_text(metric, value)}")
-        cores = list(sample.cpu_per_core)
-        self.cores.setOpts(x=list(range(len(cores))), height=cores)
-        self.cores_plot.setXRange(-0.6, max(len(cores), 1) - 0.4, padding=0)
+                if metric == "cpu_pct" and sample.cpu_per_core:  # each core now: the sixth panel is input drift
+                    parts[-1] += " (cores " + " ".join(f"{core:.0f}" for core in sample.cpu_per_core) + ")"
         moment = time.strftime("%H:%M:%S", time.localtime(sample.t))
         paused = " (paused)" if self.paused else ""
         self.values.setText(f"At {moment}{paused}: " + " · ".join(parts))
@@ -378,10 +368,6 @@ class DevicePlots(QWidget):
                 axis.setTextPen(pg.mkPen(text))
         self._reported = ()
         self._set_titles(tuple(True for _p in PANELS))
-        self.cores_plot.setTitle(f"<span style='color:{text.name()}'>CPU % per core, now</span>", size="9pt")
-        for name in ("left", "bottom"):
-            self.cores_plot.getAxis(name).setPen(pg.mkPen(colours()["grid"]))
-            self.cores_plot.getAxis(name).setTextPen(pg.mkPen(text))
         self.set_thresholds()
 
     def _set_titles(self, reported: tuple[bool, ...]) -> None:

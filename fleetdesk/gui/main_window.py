@@ -47,7 +47,7 @@ from fleetdesk.discovery.mdns import NetworkInterface
 
 from .activities import Activity
 from .activity_view import ActivityView
-from .audit_dialog import AuditDialog
+from .audit_dialog import AuditDialog, entry_cells
 from .bridge import FleetBridge
 from .bridge_views import STATUSES
 from .dashboard import Dashboard
@@ -238,6 +238,8 @@ class MainWindow(QMainWindow):
         bridge.activities.finished.connect(self._activity_finished)
         self.group_tree.group_chosen.connect(fleet_pane.on_group_chosen)
         self.group_tree.devices_dropped.connect(devices.on_devices_dropped_on_group)
+        self.group_tree.rename_requested.connect(devices.open_group_rename_dialog)
+        self.group_tree.delete_requested.connect(devices.confirm_group_delete)
         self.discovery_panel.browse_toggled.connect(devices.set_browsing)
         self.discovery_panel.interfaces_changed.connect(devices.on_interfaces_changed)
         self.discovery_panel.add_requested.connect(devices.open_add_dialog)
@@ -497,7 +499,8 @@ class MainWindow(QMainWindow):
     def open_audit_dialog(self) -> AuditDialog:
         dialog = AuditDialog(self)
         dialog.refresh_requested.connect(
-            lambda query: self._audit_activity(dialog, self.bridge.access.audit_entries(query, dialog.show_entries)))
+            lambda query: self._audit_activity(dialog, self.bridge.access.audit_entries(query, entry_cells,
+                                                                                         dialog.show_entries)))
         dialog.verify_requested.connect(
             lambda: self._audit_activity(dialog, self.bridge.access.verify(dialog.show_verification)))
         self.keep(dialog)

@@ -259,13 +259,14 @@ class ModelsView(QWidget):
     def record(self, ref: str) -> ModelRecord | None:
         return self._records.get(ref)
 
-    def set_records(self, records: Iterable[ModelRecord]) -> None:
-        """Show exactly these records, keeping the selection when its record is still there."""
+    def set_records(self, records: Iterable[ModelRecord], where: Mapping[str, str] | None = None) -> None:
+        """Show exactly these records, keeping the selection when its record is still there. `where`: ref -> where
+        the files are of a model imported on another laptop ("on the shared store", "not available: ...")."""
         chosen = self.selected_ref()
         self._records = {}
         self.model_list.clear()
         for record in records:
-            self._add_row(record)
+            self._add_row(record, (where or {}).get(record.ref, ""))
         self._fit_list()
         if chosen in self._records:
             self.select(chosen)
@@ -290,16 +291,19 @@ class ModelsView(QWidget):
                 break
         self._refresh_hint()
 
-    def _add_row(self, record: ModelRecord) -> None:
+    def _add_row(self, record: ModelRecord, elsewhere: str = "") -> None:
         self._records[record.ref] = record
         size = int(record.card.get("size_bytes", 0))
         synthetic = record.report is not None and record.report.synthetic
-        item = _Item([plain(record.ref), when_text(record.imported_at), human_bytes(size),
+        name = plain(record.ref) + (f" ({plain(elsewhere)})" if elsewhere else "")
+        item = _Item([name, when_text(record.imported_at), human_bytes(size),
                       "⚠ synthetic" if synthetic else ("operator's" if record.report is not None else NONE)])
         item.setData(0, REF_ROLE, record.ref)
         item.setData(1, SORT_ROLE, record.imported_at)
         item.setData(2, SORT_ROLE, size)
-        item.setToolTip(0, tooltip_text(plain(str(record.card.get("path", "")))))
+        item.setToolTip(0, tooltip_text(plain(str(record.card.get("path", ""))) + (
+            f"\nImported on another laptop: its signed files are {plain(elsewhere)}; they are fetched and verified "
+            "when a deploy or rollout needs them" if elsewhere else "")))
         item.setTextAlignment(2, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if synthetic:
             item.setForeground(3, QColor(colours()["warning"]))

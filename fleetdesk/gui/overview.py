@@ -74,6 +74,8 @@ def value_text(metric: str, value: float | None) -> str:
         return NONE_YET
     if metric.endswith("_ms"):
         return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+    if metric.startswith("drift_"):  # PSI: 0.1 is a moderate shift, 0.25 a large one
+        return f"{value:.2f}"
     return f"{value:.0f}"
 
 

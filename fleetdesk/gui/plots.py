@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import pyqtgraph as pg
@@ -29,3 +29,13 @@ class FixedPlot(pg.PlotWidget):
         self.setMenuEnabled(False)
         self.setMouseEnabled(x=False, y=False)
         self.hideButtons()
+
+    def paint_theme(self, grid: str, axes: Sequence[str] = ("left", "bottom")) -> None:
+        """The window's palette on the plot: its base behind it, `grid` (the theme's grid colour) on the axes and
+        its text colour on their labels. Each plot's refresh_theme calls this, then draws what it shows again."""
+        palette = self.palette()
+        self.setBackground(palette.base().color())
+        for name in axes:
+            axis = self.getAxis(name)
+            axis.setPen(pg.mkPen(grid))
+            axis.setTextPen(pg.mkPen(palette.text().color()))

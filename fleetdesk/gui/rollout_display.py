@@ -1,6 +1,7 @@
 """How the Rollouts tab shows states and health gates: the colours of device states and rollout statuses, a
-delegate that keeps a state cell's colour on a selected row, the texts of the gate and last-step cells, and the
-plot of one device's gate values against their bounds with the notes under it.
+delegate that keeps a state cell's colour on a selected row, the texts of the gate and last-step cells, the
+plot of one device's gate values against their bounds with the notes under it, and the live plot of a device's
+shadow step.
 
 The tab itself, its list, waves and buttons, is fleetdesk/gui/rollout_view.py.
 """
@@ -243,10 +244,62 @@ class GatePlot(FixedPlot):
         self.getPlotItem().setYRange(0, top, padding=0)
 
     def refresh_theme(self) -> None:
-        palette = self.palette()
-        self.setBackground(palette.base().color())
-        for name in ("left", "bottom"):
-            axis = self.getAxis(name)
-            axis.setPen(pg.mkPen(colours()["grid"]))
-            axis.setTextPen(pg.mkPen(palette.text().color()))
+        self.paint_theme(str(colours()["grid"]))
         self.show_gates(self._values, self._title)
+
+
+class ShadowPlot(FixedPlot):
+    """One device's shadow step as it runs: the candidate's agreement with the active model and its p95 over the
+    active model's on the same requests, against the requests compared so far; the plan's bounds dashed. Fed from
+    the engine's live events (RolloutEvent.figures); the step's final figures are in the journal and the report."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("ShadowPlot")
+        self.setMinimumHeight(GATE_PLOT_MIN_HEIGHT)
+        self.getAxis("bottom").setLabel("requests compared")
+        self.legend = self.addLegend(offset=(-6, 6))
+        palette = colours()
+        self.agreement = self.plot([], [], name="agreement", pen=pg.mkPen(str(palette["ok"]), width=2),
+                                   symbol="o", symbolSize=4, connect="finite")
+        self.ratio = self.plot([], [], name="p95 / active model's", pen=pg.mkPen(str(palette["warning"]), width=2),
+                               symbol="t", symbolSize=5, connect="finite")
+        self.bounds: list[pg.InfiniteLine] = []
+        self.points: list[tuple[float, float | None, float | None]] = []
+        self._bounds: Mapping[str, float | None] = {}
+        self._title = ""
+        self.refresh_theme()
+
+    def show_points(self, points: Sequence[tuple[float, float | None, float | None]],
+                    bounds: Mapping[str, float | None], title: str = "") -> None:
+        """`points`: (requests compared, agreement, p95 ratio) in the order they came; `bounds`: the plan's
+        min_agreement and p95_ratio_max (None: not judged)."""
+        self.points, self._bounds, self._title = list(points), dict(bounds), title
+        xs = [p[0] for p in points]
+        self.agreement.setData(xs, [math.nan if p[1] is None else p[1] for p in points])
+        self.ratio.setData(xs, [math.nan if p[2] is None else p[2] for p in points])
+        plot = self.getPlotItem()
+        for line in self.bounds:
+            plot.removeItem(line)
+        palette = colours()
+        self.bounds = [pg.InfiniteLine(pos=bound, angle=0, pen=pg.mkPen(QColor(str(palette[colour])), width=1,
+                                                                         style=Qt.PenStyle.DashLine))
+                       for key, colour in (("min_agreement", "ok"), ("p95_ratio_max", "warning"))
+                       if (bound := bounds.get(key)) is not None]
+        for line in self.bounds:
+            plot.addItem(line)
+        text = self.palette().text().color()
+        heading = title or "Shadow step (choose a device)"
+        self.setTitle(f"<span style='color:{text.name()}'>{markup_text(heading)}; dashed: the plan's bounds</span>",
+                      size="9pt")
+
+    def refresh_theme(self) -> None:
+        self.paint_theme(str(colours()["grid"]))
+        palette = self.palette()
+        self.legend.setLabelTextColor(palette.text().color())
+        backdrop = QColor(palette.base().color())
+        backdrop.setAlpha(220)  # the legend sits over the curves' right end: readable over them
+        self.legend.setBrush(pg.mkBrush(backdrop))
+        self.agreement.setPen(pg.mkPen(str(colours()["ok"]), width=2))
+        self.ratio.setPen(pg.mkPen(str(colours()["warning"]), width=2))
+        self.show_points(self.points, self._bounds, self._title)

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSplitter,
+    QTabWidget,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -39,6 +40,7 @@ from .bridge_views import RolloutDetail
 from .fleet_model import plain
 from .rollout_display import (
     GatePlot,
+    ShadowPlot,
     StateColourDelegate,
     gate_notes_html,
     gate_summary,
@@ -56,7 +58,7 @@ WAVE_COLUMNS = ("Wave / device", "Profile", "State", "Sent", "Gates", "Last step
 # Which buttons each rollout status allows (fleetdesk/rollout/engine.py: pause, resume, approve, abort, rollback).
 ENABLED: Mapping[str, frozenset[str]] = {
     "planned": frozenset({"pause", "resume", "abort"}),
-    "running": frozenset({"pause", "abort"}),
+    "running": frozenset({"pause", "abort", "take-over"}),
     "paused": frozenset({"resume", "abort", "rollback"}),
     "waiting-approval": frozenset({"approve", "pause", "abort", "rollback"}),
     "aborted": frozenset({"rollback"}),
@@ -78,7 +80,8 @@ class _Transfer:
 class RolloutsView(QWidget):
     """See the module docstring."""
 
-    action_requested = Signal(str, int, object)  # "pause"|"resume"|"approve"|"abort"|"rollback", id, options
+    # "pause"|"resume"|"approve"|"abort"|"rollback"|"take-over", rollout id, options
+    action_requested = Signal(str, int, object)
     rollout_chosen = Signal(int)  # the rollout to show (the bridge answers with show_detail)
     wizard_requested = Signal()
 
@@ -89,6 +92,8 @@ class RolloutsView(QWidget):
         self._wanted: int | None = None  # a rollout chosen before its row was listed
         self.detail: RolloutDetail | None = None
         self.transfers: dict[int, dict[int, _Transfer]] = {}  # rollout -> device -> its transfer
+        # rollout -> device -> (requests compared, agreement, p95 ratio) of its shadow step, as events brought them
+        self.shadow_points: dict[int, dict[int, list[tuple[float, float | None, float | None]]]] = {}
         self.events: dict[int, list[str]] = {}  # rollout -> its last event messages
 
         self.list = QTreeWidget(self)
@@ -131,6 +136,8 @@ class RolloutsView(QWidget):
                 ("resume", "Resume", "Drive the rollout again from where it stopped"),
                 ("approve", "Approve next wave", "The wave reached its success threshold: start the next one"),
                 ("abort", "Abort", "Devices not yet switched are skipped; a device under verification rolls back"),
+                ("take-over", "Take over", "The FleetDesk driving it stopped (crashed, lid closed, network gone): "
+                 "wait for its lease to run out, then drive it on from the journal"),
                 ("rollback", "Roll back ▾", "Put devices back on the model they ran before")):
             button = QPushButton(text, self)
             button.setObjectName(f"Rollout_{action}")
@@ -182,10 +189,17 @@ class RolloutsView(QWidget):
         gates_layout.setSpacing(2)
         gates_layout.addWidget(self.gate_plot, 1)
         gates_layout.addWidget(self.gate_notes)
+        # The shadow step's live plot, in a tab beside the gates; the tab bar shows only for a plan with one.
+        self.shadow_plot = ShadowPlot(self)
+        self.plot_tabs = QTabWidget(right)
+        self.plot_tabs.setObjectName("RolloutPlots")
+        self.plot_tabs.setDocumentMode(True)
+        self.plot_tabs.addTab(gates, "Health gates")
+        self.plot_tabs.addTab(self.shadow_plot, "Shadow step")
         lower = QSplitter(Qt.Orientation.Vertical, right)
         lower.setObjectName("RolloutLower")
         lower.addWidget(self.waves)
-        lower.addWidget(gates)
+        lower.addWidget(self.plot_tabs)
         lower.setCollapsible(1, False)  # the plot never shrinks below the height its captions need
         lower.setSizes([260, 240])
         right_layout.addWidget(lower, 1)
@@ -270,12 +284,18 @@ class RolloutsView(QWidget):
             self.waves.blockSignals(False)
             self._show_progress()
             self._show_gates({})
+            self._show_shadow(None)
             return
         row = detail.row
         self.title.setText(f"Rollout {row.id}: {plain(row.model_ref)} — {row.status}")
         self.title.setStyleSheet(f"color: {status_colour(row.status)};")
-        self.reason.setText(row.paused_reason)
-        self.reason.setVisible(bool(row.paused_reason))
+        reason = row.paused_reason
+        if row.status == "running" and row.driver is not None and row.lease_until is not None:
+            host, _, pid = row.driver.rpartition(":")
+            reason = (f"Driven by the FleetDesk on {plain(host)} (process {plain(pid)}), lease until "
+                      f"{row.lease_until.astimezone():%H:%M:%S}; takeover: {row.plan.get('takeover', 'ask')}")
+        self.reason.setText(reason)
+        self.reason.setVisible(bool(reason))
         waves: dict[int, list[DeviceRow]] = {}
         for device in detail.devices:
             waves.setdefault(device.wave, []).append(device)
@@ -353,11 +373,30 @@ class RolloutsView(QWidget):
         self.rollback_wave.setEnabled(wave is not None)
         if self.detail is None or device_id is None:
             self._show_gates({})
+            self._show_shadow(None)
             return
+        self._show_shadow(device_id)
         row = next((d for d in self.detail.devices if d.device_id == device_id), None)
         values = (row.gates or {}).get("values") or {} if row is not None else {}
         name = self.detail.names.get(device_id, f"device {device_id}")
         self._show_gates(values, f"Health gates of {name}")
+
+    def _show_shadow(self, device_id: int | None) -> None:
+        """The device's shadow step as it ran in this window, or with no device chosen the one that shadowed last
+        (the plot is shown only for a plan with a shadow step)."""
+        shadow = (self.detail.row.plan.get("shadow") if self.detail is not None else None) or None
+        self.plot_tabs.setTabVisible(1, shadow is not None)
+        self.plot_tabs.tabBar().setVisible(shadow is not None)
+        if self.detail is None or shadow is None:
+            self.plot_tabs.setCurrentIndex(0)
+            return
+        seen = self.shadow_points.get(self.detail.row.id, {})
+        if device_id is None and seen:
+            device_id = list(seen)[-1]
+        points = seen.get(device_id, []) if device_id is not None else []
+        name = self.detail.names.get(device_id, f"device {device_id}") if device_id is not None else ""
+        self.shadow_plot.show_points(points, {k: shadow.get(k) for k in ("min_agreement", "p95_ratio_max")},
+                                     f"Shadow step of {name}" if name else "")
 
     def _show_gates(self, values: Mapping[str, Any], title: str = "") -> None:
         self.gate_plot.show_gates(values, title)
@@ -366,6 +405,8 @@ class RolloutsView(QWidget):
 
     def _enable(self, status: str) -> None:
         allowed = ENABLED.get(status, frozenset())
+        if self.detail is not None and self.detail.driven_here:
+            allowed -= {"take-over"}
         for action, button in self.buttons.items():
             button.setEnabled(action in allowed)
         self.buttons["resume"].setText("Start" if status == "planned" else "Resume")
@@ -387,6 +428,15 @@ class RolloutsView(QWidget):
             if ended is not None:
                 ended.rate, ended.eta = 0.0, None  # its copy ended
                 ended.done = ended.total if event.state != st.FAILED else ended.done
+        elif event.kind == "gates" and event.device_id is not None and event.figures is not None:
+            figures = event.figures
+            seen = self.shadow_points.setdefault(event.rollout_id, {})
+            points = seen.pop(event.device_id, [])  # kept last: the device that shadowed last
+            points.append((figures.get("compared") or 0.0, figures.get("agreement"), figures.get("p95_ratio")))
+            seen[event.device_id] = points
+            if self.detail is not None and self.detail.row.id == event.rollout_id and \
+                    self.selected_device() in (None, event.device_id):
+                self._show_shadow(event.device_id)
         if event.kind != "progress":
             log = self.events.setdefault(event.rollout_id, [])
             log.append(plain(event.message))
@@ -432,7 +482,8 @@ class RolloutsView(QWidget):
 
     def _act(self, action: str, options: dict[str, Any]) -> None:
         if self.detail is not None:
-            self.action_requested.emit(action, self.detail.row.id, options)
+            # The version this view shows: another operator's action since then refuses this one (issue 23).
+            self.action_requested.emit(action, self.detail.row.id, {**options, "seen_version": self.detail.row.version})
 
     def _rollback(self, scope: str) -> None:
         if scope == "device" and self.selected_device() is not None:

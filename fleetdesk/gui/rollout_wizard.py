@@ -46,9 +46,10 @@ from fleetdesk.errors import FleetDeskError, PlanError
 from fleetdesk.inventory.records import Device, Group
 from fleetdesk.models.report import BASELINE
 from fleetdesk.rollout.plan import ResolvedPlan, RolloutPlan, plan_text, resolve
-from fleetdesk.rollout.policy import Gates, TransferPolicy, WavePolicy, split_waves
+from fleetdesk.rollout.policy import Gates, ShadowPolicy, TransferPolicy, WavePolicy, split_waves
 
 from .activities import human_bytes
+from .fields import number_spin
 from .fleet_model import plain
 from .overview import colours
 from .text import tooltip_text
@@ -59,7 +60,7 @@ DEFAULT_WAVES = "1, 10%, 50%, 100%"
 THRESHOLD_SEMANTICS = ("Success is REACHED (>=): the next wave starts when at least that many devices of the wave "
                        "are done; a share is rounded up. Errors are EXCEEDED (>): the rollout pauses when MORE "
                        "than that many devices of the wave failed; 0 pauses on the first failure.")
-SECTIONS = ("model", "targets", "waves", "thresholds", "soak", "gates", "transfer", "unreachable")
+SECTIONS = ("model", "targets", "waves", "thresholds", "soak", "gates", "shadow", "transfer", "unreachable")
 MB = 1_000_000
 ID_ROLE = Qt.ItemDataRole.UserRole + 21
 NONE = "—"
@@ -278,17 +279,65 @@ class RolloutWizard(QDialog):
                 ("memory_free_pct_min", "Free memory at least", " %", 0, 100, 0, defaults.memory_free_pct_min)):
             check = QCheckBox(text, box)
             check.setChecked(getattr(defaults, name) is not None)
-            spin = QDoubleSpinBox(box)
-            spin.setRange(low, high)
-            spin.setDecimals(decimals)
-            spin.setSuffix(suffix)
-            spin.setValue(float(value or 0))
+            spin = number_spin(box, low, high, decimals, suffix, float(value or 0))
             check.toggled.connect(spin.setEnabled)
             spin.setEnabled(check.isChecked())
             self.gate_rows[name] = (check, spin)
             grid.addRow(check, spin)
         layout.addLayout(grid)
         column.addWidget(box)
+
+        # -- shadow ------------------------------------------------------------------------------------------
+        box, layout = self._section("shadow", "Shadow before activation")
+        shadow = ShadowPolicy()
+        self.shadow_box = QCheckBox("Judge the candidate on live requests before it answers any", box)
+        self.shadow_box.setObjectName("ShadowStep")
+        self.shadow_box.setToolTip(tooltip_text(
+            "After staging, the device's model server loads the candidate beside its model and mirrors a share "
+            "of its live requests to it, off the request path; the candidate is activated only if it agrees with "
+            "the active model and is fast enough. Inputs and outputs never leave the device"))
+        grid = QFormLayout()
+        grid.addRow(self.shadow_box)
+        self.shadow_share_spin = number_spin(box, 1, 100, 0, " %", shadow.share * 100)
+        self.shadow_min_spin = QSpinBox(box)
+        self.shadow_min_spin.setRange(1, 1_000_000)
+        self.shadow_min_spin.setValue(shadow.min_requests)
+        self.shadow_min_spin.setSuffix(" requests")
+        self.shadow_wait_spin = self._seconds(box, 1, 86_400, int(shadow.max_wait_s))
+        self.shadow_judged: dict[str, tuple[QCheckBox, QDoubleSpinBox]] = {}
+        for name, text, low, high, decimals, suffix, value in (
+                ("min_agreement", "Agreement with the active model at least", 0, 1, 3, "", shadow.min_agreement),
+                ("p95_ratio_max", "Candidate p95 against the active model's at most", 0.01, 100, 2, " ×",
+                 shadow.p95_ratio_max)):
+            check = QCheckBox(text, box)
+            check.setChecked(value is not None)
+            spin = number_spin(box, low, high, decimals, suffix, float(value or 0))
+            self.shadow_judged[name] = (check, spin)
+        self.shadow_waves_combo = QComboBox(box)
+        self.shadow_waves_combo.addItem("Every device", "all")
+        self.shadow_waves_combo.addItem("The canary wave's devices only", "canary")
+        self.shadow_skip_combo = QComboBox(box)
+        self.shadow_skip_combo.addItem("Fails the device (it keeps its model)", "fail")
+        self.shadow_skip_combo.addItem("Activates without a shadow", "pass")
+        self.shadow_skip_combo.setToolTip(tooltip_text(
+            "A device whose free memory (less the profile's margin) cannot hold the candidate beside its model "
+            "skips the shadow step"))
+        self._shadow_fields: list[QWidget] = [
+            self.shadow_share_spin, self.shadow_min_spin, self.shadow_wait_spin, self.shadow_waves_combo,
+            self.shadow_skip_combo, *(w for pair in self.shadow_judged.values() for w in pair)]
+        grid.addRow("Share of live requests mirrored", self.shadow_share_spin)
+        grid.addRow("Verdict after", self.shadow_min_spin)
+        grid.addRow("Or fail after", self.shadow_wait_spin)
+        for check, spin in self.shadow_judged.values():
+            grid.addRow(check, spin)
+        grid.addRow("Shadowed", self.shadow_waves_combo)
+        grid.addRow("Too little memory for the candidate", self.shadow_skip_combo)
+        layout.addLayout(grid)
+        column.addWidget(box)
+        self.shadow_box.toggled.connect(self._enable_shadow)
+        for check, spin in self.shadow_judged.values():
+            check.toggled.connect(lambda _on, c=check, sp=spin: sp.setEnabled(c.isEnabled() and c.isChecked()))
+        self._enable_shadow(False)
 
         # -- transfer ----------------------------------------------------------------------------------------
         box, layout = self._section("transfer", "Transfer")
@@ -388,16 +437,17 @@ class RolloutWizard(QDialog):
         # -- every edit re-plans ------------------------------------------------------------------------------
         for edit in (self.waves_edit, self.success_edit, self.errors_edit):
             edit.textChanged.connect(self.refresh)
-        for combo in (self.model_combo, self.unreachable_combo):
+        for combo in (self.model_combo, self.unreachable_combo, self.shadow_waves_combo, self.shadow_skip_combo):
             combo.currentIndexChanged.connect(self.refresh)
         # QSpinBox and QDoubleSpinBox each declare their own valueChanged (int, float): two loops.
         for int_spin in (self.soak_spin, self.confirm_spin, self.step_timeout_spin, self.parallel_spin,
-                         self.retries_spin, self.unreachable_wait_spin):
+                         self.retries_spin, self.unreachable_wait_spin, self.shadow_min_spin, self.shadow_wait_spin):
             int_spin.valueChanged.connect(self.refresh)
-        for float_spin in (self.bandwidth_spin, *(s for _c, s in self.gate_rows.values())):
+        for float_spin in (self.bandwidth_spin, self.shadow_share_spin, *(s for _c, s in self.gate_rows.values()),
+                           *(s for _c, s in self.shadow_judged.values())):
             float_spin.valueChanged.connect(self.refresh)
-        for check in (self.approve_box, self.serving_box, self.prestage_box,
-                      *(c for c, _s in self.gate_rows.values())):
+        for check in (self.approve_box, self.serving_box, self.prestage_box, self.shadow_box,
+                      *(c for c, _s in self.gate_rows.values()), *(c for c, _s in self.shadow_judged.values())):
             check.toggled.connect(self.refresh)
         for widget in (self.device_list, self.group_list, self.profile_list):
             widget.itemChanged.connect(self.refresh)
@@ -431,6 +481,27 @@ class RolloutWizard(QDialog):
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Checked if key in checked else Qt.CheckState.Unchecked)
         return widget
+
+    def _enable_shadow(self, on: bool) -> None:
+        for widget in self._shadow_fields:
+            widget.setEnabled(on)
+        for check, spin in self.shadow_judged.values():
+            spin.setEnabled(on and check.isChecked())
+
+    def _shadow(self) -> ShadowPolicy | None:
+        """The shadow step as the fields say it (None when it is off); PlanError names the field."""
+        if not self.shadow_box.isChecked():
+            return None
+        judged = {name: spin.value() if check.isChecked() else None
+                  for name, (check, spin) in self.shadow_judged.items()}
+        try:
+            return ShadowPolicy(share=self.shadow_share_spin.value() / 100, min_requests=self.shadow_min_spin.value(),
+                                max_wait_s=float(self.shadow_wait_spin.value()),
+                                waves=self.shadow_waves_combo.currentData(),
+                                on_skip=self.shadow_skip_combo.currentData(), **judged)
+        except PlanError as exc:
+            raise PlanError(exc.message.removeprefix(f"{exc.field}: "), field=f"shadow.{exc.field}",
+                            fix=exc.fix) from None
 
     @staticmethod
     def _seconds(parent: QWidget, low: int, high: int, value: int) -> QSpinBox:
@@ -486,6 +557,7 @@ class RolloutWizard(QDialog):
             transfer=TransferPolicy(max_parallel=self.parallel_spin.value(),
                                     bandwidth_bytes_s=int(bandwidth * MB) if bandwidth > 0 else None,
                                     prestage=self.prestage_box.isChecked(), retries=self.retries_spin.value()),
+            shadow=self._shadow(),
             unreachable=self.unreachable_combo.currentData(),
             unreachable_wait_s=float(self.unreachable_wait_spin.value()),
             confirm_within_s=float(self.confirm_spin.value()),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PySide6.QtCore import QEvent, QObject, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QPoint, Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QMenu,
     QPushButton,
     QTreeWidget,
     QTreeWidgetItem,
@@ -39,6 +40,8 @@ class GroupTree(QTreeWidget):
 
     group_chosen = Signal(object)  # str | None
     devices_dropped = Signal(list, str, bool)  # device ids, group, move (from the group shown now)
+    rename_requested = Signal(str)  # a group's name: the operator wants to call it something else
+    delete_requested = Signal(str)  # a group's name: the operator wants it deleted
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -55,6 +58,18 @@ class GroupTree(QTreeWidget):
         self._all.setSelected(True)
         self.setCurrentItem(self._all)
         self.currentItemChanged.connect(self._chosen)
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.customContextMenuRequested.connect(self._menu)
+
+    def _menu(self, at: QPoint) -> None:
+        item = self.itemAt(at)
+        group = item.data(0, GROUP_ROLE) if item is not None else None
+        if not group:
+            return
+        menu = QMenu(self)
+        menu.addAction("Rename group…", lambda: self.rename_requested.emit(group))
+        menu.addAction("Delete group", lambda: self.delete_requested.emit(group))
+        menu.popup(self.viewport().mapToGlobal(at))
 
     def set_groups(self, groups: Sequence[Group], total: int) -> None:
         current = self.current_group()

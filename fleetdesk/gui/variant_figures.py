@@ -202,10 +202,5 @@ class LatencyPlot(FixedPlot):
                       size="9pt")
 
     def refresh_theme(self) -> None:
-        palette = self.palette()
-        self.setBackground(palette.base().color())
-        for name in ("left", "bottom", "top"):
-            axis = self.getAxis(name)
-            axis.setPen(pg.mkPen(colours()["grid"]))
-            axis.setTextPen(pg.mkPen(palette.text().color()))
+        self.paint_theme(str(colours()["grid"]), ("left", "bottom", "top"))
         self.show_results(self._results)

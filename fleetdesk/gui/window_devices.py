@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QInputDialog
+from PySide6.QtWidgets import QInputDialog, QMessageBox
 
 from fleetdesk.discovery.recorder import RecordingState
 from fleetdesk.errors import FleetDeskError
-from fleetdesk.telemetry.alerts import Threshold, thresholds_from_json, thresholds_to_json
+from fleetdesk.telemetry.alerts import Threshold, thresholds_from_json, thresholds_to_json, with_new_defaults
 
 from .alerts_dialog import ThresholdsDialog
 from .bridge_views import DeviceView, FleetKeyRequest, Login, TrustRequest
@@ -115,7 +116,7 @@ class DeviceActions(WindowPart):
             self.window.dashboard.thresholds_changed()
             return
         try:
-            thresholds = thresholds_from_json(stored)
+            thresholds = with_new_defaults(thresholds_from_json(stored))
         except FleetDeskError as exc:
             self.window.statusBar().showMessage(f"Alert thresholds: {exc}; using the defaults", 15000)
             self.window.dashboard.thresholds_changed()
@@ -167,10 +168,10 @@ class DeviceActions(WindowPart):
         self.window.keep(dialog)
         return dialog
 
-    def open_group_dialog(self) -> None:
+    def open_group_dialog(self) -> QInputDialog | None:
         ids = self._fleet_pane.selected_ids()
         if not ids:
-            return
+            return None
         dialog = QInputDialog(self.widget)
         dialog.setWindowTitle("Add to group")
         dialog.setLabelText(f"Put {len(ids)} device(s) in the group:")
@@ -178,6 +179,29 @@ class DeviceActions(WindowPart):
         dialog.setComboBoxItems([g.name for g in self.bridge.devices.groups()] or ["line A"])
         dialog.textValueSelected.connect(lambda name: self.bridge.devices.change_group(ids, name))
         self.window.keep(dialog)
+        return dialog
+
+    def open_group_rename_dialog(self, group: str) -> QInputDialog:
+        """Rename a group, as the window shows it now (bridge.devices.rename_group)."""
+        dialog = QInputDialog(self.widget)
+        dialog.setObjectName("GroupRenameDialog")
+        dialog.setWindowTitle("Rename group")
+        dialog.setLabelText(f"New name for the group {visible_text(group)}:")
+        dialog.setTextValue(group)
+        dialog.textValueSelected.connect(lambda name: self.bridge.devices.rename_group(group, name))
+        self.window.keep(dialog)
+        return dialog
+
+    def confirm_group_delete(self, group: str) -> QMessageBox:
+        """Delete a group (its devices stay) once the operator confirms."""
+        box = QMessageBox(QMessageBox.Icon.Question, "Delete group",
+                          f"Delete the group {visible_text(group)}? Its devices stay in the inventory.",
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel, self.widget)
+        box.setTextFormat(Qt.TextFormat.PlainText)
+        yes = box.button(QMessageBox.StandardButton.Yes)
+        box.buttonClicked.connect(lambda button: self.bridge.devices.delete_group(group) if button is yes else None)
+        self.window.keep(box)
+        return box
 
     def open_rename_dialog(self) -> QInputDialog | None:
         views = self._fleet_pane.selected_views()

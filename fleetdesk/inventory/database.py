@@ -10,13 +10,21 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from fleetdesk.errors import ConfigError, InventoryError, InventoryUnavailableError
+from fleetdesk.errors import ConfigError, DatabaseUnreachableError, InventoryError, InventoryUnavailableError
 
 # An execution option that marks a connection as one that will write (see for_writing).
 _WRITES = "fleetdesk_writes"
+# PostgreSQL's SQLSTATEs that say the server went away rather than refused the statement: connection exceptions
+# (class 08) and the server shutting down or starting (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot
+# connect now).
+_GONE_CLASSES = ("08",)
+_GONE_STATES = frozenset({"57P01", "57P02", "57P03"})
+# How long a PostgreSQL connection attempt may take: a server whose network went away must fail the attempt (and
+# let the caller retry) instead of hanging on the kernel's TCP timeout. A URL's own connect_timeout wins.
+PG_CONNECT_TIMEOUT_S = 10
 # Any constant works: every FleetDesk writer takes the same PostgreSQL advisory lock.
 _PG_WRITE_LOCK = 0x466C6565  # "Flee"
 
@@ -30,7 +38,10 @@ def open_database(url: str) -> Engine:
                           fix="use e.g. sqlite:///path/to/fleetdesk.db or postgresql+psycopg://user@host/db") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed)
+    connect_args: dict[str, object] = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+    engine = create_engine(parsed, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _begin)
@@ -57,6 +68,35 @@ def for_writing(engine: Engine) -> Engine:
     failing with "database is locked" or inserting a duplicate device.
     """
     return engine.execution_options(**{_WRITES: True})
+
+
+def unreachable(exc: DBAPIError) -> bool:
+    """Whether the database error means the server cannot be reached now (stopped, restarting, its network gone),
+    as opposed to a statement it refused: the one place FleetDesk tells these apart.
+
+    SQLAlchemy marks an error that broke the connection (`connection_invalidated`); a connection that could not be
+    opened at all is psycopg's OperationalError with no SQLSTATE (libpq's own message), or a server that says it is
+    shutting down or starting. SQLite's file is never "unreachable": its errors are what unavailable_error says.
+    """
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if type(orig).__module__.split(".")[0] != "psycopg":
+        return False
+    state = getattr(orig, "sqlstate", None)
+    if state is None:
+        return isinstance(exc, OperationalError)  # libpq could not connect, or lost the connection
+    return str(state).startswith(_GONE_CLASSES) or state in _GONE_STATES
+
+
+def unreachable_error(engine: Engine, exc: DBAPIError) -> DatabaseUnreachableError:
+    """The operator's words for a database server that cannot be reached (see `unreachable`)."""
+    shown = engine.url.render_as_string(hide_password=True)
+    reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+    return DatabaseUnreachableError(f"the inventory's database {shown} cannot be reached ({reason})",
+                                    fix="check that the database server runs and this laptop reaches it; what "
+                                        "was written before stands, and the work goes on once it answers",
+                                    step="reach inventory", cause=exc)
 
 
 def unavailable_error(engine: Engine, exc: OperationalError) -> InventoryUnavailableError:

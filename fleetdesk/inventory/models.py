@@ -220,6 +220,11 @@ class GroupRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(DeviceText, unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Bumped by an operator's edit of the group (migration 0014): a rename, members added or taken out; an edit
+    # made from an older version is refused (fleetdesk.inventory.repository).
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    changed_by: Mapped[str | None] = mapped_column(Text)  # the operator of the last edit
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     devices: Mapped[list[DeviceRow]] = relationship(
         secondary="group_members", back_populates="groups", order_by="DeviceRow.id")
@@ -257,14 +262,15 @@ class DeviceRuntimeRow(Base):
 
 # The metrics a minute of history keeps (names as in fleetdesk.telemetry.sample.METRICS): avg and max of each.
 HISTORY_METRICS: tuple[str, ...] = ("cpu_pct", "mem_pct", "temp_c", "gpu_pct", "gpu_temp_c", "latency_p95_ms",
-                                    "infer_rate", "infer_errors")
+                                    "infer_rate", "infer_errors", "drift_psi", "drift_shift_sd")
 
 
 class TelemetryMinuteRow(Base):
     """One device's telemetry over one minute, downsampled for reports; NULL where no sample had the metric."""
 
     __tablename__ = "telemetry_minutes"
-    __table_args__ = (Index("ix_telemetry_minutes_minute", "minute"),)
+    # On SQLite kept in primary-key order (WITHOUT ROWID, migration 0015): a device's minutes share pages.
+    __table_args__ = (Index("ix_telemetry_minutes_minute", "minute"), {"sqlite_with_rowid": False})
 
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
     minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)  # the minute's start, UTC
@@ -287,6 +293,10 @@ class TelemetryMinuteRow(Base):
     infer_rate_max: Mapped[float | None] = mapped_column()
     infer_errors_avg: Mapped[float | None] = mapped_column()
     infer_errors_max: Mapped[float | None] = mapped_column()
+    drift_psi_avg: Mapped[float | None] = mapped_column()  # input drift (migration 0016)
+    drift_psi_max: Mapped[float | None] = mapped_column()
+    drift_shift_sd_avg: Mapped[float | None] = mapped_column()
+    drift_shift_sd_max: Mapped[float | None] = mapped_column()
 
 
 class EventRow(Base):
@@ -327,6 +337,11 @@ class RolloutRow(Base):
     # The FleetDesk driving it ("host:pid") and until when its lease runs (migration 0011; RolloutRepo.take_lease).
     driver: Mapped[str | None] = mapped_column(Text)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Bumped by an operator's action that changes the status (pause, resume, approve, abort, rollback; migration
+    # 0014), never by the driver's own progress or its lease: an action from an older version is refused.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    changed_by: Mapped[str | None] = mapped_column(Text)  # the operator of the last action
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class RolloutDeviceRow(Base):
@@ -438,3 +453,24 @@ class AuditHeadRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+# --- The fleet's model catalogue (migration 0017) ---
+
+class ModelCatalogueRow(Base):
+    """One imported model version, as every laptop of the inventory sees it; its signed files are in the importing
+    laptop's artifact store and the shared store path (fleetdesk/artifacts/shared_store.py)."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_models_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    baseline: Mapped[str] = mapped_column(String(64))  # id (SHA-256 of the signed manifest) of the FP32 artifact
+    artifacts: Mapped[str] = mapped_column(Text, default="{}")  # JSON: profile -> artifact id
+    size_bytes: Mapped[int] = mapped_column(BigInteger)  # of all its artifacts' files
+    record: Mapped[str] = mapped_column(Text)  # JSON: the store's model record (card, optimization report)
+    imported_by: Mapped[str] = mapped_column(String(64))
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -115,11 +115,13 @@ class Group:
     name: str
     device_ids: tuple[int, ...]
     created_at: datetime
+    version: int = 1  # counts operators' edits (rename, members in or out); an edit from an older one is refused
 
 
 @dataclass(frozen=True)
 class Edit:
-    """An operator's edit of a device: who makes it, and the device's version they saw when they chose it."""
+    """An operator's edit of a device, a group or a rollout: who makes it, and the record's version they saw when
+    they chose it."""
 
     by: str
-    seen_version: int
+    seen_version: int | None  # None: no view to check against (a new group, a command acting on what it reads now)

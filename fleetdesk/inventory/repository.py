@@ -5,6 +5,7 @@ One Engine, one short transaction per call; writers queue on the database's writ
 
 from __future__ import annotations
 
+import json
 import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,11 +15,12 @@ from datetime import UTC, datetime
 from types import TracebackType
 
 from sqlalchemy import Engine, delete, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from fleetdesk.errors import DeviceNotFoundError, EditConflictError, FleetDeskError, InventoryError
-from fleetdesk.inventory.database import for_writing, open_database, unavailable_error
+from fleetdesk.inventory.database import for_writing, open_database, unavailable_error, unreachable, unreachable_error
+from fleetdesk.inventory.edits import check_edit, count_edit
 from fleetdesk.inventory.migrate import check_sqlite_file, upgrade
 from fleetdesk.inventory.models import (
     AddressRow,
@@ -27,6 +29,7 @@ from fleetdesk.inventory.models import (
     GroupRow,
     HostKeyRow,
     NameRow,
+    OperatorRow,
     ServiceRow,
 )
 from fleetdesk.inventory.records import Device, Edit, Group, HostKey, ProbeFacts, ServiceRecord, Sighting
@@ -266,27 +269,41 @@ class Inventory:
             session.execute(delete(HostKeyRow).where(HostKeyRow.device_id == row.id))
 
     # -- groups --------------------------------------------------------------------------------------
+    # An edit of a group is what an operator changes of the group itself: its name, its members (added or taken
+    # out) and its existence (deleted). Each counts the group's version; with `edit`, one made from an older
+    # version than the stored one is refused (EditConflictError) and writes nothing. A device removed from the
+    # inventory, or two rows of one device merged by a probe, change memberships as a consequence of a device's
+    # own change: those do not count, as sightings do not count for a device.
 
-    def add_to_group(self, name: str, device_ids: list[int]) -> Group:
-        """Put devices in the group `name`, creating it on first use."""
+    def add_to_group(self, name: str, device_ids: list[int], *, edit: Edit | None = None) -> Group:
+        """Put devices in the group `name`, creating it on first use (an edit with no seen version creates it;
+        one with a seen version is refused if the group was deleted since)."""
         name = _group_name(name)
         with self._session(write=True) as session:
             rows = [_get(session, device_id) for device_id in device_ids]
             group = session.scalars(select(GroupRow).where(GroupRow.name == name)).one_or_none()
             if group is None:
-                group = GroupRow(name=name, created_at=_now())
+                _gone(name, edit)
+                group = GroupRow(name=name, created_at=_now(), version=1,
+                                 changed_by=edit.by if edit is not None else None, changed_at=_now())
                 session.add(group)
+                session.flush()
+            elif any(row not in group.devices for row in rows):
+                count_edit(group, edit, **_group_words(group))
             for row in rows:
                 if row not in group.devices:
                     group.devices.append(row)
             session.flush()
             return _group(group)
 
-    def remove_from_group(self, name: str, device_ids: list[int]) -> Group:
+    def remove_from_group(self, name: str, device_ids: list[int], *, edit: Edit | None = None) -> Group:
         """Take devices out of a group; a group left with no devices is deleted (its record comes back empty)."""
+        name = _group_name(name)
         with self._session(write=True) as session:
-            group = _group_row(session, _group_name(name))
+            group = _edited_group(session, name, edit, count=False)
             rows = [_get(session, device_id) for device_id in device_ids]
+            if any(row in group.devices for row in rows):
+                count_edit(group, edit, **_group_words(group))
             for row in rows:
                 if row in group.devices:
                     group.devices.remove(row)
@@ -295,6 +312,40 @@ class Inventory:
             if not group.devices:
                 session.delete(group)
             return result
+
+    def rename_group(self, name: str, new_name: str, *, edit: Edit | None = None) -> Group:
+        """Call a group something else (its members stay). Refused while an operator's scope names it: their
+        scope would silently lose the group's devices."""
+        name, new_name = _group_name(name), _group_name(new_name)
+        with self._session(write=True) as session:
+            group = _edited_group(session, name, edit, count=False)
+            if new_name == group.name:
+                return _group(group)  # nothing changes: not an edit
+            count_edit(group, edit, **_group_words(group))
+            taken = session.scalars(select(GroupRow).where(GroupRow.name == new_name)).one_or_none()
+            if taken is not None:
+                raise InventoryError(f"there is a group named {new_name!r} already", step="rename group",
+                                     fix="choose another name, or move the devices into that group")
+            _check_unscoped(session, name, "rename")
+            group.name = new_name
+            session.flush()
+            return _group(group)
+
+    def delete_group(self, name: str, *, edit: Edit | None = None) -> Group:
+        """Delete a group; its devices stay in the inventory. Returns the group as it was. Refused while an
+        operator's scope names it."""
+        name = _group_name(name)
+        with self._session(write=True) as session:
+            group = _edited_group(session, name, edit)
+            _check_unscoped(session, name, "delete")
+            result = _group(group)
+            session.delete(group)
+            return result
+
+    def group(self, name: str) -> Group:
+        """The group called `name` (InventoryError naming the groups there are, if none is)."""
+        with self._session() as session:
+            return _group(_group_row(session, _group_name(name)))
 
     def groups(self) -> list[Group]:
         with self._session() as session:
@@ -317,7 +368,15 @@ class Inventory:
             raise InventoryError(f"the inventory refused the change ({exc.orig})",
                                  fix="another FleetDesk may have changed the same device; try again",
                                  cause=exc) from None
-        except OperationalError as exc:
+        except DBAPIError as exc:
+            if unreachable(exc):
+                # The server went away (stopped, restarting, network): DatabaseUnreachableError, for reads and
+                # writes alike. Every pooled connection went with it, and not each one says so the same way (a
+                # terminated session can look like a refused statement): a fresh pool connects anew once it answers.
+                self._engine.dispose()
+                raise unreachable_error(self._engine, exc) from None
+            if not isinstance(exc, OperationalError):
+                raise self._unusable(exc) from None
             if not write:
                 raise self._unusable(exc) from None
             # A full disk or another writer's lock: the caller may try the same write again later.
@@ -339,22 +398,51 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_DEVICE_FIX = ("look at the device as it is now (the window shows it; `fleetdesk devices` lists it) and make your "
+               "change again if it still applies")
+_GROUP_FIX = ("look at the group as it is now (the window shows it; `fleetdesk group` lists the groups) and make your "
+              "change again if it still applies")
+
+
 def _edited(row: DeviceRow, edit: Edit | None) -> None:
-    """Check `edit` against the stored version and count it (inside the write transaction, which holds the write
-    lock, so two laptops' edits are checked one after the other)."""
-    if edit is None:
-        return
-    if row.version != edit.seen_version:
-        who = row.changed_by or "another FleetDesk"
-        when = row.changed_at.strftime("%Y-%m-%d %H:%M:%S UTC") if row.changed_at else "a moment ago"
+    """A device's edit (fleetdesk.inventory.repository): see `count_edit`."""
+    count_edit(row, edit, what=repr(row.name), fix=_DEVICE_FIX, step="edit device", device=row.name)
+
+
+def _edited_group(session: Session, name: str, edit: Edit | None, *, count: bool = True) -> GroupRow:
+    """The group to edit, its edit checked (and counted, unless the caller counts it once it knows the edit changes
+    something); one deleted since the operator read it is a conflict."""
+    group = session.scalars(select(GroupRow).where(GroupRow.name == name)).one_or_none()
+    if group is None:
+        _gone(name, edit)
+        group = _group_row(session, name)  # raises: no such group, and no view of one to conflict with
+    if count:
+        count_edit(group, edit, **_group_words(group))
+    elif edit is not None:
+        check_edit(group, edit, **_group_words(group))
+    return group
+
+
+def _group_words(group: GroupRow) -> dict[str, str]:
+    return {"what": f"the group {group.name!r}", "fix": _GROUP_FIX, "step": "edit group"}
+
+
+def _gone(name: str, edit: Edit | None) -> None:
+    """The operator edits a group they saw, which is gone now: deleted (or renamed) by someone meanwhile."""
+    if edit is not None and edit.seen_version is not None:
         raise EditConflictError(
-            f"{row.name!r} was changed by {who} at {when} after you read it (version {row.version}, you saw "
-            f"{edit.seen_version}); your change was not made",
-            fix="look at the device as it is now (the window shows it; `fleetdesk devices` lists it) and make your "
-                "change again if it still applies", device=row.name, step="edit device")
-    row.version += 1
-    row.changed_by = edit.by
-    row.changed_at = _now()
+            f"the group {name!r} was deleted or renamed after you read it (you saw version {edit.seen_version}); "
+            "your change was not made", fix=_GROUP_FIX, step="edit group", seen_version=edit.seen_version)
+
+
+def _check_unscoped(session: Session, name: str, doing: str) -> None:
+    """No operator's scope names the group `name` (their roles would silently lose its devices)."""
+    scoped = sorted(o.name for o in session.scalars(select(OperatorRow).where(OperatorRow.removed_at.is_(None)))
+                    if name in json.loads(o.groups or "[]"))
+    if scoped:
+        raise InventoryError(f"cannot {doing} the group {name!r}: the scope of {', '.join(scoped)} names it",
+                             step=f"{doing} group",
+                             fix="change their scope first: `fleetdesk operator set-role NAME ROLE... --groups G,…`")
 
 
 def _utc(moment: datetime | None) -> datetime:
@@ -619,7 +707,8 @@ def _host_key(row: HostKeyRow) -> HostKey:
 
 
 def _group(row: GroupRow) -> Group:
-    return Group(name=row.name, device_ids=tuple(sorted(d.id for d in row.devices)), created_at=row.created_at)
+    return Group(name=row.name, device_ids=tuple(sorted(d.id for d in row.devices)), created_at=row.created_at,
+                 version=row.version)
 
 
 # TXT pairs are stored as length-prefixed bytes rather than DNS wire format, which cannot tell a key

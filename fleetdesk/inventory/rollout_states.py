@@ -8,6 +8,7 @@ The table lives in the inventory, which applies it in the same write as the stat
 a floor below fleetdesk.rollout, whose engine drives it.
 
     pending --stage--> staging --staged--> staged --activate--> activating --activated--> verifying
+    staged --shadow--> staged --shadow-passed--> staged (the plan's shadow step; shadow-failed --> failed)
     verifying --passed--> confirming --confirmed--> done
 
 Ends: done, failed, unreachable (not failed: the device may come back), rolled-back, skipped.
@@ -59,6 +60,9 @@ ROLLBACK = "rollback"  # the operator (or a failed gate) asks for the previous m
 ROLLED_BACK_OK = "rolled-back"  # the agent runs the previous model again
 ABORT = "abort"  # the operator aborts the rollout
 REVERTED = "reverted"  # the agent says it went back by itself (no confirmation in time)
+SHADOW = "shadow"  # the staged candidate runs beside the active model on mirrored requests (the plan's shadow step)
+SHADOW_PASSED = "shadow-passed"  # the shadow gate passed (or the step was skipped and the plan lets that pass)
+SHADOW_FAILED = "shadow-failed"  # the shadow gate failed: the candidate is unloaded, the device keeps its model
 RETRY = "retry"  # the operator resumes a rollout paused by a device that failed before it switched (disk full...)
 
 # (state, event) -> next state. Anything not listed is refused by `transition`.
@@ -75,6 +79,11 @@ TABLE: Mapping[tuple[str, str], str] = {
     (STAGED, LOST): UNREACHABLE,
     (STAGED, ROLLBACK): ROLLED_BACK,  # nothing switched: nothing to undo
     (STAGED, STEP_FAILED): FAILED,  # the agent could not be asked before activation; nothing switched
+    # The shadow step runs in `staged`: the old model still answers every request, nothing is switched, so an abort,
+    # a lost device or a crash finds it exactly as staged (a crash shadows again; a start replaces a running one).
+    (STAGED, SHADOW): STAGED,
+    (STAGED, SHADOW_PASSED): STAGED,
+    (STAGED, SHADOW_FAILED): FAILED,
     (ACTIVATING, ACTIVATED): VERIFYING,
     (ACTIVATING, STEP_FAILED): FAILED,  # the agent refused or its server did not load it: old model kept
     (ACTIVATING, LOST): UNREACHABLE,

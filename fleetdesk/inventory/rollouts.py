@@ -24,6 +24,8 @@ from sqlalchemy.orm import Session
 from fleetdesk.errors import RolloutConflictError, RolloutNotFoundError
 from fleetdesk.inventory import models as orm
 from fleetdesk.inventory import rollout_states as states
+from fleetdesk.inventory.edits import check_edit, count_edit
+from fleetdesk.inventory.records import Edit
 from fleetdesk.inventory.repository import Inventory
 
 ROLLOUT_STATUSES = ("planned", "running", "paused", "waiting-approval", "aborted", "done", "rolling-back",
@@ -34,6 +36,7 @@ ACTIVE_STATUSES = ("planned", "running", "paused", "waiting-approval", "rolling-
 DEVICE_FIELDS = ("previous_artifact", "attempts", "bytes_sent", "error", "gates")
 CREATED = "create"  # the journal's event for a rollout's creation (from_state "")
 STATUS = "status"  # the journal's event for a change of the rollout's status
+TAKEOVER = "takeover"  # the journal's event for a driver taking the rollout over from one whose lease ran out
 _NOT_FOUND_FIX = "`fleetdesk rollout status` lists the rollouts"
 
 
@@ -77,6 +80,15 @@ class RolloutRow:
     updated_at: datetime
     actor: str
     paused_reason: str  # why it was paused (or aborted, failed), "" otherwise
+    # Counts operators' actions that changed its status (pause, resume, approve, abort, rollback), never the
+    # driver's own progress: an action from an older version is refused (set_status with `edit`).
+    version: int = 1
+    changed_by: str | None = None  # the operator of the last such action
+    changed_at: datetime | None = None
+    # The FleetDesk driving it ("host:pid") and until when its lease runs, as last written (None: nobody drives it);
+    # a lease in the past is one whose driver stopped renewing it: any FleetDesk may take the rollout over.
+    driver: str | None = None
+    lease_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -107,12 +119,31 @@ class JournalEntry:
 
 
 @dataclass(frozen=True)
+class KeptEntry:
+    """A device's journal entry (or, with no event, its progress fields) that its driver kept in memory while the
+    database could not be reached: what a step under way learned from the device. `write_kept` writes them later,
+    in the order they happened, each with the time it happened."""
+
+    device_id: int
+    event: str | None  # None: progress only (attempts, gates...), as `update` writes it
+    from_state: str
+    to_state: str
+    at: datetime
+    detail: dict[str, Any] = field(default_factory=dict, hash=False)
+    fields: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
 class Lease:
     """Who drives a rollout ("host:pid") and until when, as the database saw it at `now`."""
 
     driver: str
     until: datetime
     now: datetime
+    # The driver whose lease this one replaced (its lease ran out, or its process on this host is gone), when the
+    # call took the rollout over from another driver; None when it was free, given back, or renewed.
+    previous: str | None = None
+    previous_until: datetime | None = None
 
     @property
     def host(self) -> str:
@@ -167,7 +198,7 @@ class RolloutRepo:
             now = _now()
             row = orm.RolloutRow(model_ref=resolved.model_ref, plan=_json(resolved.plan.to_dict()),
                                  resolved=_json(resolved.to_dict()), status="planned", paused_reason="", actor=actor,
-                                 created_at=now, updated_at=now)
+                                 created_at=now, updated_at=now, version=1, changed_by=actor, changed_at=now)
             session.add(row)
             session.flush()
             for planned in resolved.devices:
@@ -192,17 +223,21 @@ class RolloutRepo:
             return [_rollout(row) for row in session.scalars(query)]
 
     def set_status(self, rollout_id: int, status: str, *, reason: str = "",
-                   expect: str | Collection[str] | None = None) -> RolloutRow:
+                   expect: str | Collection[str] | None = None, edit: Edit | None = None) -> RolloutRow:
         """Change the rollout's status (journaled); `reason` replaces paused_reason.
 
         `expect` is a compare-and-set: when the status is not it (or not one of them) the change is refused
         with RolloutConflictError and nothing is written (another process paused or aborted it meanwhile).
+        `edit` makes it an operator's action: it is counted in the rollout's version, and one made from an older
+        version (another operator acted since) is refused with EditConflictError naming them, before `expect`
+        is looked at. The driver's own changes (running, waiting for approval, done) pass no edit.
         """
         if status not in ROLLOUT_STATUSES:
             raise ValueError(f"{status!r} is not a rollout status ({', '.join(ROLLOUT_STATUSES)})")
         expected = (expect,) if isinstance(expect, str) else tuple(expect) if expect is not None else ()
         with self._session(write=True) as session:
             row = _get_rollout(session, rollout_id)
+            count_edit(row, edit, **_edit_words(row, f"set {status}"))
             if expect is not None and row.status not in expected:
                 raise RolloutConflictError(
                     f"rollout {rollout_id} is {row.status}, not {' or '.join(expected)}: another FleetDesk changed "
@@ -215,6 +250,14 @@ class RolloutRepo:
             row.status = status
             row.paused_reason = reason
             row.updated_at = now
+            return _rollout(row)
+
+    def check_edit(self, rollout_id: int, edit: Edit, *, step: str) -> RolloutRow:
+        """The rollout as it is, or EditConflictError (naming who acted) when `edit` was made from an older version:
+        an operator's action is refused before anything else is decided about it. `set_status` checks again."""
+        with self._session() as session:
+            row = _get_rollout(session, rollout_id)
+            check_edit(row, edit, **_edit_words(row, step))
             return _rollout(row)
 
     # -- who drives it ---------------------------------------------------------------------------------
@@ -230,13 +273,24 @@ class RolloutRepo:
         with self._session(write=True) as session:
             row = _get_rollout(session, rollout_id)
             now = _database_now(session)
-            free = (row.driver in (None, driver) or row.lease_until is None or row.lease_until <= now
+            expired = row.lease_until is None or row.lease_until <= now
+            free = (row.driver in (None, driver) or expired
                     or (stale_host is not None and row.driver.rpartition(":")[0] == stale_host))
+            previous: str | None = None
+            previous_until = row.lease_until
             if free:
+                if row.driver not in (None, driver):
+                    previous = row.driver
+                    why = "its lease ran out" if expired else "its process on this host is gone"
+                    session.add(orm.RolloutJournalRow(
+                        rollout_id=rollout_id, device_id=None, from_state=row.status, event=TAKEOVER,
+                        to_state=row.status, at=now, detail=_json({
+                            "previous": previous, "driver": driver, "why": why,
+                            "previous_until": previous_until.isoformat() if previous_until else None})))
                 row.driver = driver
                 row.lease_until = now + timedelta(seconds=seconds)
             assert row.driver is not None and row.lease_until is not None
-            return Lease(row.driver, row.lease_until, now)
+            return Lease(row.driver, row.lease_until, now, previous, previous_until if previous else None)
 
     def release_lease(self, rollout_id: int, driver: str) -> None:
         """Give the lease back (only `driver`'s own: one taken over meanwhile stays its new holder's)."""
@@ -291,6 +345,43 @@ class RolloutRepo:
             row.updated_at = _now()
             return _device(row)
 
+    def write_kept(self, rollout_id: int, kept: Sequence[KeptEntry]) -> int:
+        """Write what a driver kept while the database was unreachable, in one transaction (all or nothing), and
+        return how many journal entries it wrote. An entry the database has already (its write was committed as
+        the connection broke: the device is in its to_state and its newest entry is that event) is not written
+        twice; a device found anywhere else was changed by someone else meanwhile: RolloutConflictError, nothing
+        written."""
+        written = 0
+        with self._session(write=True) as session:
+            for entry in kept:
+                row = _get_device(session, rollout_id, entry.device_id)
+                values = _fields(entry.fields)
+                if entry.event is not None:
+                    if row.state != entry.from_state:
+                        newest = session.scalars(
+                            select(orm.RolloutJournalRow)
+                            .where(orm.RolloutJournalRow.rollout_id == rollout_id,
+                                   orm.RolloutJournalRow.device_id == entry.device_id)
+                            .order_by(orm.RolloutJournalRow.id.desc()).limit(1)).first()
+                        if (row.state == entry.to_state and newest is not None and newest.event == entry.event
+                                and newest.from_state == entry.from_state):
+                            _apply(row, values)
+                            continue
+                        raise RolloutConflictError(
+                            f"device {entry.device_id} of rollout {rollout_id} is {row.state}, not "
+                            f"{entry.from_state}: another FleetDesk changed it while the database was unreachable",
+                            rollout_id=rollout_id, expected=(entry.from_state,), actual=row.state,
+                            step="write kept journal", fix=f"see `fleetdesk rollout status {rollout_id}`")
+                    after = states.transition(row.state, entry.event, reconciled=entry.detail.get("reconciled"))
+                    row.state = after
+                    session.add(orm.RolloutJournalRow(rollout_id=rollout_id, device_id=entry.device_id,
+                                                      from_state=entry.from_state, event=entry.event,
+                                                      to_state=after, at=entry.at, detail=_json(entry.detail)))
+                    written += 1
+                _apply(row, values)
+                row.updated_at = entry.at
+        return written
+
     def journal(self, rollout_id: int, *, device_id: int | None = None) -> builtins.list[JournalEntry]:
         """The rollout's journal in the order it was written (one device's entries when device_id is given)."""
         query = select(orm.RolloutJournalRow).where(orm.RolloutJournalRow.rollout_id == rollout_id)
@@ -332,6 +423,12 @@ def _apply(row: orm.RolloutDeviceRow, values: Mapping[str, Any]) -> None:
         setattr(row, name, value)
 
 
+def _edit_words(row: orm.RolloutRow, step: str) -> dict[str, str]:
+    return {"what": f"rollout {row.id} ({row.model_ref})", "now": row.status, "step": step,
+            "fix": "look at the rollout as it is now (the window's Rollouts view; `fleetdesk rollout status "
+                   f"{row.id}`) and act again if it still applies"}
+
+
 def _get_rollout(session: Session, rollout_id: int) -> orm.RolloutRow:
     row = session.get(orm.RolloutRow, rollout_id)
     if row is None:
@@ -351,7 +448,8 @@ def _get_device(session: Session, rollout_id: int, device_id: int) -> orm.Rollou
 def _rollout(row: orm.RolloutRow) -> RolloutRow:
     return RolloutRow(id=row.id, model_ref=row.model_ref, plan=json.loads(row.plan), resolved=json.loads(row.resolved),
                       status=row.status, created_at=row.created_at, updated_at=row.updated_at, actor=row.actor,
-                      paused_reason=row.paused_reason)
+                      paused_reason=row.paused_reason, version=row.version, changed_by=row.changed_by,
+                      changed_at=row.changed_at, driver=row.driver, lease_until=row.lease_until)
 
 
 def _device(row: orm.RolloutDeviceRow) -> DeviceRow:

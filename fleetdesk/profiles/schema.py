@@ -78,6 +78,9 @@ class Profile:
     telemetry_sources: tuple[str, ...]
     recipe: tuple[str, ...]
     accelerators: tuple[str, ...] = ()
+    # MiB that must stay available on the device once a rollout's shadow candidate is loaded beside the active model
+    # ([runtime] shadow_margin_mb); None: the agent's own default (fleetdesk/agent/shadow.py DEFAULT_MARGIN_MB).
+    shadow_margin_mb: int | None = None
     lab: LabHardware | None = None
     source: str = field(default="", compare=False)
 
@@ -242,7 +245,7 @@ def parse_profile(data: dict[str, Any], path: str) -> Profile:
     tel = top.sub("telemetry")
     opt = top.sub("optimize")
     assert rt is not None and tel is not None and opt is not None
-    rt.reject_unknown({"execution_providers", "wheels", "ssh_ciphers"})
+    rt.reject_unknown({"execution_providers", "wheels", "ssh_ciphers", "shadow_margin_mb"})
     tel.reject_unknown({"sources"})
     opt.reject_unknown({"recipe"})
     providers = rt.strings("execution_providers")
@@ -263,6 +266,8 @@ def parse_profile(data: dict[str, Any], path: str) -> Profile:
         execution_providers=providers,
         wheels=rt.strings("wheels"),
         ssh_ciphers=rt.strings("ssh_ciphers", required=False),
+        shadow_margin_mb=(rt.positive("shadow_margin_mb", required=False, allow_zero=True)
+                          if "shadow_margin_mb" in rt.table else None),
         telemetry_sources=tel.strings("sources", allowed=TELEMETRY_SOURCES),
         recipe=opt.strings("recipe", allowed=RECIPE_STEPS),
         lab=_lab_hardware(lab_reader, arch) if lab_reader else None,

@@ -1,6 +1,7 @@
 """The health report over a period (default: the 7 days up to the newest minute kept): per device and per group
 CPU, GPU, memory, temperature and inference latency (p50 / p95 / max) from the per-minute history, availability
-(the share of the period with telemetry) and the longest outage; hourly fleet charts; alerts and stream incidents.
+(the share of the period with telemetry) and the longest outage; the input drift of the devices that scored it;
+hourly fleet charts; alerts and stream incidents.
 
 Percentiles are over the minutes' averages (nearest rank); "max" is the highest value any sample of the period
 reached. A device's period starts no earlier than the moment it entered the inventory.
@@ -26,6 +27,9 @@ MINUTE = timedelta(minutes=1)
 # (history metric, the words a column uses): what the report summarises, in this order.
 METRICS = (("cpu_pct", "CPU %"), ("gpu_pct", "GPU %"), ("mem_pct", "Memory %"), ("temp_c", "Temp °C"),
            ("latency_p95_ms", "Latency ms"))
+# Input drift (the worst input's PSI and mean shift), in a table of its own: only devices whose model carries
+# reference statistics and served requests have it.
+DRIFT = (("drift_psi", "Drift PSI"), ("drift_shift_sd", "Mean shift (ref. std)"))
 EVENT_LIMIT = 100_000
 
 
@@ -70,6 +74,10 @@ def device_health(device: Device, history: DeviceHistory, since: datetime, until
             hours[n, 1] += np.bincount(hour[measured], minlength=hours.shape[2])
             p50, p95 = percentiles(averages[measured], (0.5, 0.95))
         figures[metric] = Figures(p50, p95, history.maxima.get(metric))
+    for metric, _ in DRIFT:
+        averages = history.averages.get(metric)
+        p50, p95 = percentiles(averages[~np.isnan(averages)], (0.5, 0.95)) if averages is not None else (None, None)
+        figures[metric] = Figures(p50, p95, history.maxima.get(metric))
     return DeviceHealth(device.name, device.groups, len(minutes),
                         round(100.0 * len(minutes) / expected, 2) if expected else None, max(0, longest), figures,
                         0, 0)
@@ -98,8 +106,8 @@ def health_report(inventory: Inventory, filters: Filters) -> Report:
         if e.device_id is not None:
             per_device_events[e.device_id].append(e.kind)
     found: list[DeviceHealth] = []
-    for device, history in zip(devices, repo.histories([d.id for d in devices], metrics, since, until),
-                               strict=True):
+    read = [*metrics, *(m for m, _ in DRIFT)]  # a metric a device never measured costs one MAX in its aggregate
+    for device, history in zip(devices, repo.histories([d.id for d in devices], read, since, until), strict=True):
         health = device_health(device, history, since, until, hours, hour_zero)
         kinds = per_device_events.get(device.id, [])
         found.append(DeviceHealth(**{**health.__dict__, "alerts": kinds.count(ALERT_RAISED),
@@ -158,6 +166,11 @@ def health_report(inventory: Inventory, filters: Filters) -> Report:
     tables = (
         Table("devices", "Health by device", tuple(columns), tuple(rows), empty="no device"),
         Table("groups", "Health by group", GROUP_COLUMNS, tuple(group_rows), empty="no device is in a group"),
+        Table("drift", "Input drift by device", DRIFT_COLUMNS, tuple(
+            (h.name, *(_round(getattr(h.figures[m], part), 3) for m, _ in DRIFT for part in ("p50", "p95", "max")))
+            for h in found if any(h.figures[m].max is not None for m, _ in DRIFT)),
+            empty="no device scored input drift in this period (its model carries no reference statistics from "
+                  "sample inputs, or it served no requests)"),
         Table("events", "Alerts and stream incidents", EVENT_COLUMNS, tuple(
             (stamp(e.at), names.get(e.device_id or -1, ""), e.kind, e.metric, _round(e.value), _round(e.bound),
              e.message) for e in shown_events), empty="no alert or stream incident in this period"),
@@ -172,6 +185,8 @@ GROUP_COLUMNS = (Column("group", "Group", 1.5), Column("devices", "Devices", 0.5
                  Column("cpu_pct_p95", "CPU % p95 (worst device)", 0.8), Column("temp_c_max", "Temp °C max", 0.7),
                  Column("latency_p95_ms_p95", "Latency ms p95 (worst device)", 0.9),
                  Column("latency_p95_ms_max", "Latency ms max", 0.7), Column("alerts", "Alerts", 0.5))
+DRIFT_COLUMNS = (Column("device", "Device", 1.8), *(Column(f"{metric}_{part}", f"{words} {part}", 0.8)
+                                                     for metric, words in DRIFT for part in ("p50", "p95", "max")))
 EVENT_COLUMNS = (Column("at", "At", 1.2), Column("device", "Device", 1.5), Column("kind", "Kind", 0.5),
                  Column("metric", "Metric", 0.8), Column("value", "Value", 0.5), Column("bound", "Bound", 0.5),
                  Column("message", "Message", 3.5))
@@ -199,5 +214,5 @@ def _worst(found: Sequence[DeviceHealth], metric: str, part: str) -> float | Non
     return _round(max(values)) if values else None
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)

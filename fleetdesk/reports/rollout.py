@@ -1,6 +1,7 @@
-"""The report of one rollout: its plan (waves, thresholds, gates), how each wave and each device went (state,
-durations, bytes sent, the error), every gate measurement against its bound, the timeline from the journal, and
-what operators did to it (approvals, pauses, rollbacks) from the audit trail.
+"""The report of one rollout: its plan (waves, thresholds, gates, the shadow step), how each wave and each device
+went (state, durations, bytes sent, the error), every gate measurement against its bound (the shadow gate's too), the
+shadow step's figures per device (candidate against active model), the timeline from the journal, and what operators
+did to it (approvals, pauses, rollbacks) from the audit trail.
 
 The plan is read as the inventory stores it (ResolvedPlan.to_dict()): reports sit beside fleetdesk.rollout and
 do not import it.
@@ -16,7 +17,7 @@ from typing import Any
 from fleetdesk.inventory import Inventory
 from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.audit import AuditFilter, AuditRepo
-from fleetdesk.inventory.rollouts import JournalEntry, RolloutRepo
+from fleetdesk.inventory.rollouts import TAKEOVER, JournalEntry, RolloutRepo
 from fleetdesk.reports.document import Cell, Chart, Column, Fact, Report, Series, Table, stamp
 from fleetdesk.reports.selection import Filters, chosen_devices, scope_text
 
@@ -35,6 +36,13 @@ WAVE_COLUMNS = (Column("wave", "Wave", 0.5), Column("devices", "Devices", 0.6), 
 GATE_COLUMNS = (Column("device", "Device", 1.6), Column("gate", "Gate", 1.0), Column("value", "Measured", 0.7),
                 Column("bound", "Bound", 0.7), Column("ok", "Pass", 0.4), Column("baseline", "Previous model", 0.8),
                 Column("note", "Note", 3.0))
+SHADOW_COLUMNS = (Column("device", "Device", 1.6), Column("verdict", "Verdict", 0.6),
+                  Column("compared", "Compared", 0.6), Column("dropped", "Dropped", 0.6),
+                  Column("failed", "Failed", 0.5),
+                  Column("agreement", "Agreement", 0.7), Column("cosine", "Cosine p50", 0.7),
+                  Column("max_abs", "Max abs diff p95", 0.8), Column("active_p95", "Active p95 ms", 0.7),
+                  Column("candidate_p95", "Candidate p95 ms", 0.8), Column("ratio", "p95 ratio", 0.6),
+                  Column("seconds", "Seconds", 0.6), Column("reason", "Reason", 2.6))
 TIMELINE_COLUMNS = (Column("at", "At", 1.2), Column("device", "Device", 1.6), Column("from", "From", 0.8),
                     Column("event", "Event", 0.8), Column("to", "To", 0.8), Column("detail", "Detail", 3.5))
 ACTION_COLUMNS = (Column("seq", "Entry", 0.4), Column("at", "At", 1.2), Column("operator", "Operator", 0.9),
@@ -69,6 +77,7 @@ def rollout_report(inventory: Inventory, rollout_id: int, filters: Filters) -> R
 
     device_rows: list[tuple[Cell, ...]] = []
     gate_rows: list[tuple[Cell, ...]] = []
+    shadow_rows: list[tuple[Cell, ...]] = []
     for row in sorted(rows, key=lambda r: (r.wave, names.get(r.device_id, ""), r.device_id)):
         seen = times.get(row.device_id, [])
         started, finished = (seen[0].at, seen[-1].at) if seen else (None, row.updated_at)
@@ -79,7 +88,12 @@ def rollout_report(inventory: Inventory, rollout_id: int, filters: Filters) -> R
                             stamp(started), stamp(finished),
                             round((finished - started).total_seconds(), 1) if started else None, row.error))
         baseline = row.gates.get("baseline") or {}
-        for gate, measured in sorted((row.gates.get("values") or {}).items()):
+        shadow = row.gates.get("shadow")
+        if isinstance(shadow, dict):
+            shadow_rows.append(_shadow_row(names.get(row.device_id, f"device {row.device_id}"), shadow))
+        measured_gates = {**{g: v for g, v in (shadow or {}).get("values", {}).items() if isinstance(v, dict)},
+                          **(row.gates.get("values") or {})}
+        for gate, measured in sorted(measured_gates.items()):
             gate_rows.append((names.get(row.device_id, f"device {row.device_id}"), gate, _number(measured.get("value")),
                               _number(measured.get("bound")), "yes" if measured.get("ok") else "no",
                               _number(baseline.get("p95_ms")) if gate.startswith("p95") else None,
@@ -108,6 +122,15 @@ def rollout_report(inventory: Inventory, rollout_id: int, filters: Filters) -> R
     if rollout.paused_reason:
         facts.append(Fact("Why it stopped", rollout.paused_reason))
     facts += [Fact(f"Gate {name}", "off" if value is None else value) for name, value in sorted(gates.items())]
+    facts.append(Fact("Shadow step", _shadow_plan(plan.get("shadow"))))
+    facts.append(Fact("Takeover", "automatic: a FleetDesk window on the same inventory takes it over when its driver "
+                      "stops" if plan.get("takeover") == "auto" else
+                      "ask: an operator takes it over when its driver stops"))
+    takeovers = [e for e in journal if e.device_id is None and e.event == TAKEOVER]
+    if takeovers:
+        facts.append(Fact("Taken over", "; ".join(
+            f"{stamp(e.at)}: from {e.detail.get('previous', '?')} to {e.detail.get('driver', '?')} "
+            f"({e.detail.get('why', '')})" for e in takeovers)))
     facts += [Fact(f"Devices {state}", count) for state, count in sorted(states.items())]
     chart = Chart("by_state", "Devices by state", "bar", tuple(sorted(states)),
                   (Series("devices", tuple(float(states[s]) for s in sorted(states))),), unit="devices")
@@ -116,6 +139,8 @@ def rollout_report(inventory: Inventory, rollout_id: int, filters: Filters) -> R
         Table("devices", "Devices", DEVICE_COLUMNS, tuple(device_rows), empty="no device of this rollout matches"),
         Table("gates", "Gate measurements against their bounds", GATE_COLUMNS, tuple(gate_rows),
               empty="no gate was measured"),
+        Table("shadow", "Shadow step: the candidate beside the active model on mirrored requests", SHADOW_COLUMNS,
+              tuple(shadow_rows), empty="no device ran a shadow step"),
         Table("timeline", "Timeline (the rollout's journal)", TIMELINE_COLUMNS, tuple(
             (stamp(e.at), names.get(e.device_id, "") if e.device_id is not None else "(rollout)", e.from_state,
              e.event, e.to_state, _detail(e.detail)) for e in journal
@@ -133,6 +158,39 @@ def _policy(plan: dict[str, Any], wave: int) -> dict[str, Any]:
     if wave < len(own) and own[wave]:
         return dict(own[wave])
     return dict(plan.get("policy") or {})
+
+
+def _shadow_plan(shadow: Any) -> str:
+    if not isinstance(shadow, dict):
+        return "none"
+    judged = [f"agreement >= {shadow['min_agreement']:g}" if shadow.get("min_agreement") is not None else "",
+              f"p95 ratio <= {shadow['p95_ratio_max']:g}" if shadow.get("p95_ratio_max") is not None else ""]
+    return (f"{'canary wave' if shadow.get('waves') == 'canary' else 'every device'}: share {shadow.get('share')}, "
+            f"{shadow.get('min_requests')} requests within {shadow.get('max_wait_s')} s"
+            + "".join(f", {j}" for j in judged if j) + f"; skipped (memory) counts as {shadow.get('on_skip')}")
+
+
+def _shadow_row(device: str, shadow: dict[str, Any]) -> tuple[Cell, ...]:
+    """One device's shadow verdict and figures (DeviceSteps keeps them in the row's gates["shadow"])."""
+    found = shadow.get("figures")
+    figures: dict[str, Any] = found if isinstance(found, dict) else {}
+    outputs = [o for o in (figures.get("outputs") or {}).values() if isinstance(o, dict)]
+    cosines = [_number((o.get("cosine") or {}).get("p50")) for o in outputs]
+    diffs = [_number((o.get("max_abs_diff") or {}).get("p95")) for o in outputs]
+    agreement = (shadow.get("values") or {}).get("shadow_agreement") or {}
+    if shadow.get("applies") is False:
+        verdict = "n/a"
+    elif shadow.get("skipped"):
+        verdict = f"skipped, {'pass' if shadow.get('passed') else 'fail'}"
+    else:
+        verdict = "pass" if shadow.get("passed") else "fail"
+    return (device, verdict, figures.get("compared"), figures.get("dropped"), figures.get("failed"),
+            _number(agreement.get("value")), min((c for c in cosines if c is not None), default=None),
+            max((d for d in diffs if d is not None), default=None),
+            _number((figures.get("active_ms") or {}).get("p95")),
+            _number((figures.get("candidate_ms") or {}).get("p95")),
+            _number(figures.get("p95_ratio")), _number(shadow.get("seconds")),
+            str(shadow.get("reason") or shadow.get("why") or shadow.get("skipped") or ""))
 
 
 def _number(value: Any) -> float | None:

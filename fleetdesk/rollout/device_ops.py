@@ -23,6 +23,7 @@ from fleetdesk.errors import (
     ArtifactStoreError,
     AuthFailedError,
     CommandTimeoutError,
+    DatabaseUnreachableError,
     DiskFullError,
     FleetDeskError,
     HostKeyChangedError,
@@ -173,7 +174,10 @@ class DeviceOps:
 
     @staticmethod
     def _step_error(exc: FleetDeskError, device: Device, step: str) -> FleetDeskError:
-        """UnreachableError stays (LOST); any other transport failure becomes a RolloutStepError."""
+        """UnreachableError stays (LOST), and so does the inventory's database going away (the engine rides it out);
+        any other transport failure becomes a RolloutStepError."""
+        if isinstance(exc, DatabaseUnreachableError):
+            return exc
         if isinstance(exc, (UnreachableError, RolloutStepError)):
             if exc.device is None:
                 exc.device = device.name
@@ -400,6 +404,29 @@ class DeviceOps:
 
     async def rollback(self, device: Device) -> dict[str, Any]:
         return await self._agent(device, "rollback", "rollback", timeout=self.load_wait_s + 120)
+
+    # -- the shadow step ------------------------------------------------------------------------------------
+
+    async def shadow_start(self, device: Device, artifact_id: str, share: float, expires_s: float) -> dict[str, Any]:
+        """Load the staged artifact beside the active model and mirror `share` of live requests to it (the agent's
+        `shadow start`, which asks the running model server), keeping the profile's shadow_margin_mb of memory free
+        (the agent's default when the profile names none). The server stops it by itself `expires_s` after its
+        start if nothing stopped it (this laptop went away). Codes: low-memory (the device cannot hold both),
+        not-ready / no-server (no active model served), not-found (not staged), and the verification's."""
+        profile = self.fleet.profiles.profiles.get(device.profile) if device.profile else None
+        margin = profile.shadow_margin_mb if profile is not None else None
+        return await self._agent(device, "shadow", "shadow", "start", artifact_id, "--share", f"{share:g}",
+                                 "--expires", f"{expires_s:g}",
+                                 *(("--margin-mb", str(margin)) if margin is not None else ()),
+                                 timeout=self.load_wait_s + 120)
+
+    async def shadow_status(self, device: Device) -> dict[str, Any]:
+        """The running shadow's figures (state "running"), else what the last one came to (stopped, refused)."""
+        return await self._agent(device, "shadow", "shadow", "status", timeout=120)
+
+    async def shadow_stop(self, device: Device) -> dict[str, Any]:
+        """Stop mirroring and unload the candidate; its final figures. Code not-found: none runs."""
+        return await self._agent(device, "shadow", "shadow", "stop", timeout=120)
 
     # -- measuring -----------------------------------------------------------------------------------------
 

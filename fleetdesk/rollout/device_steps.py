@@ -18,6 +18,7 @@ from fleetdesk.agent_client import AgentView
 from fleetdesk.errors import (
     AuthFailedError,
     CommandTimeoutError,
+    DatabaseUnreachableError,
     DiskFullError,
     FleetDeskError,
     HostKeyChangedError,
@@ -31,7 +32,7 @@ from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.records import Device
 from fleetdesk.inventory.rollouts import DeviceRow
 from fleetdesk.rollout.device_ops import DeviceOps
-from fleetdesk.rollout.gates import SERVING, GateSample, evaluate
+from fleetdesk.rollout.gates import SERVING, GateSample, evaluate, evaluate_shadow, shadow_agreement
 from fleetdesk.rollout.journal import RolloutJournal
 from fleetdesk.rollout.plan import ResolvedPlan, RolloutPlan
 
@@ -39,6 +40,8 @@ from fleetdesk.rollout.plan import ResolvedPlan, RolloutPlan
 PLANNED, RUNNING, PAUSED, WAITING = "planned", "running", "paused", "waiting-approval"
 ABORTED, DONE, ROLLING_BACK, ROLLED_BACK, FAILED = "aborted", "done", "rolling-back", "rolled-back", "failed"
 FINISHED = frozenset({ABORTED, DONE, ROLLED_BACK, FAILED})
+# How long after a shadow step's time bound the device stops the shadow by itself if this laptop has not.
+SHADOW_EXPIRY_MARGIN_S = 300.0
 
 
 class Emit(Protocol):
@@ -53,6 +56,12 @@ def lost(exc: BaseException) -> bool:
     """True when the device stopped answering (LOST, not failed): it may come back. A dropped session is an
     UnreachableError (ConnectionLostError); a step past its timeout leaves the device's state unknown too."""
     return isinstance(exc, (TimeoutError, asyncio.TimeoutError, UnreachableError, CommandTimeoutError))
+
+
+def _database(exc: BaseException) -> bool:
+    """True when the inventory's database went away: never the device's failure. The step's handlers let it pass;
+    the engine stops at the next safe point and rides it out (RolloutJournal keeps what the step learned)."""
+    return isinstance(exc, DatabaseUnreachableError)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -117,6 +126,7 @@ class DeviceSteps:
     # is otherwise noticed only by SSH keepalives (90 s, fleetdesk/transport/asyncssh_transport.py) or the
     # step timeout. The resumed push re-sends at most the block that was in flight.
     stall_timeout_s = 30.0
+    shadow_interval_s = 2.0  # between looks at a running shadow's figures
 
     def __init__(self, fleet: Fleet, ops: DeviceOps, db: RolloutJournal, *, emit: Emit) -> None:
         self.fleet = fleet
@@ -127,8 +137,8 @@ class DeviceSteps:
 
     async def running(self, rid: int) -> bool:
         """Whether the rollout's status (in the inventory: another process may have paused or aborted it) is
-        still running."""
-        return await self.db.status(rid) == RUNNING
+        still running, and the inventory reachable: while it is not, no new step starts."""
+        return await self.db.status(rid) == RUNNING and not self.db.unreachable and not self.db.keeping(rid)
 
     async def _device(self, device_id: int) -> Device:
         device = await self.db.device_of(device_id)
@@ -177,6 +187,8 @@ class DeviceSteps:
                         finally:
                             watch.cancel()
             except Exception as exc:  # every failure is journaled as one of two events
+                if _database(exc):
+                    raise
                 await begin()
                 if meter.stalled:
                     exc = UnreachableError(f"the transfer to {device.name} stalled: no byte moved for "
@@ -225,6 +237,10 @@ class DeviceSteps:
             if row.state == st.STAGED:
                 if not await self.running(rid):
                     return
+                shadowed = await self._shadow(rid, plan, wave, device, row)
+                if shadowed is None or shadowed.state != st.STAGED:
+                    return  # the rollout stopped meanwhile (still staged), or the candidate failed (failed)
+                row = shadowed
                 # The model it runs now: from the baseline when the p95-ratio gate needs one (benching the old model
                 # costs 2-3 s a device), else from the activation's answer (its "previous"): no call of its own.
                 previous = baseline = None
@@ -233,18 +249,18 @@ class DeviceSteps:
                         baseline = await self._step(plan, self.ops.baseline(device, None))
                         previous = baseline.model
                     except Exception as exc:
-                        if lost(exc):
+                        if lost(exc) or _database(exc):
                             raise
                         self.emit(rid, "note", device_id, st.STAGED,
                                   f"{device.name}: no baseline on the current model ({message(exc)}); "
                                   "the latency ratio gate has nothing to compare with")
                 row = await self.record(rid, device_id, st.ACTIVATE, previous_artifact=previous,
-                                        gates={"baseline": _sample_dict(baseline)},
+                                        gates={"baseline": _sample_dict(baseline), **_shadow_of(row)},
                                         detail={"previous": previous, "baseline": _sample_dict(baseline)})
                 try:
                     answer = await self._step(plan, self.ops.activate(device, row.artifact, plan.confirm_within_s))
                 except Exception as exc:
-                    if lost(exc):
+                    if lost(exc) or _database(exc):
                         raise
                     # The agent refused or the model did not load; make sure nothing stays switched.
                     with contextlib.suppress(Exception):
@@ -263,7 +279,7 @@ class DeviceSteps:
                 try:
                     answer = await self._step(plan, self.ops.confirm(device, row.artifact))
                 except Exception as exc:
-                    if lost(exc):
+                    if lost(exc) or _database(exc):
                         raise
                     code = getattr(exc, "code", None)
                     # deadline-passed: the agent already went back on its own (the confirmation came too late).
@@ -275,11 +291,116 @@ class DeviceSteps:
             if row.state == st.ROLLING_BACK:
                 await self._undo(rid, plan, device, row)
         except Exception as exc:
+            if _database(exc):
+                raise
             state = (await self.db.device(rid, device_id)).state
             event = st.LOST if lost(exc) else st.STEP_FAILED
             if (state, event) not in st.TABLE:
                 raise
             await self.record(rid, device_id, event, error=message(exc), detail={"step": state})
+
+    async def _shadow(self, rid: int, plan: RolloutPlan, wave: int, device: Device,
+                      row: DeviceRow) -> DeviceRow | None:
+        """The plan's shadow step on a staged device: the candidate beside the active model on mirrored requests
+        until min_requests were compared or the time bound, then the shadow gate (gates.evaluate_shadow) and the
+        candidate unloaded. The row: still staged when it passed (or the step does not apply to it), failed when
+        not; None when the rollout stopped running meanwhile (the device stays staged, the candidate unloaded).
+        Every figure goes to the journal and to the row's gates ("shadow")."""
+        shadow = plan.shadow
+        if shadow is None or not shadow.applies_to(wave):
+            return row
+        device_id = row.device_id
+        if any(e.event == st.SHADOW_PASSED for e in await self.db.journal(rid, device_id=device_id)):
+            return row  # it passed before a crash or a pause: activation goes on from there
+        row = await self.record(rid, device_id, st.SHADOW, detail={"candidate": row.artifact, **shadow.to_dict()})
+        started = time.monotonic()
+        try:
+            # The device ends it by itself a while after the time bound: a laptop gone mid-shadow (crashed, lid
+            # closed) leaves no candidate loaded beside the model.
+            figures = await self._step(plan, self.ops.shadow_start(device, row.artifact, shadow.share,
+                                                                   shadow.max_wait_s + SHADOW_EXPIRY_MARGIN_S))
+        except Exception as exc:
+            if lost(exc) or _database(exc):
+                raise
+            return await self._shadow_refused(rid, plan, device, row, exc)
+        running = True
+        try:
+            deadline = started + shadow.max_wait_s
+            while figures.get("state") == "running":  # the server stops it itself when its active model changes
+                if not await self.running(rid):
+                    return None
+                compared, failed = int(figures.get("compared") or 0), int(figures.get("failed") or 0)
+                if compared >= shadow.min_requests or failed or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(max(0.0, min(self.shadow_interval_s, deadline - time.monotonic())))
+                try:
+                    figures = await self._step(plan, self.ops.shadow_status(device))
+                except RolloutStepError as exc:
+                    if exc.code != "not-found":
+                        raise
+                    figures = {**figures, "state": "gone",
+                               "reason": "the model server no longer has the shadow (it restarted)"}
+                agreement, _ = shadow_agreement(figures)
+                ratio = figures.get("p95_ratio")
+                ratio = float(ratio) if isinstance(ratio, int | float) and not isinstance(ratio, bool) else None
+                compared = int(figures.get("compared") or 0)
+                self.emit(rid, "gates", device_id, st.STAGED,
+                          f"{device.name}: shadow {compared}/{shadow.min_requests} requests "
+                          f"compared, {int(figures.get('dropped') or 0)} dropped, agreement "
+                          f"{'-' if agreement is None else f'{agreement:.4f}'}, p95 ratio "
+                          f"{'-' if ratio is None else f'{ratio:g}'}",
+                          figures={"compared": float(compared), "agreement": agreement, "p95_ratio": ratio})
+            try:
+                figures = await self._step(plan, self.ops.shadow_stop(device))  # its final figures
+            except RolloutStepError as exc:
+                if exc.code != "not-found":
+                    raise
+                # The server stopped it already (its active model changed or it restarted): the last figures stand.
+            running = False
+        finally:
+            if running:  # stopped, failed or lost: the candidate must not stay loaded beside the model
+                with contextlib.suppress(Exception):
+                    await self._step(plan, self.ops.shadow_stop(device))
+        seconds = time.monotonic() - started
+        verdict = evaluate_shadow(shadow, figures, seconds=seconds)
+        found = {**verdict.to_dict(), "judged": True, "seconds": round(seconds, 3), "figures": _figures(figures)}
+        if figures.get("state") not in ("running", "stopped") or figures.get("reason") not in (None, "", "stopped"):
+            found["note"] = str(figures.get("reason") or figures.get("state"))
+        event = st.SHADOW_PASSED if verdict.passed else st.SHADOW_FAILED
+        self.emit(rid, "gates", device_id, st.STAGED,
+                  f"{device.name}: shadow gate {'passes' if verdict.passed else 'FAILS'}"
+                  + ("" if verdict.passed else f": {verdict.reason}"))
+        return await self.record(rid, device_id, event, gates={"shadow": found}, detail=found,
+                                 **({} if verdict.passed else {"error": f"shadow: {verdict.reason}"}))
+
+    async def _shadow_refused(self, rid: int, plan: RolloutPlan, device: Device, row: DeviceRow,
+                              exc: BaseException) -> DeviceRow:
+        """The server would not load the candidate beside its model. Too little memory: the step is skipped and
+        the plan's on_skip decides. No model served because the device runs none: nothing to compare with, the step
+        does not apply. Anything else (no server, a candidate that does not verify, load or match the active
+        model's inputs and outputs): the step failed, the device keeps its model."""
+        shadow = plan.shadow
+        assert shadow is not None
+        code = getattr(exc, "code", None)
+        why = message(exc)
+        if code in ("not-ready", "no-server"):
+            view = await self._step(plan, self.ops.view(device))
+            if view.current is None:
+                found = {"applies": False, "why": "the device runs no model: there is nothing to compare the candidate "
+                                                  "with", "code": code}
+                return await self.record(rid, row.device_id, st.SHADOW_PASSED, gates={"shadow": found}, detail=found)
+        if code == "low-memory":
+            verdict = evaluate_shadow(shadow, None, skipped=why)
+            found = {**verdict.to_dict(), "skipped": why, "code": code}
+        else:
+            found = {"passed": False, "values": {}, "reason": f"the candidate could not be shadowed: {why}",
+                     "code": code}
+        self.emit(rid, "gates", row.device_id, st.STAGED, f"{device.name}: shadow step "
+                  + (f"skipped: {why}" if code == "low-memory" else f"failed: {why}"))
+        if found["passed"]:
+            return await self.record(rid, row.device_id, st.SHADOW_PASSED, gates={"shadow": found}, detail=found)
+        return await self.record(rid, row.device_id, st.SHADOW_FAILED, gates={"shadow": found}, detail=found,
+                                 error=f"shadow: {found['reason']}")
 
     async def _verify(self, rid: int, resolved: ResolvedPlan, soak_s: float, device: Device,
                       row: DeviceRow) -> DeviceRow:
@@ -299,7 +420,7 @@ class DeviceSteps:
             try:
                 sample = await self._step(plan, self.ops.measure(device, row.artifact, plan.gates))
             except Exception as exc:
-                if lost(exc):
+                if lost(exc) or _database(exc):
                     raise
                 # A device whose health cannot be measured has not proved itself healthy.
                 return await self.record(rid, row.device_id, st.GATES_FAILED,
@@ -317,7 +438,8 @@ class DeviceSteps:
                 started = time.monotonic()  # the soak counts from the model being served
             samples.append(sample)
             result = evaluate(plan.gates, baseline, samples)
-            gates = {"baseline": _sample_dict(baseline), **result.to_dict(), "samples": len(samples)}
+            gates = {"baseline": _sample_dict(baseline), **result.to_dict(), "samples": len(samples),
+                     **_shadow_of(row)}
             await self.db.update(rid, row.device_id, gates=gates)
             self.emit(rid, "gates", row.device_id, st.VERIFYING,
                       f"{device.name}: gates {'pass' if result.passed else 'FAIL'} after {len(samples)} "
@@ -340,7 +462,7 @@ class DeviceSteps:
         try:
             answer = await self._step(plan, self.ops.rollback(device))
         except Exception as exc:
-            if lost(exc):
+            if lost(exc) or _database(exc):
                 raise
             return await self.record(rid, row.device_id, st.STEP_FAILED, error=message(exc),
                                      detail={"step": "rollback", "code": getattr(exc, "code", None)})
@@ -525,6 +647,17 @@ async def gather(works: Any) -> None:
     for result in results:
         if isinstance(result, BaseException):
             raise result
+
+
+def _shadow_of(row: DeviceRow) -> dict[str, Any]:
+    """The shadow step's verdict and figures the row holds, kept beside the health gates' ({} when none)."""
+    found = (row.gates or {}).get("shadow")
+    return {"shadow": found} if found is not None else {}
+
+
+def _figures(answer: dict[str, Any]) -> dict[str, Any]:
+    """The agent's shadow answer as figures for the journal (its line's type and command left out)."""
+    return {k: _plain(v) for k, v in answer.items() if k not in ("type", "command", "action")}
 
 
 def _plain(value: Any) -> Any:

@@ -23,16 +23,24 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.config import Settings
-from fleetdesk.errors import AccessDeniedError, ConfigError, FleetDeskError, RolloutConflictError
+from fleetdesk.errors import (
+    AccessDeniedError,
+    ConfigError,
+    DatabaseUnreachableError,
+    EditConflictError,
+    FleetDeskError,
+    RolloutConflictError,
+)
 from fleetdesk.files import exclusive_lock
 from fleetdesk.fleet import Fleet
 from fleetdesk.inventory import rollout_states as st
-from fleetdesk.inventory.records import Device
+from fleetdesk.inventory.records import Device, Edit
 from fleetdesk.inventory.rollouts import Lease, RolloutRepo, RolloutRow
 from fleetdesk.inventory.runtimes import DeviceRuntimes
 from fleetdesk.rollout import decide as dc
@@ -60,7 +68,7 @@ from fleetdesk.text import visible_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RolloutBusyError", "RolloutEngine", "RolloutEvent"]
+__all__ = ["RolloutBusyError", "RolloutEngine", "RolloutEvent", "Takeover"]
 
 
 class RolloutBusyError(FleetDeskError):
@@ -77,7 +85,7 @@ class RolloutEvent:
     """Something the operator may want to see: a device's new state, transfer progress, a gate's value."""
 
     rollout_id: int
-    kind: str  # "state" | "progress" | "gates" | "status" | "decision" | "note"
+    kind: str  # "state" | "progress" | "gates" | "status" | "decision" | "note" | "lease" (who drives it)
     device_id: int | None
     state: str | None
     message: str
@@ -85,9 +93,32 @@ class RolloutEvent:
     bytes_total: int = 0
     rate_bytes_s: float = 0.0
     eta_s: float | None = None
+    # A gate's figures as they stand, for a live plot: the shadow step's {"compared", "agreement", "p95_ratio"}
+    # (None where not measured yet).
+    figures: dict[str, float | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """What `RolloutEngine.take_over` did: took the rollout over (from `previous`, whose lease ran out; None when
+    nobody held it) and drove it until it stopped (`row`), or did not, and why (`reason`)."""
+
+    rollout_id: int
+    taken: bool
+    previous: str | None  # the driver taken over from ("host:pid")
+    reason: str  # why it was not taken over; "" when it was
+    waited_s: float  # how long it waited for the previous driver's lease to run out
+    row: RolloutRow  # the rollout as it stands at the end
+    lease: Lease | None = None  # who holds it, when not taken because another FleetDesk drives it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"taken": self.taken, "previous": self.previous, "reason": self.reason,
+                "waited_s": round(self.waited_s, 1),
+                "holder": None if self.lease is None else self.lease.driver,
+                "holder_until": None if self.lease is None else self.lease.until.isoformat()}
 
 
 class RolloutEngine:
@@ -100,6 +131,11 @@ class RolloutEngine:
     """
 
     unreachable_poll_s = 3.0  # how often an unreachable device is asked again
+    # While the inventory's database cannot be reached: the first try to reconnect after this long, then twice as
+    # long each time, capped.
+    reconnect_first_s = 1.0
+    reconnect_max_s = 30.0
+    takeover_check_s = LEASE_S / 3  # how often take_over looks again at a lease another FleetDesk holds
 
     def __init__(self, fleet: Fleet, store: ArtifactStore, *, repo: RolloutRepo | None = None,
                  ops: DeviceOps | None = None, on_event: Callable[[RolloutEvent], None] | None = None,
@@ -114,9 +150,13 @@ class RolloutEngine:
         self._lock_dir = lock_dir
         self._held: set[int] = set()  # the rollouts whose lock this process holds, while it drives them
         self._elsewhere: dict[int, Lease | None] = {}  # who drives a rollout this process found busy (None: local)
+        self._taken_from: dict[int, Lease] = {}  # the lease this process took each rollout over with
+        self._outages: dict[int, datetime] = {}  # rollouts driven when the database went away, and since when
         self.host = socket.gethostname()
         self.driver = f"{self.host}:{os.getpid()}"  # this process, as the lease names it
         self.steps = DeviceSteps(fleet, self.ops, self.db, emit=self._emit)
+        self.db.on_unreachable = self._database_lost
+        self.db.driving = lambda: bool(self._held)
 
     @property
     def actor(self) -> str:
@@ -150,6 +190,33 @@ class RolloutEngine:
         ids = [r.device_id for r in await self.db.devices(rollout_id)]
         await self.db.allow(permission, action, rollout_id, ids)
 
+    async def _check_seen(self, rollout_id: int, action: str, seen: int | None) -> None:
+        """An action chosen on a view older than another operator's action is refused (audited) before anything
+        else is decided: "nothing waits for approval" would hide that alice approved it a moment ago."""
+        if seen is None:
+            return
+        try:
+            await self.db.check_edit(rollout_id, Edit(by=self.actor, seen_version=seen), step=action)
+        except EditConflictError as exc:
+            await self._refused_edit(rollout_id, action, exc)
+            raise
+
+    async def _refused_edit(self, rollout_id: int, action: str, exc: EditConflictError) -> None:
+        await self.db.audit(action, "refused", rollout_id=rollout_id,
+                            detail={"changed_by": exc.changed_by, "version": exc.version, "seen": exc.seen_version})
+
+    async def _operator_status(self, rollout_id: int, action: str, status: str, row: RolloutRow, seen: int | None,
+                               **change: Any) -> RolloutRow:
+        """The status change of an operator's action, as their edit of the rollout (counted in its version): one
+        made from an older version than the stored one is refused (EditConflictError), audited, and changes
+        nothing. The driver's lease is not touched: who drives a rollout is not an operator's edit."""
+        edit = Edit(by=self.actor, seen_version=seen if seen is not None else row.version)
+        try:
+            return await self.db.set_status(rollout_id, status, edit=edit, **change)
+        except EditConflictError as exc:
+            await self._refused_edit(rollout_id, action, exc)
+            raise
+
     async def start(self, plan: RolloutPlan) -> int:
         """Resolve the plan against the inventory and the store, journal it as planned; nothing is touched yet."""
         actor = self.actor
@@ -166,26 +233,34 @@ class RolloutEngine:
                    f"{len(resolved.waves)} wave(s)")
         return row.id
 
-    async def pause(self, rollout_id: int, reason: str = "operator", *, witness: bool = True) -> RolloutRow:
+    async def pause(self, rollout_id: int, reason: str = "operator", *, witness: bool = True,
+                    seen: int | None = None) -> RolloutRow:
         """No new steps once the current ones end. `witness=False` (a closing window) skips handing the devices
-        the audit checkpoint, so the pause is not held up by a device that does not answer."""
+        the audit checkpoint, so the pause is not held up by a device that does not answer.
+
+        `seen` (here and in resume, approve, abort, rollback): the rollout's version the operator acted on (what
+        their window showed). Another operator's action since refuses this one (EditConflictError, naming them);
+        without it, the version read as the action starts is checked, so of two operators acting at once exactly
+        one acts."""
         row = await self.db.get(rollout_id)
         await self._allow("deploy", "pause", rollout_id)
+        await self._check_seen(rollout_id, "pause", seen)
         if row.status not in (RUNNING, PLANNED, WAITING):
             await self.db.audit("pause", "refused", rollout_id=rollout_id, detail={"status": row.status})
             raise ConfigError(f"rollout {rollout_id} is {row.status}; only a running or waiting one can be paused",
                               fix="see `fleetdesk rollout status ID`")
-        row = await self.db.set_status(rollout_id, PAUSED, reason=reason, expect=row.status)
+        row = await self._operator_status(rollout_id, "pause", PAUSED, row, seen, reason=reason, expect=row.status)
         await self.db.audit("pause", "ok", rollout_id=rollout_id, detail={"reason": reason})
         if witness:
             await self._witness(rollout_id)
         self._emit(rollout_id, "status", None, PAUSED, f"rollout {rollout_id} paused: {reason}")
         return row
 
-    async def resume(self, rollout_id: int) -> RolloutRow:
+    async def resume(self, rollout_id: int, *, seen: int | None = None) -> RolloutRow:
         """A paused rollout runs again (call `run` to drive it); a crashed running one is left running."""
         row = await self.db.get(rollout_id)
         await self._allow("deploy", "resume", rollout_id)
+        await self._check_seen(rollout_id, "resume", seen)
         if row.status not in (PAUSED, RUNNING, PLANNED):
             await self.db.audit("resume", "refused", rollout_id=rollout_id, detail={"status": row.status})
             hint = "approve it: `fleetdesk rollout approve ID`" if row.status == WAITING else \
@@ -193,7 +268,7 @@ class RolloutEngine:
             raise ConfigError(f"rollout {rollout_id} is {row.status}, not paused", fix=hint)
         retried: list[int] = []
         if row.status == PAUSED:
-            row = await self.db.set_status(rollout_id, RUNNING, expect=PAUSED)
+            row = await self._operator_status(rollout_id, "resume", RUNNING, row, seen, expect=PAUSED)
             retried = await self._retry_failed_before_switch(rollout_id)
         await self.db.audit("resume", "ok", rollout_id=rollout_id, device_ids=tuple(retried),
                             detail={"retried": retried} if retried else None)
@@ -210,20 +285,24 @@ class RolloutEngine:
             if row.state != st.FAILED:
                 continue
             journal = await self.db.journal(rid, device_id=row.device_id)
-            if any(e.event == st.ACTIVATE for e in journal):
+            # A candidate the shadow gate judged and failed would fail again: only what stopped the step before a
+            # verdict (no server, too little memory) is worth another try.
+            if any(e.event == st.ACTIVATE or (e.event == st.SHADOW_FAILED and e.detail.get("judged"))
+                   for e in journal):
                 continue
             await self.steps.record(rid, row.device_id, st.RETRY, error="",
                                     detail={"by": self.actor, "failed": row.error})
             retried.append(row.device_id)
         return retried
 
-    async def approve(self, rollout_id: int) -> RolloutRow:
+    async def approve(self, rollout_id: int, *, seen: int | None = None) -> RolloutRow:
         """The operator lets the next wave start (call `run` to drive it).
 
         Needs the approve permission over the rollout's devices; under four-eyes (the plan's approval_by_other)
         the operator who started the rollout may not approve its waves."""
         row = await self.db.get(rollout_id)
         await self._allow("approve", "approve", rollout_id)
+        await self._check_seen(rollout_id, "approve", seen)
         if row.plan.get("approval_by_other") and row.actor == self.actor:
             reason = (f"rollout {rollout_id} needs its waves approved by another operator than {row.actor}, "
                       "who started it (four-eyes)")
@@ -237,25 +316,27 @@ class RolloutEngine:
         rows = await self.db.devices(rollout_id)
         started = [r.wave for r in rows if r.state != st.PENDING]  # the waiting wave: the last one started
         wave = max(started) if started else 0
-        row = await self.db.set_status(rollout_id, RUNNING, expect=WAITING)
+        row = await self._operator_status(rollout_id, "approve", RUNNING, row, seen, expect=WAITING)
         await self.db.audit("approve", "ok", rollout_id=rollout_id,
                             device_ids=tuple(r.device_id for r in rows if r.wave == wave + 1), detail={"wave": wave})
         await self._witness(rollout_id)
         self._emit(rollout_id, "status", None, RUNNING, f"rollout {rollout_id}: wave {wave + 2} approved")
         return row
 
-    async def abort(self, rollout_id: int) -> RolloutRow:
+    async def abort(self, rollout_id: int, *, seen: int | None = None) -> RolloutRow:
         """No new steps; a device under verification rolls back, one not yet activated is skipped.
 
         When another process drives the rollout, it does that at its next step; otherwise it is done here.
         """
         row = await self.db.get(rollout_id)
         await self._allow("deploy", "abort", rollout_id)
+        await self._check_seen(rollout_id, "abort", seen)
         if row.status in FINISHED or row.status == ROLLING_BACK:
             await self.db.audit("abort", "refused", rollout_id=rollout_id, detail={"status": row.status})
             raise ConfigError(f"rollout {rollout_id} is {row.status} already; there is nothing to abort",
                               fix="roll it back instead: `fleetdesk rollout rollback ID`")
-        row = await self.db.set_status(rollout_id, ABORTED, reason="aborted by the operator", expect=row.status)
+        row = await self._operator_status(rollout_id, "abort", ABORTED, row, seen, reason="aborted by the operator",
+                                          expect=row.status)
         self._emit(rollout_id, "status", None, ABORTED, f"rollout {rollout_id} aborted")
         outcome = "ok"
         async with self._try_lock(rollout_id) as mine:
@@ -269,8 +350,8 @@ class RolloutEngine:
         await self._witness(rollout_id)
         return await self.db.get(rollout_id)
 
-    async def rollback(self, rollout_id: int, *, device_id: int | None = None, wave: int | None = None
-                       ) -> RolloutRow:
+    async def rollback(self, rollout_id: int, *, device_id: int | None = None, wave: int | None = None,
+                       seen: int | None = None) -> RolloutRow:
         """Put devices back on the model they ran before: one device, one wave (0-based), or the whole rollout.
 
         Devices that switched are told to roll back (only when they still run the rollout's artifact, so a
@@ -281,6 +362,7 @@ class RolloutEngine:
         resolved = ResolvedPlan.from_dict(row.resolved)
         rows = await self.db.devices(rollout_id)
         await self._allow("deploy", "rollback", rollout_id)
+        await self._check_seen(rollout_id, "rollback", seen)
         if device_id is not None:
             chosen = [r for r in rows if r.device_id == device_id]
             if not chosen:
@@ -306,12 +388,14 @@ class RolloutEngine:
             chosen = [now[i] for i in ids]
             whole = device_id is None and wave is None
             if whole:
-                row = await self.db.set_status(rollout_id, ROLLING_BACK, reason="rollback by the operator")
+                row = await self._operator_status(rollout_id, "rollback", ROLLING_BACK, row, seen,
+                                                  reason="rollback by the operator")
                 self._emit(rollout_id, "status", None, ROLLING_BACK, f"rollout {rollout_id} rolling back")
             elif row.status == RUNNING:
                 # The engine is not driving it (we hold the lock): a part rolled back leaves it paused, so the
                 # next `resume` decides again with these devices counted.
-                row = await self.db.set_status(rollout_id, PAUSED, reason="a part was rolled back by the operator")
+                row = await self._operator_status(rollout_id, "rollback", PAUSED, row, seen,
+                                                  reason="a part was rolled back by the operator")
             results = await asyncio.gather(*(self.steps.rollback_one(rollout_id, resolved, r, close_pending=whole)
                                              for r in chosen), return_exceptions=True)
             problems = [r for r in results if isinstance(r, BaseException)]
@@ -344,50 +428,136 @@ class RolloutEngine:
                 found.append(row.id)
         return found
 
+    async def take_over(self, rollout_id: int, *, wait: bool = True) -> Takeover:
+        """Drive a rollout whose driver stopped: the one way an operator (`fleetdesk rollout run ID --take-over`)
+        and a window (by itself, for a plan with takeover "auto") take a rollout over.
+
+        While another FleetDesk's lease is live, waits, looking again every `takeover_check_s` (sooner when the
+        lease ends sooner) and telling who holds it and until when (`lease` events); `wait=False` looks once.
+        Once the lease ran out it takes it (of several FleetDesks asking at once exactly one gets it:
+        RolloutRepo.take_lease), which journals a "takeover" entry naming both drivers and audits
+        rollout.takeover; then it drives the rollout as `run` does after `recover`: each device the journal shows
+        mid-switch is asked where it is, nothing staged is sent again and nothing finished is redone.
+        Stops waiting (not taken, and says why) when the rollout is not running (any more): paused, waiting for
+        approval, done or aborted elsewhere, or planned and never started. Needs the deploy permission over the
+        rollout's devices.
+        """
+        if rollout_id in self._held:  # run() below would drive it a second time in this process
+            row = await self.db.get(rollout_id)
+            why = f"rollout {rollout_id} is driven by this FleetDesk already: nothing to take over"
+            return Takeover(rollout_id, False, None, why, 0.0, row)
+        await self._allow("deploy", "takeover", rollout_id)
+        started = time.monotonic()
+        waiting, told, told_at = False, None, 0.0  # the holder last told of ("host:pid"; None: a local process)
+        while True:
+            waited = time.monotonic() - started
+            row = await self.db.get(rollout_id)
+            if row.status != RUNNING:
+                # A planned one was saved to be started by an operator (`rollout resume`, the window's Start): no
+                # driver stopped, and taking it over would start it.
+                why = (f"rollout {rollout_id} is {row.status}"
+                       + (f" ({visible_text(row.paused_reason)})" if row.paused_reason else "")
+                       + (" now, changed elsewhere while waiting" if waiting else "")
+                       + (": nothing to take over" if row.status != PLANNED else
+                          ", not started: start it with `fleetdesk rollout resume ID`"))
+                self._emit(rollout_id, "lease", None, row.status, why)
+                return Takeover(rollout_id, False, None, why, waited, row)
+            async with self._try_lock(rollout_id) as mine:
+                if mine:
+                    taken = self._taken_from.pop(rollout_id, None)
+                    if (await self.db.get(rollout_id)).status != RUNNING:
+                        continue  # paused or finished between the look above and the lease: said at the top
+                    previous = taken.previous if taken is not None else None
+                    driven = await self.run(rollout_id)
+                    return Takeover(rollout_id, True, previous, "", waited, driven)
+            lease = self._elsewhere.get(rollout_id)
+            why = self._driven_elsewhere(rollout_id)
+            if not wait:
+                return Takeover(rollout_id, False, None, why, waited, row, lease)
+            holder = None if lease is None else lease.driver
+            # Told when the wait starts, when another FleetDesk holds it, and once a minute while it lasts.
+            if not waiting or holder != told or time.monotonic() - told_at >= 60:
+                self._emit(rollout_id, "lease", None, row.status,
+                           f"{why}: waiting for it to stop (looking again every {self.takeover_check_s:g} s)")
+                told_at = time.monotonic()
+            waiting, told = True, holder
+            delay = self.takeover_check_s
+            if lease is not None:  # look again right after it runs out, not up to takeover_check_s later
+                delay = min(delay, max(0.0, (lease.until - lease.now).total_seconds()) + 0.05)
+            await asyncio.sleep(delay)
+
     # -- driving ---------------------------------------------------------------------------------------------
 
+    def driving(self, rollout_id: int) -> bool:
+        """Whether this process holds the rollout's lease now (drives it, or acts on it as its driver)."""
+        return rollout_id in self._held
+
     async def run(self, rollout_id: int) -> RolloutRow:
-        """Drive the rollout until it is done, paused, waiting for approval, aborted or failed."""
+        """Drive the rollout until it is done, paused, waiting for approval, aborted or failed.
+
+        When the inventory's database cannot be reached meanwhile, the steps under way finish (what they learn is
+        kept in memory), nothing new starts, and the engine tries to reconnect with backoff (`_ride_out`); once
+        the database answers it writes what was kept and pauses the rollout with the outage as its reason (audited),
+        then returns, or drives on when the plan says so (on_database_loss "resume"). A rollout another FleetDesk
+        took over meanwhile is left to it (RolloutBusyError, saying so)."""
         async with self._try_lock(rollout_id) as mine:
             if not mine:
                 raise RolloutBusyError(self._driven_elsewhere(rollout_id),
-                                       fix="watch it with `fleetdesk rollout status ID`, or pause it there")
-            row = await self.db.get(rollout_id)
-            if row.status == PLANNED:
-                row = await self.db.set_status(rollout_id, RUNNING, expect=PLANNED)
-                self._emit(rollout_id, "status", None, RUNNING, f"rollout {rollout_id} running")
-            if row.status == ABORTED:
-                resolved = ResolvedPlan.from_dict(row.resolved)
-                await self.steps.settle_abort(rollout_id, resolved, [d.device_id for d in resolved.devices])
-                return await self.db.get(rollout_id)
-            if row.status != RUNNING:
-                return row
-            resolved = ResolvedPlan.from_dict(row.resolved)
-            # Whatever a crash left between "journaled" and "done": ask the agents before any new step.
-            await self.steps.reconcile_all(rollout_id)
-            approved = {a.after.get("wave") for a in await self.db.audit_log(rollout_id)
-                        if a.action == "rollout.approve" and a.outcome == "ok"}
-            for wave in range(len(resolved.waves)):
-                decision = await self._run_wave(rollout_id, resolved, wave)
-                if decision is None:
-                    break  # stopped by a status change: it is already in the database
-                self._emit(rollout_id, "decision", None, None, decision.reason)
-                if decision.action == dc.NEXT_WAVE or (decision.action == dc.APPROVE and wave in approved):
-                    continue
-                status = {dc.APPROVE: WAITING, dc.DONE: DONE, dc.PAUSE: PAUSED}[decision.action]
+                                       fix="watch it with `fleetdesk rollout status ID`, or pause it there; if that "
+                                           "FleetDesk stopped, `fleetdesk rollout run ID --take-over` takes it over "
+                                           "once its lease runs out")
+            while True:
+                row: RolloutRow | None = None
                 try:
-                    await self.db.set_status(rollout_id, status, reason=decision.reason, expect=RUNNING)
-                except RolloutConflictError:
-                    break  # paused or aborted elsewhere a moment ago: that status stands
-                if status == PAUSED:
-                    await self.db.audit("pause", "ok", rollout_id=rollout_id, device_ids=tuple(resolved.waves[wave]),
-                                        detail={"by": "fleetdesk", "wave": wave, **decision.to_dict()})
-                self._emit(rollout_id, "status", None, status, f"rollout {rollout_id} {status}: {decision.reason}")
-                break
-            row = await self.db.get(rollout_id)
-            if row.status == ABORTED:
-                await self.steps.settle_abort(rollout_id, resolved, [d.device_id for d in resolved.devices])
+                    row = await self._drive(rollout_id)
+                except DatabaseUnreachableError as exc:
+                    self.db.lost(exc)  # found by a device's step (its reach) rather than the journal: the same
+                    self._outages.setdefault(rollout_id, self.db.unreachable_since or datetime.now(UTC))
+                if self.db.unreachable:
+                    self._outages.setdefault(rollout_id, self.db.unreachable_since or datetime.now(UTC))
+                if rollout_id not in self._outages and row is not None:
+                    return row
+                if not await self._ride_out(rollout_id):
+                    return await self.db.get(rollout_id)
+
+    async def _drive(self, rollout_id: int) -> RolloutRow:
+        """`run`'s work, with the lease held: the waves from the journal, until the rollout stops."""
+        row = await self.db.get(rollout_id)
+        if row.status == PLANNED:
+            row = await self.db.set_status(rollout_id, RUNNING, expect=PLANNED)
+            self._emit(rollout_id, "status", None, RUNNING, f"rollout {rollout_id} running")
+        if row.status == ABORTED:
+            resolved = ResolvedPlan.from_dict(row.resolved)
+            await self.steps.settle_abort(rollout_id, resolved, [d.device_id for d in resolved.devices])
             return await self.db.get(rollout_id)
+        if row.status != RUNNING:
+            return row
+        resolved = ResolvedPlan.from_dict(row.resolved)
+        # Whatever a crash left between "journaled" and "done": ask the agents before any new step.
+        await self.steps.reconcile_all(rollout_id)
+        approved = {a.after.get("wave") for a in await self.db.audit_log(rollout_id)
+                    if a.action == "rollout.approve" and a.outcome == "ok"}
+        for wave in range(len(resolved.waves)):
+            decision = await self._run_wave(rollout_id, resolved, wave)
+            if decision is None:
+                break  # stopped by a status change: it is already in the database
+            self._emit(rollout_id, "decision", None, None, decision.reason)
+            if decision.action == dc.NEXT_WAVE or (decision.action == dc.APPROVE and wave in approved):
+                continue
+            status = {dc.APPROVE: WAITING, dc.DONE: DONE, dc.PAUSE: PAUSED}[decision.action]
+            try:
+                await self.db.set_status(rollout_id, status, reason=decision.reason, expect=RUNNING)
+            except RolloutConflictError:
+                break  # paused or aborted elsewhere a moment ago: that status stands
+            if status == PAUSED:
+                await self.db.audit("pause", "ok", rollout_id=rollout_id, device_ids=tuple(resolved.waves[wave]),
+                                    detail={"by": "fleetdesk", "wave": wave, **decision.to_dict()})
+            self._emit(rollout_id, "status", None, status, f"rollout {rollout_id} {status}: {decision.reason}")
+            break
+        row = await self.db.get(rollout_id)
+        if row.status == ABORTED:
+            await self.steps.settle_abort(rollout_id, resolved, [d.device_id for d in resolved.devices])
+        return await self.db.get(rollout_id)
 
     async def _tally(self, rid: int, ids: Sequence[int]) -> dc.WaveTally:
         states = await self.db.states(rid, ids)
@@ -520,20 +690,132 @@ class RolloutEngine:
             self._held.add(rid)
             renewing = asyncio.create_task(self._renew_lease(rid), name=f"rollout {rid} lease")
             try:
+                if lease.previous is not None:
+                    await self._took_over(rid, lease)
                 yield True
             finally:
                 self._held.discard(rid)
+                self._taken_from.pop(rid, None)
+                if not self._held and self.db.unreachable:
+                    self.db.reconnected()  # nothing driven rides it out any more: the next call tries the database
                 renewing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewing
                 with contextlib.suppress(FleetDeskError):
                     await self.db.call(self.repo.release_lease, rid, self.driver)
 
+    async def _took_over(self, rid: int, lease: Lease) -> None:
+        """This process took the rollout over from a driver that stopped (the journal has it already): audited,
+        and told."""
+        self._taken_from[rid] = lease
+        previous = lease.previous or ""
+        host, _, pid = previous.rpartition(":")
+        why = "its process on this laptop is gone" if host == self.host else (
+            f"its lease ran out at {lease.previous_until:%H:%M:%S} UTC" if lease.previous_until else
+            "its lease ran out")
+        await self.db.audit("takeover", "ok", rollout_id=rid,
+                            detail={"previous": previous, "driver": self.driver, "why": why,
+                                    "takeover": (await self.db.get(rid)).plan.get("takeover", "ask")})
+        self._emit(rid, "lease", None, None, f"rollout {rid} taken over from the FleetDesk on {host} (process {pid}): "
+                   f"{why}; now driven by {self.host} (process {os.getpid()})")
+
+    # -- the database going away ----------------------------------------------------------------------------
+
+    def _database_lost(self, exc: DatabaseUnreachableError) -> None:
+        """The journal found the database unreachable: told at once for every rollout this process drives."""
+        since = self.db.unreachable_since or datetime.now(UTC)
+        for rid in sorted(self._held):
+            self._outages.setdefault(rid, since)
+            self._emit(rid, "note", None, None,
+                       f"rollout {rid}: database unreachable since {since:%H:%M:%S} UTC ({exc.message}): the steps "
+                       "under way finish, nothing new starts; retrying")
+
+    async def _ride_out(self, rid: int) -> bool:
+        """The database went away while driving, and every step under way has ended. Try to reconnect with backoff
+        (reconnect_first_s, doubling up to reconnect_max_s), telling each try; once it answers: take the lease
+        again, write what the steps kept, and pause the rollout with "database unreachable from HH:MM:SS to
+        HH:MM:SS UTC" (journaled and audited). True when `run` drives on (the plan's on_database_loss is "resume",
+        or the rollout's status changed elsewhere meanwhile and `_drive` acts on it); False when it stays paused.
+        RolloutBusyError when another FleetDesk took the rollout over meanwhile: this one stops, writing nothing."""
+        since = self._outages.get(rid) or self.db.unreachable_since or datetime.now(UTC)
+        try:
+            return await self._outage_ends(rid, since)
+        finally:
+            self._outages.pop(rid, None)
+
+    async def _outage_ends(self, rid: int, since: datetime) -> bool:
+        while True:
+            lease = await self._reconnect(rid, since)
+            until = datetime.now(UTC)
+            window = f"database unreachable from {since:%H:%M:%S} to {until:%H:%M:%S} UTC"
+            if lease.driver != self.driver:
+                dropped = self.db.forget_kept(rid)
+                self.db.reconnected()
+                entries = f"{len(dropped)} journal entr{'y' if len(dropped) == 1 else 'ies'}"
+                told = (f"rollout {rid}: {window}; meanwhile the FleetDesk on {lease.host} (process {lease.pid}) "
+                        "took it over: this one stops driving it"
+                        + (f" ({entries} of the steps it finished were not written: that FleetDesk asks each device "
+                           "where it is)" if dropped else ""))
+                log.warning("%s", told)
+                self._emit(rid, "lease", None, None, told)
+                raise RolloutBusyError(told, fix=f"watch it with `fleetdesk rollout status {rid}`")
+            self.db.reconnected()
+            try:
+                return await self._after_outage(rid, since, until, window)
+            except DatabaseUnreachableError as exc:
+                self.db.lost(exc)  # gone again before all was written: the same outage, from the same moment
+
+    async def _reconnect(self, rid: int, since: datetime) -> Lease:
+        """Try the database until it answers, with backoff; its first answer is this driver's lease, taken again."""
+        delay = self.reconnect_first_s
+        told_at = -1e9
+        while True:
+            if time.monotonic() - told_at >= 60 or delay <= self.reconnect_first_s:
+                told_at = time.monotonic()
+                self._emit(rid, "note", None, None,
+                           f"rollout {rid}: database unreachable since {since:%H:%M:%S} UTC, retrying (next try in "
+                           f"{delay:g} s; at most every {self.reconnect_max_s:g} s)")
+            await asyncio.sleep(delay)
+            try:
+                return await self.db.attempt(self.repo.take_lease, rid, self.driver, LEASE_S)
+            except DatabaseUnreachableError as exc:
+                log.info("rollout %s: the database is still unreachable: %s", rid, exc.message)
+                delay = min(delay * 2, self.reconnect_max_s)
+
+    async def _after_outage(self, rid: int, since: datetime, until: datetime, window: str) -> bool:
+        """The database answers again: what the steps kept is written, then the rollout is paused for the outage
+        (unless its status changed elsewhere meanwhile), and resumed at once when its plan says so."""
+        written = await self.db.write_kept(rid)
+        row = await self.db.get(rid)
+        self._emit(rid, "note", None, None, f"rollout {rid}: the database answers again ({window}); "
+                   f"{written} journal entr{'y' if written == 1 else 'ies'} kept meanwhile written")
+        if row.status != RUNNING:
+            return True  # paused, aborted... by an operator meanwhile: that stands, and _drive acts on it
+        try:
+            await self.db.set_status(rid, PAUSED, reason=window, expect=RUNNING)
+        except RolloutConflictError:
+            return True
+        await self.db.audit("pause", "ok", rollout_id=rid,
+                            detail={"by": "fleetdesk", "reason": window, "since": since.isoformat(),
+                                    "until": until.isoformat(), "kept": written})
+        self._emit(rid, "status", None, PAUSED, f"rollout {rid} paused: {window}")
+        if row.plan.get("on_database_loss", "pause") != "resume":
+            return False
+        await self.db.set_status(rid, RUNNING, expect=PAUSED)
+        await self.db.audit("resume", "ok", rollout_id=rid,
+                            detail={"by": "fleetdesk", "why": "its plan resumes it once the database answers again "
+                                                              "(on_database_loss: resume)"})
+        self._emit(rid, "status", None, RUNNING, f"rollout {rid} resumed: its plan says so once the database "
+                   "answers again (on_database_loss: resume)")
+        return True
+
     async def _renew_lease(self, rid: int) -> None:
         """Keep the lease while driving; say so when it was lost (this process was stopped longer than LEASE_S
         and another FleetDesk took the rollout over) or cannot be renewed (the inventory is unreachable)."""
         while True:
             await asyncio.sleep(LEASE_S / 3)
+            if self.db.unreachable or rid in self._outages:
+                continue  # the driver's reconnect loop tries the database, and takes the lease again when it answers
             try:
                 lease = await self.db.call(self.repo.take_lease, rid, self.driver, LEASE_S)
             except FleetDeskError as exc:

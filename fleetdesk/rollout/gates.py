@@ -1,4 +1,5 @@
-"""Health gates: what one measurement on a device holds (GateSample) and the verdict over a soak (evaluate).
+"""Health gates: what one measurement on a device holds (GateSample) and the verdict over a soak (evaluate); the
+shadow gate's verdict on a candidate's figures beside the active model (evaluate_shadow).
 
 Pure: no I/O. Every gate that is on is recorded with its measured value and bound; a gate whose measurement is
 missing fails (closed), with the reason in words, so a device is never confirmed on evidence nobody took.
@@ -10,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetdesk.rollout.policy import Gates
+from fleetdesk.rollout.policy import Gates, ShadowPolicy
 
 # Gate names, in the order a failure is reported (the first failing one is the reason).
 SERVING = "serving"
@@ -95,19 +96,27 @@ def _error_rate(samples: Sequence[GateSample]) -> tuple[float, int] | None:
     return (errors / requests if requests > 0 else 0.0), requests
 
 
+class _Tally:
+    """Each gate's value against its bound, and why those that failed did."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, Any]] = {}
+        self.reasons: dict[str, str] = {}
+
+    def record(self, gate: str, value: Any, bound: Any, ok: bool, why: str, note: str = "") -> None:
+        self.values[gate] = {"value": value, "bound": bound, "ok": ok, **({"note": note} if note else {})}
+        if not ok:
+            self.reasons[gate] = why
+
+
 def evaluate(gates: Gates, baseline: GateSample | None, samples: Sequence[GateSample]) -> GateResult:
     """Every gate that is on, over every sample of the soak: worst value against its bound.
 
     `baseline` is the same device measured on the model it ran before (for the p95 ratio); a baseline with no
     model (the device ran none) makes the ratio gate not apply. No samples, or a gate's value missing in all of
     them: that gate fails, with the reason."""
-    values: dict[str, dict[str, Any]] = {}
-    reasons: dict[str, str] = {}
-
-    def record(gate: str, value: Any, bound: Any, ok: bool, why: str, note: str = "") -> None:
-        values[gate] = {"value": value, "bound": bound, "ok": ok, **({"note": note} if note else {})}
-        if not ok:
-            reasons[gate] = why
+    tally = _Tally()
+    values, reasons, record = tally.values, tally.reasons, tally.record
 
     def missing(gate: str, bound: Any, what: str, default: str) -> None:
         note = _note(samples, gate, default)
@@ -192,4 +201,89 @@ def evaluate(gates: Gates, baseline: GateSample | None, samples: Sequence[GateSa
             worst = min(found)
             record(MEMORY, worst, bound, worst >= bound, f"free memory {worst:g}% is below the bound of {bound:g}%")
     first = next((g for g in GATE_ORDER if g in reasons), None)
+    return GateResult(passed=first is None, values=values, reason=reasons[first] if first else "")
+
+
+# -- the shadow gate ------------------------------------------------------------------------------------------
+
+SHADOW_SKIPPED = "shadow_skipped"  # the candidate could not be loaded beside the active model (memory)
+SHADOW_FAILURES = "shadow_failures"  # mirrored requests the candidate failed to run
+SHADOW_REQUESTS = "shadow_requests"  # mirrored requests compared
+SHADOW_AGREEMENT = "shadow_agreement"
+SHADOW_P95_RATIO = "shadow_p95_ratio"
+SHADOW_ORDER = (SHADOW_SKIPPED, SHADOW_FAILURES, SHADOW_REQUESTS, SHADOW_AGREEMENT, SHADOW_P95_RATIO)
+
+
+def _figure(data: Any, *path: str) -> float | None:
+    for key in path:
+        data = data.get(key) if isinstance(data, Mapping) else None
+    return float(data) if isinstance(data, int | float) and not isinstance(data, bool) else None
+
+
+def shadow_agreement(figures: Mapping[str, Any]) -> tuple[float | None, str]:
+    """How far the candidate agrees with the active model, and what that figure is: the top-1 agreement when the
+    outputs are class scores, else the lowest median cosine similarity over the outputs; None when nothing was
+    compared."""
+    top1 = _figure(figures, "top1_agreement")
+    if top1 is not None:
+        return top1, "top-1 agreement"
+    outputs = figures.get("outputs")
+    medians = [m for o in (outputs.values() if isinstance(outputs, Mapping) else ())
+               if (m := _figure(o, "cosine", "p50")) is not None]
+    if medians:
+        return min(medians), "median cosine similarity (the outputs are not class scores)"
+    return None, "no output was compared"
+
+
+def evaluate_shadow(policy: ShadowPolicy, figures: Mapping[str, Any] | None, *, skipped: str = "",
+                    seconds: float | None = None) -> GateResult:
+    """The shadow gate over a candidate's final figures (the agent's `shadow stop`/`status` answer).
+
+    `skipped`: why the candidate was not loaded (too little memory); the plan's on_skip is then the verdict.
+    Otherwise the candidate passes when it failed no mirrored request, at least min_requests were compared, and
+    agreement and p95 ratio are within their bounds (a bound that is on and has no figure fails, closed).
+    `seconds`: how long the shadow ran, for the reason's words."""
+    tally = _Tally()
+    values, reasons, record = tally.values, tally.reasons, tally.record
+
+    if skipped:
+        ok = policy.on_skip == "pass"
+        record(SHADOW_SKIPPED, True, f"on skip: {policy.on_skip}", ok,
+               f"the shadow step was skipped and the plan counts that as failed: {skipped}", skipped)
+        return GateResult(passed=ok, values=values, reason=reasons.get(SHADOW_SKIPPED, ""))
+    figures = figures or {}
+    failed = int(_figure(figures, "failed") or 0)
+    compared = int(_figure(figures, "compared") or 0)
+    dropped = int(_figure(figures, "dropped") or 0)
+    record(SHADOW_FAILURES, failed, 0, failed == 0,
+           f"the candidate failed to run {failed} mirrored request(s): {figures.get('last_failure') or 'no reason'}")
+    took = f" in {seconds:.0f} s" if seconds is not None else ""
+    record(SHADOW_REQUESTS, compared, policy.min_requests, compared >= policy.min_requests,
+           f"only {compared} mirrored request(s) were compared{took}, fewer than the {policy.min_requests} the plan "
+           "needs (too little traffic for the time bound, or the share is too small)",
+           f"{dropped} dropped while the candidate was busy" if dropped else "")
+    if policy.min_agreement is not None:
+        bound = policy.min_agreement
+        agreement, what = shadow_agreement(figures)
+        if agreement is None:
+            record(SHADOW_AGREEMENT, None, bound, False, f"agreement was not measured: {what}", what)
+        else:
+            record(SHADOW_AGREEMENT, agreement, bound, agreement >= bound,
+                   f"the candidate's {what} with the active model is {agreement:.4f}, below the bound {bound:g}", what)
+    if policy.p95_ratio_max is not None:
+        bound = policy.p95_ratio_max
+        candidate, active = _figure(figures, "candidate_ms", "p95"), _figure(figures, "active_ms", "p95")
+        if candidate is None or active is None or active <= 0:
+            record(SHADOW_P95_RATIO, None, bound, False, "the p95 ratio was not measured: no request was compared",
+                   "no request was compared")
+        else:
+            ratio = candidate / active
+            # As the health gate's ratio: a sub-millisecond model's p95 jitters by more than the bound allows.
+            within_slack = ratio > bound and candidate <= bound * active + P95_RATIO_SLACK_MS
+            record(SHADOW_P95_RATIO, round(ratio, 4), bound, ratio <= bound or within_slack,
+                   f"the candidate's p95 {candidate:g} ms is {ratio:.2f}x the active model's {active:g} ms on the same "
+                   f"requests, above the bound of {bound:g}x",
+                   f"candidate p95 {candidate:g} ms, active {active:g} ms" + (
+                       f"; within {P95_RATIO_SLACK_MS:g} ms of the bound: timer noise" if within_slack else ""))
+    first = next((g for g in SHADOW_ORDER if g in reasons), None)
     return GateResult(passed=first is None, values=values, reason=reasons[first] if first else "")

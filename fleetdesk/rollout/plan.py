@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fleetdesk.errors import ArtifactStoreError, PlanError, StoreEntryNotFoundError
 from fleetdesk.rollout.policy import (
+    DATABASE_LOSS_POLICIES,
+    TAKEOVER_POLICIES,
     UNREACHABLE_POLICIES,
     Gates,
+    ShadowPolicy,
     TransferPolicy,
     WavePolicy,
     _mapping,
@@ -63,6 +66,15 @@ class RolloutPlan:
     step_timeout_s: float = 600.0  # any single step on a device
     actor: str = ""  # the operator who started it (set by the engine: the acting operator)
     approval_by_other: bool = False  # four-eyes: a wave's approval must come from another operator than `actor`
+    shadow: ShadowPolicy | None = None  # the shadow step before activation (None: none)
+    # When the FleetDesk driving it stops (crash, lid closed, network gone) and its lease runs out: "ask" (an
+    # operator takes it over: `fleetdesk rollout run ID --take-over`) or "auto" (a FleetDesk window open on the same
+    # inventory takes it over by itself).
+    takeover: str = "ask"
+    # When the inventory's database cannot be reached mid-rollout, the steps under way finish and the driver
+    # reconnects; once it answers the rollout is paused with the outage as its reason, and then "pause" (an operator
+    # resumes it) or "resume" (the driver goes on by itself).
+    on_database_loss: str = "pause"
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -100,6 +112,18 @@ class RolloutPlan:
                                                fix="give seconds (more than 0)"))
         _set(self, "step_timeout_s", _number(self.step_timeout_s, "step_timeout_s", above=0,
                                              fix="give seconds (more than 0)"))
+        if self.shadow is not None and not isinstance(self.shadow, ShadowPolicy):
+            raise PlanError(f"{self.shadow!r} is not a shadow policy", field="shadow",
+                            fix="give a ShadowPolicy, or null for no shadow step")
+        if self.takeover not in TAKEOVER_POLICIES:
+            raise PlanError(f"{self.takeover!r} is not a takeover policy", field="takeover",
+                            fix='give "ask" (an operator takes over a rollout whose driver stopped) or "auto" (a '
+                                "FleetDesk window open on the same inventory takes it over by itself)")
+        if self.on_database_loss not in DATABASE_LOSS_POLICIES:
+            raise PlanError(f"{self.on_database_loss!r} is not a policy for the database going away",
+                            field="on_database_loss",
+                            fix='give "pause" (the rollout stays paused once the database is back, for an operator to '
+                                'resume) or "resume" (it goes on by itself)')
         if not isinstance(self.actor, str):
             raise PlanError(f"{self.actor!r} is not a name", field="actor", fix="give who starts the rollout")
         if not isinstance(self.approval_by_other, bool):
@@ -147,14 +171,16 @@ class RolloutPlan:
                 "gates": self.gates.to_dict(), "transfer": self.transfer.to_dict(), "unreachable": self.unreachable,
                 "unreachable_wait_s": self.unreachable_wait_s, "confirm_within_s": self.confirm_within_s,
                 "step_timeout_s": self.step_timeout_s, "actor": self.actor,
-                "approval_by_other": self.approval_by_other}
+                "approval_by_other": self.approval_by_other,
+                "shadow": None if self.shadow is None else self.shadow.to_dict(), "takeover": self.takeover,
+                "on_database_loss": self.on_database_loss}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutPlan:
         """A plan from JSON (a plan file, the journal); unknown fields and bad values raise PlanError."""
         data = _mapping(data, "", cls)
         kwargs: dict[str, Any] = {k: v for k, v in data.items()
-                                  if k not in ("policy", "wave_policies", "gates", "transfer")}
+                                  if k not in ("policy", "wave_policies", "gates", "transfer", "shadow")}
         if "policy" in data:
             kwargs["policy"] = WavePolicy.from_dict(data["policy"], name="policy")
         if "wave_policies" in data:
@@ -168,6 +194,8 @@ class RolloutPlan:
             kwargs["gates"] = Gates.from_dict(data["gates"])
         if "transfer" in data:
             kwargs["transfer"] = TransferPolicy.from_dict(data["transfer"])
+        if data.get("shadow") is not None:  # plans stored before the shadow step have none
+            kwargs["shadow"] = ShadowPolicy.from_dict(data["shadow"])
         if "model" not in kwargs:
             raise PlanError("no model given", field="model", fix="give NAME or NAME@VERSION of a stored model")
         return cls(**kwargs)
@@ -365,6 +393,25 @@ def _gate_lines(gates: Gates) -> list[str]:
     ]
 
 
+def _shadow_lines(shadow: ShadowPolicy | None, waves: int) -> list[str]:
+    if shadow is None:
+        return ["none: each device activates the new model as soon as it is staged"]
+    who = "every device" if shadow.waves == "all" or waves == 1 else "the devices of wave 1 (the canary's) only"
+    judged = [f"top-1 agreement (median cosine for outputs that are not class scores) at least {shadow.min_agreement:g}"
+              if shadow.min_agreement is not None else "agreement: not judged",
+              f"candidate p95 at most {shadow.p95_ratio_max:g} x the active model's on the same requests"
+              if shadow.p95_ratio_max is not None else "latency: not judged"]
+    skip = ("counts as failed (it keeps its model)" if shadow.on_skip == "fail" else
+            "is activated without a shadow")
+    return [f"{who}: after staging, the candidate runs beside the active model on {shadow.share:.4g} of the live "
+            "requests (the active model still answers them)",
+            f"verdict after {shadow.min_requests} compared requests, or after {_seconds(shadow.max_wait_s)} "
+            "(fewer requests by then: failed)",
+            *judged,
+            "failed: the candidate is unloaded, the device keeps its model and counts as failed",
+            f"a device with too little memory to load the candidate beside its model {skip}"]
+
+
 def _size(n: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
@@ -406,6 +453,8 @@ def plan_text(resolved: ResolvedPlan) -> str:
     lines.append("  An unreachable device counts as failed too." if plan.unreachable == "count" else
                  f"  An unreachable device does not count: the wave waits up to {_seconds(plan.unreachable_wait_s)} "
                  "for it.")
+    lines.append("Shadow step (before activation):")
+    lines.extend(f"  {line}" for line in _shadow_lines(plan.shadow, len(resolved.waves)))
     lines.append("Health gates (on each device after activation, and through the soak):")
     lines.extend(f"  {line}" for line in _gate_lines(plan.gates))
     transfer = plan.transfer
@@ -420,4 +469,23 @@ def plan_text(resolved: ResolvedPlan) -> str:
     lines.append(f"  a device that hears no confirmation within {_seconds(plan.confirm_within_s)} of its activation "
                  "goes back to its previous model by itself")
     lines.append(f"  every step on a device times out after {_seconds(plan.step_timeout_s)}")
+    lines.append(f"  takeover ({plan.takeover}): {takeover_text(plan.takeover)}")
+    lines.append(f"  database unreachable ({plan.on_database_loss}): {database_loss_text(plan.on_database_loss)}")
     return "\n".join(lines)
+
+
+def database_loss_text(policy: str) -> str:
+    """What the plan's on_database_loss means, in words (the plan, the status)."""
+    then = ("then resumes it by itself" if policy == "resume" else
+            "and it stays paused until an operator resumes it (`fleetdesk rollout resume ID`)")
+    return ("the steps under way finish, nothing new starts, the driver reconnects; once the database answers it "
+            f"pauses the rollout with the outage as the reason, {then}")
+
+
+def takeover_text(policy: str) -> str:
+    """What the plan's takeover policy means, in words (the plan, the status, the report)."""
+    if policy == "auto":
+        return ("when the FleetDesk driving it stops, a FleetDesk window open on the same inventory takes it over "
+                "by itself once its lease runs out")
+    return ("when the FleetDesk driving it stops, an operator takes it over once its lease runs out "
+            "(`fleetdesk rollout run ID --take-over`)")

@@ -1,6 +1,6 @@
-"""The policy parts of a rollout plan: wave sizes, thresholds, the wave policy, health gates and the transfer
-policy, each a frozen dataclass that checks its values and raises a PlanError naming the field. The plan that
-holds them, and its resolution to devices, is fleetdesk/rollout/plan.py.
+"""The policy parts of a rollout plan: wave sizes, thresholds, the wave policy, health gates, the transfer policy
+and the shadow step's policy, each a frozen dataclass that checks its values and raises a PlanError naming the
+field. The plan that holds them, and its resolution to devices, is fleetdesk/rollout/plan.py.
 
 Waves are written as Ansible writes `serial`: `[1, "10%", "50%", "100%"]` is one canary, then batches of 10%,
 50% and 100% of ALL the targeted devices, each rounded down but never below one device; the last value repeats
@@ -32,6 +32,12 @@ from typing import Any, TypeGuard, TypeVar
 from fleetdesk.errors import PlanError
 
 UNREACHABLE_POLICIES = ("wait", "count")
+# Who takes a rollout over when the FleetDesk driving it stops (its lease runs out): an operator who asks for it
+# (`fleetdesk rollout run ID --take-over`, the window's Take over), or any FleetDesk window open on the inventory.
+TAKEOVER_POLICIES = ("ask", "auto")
+# What the driver does once the inventory's database answers again after it could not be reached mid-rollout (the
+# steps under way finished, nothing new started): the rollout stays paused for an operator, or goes on by itself.
+DATABASE_LOSS_POLICIES = ("pause", "resume")
 _THRESHOLD_FIX = 'write a count of devices such as 2, or a share of the wave such as "10%"'
 _WAVES_FIX = 'write waves as Ansible writes serial, e.g. [1, "10%", "50%", "100%"]: counts >= 1 or shares "1%".."100%"'
 
@@ -359,4 +365,57 @@ class TransferPolicy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, name: str = "transfer") -> TransferPolicy:
+        return _flat_from_dict(cls, data, name)
+
+
+SHADOW_WAVES = ("all", "canary")
+SHADOW_ON_SKIP = ("fail", "pass")
+
+
+@dataclass(frozen=True)
+class ShadowPolicy:
+    """The shadow step: after staging and before activation, the device's model server loads the staged candidate
+    beside its active model and mirrors `share` of live requests to it, off the request path; the candidate is
+    activated only when, over at least `min_requests` compared requests (waited for up to `max_wait_s`), its
+    answers agree with the active model's (`min_agreement`: top-1 agreement for classifiers, else the median
+    cosine similarity) and its p95 latency is at most `p95_ratio_max` times the active model's. A device that
+    cannot load the candidate beside its model (too little memory) skips the step: `on_skip` says whether that
+    passes or fails it. `waves`: "all" shadows every device, "canary" only those of the first wave."""
+
+    share: float = 1.0  # of the live requests mirrored to the candidate, in (0, 1]
+    min_requests: int = 200  # compared requests before the verdict
+    min_agreement: float | None = 0.98  # None: not judged
+    p95_ratio_max: float | None = 1.2  # candidate p95 / active p95 on the same requests; None: not judged
+    max_wait_s: float = 600.0  # the time bound: fewer than min_requests by then fails the step
+    waves: str = "all"  # "all" | "canary"
+    on_skip: str = "fail"  # "fail" | "pass": what a device that could not load the candidate (memory) counts as
+
+    def __post_init__(self) -> None:
+        _set(self, "share", _number(self.share, "share", above=0, maximum=1,
+                                    fix="give the share of requests mirrored, above 0, at most 1 (0.25 = 1 in 4)"))
+        _set(self, "min_requests", int(_number(self.min_requests, "min_requests", minimum=1, whole=True,
+                                               fix="give how many mirrored requests the verdict needs (1 or more)")))
+        _set(self, "min_agreement", _optional(self.min_agreement, "min_agreement", minimum=0, maximum=1,
+                                              fix="give an agreement from 0 to 1 (0.98), or null to not judge it"))
+        _set(self, "p95_ratio_max", _optional(self.p95_ratio_max, "p95_ratio_max", above=0,
+                                              fix="give a ratio such as 1.2 (20% slower at most), or null"))
+        _set(self, "max_wait_s", _number(self.max_wait_s, "max_wait_s", above=0,
+                                         fix="give the longest the shadow may run, in seconds (more than 0)"))
+        if self.waves not in SHADOW_WAVES:
+            raise PlanError(f"{self.waves!r} is not a choice of waves", field="waves",
+                            fix='give "all" (every device shadows first) or "canary" (only the first wave\'s)')
+        if self.on_skip not in SHADOW_ON_SKIP:
+            raise PlanError(f"{self.on_skip!r} is not pass or fail", field="on_skip",
+                            fix='give "fail" (a device that cannot load the candidate beside its model keeps its '
+                                'model and counts as failed) or "pass" (it is activated without a shadow)')
+
+    def applies_to(self, wave: int) -> bool:
+        """Whether devices of wave `wave` (0-based) shadow first."""
+        return self.waves == "all" or wave == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return _flat_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, name: str = "shadow") -> ShadowPolicy:
         return _flat_from_dict(cls, data, name)

@@ -87,6 +87,11 @@ DEFAULT_THRESHOLDS: tuple[Threshold, ...] = (
     Threshold("cpu_pct", 95.0, hold_s=30.0, hysteresis=10.0),
     Threshold("mem_pct", 90.0, hold_s=10.0, hysteresis=5.0),
     Threshold("latency_p95_ms", 100.0, hold_s=10.0, hysteresis=10.0),
+    # Input drift: a population stability index over 0.25 is the usual reading of "the population has shifted
+    # significantly" (0.1-0.25 moderate; the convention of credit scoring, where PSI comes from), and a mean a whole
+    # reference standard deviation away is a different scene. Held 30 s: the device's window is 512 requests.
+    Threshold("drift_psi", 0.25, hold_s=30.0, hysteresis=0.1),
+    Threshold("drift_shift_sd", 1.0, hold_s=30.0, hysteresis=0.25),
 )
 
 
@@ -104,6 +109,14 @@ def thresholds_from_json(text: str) -> list[Threshold]:
     if not isinstance(data, list):
         raise ConfigError("the stored alert thresholds are not a list", fix="set the thresholds again")
     return check_thresholds([Threshold.from_dict(item) for item in data])
+
+
+def with_new_defaults(stored: Sequence[Threshold]) -> list[Threshold]:
+    """Stored thresholds, and the default rule of each metric they do not name: a metric FleetDesk learned to watch
+    after they were saved (input drift) is watched as a new installation watches it. Rules the operator switched
+    off are stored switched off, never dropped, so a metric they do not name did not exist when they were saved."""
+    named = {t.metric for t in stored}
+    return check_thresholds([*stored, *(t for t in DEFAULT_THRESHOLDS if t.metric not in named)])
 
 
 def check_thresholds(thresholds: Sequence[Threshold]) -> list[Threshold]:

@@ -13,7 +13,10 @@ The agent prints one JSON object per line (`fleetdesk/agent`, "telemetry"):
      "throttled": {"raw": "0x50005", "now": ["under-voltage", "throttled"], "since_boot": ["under-voltage"]},
      "inference": {"model": "<sha256>", "requests": 120, "rate_per_s": 9.8, "p50_ms": 3.1, "p95_ms": 5.0,
                    "p99_ms": 7.2, "errors": 0, "batch_mean": 1.6, "cache_hits": 4,
-                   "refused": null or {"artifact", "file", "code", "reason", "fix", "at"}},
+                   "refused": null or {"artifact", "file", "code", "reason", "fix", "at"},
+                   "drift": {"state": "watching", "inputs": {"<input>": {"requests": 512, "psi": 0.03,
+                                                                         "mean_shift_std": 0.2}}}
+                            or {"state": "off", "reason": "..."}},
      "sources": {"cpu": "/proc/stat", "gpu": "nvidia-smi", ...}}
 
 Every part but "t" may be missing or null (a Pi has no "gpu", a device without a model server no
@@ -46,6 +49,8 @@ METRICS: tuple[str, ...] = (
     "latency_p95_ms",
     "latency_p99_ms",
     "infer_errors",
+    "drift_psi",
+    "drift_shift_sd",
 )
 
 # What an operator reads on an axis or a column header.
@@ -65,6 +70,8 @@ METRIC_LABELS: dict[str, str] = {
     "latency_p95_ms": "Latency p95 ms",
     "latency_p99_ms": "Latency p99 ms",
     "infer_errors": "Inference errors",
+    "drift_psi": "Input drift (PSI)",
+    "drift_shift_sd": "Input mean shift (ref. std)",
 }
 
 
@@ -116,6 +123,10 @@ class Sample:
     latency_p95_ms: float | None = None
     latency_p99_ms: float | None = None
     infer_errors: float | None = None
+    # Input drift of the active model's live inputs against its import samples, the worst input: population
+    # stability index, and how far its mean moved in the reference's standard deviations (fleetdesk/agent/drift.py).
+    drift_psi: float | None = None
+    drift_shift_sd: float | None = None
     model: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     # The model server would not load an artifact (a file's hash or the signature did not verify): which file,
@@ -150,6 +161,7 @@ class Sample:
         sources = _part(obj, "sources")
         model = inference.get("model")
         refused = inference.get("refused")
+        drift_psi, drift_shift = _drift(inference.get("drift"))
         return cls(
             t=t,
             cpu_pct=_num(cpu.get("total")),
@@ -172,10 +184,23 @@ class Sample:
             latency_p95_ms=_num(inference.get("p95_ms")),
             latency_p99_ms=_num(inference.get("p99_ms")),
             infer_errors=_num(inference.get("errors")),
+            drift_psi=drift_psi,
+            drift_shift_sd=drift_shift,
             model=model if isinstance(model, str) else None,
             sources={str(k): str(v) for k, v in sources.items()},
             refused=refusal_text(refused) if isinstance(refused, Mapping) else None,
         )
+
+
+def _drift(drift: Any) -> tuple[float | None, float | None]:
+    """(PSI, mean shift) of the worst input while the server watches drift and has seen requests; else Nones."""
+    inputs = drift.get("inputs") if isinstance(drift, Mapping) and drift.get("state") == "watching" else None
+    if not isinstance(inputs, Mapping):
+        return None, None
+    scored = [d for d in inputs.values() if isinstance(d, Mapping) and (_num(d.get("requests")) or 0) > 0]
+    psis = [v for v in (_num(d.get("psi")) for d in scored) if v is not None]
+    shifts = [abs(v) for v in (_num(d.get("mean_shift_std")) for d in scored) if v is not None]
+    return max(psis, default=None), max(shifts, default=None)
 
 
 def refusal_text(refused: Mapping[str, Any]) -> str:

@@ -10,6 +10,7 @@ advances as fast as it likes. `hold()` pins a metric at a value, for a test that
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -90,7 +91,15 @@ class SimulatedDevice:
                                 "p50_ms": round(self.held.get("latency_p50_ms", self.latency), 2),
                                 "p95_ms": round(p95, 2),
                                 "p99_ms": round(self.held.get("latency_p99_ms", max(p95, self.latency * 2.2)), 2),
-                                "errors": 0, "batch_mean": 1.4, "cache_hits": 0}
+                                "errors": 0, "batch_mean": 1.4, "cache_hits": 0,
+                                # Inputs like the import samples: a small, slowly varying drift (no draw from the
+                                # random stream, so every other figure stays what it was).
+                                "drift": {"state": "watching", "sampled": self.seq, "dropped": 0, "inputs": {
+                                    "input": {"requests": min(self.seq, 512),
+                                              "psi": round(self.held.get("drift_psi",
+                                                                         0.03 + 0.015 * math.sin(self.seq / 40)), 4),
+                                              "mean_shift_std": round(self.held.get(
+                                                  "drift_shift_sd", 0.15 + 0.08 * math.sin(self.seq / 55)), 4)}}}}
             obj["sources"]["inference"] = "serve-stats.json"
         return json.dumps(obj)
 

@@ -46,7 +46,7 @@ from fleetdesk.models.report import (
 from fleetdesk.rollout.engine import RolloutEvent
 from fleetdesk.rollout.gates import GateSample, evaluate
 from fleetdesk.rollout.plan import RolloutPlan, plan_text, resolve
-from fleetdesk.rollout.policy import Gates, WavePolicy
+from fleetdesk.rollout.policy import Gates, ShadowPolicy, WavePolicy
 from fleetdesk.transport import credentials
 from tests.fixtures.models.build import save_cnn
 from tests.gui_harness import GuiSession, gui_session, shown_text
@@ -167,6 +167,40 @@ def test_the_wizard_defaults_live_wave_sizes_variants_and_plan_preview(session: 
     wizard.reject()
 
 
+def test_the_wizards_shadow_section_makes_the_plans_shadow_step(session: GuiSession) -> None:
+    """Off by default; switched on, its fields make the plan's ShadowPolicy (and the preview says it), a judged
+    figure unticked is not judged, and it goes off again with the box."""
+    window = session.window
+    wizard = open_wizard(session, all_ids(session))
+    assert not wizard.shadow_box.isChecked() and not wizard.shadow_share_spin.isEnabled()
+    assert wizard.plan().shadow is None
+    assert "none: each device activates the new model as soon as it is staged" in wizard.preview.toPlainText()
+    wizard.shadow_box.setChecked(True)
+    assert wizard.shadow_share_spin.isEnabled() and wizard.plan().shadow == ShadowPolicy()  # the same defaults
+    wizard.shadow_share_spin.setValue(25)
+    wizard.shadow_min_spin.setValue(300)
+    wizard.shadow_wait_spin.setValue(120)
+    wizard.shadow_judged["p95_ratio_max"][0].setChecked(False)
+    assert not wizard.shadow_judged["p95_ratio_max"][1].isEnabled()
+    wizard.shadow_judged["min_agreement"][1].setValue(0.95)
+    wizard.shadow_waves_combo.setCurrentIndex(wizard.shadow_waves_combo.findData("canary"))
+    wizard.shadow_skip_combo.setCurrentIndex(wizard.shadow_skip_combo.findData("pass"))
+    assert wizard.plan().shadow == ShadowPolicy(share=0.25, min_requests=300, min_agreement=0.95,
+                                                p95_ratio_max=None, max_wait_s=120.0, waves="canary", on_skip="pass")
+    preview = wizard.preview.toPlainText()
+    assert preview == plan_text(resolve(wizard.plan(), window.bridge.fleet.inventory,
+                                        window.bridge.models.artifact_store()))
+    assert "the devices of wave 1 (the canary's) only" in preview and "latency: not judged" in preview
+    assert wizard.start_button.isEnabled()
+    size = wizard.size()
+    wizard.resize(size.width(), 1900)
+    shot(wizard, "rollout-wizard-shadow")
+    wizard.resize(size)
+    wizard.shadow_box.setChecked(False)
+    assert wizard.plan().shadow is None and not wizard.shadow_min_spin.isEnabled()
+    wizard.reject()
+
+
 def test_the_wizard_opened_for_a_group_targets_the_group(session: GuiSession) -> None:
     """A model dropped on a group: the plan names the group (its members are resolved when it starts), not the
     devices that happen to be in it now."""
@@ -254,6 +288,94 @@ def test_a_planned_rollout_from_the_wizard_is_paused_and_aborted_through_the_eng
     statuses = [(e.from_state, e.to_state) for e in repo.journal(rid) if e.device_id is None]
     assert statuses == [("", "planned"), ("planned", "paused"), ("paused", "aborted")]
 
+
+def test_the_shadow_step_is_plotted_live_per_device_against_the_plans_bounds(session: GuiSession) -> None:
+    """A rollout whose plan shadows: the engine's shadow events (through the bridge's own handler) draw the chosen
+    device's agreement and p95 ratio against the requests compared, with the plan's bounds; another device's
+    events do not enter its curve; a plan without a shadow step shows no such plot."""
+    window = session.window
+    wizard = open_wizard(session, all_ids(session))
+    wizard.shadow_box.setChecked(True)
+    wizard.shadow_judged["min_agreement"][1].setValue(0.97)
+    session.call(lambda: wizard.plan_button.click())
+    view = window.rollouts_view
+    session.wait(lambda: view.detail is not None and view.detail.row.status == "planned", "the planned rollout")
+    rid = view.detail.row.id
+    canary, other = (d.device_id for d in sorted(view.detail.devices, key=lambda d: d.wave)[:2])
+    session.call(lambda: view.select_device(canary))
+    assert view.plot_tabs.isTabVisible(1) and view.shadow_plot.points == []
+    session.call(lambda: view.plot_tabs.setCurrentWidget(view.shadow_plot))
+    for compared, agreement, ratio in ((20, 1.0, 0.9), (60, 0.99, 1.05), (120, 0.985, 1.1)):
+        window.bridge.rollouts._rollout_event(RolloutEvent(
+            rid, "gates", canary, st.STAGED, f"shadow {compared}/200 requests compared",
+            figures={"compared": float(compared), "agreement": agreement, "p95_ratio": ratio}))
+    window.bridge.rollouts._rollout_event(RolloutEvent(
+        rid, "gates", other, st.STAGED, "shadow 10/200", figures={"compared": 10.0, "agreement": None,
+                                                                  "p95_ratio": None}))
+    session.call(lambda: view.select_device(canary))
+    assert view.shadow_plot.points == [(20.0, 1.0, 0.9), (60.0, 0.99, 1.05), (120.0, 0.985, 1.1)]
+    xs, ys = view.shadow_plot.agreement.getData()
+    assert list(xs) == [20.0, 60.0, 120.0] and list(ys) == [1.0, 0.99, 0.985]
+    assert sorted(line.value() for line in view.shadow_plot.bounds) == [0.97, 1.2]  # the plan's two bounds
+    assert "Shadow step of line1-ipc-01" in view.shadow_plot.getPlotItem().titleLabel.text
+    session.settle(0.2)
+    shot(view, "rollouts-shadow-plot")
+    session.call(lambda: view.select_device(other))
+    assert view.shadow_plot.points == [(10.0, None, None)]  # not measured yet: no point drawn, none invented
+    session.call(lambda: view.buttons["abort"].click())
+    session.wait(lambda: view.detail.row.status == "aborted", "aborted")
+
+    wizard = open_wizard(session, all_ids(session))
+    session.call(lambda: wizard.plan_button.click())
+    session.wait(lambda: view.detail is not None and view.detail.row.id != rid, "the rollout without a shadow")
+    assert not view.plot_tabs.isTabVisible(1) and not view.plot_tabs.tabBar().isVisible()
+    assert view.plot_tabs.currentWidget() is not view.shadow_plot
+
+
+def test_an_action_on_a_rollout_another_operator_acted_on_since_is_refused_naming_them(
+        session: GuiSession, world: Path) -> None:
+    """Another laptop (bob) pauses the rollout this window shows as planned: the window's Abort, clicked on that
+    view, is refused naming bob, nothing of it is written, and the view shows the rollout paused; clicked again
+    on that view, it aborts."""
+    from fleetdesk.fleet import Fleet
+    from fleetdesk.profiles import load_profiles
+    from fleetdesk.rollout.engine import RolloutEngine
+
+    window = session.window
+    wizard = open_wizard(session, all_ids(session)[:2])
+    session.call(lambda: wizard.plan_button.click())
+    view = window.rollouts_view
+    session.wait(lambda: view.detail is not None and view.detail.row.status == "planned", "the planned rollout")
+    rid = view.detail.row.id
+    assert view.detail.row.version == 1
+    rollouts = window.bridge.rollouts
+    # The view's own reads after the start are done: from here on it shows what it read, until it reads again.
+    session.wait(lambda: rollouts._refreshing is None or rollouts._refreshing.done(), "the view's reads done")
+    window.bridge.fleet.access.add_operator("bob", ["deployer"])
+    other_laptop = Fleet(open_inventory(f"sqlite:///{world / 'fleet.db'}"), load_profiles(), operator="bob")
+    try:
+        session.run(RolloutEngine(other_laptop, ArtifactStore.default()).pause(rid, "bob looks at line 1"),
+                    watch=False)
+    finally:
+        session.run(other_laptop.close(), watch=False)
+    assert view.detail.row.status == "planned"  # this window has not read it since
+
+    session.call(lambda: view.buttons["abort"].click())
+    session.wait(lambda: view.detail.row.status == "paused", "the view shows bob's pause")
+    activities = window.bridge.activities.all()
+    refused = next(a for a in activities if a.title == f"Abort rollout {rid}" and a.error is not None)
+    assert f"rollout {rid} (line-camera@1) was changed by bob at " in str(refused.error)
+    assert "now paused; you saw 1" in str(refused.error) and "your change was not made" in str(refused.error)
+    repo = RolloutRepo(window.bridge.fleet.inventory)
+    assert (repo.get(rid).status, repo.get(rid).version) == ("paused", 2)
+
+    session.call(lambda: view.buttons["abort"].click())
+    session.wait(lambda: view.detail.row.status == "aborted", "aborted from the view as it is now")
+    audit = [(a.operator, a.action, a.outcome) for a in reversed(
+        window.bridge.fleet.access.audit.entries(AuditFilter(target=f"rollout:{rid}")))]
+    assert [a[1:] for a in audit] == [("rollout.start", "planned"), ("rollout.pause", "ok"),
+                                      ("rollout.abort", "refused"), ("rollout.abort", "ok")]
+    assert audit[1][0] == "bob"
 
 def test_start_journals_the_rollout_then_drives_it_as_an_activity(session: GuiSession, world: Path) -> None:
     """Start = engine.start + engine.run in one activity. The run is refused here because the test holds the
@@ -362,7 +484,8 @@ def test_the_live_view_shows_waves_states_progress_and_gates(world: Path, screen
         hot = view.device_item(hot_id)
         assert hot.text(4) == "FAIL: temp" and hot.text(5) == "temperature 91 °C is above 85 °C"
         assert "--gates-failed--> rolling-back" in shown_text(hot.toolTip(2))
-        assert {a for a, b in view.buttons.items() if b.isEnabled()} == {"pause", "abort"}
+        # Running and driven by no process of this window: it may be taken over (after its driver's lease).
+        assert {a for a, b in view.buttons.items() if b.isEnabled()} == {"pause", "abort", "take-over"}
 
         # Progress through the bridge's real engine handler: bytes, bytes/s and the time left.
         copying = next(d.device_id for d in view.detail.devices if d.state == st.STAGING)

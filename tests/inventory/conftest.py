@@ -5,12 +5,15 @@ The `db_url` fixture runs each test that takes it on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fleetdesk.fleet import Fleet
 from fleetdesk.inventory import Inventory, open_inventory
+from fleetdesk.profiles import load_profiles
 from tests.conftest import skip_or_fail
 from tests.postgres import ClusterUnavailable, PostgresCluster, running_cluster
 
@@ -58,3 +61,15 @@ def inventory(db_url: str) -> Iterator[Inventory]:
     """An opened, migrated, empty inventory on each backend."""
     with open_inventory(db_url) as inventory:
         yield inventory
+
+
+@pytest.fixture
+def laptops(db_url: str) -> Iterator[tuple[Fleet, Fleet]]:
+    """Two operators on one inventory, each with a FleetDesk of their own: alice (its first admin) and bob."""
+    alice = Fleet(open_inventory(db_url), load_profiles(), operator="alice")
+    alice.access.require("administer", "operator.add")  # the first to act on a fresh inventory is its admin
+    alice.access.add_operator("bob", ["admin"])
+    bob = Fleet(open_inventory(db_url), load_profiles(), operator="bob")
+    yield alice, bob
+    for fleet in (alice, bob):
+        asyncio.run(fleet.close())

@@ -50,7 +50,7 @@ def names(fleet: Fleet) -> set[str]:
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
-    with small_disk(tmp_path / "small", "512k") as folder:
+    with small_disk(tmp_path / "small") as folder:
         yield folder
 
 

@@ -7,7 +7,6 @@ observes by itself (sightings, online state, probes) is not an edit and never ma
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,18 +15,6 @@ from fleetdesk.fleet import Fleet
 from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory.audit import AuditFilter
 from fleetdesk.inventory.records import Edit
-from fleetdesk.profiles import load_profiles
-
-
-@pytest.fixture
-def laptops(db_url: str) -> Iterator[tuple[Fleet, Fleet]]:
-    alice = Fleet(open_inventory(db_url), load_profiles(), operator="alice")
-    alice.access.require("administer", "operator.add")  # the first to act on a fresh inventory is its admin
-    alice.access.add_operator("bob", ["admin"])
-    bob = Fleet(open_inventory(db_url), load_profiles(), operator="bob")
-    yield alice, bob
-    for fleet in (alice, bob):
-        asyncio.run(fleet.close())
 
 
 def test_the_second_rename_from_an_outdated_view_is_refused_naming_who_changed_it(

@@ -38,7 +38,7 @@ def _revisions(engine: Engine) -> set[str]:
         return set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
 
 
-HEAD = "0013"  # the newest migration: 0013 gives a cleared alert its own event kind
+HEAD = "0017"  # the newest migration: 0017 adds the fleet's model catalogue
 
 
 def _sha256(path: Path) -> str:
@@ -221,3 +221,171 @@ def test_migration_0013_gives_the_cleared_alerts_of_earlier_releases_their_own_k
         engine.dispose()
     assert [tuple(k) for k in kinds] == [(raised.message, "alert"), (cleared.message, "alert.cleared"),
                                           ("cleared by hand", "alert"), ("telemetry stream lost", "stream")]
+
+
+def test_migration_0014_starts_the_groups_and_rollouts_of_earlier_releases_at_version_1_and_goes_back(
+        db_url: str) -> None:
+    from alembic import command
+
+    from fleetdesk.inventory.database import for_writing
+    from fleetdesk.inventory.migrate import alembic_config
+    from fleetdesk.inventory.records import Edit
+    from fleetdesk.inventory.rollouts import RolloutRepo
+
+    engine = open_database(db_url)
+    try:
+        upgrade(engine, "0013")
+        moment = {"t": datetime(2026, 12, 1, tzinfo=UTC)}
+        with engine.begin() as conn:  # written as 0013 would have
+            conn.execute(text("INSERT INTO devices (id, name, hostname, port, username, transport, source, first_seen,"
+                              " online, machine_id, arch, os_name, kernel, python, cpu_model, cpu_count, ram_mb,"
+                              " disk_total_mb, disk_free_mb, model, tegra_release, dmi_vendor, dmi_product, gpu,"
+                              " gpu_memory_mb) VALUES (3, 'drill', 'drill', 22, 'root', 'asyncssh', 'manual', :t,"
+                              " false, '', '', '', '', '', '', 0, 0, 0, 0, '', '', '', '', '', 0)"), moment)
+            conn.execute(text("INSERT INTO groups (id, name, created_at) VALUES (5, 'line A', :t)"), moment)
+            conn.execute(text("INSERT INTO group_members (group_id, device_id) VALUES (5, 3)"))
+            conn.execute(text("INSERT INTO rollouts (id, model_ref, plan, resolved, status, paused_reason, actor,"
+                              " created_at, updated_at) VALUES (9, 'cnn@2', '{}', '{}', 'paused', '', 'ann', :t, :t)"),
+                         moment)
+        upgrade(engine)
+        with open_inventory(db_url) as inventory:
+            assert inventory.group("line A").version == 1
+            repo = RolloutRepo(inventory)
+            assert (repo.get(9).version, repo.get(9).changed_by) == (1, None)
+            # An edit from version 1 goes through, then names who made it.
+            repo.set_status(9, "aborted", edit=Edit(by="alice", seen_version=1))
+            assert (repo.get(9).version, repo.get(9).changed_by) == (2, "alice")
+        with for_writing(engine).begin() as conn:
+            command.downgrade(alembic_config(conn), "0013")
+        assert _revisions(engine) == {"0013"}
+        for table in ("groups", "rollouts"):
+            assert "version" not in {c["name"] for c in inspect(engine).get_columns(table)}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT status FROM rollouts WHERE id = 9")).scalar_one() == "aborted"
+    finally:
+        engine.dispose()
+
+
+def test_migration_0015_stores_the_sqlite_history_by_device_and_keeps_every_minute(tmp_path: Path) -> None:
+    from alembic import command
+
+    from fleetdesk.inventory.database import for_writing
+    from fleetdesk.inventory.migrate import alembic_config
+
+    path = tmp_path / "inventory.db"
+    engine = open_database(f"sqlite:///{path}")
+
+    def table_sql() -> str:
+        with sqlite3.connect(path) as db:
+            return str(db.execute("SELECT sql FROM sqlite_master WHERE name = 'telemetry_minutes'").fetchone()[0])
+
+    def minutes() -> list[tuple[object, ...]]:
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT device_id, minute, samples, cpu_pct_avg, writer FROM telemetry_minutes "
+                              "ORDER BY device_id, minute").fetchall()
+
+    try:
+        with open_inventory(f"sqlite:///{path}") as inventory:
+            ids = [inventory.add_device(f"198.18.0.{n}", name=f"cam-{n}").id for n in (1, 2, 3)]
+        with for_writing(engine).begin() as conn:  # the history as releases before 0015 kept it
+            command.downgrade(alembic_config(conn), "0014")
+        with engine.begin() as conn:
+            for minute in range(30):  # as the live writer adds them: every device's minute together
+                for n in ids:
+                    conn.execute(text("INSERT INTO telemetry_minutes (device_id, minute, samples, cpu_pct_avg, writer)"
+                                      " VALUES (:n, :m, 60, :v, 'laptop:1')"),
+                                 {"n": n, "m": f"2026-12-01 00:{minute:02d}:00.000000", "v": n * 100.0 + minute})
+        before = minutes()
+        assert "WITHOUT ROWID" not in table_sql()
+
+        upgrade(engine)
+        assert table_sql().rstrip().endswith("WITHOUT ROWID")
+        assert minutes() == before
+        assert compare_metadata(MigrationContext.configure(engine.connect()), Base.metadata) == []
+        assert "ix_telemetry_minutes_minute" in {i["name"] for i in inspect(engine).get_indexes("telemetry_minutes")}
+        with engine.begin() as conn:  # the device's history still goes with the device
+            conn.execute(text("PRAGMA foreign_keys = ON"))
+            conn.execute(text("DELETE FROM devices WHERE id = :id"), {"id": ids[1]})
+        assert minutes() == [m for m in before if m[0] != ids[1]]
+
+        with for_writing(engine).begin() as conn:
+            command.downgrade(alembic_config(conn), "0014")
+        assert "WITHOUT ROWID" not in table_sql()
+        assert minutes() == [m for m in before if m[0] != ids[1]]
+    finally:
+        engine.dispose()
+
+
+def test_migration_0016_adds_input_drift_to_the_history_and_keeps_its_layout_and_minutes(db_url: str) -> None:
+    """Up and down on SQLite and PostgreSQL: the four drift columns come and go, every minute stays, and on SQLite
+    the table stays WITHOUT ROWID both ways (a batch rebuild would have lost it)."""
+    from alembic import command
+
+    from fleetdesk.inventory.database import for_writing
+    from fleetdesk.inventory.migrate import alembic_config
+
+    drift = {"drift_psi_avg", "drift_psi_max", "drift_shift_sd_avg", "drift_shift_sd_max"}
+    with open_inventory(db_url) as inventory:
+        device = inventory.add_device("198.18.0.9", name="cam-9").id
+    engine = open_database(db_url)
+
+    def columns() -> set[str]:
+        return {c["name"] for c in inspect(engine).get_columns("telemetry_minutes")}
+
+    def layout() -> str:
+        if engine.dialect.name != "sqlite":
+            return "WITHOUT ROWID"
+        with engine.connect() as conn:
+            return str(conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'telemetry_minutes'")).scalar())
+
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO telemetry_minutes (device_id, minute, samples, cpu_pct_avg, drift_psi_avg, "
+                              "drift_psi_max) VALUES (:d, :m, 60, 12.5, 0.3, 0.4)"),
+                         {"d": device, "m": datetime(2026, 12, 1, tzinfo=UTC)})
+        assert drift <= columns() and "WITHOUT ROWID" in layout()
+        with for_writing(engine).begin() as conn:
+            command.downgrade(alembic_config(conn), "0015")
+        assert not drift & columns() and "WITHOUT ROWID" in layout()
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT samples, cpu_pct_avg FROM telemetry_minutes")).all() == [(60, 12.5)]
+        upgrade(engine)
+        assert drift <= columns() and "WITHOUT ROWID" in layout()
+        assert compare_metadata(MigrationContext.configure(engine.connect()), Base.metadata) == []
+        with engine.connect() as conn:
+            back = conn.execute(text("SELECT cpu_pct_avg, drift_psi_avg FROM telemetry_minutes")).all()
+        assert back == [(12.5, None)]
+    finally:
+        engine.dispose()
+
+
+def test_migration_0017_adds_the_model_catalogue_announced_on_postgresql_and_goes_back(db_url: str) -> None:
+    from alembic import command
+
+    from fleetdesk.inventory.database import for_writing
+    from fleetdesk.inventory.migrate import alembic_config
+
+    engine = open_database(db_url)
+    try:
+        upgrade(engine, "0016")
+        assert "models" not in inspect(engine).get_table_names()
+        upgrade(engine)
+        assert _revisions(engine) == {"0017"}
+        assert {"name", "version", "baseline", "artifacts", "size_bytes", "record", "imported_by",
+                "imported_at"} <= {c["name"] for c in inspect(engine).get_columns("models")}
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT count(*) FROM pg_trigger WHERE tgname = 'fleetdesk_notify_change'"
+                                         " AND tgrelid = 'models'::regclass")).scalar_one() == 1
+        with for_writing(engine).begin() as conn:
+            command.downgrade(alembic_config(conn), "0016")
+        assert _revisions(engine) == {"0016"}
+        assert "models" not in inspect(engine).get_table_names()
+        if engine.dialect.name == "postgresql":  # 0010's triggers on the other tables are untouched
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT count(*) FROM pg_trigger WHERE tgname = 'fleetdesk_notify_change'"
+                                         )).scalar_one() == 11
+        upgrade(engine)  # and forward again
+        assert _revisions(engine) == {"0017"}
+    finally:
+        engine.dispose()

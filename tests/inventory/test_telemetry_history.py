@@ -65,10 +65,13 @@ def test_reports_read_averages_as_unix_minutes_and_maxima_per_device(inventory: 
 
 def test_reports_read_the_minutes_of_a_history_with_gaps_and_unmeasured_minutes(inventory: Inventory,
                                                                               repo: TelemetryRepo) -> None:
-    """A device whose rows cover every minute from its first to its last is read without its times; one with a
-    gap is read with them; a metric missing from some minutes is NaN there on both."""
+    """A device whose rows cover every minute from its first to its last is read without its times; one with
+    gaps is read with them; a metric missing from some minutes is NaN there on both."""
     gappy, steady = inventory.add_device("198.18.1.10"), inventory.add_device("198.18.1.11")
+    gappier = inventory.add_device("198.18.1.12")
+    kept = (0, 3, 4, 5, 9, 20, 21, 59)
     rows = [_summary(gappy.id, T0 + timedelta(minutes=i), 60, float(i)) for i in (1, 2, 4, 5)]
+    rows += [_summary(gappier.id, T0 + timedelta(minutes=i), 60, float(i)) for i in kept]
     rows += [_summary(steady.id, T0 + timedelta(minutes=i), 60, None if i == 2 else float(i)) for i in range(1, 5)]
     temp = MinuteSummary(steady.id, T0 + timedelta(minutes=3), 60, {"temp_c": 50.0}, {"temp_c": 51.0})
     repo.write_minutes([*rows, temp])
@@ -81,6 +84,11 @@ def test_reports_read_the_minutes_of_a_history_with_gaps_and_unmeasured_minutes(
     assert np.isnan(cpu[1]) and cpu[[0, 2, 3]].tolist() == [1.0, 3.0, 4.0]
     assert np.isnan(temp_c[[0, 1, 3]]).all() and temp_c[2] == 50.0
     assert second.maxima == {"cpu_pct": 4.0, "temp_c": 51.0}
+    [third] = repo.histories([gappier.id], ["cpu_pct"], T0, T0 + timedelta(hours=1))
+    assert third.minutes.tolist() == [start + 60 * i for i in kept]
+    assert third.averages["cpu_pct"].tolist() == [float(i) for i in kept]
+    [part] = repo.histories([gappier.id], ["cpu_pct"], T0 + timedelta(minutes=4), T0 + timedelta(minutes=21))
+    assert part.minutes.tolist() == [start + 60 * i for i in (4, 5, 9, 20)]
 
 
 def test_a_minute_written_twice_is_merged_not_duplicated(inventory: Inventory, repo: TelemetryRepo) -> None:

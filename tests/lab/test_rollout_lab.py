@@ -2,13 +2,17 @@
 (arm64 under qemu, jetson-orin-nano profile) and gpc-01 (x86_64, ipc-x86-nvidia), provisioned by FleetDesk with
 the test store's own key. A whole rollout in wave order; a model that does not load on the canary (paused, the
 rest untouched); a failed latency gate (the canary rolled back); `rollout start` SIGKILLed mid-wave and resumed
-(nothing half-switched, nothing finished sent again); the rollback of a whole rollout.
+(nothing half-switched, nothing finished sent again); the rollback of a whole rollout; the shadow step under live
+load from a generator on the devices (a different network fails it on the canary before it ever answers, a re-saved
+copy of the running model passes it and is activated); input drift of the generator's requests raising the
+laptop's drift alerts and clearing them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -20,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 from fleetdesk.agent_client import AgentView
 from fleetdesk.artifacts.signing import FleetSigningKey
-from fleetdesk.artifacts.store import ArtifactStore, write_golden
+from fleetdesk.artifacts.store import ArtifactStore, write_golden, write_reference
 from fleetdesk.fleet import Fleet
+from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory import rollout_states as st
 from fleetdesk.models import inspect_model
 from fleetdesk.models.report import (
@@ -41,16 +47,19 @@ from fleetdesk.profiles import ProfileSet, load_profiles
 from fleetdesk.rollout.device_ops import DeviceOps
 from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent
 from fleetdesk.rollout.plan import RolloutPlan
-from fleetdesk.rollout.policy import Gates, WavePolicy
+from fleetdesk.rollout.policy import Gates, ShadowPolicy, WavePolicy
 from fleetdesk.runtime.agentfiles import agent_tree
 from fleetdesk.runtime.provision import provision
 from fleetdesk.runtime.store import RuntimeStore
 from fleetdesk.runtime.wheelhouse import build_runtime
+from fleetdesk.telemetry.alerts import DEFAULT_THRESHOLDS, AlertEvent, AlertMonitor
+from fleetdesk.telemetry.buffers import TelemetryStore
+from fleetdesk.telemetry.hub import TelemetryHub
 from tests.fixtures.models.build import save_cnn
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
 from tests.lab.conftest import Fleet as LabFleet
 from tests.lab.laptop import LabLaptop
-from tests.lab.rollout_fixtures import devices_in, rollout_audit
+from tests.lab.rollout_fixtures import device_shell, devices_in, rollout_audit
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 __all__ = ["keyring_daemon"]
@@ -87,12 +96,20 @@ class Laptop(LabLaptop):
         return engine
 
 
-def add_model(store: ArtifactStore, work: Path, name: str, seed: int, *, loadable: bool = True) -> str:
+def add_model(store: ArtifactStore, work: Path, name: str, seed: int, *, loadable: bool = True,
+              resaved: bool = False, reference: bool = False) -> str:
     """A small CNN signed into the store with golden outputs; every profile gets the same artifact. With
-    loadable=False the profiles' chosen variant is a validly signed file that is not ONNX: it fails to load."""
+    loadable=False the profiles' chosen variant is a validly signed file that is not ONNX: it fails to load. With
+    resaved=True the network of that seed saved again with another doc string: other bytes, the same answers. With
+    reference=True it carries input statistics of 16 standard-normal images, as an import with such samples writes
+    them (the inputs LOAD_GENERATOR sends unless told to shift them)."""
     folder = work / f"{name}-src"
     folder.mkdir(parents=True)
     path = save_cnn(folder / "model.onnx", seed=seed)
+    if resaved:
+        model = onnx.load(str(path))
+        model.doc_string = f"{name}: the same weights saved again"
+        onnx.save_model(model, path)
     card = inspect_model(path, name=name)
     rng = np.random.default_rng(seed)
     feeds = [{"image": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
@@ -108,7 +125,12 @@ def add_model(store: ArtifactStore, work: Path, name: str, seed: int, *, loadabl
         chosen = "graph"
     report = OptimizationReport(card.sha256, len(feeds), False, "test feeds", Tolerance(), tuple(
         ProfileResult(profile, ("graph",), variants, chosen) for profile in sorted(set(PROFILE_OF.values()))))
-    record = store.add_model(card, report, name=name, version="1", source_folder=folder, golden=golden)
+    statistics = None
+    if reference:
+        samples = [{"image": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(16)]
+        statistics = write_reference(samples, work / f"{name}-input_reference.json")
+    record = store.add_model(card, report, name=name, version="1", source_folder=folder, golden=golden,
+                             reference=statistics)
     artifacts = {record.artifacts.get(p, record.baseline) for p in PROFILE_OF.values()}
     assert len(artifacts) == 1
     return artifacts.pop()
@@ -126,6 +148,8 @@ def laptop(fleet: LabFleet, keyring_daemon: KeyringDaemon, tmp_path_factory: pyt
     for seed, name in enumerate(("m1", "m2", "m3"), start=1):
         laptop.models[f"{name}@1"] = add_model(laptop.store, work, name, seed)
     laptop.models["broken@1"] = add_model(laptop.store, work, "broken", 9, loadable=False)
+    laptop.models["m1-resaved@1"] = add_model(laptop.store, work, "m1-resaved", 1, resaved=True)
+    laptop.models["watched@1"] = add_model(laptop.store, work, "watched", 5, reference=True)
     runtimes = RuntimeStore(data / "runtimes")
     x86 = asyncio.run(build_runtime(PROFILES.get("ipc-x86"), runtimes))[0]
     arm = asyncio.run(build_runtime(PROFILES.get("rpi4"), runtimes))[0]  # CPU onnxruntime for aarch64
@@ -267,6 +291,185 @@ def test_a_failed_latency_gate_rolls_the_canary_back_and_pauses(laptop: Laptop) 
     laptop.with_fleet(work)
 
 
+# Runs on a device (its python3, standard library only): POSTs random 1x3x32x32 images to the model server, as a
+# camera's client would, until the shadow it saw running has stopped (so that no request meets the activation
+# after it), argv[2] seconds passed, or the test asks it to stop (ROOT/run/loadgen.stop). The pixels are normal
+# with standard deviation 1 around the mean in ROOT/run/loadgen.mean (0 without it), read before every batch.
+LOAD_GENERATOR = r"""
+import base64, http.client, json, os, random, struct, sys, time
+root, until = sys.argv[1], time.time() + float(sys.argv[2])
+seen = False
+while time.time() < until and not os.path.exists(os.path.join(root, "run", "loadgen.stop")):
+    try:
+        with open(os.path.join(root, "run", "serve-address.json")) as f:
+            address = json.load(f)
+        host = "127.0.0.1" if address["host"] in ("", "0.0.0.0", "::") else address["host"]
+        conn = http.client.HTTPConnection(host, int(address["port"]), timeout=10)
+        try:
+            with open(os.path.join(root, "run", "loadgen.mean")) as f:
+                mean = float(f.read())
+        except (OSError, ValueError):
+            mean = 0.0
+        for _ in range(10):
+            data = struct.pack("<3072f", *(random.gauss(mean, 1) for _ in range(3072)))
+            body = {"inputs": {"image": {"dtype": "float32", "shape": [1, 3, 32, 32],
+                                         "data_b64": base64.b64encode(data).decode()}}}
+            conn.request("POST", "/v1/infer", json.dumps(body), {"Content-Type": "application/json"})
+            conn.getresponse().read()
+        conn.request("GET", "/v1/health")
+        shadow = json.loads(conn.getresponse().read()).get("shadow") or {}
+        conn.close()
+    except (OSError, ValueError, KeyError, http.client.HTTPException):
+        time.sleep(0.2)
+        continue
+    running = shadow.get("state") == "running"
+    if seen and not running:
+        break
+    seen = seen or running
+"""
+
+
+def load_generator(lab: LabFleet, name: str, seconds: float) -> None:
+    """Start LOAD_GENERATOR on the device, detached from the SSH session that starts it."""
+    # `;`, not `&&`: the `&` would background the whole list, whose output is the SSH channel, and ssh would wait.
+    device_shell(lab, name, "rm -f /opt/fleetdesk/run/loadgen.stop /opt/fleetdesk/run/loadgen.mean; "
+                            "setsid nohup python3 -c "
+                            f"{shlex.quote(LOAD_GENERATOR)} /opt/fleetdesk {seconds:g} </dev/null >/dev/null 2>&1 &")
+
+
+def stop_load(lab: LabFleet, *names: str) -> None:
+    """Every load generator on these devices stops after its current batch (at most a few seconds)."""
+    for name in names:
+        device_shell(lab, name, "mkdir -p /opt/fleetdesk/run && touch /opt/fleetdesk/run/loadgen.stop")
+    time.sleep(3.0)
+
+
+def test_the_shadow_step_fails_a_different_network_before_it_answers_and_passes_the_same_one(
+        fleet: LabFleet, laptop: Laptop) -> None:
+    running, different, same = (laptop.models[m] for m in ("m1@1", "m2@1", "m1-resaved@1"))
+    shadow = ShadowPolicy(share=0.5, min_requests=30, min_agreement=0.98, max_wait_s=90,
+                          p95_ratio_max=None)  # the lab's shared cores make sub-millisecond ratios noise
+
+    def shadow_plan(model: str, **kwargs: Any) -> RolloutPlan:
+        return RolloutPlan(model=model, devices=tuple(ids.values()), waves=(1, "100%"), gates=GATES,
+                           step_timeout_s=180.0, **kwargs)
+
+    ids: dict[str, int] = {}
+
+    async def work(fleet_: Fleet) -> None:
+        ids.update({n: fleet_.inventory.device(n).id for n in (GPU, X86)})  # gpc-01 first by name: the canary
+        events: list[RolloutEvent] = []
+        engine = laptop.engine(fleet_, events)
+        # Both devices run m1 first (whatever the tests before left on them): the model the candidates shadow.
+        rid = await engine.start(shadow_plan("m1@1"))
+        assert (await engine.run(rid)).status == "done"
+        for name in (GPU, X86):
+            load_generator(fleet, name, 150)
+
+        rid = await engine.start(shadow_plan("m2@1", shadow=shadow))
+        row = await engine.run(rid)
+        assert row.status == "paused" and "1 of 1 device(s) in wave 1 failed" in row.paused_reason
+        rows = by_name(fleet_, engine, rid)
+        canary = rows[GPU]
+        assert canary.state == st.FAILED and canary.error.startswith("shadow: the candidate's top-1 agreement")
+        assert events_of(engine, rid, canary.device_id) == [st.STAGE, st.STAGED_OK, st.SHADOW, st.SHADOW_FAILED]
+        verdict = canary.gates["shadow"]
+        assert verdict["passed"] is False and verdict["values"]["shadow_agreement"]["value"] < 0.98
+        assert verdict["values"]["shadow_requests"]["value"] >= 30
+        figures = verdict["figures"]
+        assert (figures["candidate"], figures["active"]) == (different, running)
+        assert figures["compared"] >= 30 and figures["failed"] == 0
+        assert figures["outputs"]["logits"]["cosine"]["count"] == figures["compared"]
+        # The journal holds the same figures; the device never switched and holds no candidate in memory.
+        failed = engine.repo.journal(rid, device_id=canary.device_id)[-1]
+        assert failed.detail["figures"]["compared"] == figures["compared"] and failed.detail["judged"] is True
+        # While it ran, the engine's events carried its figures (what the Rollouts tab plots live).
+        live = [e.figures for e in events if e.rollout_id == rid and e.device_id == canary.device_id and e.figures]
+        compared = [f["compared"] for f in live]
+        assert live and compared == sorted(compared) and compared[-1] <= figures["compared"], live
+        assert any(f["agreement"] is not None for f in live), live
+        now = await views(fleet_, laptop.store)
+        assert (now[GPU].current, now[GPU].pending, now[GPU].serving_model) == (running, None, running)
+        assert (await DeviceOps(fleet_, laptop.store).shadow_status(fleet_.inventory.device(GPU)))["state"] == "stopped"
+        assert rows[X86].state == st.PENDING and now[X86].current == running
+        await abort_to_free(engine, rid)
+
+        # The same network in other bytes passes the canary's shadow and is activated; wave 2 does not shadow.
+        load_generator(fleet, GPU, 150)
+        rid = await engine.start(shadow_plan("m1-resaved@1", shadow=replace(shadow, waves="canary")))
+        row = await engine.run(rid)
+        assert row.status == "done", row.paused_reason
+        rows = by_name(fleet_, engine, rid)
+        assert events_of(engine, rid, rows[GPU].device_id) == [st.STAGE, st.STAGED_OK, st.SHADOW, st.SHADOW_PASSED,
+                                                              *JOURNEY[2:]]
+        assert events_of(engine, rid, rows[X86].device_id) == JOURNEY
+        passed = rows[GPU].gates["shadow"]
+        assert passed["passed"] is True and passed["values"]["shadow_agreement"]["value"] == 1.0
+        assert rows[GPU].gates["values"]["golden_cosine"]["ok"]  # the health gates ran after it, as always
+        now = await views(fleet_, laptop.store)
+        assert now[GPU].current == now[X86].current == same
+
+    try:
+        laptop.with_fleet(work)
+    finally:
+        stop_load(fleet, GPU, X86)
+
+
+def test_a_device_without_memory_for_the_candidate_skips_the_shadow_as_the_plan_says(fleet: LabFleet,
+                                                                                     laptop: Laptop) -> None:
+    # The canary's profile asks for more free memory beside a candidate than any device has: its server answers 507.
+    greedy = ProfileSet({**PROFILES.profiles, PROFILE_OF[GPU]: replace(PROFILES.get(PROFILE_OF[GPU]),
+                                                                     shadow_margin_mb=10_000_000)})
+
+    async def work() -> None:
+        fleet_ = Fleet(open_inventory(laptop.db_url), greedy)
+        try:
+            stop_load(fleet, GPU, X86)  # no request reaches these devices in this test
+            ids = tuple(fleet_.inventory.device(n).id for n in (GPU, X86))
+            engine = laptop.engine(fleet_)
+            # Both devices run m1 first (whatever the tests before left on them): the model a candidate shadows.
+            rid = await engine.start(RolloutPlan(model="m1@1", devices=ids, waves=("100%",), gates=GATES,
+                                                 step_timeout_s=180.0))
+            assert (await engine.run(rid)).status == "done"
+            before = (await views(fleet_, laptop.store))[GPU].current
+            shadow = ShadowPolicy(min_requests=5, max_wait_s=8, on_skip="fail")
+            rid = await engine.start(RolloutPlan(model="m3@1", devices=ids, waves=(1, "100%"), gates=GATES,
+                                                 step_timeout_s=180.0, shadow=shadow))
+            row = await engine.run(rid)
+            assert row.status == "paused"
+            canary = by_name(fleet_, engine, rid)[GPU]
+            assert canary.state == st.FAILED and "under the margin of 10000000 MiB" in canary.error
+            assert events_of(engine, rid, canary.device_id) == [st.STAGE, st.STAGED_OK, st.SHADOW, st.SHADOW_FAILED]
+            skipped = canary.gates["shadow"]
+            assert skipped["code"] == "low-memory" and skipped["values"]["shadow_skipped"]["ok"] is False
+            assert (await views(fleet_, laptop.store))[GPU].current == before
+            # Not a verdict on the candidate: resuming (memory freed, say) tries the device again.
+            await engine.resume(rid)
+            assert by_name(fleet_, engine, rid)[GPU].state == st.PENDING
+            await engine.abort(rid)
+
+            x86_before = (await views(fleet_, laptop.store))[X86].current
+            rid = await engine.start(RolloutPlan(model="m3@1", devices=ids, waves=(1, "100%"), gates=GATES,
+                                                 step_timeout_s=180.0, shadow=replace(shadow, on_skip="pass")))
+            row = await engine.run(rid)
+            rows = by_name(fleet_, engine, rid)
+            assert rows[GPU].state == st.DONE, rows[GPU].error
+            assert events_of(engine, rid, rows[GPU].device_id) == [st.STAGE, st.STAGED_OK, st.SHADOW,
+                                                                  st.SHADOW_PASSED, *JOURNEY[2:]]
+            passed = rows[GPU].gates["shadow"]
+            assert passed["passed"] is True and "10000000 MiB" in passed["skipped"]
+            # Wave 2's device has the shipped profile and the memory, but no request comes to it: the time bound
+            # ends its shadow with too few requests, and it keeps its model.
+            assert row.status == "paused" and "1 of 1 device(s) in wave 2 failed" in row.paused_reason
+            assert rows[X86].state == st.FAILED and "only 0 mirrored request(s) were compared in" in rows[X86].error
+            assert (await views(fleet_, laptop.store))[X86].current == x86_before
+            await abort_to_free(engine, rid)
+        finally:
+            await fleet_.close()
+
+    asyncio.run(work())
+
+
 def test_sigkill_mid_wave_then_resume(laptop: Laptop, tmp_path: Path) -> None:
     """`fleetdesk rollout start` is SIGKILLed while wave 2 verifies; recover + run finish it: no device is left
     half-switched and nothing already on a device is sent again."""
@@ -352,3 +555,66 @@ def test_rollback_of_a_whole_rollout(laptop: Laptop) -> None:
             {n: v.current for n, v in after.items()}
 
     laptop.with_fleet(work)
+
+
+def test_inputs_moved_two_reference_deviations_raise_the_drift_alert_and_it_clears_when_they_return(
+        fleet: LabFleet, laptop: Laptop) -> None:
+    """ipc-02 runs a model that carries its samples' input statistics and serves a generator's requests; the laptop
+    streams its telemetry and judges it with the default drift alerts, as the window does. Inputs like the samples
+    raise nothing; their mean moved by 2 reference standard deviations raises both drift alerts within the
+    device's window (512 sampled requests) and the 30 s hold; back to the samples' mean, both clear."""
+    drift_rules = [t for t in DEFAULT_THRESHOLDS if t.metric.startswith("drift_")]
+    seen: list[tuple[float, float | None, float | None]] = []  # (time, PSI, shift) of each sample
+
+    async def work(fleet_: Fleet) -> dict[str, Any]:
+        device = fleet_.inventory.device(X86)
+        engine = laptop.engine(fleet_)
+        rid = await engine.start(RolloutPlan(model="watched@1", devices=(device.id,), waves=("100%",), gates=GATES))
+        assert (await engine.run(rid)).status == "done"
+        load_generator(fleet, X86, 600)
+        monitor = AlertMonitor(drift_rules)
+        hub = TelemetryHub(fleet_, TelemetryStore())
+        events: list[AlertEvent] = []
+        last = [0.0]
+
+        def judge() -> None:
+            buffer = hub.store.buffer(device.id)
+            sample = buffer.latest if buffer is not None else None
+            if sample is not None and sample.t > last[0]:
+                last[0] = sample.t
+                seen.append((time.monotonic(), sample.drift_psi, sample.drift_shift_sd))
+                events.extend(monitor.check(device.id, sample))
+
+        async def until(predicate: Any, what: str, timeout: float) -> float:
+            start = time.monotonic()
+            while not predicate():
+                assert time.monotonic() - start < timeout, f"{what} within {timeout:g} s; seen: {seen[-20:]}"
+                await asyncio.sleep(0.5)
+                judge()
+            return time.monotonic() - start
+
+        hub.start([device])
+        try:
+            # The samples' inputs: the window fills (20 sampled requests a second at most) and scores stay low.
+            await until(lambda: len(seen) >= 40 and seen[-1][1] is not None, "drift scored on the samples' inputs",
+                        120)
+            calm = [psi for _, psi, _ in seen[-10:] if psi is not None]
+            assert calm and max(calm) < 0.1 and not events, (calm, events)
+            device_shell(fleet, X86, "echo 2.0 > /opt/fleetdesk/run/loadgen.mean")
+            raised = await until(lambda: {e.metric for e in events if e.kind == "raised"} == {
+                "drift_psi", "drift_shift_sd"}, "both drift alerts raised", 180)
+            device_shell(fleet, X86, "echo 0 > /opt/fleetdesk/run/loadgen.mean")
+            cleared = await until(lambda: {e.metric for e in events if e.kind == "cleared"} == {
+                "drift_psi", "drift_shift_sd"}, "both drift alerts cleared", 180)
+        finally:
+            await hub.close()
+        return {"raised_s": raised, "cleared_s": cleared, "events": events}
+
+    try:
+        found = laptop.with_fleet(work)
+    finally:
+        stop_load(fleet, X86)
+    peak = max(shift for _, _, shift in seen if shift is not None)
+    assert 1.5 < peak < 2.5, peak  # the device measured the move the generator made
+    print(f"\ndrift: raised {found['raised_s']:.0f} s after the inputs moved by 2 std (peak shift {peak:.2f}), "
+          f"cleared {found['cleared_s']:.0f} s after they returned")

@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from fleetdesk.agent import inference
-from fleetdesk.agent.shadow import Shadow
+from fleetdesk.agent import inference, serve
+from fleetdesk.agent.shadow import CANDIDATE_THREADS, Shadow
 from fleetdesk.agent.shadowstats import reference_document
 from tests.fixtures.models.build import small_cnn
 from tests.fixtures.signed import signed_artifact
@@ -206,6 +206,30 @@ def test_a_new_active_model_ends_the_shadow_that_compared_with_the_old_one(root:
     assert last["reason"] == f"the active model changed from {active.name} to {same.name}"
 
 
+def test_a_shadow_nothing_stops_expires_by_itself_and_unloads_its_candidate(root: Path, servers: Any) -> None:
+    """The laptop that started a shadow is gone (it never stops it): the server stops it once its expiry passed,
+    says why, and the active model answers on, with no candidate beside it. A bad expiry is refused."""
+    active = make_artifact(root, cnn)
+    same = make_artifact(root, cnn_resaved)
+    activate(root, active)
+    server = servers(root, "--max-wait-ms", "1")
+    started = agent_line(root, "shadow", "start", same.name, "--expires", "2")
+    assert started["state"] == "running" and started["expires_s"] == 2.0, started
+    status, answer = server.infer({"image": b64_tensor(images(1, seed=5))})
+    assert status == 200 and answer["model"] == active.name
+    health = server.wait_until(lambda h: (h["shadow"] or {}).get("state") == "stopped")
+    _, last = server.request("GET", "/v1/shadow")
+    assert last["reason"].startswith("expired: nothing stopped it within 2 s of its start"), last
+    assert last["candidate"] == same.name and time.time() - last["started_at"] >= 2.0
+    assert health["model"] == active.name
+    status, answer = server.infer({"image": b64_tensor(images(1, seed=6))})
+    assert status == 200 and answer["model"] == active.name
+    line = agent_line(root, "shadow", "stop")
+    assert line["type"] == "error" and line["code"] == "not-found", line  # nothing runs any more
+    status, bad = server.request("POST", "/v1/shadow", {"artifact": same.name, "expires_s": 0})
+    assert status == 400 and "expires_s" in bad["error"]
+
+
 def test_the_shadow_command_names_a_missing_server_and_the_fix(root: Path) -> None:
     line = agent_line(root, "shadow", "status")
     assert line["type"] == "error" and line["code"] == "no-server", line
@@ -229,6 +253,32 @@ def test_a_full_queue_drops_the_mirrored_request_and_counts_it(root: Path) -> No
     assert figures["compared"] == 2 and figures["top1_agreement"] == 1.0
     shadow.offer({"image": x}, outputs, 1.0)  # stopped: nothing more is taken
     assert shadow.stats.snapshot()["offered"] == 5
+
+
+def test_the_candidate_runs_on_its_worker_thread_alone(root: Path) -> None:
+    # No thread pool of the candidate's own beside the active model's: it takes at most one core from the requests
+    # (benchmarks/shadow_latency.py measures what the callers see on the lab's devices).
+    active, candidate = make_artifact(root, cnn), make_artifact(root, cnn_resaved)
+    activate(root, active)
+    app = serve.ModelServer(str(root), ["CPUExecutionProvider"], max_batch=1, threads=2)
+    try:
+        assert (app.refresh(force=True) or {}).get("event") == "model-loaded"
+        assert app.served is not None
+        assert app.served.model.session.get_session_options().intra_op_num_threads == 2  # the server's setting
+        status, started = app.start_shadow(json.dumps({"artifact": candidate.name, "share": 1.0}).encode())
+        assert status == 200, started
+        shadow = app.shadow
+        assert shadow is not None
+        assert shadow.candidate.session.get_session_options().intra_op_num_threads == CANDIDATE_THREADS == 1
+        status, _ = app.infer(json.dumps({"inputs": {"image": b64_tensor(images(1, seed=9))}}).encode())
+        assert status == 200
+        deadline = time.monotonic() + PATIENCE_S
+        while shadow.stats.snapshot()["compared"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert shadow.stats.snapshot()["compared"] == 1 and shadow.stats.snapshot()["top1_agreement"] == 1.0
+    finally:
+        app.stop_shadow()
+        app.close()
 
 
 def drift_of(server: Any) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from fleetdesk.errors import ConfigError
@@ -11,6 +13,7 @@ from fleetdesk.telemetry.alerts import (
     Threshold,
     thresholds_from_json,
     thresholds_to_json,
+    with_new_defaults,
 )
 from fleetdesk.telemetry.sample import Sample
 
@@ -97,3 +100,55 @@ def test_an_event_says_what_crossed_in_operator_words() -> None:
     assert raised.message == "Temperature °C 91.2 is above 80"
     assert cleared.message == "Temperature °C back to 70 (above 80 cleared)"
     assert Threshold("cpu_pct", 95, hold_s=30).describe() == "CPU % above 95 for 30 s"
+
+
+def test_input_drift_scored_by_the_device_reaches_the_sample_and_the_default_alerts_raise_and_clear() -> None:
+    """The agent's own drift statistics (fleetdesk.agent.shadowstats, as serve-stats.json carries them in each
+    telemetry line): inputs like the reference score about 0; inputs whose mean moved 2 reference standard deviations
+    raise both default drift alerts after their hold time; back to the reference, they clear."""
+    import numpy as np
+
+    from fleetdesk.agent.serve import _drift_summary
+    from fleetdesk.agent.shadowstats import InputDrift, reference_statistics
+
+    rng = np.random.default_rng(3)
+    reference = reference_statistics(rng.normal(0.5, 0.1, size=(64, 3, 8, 8)))
+    monitor = AlertMonitor([t for t in DEFAULT_THRESHOLDS if t.metric.startswith("drift_")])
+
+    def line(drift: InputDrift) -> Sample:
+        state = _drift_summary({"state": "watching", "sampled": 1, "dropped": 0, "inputs": {"image": drift.scores()}})
+        return Sample.from_json({"type": "sample", "t": 0.0, "inference": {"model": "a" * 64, "drift": state}})
+
+    window = InputDrift(reference, window=64)
+    for _ in range(64):
+        window.add(rng.normal(0.5, 0.1, size=(1, 3, 8, 8)))
+    calm = line(window)
+    assert calm.drift_psi is not None and calm.drift_psi < 0.1 and calm.drift_shift_sd is not None
+    assert calm.drift_shift_sd < 0.25
+    for _ in range(64):  # the scene changed: the window now holds only shifted inputs
+        window.add(rng.normal(0.7, 0.1, size=(1, 3, 8, 8)))
+    moved = line(window)
+    assert moved.drift_psi is not None and moved.drift_psi > 0.25
+    assert moved.drift_shift_sd is not None and 1.8 < moved.drift_shift_sd < 2.2
+    events = []
+    for t in range(0, 40):
+        events += monitor.check(1, replace(calm if t < 5 else moved, t=1000.0 + t))
+    assert sorted((e.kind, e.metric) for e in events) == [("raised", "drift_psi"), ("raised", "drift_shift_sd")]
+    assert all(e.at == 1035.0 for e in events)  # 30 s hold from the first drifted sample at 1005
+    cleared = monitor.check(1, replace(calm, t=1040.0))
+    assert sorted((e.kind, e.metric) for e in cleared) == [("cleared", "drift_psi"), ("cleared", "drift_shift_sd")]
+    # A server that does not watch drift (no reference) says nothing: no value, never an invented 0.
+    off = Sample.from_json({"type": "sample", "t": 1.0, "inference": {"drift": {"state": "off", "reason": "x"}}})
+    assert (off.drift_psi, off.drift_shift_sd) == (None, None)
+
+
+def test_thresholds_saved_before_a_metric_existed_get_its_default_rule_and_keep_every_choice_made() -> None:
+    """Saved before input drift was watched: the operator's rules stay as they were (one switched off stays off),
+    and the drift rules a new installation has are added."""
+    saved = [Threshold("temp_c", 70.0, hold_s=5.0), Threshold("cpu_pct", 95.0, enabled=False)]
+    restored = with_new_defaults(thresholds_from_json(thresholds_to_json(saved)))
+    assert restored[:2] == saved
+    added = {t.metric: t for t in restored[2:]}
+    assert set(added) == {t.metric for t in DEFAULT_THRESHOLDS} - {"temp_c", "cpu_pct"}
+    assert added["drift_psi"] == next(t for t in DEFAULT_THRESHOLDS if t.metric == "drift_psi")
+    assert with_new_defaults(restored) == restored  # nothing added twice

@@ -74,6 +74,7 @@ def test_import_list_show_verify_export_remove(capsys: pytest.CaptureFixture[str
     # The imported model's answers travel signed in the artifact, and the device's agent checks its variant on them.
     manifest = json.loads((tmp_path / "device" / "artifacts" / artifact_id / "manifest.json").read_text())
     assert manifest["golden"] == "golden.npz" and "golden.npz" in {f["path"] for f in manifest["files"]}
+    assert "input_reference" not in manifest  # generated samples say nothing of the floor's inputs: no drift reference
     from tests.unit.test_agent_cli import agent
 
     status, lines, agent_err = agent(tmp_path / "device", "check", artifact_id)
@@ -126,3 +127,42 @@ def test_bad_input_is_an_error_with_a_fix_and_writes_nothing(capsys: pytest.Capt
     assert sorted(p.relative_to(store).as_posix() for p in store.rglob("*")) == before
     code, error, _ = cli(capsys, "model", "show", "nothing-here", "--json")
     assert code == 2 and error["error"] == "StoreEntryNotFoundError" and "m@1" in error["fix"]
+
+
+def test_an_import_with_sample_inputs_carries_their_statistics_signed_for_the_devices_drift_watch(
+        capsys: pytest.CaptureFixture[str], keyring_daemon: KeyringDaemon, models: dict[str, Path],
+        tmp_path: Path) -> None:
+    """The operator's samples become the artifact's input reference (per feature: mean, std, quantiles, histogram),
+    listed and signed in its manifest, and what the device's model server loads to score live inputs' drift."""
+    import numpy as np
+
+    from fleetdesk.agent.drift import load_reference
+    from fleetdesk.agent.shadowstats import reference_statistics
+
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    rng = np.random.default_rng(7)
+    arrays = [rng.normal(3.0, 2.0, size=(1, 64)).astype(np.float32) for _ in range(12)]
+    for n, array in enumerate(arrays):
+        np.save(samples / f"s{n:02d}.npy", array)
+    code, record, err = cli(capsys, "model", "import", str(models["mlp"]), "--samples", str(samples), "--profile",
+                            "ipc-x86", "--no-device-bench", "--json")
+    assert code == 0, err
+    assert record["report"]["synthetic"] is False
+    code, exported, _ = cli(capsys, "model", "export", "mlp@1", str(tmp_path), "--profile", "ipc-x86", "--json")
+    assert code == 0
+    with tarfile.open(exported["path"]) as tar:
+        tar.extractall(tmp_path / "device", filter="data")
+    artifact_id = record["artifacts"]["ipc-x86"]
+    folder = tmp_path / "device" / "artifacts" / artifact_id
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["input_reference"] == "input_reference.json"
+    assert "input_reference.json" in {f["path"] for f in manifest["files"]}
+    assert state.verify_artifact(str(tmp_path / "device"), artifact_id)["signature"] == "valid"
+    stored = json.loads((folder / "input_reference.json").read_text())["inputs"]
+    assert set(stored) == {"features"} and len(stored["features"]) == 64  # one entry per feature (axis 1)
+    assert stored["features"] == reference_statistics(np.concatenate(arrays, axis=0))
+    assert abs(stored["features"][0]["mean"] - float(np.concatenate(arrays)[:, 0].astype(np.float64).mean())) < 1e-9
+    # The device reads it only as a file the signature verification read.
+    listed = {str((folder / f["path"]).resolve()): f for f in manifest["files"]}
+    assert load_reference(str(folder), listed) == stored

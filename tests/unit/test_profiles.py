@@ -58,6 +58,10 @@ def test_profile_regexes_match_their_own_lab_identity() -> None:
         (lambda t: t.replace("[telemetry]", "[telemetry]\ncolour = 3"), "telemetry.colour", "not a known field"),
         (lambda t: t.replace('"^Raspberry Pi 4 Model B"', '"^Raspberry (Pi"'), "match.device_tree_model", "regular"),
         (lambda t: t.replace('tools = ["vcgencmd"]', 'tools = ["htop"]'), "lab.tools", "unknown value"),
+        (lambda t: t.replace("[telemetry]", "shadow_margin_mb = -5\n[telemetry]"), "runtime.shadow_margin_mb",
+         "greater than 0"),
+        (lambda t: t.replace("[telemetry]", 'shadow_margin_mb = "lots"\n[telemetry]'), "runtime.shadow_margin_mb",
+         "whole number"),
     ],
 )
 def test_a_bad_field_is_named_with_the_file_and_a_fix(tmp_path: Path, edit, field: str, words: str) -> None:
@@ -70,6 +74,13 @@ def test_a_bad_field_is_named_with_the_file_and_a_fix(tmp_path: Path, edit, fiel
     assert f": {field}:" in message
     assert words in message
     assert caught.value.fix
+
+
+def test_a_profile_may_name_the_memory_a_shadow_candidate_must_leave_free(tmp_path: Path) -> None:
+    assert load_profiles().get("rpi4").shadow_margin_mb is None  # the agent's own default
+    path = tmp_path / "rpi4.toml"
+    path.write_text(shipped("rpi4").replace("[telemetry]", "shadow_margin_mb = 512\n[telemetry]"))
+    assert load_profile_file(path).shadow_margin_mb == 512
 
 
 def test_broken_toml_names_the_file_and_the_line(tmp_path: Path) -> None:

@@ -269,8 +269,12 @@ def test_health_report_figures_match_the_history(fleet: ReportFleet, tmp_path: P
     assert rows[HOSTILE[5]]["minutes"] == 0 and rows[HOSTILE[5]]["availability_pct"] == 0.0
     groups = {r["group"]: r for r in next(t for t in data["tables"] if t["name"] == "groups")["rows"]}
     assert groups["line A"]["devices"] == 3
+    # Input drift: only the device that scored it, its last hour drifted (60 of 1440 minutes: over the p95).
+    (drift,) = next(t for t in data["tables"] if t["name"] == "drift")["rows"]
+    assert drift == {"device": HOSTILE[2], "drift_psi_p50": 0.02, "drift_psi_p95": 0.02, "drift_psi_max": 1.4,
+                     "drift_shift_sd_p50": 0.1, "drift_shift_sd_p95": 0.1, "drift_shift_sd_max": 3.0}
     text = pdf_text(report(fleet, "health", "pdf", tmp_path, *PERIOD))
-    assert "Health by device" in text and "Alerts and stream incidents" in text
+    assert "Health by device" in text and "Alerts and stream incidents" in text and "Input drift by device" in text
     assert "temperature 91 °C over 85 °C on <script>alert(1)</script>" in text
 
 
@@ -284,6 +288,10 @@ def test_rollout_report_shows_waves_devices_gates_and_operator_actions(fleet: Re
                        "baseline": 10.0, "note": ""}]
     assert [w["devices"] for w in tables["waves"]] == [1, 2]
     assert [a["action"] for a in tables["actions"]] == ["rollout.approve"]
+    facts = {f["label"]: f["value"] for f in data["facts"]}
+    assert facts["Takeover"].startswith("automatic: a FleetDesk window on the same inventory takes it over")
+    assert "from laptop-a:100 to laptop-b:200 (its lease ran out)" in facts["Taken over"], facts["Taken over"]
+    assert [r["event"] for r in tables["timeline"] if r["device"] == "(rollout)"][:2] == ["create", "takeover"]
     text = pdf_text(report(fleet, "rollout", "pdf", tmp_path), "-raw")
     assert "Rollout" in text and "cnn@2" in text and "p95_ratio" in text and "rolled-back" in text
     assert "p95 ratio 2.4 over 1.5" in text

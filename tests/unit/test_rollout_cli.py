@@ -1,6 +1,7 @@
 """`fleetdesk rollout ...` through the real command line (main()) on a real SQLite inventory and a real signed
 artifact store, touching no device: plan (text and --json), start's refusals, status, list, journal, pause,
-abort and rollback of a rollout no engine ran, the audit log they write, and the exit codes."""
+abort and rollback of a rollout no engine ran, the audit log they write, the exit codes, and actions and group
+edits from an outdated version (--seen-version) refused as clear errors naming who acted."""
 
 from __future__ import annotations
 
@@ -93,6 +94,32 @@ def test_bad_input_is_a_usage_error_naming_the_fix(capsys: pytest.CaptureFixture
     assert code == 2 and "no device" in err
     code, _, err = cli(capsys, "rollout", "status", "42")
     assert code == 2 and "no rollout 42" in err
+
+
+def test_the_shadow_options_make_the_plans_shadow_step(capsys: pytest.CaptureFixture[str],
+                                                       fleet_with_model: str) -> None:
+    code, resolved, err = cli(capsys, "rollout", "plan", "mlp@1", "--group", "line A", "--shadow", "0.5",
+                              "--shadow-min", "300", "--shadow-agree", "0.97", "--shadow-p95-ratio", "-1",
+                              "--shadow-max-wait", "120", "--shadow-canary-only", "--shadow-on-skip", "pass", "--json")
+    assert code == 0, err
+    assert resolved["plan"]["shadow"] == {"share": 0.5, "min_requests": 300, "min_agreement": 0.97,
+                                          "p95_ratio_max": None, "max_wait_s": 120.0, "waves": "canary",
+                                          "on_skip": "pass"}
+    code, text, err = cli(capsys, "rollout", "plan", "mlp@1", "--group", "line A", "--shadow", "1")
+    assert code == 0, err
+    assert "Shadow step (before activation):\n  every device: after staging" in text
+    assert "verdict after 200 compared requests, or after 600 s" in text  # the defaults
+    assert "at least 0.98" in text and "at most 1.2 x the active model's" in text
+    code, resolved, _ = cli(capsys, "rollout", "plan", "mlp@1", "--group", "line A", "--json")
+    assert code == 0 and resolved["plan"]["shadow"] is None
+
+    code, data, _ = cli(capsys, "rollout", "plan", "mlp@1", "--group", "line A", "--shadow", "1.5", "--json")
+    assert code == 2 and data["field"] == "--shadow" and "above 1" in data["message"] and data["fix"]
+    code, data, _ = cli(capsys, "rollout", "plan", "mlp@1", "--group", "line A", "--shadow", "1", "--shadow-min",
+                        "0", "--json")
+    assert code == 2 and data["field"] == "--shadow-min" and "below 1" in data["message"]
+    code, data, _ = cli(capsys, "rollout", "plan", "mlp@1", "--group", "line A", "--shadow-min", "10", "--json")
+    assert code == 2 and "--shadow-min given without --shadow" in data["message"] and "--shadow SHARE" in data["fix"]
 
 
 def _start_without_running(plan: RolloutPlan) -> int:
@@ -240,6 +267,64 @@ def test_a_rollout_another_laptop_drives_is_refused_until_its_lease_runs_out(fle
     asyncio.run(go())
 
 
+def test_run_take_over_waits_for_another_laptops_lease_then_finishes_the_rollout_with_json(
+        capsys: pytest.CaptureFixture[str], fleet_with_model: str) -> None:
+    """A plan with takeover "auto" (shown by plan and status); laptop-2 drove it, journaled both devices done and
+    stopped. `rollout run ID` alone is refused while its lease is live, naming it and --take-over; `rollout run ID
+    --take-over --json` waits for the lease to run out, takes it over and drives it to done (every device was done:
+    nothing is sent)."""
+    from fleetdesk.inventory import rollout_states as st
+
+    code, resolved, err = cli(capsys, "rollout", "plan", "mlp@1", "--group", "line A", "--takeover", "auto", "--json")
+    assert code == 0 and resolved["plan"]["takeover"] == "auto", err
+    code, text, _ = cli(capsys, "rollout", "plan", "mlp@1", "--group", "line A", "--takeover", "auto")
+    assert "takeover (auto): when the FleetDesk driving it stops, a FleetDesk window open on the same inventory" in text
+    rid = _start_without_running(RolloutPlan(model="mlp@1", groups=("line A",), waves=(1, "100%"), takeover="auto"))
+    fleet = Fleet.open()
+    try:
+        repo = RolloutRepo(fleet.inventory)
+        repo.take_lease(rid, "laptop-2:4242", 30)
+        repo.set_status(rid, "running", expect="planned")
+        for device in repo.devices(rid):
+            for event in (st.STAGE, st.STAGED_OK, st.ACTIVATE, st.ACTIVATED, st.PASSED, st.CONFIRMED):
+                repo.record(rid, device.device_id, event, bytes_sent=2000)
+    finally:
+        asyncio.run(fleet.close())
+    code, status, _ = cli(capsys, "rollout", "status", str(rid), "--json")
+    assert (status["takeover"], status["plan"]["takeover"], status["driver"]) == ("auto", "auto", "laptop-2:4242")
+    code, text, _ = cli(capsys, "rollout", "status", str(rid))
+    assert "driven by laptop-2 (process 4242), lease until " in text and "takeover (auto): " in text
+
+    code, _, err = cli(capsys, "rollout", "run", str(rid), "--json")
+    assert code == 2 and "driven by the FleetDesk on laptop-2 (process 4242)" in err and "--take-over" in err, err
+
+    fleet = Fleet.open()
+    try:
+        RolloutRepo(fleet.inventory).take_lease(rid, "laptop-2:4242", 1.0)  # its last renewal
+    finally:
+        asyncio.run(fleet.close())
+    code, report, err = cli(capsys, "rollout", "run", str(rid), "--take-over", "--json")
+    assert code == 0, err
+    assert "driven by the FleetDesk on laptop-2 (process 4242)" in err and "waiting for it to stop" in err
+    assert report["status"] == "done" and report["driver"] is None, report
+    taken = report["takeover"]
+    assert (taken["taken"], taken["previous"], taken["policy"]) == (True, "laptop-2:4242", "auto"), taken
+    assert [d["bytes_sent"] for d in report["devices"]] == [2000, 2000]
+    code, journal, _ = cli(capsys, "rollout", "journal", str(rid), "--json")
+    takeovers = [e for e in journal["journal"] if e["event"] == "takeover"]
+    assert len(takeovers) == 1 and takeovers[0]["detail"]["previous"] == "laptop-2:4242", takeovers
+    assert [a["action"] for a in journal["audit"]].count("rollout.takeover") == 1
+
+    # A rollout saved as planned had no driver that stopped: run does not start it behind the operator's back.
+    planned = _start_without_running(RolloutPlan(model="mlp@1", devices=(3,), waves=(1,)))
+    code, _, err = cli(capsys, "rollout", "run", str(planned), "--take-over")
+    assert code == 2 and f"rollout {planned} is planned, not started" in err and "rollout resume" in err, err
+
+    # Nothing left to take over: said, and the exit status is the rollout's.
+    code, out, err = cli(capsys, "rollout", "run", str(rid), "--take-over")
+    assert code == 0 and out.count(f"rollout {rid} is done (") == 1 and "): nothing to take over" in out, out + err
+
+
 class _ThreadRecordingRepo(RolloutRepo):
     """The real repository, noting which thread each of its writes ran on."""
 
@@ -336,6 +421,52 @@ def test_roles_four_eyes_and_scopes_are_enforced_by_the_engine(capsys: pytest.Ca
     assert refused == [("vic", "rollout.start"), ("dan", "rollout.start"), ("tester", "rollout.approve"),
                        ("ann", "rollout.approve"), ("abe", "rollout.approve")]
 
+
+def test_an_action_from_an_outdated_version_is_a_clear_error_naming_who_acted(
+        capsys: pytest.CaptureFixture[str], fleet_with_model: str) -> None:
+    """A script read the rollout (version 1), then ann paused it: the script's abort at --seen-version 1 is refused
+    naming ann, as one line and in --json, with nothing changed; from the version it reads now, it aborts."""
+    rid = _start_without_running(RolloutPlan(model="mlp@1", groups=("line A",), waves=(1, "100%")))
+    code, status, _ = cli(capsys, "rollout", "status", str(rid), "--json")
+    assert status["version"] == 1
+    code, paused, _ = cli(capsys, "--operator", "ann", "rollout", "pause", str(rid), "--seen-version", "1", "--json")
+    assert code == 0 and (paused["version"], paused["changed_by"]) == (2, "ann")
+
+    code, refused, err = cli(capsys, "rollout", "abort", str(rid), "--seen-version", "1", "--json")
+    assert code == 2 and "Traceback" not in err
+    assert refused["error"] == "EditConflictError" and refused["changed_by"] == "ann"
+    assert (refused["version"], refused["seen_version"]) == (2, 1)
+    assert f"rollout {rid} (mlp@1) was changed by ann at " in refused["message"]
+    assert "your change was not made" in refused["message"]
+    assert err.startswith(f"error: rollout {rid} (mlp@1) was changed by ann at ")
+    code, status, _ = cli(capsys, "rollout", "status", str(rid), "--json")
+    assert (status["status"], status["version"]) == ("paused", 2)
+
+    code, aborted, _ = cli(capsys, "rollout", "abort", str(rid), "--seen-version", "2", "--json")
+    assert code == 0 and (aborted["status"], aborted["version"]) == ("aborted", 3)
+
+
+def test_group_edits_from_an_outdated_version_are_clear_errors(capsys: pytest.CaptureFixture[str],
+                                                                 fleet_with_model: str) -> None:
+    code, listed, _ = cli(capsys, "group", "--json")
+    assert [(g["name"], g["version"]) for g in listed] == [("line A", 1)]
+    code, added, err = cli(capsys, "--operator", "ann", "group", "line-b-1", "--name", "line A", "--json")
+    assert code == 2 and "may not" in err  # ann deploys; groups are an admin's
+    code, added, err = cli(capsys, "group", "line-b-1", "--name", "line A", "--seen-version", "1", "--json")
+    assert code == 0 and added["version"] == 2, err
+    for change in (["line-a-1", "--remove"], ["--rename", "line A north"], ["--delete"]):
+        code, refused, err = cli(capsys, "group", *change, "--name", "line A", "--seen-version", "1", "--json")
+        assert code == 2 and refused["error"] == "EditConflictError" and "Traceback" not in err
+        assert "the group 'line A' was changed by " in refused["message"] and "not made" in refused["message"]
+    code, renamed, _ = cli(capsys, "group", "--name", "line A", "--rename", "line A north", "--seen-version", "2",
+                           "--json")
+    assert code == 0 and (renamed["name"], renamed["version"]) == ("line A north", 3)
+    code, refused, err = cli(capsys, "group", "line-a-1", "--name", "line A", "--seen-version", "2", "--json")
+    assert code == 2 and "'line A' was deleted or renamed after you read it" in refused["message"]
+    code, deleted, _ = cli(capsys, "group", "--name", "line A north", "--delete", "--json")
+    assert code == 0 and deleted == {"deleted": "line A north"}
+    code, listed, _ = cli(capsys, "group", "--json")
+    assert listed == []
 
 def _audit_all() -> list[Any]:
     fleet = Fleet.open()

@@ -9,8 +9,19 @@ from typing import Any
 
 import pytest
 
-from fleetdesk.rollout.gates import GATE_ORDER, GateResult, GateSample, evaluate
-from fleetdesk.rollout.policy import Gates
+from fleetdesk.rollout.gates import (
+    GATE_ORDER,
+    SHADOW_AGREEMENT,
+    SHADOW_FAILURES,
+    SHADOW_P95_RATIO,
+    SHADOW_REQUESTS,
+    SHADOW_SKIPPED,
+    GateResult,
+    GateSample,
+    evaluate,
+    evaluate_shadow,
+)
+from fleetdesk.rollout.policy import Gates, ShadowPolicy
 
 ART = "a" * 64
 OLD = "b" * 64
@@ -124,3 +135,83 @@ def test_the_first_failing_gate_in_order_is_the_reason() -> None:
     assert [g for g in GATE_ORDER if g in result.values and not result.values[g]["ok"]] == [
         "serving", "error_rate", "p95_ms", "p95_ratio", "temperature_c"]
     assert result.reason.startswith("not serving the new model")
+
+
+# -- the shadow gate ------------------------------------------------------------------------------------------
+
+SHADOW = ShadowPolicy(share=1.0, min_requests=100, min_agreement=0.98, p95_ratio_max=1.2)
+
+
+def figures(**kw: Any) -> dict[str, Any]:
+    """The agent's `shadow stop` answer for a classifier candidate (fleetdesk/agent/shadowstats.py's snapshot)."""
+    out: dict[str, Any] = {
+        "state": "stopped", "reason": "stopped", "candidate": ART, "active": OLD, "offered": 130, "mirrored": 120,
+        "dropped": 10, "compared": 120, "failed": 0, "last_failure": None, "top1_agreement": 0.99,
+        "outputs": {"logits": {"top1_agreement": 0.99, "top1_rows": 240,
+                               "cosine": {"count": 120, "min": 0.95, "max": 1.0, "p50": 0.999, "p95": 1.0}}},
+        "active_ms": {"count": 120, "p50": 4.0, "p95": 10.0}, "candidate_ms": {"count": 120, "p50": 4.5, "p95": 11.0},
+        "p95_ratio": 1.1}
+    out.update(kw)
+    return out
+
+
+def test_a_candidate_that_agrees_and_keeps_up_passes_with_every_figure_recorded() -> None:
+    result = evaluate_shadow(SHADOW, figures(), seconds=42.0)
+    assert result.passed and result.reason == ""
+    assert result.values[SHADOW_REQUESTS] == {"value": 120, "bound": 100, "ok": True,
+                                              "note": "10 dropped while the candidate was busy"}
+    assert result.values[SHADOW_AGREEMENT]["value"] == 0.99 and result.values[SHADOW_AGREEMENT]["bound"] == 0.98
+    assert result.values[SHADOW_AGREEMENT]["note"] == "top-1 agreement"
+    assert result.values[SHADOW_P95_RATIO]["value"] == 1.1 and result.values[SHADOW_P95_RATIO]["ok"]
+    assert result.values[SHADOW_FAILURES] == {"value": 0, "bound": 0, "ok": True}
+    assert GateResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+@pytest.mark.parametrize(("change", "gate", "words"), [
+    ({"top1_agreement": 0.4}, SHADOW_AGREEMENT, "top-1 agreement with the active model is 0.4000, below the bound"),
+    ({"candidate_ms": {"p95": 30.0}}, SHADOW_P95_RATIO, "p95 30 ms is 3.00x the active model's 10 ms"),
+    ({"compared": 99}, SHADOW_REQUESTS, "only 99 mirrored request(s) were compared in 600 s, fewer than the 100"),
+    ({"failed": 2, "last_failure": "onnxruntime failed"}, SHADOW_FAILURES, "failed to run 2 mirrored request(s): "
+                                                                           "onnxruntime failed"),
+    ({"top1_agreement": None, "outputs": {}}, SHADOW_AGREEMENT, "agreement was not measured"),
+    ({"active_ms": {"count": 0, "p95": None}}, SHADOW_P95_RATIO, "the p95 ratio was not measured"),
+])
+def test_the_shadow_gate_fails_on_each_bound_with_the_reason(change: dict[str, Any], gate: str, words: str) -> None:
+    result = evaluate_shadow(SHADOW, figures(**change), seconds=600.0)
+    assert not result.passed and not result.values[gate]["ok"]
+    assert words in result.reason, result.reason
+
+
+def test_exactly_the_bounds_pass_and_bounds_that_are_off_are_not_judged() -> None:
+    edge = figures(compared=100, top1_agreement=0.98, candidate_ms={"p95": 12.0})
+    assert evaluate_shadow(SHADOW, edge).passed  # >= min requests, >= agreement, <= ratio
+    off = ShadowPolicy(min_requests=100, min_agreement=None, p95_ratio_max=None)
+    result = evaluate_shadow(off, figures(top1_agreement=0.1, candidate_ms={"p95": 99.0}))
+    assert result.passed and set(result.values) == {SHADOW_FAILURES, SHADOW_REQUESTS}
+    # No request at all fails closed on the count first, whatever else is off.
+    assert evaluate_shadow(off, None).reason.startswith("only 0 mirrored request(s) were compared")
+
+
+def test_outputs_that_are_not_class_scores_are_judged_by_their_median_cosine() -> None:
+    regression = {"top1_agreement": None, "outputs": {
+        "boxes": {"top1_agreement": None, "top1_rows": 0, "cosine": {"p50": 0.995}},
+        "scores": {"top1_agreement": None, "top1_rows": 0, "cosine": {"p50": 0.97}}}}
+    result = evaluate_shadow(SHADOW, figures(**regression))
+    assert not result.passed and result.values[SHADOW_AGREEMENT]["value"] == 0.97  # the worst output
+    assert "median cosine similarity" in result.reason
+
+
+def test_a_sub_millisecond_slowdown_within_the_slack_is_timer_noise() -> None:
+    fast = figures(active_ms={"p95": 0.1}, candidate_ms={"p95": 0.3})
+    result = evaluate_shadow(SHADOW, fast)
+    assert result.passed and result.values[SHADOW_P95_RATIO]["value"] == 3.0
+    assert "timer noise" in result.values[SHADOW_P95_RATIO]["note"]
+
+
+def test_a_skipped_shadow_passes_or_fails_as_the_plan_says() -> None:
+    why = "candidate not loaded: 300 MiB available ... under the margin of 256 MiB"
+    failed = evaluate_shadow(ShadowPolicy(on_skip="fail"), None, skipped=why)
+    assert not failed.passed and failed.values[SHADOW_SKIPPED]["note"] == why
+    assert failed.reason == f"the shadow step was skipped and the plan counts that as failed: {why}"
+    passed = evaluate_shadow(ShadowPolicy(on_skip="pass"), figures(top1_agreement=0.0), skipped=why)
+    assert passed.passed and list(passed.values) == [SHADOW_SKIPPED]  # no figure judged: there were none

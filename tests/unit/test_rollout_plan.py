@@ -22,7 +22,7 @@ from fleetdesk.models import inspect_model
 from fleetdesk.models.report import BASELINE, BASELINE_STATUS, CHOSEN, OptimizationReport, ProfileResult, Tolerance
 from fleetdesk.models.report import Variant as ReportVariant
 from fleetdesk.rollout.plan import PlannedDevice, ResolvedPlan, RolloutPlan, plan_text, resolve
-from fleetdesk.rollout.policy import Gates, Threshold, TransferPolicy, WavePolicy, split_waves
+from fleetdesk.rollout.policy import Gates, ShadowPolicy, Threshold, TransferPolicy, WavePolicy, split_waves
 from fleetdesk.transport import credentials
 from tests.fixtures.models.build import save_cnn
 from tests.keyring_daemon import KeyringDaemon, keyring_daemon
@@ -136,7 +136,9 @@ def full_plan() -> RolloutPlan:
         gates=Gates(serving=True, p95_ms_max=40.0, p95_ratio_max=None, error_rate_max=0.05, golden_min_cosine=0.98,
                     temperature_c_max=80, memory_free_pct_min=None),
         transfer=TransferPolicy(max_parallel=2, bandwidth_bytes_s=5_000_000, prestage=False, retries=0),
-        unreachable="count", unreachable_wait_s=0, confirm_within_s=900, step_timeout_s=120, actor="op@line-a")
+        unreachable="count", unreachable_wait_s=0, confirm_within_s=900, step_timeout_s=120, actor="op@line-a",
+        shadow=ShadowPolicy(share=0.25, min_requests=50, min_agreement=0.97, p95_ratio_max=None, max_wait_s=90,
+                            waves="canary", on_skip="pass"), takeover="auto")
 
 
 def test_a_plan_survives_json_and_rebuilds_equal() -> None:
@@ -146,7 +148,11 @@ def test_a_plan_survives_json_and_rebuilds_equal() -> None:
     assert data["policy"] == {"success": "90%", "errors": "1", "soak_s": 30.0, "approve": True}
     assert data["waves"] == [1, "25%", 5] and data["wave_policies"][1] is None
     assert RolloutPlan.from_dict({"model": "mlp"}) == RolloutPlan("mlp")
-    for part in (plan.policy, plan.gates, plan.transfer, Threshold.parse("10%")):
+    # A plan stored before takeover existed is taken over when an operator asks, as every rollout was then.
+    assert data["takeover"] == "auto" and RolloutPlan.from_dict({"model": "mlp"}).takeover == "ask"
+    assert data["shadow"] == {"share": 0.25, "min_requests": 50, "min_agreement": 0.97, "p95_ratio_max": None,
+                              "max_wait_s": 90.0, "waves": "canary", "on_skip": "pass"}
+    for part in (plan.policy, plan.gates, plan.transfer, plan.shadow, Threshold.parse("10%")):
         assert type(part).from_dict(json.loads(json.dumps(part.to_dict()))) == part  # type: ignore[attr-defined]
     # Per-wave policies: an override, a gap (None) that falls back to the plan's, and waves past the list.
     assert plan.policy_for(0) == WavePolicy(success=1, errors=0)
@@ -205,6 +211,18 @@ BAD_PLANS: list[tuple[dict[str, Any], str | None, str]] = [
     ({"profiles": "rpi4"}, "profiles", "not a list"),
     ({"actor": 7}, "actor", "not a name"),
     ({"wavez": [1]}, None, "unknown field wavez"),
+    ({"shadow": {"share": 0}}, "shadow.share", "not above 0"),
+    ({"shadow": {"share": 1.5}}, "shadow.share", "above 1"),
+    ({"shadow": {"min_requests": 0}}, "shadow.min_requests", "below 1"),
+    ({"shadow": {"min_requests": 2.5}}, "shadow.min_requests", "not a whole number"),
+    ({"shadow": {"min_agreement": 1.01}}, "shadow.min_agreement", "above 1"),
+    ({"shadow": {"p95_ratio_max": 0}}, "shadow.p95_ratio_max", "not above 0"),
+    ({"shadow": {"max_wait_s": 0}}, "shadow.max_wait_s", "not above 0"),
+    ({"shadow": {"waves": "first"}}, "shadow.waves", "not a choice of waves"),
+    ({"shadow": {"on_skip": "skip"}}, "shadow.on_skip", "not pass or fail"),
+    ({"shadow": {"agree": 0.9}}, "shadow", "unknown field agree"),
+    ({"shadow": 0.5}, "shadow", "not an object"),
+    ({"takeover": "always"}, "takeover", "not a takeover policy"),
     # The agent reverts when no confirmation comes in time; a soak that long would revert every device.
     ({"policy": {"soak_s": 300}}, "confirm_within_s", "policy.soak_s (300 s)"),
     ({"wave_policies": [None, {"soak_s": 400}], "confirm_within_s": 350}, "confirm_within_s",
@@ -430,3 +448,44 @@ def test_a_resolved_plan_with_a_changed_planned_device_is_not_equal() -> None:
     resolved = ResolvedPlan(RolloutPlan("m", devices=(1,)), "m@1", (device,), ((1,),))
     assert ResolvedPlan.from_dict(resolved.to_dict()) == resolved
     assert replace(resolved, devices=(replace(device, wave=1),)) != resolved
+
+
+# -- the shadow step -----------------------------------------------------------------------------------------
+
+
+def test_a_plan_stored_before_the_shadow_step_loads_without_one_and_null_means_none() -> None:
+    stored = RolloutPlan("mlp").to_dict()
+    del stored["shadow"]  # what rollouts.plan holds for a plan written before the shadow step existed
+    assert RolloutPlan.from_dict(stored) == RolloutPlan("mlp") and RolloutPlan.from_dict(stored).shadow is None
+    assert RolloutPlan.from_dict({"model": "mlp", "shadow": None}).shadow is None
+    assert RolloutPlan.from_dict({"model": "mlp", "shadow": {}}).shadow == ShadowPolicy()
+    with pytest.raises(PlanError, match="shadow") as caught:
+        RolloutPlan("mlp", shadow={"share": 0.5})  # type: ignore[arg-type]
+    assert caught.value.fix
+
+
+def test_the_shadow_policy_applies_to_every_wave_or_the_canarys_only() -> None:
+    assert ShadowPolicy().applies_to(0) and ShadowPolicy().applies_to(3)
+    canary = ShadowPolicy(waves="canary")
+    assert canary.applies_to(0) and not canary.applies_to(1)
+    assert ShadowPolicy(min_agreement=None, p95_ratio_max=None).to_dict()["min_agreement"] is None
+
+
+def test_plan_text_tells_the_shadow_step(inventory: Inventory, stored: tuple[ArtifactStore, ModelRecord]) -> None:
+    store, _ = stored
+    plain = plan_text(resolve(RolloutPlan("cnn", profiles=("rpi4",)), inventory, store))
+    assert "Shadow step (before activation):\n  none: each device activates" in plain
+    plan = RolloutPlan("cnn", profiles=("ipc-x86", "rpi4"),
+                       shadow=ShadowPolicy(share=0.5, min_requests=300, min_agreement=0.98, p95_ratio_max=1.2,
+                                           max_wait_s=120, waves="canary", on_skip="pass"))
+    text = plan_text(resolve(plan, inventory, store))
+    assert ("the devices of wave 1 (the canary's) only: after staging, the candidate runs beside the active model "
+            "on 0.5 of the live requests") in text
+    assert "verdict after 300 compared requests, or after 120 s (fewer requests by then: failed)" in text
+    assert "agreement" in text and "at least 0.98" in text
+    assert "candidate p95 at most 1.2 x the active model's on the same requests" in text
+    assert "the candidate is unloaded, the device keeps its model and counts as failed" in text
+    assert "too little memory to load the candidate beside its model is activated without a shadow" in text
+    failing = plan_text(resolve(replace(plan, shadow=ShadowPolicy(min_agreement=None)), inventory, store))
+    assert "every device: after staging" in failing and "agreement: not judged" in failing
+    assert "too little memory to load the candidate beside its model counts as failed" in failing

@@ -12,7 +12,8 @@ from fleetdesk.inventory import rollout_states as s
 from fleetdesk.inventory.rollout_states import TABLE, TransitionError, allowed_events, transition
 
 EVENTS = {s.STAGE, s.STAGED_OK, s.ACTIVATE, s.ACTIVATED, s.PASSED, s.CONFIRMED, s.GATES_FAILED, s.STEP_FAILED, s.LOST,
-          s.REACHABLE, s.ROLLBACK, s.ROLLED_BACK_OK, s.ABORT, s.REVERTED, s.RETRY}
+          s.REACHABLE, s.ROLLBACK, s.ROLLED_BACK_OK, s.ABORT, s.REVERTED, s.RETRY, s.SHADOW, s.SHADOW_PASSED,
+          s.SHADOW_FAILED}
 
 
 def successors(state: str) -> set[str]:
@@ -125,3 +126,19 @@ def test_refused_pairs_raise_and_allowed_events_lists_exactly_the_table() -> Non
         for event in EVENTS - {s.REACHABLE}:
             assert ((state, event) in TABLE) == (event in listed)
         assert (s.REACHABLE in listed) == (state == s.UNREACHABLE)
+
+
+def test_the_shadow_step_runs_in_staged_and_a_failed_shadow_leaves_the_old_model() -> None:
+    # Passed: staged again, then activated as without a shadow step.
+    assert walk(s.STAGE, s.STAGED_OK, s.SHADOW, s.SHADOW_PASSED, s.ACTIVATE)[-3:] == [s.STAGED, s.STAGED,
+                                                                                     s.ACTIVATING]
+    # Failed: the device never switched, it ends failed (an error of its wave), and never goes through rolling-back.
+    assert walk(s.STAGE, s.STAGED_OK, s.SHADOW, s.SHADOW_FAILED)[-1] == s.FAILED
+    assert s.STAGED not in s.SWITCHED
+    # Aborted, lost or rolled back mid-shadow: as any staged device.
+    assert walk(s.SHADOW, s.ABORT, start=s.STAGED)[-1] == s.SKIPPED
+    assert walk(s.SHADOW, s.LOST, start=s.STAGED)[-1] == s.UNREACHABLE
+    assert walk(s.SHADOW, s.ROLLBACK, start=s.STAGED)[-1] == s.ROLLED_BACK
+    for state in set(s.STATES) - {s.STAGED}:
+        for event in (s.SHADOW, s.SHADOW_PASSED, s.SHADOW_FAILED):
+            assert (state, event) not in TABLE
