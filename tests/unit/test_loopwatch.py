@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import subprocess
+import threading
 import time
+from collections.abc import Callable
+
+import pytest
 
 from fleetdesk.gui.loopwatch import LoopWatch
 
@@ -38,3 +45,47 @@ def test_without_sampling_nothing_is_sampled() -> None:
 
     asyncio.run(scenario())
     assert watch.stalls and watch.where == [] and watch.worst_where() == ""
+
+
+def catastrophic_regex() -> None:
+    """Computes in C with the GIL held (the re module never releases it): nothing else in the process runs."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < 0.15:
+        re.match(r"(a+)+b", "a" * 18)
+
+
+def a_worker_thread_that_holds_the_gil() -> None:
+    """One regex call of about 0.15 s in another thread: the loop's thread waits for the GIL, using no CPU."""
+    threading.Thread(target=re.match, args=(r"(a+)+b", "a" * 22)).start()
+
+
+def beats_while(action: Callable[[], None]) -> LoopWatch:
+    watch = LoopWatch(where=True)
+
+    async def scenario() -> None:
+        watch.start()
+        await asyncio.sleep(0.05)
+        asyncio.get_running_loop().call_soon(action)
+        await asyncio.sleep(0.1)
+        watch.stop()
+
+    asyncio.run(scenario())
+    return watch
+
+
+@pytest.mark.parametrize("action", [a_callback_that_blocks_the_loop, catastrophic_regex,
+                                    a_worker_thread_that_holds_the_gil])
+def test_a_loop_that_sleeps_or_holds_the_gil_or_waits_for_it_is_blamed(action: Callable[[], None]) -> None:
+    watch = beats_while(action)
+    assert watch.worst_blamed() >= 0.12 and watch.process_pauses() == [], watch.stalls
+
+
+def test_a_process_the_machine_does_not_run_is_not_blamed_on_the_loop() -> None:
+    """SIGSTOP for 0.3 s, sent from outside, is what a host pausing the machine or two busy cores look like to
+    the process: every thread stops at once, so no sample is taken and the loop's thread uses no CPU."""
+    def stopped_from_outside() -> None:
+        subprocess.Popen(["sh", "-c", f"kill -STOP {os.getpid()}; sleep 0.3; kill -CONT {os.getpid()}"])
+
+    watch = beats_while(stopped_from_outside)
+    assert watch.worst >= 0.2, watch.stalls
+    assert max(watch.process_pauses()) >= 0.2 and watch.worst_blamed() < 0.1, (watch.stalls, watch.blamed)
