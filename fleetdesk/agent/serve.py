@@ -29,6 +29,7 @@ from .shadow import (
     CANDIDATE_THREADS,
     DEFAULT_MARGIN_MB,
     DEFAULT_QUEUE,
+    DEFAULT_SHARE,
     Shadow,
     ShadowRefused,
     artifact_bytes,
@@ -251,7 +252,7 @@ class ModelServer:
         if not isinstance(request, dict):
             request = {}
         artifact: Any = request.get("artifact")
-        share: Any = request.get("share", 1.0)
+        share: Any = request.get("share", DEFAULT_SHARE)
         size: Any = request.get("queue", DEFAULT_QUEUE)
         margin: Any = request.get("margin_mb", self.shadow_margin_mb)
         expires: Any = request.get("expires_s", SHADOW_EXPIRES_S)

@@ -177,7 +177,7 @@ def test_the_wizards_shadow_section_makes_the_plans_shadow_step(session: GuiSess
     assert "none: each device activates the new model as soon as it is staged" in wizard.preview.toPlainText()
     wizard.shadow_box.setChecked(True)
     assert wizard.shadow_share_spin.isEnabled() and wizard.plan().shadow == ShadowPolicy()  # the same defaults
-    wizard.shadow_share_spin.setValue(25)
+    wizard.shadow_share_spin.setValue(50)
     wizard.shadow_min_spin.setValue(300)
     wizard.shadow_wait_spin.setValue(120)
     wizard.shadow_judged["p95_ratio_max"][0].setChecked(False)
@@ -185,7 +185,7 @@ def test_the_wizards_shadow_section_makes_the_plans_shadow_step(session: GuiSess
     wizard.shadow_judged["min_agreement"][1].setValue(0.95)
     wizard.shadow_waves_combo.setCurrentIndex(wizard.shadow_waves_combo.findData("canary"))
     wizard.shadow_skip_combo.setCurrentIndex(wizard.shadow_skip_combo.findData("pass"))
-    assert wizard.plan().shadow == ShadowPolicy(share=0.25, min_requests=300, min_agreement=0.95,
+    assert wizard.plan().shadow == ShadowPolicy(share=0.5, min_requests=300, min_agreement=0.95,
                                                 p95_ratio_max=None, max_wait_s=120.0, waves="canary", on_skip="pass")
     preview = wizard.preview.toPlainText()
     assert preview == plan_text(resolve(wizard.plan(), window.bridge.fleet.inventory,

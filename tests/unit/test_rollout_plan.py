@@ -464,6 +464,13 @@ def test_a_plan_stored_before_the_shadow_step_loads_without_one_and_null_means_n
     assert caught.value.fix
 
 
+def test_a_plan_mirrors_the_share_the_agent_mirrors_by_default() -> None:
+    """One in four (what benchmarks/shadow_latency.py found keeps answered requests' p95 within the goal)."""
+    from fleetdesk.agent.shadow import DEFAULT_SHARE
+
+    assert ShadowPolicy().share == DEFAULT_SHARE == 0.25
+
+
 def test_the_shadow_policy_applies_to_every_wave_or_the_canarys_only() -> None:
     assert ShadowPolicy().applies_to(0) and ShadowPolicy().applies_to(3)
     canary = ShadowPolicy(waves="canary")
