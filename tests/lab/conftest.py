@@ -22,7 +22,9 @@ import pytest
 
 from tests.conftest import in_ci, skip_or_fail
 
-SPEC = "rpi4:1,rpi5:1,jetson-orin-nano:1,jetson-xavier-nx:1,ipc-x86:2,ipc-x86-nvidia:1"
+# Ten devices, as issue 23's takeover proof asks (tests/lab/test_takeover_lab.py uses them all): every profile once,
+# and the cheap x86 one five times (ipc-01 .. ipc-05).
+SPEC = "rpi4:1,rpi5:1,jetson-orin-nano:1,jetson-xavier-nx:1,ipc-x86:5,ipc-x86-nvidia:1"
 HOST_TOOLS = ("ip", "iptables", "nsenter", "unshare", "debootstrap", "ssh-keygen", "zstd")
 
 
