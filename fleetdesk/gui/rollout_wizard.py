@@ -5,15 +5,19 @@ words on the right (`plan_text(resolve(...))`, exactly what `fleetdesk rollout p
 the plan again: a PlanError names its field, the section that holds the field says what is wrong and the fix,
 and Start stays disabled until the plan resolves. Resolving reads the window's copy of the inventory (the
 bridge's devices and groups, no SQL on the loop) and the artifact store's records.
+
+Opening it takes three turns of the loop, each on a timer so that the loop runs between them (a zero-delay
+QTimer.singleShot is a posted event, which Qt delivers in the same pass as the next one): building the widgets,
+then the first plan (`refresh`, OPEN_STEP_MS later), then showing the dialog (the opener's own OPEN_STEP_MS timer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -45,8 +49,23 @@ from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.errors import FleetDeskError, PlanError
 from fleetdesk.inventory.records import Device, Group
 from fleetdesk.models.report import BASELINE
-from fleetdesk.rollout.plan import ResolvedPlan, RolloutPlan, plan_text, resolve
-from fleetdesk.rollout.policy import Gates, ShadowPolicy, TransferPolicy, WavePolicy, split_waves
+from fleetdesk.rollout.plan import (
+    ResolvedPlan,
+    RolloutPlan,
+    database_loss_text,
+    plan_text,
+    resolve,
+    takeover_text,
+)
+from fleetdesk.rollout.policy import (
+    DATABASE_LOSS_POLICIES,
+    TAKEOVER_POLICIES,
+    Gates,
+    ShadowPolicy,
+    TransferPolicy,
+    WavePolicy,
+    split_waves,
+)
 
 from .activities import human_bytes
 from .fields import number_spin
@@ -60,7 +79,13 @@ DEFAULT_WAVES = "1, 10%, 50%, 100%"
 THRESHOLD_SEMANTICS = ("Success is REACHED (>=): the next wave starts when at least that many devices of the wave "
                        "are done; a share is rounded up. Errors are EXCEEDED (>): the rollout pauses when MORE "
                        "than that many devices of the wave failed; 0 pauses on the first failure.")
-SECTIONS = ("model", "targets", "waves", "thresholds", "soak", "gates", "shadow", "transfer", "unreachable")
+SECTIONS = ("model", "targets", "waves", "thresholds", "soak", "gates", "shadow", "transfer", "unreachable",
+            "takeover")
+# The choices of "If its driver or the database goes away", in the operator's words; what each means in full is the
+# plan module's text (takeover_text, database_loss_text), shown as the item's tooltip and in the plan preview.
+TAKEOVER_CHOICES = {"ask": "An operator takes it over", "auto": "A FleetDesk window takes it over by itself"}
+DATABASE_LOSS_CHOICES = {"pause": "It stays paused for an operator to resume", "resume": "It resumes by itself"}
+OPEN_STEP_MS = 1  # see the module docstring: a timer, not a posted event, between the steps of opening
 MB = 1_000_000
 ID_ROLE = Qt.ItemDataRole.UserRole + 21
 NONE = "—"
@@ -89,6 +114,8 @@ def section_of(field: str | None) -> str:
         return "soak"
     if head.startswith("unreachable"):
         return "unreachable"
+    if head in ("takeover", "on_database_loss"):
+        return "takeover"
     if head == "transfer":
         return "transfer"
     return head if head in SECTIONS else "model"
@@ -381,8 +408,21 @@ class RolloutWizard(QDialog):
         grid.addRow("Wait at most", self.unreachable_wait_spin)
         layout.addLayout(grid)
         column.addWidget(box)
-        column.addStretch(1)
 
+        # -- the driving laptop or the database going away -----------------------------------------------------
+        box, layout = self._section("takeover", "If its driver or the database goes away")
+        grid = QFormLayout()
+        self.takeover_combo = self._choices(box, TAKEOVER_POLICIES, TAKEOVER_CHOICES, takeover_text,
+                                            RolloutPlan.takeover)
+        self.takeover_combo.setObjectName("TakeoverPolicy")
+        self.database_loss_combo = self._choices(box, DATABASE_LOSS_POLICIES, DATABASE_LOSS_CHOICES,
+                                                 database_loss_text, RolloutPlan.on_database_loss)
+        self.database_loss_combo.setObjectName("DatabaseLossPolicy")
+        grid.addRow("The FleetDesk driving it stops", self.takeover_combo)
+        grid.addRow("The database was unreachable", self.database_loss_combo)
+        layout.addLayout(grid)
+        column.addWidget(box)
+        column.addStretch(1)
 
         # -- the plan in words, and the buttons ---------------------------------------------------------------
         self.preview = QPlainTextEdit(right)
@@ -437,7 +477,8 @@ class RolloutWizard(QDialog):
         # -- every edit re-plans ------------------------------------------------------------------------------
         for edit in (self.waves_edit, self.success_edit, self.errors_edit):
             edit.textChanged.connect(self.refresh)
-        for combo in (self.model_combo, self.unreachable_combo, self.shadow_waves_combo, self.shadow_skip_combo):
+        for combo in (self.model_combo, self.unreachable_combo, self.shadow_waves_combo, self.shadow_skip_combo,
+                      self.takeover_combo, self.database_loss_combo):
             combo.currentIndexChanged.connect(self.refresh)
         # QSpinBox and QDoubleSpinBox each declare their own valueChanged (int, float): two loops.
         for int_spin in (self.soak_spin, self.confirm_spin, self.step_timeout_spin, self.parallel_spin,
@@ -452,7 +493,10 @@ class RolloutWizard(QDialog):
         for widget in (self.device_list, self.group_list, self.profile_list):
             widget.itemChanged.connect(self.refresh)
         self.wave_table.edited.connect(self.refresh)
-        self.refresh()
+        # Not planned here but one step later (the module docstring): until then nothing can be started.
+        for button in (self.start_button, self.plan_button, self.push_button):
+            button.setEnabled(False)
+        QTimer.singleShot(OPEN_STEP_MS, self, self.refresh)
 
     # -- building ---------------------------------------------------------------------------------------------
 
@@ -469,6 +513,22 @@ class RolloutWizard(QDialog):
         layout.addWidget(error)
         self.errors[key] = error
         return box, layout
+
+    @staticmethod
+    def _choices(parent: QWidget, policies: Sequence[str], labels: dict[str, str], describe: Callable[[str], str],
+                 default: str) -> QComboBox:
+        """A combo box of a plan's policies: each item says it in `labels`' words, with `describe(policy)` as its
+        tooltip; the combo's own tooltip follows the chosen one. Filled with its signals blocked: nothing re-plans."""
+        combo = QComboBox(parent)
+        combo.blockSignals(True)
+        for i, policy in enumerate(policies):
+            combo.addItem(labels.get(policy, policy), policy)
+            combo.setItemData(i, tooltip_text(describe(policy)), Qt.ItemDataRole.ToolTipRole)
+        combo.setCurrentIndex(max(0, combo.findData(default)))
+        combo.blockSignals(False)
+        combo.setToolTip(tooltip_text(describe(combo.currentData())))
+        combo.currentIndexChanged.connect(lambda _i: combo.setToolTip(tooltip_text(describe(combo.currentData()))))
+        return combo
 
     @staticmethod
     def _checklist(parent: QWidget, entries: Sequence[tuple[str, object]], checked: Collection[object]) -> QListWidget:
@@ -561,7 +621,8 @@ class RolloutWizard(QDialog):
             unreachable=self.unreachable_combo.currentData(),
             unreachable_wait_s=float(self.unreachable_wait_spin.value()),
             confirm_within_s=float(self.confirm_spin.value()),
-            step_timeout_s=float(self.step_timeout_spin.value()))
+            step_timeout_s=float(self.step_timeout_spin.value()),
+            takeover=self.takeover_combo.currentData(), on_database_loss=self.database_loss_combo.currentData())
 
     def _common_policy(self) -> CommonPolicy:
         """The common thresholds, soak and approval as typed: what a wave without an override shows."""
