@@ -6,9 +6,11 @@ the plan again: a PlanError names its field, the section that holds the field sa
 and Start stays disabled until the plan resolves. Resolving reads the window's copy of the inventory (the
 bridge's devices and groups, no SQL on the loop) and the artifact store's records.
 
-Opening it takes three turns of the loop, each on a timer so that the loop runs between them (a zero-delay
-QTimer.singleShot is a posted event, which Qt delivers in the same pass as the next one): building the widgets,
-then the first plan (`refresh`, OPEN_STEP_MS later), then showing the dialog (the opener's own OPEN_STEP_MS timer).
+Opening it takes four turns of the loop, each started by the one before on a timer, so that the loop runs
+between them (a zero-delay QTimer.singleShot is a posted event, which Qt delivers in the same pass as the next
+one, before any timer): the constructor builds the sections of the first screen; OPEN_STEP_MS later the rest of
+them (`_build_rest`); then the first plan (`_first_plan`), after which `ready` fires and the opener shows the
+dialog. Until then nothing can be started.
 """
 
 from __future__ import annotations
@@ -163,9 +165,10 @@ def variant_figures(record: ModelRecord, profile: str) -> tuple[str, str, str, s
 
 class RolloutWizard(QDialog):
     """See the module docstring. `start_requested(plan, run)`: create the rollout (and drive it with run=True);
-    `push_requested(record, device_ids)`: the plain push, no waves and no gates."""
+    `push_requested(record, device_ids)`: the plain push, no waves and no gates; `ready`: it can be shown."""
 
     start_requested = Signal(object, bool)  # RolloutPlan, run now
+    ready = Signal()  # built and planned: the opener shows it now (the module docstring)
     push_requested = Signal(object, list)  # ModelRecord, list[int]
 
     def __init__(self, records: Sequence[ModelRecord], devices: Sequence[Device], groups: Sequence[Group],
@@ -195,6 +198,7 @@ class RolloutWizard(QDialog):
         scroll.setWidget(form)
         self._form = form
         column = QVBoxLayout(form)
+        self._column = column
         right = QWidget(splitter)
         splitter.addWidget(scroll)
         splitter.addWidget(right)
@@ -289,6 +293,65 @@ class RolloutWizard(QDialog):
         layout.addLayout(grid)
         column.addWidget(box)
 
+        # -- the plan in words, and the buttons ---------------------------------------------------------------
+        self.preview = QPlainTextEdit(right)
+        self.preview.setObjectName("PlanPreview")
+        self.preview.setReadOnly(True)
+        self.preview.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        mono = QFont("monospace")
+        mono.setStyleHint(QFont.StyleHint.Monospace)
+        mono.setPointSizeF(max(8.0, self.font().pointSizeF() - 1))
+        self.preview.setFont(mono)
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        plan_label = QLabel("Plan (what `fleetdesk rollout plan` prints)", right)
+        plan_label.setObjectName("Heading")
+        right_layout.addWidget(plan_label)
+        right_layout.addWidget(self.preview, 1)
+        self.problem = QLabel("", right)
+        self.problem.setObjectName("PlanProblem")
+        self.problem.setWordWrap(True)
+        self.problem.setTextFormat(Qt.TextFormat.PlainText)
+        self.problem.setStyleSheet(f"color: {colours()['error']};")
+        right_layout.addWidget(self.problem)
+
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([600, 720])
+
+        self.start_button = QPushButton("Start rollout", self)
+        self.start_button.setObjectName("StartRollout")
+        self.start_button.setDefault(True)
+        self.start_button.setToolTip(tooltip_text("Create the rollout and start its first wave now"))
+        self.plan_button = QPushButton("Save as planned", self)
+        self.plan_button.setToolTip(tooltip_text(
+            "Create the rollout without touching any device; start it from the Rollouts tab"))
+        self.push_button = QPushButton("Push only…", self)
+        self.push_button.setToolTip(tooltip_text(
+            "Copy the artifact to every target at once, verified, without activating it: "
+            "no waves and no gates"))
+        cancel = QPushButton("Cancel", self)
+        self.start_button.clicked.connect(lambda: self._start(True))
+        self.plan_button.clicked.connect(lambda: self._start(False))
+        self.push_button.clicked.connect(self._push)
+        cancel.clicked.connect(self.reject)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.push_button)
+        buttons.addStretch(1)
+        for button in (cancel, self.plan_button, self.start_button):
+            buttons.addWidget(button)
+
+        outer.addLayout(buttons)
+        self.resize(1320, 860)
+
+        # The sections below the first screen, and the first plan, come in the next steps (the module docstring):
+        # until then nothing can be started.
+        for button in (self.start_button, self.plan_button, self.push_button):
+            button.setEnabled(False)
+        QTimer.singleShot(OPEN_STEP_MS, self, self._build_rest)
+
+    def _build_rest(self) -> None:
+        """Opening's second step: the sections from the health gates down, and every edit re-planning."""
+        column = self._column
         # -- gates -------------------------------------------------------------------------------------------
         box, layout = self._section("gates", "Health gates")
         grid = QFormLayout()
@@ -424,56 +487,6 @@ class RolloutWizard(QDialog):
         column.addWidget(box)
         column.addStretch(1)
 
-        # -- the plan in words, and the buttons ---------------------------------------------------------------
-        self.preview = QPlainTextEdit(right)
-        self.preview.setObjectName("PlanPreview")
-        self.preview.setReadOnly(True)
-        self.preview.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
-        mono = QFont("monospace")
-        mono.setStyleHint(QFont.StyleHint.Monospace)
-        mono.setPointSizeF(max(8.0, self.font().pointSizeF() - 1))
-        self.preview.setFont(mono)
-        right_layout = QVBoxLayout(right)
-        right_layout.setContentsMargins(0, 0, 0, 0)
-        plan_label = QLabel("Plan (what `fleetdesk rollout plan` prints)", right)
-        plan_label.setObjectName("Heading")
-        right_layout.addWidget(plan_label)
-        right_layout.addWidget(self.preview, 1)
-        self.problem = QLabel("", right)
-        self.problem.setObjectName("PlanProblem")
-        self.problem.setWordWrap(True)
-        self.problem.setTextFormat(Qt.TextFormat.PlainText)
-        self.problem.setStyleSheet(f"color: {colours()['error']};")
-        right_layout.addWidget(self.problem)
-
-        splitter.setStretchFactor(1, 1)
-        splitter.setSizes([600, 720])
-
-        self.start_button = QPushButton("Start rollout", self)
-        self.start_button.setObjectName("StartRollout")
-        self.start_button.setDefault(True)
-        self.start_button.setToolTip(tooltip_text("Create the rollout and start its first wave now"))
-        self.plan_button = QPushButton("Save as planned", self)
-        self.plan_button.setToolTip(tooltip_text(
-            "Create the rollout without touching any device; start it from the Rollouts tab"))
-        self.push_button = QPushButton("Push only…", self)
-        self.push_button.setToolTip(tooltip_text(
-            "Copy the artifact to every target at once, verified, without activating it: "
-            "no waves and no gates"))
-        cancel = QPushButton("Cancel", self)
-        self.start_button.clicked.connect(lambda: self._start(True))
-        self.plan_button.clicked.connect(lambda: self._start(False))
-        self.push_button.clicked.connect(self._push)
-        cancel.clicked.connect(self.reject)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.push_button)
-        buttons.addStretch(1)
-        for button in (cancel, self.plan_button, self.start_button):
-            buttons.addWidget(button)
-
-        outer.addLayout(buttons)
-        self.resize(1320, 860)
-
         # -- every edit re-plans ------------------------------------------------------------------------------
         for edit in (self.waves_edit, self.success_edit, self.errors_edit):
             edit.textChanged.connect(self.refresh)
@@ -493,10 +506,12 @@ class RolloutWizard(QDialog):
         for widget in (self.device_list, self.group_list, self.profile_list):
             widget.itemChanged.connect(self.refresh)
         self.wave_table.edited.connect(self.refresh)
-        # Not planned here but one step later (the module docstring): until then nothing can be started.
-        for button in (self.start_button, self.plan_button, self.push_button):
-            button.setEnabled(False)
-        QTimer.singleShot(OPEN_STEP_MS, self, self.refresh)
+        QTimer.singleShot(OPEN_STEP_MS, self, self._first_plan)
+
+    def _first_plan(self) -> None:
+        """Opening's third step: the plan as the fields say it; then the wizard is `ready` to be shown."""
+        self.refresh()
+        self.ready.emit()
 
     # -- building ---------------------------------------------------------------------------------------------
 

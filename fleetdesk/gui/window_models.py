@@ -19,7 +19,7 @@ from .bridge_rollouts import WINDOW_CLOSED
 from .bridge_views import DeviceView
 from .fleet_model import plain
 from .model_import import ImportDialog, ImportRequest
-from .rollout_wizard import OPEN_STEP_MS, RolloutWizard
+from .rollout_wizard import RolloutWizard
 from .window_fleet import FleetPane
 from .window_part import Window, WindowPart
 
@@ -177,10 +177,9 @@ class ModelActions(WindowPart):
             lambda record, ids: self.bridge.models.push_artifacts(record, ids, title=f"Deploy {record.ref}"))
         wizard.finished.connect(lambda _r: setattr(self, "_wizard", None))
         self._wizard = wizard
-        # Shown after the wizard's first plan, each a turn of the loop of its own (rollout_wizard's docstring):
+        # Shown once it is built and planned, in steps of the loop of their own (rollout_wizard's docstring):
         # building it, planning and laying it out in one pass would hold the loop.
-        QTimer.singleShot(OPEN_STEP_MS, wizard,
-                          lambda: self.window.keep(wizard) if not self.window.closing else wizard.deleteLater())
+        wizard.ready.connect(lambda: self.window.keep(wizard) if not self.window.closing else wizard.deleteLater())
         return wizard
 
     def start_rollout(self, plan: RolloutPlan, run: bool = True, device_ids: Sequence[int] = ()) -> Activity:
