@@ -5,15 +5,21 @@ words on the right (`plan_text(resolve(...))`, exactly what `fleetdesk rollout p
 the plan again: a PlanError names its field, the section that holds the field says what is wrong and the fix,
 and Start stays disabled until the plan resolves. Resolving reads the window's copy of the inventory (the
 bridge's devices and groups, no SQL on the loop) and the artifact store's records.
+
+Opening it takes four turns of the loop, each started by the one before on a timer, so that the loop runs
+between them (a zero-delay QTimer.singleShot is a posted event, which Qt delivers in the same pass as the next
+one, before any timer): the constructor builds the sections of the first screen; OPEN_STEP_MS later the rest of
+them (`_build_rest`); then the first plan (`_first_plan`), after which `ready` fires and the opener shows the
+dialog. Until then nothing can be started.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -45,8 +51,23 @@ from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.errors import FleetDeskError, PlanError
 from fleetdesk.inventory.records import Device, Group
 from fleetdesk.models.report import BASELINE
-from fleetdesk.rollout.plan import ResolvedPlan, RolloutPlan, plan_text, resolve
-from fleetdesk.rollout.policy import Gates, ShadowPolicy, TransferPolicy, WavePolicy, split_waves
+from fleetdesk.rollout.plan import (
+    ResolvedPlan,
+    RolloutPlan,
+    database_loss_text,
+    plan_text,
+    resolve,
+    takeover_text,
+)
+from fleetdesk.rollout.policy import (
+    DATABASE_LOSS_POLICIES,
+    TAKEOVER_POLICIES,
+    Gates,
+    ShadowPolicy,
+    TransferPolicy,
+    WavePolicy,
+    split_waves,
+)
 
 from .activities import human_bytes
 from .fields import number_spin
@@ -60,7 +81,13 @@ DEFAULT_WAVES = "1, 10%, 50%, 100%"
 THRESHOLD_SEMANTICS = ("Success is REACHED (>=): the next wave starts when at least that many devices of the wave "
                        "are done; a share is rounded up. Errors are EXCEEDED (>): the rollout pauses when MORE "
                        "than that many devices of the wave failed; 0 pauses on the first failure.")
-SECTIONS = ("model", "targets", "waves", "thresholds", "soak", "gates", "shadow", "transfer", "unreachable")
+SECTIONS = ("model", "targets", "waves", "thresholds", "soak", "gates", "shadow", "transfer", "unreachable",
+            "takeover")
+# The choices of "If its driver or the database goes away", in the operator's words; what each means in full is the
+# plan module's text (takeover_text, database_loss_text), shown as the item's tooltip and in the plan preview.
+TAKEOVER_CHOICES = {"ask": "An operator takes it over", "auto": "A FleetDesk window takes it over by itself"}
+DATABASE_LOSS_CHOICES = {"pause": "It stays paused for an operator to resume", "resume": "It resumes by itself"}
+OPEN_STEP_MS = 1  # see the module docstring: a timer, not a posted event, between the steps of opening
 MB = 1_000_000
 ID_ROLE = Qt.ItemDataRole.UserRole + 21
 NONE = "—"
@@ -89,6 +116,8 @@ def section_of(field: str | None) -> str:
         return "soak"
     if head.startswith("unreachable"):
         return "unreachable"
+    if head in ("takeover", "on_database_loss"):
+        return "takeover"
     if head == "transfer":
         return "transfer"
     return head if head in SECTIONS else "model"
@@ -136,9 +165,10 @@ def variant_figures(record: ModelRecord, profile: str) -> tuple[str, str, str, s
 
 class RolloutWizard(QDialog):
     """See the module docstring. `start_requested(plan, run)`: create the rollout (and drive it with run=True);
-    `push_requested(record, device_ids)`: the plain push, no waves and no gates."""
+    `push_requested(record, device_ids)`: the plain push, no waves and no gates; `ready`: it can be shown."""
 
     start_requested = Signal(object, bool)  # RolloutPlan, run now
+    ready = Signal()  # built and planned: the opener shows it now (the module docstring)
     push_requested = Signal(object, list)  # ModelRecord, list[int]
 
     def __init__(self, records: Sequence[ModelRecord], devices: Sequence[Device], groups: Sequence[Group],
@@ -168,6 +198,7 @@ class RolloutWizard(QDialog):
         scroll.setWidget(form)
         self._form = form
         column = QVBoxLayout(form)
+        self._column = column
         right = QWidget(splitter)
         splitter.addWidget(scroll)
         splitter.addWidget(right)
@@ -262,6 +293,65 @@ class RolloutWizard(QDialog):
         layout.addLayout(grid)
         column.addWidget(box)
 
+        # -- the plan in words, and the buttons ---------------------------------------------------------------
+        self.preview = QPlainTextEdit(right)
+        self.preview.setObjectName("PlanPreview")
+        self.preview.setReadOnly(True)
+        self.preview.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        mono = QFont("monospace")
+        mono.setStyleHint(QFont.StyleHint.Monospace)
+        mono.setPointSizeF(max(8.0, self.font().pointSizeF() - 1))
+        self.preview.setFont(mono)
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        plan_label = QLabel("Plan (what `fleetdesk rollout plan` prints)", right)
+        plan_label.setObjectName("Heading")
+        right_layout.addWidget(plan_label)
+        right_layout.addWidget(self.preview, 1)
+        self.problem = QLabel("", right)
+        self.problem.setObjectName("PlanProblem")
+        self.problem.setWordWrap(True)
+        self.problem.setTextFormat(Qt.TextFormat.PlainText)
+        self.problem.setStyleSheet(f"color: {colours()['error']};")
+        right_layout.addWidget(self.problem)
+
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([600, 720])
+
+        self.start_button = QPushButton("Start rollout", self)
+        self.start_button.setObjectName("StartRollout")
+        self.start_button.setDefault(True)
+        self.start_button.setToolTip(tooltip_text("Create the rollout and start its first wave now"))
+        self.plan_button = QPushButton("Save as planned", self)
+        self.plan_button.setToolTip(tooltip_text(
+            "Create the rollout without touching any device; start it from the Rollouts tab"))
+        self.push_button = QPushButton("Push only…", self)
+        self.push_button.setToolTip(tooltip_text(
+            "Copy the artifact to every target at once, verified, without activating it: "
+            "no waves and no gates"))
+        cancel = QPushButton("Cancel", self)
+        self.start_button.clicked.connect(lambda: self._start(True))
+        self.plan_button.clicked.connect(lambda: self._start(False))
+        self.push_button.clicked.connect(self._push)
+        cancel.clicked.connect(self.reject)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.push_button)
+        buttons.addStretch(1)
+        for button in (cancel, self.plan_button, self.start_button):
+            buttons.addWidget(button)
+
+        outer.addLayout(buttons)
+        self.resize(1320, 860)
+
+        # The sections below the first screen, and the first plan, come in the next steps (the module docstring):
+        # until then nothing can be started.
+        for button in (self.start_button, self.plan_button, self.push_button):
+            button.setEnabled(False)
+        QTimer.singleShot(OPEN_STEP_MS, self, self._build_rest)
+
+    def _build_rest(self) -> None:
+        """Opening's second step: the sections from the health gates down, and every edit re-planning."""
+        column = self._column
         # -- gates -------------------------------------------------------------------------------------------
         box, layout = self._section("gates", "Health gates")
         grid = QFormLayout()
@@ -381,63 +471,27 @@ class RolloutWizard(QDialog):
         grid.addRow("Wait at most", self.unreachable_wait_spin)
         layout.addLayout(grid)
         column.addWidget(box)
+
+        # -- the driving laptop or the database going away -----------------------------------------------------
+        box, layout = self._section("takeover", "If its driver or the database goes away")
+        grid = QFormLayout()
+        self.takeover_combo = self._choices(box, TAKEOVER_POLICIES, TAKEOVER_CHOICES, takeover_text,
+                                            RolloutPlan.takeover)
+        self.takeover_combo.setObjectName("TakeoverPolicy")
+        self.database_loss_combo = self._choices(box, DATABASE_LOSS_POLICIES, DATABASE_LOSS_CHOICES,
+                                                 database_loss_text, RolloutPlan.on_database_loss)
+        self.database_loss_combo.setObjectName("DatabaseLossPolicy")
+        grid.addRow("The FleetDesk driving it stops", self.takeover_combo)
+        grid.addRow("The database was unreachable", self.database_loss_combo)
+        layout.addLayout(grid)
+        column.addWidget(box)
         column.addStretch(1)
-
-
-        # -- the plan in words, and the buttons ---------------------------------------------------------------
-        self.preview = QPlainTextEdit(right)
-        self.preview.setObjectName("PlanPreview")
-        self.preview.setReadOnly(True)
-        self.preview.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
-        mono = QFont("monospace")
-        mono.setStyleHint(QFont.StyleHint.Monospace)
-        mono.setPointSizeF(max(8.0, self.font().pointSizeF() - 1))
-        self.preview.setFont(mono)
-        right_layout = QVBoxLayout(right)
-        right_layout.setContentsMargins(0, 0, 0, 0)
-        plan_label = QLabel("Plan (what `fleetdesk rollout plan` prints)", right)
-        plan_label.setObjectName("Heading")
-        right_layout.addWidget(plan_label)
-        right_layout.addWidget(self.preview, 1)
-        self.problem = QLabel("", right)
-        self.problem.setObjectName("PlanProblem")
-        self.problem.setWordWrap(True)
-        self.problem.setTextFormat(Qt.TextFormat.PlainText)
-        self.problem.setStyleSheet(f"color: {colours()['error']};")
-        right_layout.addWidget(self.problem)
-
-        splitter.setStretchFactor(1, 1)
-        splitter.setSizes([600, 720])
-
-        self.start_button = QPushButton("Start rollout", self)
-        self.start_button.setObjectName("StartRollout")
-        self.start_button.setDefault(True)
-        self.start_button.setToolTip(tooltip_text("Create the rollout and start its first wave now"))
-        self.plan_button = QPushButton("Save as planned", self)
-        self.plan_button.setToolTip(tooltip_text(
-            "Create the rollout without touching any device; start it from the Rollouts tab"))
-        self.push_button = QPushButton("Push only…", self)
-        self.push_button.setToolTip(tooltip_text(
-            "Copy the artifact to every target at once, verified, without activating it: "
-            "no waves and no gates"))
-        cancel = QPushButton("Cancel", self)
-        self.start_button.clicked.connect(lambda: self._start(True))
-        self.plan_button.clicked.connect(lambda: self._start(False))
-        self.push_button.clicked.connect(self._push)
-        cancel.clicked.connect(self.reject)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.push_button)
-        buttons.addStretch(1)
-        for button in (cancel, self.plan_button, self.start_button):
-            buttons.addWidget(button)
-
-        outer.addLayout(buttons)
-        self.resize(1320, 860)
 
         # -- every edit re-plans ------------------------------------------------------------------------------
         for edit in (self.waves_edit, self.success_edit, self.errors_edit):
             edit.textChanged.connect(self.refresh)
-        for combo in (self.model_combo, self.unreachable_combo, self.shadow_waves_combo, self.shadow_skip_combo):
+        for combo in (self.model_combo, self.unreachable_combo, self.shadow_waves_combo, self.shadow_skip_combo,
+                      self.takeover_combo, self.database_loss_combo):
             combo.currentIndexChanged.connect(self.refresh)
         # QSpinBox and QDoubleSpinBox each declare their own valueChanged (int, float): two loops.
         for int_spin in (self.soak_spin, self.confirm_spin, self.step_timeout_spin, self.parallel_spin,
@@ -452,7 +506,12 @@ class RolloutWizard(QDialog):
         for widget in (self.device_list, self.group_list, self.profile_list):
             widget.itemChanged.connect(self.refresh)
         self.wave_table.edited.connect(self.refresh)
+        QTimer.singleShot(OPEN_STEP_MS, self, self._first_plan)
+
+    def _first_plan(self) -> None:
+        """Opening's third step: the plan as the fields say it; then the wizard is `ready` to be shown."""
         self.refresh()
+        self.ready.emit()
 
     # -- building ---------------------------------------------------------------------------------------------
 
@@ -469,6 +528,22 @@ class RolloutWizard(QDialog):
         layout.addWidget(error)
         self.errors[key] = error
         return box, layout
+
+    @staticmethod
+    def _choices(parent: QWidget, policies: Sequence[str], labels: dict[str, str], describe: Callable[[str], str],
+                 default: str) -> QComboBox:
+        """A combo box of a plan's policies: each item says it in `labels`' words, with `describe(policy)` as its
+        tooltip; the combo's own tooltip follows the chosen one. Filled with its signals blocked: nothing re-plans."""
+        combo = QComboBox(parent)
+        combo.blockSignals(True)
+        for i, policy in enumerate(policies):
+            combo.addItem(labels.get(policy, policy), policy)
+            combo.setItemData(i, tooltip_text(describe(policy)), Qt.ItemDataRole.ToolTipRole)
+        combo.setCurrentIndex(max(0, combo.findData(default)))
+        combo.blockSignals(False)
+        combo.setToolTip(tooltip_text(describe(combo.currentData())))
+        combo.currentIndexChanged.connect(lambda _i: combo.setToolTip(tooltip_text(describe(combo.currentData()))))
+        return combo
 
     @staticmethod
     def _checklist(parent: QWidget, entries: Sequence[tuple[str, object]], checked: Collection[object]) -> QListWidget:
@@ -561,7 +636,8 @@ class RolloutWizard(QDialog):
             unreachable=self.unreachable_combo.currentData(),
             unreachable_wait_s=float(self.unreachable_wait_spin.value()),
             confirm_within_s=float(self.confirm_spin.value()),
-            step_timeout_s=float(self.step_timeout_spin.value()))
+            step_timeout_s=float(self.step_timeout_spin.value()),
+            takeover=self.takeover_combo.currentData(), on_database_loss=self.database_loss_combo.currentData())
 
     def _common_policy(self) -> CommonPolicy:
         """The common thresholds, soak and approval as typed: what a wave without an override shows."""

@@ -177,8 +177,9 @@ class ModelActions(WindowPart):
             lambda record, ids: self.bridge.models.push_artifacts(record, ids, title=f"Deploy {record.ref}"))
         wizard.finished.connect(lambda _r: setattr(self, "_wizard", None))
         self._wizard = wizard
-        # Shown on the next pass of the loop: building it and laying it out in one pass would hold the loop.
-        QTimer.singleShot(0, lambda: self.window.keep(wizard) if not self.window.closing else wizard.deleteLater())
+        # Shown once it is built and planned, in steps of the loop of their own (rollout_wizard's docstring):
+        # building it, planning and laying it out in one pass would hold the loop.
+        wizard.ready.connect(lambda: self.window.keep(wizard) if not self.window.closing else wizard.deleteLater())
         return wizard
 
     def start_rollout(self, plan: RolloutPlan, run: bool = True, device_ids: Sequence[int] = ()) -> Activity:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QRect, Qt
 from PySide6.QtGui import QColor, QImage
+from PySide6.QtWidgets import QGroupBox
 
 from fleetdesk.artifacts.signing import KEYRING_ACCOUNT
 from fleetdesk.artifacts.store import ArtifactStore, write_golden
@@ -45,8 +46,8 @@ from fleetdesk.models.report import (
 )
 from fleetdesk.rollout.engine import RolloutEvent
 from fleetdesk.rollout.gates import GateSample, evaluate
-from fleetdesk.rollout.plan import RolloutPlan, plan_text, resolve
-from fleetdesk.rollout.policy import Gates, ShadowPolicy, WavePolicy
+from fleetdesk.rollout.plan import RolloutPlan, database_loss_text, plan_text, resolve, takeover_text
+from fleetdesk.rollout.policy import DATABASE_LOSS_POLICIES, TAKEOVER_POLICIES, Gates, ShadowPolicy, WavePolicy
 from fleetdesk.transport import credentials
 from tests.fixtures.models.build import save_cnn
 from tests.gui_harness import GuiSession, gui_session, shown_text
@@ -330,6 +331,44 @@ def test_the_shadow_step_is_plotted_live_per_device_against_the_plans_bounds(ses
     session.wait(lambda: view.detail is not None and view.detail.row.id != rid, "the rollout without a shadow")
     assert not view.plot_tabs.isTabVisible(1) and not view.plot_tabs.tabBar().isVisible()
     assert view.plot_tabs.currentWidget() is not view.shadow_plot
+
+
+def test_the_wizards_driver_and_database_choices_reach_the_stored_plan(session: GuiSession) -> None:
+    """"If its driver or the database goes away": one choice per plan policy, the plan's defaults first, each item
+    told by the plan module's text; the chosen ones are in the plan the wizard starts and in the stored rollout."""
+    window = session.window
+    wizard = open_wizard(session, all_ids(session))
+    box = wizard.findChild(QGroupBox, "Section_takeover")
+    assert box is not None and box.title() == "If its driver or the database goes away"
+    defaults = RolloutPlan(model="line-camera@1")
+    for combo, policies, text, default in (
+            (wizard.takeover_combo, TAKEOVER_POLICIES, takeover_text, defaults.takeover),
+            (wizard.database_loss_combo, DATABASE_LOSS_POLICIES, database_loss_text, defaults.on_database_loss)):
+        assert [combo.itemData(i) for i in range(combo.count())] == list(policies)
+        assert [shown_text(combo.itemData(i, Qt.ItemDataRole.ToolTipRole)) for i in range(combo.count())] == [
+            text(p) for p in policies]
+        assert combo.currentData() == default and shown_text(combo.toolTip()) == text(default)
+    plan = wizard.plan()
+    assert (plan.takeover, plan.on_database_loss) == (defaults.takeover, defaults.on_database_loss) == ("ask", "pause")
+    assert f"takeover (ask): {takeover_text('ask')}" in wizard.preview.toPlainText()
+
+    wizard.takeover_combo.setCurrentIndex(wizard.takeover_combo.findData("auto"))
+    wizard.database_loss_combo.setCurrentIndex(wizard.database_loss_combo.findData("resume"))
+    assert shown_text(wizard.takeover_combo.toolTip()) == takeover_text("auto")
+    assert shown_text(wizard.database_loss_combo.toolTip()) == database_loss_text("resume")
+    preview = wizard.preview.toPlainText()  # re-planned on each change
+    assert f"takeover (auto): {takeover_text('auto')}" in preview
+    assert f"database unreachable (resume): {database_loss_text('resume')}" in preview
+    assert wizard.start_button.isEnabled(), wizard.problem.text()
+    session.call(lambda: wizard.plan_button.click())  # Save as planned: engine.start, no device touched
+    view = window.rollouts_view
+    session.wait(lambda: view.detail is not None and view.detail.row.status == "planned", "the planned rollout")
+    rid = view.detail.row.id
+    stored = RolloutRepo(window.bridge.fleet.inventory).get(rid).plan
+    assert (stored["takeover"], stored["on_database_loss"]) == ("auto", "resume")
+    assert RolloutPlan.from_dict(stored).takeover == "auto"
+    session.call(lambda: view.buttons["abort"].click())
+    session.wait(lambda: view.detail.row.status == "aborted", "aborted")
 
 
 def test_an_action_on_a_rollout_another_operator_acted_on_since_is_refused_naming_them(
@@ -741,6 +780,7 @@ def test_per_wave_overrides_retries_and_step_timeout_reach_the_plan(session: Gui
 def test_an_invalid_wave_override_names_the_cell_and_holds_start(session: GuiSession) -> None:
     wizard = open_wizard(session, all_ids(session))
     assert section_of("wave_policies[2].soak_s") == "waves" and section_of("transfer.retries") == "transfer"
+    assert section_of("takeover") == section_of("on_database_loss") == "takeover"
     override(wizard, 1)
     cell = wizard.wave_table.item(1, ERRORS)
     edit(wizard, 1, ERRORS, "lots")
