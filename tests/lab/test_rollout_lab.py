@@ -3,7 +3,7 @@
 the test store's own key. A whole rollout in wave order; a model that does not load on the canary (paused, the
 rest untouched); a failed latency gate (the canary rolled back); `rollout start` SIGKILLed mid-wave and resumed
 (nothing half-switched, nothing finished sent again); the rollback of a whole rollout; the shadow step under live
-load from a generator on the devices (a different network fails it on the canary before it ever answers, a re-saved
+load from a generator on the devices (a different network fails it on the canary before it ever answers, a re-quantized
 copy of the running model passes it and is activated); input drift of the generator's requests raising the
 laptop's drift alerts and clearing them.
 """
@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 
 from fleetdesk.agent_client import AgentView
@@ -43,6 +42,7 @@ from fleetdesk.models.report import (
     Tolerance,
     Variant,
 )
+from fleetdesk.models.variants import quantize_int8_dynamic
 from fleetdesk.profiles import ProfileSet, load_profiles
 from fleetdesk.rollout.device_ops import DeviceOps
 from fleetdesk.rollout.engine import RolloutEngine, RolloutEvent
@@ -97,19 +97,22 @@ class Laptop(LabLaptop):
 
 
 def add_model(store: ArtifactStore, work: Path, name: str, seed: int, *, loadable: bool = True,
-              resaved: bool = False, reference: bool = False) -> str:
+              requantized: bool = False, reference: bool = False) -> str:
     """A small CNN signed into the store with golden outputs; every profile gets the same artifact. With
     loadable=False the profiles' chosen variant is a validly signed file that is not ONNX: it fails to load. With
-    resaved=True the network of that seed saved again with another doc string: other bytes, the same answers. With
+    requantized=True the network of that seed re-quantized (FleetDesk's INT8 dynamic recipe): other weights, answers
+a little off (cosine about 0.99998 to the float model's) and the same top-1 (500 of 500 standard-normal images). With
     reference=True it carries input statistics of 16 standard-normal images, as an import with such samples writes
     them (the inputs LOAD_GENERATOR sends unless told to shift them)."""
     folder = work / f"{name}-src"
     folder.mkdir(parents=True)
-    path = save_cnn(folder / "model.onnx", seed=seed)
-    if resaved:
-        model = onnx.load(str(path))
-        model.doc_string = f"{name}: the same weights saved again"
-        onnx.save_model(model, path)
+    if requantized:
+        (work / f"{name}-float").mkdir()
+        float_model = save_cnn(work / f"{name}-float" / "model.onnx", seed=seed)
+        quantize_int8_dynamic(float_model, folder)
+        path = folder / "model.onnx"
+    else:
+        path = save_cnn(folder / "model.onnx", seed=seed)
     card = inspect_model(path, name=name)
     rng = np.random.default_rng(seed)
     feeds = [{"image": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
@@ -148,7 +151,7 @@ def laptop(fleet: LabFleet, keyring_daemon: KeyringDaemon, tmp_path_factory: pyt
     for seed, name in enumerate(("m1", "m2", "m3"), start=1):
         laptop.models[f"{name}@1"] = add_model(laptop.store, work, name, seed)
     laptop.models["broken@1"] = add_model(laptop.store, work, "broken", 9, loadable=False)
-    laptop.models["m1-resaved@1"] = add_model(laptop.store, work, "m1-resaved", 1, resaved=True)
+    laptop.models["m1-int8@1"] = add_model(laptop.store, work, "m1-int8", 1, requantized=True)
     laptop.models["watched@1"] = add_model(laptop.store, work, "watched", 5, reference=True)
     runtimes = RuntimeStore(data / "runtimes")
     x86 = asyncio.run(build_runtime(PROFILES.get("ipc-x86"), runtimes))[0]
@@ -346,7 +349,7 @@ def stop_load(lab: LabFleet, *names: str) -> None:
 
 def test_the_shadow_step_fails_a_different_network_before_it_answers_and_passes_the_same_one(
         fleet: LabFleet, laptop: Laptop) -> None:
-    running, different, same = (laptop.models[m] for m in ("m1@1", "m2@1", "m1-resaved@1"))
+    running, different, same = (laptop.models[m] for m in ("m1@1", "m2@1", "m1-int8@1"))
     shadow = ShadowPolicy(share=0.5, min_requests=30, min_agreement=0.98, max_wait_s=90,
                           p95_ratio_max=None)  # the lab's shared cores make sub-millisecond ratios noise
 
@@ -394,9 +397,9 @@ def test_the_shadow_step_fails_a_different_network_before_it_answers_and_passes_
         assert rows[X86].state == st.PENDING and now[X86].current == running
         await abort_to_free(engine, rid)
 
-        # The same network in other bytes passes the canary's shadow and is activated; wave 2 does not shadow.
+        # The same network re-quantized passes the canary's shadow and is activated; wave 2 does not shadow.
         load_generator(fleet, GPU, 150)
-        rid = await engine.start(shadow_plan("m1-resaved@1", shadow=replace(shadow, waves="canary")))
+        rid = await engine.start(shadow_plan("m1-int8@1", shadow=replace(shadow, waves="canary")))
         row = await engine.run(rid)
         assert row.status == "done", row.paused_reason
         rows = by_name(fleet_, engine, rid)
@@ -404,7 +407,7 @@ def test_the_shadow_step_fails_a_different_network_before_it_answers_and_passes_
                                                               *JOURNEY[2:]]
         assert events_of(engine, rid, rows[X86].device_id) == JOURNEY
         passed = rows[GPU].gates["shadow"]
-        assert passed["passed"] is True and passed["values"]["shadow_agreement"]["value"] == 1.0
+        assert passed["passed"] is True and passed["values"]["shadow_agreement"]["value"] >= 0.98, passed
         assert rows[GPU].gates["values"]["golden_cosine"]["ok"]  # the health gates ran after it, as always
         now = await views(fleet_, laptop.store)
         assert now[GPU].current == now[X86].current == same
