@@ -1,8 +1,10 @@
 """A laptop that dies mid-rollout, on a shared PostgreSQL inventory (issue 23's proof): `fleetdesk rollout start`
 drives a rollout on real lab devices and is SIGKILLed in the middle of wave 2; a second `fleetdesk` process on
-another host name (its own UTS namespace, hostname laptop-b, its own data folder with a copy of the signed store)
+another host name (its own UTS namespace, hostname laptop-b, its own data folder holding only the fleet's keys)
 runs `fleetdesk rollout run ID --take-over --json`, waits for the dead driver's lease to run out and finishes the
-rollout from the journal.
+rollout from the journal. The model was imported on the first laptop, which shared it as an operator's import does
+(the fleet's catalogue in PostgreSQL, the signed files in the shared store folder, FLEETDESK_SHARED_STORE):
+laptop-b fetches and verifies them from there when it first stages a device.
 
 The database going away (issue 23 too): PostgreSQL is stopped (pg_ctl stop -m fast) in the middle of wave 2 of
 another rollout and started again 10 s later; the driver finishes the steps under way, pauses the rollout with the
@@ -31,15 +33,20 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fleetdesk.artifacts.fleet_models import share_model
+from fleetdesk.artifacts.shared_store import SETTING as SHARED_SETTING
+from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.fleet import Fleet
 from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.audit import AuditFilter, AuditRepo
+from fleetdesk.inventory.model_catalogue import ModelCatalogue
 from fleetdesk.inventory.rollouts import TAKEOVER, RolloutRepo
 from fleetdesk.profiles import ProfileSet, load_profiles
 from fleetdesk.rollout.engine import LEASE_S
@@ -92,11 +99,21 @@ def postgres_url(postgres: PostgresCluster) -> str:
 
 
 @pytest.fixture(scope="module")
-def laptop(fleet: LabFleet, keyring_daemon: KeyringDaemon, postgres_url: str,
+def shared_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder every laptop of the fleet mounts (FLEETDESK_SHARED_STORE)."""
+    return tmp_path_factory.mktemp("shared-store")
+
+
+@pytest.fixture(scope="module")
+def laptop(fleet: LabFleet, keyring_daemon: KeyringDaemon, postgres_url: str, shared_store: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedLaptop]:
     base = new_laptop(tmp_path_factory.mktemp("takeover-laptop-a"), PROFILES)
     laptop = SharedLaptop(base.data_dir, base.key, base.store, PROFILES, url=postgres_url)
     small_model(laptop, tmp_path_factory.mktemp("takeover-models"), "edge", 51, sorted(set(PROFILE_OF.values())))
+    with open_inventory(postgres_url) as inventory:  # shared as `fleetdesk model import` shares what it imports
+        sharing = ArtifactStore(laptop.data_dir / "artifacts", laptop.key, shared=shared_store,
+                                catalogue=ModelCatalogue(inventory))
+        assert share_model(sharing, sharing.model("edge@1"), "laptop-a", datetime.now(UTC)) is not None
     provision_devices(fleet, laptop, NAMES, RUNTIME_OF)
     yield laptop
 
@@ -106,11 +123,10 @@ def env_of(data: Path, tmp: Path) -> dict[str, str]:
 
 
 def second_laptop(laptop: SharedLaptop, tmp: Path) -> Path:
-    """laptop-b's data folder: its own, with a copy of the signed store (the shared store the issue allows)."""
+    """laptop-b's data folder: its own, with the fleet's keys and no model (it fetches them from the shared store)."""
     data = tmp / "laptop-b"
     data.mkdir()
-    for part in ("artifacts", "keys"):
-        shutil.copytree(laptop.data_dir / part, data / part)
+    shutil.copytree(laptop.data_dir / "keys", data / "keys")
     return data
 
 
@@ -129,7 +145,7 @@ def agent_history(lab: LabFleet, name: str) -> list[dict[str, Any]]:
 
 
 def test_a_laptop_sigkilled_in_wave_2_is_taken_over_by_another_laptop_after_its_lease_runs_out(
-        fleet: LabFleet, laptop: SharedLaptop, tmp_path: Path) -> None:
+        fleet: LabFleet, laptop: SharedLaptop, shared_store: Path, tmp_path: Path) -> None:
     # Issue 23 asks for a 10-device rollout: every device of the lab, and the lab has 10.
     assert len(NAMES) == 10 and sorted(d["name"] for d in fleet.devices) == sorted(NAMES), fleet.devices
     artifact = laptop.models["edge@1"]
@@ -172,8 +188,9 @@ def test_a_laptop_sigkilled_in_wave_2_is_taken_over_by_another_laptop_after_its_
     take_over = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', "laptop-b",
                  sys.executable, "-m", "fleetdesk", "--db", laptop.url, "rollout", "run", str(rid), "--take-over",
                  "--json"]
-    proc = subprocess.run(take_over, env=env_of(data_b, tmp_path), capture_output=True, text=True, timeout=900,
-                          check=False)
+    assert not (data_b / "artifacts" / "objects" / artifact).exists()
+    proc = subprocess.run(take_over, env={**env_of(data_b, tmp_path), SHARED_SETTING: str(shared_store)},
+                          capture_output=True, text=True, timeout=900, check=False)
     took_s = time.monotonic() - killed_at
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     report = json.loads(proc.stdout)
@@ -182,6 +199,9 @@ def test_a_laptop_sigkilled_in_wave_2_is_taken_over_by_another_laptop_after_its_
     # laptop-b found the dead laptop's lease live, said whose and until when, and waited for it to run out.
     assert f"driven by the FleetDesk on {socket.gethostname()} (process {child.pid})" in proc.stderr, proc.stderr
     assert "waiting for it to stop" in proc.stderr and taken["waited_s"] > 0, taken
+    # It staged wave 3 with the signed files it fetched from the shared store, verified into its own store.
+    fetched = ArtifactStore(data_b / "artifacts", laptop.key).verify(artifact)
+    assert [(r.artifact, r.ok) for r in fetched] == [(artifact, True)], fetched
 
     with open_inventory(laptop.url) as inventory:
         repo = RolloutRepo(inventory)
