@@ -24,9 +24,10 @@ from .inference import LoadedModel, one_line
 from .protocol import AgentError
 from .shadowstats import ShadowStats
 
-# One live request in four: on the lab's devices, requests answered meanwhile keep their p95 within 1 % of the same
-# load with no shadow, where mirroring every request costs 14 % on x86_64 and 22 % on arm64
-# (benchmarks/shadow_latency.py, `make bench`). fleetdesk.rollout.policy.ShadowPolicy has the same default.
+# One live request in four by default: mirroring every request cost the requests answered meanwhile 9-14 % of their
+# p95 on the lab's x86_64 device and 10-30 % on the arm64 one (under qemu), one in four 1-3 % on x86_64 and 1-17 %
+# on arm64 (benchmarks/shadow_latency.py in `make bench`; README, "Shadow on against off"). The plan's default
+# (fleetdesk.rollout.policy.ShadowPolicy) is the same.
 DEFAULT_SHARE = 0.25
 DEFAULT_QUEUE = 16  # mirrored requests waiting for the candidate; a busy device drops beyond this, never blocks
 DEFAULT_MARGIN_MB = 256.0  # memory that must stay available after the candidate is loaded (the profile may say more)

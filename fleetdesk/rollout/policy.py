@@ -384,7 +384,7 @@ class ShadowPolicy:
 
     # Of the live requests mirrored to the candidate, in (0, 1]. One in four by default, as the agent's own default
     # (fleetdesk/agent/shadow.py DEFAULT_SHARE, which says what the benchmark measured): every request costs the
-    # requests answered meanwhile 14 to 22 % on their p95 on the lab's devices, one in four about nothing.
+    # requests answered meanwhile up to 30 % on their p95 on the lab's devices, one in four much less.
     share: float = 0.25
     min_requests: int = 200  # compared requests before the verdict
     min_agreement: float | None = 0.98  # None: not judged

@@ -465,7 +465,7 @@ def test_a_plan_stored_before_the_shadow_step_loads_without_one_and_null_means_n
 
 
 def test_a_plan_mirrors_the_share_the_agent_mirrors_by_default() -> None:
-    """One in four (what benchmarks/shadow_latency.py found keeps answered requests' p95 within the goal)."""
+    """One in four (benchmarks/shadow_latency.py: far cheaper for the requests answered meanwhile than every one)."""
     from fleetdesk.agent.shadow import DEFAULT_SHARE
 
     assert ShadowPolicy().share == DEFAULT_SHARE == 0.25
