@@ -158,8 +158,9 @@ async def stage_and_activate(fleet: Fleet, ops: DeviceOps, names: list[str], act
         await ops.confirm(device, active)
 
 
-def measure(state: dict[str, Any], address: str, candidate: str, args: argparse.Namespace) -> dict[str, Any]:
-    command = shell_join(["python3", *generator_argv(ROOT, candidate, args)])
+def measure(state: dict[str, Any], address: str, candidate: str, args: argparse.Namespace,
+            share: float) -> dict[str, Any]:
+    command = shell_join(["python3", *generator_argv(ROOT, candidate, args, share)])
     out = ssh(state, address, command, timeout=1800)
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     if "error" in result:
@@ -167,9 +168,9 @@ def measure(state: dict[str, Any], address: str, candidate: str, args: argparse.
     return result
 
 
-def generator_argv(root: str, candidate: str, args: argparse.Namespace) -> list[str]:
-    """The load generator's argv for one share (args.share, a number here)."""
-    return ["-c", LOAD_GENERATOR, root, candidate, str(args.rounds), f"{args.seconds:g}", f"{args.share:g}",
+def generator_argv(root: str, candidate: str, args: argparse.Namespace, share: float) -> list[str]:
+    """The load generator's argv for one of the shares measured."""
+    return ["-c", LOAD_GENERATOR, root, candidate, str(args.rounds), f"{args.seconds:g}", f"{share:g}",
             f"{args.load:g}", f"{args.rate:g}"]
 
 
@@ -183,7 +184,7 @@ def shares(text: str) -> list[float]:
     return found
 
 
-def measure_here(args: argparse.Namespace) -> dict[str, Any]:
+def measure_here(args: argparse.Namespace, share: float) -> dict[str, Any]:
     """The same on this machine: a real `serve` on 127.0.0.1 with the laptop's onnxruntime (serve_batching's)."""
     with tempfile.TemporaryDirectory(prefix="fleetdesk-bench-shadow-") as folder:
         root = Path(folder)
@@ -193,8 +194,8 @@ def measure_here(args: argparse.Namespace) -> dict[str, Any]:
         (root / "current").symlink_to(root / "artifacts" / shas[0])
         proc, _ = start_server(root, "--port", "0")
         try:
-            out = subprocess.run([sys.executable, *generator_argv(str(root), shas[1], args)], capture_output=True,
-                                 text=True, check=True, timeout=1800).stdout
+            out = subprocess.run([sys.executable, *generator_argv(str(root), shas[1], args, share)],
+                                 capture_output=True, text=True, check=True, timeout=1800).stdout
         finally:
             stop_server(proc)
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
@@ -239,7 +240,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.local:
-        here = {share: measure_here(argparse.Namespace(**{**vars(args), "share": share})) for share in args.share}
+        here = {share: measure_here(args, share) for share in args.share}
         print(json.dumps({f"{share:g}": {"here": r, "figures": summary(r)} for share, r in here.items()}, indent=1))
         return 0
     state = lab_state()
@@ -264,8 +265,7 @@ def main() -> int:
                                                                active, candidate))
             for name in names:
                 for share in args.share:
-                    one = argparse.Namespace(**{**vars(args), "share": share})
-                    results[name, share] = measure(state, devices[name]["address"], candidate, one)
+                    results[name, share] = measure(state, devices[name]["address"], candidate, args, share)
                     print(f"{name}, share {share:g}: measured", file=sys.stderr, flush=True)
 
     figures = {key: summary(result) for key, result in results.items()}
