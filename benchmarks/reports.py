@@ -40,6 +40,7 @@ from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.database import for_writing
 from fleetdesk.inventory.rollouts import RolloutRepo
 from fleetdesk.inventory.runtimes import DeviceRuntimes
+from fleetdesk.inventory.telemetry_hours import hour_of, repack
 from fleetdesk.inventory.telemetry_repo import TelemetryRepo
 from fleetdesk.rollout.plan import PlannedDevice, ResolvedPlan, RolloutPlan
 from tests.keyring_daemon import private_keyring, use_keyring_daemon
@@ -84,6 +85,8 @@ def build(url: str, devices: int, days: int, rollouts: int) -> float:
                         rows = []
             if rows:
                 conn.execute(insert(table), rows)
+            # The packed hours, which the live writer builds with each batch of minutes (TelemetryRepo)
+            repack(conn, [d.id for d in found], hour_of(start.timestamp()), hour_of(END.timestamp() - 60))
         TelemetryRepo.of(inventory).log_events([(d.id, "alert", "temperature over 85 °C", "temp_c", 86.0, 85.0,
                                                  start + timedelta(minutes=n * 7)) for n, d in enumerate(found)])
         repo = RolloutRepo(inventory)

@@ -299,6 +299,20 @@ class TelemetryMinuteRow(Base):
     drift_shift_sd_max: Mapped[float | None] = mapped_column()
 
 
+class TelemetryHourRow(Base):
+    """One device's minutes of one hour packed into arrays, built from telemetry_minutes in the same transaction
+    as their writes (the layout is described in fleetdesk.inventory.telemetry_hours; migration 0018)."""
+
+    __tablename__ = "telemetry_hours"
+
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)  # Unix seconds, UTC
+    minutes: Mapped[int] = mapped_column(BigInteger)  # bit n: minute n of the hour has a row
+    metrics: Mapped[int] = mapped_column(Integer)  # bit k: HISTORY_METRICS[k] is in the arrays
+    averages: Mapped[bytes] = mapped_column(LargeBinary)  # float64 LE, 60 per metric
+    maxima: Mapped[bytes] = mapped_column(LargeBinary)  # float64 LE, one per metric
+
+
 class EventRow(Base):
     """Something an operator should see in the device's log: an alert that fired, a stream that dropped."""
 

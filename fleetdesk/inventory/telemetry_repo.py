@@ -5,26 +5,25 @@ Written in batches by fleetdesk.telemetry.history from its own thread; read by r
 
 from __future__ import annotations
 
-import itertools
+import math
 import os
 import socket
-import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import BigInteger, BindParameter, CursorResult, Engine, bindparam, delete, extract, func, select
-from sqlalchemy import cast as sql_cast
+from sqlalchemy import BindParameter, CursorResult, Engine, bindparam, delete, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetdesk.errors import InventoryError
 from fleetdesk.inventory.database import for_writing
-from fleetdesk.inventory.models import HISTORY_METRICS, DeviceRow, EventRow, TelemetryMinuteRow
+from fleetdesk.inventory.models import HISTORY_METRICS, DeviceRow, EventRow, TelemetryHourRow, TelemetryMinuteRow
 from fleetdesk.inventory.repository import Inventory
+from fleetdesk.inventory.telemetry_hours import HOUR, Unpacked, hour_of, repack
 
 __all__ = ["ALERT_CLEARED", "ALERT_RAISED", "HISTORY_METRICS", "DeviceHistory", "Event", "MinuteSummary",
            "TelemetryRepo"]
@@ -112,7 +111,7 @@ class TelemetryRepo:
         A minute another FleetDesk wrote (a shared inventory, two laptops streaming the same device) is kept as it
         is: each device's minute is written once, by whichever laptop wrote it first. Summaries of devices no
         longer in the inventory are dropped (the operator removed the device while it streamed). Returns how
-        many were stored.
+        many were stored. The packed hours of the minutes written are built anew in the same transaction.
         """
         if not summaries:
             return 0
@@ -120,6 +119,7 @@ class TelemetryRepo:
             wanted = {s.device_id for s in summaries}
             known = set(session.scalars(select(DeviceRow.id).where(DeviceRow.id.in_(wanted))))
             stored = 0
+            touched: set[tuple[int, int]] = set()  # (device, hour) whose packed hour is built anew
             for summary in summaries:
                 if summary.device_id not in known:
                     continue
@@ -135,6 +135,11 @@ class TelemetryRepo:
                     merged = _summary(row).merged(summary)
                 _fill(row, merged)
                 stored += 1
+                touched.add((summary.device_id, hour_of(minute.timestamp())))
+            if touched:
+                session.flush()
+                repack(session.connection(), {device for device, _ in touched}, min(h for _, h in touched),
+                       max(h for _, h in touched))
             return stored
 
     def minutes(self, device_id: int, since: datetime | None = None, until: datetime | None = None,
@@ -153,47 +158,36 @@ class TelemetryRepo:
         """Each device's minutes from `since` (inclusive) to `until` (exclusive) as arrays, one device at a time
         and in the order given, read in one transaction: what a report reads weeks of a whole fleet at once.
 
-        Per device, one aggregate (rows, first and last minute, and each metric's maximum: a metric with none was
-        never measured) and then one scan of its rows by the primary key that fetches only the measured metrics:
-        a CPU-only device costs nothing for its GPU columns. When the rows are as many as the minutes from the
-        first to the last, the minutes are every one of them and are not read again: turning each stored minute
-        back into a number costs as much as reading all the metrics. The rows come as the driver's own tuples and
-        go straight into numpy, without a Row object, datetime or list per minute (a week of 500 devices is five
-        million minutes).
+        Read from the packed hours (fleetdesk.inventory.telemetry_hours): per device one query of its hours in
+        the period, whose arrays numpy takes as they are. An hour the period only partly covers (at most the
+        first and the last) gives its minutes from its arrays too, and its maxima from its minutes' rows.
         """
         wanted = _known(metrics)
+        since_s, until_s = _aware(since).timestamp(), _aware(until).timestamp()
+        hours = TelemetryHourRow.__table__
+        device: BindParameter[int] = bindparam("device_id")
+        packed = (select(hours.c.hour, hours.c.minutes, hours.c.metrics, hours.c.averages, hours.c.maxima)
+                  .where(hours.c.device_id == device, hours.c.hour >= hour_of(since_s),
+                         hours.c.hour < math.ceil(until_s)).order_by(hours.c.hour))
         table = TelemetryMinuteRow.__table__
         minute = table.c.minute
-        device: BindParameter[int] = bindparam("device_id")
-        where = (table.c.device_id == device, minute >= _aware(since), minute < _aware(until))
+        # The minutes of the partly covered hours: before the first whole hour, and from the end of the last.
+        edges = (select(*(func.max(table.c[f"{m}_max"]) for m in wanted))
+                 .where(table.c.device_id == device, minute >= _aware(since), minute < _aware(until),
+                        or_(minute < _moment(hour_of(since_s - 1) + HOUR), minute >= _moment(hour_of(until_s)))))
         with self._session() as session:
-            dialect = session.get_bind().dialect.name
-            summary = select(func.count(), _epoch_seconds(func.min(minute), dialect),
-                             _epoch_seconds(func.max(minute), dialect),
-                             *(func.max(table.c[f"{m}_max"]) for m in wanted)).where(*where)
-            epoch = _epoch_seconds(minute, dialect)
             for device_id in device_ids:
-                found = session.execute(summary, {"device_id": device_id}).one()
-                rows, highs = int(found[0]), found[3:]
-                maxima = {m: None if v is None else float(v) for m, v in zip(wanted, highs, strict=True)}
-                present = [m for m, v in zip(wanted, highs, strict=True) if v is not None]
-                if not rows:
-                    yield DeviceHistory(device_id, np.empty(0), {}, maxima)
-                    continue
-                first, last = int(found[1]), int(found[2])
-                values_only = [table.c[f"{m}_avg"] for m in present]
-                if rows == (last - first) // 60 + 1:  # minutes are whole and unique: these are all of them
-                    values = _read(session, select(*values_only).where(*where).order_by(minute), device_id,
-                                   len(values_only)) if values_only else np.empty((rows, 0))
-                    if len(values) == rows:
-                        yield DeviceHistory(device_id, first + 60.0 * np.arange(rows, dtype=np.float64),
-                                            {m: values[:, n] for n, m in enumerate(present)}, maxima)
-                        continue
-                    # Minutes came or went since the aggregate: read them with their times, as below.
-                values = _read(session, select(epoch, *values_only).where(*where).order_by(minute), device_id,
-                               1 + len(values_only))
-                yield DeviceHistory(device_id, values[:, 0], {m: values[:, 1 + n] for n, m in enumerate(present)},
-                                    maxima)
+                found = Unpacked(session.execute(packed, {"device_id": device_id}).all(), wanted)
+                whole = (found.hours >= since_s) & (found.hours + HOUR <= until_s)
+                highs = {m: np.fmax.reduce(found.maxima[m][whole]) if whole.any() else np.nan for m in wanted}
+                if not whole.all():
+                    edge = session.execute(edges, {"device_id": device_id}).one()
+                    highs = {m: np.fmax(highs[m], np.nan if v is None else float(v))
+                             for m, v in zip(wanted, edge, strict=True)}
+                maxima = {m: None if np.isnan(v) else float(v) for m, v in highs.items()}
+                inside = found.kept & (found.at >= since_s) & (found.at < until_s)
+                yield DeviceHistory(device_id, found.at[inside],
+                                    {m: found.averages[m][inside] for m in wanted if maxima[m] is not None}, maxima)
 
     def prune(self, before: datetime) -> tuple[int, int]:
         """Delete minutes and events older than `before`: (minutes, events) deleted."""
@@ -202,6 +196,11 @@ class TelemetryRepo:
             # Session.execute is typed to return a Result; a DELETE's is a CursorResult, which has the rowcount.
             minutes = cast(CursorResult[Any],
                            session.execute(delete(TelemetryMinuteRow).where(TelemetryMinuteRow.minute < before)))
+            cut = hour_of(before.timestamp())  # hours before it are gone; the hour it falls in loses minutes
+            session.execute(delete(TelemetryHourRow).where(TelemetryHourRow.hour < cut))
+            if cut < before.timestamp():
+                split = session.scalars(select(TelemetryHourRow.device_id).where(TelemetryHourRow.hour == cut))
+                repack(session.connection(), list(split), cut, cut)
             events = cast(CursorResult[Any], session.execute(delete(EventRow).where(EventRow.at < before)))
             return int(minutes.rowcount or 0), int(events.rowcount or 0)
 
@@ -267,36 +266,15 @@ def _aware(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _read(session: Session, query: Any, device_id: int, width: int) -> np.ndarray[Any, Any]:
-    """A device's rows of `query` (`width` numbers each) as a 2-D float array, NULL as NaN."""
-    # Where no column misses a minute there is no None to turn into NaN: the values stream from the cursor into
-    # one array, with no list of rows kept.
-    result = cast(CursorResult[Any], session.execute(query, {"device_id": device_id}))
-    try:
-        flat = np.fromiter(itertools.chain.from_iterable(cast("Iterable[tuple[Any, ...]]", result.cursor)),
-                           np.float64)
-    except TypeError:  # a minute without one of them: read them again, None as NaN
-        result.close()
-        result = cast(CursorResult[Any], session.execute(query, {"device_id": device_id}))
-        flat = np.array(result.cursor.fetchall(), dtype=np.float64)
-    return flat.reshape(-1, width)
-
-
-def _epoch_seconds(minute: Any, dialect: str) -> Any:
-    """SQL for a stored minute in Unix seconds (an integer) on each backend; both count from 1970 in UTC."""
-    if dialect == "sqlite":
-        # unixepoch() (SQLite 3.38) reads the stored text a third faster than STRFTIME('%s').
-        if sqlite3.sqlite_version_info >= (3, 38):
-            return func.unixepoch(minute)
-        return sql_cast(func.strftime("%s", minute), BigInteger)
-    return sql_cast(extract("epoch", minute), BigInteger)
-
-
 def _known(metrics: Sequence[str]) -> list[str]:
     unknown = [m for m in metrics if m not in HISTORY_METRICS]
     if unknown:
         raise ValueError(f"no history is kept of {', '.join(unknown)}")
     return list(metrics)
+
+
+def _moment(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _utc_minute(moment: datetime) -> datetime:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -38,7 +39,7 @@ def _revisions(engine: Engine) -> set[str]:
         return set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
 
 
-HEAD = "0017"  # the newest migration: 0017 adds the fleet's model catalogue
+HEAD = "0018"  # the newest migration: 0018 packs the telemetry history by device and hour
 
 
 def _sha256(path: Path) -> str:
@@ -369,7 +370,7 @@ def test_migration_0017_adds_the_model_catalogue_announced_on_postgresql_and_goe
     try:
         upgrade(engine, "0016")
         assert "models" not in inspect(engine).get_table_names()
-        upgrade(engine)
+        upgrade(engine, "0017")
         assert _revisions(engine) == {"0017"}
         assert {"name", "version", "baseline", "artifacts", "size_bytes", "record", "imported_by",
                 "imported_at"} <= {c["name"] for c in inspect(engine).get_columns("models")}
@@ -385,7 +386,51 @@ def test_migration_0017_adds_the_model_catalogue_announced_on_postgresql_and_goe
             with engine.connect() as conn:
                 assert conn.execute(text("SELECT count(*) FROM pg_trigger WHERE tgname = 'fleetdesk_notify_change'"
                                          )).scalar_one() == 11
-        upgrade(engine)  # and forward again
+        upgrade(engine, "0017")  # and forward again
         assert _revisions(engine) == {"0017"}
+    finally:
+        engine.dispose()
+
+
+def test_migration_0018_packs_the_minutes_already_kept_by_hour_and_goes_back(db_url: str) -> None:
+    """A history written before the packed hours existed (minutes written at 0017) is packed when the database is
+    upgraded: the report's read gives what the stored minutes say; downgrading drops the hours, keeps the
+    minutes."""
+    from alembic import command
+
+    from fleetdesk.inventory.database import for_writing
+    from fleetdesk.inventory.migrate import alembic_config
+    from fleetdesk.inventory.telemetry_repo import TelemetryRepo
+
+    start = datetime(2026, 12, 1, 7, 40, tzinfo=UTC)
+    with open_inventory(db_url) as inventory:
+        device = inventory.add_device("198.18.0.9", name="cam-9").id
+    engine = open_database(db_url)
+    try:
+        with for_writing(engine).begin() as conn:
+            command.downgrade(alembic_config(conn), "0017")
+        assert "telemetry_hours" not in inspect(engine).get_table_names()
+        with engine.begin() as conn:
+            for i in (0, 1, 5, 30, 95):  # minutes in three hours; minute 5 without a CPU figure
+                conn.execute(text("INSERT INTO telemetry_minutes (device_id, minute, samples, cpu_pct_avg, "
+                                  "cpu_pct_max, temp_c_avg, temp_c_max) VALUES (:d, :m, 60, :c, :x, 50, 51)"),
+                             {"d": device, "m": start + timedelta(minutes=i), "c": None if i == 5 else float(i),
+                              "x": None if i == 5 else i + 0.5})
+        upgrade(engine)
+        assert _revisions(engine) == {HEAD}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM telemetry_hours")).scalar_one() == 3
+        repo = TelemetryRepo(engine)
+        base = start.timestamp()
+        [history] = repo.histories([device], ["cpu_pct", "temp_c"], start, start + timedelta(hours=3))
+        assert history.minutes.tolist() == [base + 60 * i for i in (0, 1, 5, 30, 95)]
+        cpu = history.averages["cpu_pct"]
+        assert cpu[[0, 1, 3, 4]].tolist() == [0.0, 1.0, 30.0, 95.0] and np.isnan(cpu[2])
+        assert history.maxima == {"cpu_pct": 95.5, "temp_c": 51.0}
+        assert compare_metadata(MigrationContext.configure(engine.connect()), Base.metadata) == []
+        with for_writing(engine).begin() as conn:
+            command.downgrade(alembic_config(conn), "0017")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM telemetry_minutes")).scalar_one() == 5
     finally:
         engine.dispose()

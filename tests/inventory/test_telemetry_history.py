@@ -4,7 +4,10 @@ merged, ranges read back, retention, events with whatever text a device sent, an
 from __future__ import annotations
 
 import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -243,3 +246,81 @@ def test_log_event_returns_the_stored_id(inventory: Inventory) -> None:
                                  bound=90.0)
     [event] = history.events(device.id)
     assert event.id == event_id and event.metric == "cpu_pct" and event.at.tzinfo is not None
+
+
+def _reference(repo: TelemetryRepo, device_id: int, metrics: list[str], since: datetime, until: datetime,
+               ) -> tuple[list[float], dict[str, list[float | None]], dict[str, float | None]]:
+    """What the stored minutes say of a period, read row by row: the figures the packed hours must give."""
+    rows = repo.minutes(device_id, since, until)
+    highs = {m: max((r.max[m] for r in rows if r.max[m] is not None), default=None) for m in metrics}
+    return ([r.minute.timestamp() for r in rows],
+            {m: [r.avg[m] for r in rows] for m in metrics if highs[m] is not None}, highs)
+
+
+def _as_read(history: Any) -> tuple[list[float], dict[str, list[float | None]], dict[str, float | None]]:
+    return (history.minutes.tolist(), {m: [None if np.isnan(v) else float(v) for v in values]
+                                       for m, values in history.averages.items()}, history.maxima)
+
+
+def test_the_packed_hours_give_what_the_minutes_say_over_any_period(inventory: Inventory,
+                                                                    repo: TelemetryRepo) -> None:
+    """Three days of three devices with gaps, minutes without a metric, a metric measured only some hours, a minute
+    written twice and a retention cut inside an hour: every period read from the packed hours (whole hours, hours
+    cut at either end, one hour, one minute) has the minutes, averages and maxima the rows say."""
+    rng = np.random.default_rng(7)
+    devices = [inventory.add_device(f"198.18.1.{20 + n}").id for n in range(3)]
+    metrics = ["cpu_pct", "temp_c", "gpu_pct", "latency_p95_ms"]
+    rows = []
+    for n, device in enumerate(devices):
+        for i in range(3 * 24 * 60):
+            if rng.random() < 0.1 * n or (n == 1 and 300 <= i < 500):
+                continue  # gaps, and a long outage on the second device
+            avg = dict.fromkeys(HISTORY_METRICS)
+            high = dict.fromkeys(HISTORY_METRICS)
+            for m in metrics:
+                if m == "gpu_pct" and (n != 2 or (i // 60) % 3):
+                    continue  # a GPU on the third device only, measured one hour in three
+                if rng.random() < 0.05:
+                    continue  # a minute without this metric
+                value = round(float(rng.normal(50, 15)), 3)
+                avg[m], high[m] = value, value + round(float(rng.random()) * 10, 3)
+            rows.append(MinuteSummary(device, T0 + timedelta(minutes=i, seconds=5), 30, avg, high))
+    for start in range(0, len(rows), 5000):  # in batches, as the live writer adds them
+        repo.write_minutes(rows[start:start + 5000])
+    again = rows[100]  # a stream restarted within a minute: merged into the stored row and its hour
+    repo.write_minutes([MinuteSummary(again.device_id, again.minute, 30, {"cpu_pct": 99.5}, {"cpu_pct": 120.0})])
+    periods = [(T0, T0 + timedelta(days=3)), (T0 + timedelta(minutes=7), T0 + timedelta(days=2, minutes=33)),
+               (T0 + timedelta(hours=5), T0 + timedelta(hours=6)),
+               (T0 + timedelta(hours=5, minutes=10), T0 + timedelta(hours=5, minutes=50)),
+               (T0 + timedelta(minutes=101), T0 + timedelta(minutes=102)), (T0 - timedelta(days=1), T0)]
+
+    def check() -> None:
+        for since, until in periods:
+            got = repo.histories(devices, metrics, since, until)
+            for device, history in zip(devices, got, strict=True):
+                assert _as_read(history) == _reference(repo, device, metrics, since, until), (device, since, until)
+
+    check()
+    repo.prune(T0 + timedelta(hours=30, minutes=17))  # the hour the cut falls in keeps only its later minutes
+    check()
+    [cut] = repo.histories([devices[0]], metrics, T0, T0 + timedelta(days=3))
+    assert cut.minutes[0] >= (T0 + timedelta(hours=30, minutes=17)).timestamp()
+
+
+def test_two_laptops_writing_one_device_at_once_leave_its_hours_whole(inventory: Inventory) -> None:
+    """Four writers adding alternate minutes of the same device and hours at the same time (laptops on one shared
+    inventory): writers take turns, so each packs the hour from the minutes the others committed before it, and
+    the packed hours lose none of them."""
+    device = inventory.add_device("198.18.1.30").id
+    laptops = [TelemetryRepo(inventory.engine, writer=f"laptop-{n}:1") for n in range(4)]
+    barrier = threading.Barrier(4)
+
+    def stream(n: int) -> None:
+        for i in range(n, 240, 4):
+            barrier.wait(timeout=30)  # every writer starts its transaction together
+            laptops[n].write_minutes([_summary(device, T0 + timedelta(minutes=i), 60, float(i))])
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(stream, range(4)))
+    [history] = laptops[0].histories([device], ["cpu_pct"], T0, T0 + timedelta(hours=4))
+    assert history.averages["cpu_pct"].tolist() == [float(i) for i in range(240)]
