@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 DIST_STAMP := $(VENV)/.installed-dist
 
-.PHONY: run test lint contracts bench lab-test dist dist-offline system-deps-test system-deps-run system-deps-dist clean
+.PHONY: run test lint contracts bench lab-test dist dist-offline dist-reproducible system-deps-test system-deps-run system-deps-dist clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,9 +56,14 @@ dist: $(DIST_STAMP) system-deps-dist
 # folder and reused while what goes into the bundle does not change (a commit of tests or docs builds nothing), and
 # the Debian packages its Depends pull into a clean bookworm root, downloaded here (an install step) because the
 # test's root has no network. The download needs the .deb's Depends, so the build happens here too, before the test.
-# The test's system set has the build's tools (lintian, which only `make dist` runs, is not in it).
+# The test's system set has the build's tools and lintian, which the test runs on the .deb.
 dist-offline: $(DIST_STAMP) system-deps-test
 	$(BIN)/python packaging/cached_build.py --build --offline-debs
+
+# Two builds of this commit compared byte for byte (packaging/reproducible.py): each output's SHA-256 and, where two
+# differ, the members that do. Two full builds: minutes each.
+dist-reproducible: $(DIST_STAMP) system-deps-dist
+	$(BIN)/python packaging/reproducible.py --python $(BIN)/python
 
 test: $(STAMP) system-deps-test lint contracts dist-offline
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -77,6 +82,7 @@ bench: $(BENCH_STAMP) system-deps-test
 	$(BIN)/python benchmarks/history_layout.py
 	$(BIN)/python benchmarks/reports.py
 	$(BIN)/python benchmarks/shared_inventory.py
+	$(BIN)/python benchmarks/cold_start.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache .mypy_cache

@@ -32,6 +32,8 @@ echo "fleetdesk $VERSION (commit $COMMIT): freezing with $("$PY" -m PyInstaller 
 bundle=$BUILD/bundle/fleetdesk
 # PyInstaller links the Qt libraries the spec left out (Wayland, EGLFS) at the bundle's top before it drops them.
 find "$bundle" -xtype l -delete
+# Libraries stripped, the pyenv Python's run paths to this machine removed (packaging/tidy_bundle.sh).
+"$ROOT/packaging/tidy_bundle.sh" "$bundle"
 frozen=$(date +%s)
 
 # Every file's time is the commit's, so the archives (and the .deb) depend on the sources only.

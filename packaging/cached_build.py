@@ -28,10 +28,11 @@ import fleetdesk  # noqa: E402 - the checkout's own fleetdesk, not an installed 
 from fleetdesk.config import Settings  # noqa: E402
 from fleetdesk.lab import rootfs  # noqa: E402
 
-# What packaging/fleetdesk.spec, build.sh and deb.sh read from the checkout; the README, this file and the download
-# of Debian packages for the test are not in the bundle.
+# What packaging/fleetdesk.spec, build.sh and deb.sh read from the checkout; the README, this file, the download
+# of Debian packages for the test and the reproducibility check are not in the bundle.
 BUNDLE_INPUTS = ("fleetdesk", "ui", "resources", "device_profiles", "packaging", "pyproject.toml")
-NOT_BUNDLE_INPUTS = ("packaging/README.md", "packaging/cached_build.py", "packaging/offline_debs.sh")
+NOT_BUNDLE_INPUTS = ("packaging/README.md", "packaging/cached_build.py", "packaging/offline_debs.sh",
+                     "packaging/reproducible.py")
 
 # The Python the build runs with: its version and every installed distribution but the checkout's own fleetdesk
 # (an editable install, whose sources are hashed above).

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # dist/fleetdesk_<version>_amd64.deb from a frozen bundle (packaging/build.sh calls it): the bundle in
 # /opt/fleetdesk, /usr/bin/fleetdesk and /usr/bin/fleetdesk-gui, the desktop entry, hicolor icons (the SVG and PNGs
-# drawn from it by Qt), AppStream metainfo, the copyright file, a postrm that purges /opt/fleetdesk, and Depends on
-# the Debian packages that hold the system libraries the bundle's ELF files link against (dpkg-shlibdeps).
+# drawn from it by Qt), AppStream metainfo, the copyright file, the changelog, lintian's overrides, a postrm that
+# purges /opt/fleetdesk, and Depends on the Debian packages that hold the system libraries the bundle's ELF files
+# link against (dpkg-shlibdeps).
 # Usage: packaging/deb.sh BUNDLE VERSION PYTHON   (SOURCE_DATE_EPOCH set by build.sh)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,14 @@ sed -e "s/@VERSION@/$VERSION/" -e "s/@DATE@/$(date -u -d "@$SOURCE_DATE_EPOCH" +
   "$LINUX/$APP_ID.metainfo.xml" > "$R/usr/share/metainfo/$APP_ID.metainfo.xml"
 chmod 644 "$R/usr/share/metainfo/$APP_ID.metainfo.xml"
 install -m 644 "$LINUX/copyright" "$R/usr/share/doc/fleetdesk/copyright"
+# Debian policy's changelog (changelog.gz: a version without a Debian revision is a native package's), dated by the
+# commit and compressed without a name or time (reproducible).
+sed -e "s/@VERSION@/$VERSION/g" -e "s/@COMMIT@/${FLEETDESK_COMMIT:-unknown}/" \
+  -e "s/@DATE@/$(date -u -R -d "@$SOURCE_DATE_EPOCH")/" "$LINUX/changelog" \
+  | gzip -9 -n > "$R/usr/share/doc/fleetdesk/changelog.gz"
+chmod 644 "$R/usr/share/doc/fleetdesk/changelog.gz"
+# What lintian reports of a frozen bundle in /opt and why it is so (each override says its reason).
+install -D -m 644 "$LINUX/lintian-overrides" "$R/usr/share/lintian/overrides/fleetdesk"
 # The icon: the app's own SVG, and PNGs drawn from it.
 svg=$ROOT/resources/icons/fleetdesk.svg
 install -D -m 644 "$svg" "$R/usr/share/icons/hicolor/scalable/apps/$APP_ID.svg"
@@ -57,13 +66,14 @@ Depends: $depends
 Section: admin
 Priority: optional
 Description: run a fleet of edge AI devices from one laptop
- FleetDesk finds the edge AI devices of a factory floor on the LAN (NVIDIA Jetsons,
- Raspberry Pis, industrial PCs), trusts them over SSH, installs an inference runtime
- and optimized ONNX models on them, plots their live telemetry and rolls new models
- out in stages with health gates, pause and rollback. No cloud, no internet needed.
+ FleetDesk finds the edge AI devices of a factory floor on the LAN (NVIDIA
+ Jetsons, Raspberry Pis, industrial PCs), trusts them over SSH, installs an
+ inference runtime and optimized ONNX models on them, plots their live
+ telemetry and rolls new models out in stages with health gates, pause and
+ rollback. No cloud, no internet needed.
  .
- This package holds a frozen bundle (Python, Qt and ONNX Runtime included) in
- /opt/fleetdesk, and the fleetdesk and fleetdesk-gui commands.
+ This package holds a frozen bundle (Python, Qt and ONNX Runtime included)
+ in /opt/fleetdesk, and the fleetdesk and fleetdesk-gui commands.
 EOF
 (cd "$R" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum) > "$R/DEBIAN/md5sums"
 chmod 644 "$R/DEBIAN/control" "$R/DEBIAN/md5sums"

@@ -25,12 +25,14 @@ test_pkgs+=(poppler-utils chromium)
 # tests/gui/test_real_display.py: a real X server, xwininfo/xprop (x11-utils) and xwd (x11-apps).
 test_pkgs+=(xvfb x11-utils x11-apps)
 # tests/lab/test_installer_lab.py and the build it installs (`make dist-offline`): dpkg-shlibdeps and
-# dpkg-scanpackages (dpkg-dev), desktop-file-validate (desktop-file-utils), appstreamcli (appstream).
-test_pkgs+=(dpkg-dev desktop-file-utils appstream)
+# dpkg-scanpackages (dpkg-dev), strip (binutils) and patchelf for the bundle's libraries, desktop-file-validate
+# (desktop-file-utils), appstreamcli (appstream), lintian (the test's check of the .deb).
+test_pkgs+=(dpkg-dev binutils patchelf desktop-file-utils appstream lintian)
 
-# `make dist` (packaging/): dpkg-shlibdeps and dpkg-scanpackages (dpkg-dev), and the checks of what the .deb
-# carries: desktop-file-validate (desktop-file-utils), appstreamcli (appstream), lintian.
-dist_pkgs=(dpkg-dev xz-utils desktop-file-utils appstream lintian)
+# `make dist` (packaging/): dpkg-shlibdeps and dpkg-scanpackages (dpkg-dev), strip (binutils) and patchelf
+# (packaging/tidy_bundle.sh), and the checks of what the .deb carries: desktop-file-validate (desktop-file-utils),
+# appstreamcli (appstream), lintian.
+dist_pkgs=(dpkg-dev binutils patchelf xz-utils desktop-file-utils appstream lintian)
 
 pkgs=("${run_pkgs[@]}")
 [ "$what" = test ] && pkgs+=("${test_pkgs[@]}")

@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from alembic import command
+from sqlalchemy import create_engine
 
+from fleetdesk.inventory import migrate
 from tests.cached_build import cached_build
 from tests.conftest import skip_or_fail
 from tests.fixtures.models.build import save_cnn
@@ -88,7 +91,19 @@ def _q(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def clean_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CleanRoot]:
+def build_folder() -> Path:
+    """The cached build of these sources (`make dist-offline`): the .debs and the .tar.gz."""
+    packaging = cached_build()
+    folder: Path | None = packaging.cached_build(sys.executable, build=False)
+    if folder is None:
+        skip_or_fail(f"no build of these sources in {packaging.cache_folder(sys.executable)} "
+                     "(`make dist-offline` builds it)")
+    assert folder is not None
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clean_root(tmp_path_factory: pytest.TempPathFactory, build_folder: Path) -> Iterator[CleanRoot]:
     if sys.platform != "linux" or os.geteuid() != 0:
         skip_or_fail("the installer test needs Linux and root (chroot, namespaces)")
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
@@ -99,10 +114,7 @@ def clean_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CleanRoot]:
     if not tarball.is_file():
         skip_or_fail(f"no clean bookworm image at {tarball} (`make dist-offline` builds it)")
 
-    folder = packaging.cached_build(sys.executable, build=False)
-    if folder is None:
-        skip_or_fail(f"no build of these sources in {packaging.cache_folder(sys.executable)} "
-                     "(`make dist-offline` builds it)")
+    folder = build_folder
     [deb] = folder.glob("fleetdesk_*_amd64.deb")
     [runtimes_deb] = folder.glob("fleetdesk-runtimes_*_all.deb")
     debs: Path = packaging.offline_debs_folder()
@@ -149,6 +161,20 @@ def installed(clean_root: CleanRoot) -> CleanRoot:
     assert pulled, "a clean root needs the xcb libraries: apt installed nothing but fleetdesk?"
     print(f"apt-get install pulled {len(pulled)} packages: {' '.join(sorted(pulled))}")
     return clean_root
+
+
+def test_lintian_reports_no_error(build_folder: Path) -> None:
+    # What a Debian archive would refuse. The tags a frozen bundle in /opt cannot avoid are overridden in the package
+    # (packaging/linux/lintian-overrides, each with its reason); an override that no longer matches is reported too.
+    if shutil.which("lintian") is None:
+        skip_or_fail("lintian is missing (scripts/system-deps.sh test installs it)")
+    [deb] = build_folder.glob("fleetdesk_*_amd64.deb")
+    proc = subprocess.run(["lintian", "--fail-on", "error", "--no-tag-display-limit", "--display-info", str(deb)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    shown = proc.stdout + proc.stderr
+    errors = [line for line in shown.splitlines() if line.startswith("E:")]
+    assert proc.returncode == 0 and not errors, f"lintian: {proc.returncode}\n{shown}"
+    assert "mismatched-override" not in shown and "unused-override" not in shown, shown
 
 
 def test_apt_installs_it_with_only_its_declared_dependencies(installed: CleanRoot) -> None:
@@ -284,6 +310,63 @@ def test_the_desktop_entry_starts_the_window_on_xcb(installed: CleanRoot, tmp_pa
                 app.kill()
                 app.wait()
     assert status == 0, stderr.read_text()
+
+
+def _next_version_deb(deb: Path, version: str, folder: Path) -> Path:
+    """Version N+1 of the package: N's files with `version` in its control file and in the bundle's
+    fleetdesk-build.json (what `fleetdesk --version` prints), packed uncompressed. A real build of another commit
+    would take minutes; what an upgrade exercises (dpkg replacing every file of /opt/fleetdesk and the links, the
+    data left in the operator's home) is the same."""
+    unpacked = folder / "unpacked"
+    subprocess.run(["dpkg-deb", "--raw-extract", str(deb), str(unpacked)], check=True, timeout=300)
+    control = unpacked / "DEBIAN/control"
+    control.write_text(re.sub(r"(?m)^Version: .*$", f"Version: {version}", control.read_text()))
+    build = unpacked / "opt/fleetdesk/_internal/fleetdesk-build.json"
+    build.write_text(json.dumps({**json.loads(build.read_text()), "version": version}, sort_keys=True) + "\n")
+    md5sums = unpacked / "DEBIAN/md5sums"
+    line = f"{hashlib.md5(build.read_bytes()).hexdigest()}  opt/fleetdesk/_internal/fleetdesk-build.json"
+    md5sums.write_text(re.sub(r"(?m)^\S+  opt/fleetdesk/_internal/fleetdesk-build\.json$", line, md5sums.read_text()))
+    out = folder / f"fleetdesk_{version}_amd64.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Znone", "--build", str(unpacked), str(out)], check=True,
+                   capture_output=True, timeout=300)
+    shutil.rmtree(unpacked)
+    return out
+
+
+def test_an_upgrade_keeps_the_inventory_and_the_fleet_key_and_migrates(installed: CleanRoot, tmp_path: Path) -> None:
+    # Version N's inventory: a device, the fleet key (created by the first signature) and a signed report.
+    installed.run(f"mkdir -p {HOME} && fleetdesk add 192.0.2.10 --name line-7 --json")
+    installed.run(f"cd {HOME} && fleetdesk report fleet --format json -o before.json")
+    key_before = installed.run("fleetdesk model export-key").stdout
+    assert "BEGIN PUBLIC KEY" in key_before, key_before
+    # N's schema is one revision older than this FleetDesk's: undo the newest migration (with this checkout's
+    # Alembic, outside the root), as if N were the release before it.
+    db = installed.path / HOME.lstrip("/") / ".local/share/fleetdesk/fleetdesk.db"
+    head = migrate.head_revision()
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        command.downgrade(migrate.alembic_config(conn), "-1")
+        [older] = migrate.stamped_revisions(conn)
+    engine.dispose()
+    assert older != head
+
+    version = f"{installed.version}+upgrade1"
+    deb = _next_version_deb(installed.path / installed.deb.relative_to("/"), version, tmp_path)
+    shutil.move(deb, installed.path / "tmp" / deb.name)
+    proc = installed.run(f"apt-get install -y --no-install-recommends /tmp/{deb.name}", timeout=600)
+    assert f"Unpacking fleetdesk ({version}) over ({installed.version})" in proc.stdout, proc.stdout
+    assert installed.run("fleetdesk --version").stdout.startswith(f"fleetdesk {version} "), "N+1 is not installed"
+
+    # The first start of N+1 migrates the inventory to its schema and keeps every row.
+    devices = json.loads(installed.run("fleetdesk devices --json").stdout)
+    assert "line-7" in {d["name"] for d in devices}, devices
+    status = json.loads(installed.run("fleetdesk db status --json").stdout)
+    assert status["state"] == "current" and status["revisions"] == [head], status
+    # The same fleet key: N's public key unchanged, N's signed report verifies, and N+1 signs with it.
+    assert installed.run("fleetdesk model export-key").stdout == key_before
+    installed.run(f"cd {HOME} && fleetdesk report verify before.json")
+    installed.run(f"cd {HOME} && fleetdesk report fleet --format json -o after.json")
+    installed.run(f"cd {HOME} && fleetdesk report verify after.json")
 
 
 def test_remove_keeps_the_operators_data_and_purge_removes_opt(installed: CleanRoot) -> None:
