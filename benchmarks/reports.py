@@ -134,9 +134,16 @@ def _child(kind: str, what: str, url: str, out: Path, since: datetime, until: da
 
 
 async def _stall(kind: str, inventory: Any, filters: Any, out: Path) -> dict[str, Any]:
-    """The loop's lateness (a 10 ms ticker) while the report is gathered and rendered in a worker thread."""
+    """The loop's lateness (a 10 ms ticker) while the report is gathered and rendered in a worker thread, in a
+    process set up as the window's is: its interpreter-lock switch interval, and the heap alive at start frozen out
+    of the cyclic collector (without the freeze, each full collection the report's objects trigger walks the whole
+    heap built before it, 40-90 ms here, with the lock held)."""
     from fleetdesk.artifacts.signing import FleetSigningKey
+    from fleetdesk.gui.app import SWITCH_INTERVAL, freeze_startup_heap
     from fleetdesk.reports import make_report, write_report
+
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    freeze_startup_heap()
 
     lateness: list[float] = []
     done = False
