@@ -31,11 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.cached_build import cached_build  # noqa: E402
-from tests.gui.x_display import XWindow, ask_to_close, grab_screen, missing_tools, top_level_windows, window_pid, xvfb  # noqa: E402
+from tests.gui.x_display import app_window, ask_to_close, grab_screen, missing_tools, xvfb  # noqa: E402
 from tests.gui_harness import distinct_colours  # noqa: E402
 from tests.keyring_daemon import private_keyring  # noqa: E402
 
-WINDOW_CLASS = ("fleetdesk-gui", "FleetDesk")
 LIMIT_S = 120.0
 
 
@@ -65,16 +64,6 @@ def unpack_bundle(work: Path) -> Path:
     return bundle
 
 
-def own_window(display: str, pid: int) -> XWindow | None:
-    """The program's main window once it is viewable; None before. xwininfo fails now and then while the app
-    creates and destroys its windows (BadWindow between listing the children and asking about one): ask again."""
-    try:
-        return next((w for w in top_level_windows(display)
-                     if w.wm_class == WINDOW_CLASS and w.viewable and window_pid(display, w) == pid), None)
-    except subprocess.CalledProcessError:
-        return None
-
-
 def start_gui(program: Program, display: str) -> Start:
     """One start of `fleetdesk-gui` until its window is mapped, then painted; then it is asked to close."""
     env = {**program.env, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
@@ -89,7 +78,7 @@ def start_gui(program: Program, display: str) -> Start:
                                  f"{app.stderr.read().decode() if app.stderr else ''}")
             if time.monotonic() - started > LIMIT_S:
                 raise SystemExit(f"{program.name} fleetdesk-gui showed no window within {LIMIT_S:.0f} s")
-            window = own_window(display, app.pid)
+            window = app_window(display, app.pid)
         mapped = time.monotonic() - started
         while distinct_colours(grab_screen(display).copy(window.x, window.y, window.width, window.height)) < 16:
             if time.monotonic() - started > LIMIT_S:

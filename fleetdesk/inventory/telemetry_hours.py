@@ -62,9 +62,9 @@ def repack(conn: Connection, device_ids: Iterable[int], first_hour: int, last_ho
     devices = sorted(set(device_ids))
     if not devices or last_hour < first_hour:
         return 0
-    conn.execute(delete(TelemetryHourRow).where(TelemetryHourRow.device_id.in_(devices),
-                                                          TelemetryHourRow.hour >= first_hour,
-                                                          TelemetryHourRow.hour <= last_hour))
+    hours = TelemetryHourRow.hour
+    conn.execute(delete(TelemetryHourRow).where(TelemetryHourRow.device_id.in_(devices), hours >= first_hour,
+                                                hours <= last_hour))
     span = (last_hour - first_hour) // HOUR + 1
     chunk = max(1, GROUPS_AT_ONCE // span)
     written = 0
@@ -82,7 +82,7 @@ def _packed(conn: Connection, devices: Sequence[int], since: int, until: int) ->
     minute = table.c.minute
     query = (select(table.c.device_id, epoch_seconds(minute, conn.dialect.name),
                     *(table.c[f"{m}_avg"] for m in HISTORY_METRICS), *(table.c[f"{m}_max"] for m in HISTORY_METRICS))
-             .where(table.c.device_id.in_(devices), minute >= _moment(since), minute < _moment(until))
+             .where(table.c.device_id.in_(devices), minute >= utc_moment(since), minute < utc_moment(until))
              .order_by(table.c.device_id, minute))
     # The driver's own tuples: numpy takes a Row object apart slowly (it probes each for array attributes).
     found = conn.execute(query).cursor.fetchall()
@@ -115,7 +115,8 @@ def _packed(conn: Connection, devices: Sequence[int], since: int, until: int) ->
             for n, s in enumerate(starts)]
 
 
-def _moment(seconds: int) -> datetime:
+def utc_moment(seconds: float) -> datetime:
+    """A moment given in Unix seconds as an aware UTC datetime (what the minutes' column takes)."""
     return datetime.fromtimestamp(seconds, UTC)
 
 

@@ -23,7 +23,7 @@ from fleetdesk.errors import InventoryError
 from fleetdesk.inventory.database import for_writing
 from fleetdesk.inventory.models import HISTORY_METRICS, DeviceRow, EventRow, TelemetryHourRow, TelemetryMinuteRow
 from fleetdesk.inventory.repository import Inventory
-from fleetdesk.inventory.telemetry_hours import HOUR, Unpacked, hour_of, repack
+from fleetdesk.inventory.telemetry_hours import HOUR, Unpacked, hour_of, repack, utc_moment
 
 __all__ = ["ALERT_CLEARED", "ALERT_RAISED", "HISTORY_METRICS", "DeviceHistory", "Event", "MinuteSummary",
            "TelemetryRepo"]
@@ -174,7 +174,8 @@ class TelemetryRepo:
         # The minutes of the partly covered hours: before the first whole hour, and from the end of the last.
         edges = (select(*(func.max(table.c[f"{m}_max"]) for m in wanted))
                  .where(table.c.device_id == device, minute >= _aware(since), minute < _aware(until),
-                        or_(minute < _moment(hour_of(since_s - 1) + HOUR), minute >= _moment(hour_of(until_s)))))
+                        or_(minute < utc_moment(hour_of(since_s - 1) + HOUR),
+                            minute >= utc_moment(hour_of(until_s)))))
         with self._session() as session:
             for device_id in device_ids:
                 found = Unpacked(session.execute(packed, {"device_id": device_id}).all(), wanted)
@@ -271,10 +272,6 @@ def _known(metrics: Sequence[str]) -> list[str]:
     if unknown:
         raise ValueError(f"no history is kept of {', '.join(unknown)}")
     return list(metrics)
-
-
-def _moment(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _utc_minute(moment: datetime) -> datetime:

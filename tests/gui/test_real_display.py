@@ -19,11 +19,11 @@ import pytest
 from tests.conftest import skip_or_fail
 from tests.gui.x_display import (
     XWindow,
+    app_window,
     ask_to_close,
     grab_screen,
     missing_tools,
     top_level_windows,
-    window_pid,
     window_protocols,
     xvfb,
 )
@@ -31,7 +31,6 @@ from tests.gui_harness import distinct_colours
 
 STARTUP_LIMIT = 120.0  # seconds: the first start imports Qt, onnx and onnxruntime on a busy 2-core CI machine
 QUIT_LIMIT = 60.0
-WINDOW_CLASS = ("fleetdesk-gui", "FleetDesk")
 
 
 @pytest.fixture
@@ -66,10 +65,9 @@ def wait_for_window(display: str, app: subprocess.Popen[bytes], stderr: Path) ->
         if app.poll() is not None:
             pytest.fail(f"fleetdesk-gui exited with status {app.returncode} before showing its window:\n"
                         f"{stderr.read_text()}")
-        mine = [w for w in top_level_windows(display)
-                if w.wm_class == WINDOW_CLASS and w.viewable and window_pid(display, w) == app.pid]
-        if mine:
-            return mine[0]
+        mine = app_window(display, app.pid)
+        if mine is not None:
+            return mine
         if time.monotonic() > deadline:
             pytest.fail(f"no viewable FleetDesk window within {STARTUP_LIMIT:.0f} s; windows: "
                         f"{top_level_windows(display)}\nstderr:\n{stderr.read_text()}")

@@ -24,6 +24,7 @@ from typing import Any
 
 TOOLS = ("Xvfb", "xwininfo", "xprop", "xwd")  # Debian: xvfb, x11-utils, x11-apps (scripts/system-deps.sh test)
 SCREEN = (1280, 900)
+WINDOW_CLASS = ("fleetdesk-gui", "FleetDesk")  # WM_CLASS of FleetDesk's main window
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,17 @@ def window_pid(display: str, window: XWindow) -> int | None:
     """The process that owns `window`, as its toolkit announced it (_NET_WM_PID)."""
     match = re.search(r"= (\d+)", _x(display, "xprop", "-id", hex(window.id), "_NET_WM_PID"))
     return int(match.group(1)) if match else None
+
+
+def app_window(display: str, pid: int) -> XWindow | None:
+    """FleetDesk's main window of the process `pid` once it is viewable; None before. xwininfo fails now and then
+    while the app creates and destroys windows (BadWindow between listing the children and asking about one):
+    None then too, so the caller asks again."""
+    try:
+        return next((w for w in top_level_windows(display)
+                     if w.wm_class == WINDOW_CLASS and w.viewable and window_pid(display, w) == pid), None)
+    except subprocess.CalledProcessError:
+        return None
 
 
 def window_protocols(display: str, window: XWindow) -> list[str]:

@@ -37,7 +37,7 @@ from fleetdesk.inventory import migrate
 from tests.cached_build import cached_build
 from tests.conftest import skip_or_fail
 from tests.fixtures.models.build import save_cnn
-from tests.gui.x_display import XWindow, ask_to_close, grab_screen, missing_tools, top_level_windows, window_pid, xvfb
+from tests.gui.x_display import XWindow, app_window, ask_to_close, grab_screen, missing_tools, xvfb
 from tests.gui_harness import distinct_colours
 from tests.keyring_daemon import private_keyring
 
@@ -49,7 +49,6 @@ TOOLS = ("tar", "zstd", "unshare", "chroot", "mount", "ip", "dpkg-deb", "desktop
 LOCAL_REPO = "/var/local/fleetdesk-debs"
 HOME = "/home/operator"  # inside the root
 STARTUP_LIMIT = 120.0
-WINDOW_CLASS = ("fleetdesk-gui", "FleetDesk")
 # Inside the root, what a login shell would have; nothing of this machine's environment goes in.
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
             "HOME": HOME, "XDG_RUNTIME_DIR": f"{HOME}/runtime", "DEBIAN_FRONTEND": "noninteractive"}
@@ -260,10 +259,9 @@ def _wait_for_window(display: str, app: subprocess.Popen[bytes], stderr: Path) -
         if app.poll() is not None:
             pytest.fail(f"the installed fleetdesk-gui exited with {app.returncode} before its window:\n"
                         f"{stderr.read_text()}")
-        mine = [w for w in top_level_windows(display)
-                if w.wm_class == WINDOW_CLASS and w.viewable and window_pid(display, w) == app.pid]
-        if mine:
-            return mine[0]
+        mine = app_window(display, app.pid)
+        if mine is not None:
+            return mine
         if time.monotonic() > deadline:
             pytest.fail(f"no FleetDesk window within {STARTUP_LIMIT:.0f} s:\n{stderr.read_text()}")
         time.sleep(0.2)
