@@ -49,6 +49,35 @@ _UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH
                        errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT}
 
 
+def _send_cbc_padding_only() -> None:
+    """asyncssh (2.24.1, the version tested here, and earlier ones) sends an empty SSH_MSG_IGNORE ahead of every
+    packet once the connection is encrypted (`SSHConnection.send_packet`: "insert an ignore packet into the
+    stream"). That is the countermeasure RFC 4251 (section 9.3.1) gives for CBC mode, where a packet's IV is the
+    last ciphertext block an attacker has seen. FleetDesk's ciphers are AES-GCM, chacha20-poly1305 and AES-CTR
+    (target.DEFAULT_CIPHERS and the profiles), none of which chains its IV that way (RFC 4344 recommends CTR for
+    exactly this reason), so the extra packet guards nothing there. It doubles the packets of every push: each is
+    one more encryption and socket write in this process and one more decryption by the device's sshd. Left out,
+    a push costs this process about 0.45 s less CPU per GB (1.6 against 2.0 s/GB to a local sshd), and 20 pushes
+    of 100 MB at once to the lab end about 0.4 s sooner (6.2 against 6.6 s). The padding stays wherever the
+    cipher in use is a CBC one."""
+    connection = asyncssh.connection.SSHConnection
+    original = connection.send_packet
+    if getattr(original, "fleetdesk_padding_rule", False):
+        return
+    empty = asyncssh.packet.String(b"")
+
+    def send_packet(self: Any, pkttype: int, *args: bytes, **kwargs: Any) -> None:
+        if (pkttype == asyncssh.constants.MSG_IGNORE and args == (empty,)
+                and "-cbc" not in str(self.get_extra_info("send_cipher", ""))):
+            return
+        original(self, pkttype, *args, **kwargs)
+
+    send_packet.fleetdesk_padding_rule = True  # type: ignore[attr-defined]
+    connection.send_packet = send_packet  # type: ignore[method-assign]
+
+
+_send_cbc_padding_only()
+
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+: a read that fails rather than wait for the disk
 
 
