@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import subprocess
@@ -54,9 +55,23 @@ def catastrophic_regex() -> None:
         re.match(r"(a+)+b", "a" * 18)
 
 
+@functools.cache
+def _one_call_of_at_least(seconds: float) -> str:
+    """A subject for `(a+)+b` that one re.match call takes at least `seconds` over on this machine: each more "a"
+    doubles the backtracking, so the length is found by timing (a fixed length took 0.11 s on one host, 0.15 on
+    another)."""
+    subject = "a" * 16
+    while True:
+        started = time.perf_counter()
+        re.match(r"(a+)+b", subject)
+        if time.perf_counter() - started >= seconds / 2:
+            return subject + "a"
+        subject += "a"
+
+
 def a_worker_thread_that_holds_the_gil() -> None:
-    """One regex call of about 0.15 s in another thread: the loop's thread waits for the GIL, using no CPU."""
-    threading.Thread(target=re.match, args=(r"(a+)+b", "a" * 22)).start()
+    """One regex call of at least 0.15 s in another thread: the loop's thread waits for the GIL, using no CPU."""
+    threading.Thread(target=re.match, args=(r"(a+)+b", _one_call_of_at_least(0.15))).start()
 
 
 def beats_while(action: Callable[[], None]) -> LoopWatch:
@@ -76,6 +91,7 @@ def beats_while(action: Callable[[], None]) -> LoopWatch:
 @pytest.mark.parametrize("action", [a_callback_that_blocks_the_loop, catastrophic_regex,
                                     a_worker_thread_that_holds_the_gil])
 def test_a_loop_that_sleeps_or_holds_the_gil_or_waits_for_it_is_blamed(action: Callable[[], None]) -> None:
+    _one_call_of_at_least(0.15)  # timed here, before the loop runs, so the loop only ever waits for the thread
     watch = beats_while(action)
     assert watch.worst_blamed() >= 0.12 and watch.process_pauses() == [], watch.stalls
 
