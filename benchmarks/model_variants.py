@@ -18,8 +18,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleetdesk.models import inspect_model
 from fleetdesk.models.evaluate import LOCAL_TIMING, session
+from fleetdesk.models.importer import inspect_model
 from fleetdesk.models.optimize import optimize_model
 from fleetdesk.models.report import BASELINE
 from fleetdesk.models.samples import load_samples

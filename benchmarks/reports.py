@@ -107,7 +107,9 @@ def build(url: str, devices: int, days: int, rollouts: int) -> float:
 
 def _child(kind: str, what: str, url: str, out: Path, since: datetime, until: datetime, queue: Any) -> None:
     from fleetdesk.artifacts.signing import FleetSigningKey
-    from fleetdesk.reports import Filters, make_report, write_report
+    from fleetdesk.reports.gather import make_report
+    from fleetdesk.reports.output import write_report
+    from fleetdesk.reports.selection import Filters
 
     with open_inventory(url) as inventory:
         filters = Filters(since=since, until=until)
@@ -140,7 +142,8 @@ async def _stall(kind: str, inventory: Any, filters: Any, out: Path) -> dict[str
     heap built before it, 40-90 ms here, with the lock held)."""
     from fleetdesk.artifacts.signing import FleetSigningKey
     from fleetdesk.gui.app import SWITCH_INTERVAL, freeze_startup_heap
-    from fleetdesk.reports import make_report, write_report
+    from fleetdesk.reports.gather import make_report
+    from fleetdesk.reports.output import write_report
 
     sys.setswitchinterval(SWITCH_INTERVAL)
     freeze_startup_heap()

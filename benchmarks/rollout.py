@@ -59,7 +59,7 @@ from fleetdesk.artifacts.store import ArtifactStore, write_golden  # noqa: E402
 from fleetdesk.fleet import Fleet  # noqa: E402
 from fleetdesk.inventory import open_inventory  # noqa: E402
 from fleetdesk.inventory import rollout_states as st  # noqa: E402
-from fleetdesk.models import inspect_model  # noqa: E402
+from fleetdesk.models.importer import inspect_model  # noqa: E402
 from fleetdesk.models.report import BASELINE, CHOSEN, OptimizationReport, ProfileResult, Tolerance, Variant  # noqa: E402
 from fleetdesk.profiles import load_profiles  # noqa: E402
 from fleetdesk.rollout.device_ops import DeviceOps  # noqa: E402

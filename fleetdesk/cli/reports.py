@@ -29,7 +29,8 @@ KIND_HELP = {"fleet": "devices by status, profile, runtime and model, then the i
 def cmd_report(args: argparse.Namespace) -> int:
     from fleetdesk.artifacts.signing import FleetSigningKey
     from fleetdesk.config import Settings
-    from fleetdesk.reports import Filters, ReportRequest, export_report
+    from fleetdesk.reports.export import ReportRequest, export_report
+    from fleetdesk.reports.selection import Filters
 
     filters = Filters(group=args.group, device=args.device,
                       since=parse_since(args.since) if args.since else None,
@@ -48,7 +49,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from fleetdesk.artifacts.signing import FleetSigningKey
-    from fleetdesk.reports import verify_report
+    from fleetdesk.reports.signature import verify_report
 
     if args.key:
         try:
@@ -76,7 +77,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _report_options(p: argparse.ArgumentParser) -> None:
-    from fleetdesk.reports import FORMATS, PAPERS
+    from fleetdesk.reports.formats import FORMATS, PAPERS
 
     p.add_argument("--group", metavar="G", help="only the devices of group G")
     p.add_argument("--device", metavar="D", help="only device D (name, address or id)")

@@ -16,7 +16,9 @@ from PySide6.QtCore import QObject
 
 from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.config import Settings
-from fleetdesk.reports import Report, ReportRequest, WrittenReport, export_report, gather_report
+from fleetdesk.reports.document import Report
+from fleetdesk.reports.export import ReportRequest, export_report, gather_report
+from fleetdesk.reports.output import WrittenReport
 
 from .activities import Activity
 from .bridge_context import BridgeContext

@@ -29,7 +29,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from fleetdesk.reports import Filters, Report, ReportRequest, WrittenReport
+from fleetdesk.reports.document import Report
+from fleetdesk.reports.export import ReportRequest
+from fleetdesk.reports.output import WrittenReport
+from fleetdesk.reports.selection import Filters
 
 from .report_preview import preview_document
 from .text import tooltip_text, visible_text

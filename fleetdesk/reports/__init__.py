@@ -6,18 +6,6 @@ report type from the inventory (fleet.py, rollout.py, health.py, models.py, audi
 (document.py); `write_report` renders it (render_*.py), signs it (signature.py) and writes it atomically
 (output.py); `verify_report` checks a written one with the public key. Rendering is CPU work: callers on an event
 loop run it in a thread.
+formats.py names the formats and paper sizes. Import each name from its module: this package loads none of them,
+so the command line's parser, which needs only formats.py, does not load the renderers and the artifact store.
 """
-
-from __future__ import annotations
-
-from fleetdesk.reports.document import KINDS, Report
-from fleetdesk.reports.export import ReportRequest, export_report, gather_report
-from fleetdesk.reports.gather import PERMISSIONS, make_report
-from fleetdesk.reports.output import FORMATS, WrittenReport, render, write_report
-from fleetdesk.reports.render_pdf import PAPERS
-from fleetdesk.reports.selection import Filters
-from fleetdesk.reports.signature import VerifiedReport, signature_path, verify_report
-
-__all__ = ["FORMATS", "KINDS", "PAPERS", "PERMISSIONS", "Filters", "Report", "ReportRequest", "VerifiedReport",
-           "WrittenReport", "export_report", "gather_report", "make_report", "render", "signature_path",
-           "verify_report", "write_report"]

@@ -19,13 +19,12 @@ from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.artifacts.store_records import canonical_json, key_fingerprint
 from fleetdesk.errors import ReportError
 from fleetdesk.reports.document import Report
+from fleetdesk.reports.formats import FORMATS, PAPERS
 from fleetdesk.reports.render_csv import render_csv
 from fleetdesk.reports.render_html import render_html
 from fleetdesk.reports.render_json import render_json
-from fleetdesk.reports.render_pdf import PAPERS, render_pdf
+from fleetdesk.reports.render_pdf import render_pdf
 from fleetdesk.reports.signature import signature_file, signature_path, statement
-
-FORMATS = ("pdf", "html", "csv", "json")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from fleetdesk.reports.document import Chart, Report, period_text, shown
 from fleetdesk.reports.document import Table as ReportTable
 from fleetdesk.resources import data_file
 
-PAPERS = {"a4": A4, "letter": LETTER}
+PAGE_SIZES = {"a4": A4, "letter": LETTER}  # one per formats.PAPERS
 FONT, BOLD = "DejaVuSans", "DejaVuSans-Bold"
 MARGIN = 12 * mm
 PAD = 2.5  # a table cell's left and right padding
@@ -77,7 +77,7 @@ def pdf_text(text: object) -> str:
 def render_pdf(report: Report, paper: str = "a4") -> bytes:
     register_fonts()
     out = io.BytesIO()
-    page = landscape(PAPERS[paper])
+    page = landscape(PAGE_SIZES[paper])
     created = report.until.strftime("D:%Y%m%d%H%M%S+00'00'")
     doc = SimpleDocTemplate(out, pagesize=page, leftMargin=MARGIN, rightMargin=MARGIN, topMargin=MARGIN,
                             bottomMargin=MARGIN + 4 * mm, invariant=1, title=f"{report.title} — {report.scope}",

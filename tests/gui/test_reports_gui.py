@@ -17,7 +17,7 @@ from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.gui.reports_dialog import ReportsDialog
 from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory.audit import AuditFilter
-from fleetdesk.reports import verify_report
+from fleetdesk.reports.signature import verify_report
 from tests.conftest import skip_or_fail
 from tests.gui_harness import GuiSession, gui_session
 from tests.report_fleet import HOSTILE, ReportFleet, build_report_fleet

@@ -33,7 +33,7 @@ from fleetdesk.inventory import rollout_states as st
 from fleetdesk.inventory.audit import AuditFilter
 from fleetdesk.inventory.records import ProbeFacts
 from fleetdesk.inventory.rollouts import RolloutRepo
-from fleetdesk.models import inspect_model
+from fleetdesk.models.importer import inspect_model
 from fleetdesk.models.report import (
     BASELINE,
     BASELINE_STATUS,

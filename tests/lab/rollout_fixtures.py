@@ -19,7 +19,7 @@ from fleetdesk.artifacts.signing import FleetSigningKey
 from fleetdesk.artifacts.store import ArtifactStore, write_golden
 from fleetdesk.fleet import Fleet
 from fleetdesk.inventory.audit import AuditEntry, AuditFilter
-from fleetdesk.models import inspect_model
+from fleetdesk.models.importer import inspect_model
 from fleetdesk.models.report import BASELINE, CHOSEN, OptimizationReport, ProfileResult, Tolerance, Variant
 from fleetdesk.models.samples import GENERATED_SOURCE, generate_samples
 from fleetdesk.profiles import ProfileSet

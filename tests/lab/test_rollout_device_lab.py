@@ -24,7 +24,7 @@ from fleetdesk.artifacts.store import ArtifactStore, write_golden
 from fleetdesk.errors import RolloutStepError, UnreachableError
 from fleetdesk.fleet import Fleet
 from fleetdesk.inventory import open_inventory
-from fleetdesk.models import inspect_model
+from fleetdesk.models.importer import inspect_model
 from fleetdesk.models.report import BASELINE, CHOSEN, OptimizationReport, ProfileResult, Tolerance, Variant
 from fleetdesk.models.samples import GENERATED_SOURCE, generate_samples
 from fleetdesk.profiles import load_profiles

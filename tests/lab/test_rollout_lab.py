@@ -32,7 +32,7 @@ from fleetdesk.artifacts.store import ArtifactStore, write_golden, write_referen
 from fleetdesk.fleet import Fleet
 from fleetdesk.inventory import open_inventory
 from fleetdesk.inventory import rollout_states as st
-from fleetdesk.models import inspect_model
+from fleetdesk.models.importer import inspect_model
 from fleetdesk.models.report import (
     BASELINE,
     BASELINE_STATUS,

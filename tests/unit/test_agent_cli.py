@@ -473,7 +473,7 @@ def cnn_bytes(tmp_path: Path, seed: int) -> bytes:
 def golden_for(tmp_path: Path, model: bytes, count: int = 4) -> bytes:
     """golden.npz as the store makes it (fleetdesk.artifacts.store.write_golden) from `model` on generated samples."""
     from fleetdesk.artifacts.store import write_golden
-    from fleetdesk.models import inspect_model
+    from fleetdesk.models.importer import inspect_model
     from fleetdesk.models.samples import generate_samples
 
     path = tmp_path / f"ref-{hashlib.sha256(model).hexdigest()[:8]}.onnx"

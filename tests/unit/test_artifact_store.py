@@ -24,7 +24,8 @@ from fleetdesk.artifacts.records import MANIFEST_FORMAT
 from fleetdesk.artifacts.signing import KEYRING_ACCOUNT, FleetSigningKey
 from fleetdesk.artifacts.store import ArtifactStore, key_fingerprint
 from fleetdesk.errors import InvalidModelNameError, ModelNameClashError, StoreEntryNotFoundError, StoreFullError
-from fleetdesk.models import ModelCard, inspect_model
+from fleetdesk.models.card import ModelCard
+from fleetdesk.models.importer import inspect_model
 from fleetdesk.models.report import (
     ACCEPTED,
     BASELINE,

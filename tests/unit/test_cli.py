@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -38,6 +40,17 @@ def test_unknown_fault_names_the_valid_ones(capsys: pytest.CaptureFixture[str]) 
     assert main(["lab", "fault", "rpi4-01", "explode"]) == 2
     _, err = capsys.readouterr()
     assert "unknown fault 'explode'" in err and "rekey" in err
+
+
+def test_the_parser_every_command_builds_loads_no_model_or_report_library() -> None:
+    """Building the command line (what `fleetdesk --version` and every command do first) loads neither onnx,
+    onnxruntime, numpy nor ReportLab: they cost every command about 0.9 s when the packages' __init__ imported all
+    their modules. A fresh interpreter, so nothing an earlier test imported counts."""
+    heavy = ("onnx", "onnxruntime", "numpy", "ml_dtypes", "reportlab", "PySide6")
+    code = ("import sys\nfrom fleetdesk.cli import build_parser\nbuild_parser()\n"
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.strip() == "", proc.stdout
 
 
 def test_version_names_the_pyproject_version_and_the_commit(capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,7 @@ import onnxruntime
 import pytest
 
 from fleetdesk.errors import FleetDeskError
-from fleetdesk.models import (
+from fleetdesk.models.card import (
     CorruptModelError,
     EmptyModelError,
     ExternalDataError,
@@ -35,9 +35,9 @@ from fleetdesk.models import (
     OpsetTooNewError,
     TensorSpec,
     TruncatedModelError,
-    inspect_model,
-    onnxruntime_support,
 )
+from fleetdesk.models.importer import inspect_model
+from fleetdesk.models.runtime_support import onnxruntime_support
 from tests.conftest import as_unprivileged
 from tests.fixtures.models.build import (
     CNN_PARAMETERS,
@@ -459,7 +459,7 @@ def test_a_missing_file_is_refused(tmp_path: Path) -> None:
 def test_an_unreadable_file_is_refused(cnn: Path) -> None:
     cnn.chmod(0)
     said = as_unprivileged(
-        "from fleetdesk.models import inspect_model\n"
+        "from fleetdesk.models.importer import inspect_model\n"
         "try:\n"
         f"    inspect_model({str(cnn)!r})\n"
         "except Exception as exc:\n"

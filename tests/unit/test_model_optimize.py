@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetdesk.models import inspect_model
 from fleetdesk.models.card import ModelCard, OptimizationCancelled
+from fleetdesk.models.importer import inspect_model
 from fleetdesk.models.optimize import optimize_model
 from fleetdesk.models.report import (
     ACCEPTED,

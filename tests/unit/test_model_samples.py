@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from fleetdesk.models import inspect_model
 from fleetdesk.models.card import ModelCard, SamplesError
+from fleetdesk.models.importer import inspect_model
 from fleetdesk.models.samples import GENERATED_SOURCE, load_samples
 from tests.fixtures.models.build import save_cnn
 

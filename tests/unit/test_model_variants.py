@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from fleetdesk.models import inspect_model
 from fleetdesk.models.card import ModelCard, OptimizationCancelled
 from fleetdesk.models.evaluate import compare, run_outputs
+from fleetdesk.models.importer import inspect_model
 from fleetdesk.models.samples import SampleSet, load_samples
 from fleetdesk.models.variants import build_variant, folder_size, prepare_for_quantization
 from tests.fixtures.models.build import save_mlp_external

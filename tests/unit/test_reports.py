@@ -179,7 +179,9 @@ def test_every_report_in_every_format_is_the_same_bytes_twice(fleet: ReportFleet
 
 def test_the_audit_report_of_an_unchanged_trail_is_the_same_bytes_twice(fleet: ReportFleet, tmp_path: Path) -> None:
     from fleetdesk.artifacts.signing import FleetSigningKey
-    from fleetdesk.reports import Filters, make_report, write_report
+    from fleetdesk.reports.gather import make_report
+    from fleetdesk.reports.output import write_report
+    from fleetdesk.reports.selection import Filters
 
     inventory = open_inventory(fleet.url)
     try:
@@ -428,7 +430,8 @@ def test_a_cancelled_export_writes_nothing_and_audits_nothing(fleet: ReportFleet
     from fleetdesk.artifacts.signing import FleetSigningKey
     from fleetdesk.errors import ReportCancelledError
     from fleetdesk.inventory import open_inventory
-    from fleetdesk.reports import Filters, ReportRequest, export_report
+    from fleetdesk.reports.export import ReportRequest, export_report
+    from fleetdesk.reports.selection import Filters
 
     target = tmp_path / "health.pdf"
     said: list[str] = []
@@ -504,3 +507,9 @@ def test_a_device_name_in_cjk_renders_and_keeps_what_the_font_can_show(tmp_path:
     assert " ".join(shown.split()) in " ".join(pdf_text(tmp_path / "fleet.pdf").split())
     rows = next(t for t in json.loads((tmp_path / "fleet.json").read_text())["tables"] if t["name"] == "devices")
     assert [r["name"] for r in rows["rows"]] == [name]
+
+
+def test_every_paper_size_offered_has_a_page_size_in_the_pdf_renderer() -> None:
+    from fleetdesk.reports.formats import PAPERS
+    from fleetdesk.reports.render_pdf import PAGE_SIZES
+    assert tuple(PAGE_SIZES) == PAPERS

@@ -18,7 +18,7 @@ from fleetdesk.artifacts.signing import KEYRING_ACCOUNT, FleetSigningKey
 from fleetdesk.artifacts.store import ArtifactStore
 from fleetdesk.errors import PlanError
 from fleetdesk.inventory import Inventory, ProbeFacts, Sighting, open_inventory
-from fleetdesk.models import inspect_model
+from fleetdesk.models.importer import inspect_model
 from fleetdesk.models.report import BASELINE, BASELINE_STATUS, CHOSEN, OptimizationReport, ProfileResult, Tolerance
 from fleetdesk.models.report import Variant as ReportVariant
 from fleetdesk.rollout.plan import PlannedDevice, ResolvedPlan, RolloutPlan, plan_text, resolve
