@@ -7,6 +7,7 @@ lab tests skip, and with CI=true they fail instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -156,6 +157,32 @@ def lab_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def lab_up(spec: str, env: dict[str, str]) -> Iterator[Fleet]:
+    """A lab of SPEC in env's FLEETDESK_LAB_DIR, taken down afterwards (unless a test took it down itself).
+    One lab at a time per machine: one a killed run left is taken down first, one somebody is using fails."""
+    if lab_namespaces():
+        take_down_an_abandoned_lab(env)
+    if lab_namespaces():
+        pytest.fail(f"a lab is already up on this machine ({lab_namespaces()[0]} ...): run `fleetdesk lab down` first")
+    proc = fleetdesk("lab", "up", "--devices", spec, env=env)
+    if proc.returncode != 0:
+        fleetdesk("lab", "down", env=env)
+        pytest.fail(f"`fleetdesk lab up` failed:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
+    record_lab_owner(Path(env["FLEETDESK_LAB_DIR"]))
+    lab = Fleet(lab_dir=Path(env["FLEETDESK_LAB_DIR"]), state={}, env=env, up_output=proc.stdout)
+    try:
+        lab.refresh()
+        yield lab
+    finally:
+        down = None if lab.torn_down else fleetdesk("lab", "down", env=env)
+        if down is not None and down.returncode != 0:
+            # The owner record stays, so the next run takes this lab down (take_down_an_abandoned_lab).
+            print(f"`fleetdesk lab down` failed; the lab is left up:\n{down.stdout}\n{down.stderr}", file=sys.stderr)
+        else:
+            LAB_OWNER.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def fleet(lab_env: dict[str, str]) -> Iterator[Fleet]:
     if reused_lab_dir():
@@ -164,26 +191,21 @@ def fleet(lab_env: dict[str, str]) -> Iterator[Fleet]:
         os.environ["FLEETDESK_LAB_DIR"] = lab_env["FLEETDESK_LAB_DIR"]
         yield lab
         return
-    if lab_namespaces():
-        take_down_an_abandoned_lab(lab_env)
-    if lab_namespaces():
-        pytest.fail(f"a lab is already up on this machine ({lab_namespaces()[0]} ...): run `fleetdesk lab down` first")
-    proc = fleetdesk("lab", "up", "--devices", SPEC, env=lab_env)
-    if proc.returncode != 0:
-        fleetdesk("lab", "down", env=lab_env)
-        pytest.fail(f"`fleetdesk lab up` failed:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
-    record_lab_owner(Path(lab_env["FLEETDESK_LAB_DIR"]))
-    lab = Fleet(lab_dir=Path(lab_env["FLEETDESK_LAB_DIR"]), state={}, env=lab_env, up_output=proc.stdout)
-    lab.refresh()
-    # Tests in this process (and helpers they call) find the same lab.
-    os.environ["FLEETDESK_LAB_DIR"] = lab_env["FLEETDESK_LAB_DIR"]
-    yield lab
-    if not lab.torn_down:
-        fleetdesk("lab", "down", env=lab_env)
-    LAB_OWNER.unlink(missing_ok=True)
+    with lab_up(SPEC, lab_env) as lab:
+        # Tests in this process (and helpers they call) find the same lab.
+        os.environ["FLEETDESK_LAB_DIR"] = lab_env["FLEETDESK_LAB_DIR"]
+        yield lab
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # test_installer_lab brings up a lab of its own (one device, tests/lab/test_installer_lab.py) and takes it
+    # down: it runs before every other lab test, while the session's fleet is not up yet (one lab per machine).
+    own_lab = [item for item in items if item.module.__name__.endswith("test_installer_lab")]
+    if own_lab:
+        for item in own_lab:
+            items.remove(item)
+        first = next((i for i, item in enumerate(items) if item.module.__name__.startswith("tests.lab.")), len(items))
+        items[first:first] = own_lab
     # test_lifecycle takes the session's fleet down, so it runs after every other lab test,
     # whatever the file names; with a reused lab it does not run at all.
     last = [item for item in items if item.module.__name__.endswith("test_lifecycle")]

@@ -6,13 +6,18 @@ whose D-Bus socket is inside the root), the desktop entry's Exec line drawing th
 Qt's xcb platform; removed (the operator's data stays) and purged (/opt/fleetdesk goes).
 
 The offline device-runtime pack (fleetdesk-runtimes_<version>_all.deb) is installed beside it: `fleetdesk runtime
-list` shows its runtimes, and `fleetdesk runtime build`, which needs pip and an index, says so and names them.
+list` shows its runtimes, and `fleetdesk runtime build`, which needs pip and an index, says so and names them. Then
+the root is put on a lab of this module's own (one x86 PC) and on nothing else (loopback and a veth into the lab's
+bridge, no default route): there the installed `fleetdesk` adds the device, trusts its host key, probes it and
+provisions it from the pack; on the device onnxruntime imports, the version the pack shipped, installed from the
+pack's wheels byte for byte.
 
 The build is `make dist`'s, of these sources, reused from the cache folder (packaging/cached_build.py, keyed by what
 goes into the bundle) where `make dist-offline` (a prerequisite of `make test`) put it: building reaches the package
 index for the runtime pack's wheels, so it is an install step, never this test's. So is the download of the Debian
 packages the .deb's Depends pull in (the root has no route to any mirror): they are offered to apt as a local file:
-repository. This test never brings up the lab; it only copies the lab's image.
+repository. The one-device lab is up only for the provisioning test (tests/lab/conftest.py runs this module before
+the session's shared fleet is up: one lab per machine).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -34,12 +39,16 @@ from alembic import command
 from sqlalchemy import create_engine
 
 from fleetdesk.inventory import migrate
+from fleetdesk.lab import netns
+from fleetdesk.lab.state import NETNS_PREFIX, VETH_PREFIX
 from tests.cached_build import cached_build
 from tests.conftest import skip_or_fail
 from tests.fixtures.models.build import save_cnn
 from tests.gui.x_display import XWindow, app_window, ask_to_close, grab_screen, missing_tools, xvfb
 from tests.gui_harness import distinct_colours
 from tests.keyring_daemon import private_keyring
+from tests.lab.conftest import Fleet as LabFleet
+from tests.lab.conftest import lab_up, reused_lab_dir
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -61,6 +70,7 @@ class CleanRoot:
     runtimes_deb: Path  # inside the root
     version: str
     session: dict[str, str] = field(default_factory=dict)  # what the operator's desktop session sets (its D-Bus)
+    netns: str | None = None  # a named network namespace to run in; None: one of its own with only loopback
 
     def run(self, command: str, *, env: dict[str, str] | None = None, timeout: float = 300,
             check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -71,9 +81,9 @@ class CleanRoot:
         return proc
 
     def argv(self, command: str, env: dict[str, str] | None = None) -> list[str]:
-        """`command` run by /bin/sh of the root, chrooted, in private mount and network namespaces (only
-        loopback, up), with /proc, /dev and the X server's socket folder mounted; the same process id throughout
-        (no fork between here and the command), so its windows name the pid Popen sees."""
+        """`command` run by /bin/sh of the root, chrooted, in a private mount namespace and a network namespace
+        (its own with only loopback, up, or `netns`), with /proc, /dev and the X server's socket folder mounted; the
+        same process id throughout (no fork between here and the command), so its windows name the pid Popen sees."""
         env_args = " ".join(f"{k}={_q(v)}" for k, v in {**BASE_ENV, **self.session, **(env or {})}.items())
         setup = (
             f"set -e; R={_q(str(self.path))}; "
@@ -82,7 +92,10 @@ class CleanRoot:
             "ip link set lo up; "
             f'exec chroot "$R" /usr/bin/env -i {env_args} /bin/sh -c {_q(command)}'
         )
-        return ["unshare", "--mount", "--net", "--propagation", "private", "--", "/bin/sh", "-c", setup]
+        if self.netns is None:
+            return ["unshare", "--mount", "--net", "--propagation", "private", "--", "/bin/sh", "-c", setup]
+        return ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount", "--propagation", "private", "--",
+                "/bin/sh", "-c", setup]
 
 
 def _q(text: str) -> str:
@@ -245,6 +258,92 @@ def test_the_runtime_pack_is_listed_and_a_frozen_build_names_it(installed: Clean
     assert "needs a Python with pip and a package index" in proc.stderr, proc.stderr
     assert by_platform["aarch64", "cp311"]["id"] in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+# The laptop on the lab's bridge: named as the lab names its own namespaces and veths (fdlab-*, fdv<N>; index 0 is no
+# device's), so that `fleetdesk lab down` removes them too should a killed run leave them behind.
+LAPTOP_NETNS = f"{NETNS_PREFIX}laptop"
+LAPTOP_VETH = f"{VETH_PREFIX}0"
+LAPTOP_ADDRESS = "198.18.0.2"  # on the bridge's network: the bridge is 198.18.0.1, the devices 198.18.1.N
+DEVICE_ROOT = "/opt/fleetdesk"  # the ipc-x86 profile's device root
+
+
+@pytest.fixture
+def lab(lab_env: dict[str, str]) -> Iterator[LabFleet]:
+    """A lab of this test's own, one x86 PC, taken down after it."""
+    if reused_lab_dir():
+        pytest.skip("brings up a lab of its own, and FLEETDESK_TEST_REUSE_LAB names one that is up")
+    with lab_up("ipc-x86:1", lab_env) as one:
+        yield one
+
+
+@pytest.fixture
+def on_the_lab(installed: CleanRoot, lab: LabFleet) -> Iterator[CleanRoot]:
+    """The installed root on the lab's network and no other: loopback and a veth into the lab's bridge, no route
+    out, as a laptop on the floor's switch."""
+    try:
+        netns.create_device_network(LAPTOP_NETNS, LAPTOP_VETH, LAPTOP_ADDRESS, "laptop")
+        yield replace(installed, netns=LAPTOP_NETNS)
+    finally:
+        netns.delete_device_network(LAPTOP_NETNS, LAPTOP_VETH)
+
+
+def test_a_lab_device_is_trusted_probed_and_provisioned_offline_from_the_installed_runtime_pack(
+        on_the_lab: CleanRoot, lab: LabFleet) -> None:
+    root = on_the_lab
+    [device] = lab.devices
+    name, address, fingerprint = device["name"], device["address"], device["host_key_fingerprint"]
+    # Its only links are loopback and the lab's; no default route, so no registry can be reached (`ip route get`
+    # asks the kernel's routing table and sends nothing).
+    links = root.run("ip -o link show").stdout
+    assert sorted(line.split(": ")[1].split("@")[0] for line in links.splitlines()) == ["eth0", "lo"], links
+    assert "default" not in root.run("ip route show").stdout
+    unrouted = root.run("ip route get 1.1.1.1", check=False)
+    assert unrouted.returncode != 0 and "unreachable" in unrouted.stderr, unrouted
+    # The operator logs in to the lab's devices with the lab's key, as OpenSSH's default identity.
+    ssh = root.path / HOME.lstrip("/") / ".ssh"
+    ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copy2(lab.state["ssh_key"], ssh / "id_ed25519")
+
+    added = json.loads(root.run(f"fleetdesk add {address} --name {name} --json").stdout)
+    assert added["name"] == name, added
+    # Not trusted yet: the device presents its key, and it is the one the device shows at its console.
+    presented = root.run(f"fleetdesk trust {name} --json", check=False)
+    assert presented.returncode == 2, presented
+    assert json.loads(presented.stdout)["fingerprint"] == fingerprint, presented.stdout
+    trusted = json.loads(root.run(f"fleetdesk trust {name} --fingerprint {fingerprint} --json").stdout)
+    assert trusted["fingerprint"] == fingerprint, trusted
+    [probed] = json.loads(root.run(f"fleetdesk probe {name} --json").stdout)["outcomes"]
+    assert probed["status"] == "succeeded" and probed["profile"] == "ipc-x86", probed
+
+    [pack] = [r for r in json.loads(root.run("fleetdesk runtime list --json").stdout) if r["arch"] == "x86_64"]
+    assert pack["shipped"] and "ipc-x86" in pack["profiles"], pack
+    shipped = {w["project"]: w["version"] for w in pack["wheels"]}
+    provisioned = root.run(f"fleetdesk provision {name} --json", timeout=900)
+    [outcome] = json.loads(provisioned.stdout)["outcomes"]
+    assert outcome["status"] == "succeeded", outcome["error"]
+    assert outcome["runtime"] == pack["id"] and outcome["onnxruntime"] == shipped["onnxruntime"], outcome
+    assert f"installed runtime {pack['id']}" in outcome["changed"], outcome
+
+    # On the device (offline as well): onnxruntime imports from the provisioned runtime, the version the pack
+    # shipped; the wheels it was installed from are the pack's, byte for byte, and pip installed their versions.
+    def on_device(command: str) -> str:
+        result = lab.ssh(device, command)
+        assert result.exit_status == 0, f"on {name}, `{command}` failed: {result.stderr}"
+        return str(result.stdout)
+
+    assert "default" not in on_device("ip -4 route show")
+    assert on_device(f"readlink {DEVICE_ROOT}/runtimes/current").strip() == pack["id"]
+    python = f"{DEVICE_ROOT}/runtimes/current/venv/bin/python"
+    imported = on_device(f"{python} -c 'import onnxruntime; print(onnxruntime.__version__)'")
+    assert imported.strip() == shipped["onnxruntime"], imported
+    pack_folder = root.path / "usr/share/fleetdesk/runtimes" / pack["id"] / "wheels"
+    in_pack = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in pack_folder.iterdir()}
+    sums = on_device(f"cd {DEVICE_ROOT}/runtimes/{pack['id']}/wheels && sha256sum -- *.whl")
+    assert {line.split()[1]: line.split()[0] for line in sums.splitlines()} == in_pack, sums
+    listed = json.loads(on_device(f"{python} -m pip list --format json --disable-pip-version-check"))
+    versions = {re.sub(r"[-_.]+", "-", d["name"]).lower(): d["version"] for d in listed}
+    assert {project: versions.get(project) for project in shipped} == shipped, listed
 
 
 def _desktop_exec(root: Path) -> str:
