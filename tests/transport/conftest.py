@@ -116,12 +116,17 @@ def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def target_on(sshd: LocalSSHD, transport: str, **overrides: Any) -> SSHTarget:
+    """A trusted, key-authenticated target on the test sshd over `transport`; keyword arguments override fields."""
+    base = SSHTarget(device=f"dev-{transport}", host=sshd.host, port=sshd.port, username="root",
+                     pinned_host_keys=(sshd.ed25519_line,), identity_files=(sshd.client_key,),
+                     transport=transport, connect_timeout=10, use_agent=False)
+    return replace(base, **overrides)
+
+
 @pytest.fixture
 def make_target(sshd: LocalSSHD, transport: str) -> Callable[..., SSHTarget]:
-    """A trusted, key-authenticated target on the test sshd; keyword arguments override fields."""
+    """target_on for each transport in turn (the `transport` fixture)."""
     def make(**overrides: Any) -> SSHTarget:
-        base = SSHTarget(device=f"dev-{transport}", host=sshd.host, port=sshd.port, username="root",
-                         pinned_host_keys=(sshd.ed25519_line,), identity_files=(sshd.client_key,),
-                         transport=transport, connect_timeout=10, use_agent=False)
-        return replace(base, **overrides)
+        return target_on(sshd, transport, **overrides)
     return make

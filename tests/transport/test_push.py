@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncssh
 import pytest
 
 from fleetdesk.errors import ConfigError, DiskFullError, TransportError, UnreachableError
@@ -21,7 +22,7 @@ from fleetdesk.transport.asyncssh_transport import cached_piece
 from fleetdesk.transport.push import _PROBE_PY, _PROBE_SH, DIGEST_XATTR, parse_probe
 from fleetdesk.transport.shell import python_command, sh_command
 from tests.conftest import skip_or_fail
-from tests.transport.conftest import LocalSSHD, free_port
+from tests.transport.conftest import LocalSSHD, free_port, target_on
 
 Make = Callable[..., SSHTarget]
 T = TypeVar("T")
@@ -293,11 +294,8 @@ def test_asyncssh_sends_its_padding_packets_only_with_a_cbc_cipher(
     """asyncssh's empty SSH_MSG_IGNORE ahead of every packet guards CBC only; with the others FleetDesk leaves it
     out (asyncssh_transport._send_cbc_padding_only), which halves the packets of a push. Counted from asyncssh's
     own packet log."""
-    import asyncssh
     source = random_file(tmp_path / "padding.bin", 2 * BLOCK_SIZE)
-    target = SSHTarget(device="dev-padding", host=sshd.host, port=sshd.port, username="root",
-                       pinned_host_keys=(sshd.ed25519_line,), identity_files=(sshd.client_key,),
-                       transport="asyncssh", connect_timeout=10, use_agent=False, ciphers=(cipher,))
+    target = target_on(sshd, "asyncssh", ciphers=(cipher,))  # padding is asyncssh's alone: one transport
 
     async def go() -> None:
         async with SSHPool() as pool:
