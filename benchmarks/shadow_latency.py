@@ -21,7 +21,10 @@ at the plan's default share (fleetdesk.agent.shadow.DEFAULT_SHARE, 0.25), share 
 2026-12-07 (README, "Runtimes, the agent and telemetry"): share 1, p95 on/off 1.14 on ipc-02 (x86_64, 175 req/s) and
 1.22 on rpi4-01 (arm64 under qemu, 15.5 req/s), over the 1.10 goal; share 0.25: 0.99 on both, 0 mirrored dropped.
 Again on a quiet host (this script, both shares): ipc-02 1.03 at 0.25 and 1.09 at 1; rpi4-01 1.14 at 0.25 and 1.10
-at 1 (10 s rounds: about 235 requests each), then with --seconds 40 1.17 at 0.25 and 1.30 at 1.
+at 1 (10 s rounds: about 235 requests each), then with --seconds 40 1.17 at 0.25 and 1.30 at 1. Those had the
+candidate on a thread of the server. In its own process at SCHED_IDLE (2026-12-08, quiet host): rpi4-01 1.03 at 0.25
+(7 rounds of 40 s; the thread in the same hour 1.19), ipc-02 0.95 at 0.25 and 0.97 at 1; most mirrored requests
+are then dropped on a device this busy (rpi4-01: 123 compared of 1106).
 Without an OS keyring it starts a private one, as the tests do.
 """
 

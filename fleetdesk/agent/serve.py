@@ -21,6 +21,7 @@ from typing import Any
 
 from . import check, inference, protocol, state
 from .batching import MicroBatcher, ResultCache
+from .candidate import CandidateFailed, CandidateProcess
 from .drift import SAMPLE_INTERVAL_S, DriftWatch, ReferenceMissing, load_reference
 from .inference import LoadedModel, ModelLoadError, RequestError, RuntimeMissing
 from .protocol import AgentError
@@ -301,15 +302,29 @@ class ModelServer:
                                 file=exc.file) from None
         check_memory(artifact, artifact_bytes(folder, files), margin_mb, available_mb())
         try:
-            candidate = inference.load_model(artifact, path, self.providers, CANDIDATE_THREADS)
-        except Exception as exc:  # whatever a model does to onnxruntime, the active model keeps serving
-            text = str(exc) if isinstance(exc, (ModelLoadError, RuntimeMissing, OSError)) else repr(exc)
-            raise ShadowRefused("load-failed", f"candidate {artifact} failed to load: {text}",
+            candidate = CandidateProcess(artifact, path, self.providers, CANDIDATE_THREADS)
+        except CandidateFailed as exc:  # whatever a model does to onnxruntime, the active model keeps serving
+            raise ShadowRefused("load-failed", f"candidate {artifact} failed to load: {exc}",
                                 "check that the model opens with onnxruntime on this device") from None
-        mismatch = same_signature(served.model, candidate)
-        if mismatch:
-            raise ShadowRefused(protocol.BAD_ARGUMENTS, f"candidate {artifact} cannot shadow {served.model.sha}: "
-                                f"{mismatch}", "shadow a model with the same inputs and outputs")
+        try:
+            # Its process opened the file by name after the verification: the files must still be the ones verified
+            # (the verdict's cache makes this a few stat calls when nothing changed).
+            try:
+                _, again = self._verified_model(folder)
+            except AgentError as exc:
+                raise ShadowRefused(exc.code, f"candidate {artifact} refused: {exc.message}", exc.fix or "",
+                                    file=exc.file) from None
+            if again != files:
+                raise ShadowRefused("changed", f"candidate {artifact} changed on disk while it loaded",
+                                    "start the shadow again; if it recurs, find what writes to ROOT/artifacts")
+            mismatch = same_signature(served.model, candidate)
+            if mismatch:
+                raise ShadowRefused(protocol.BAD_ARGUMENTS,
+                                    f"candidate {artifact} cannot shadow {served.model.sha}: {mismatch}",
+                                    "shadow a model with the same inputs and outputs")
+        except ShadowRefused:
+            candidate.close()
+            raise
         return Shadow(candidate, served.model.sha, share, size)
 
     def stop_shadow(self, reason: str = "stopped", *, only: Shadow | None = None) -> tuple[int, dict[str, Any]]:

@@ -1,6 +1,7 @@
-"""The model server's shadow candidate: a staged artifact, verified like the active one, loaded beside it and fed a
-share of live requests by one worker thread, off the request path. The caller is answered by the active model and
-never waits: a mirrored request that finds the bounded queue full is dropped and counted.
+"""The model server's shadow candidate: a staged artifact, verified like the active one, loaded beside it in a
+process of its own (candidate.py) and fed a share of live requests by one worker thread, off the request path. The
+caller is answered by the active model and never waits: a mirrored request that finds the bounded queue full is
+dropped and counted.
 
 `fleetdesk-agent shadow start SHA | stop | status` asks the running server (ROOT/run/serve-address.json, as `check`
 does) over its localhost HTTP: POST, DELETE and GET /v1/shadow.
@@ -20,22 +21,22 @@ from collections.abc import Callable
 from typing import Any
 
 from . import check, procfs, protocol
-from .inference import LoadedModel, one_line
+from .candidate import CandidateFailed, CandidateProcess
+from .inference import LoadedModel
 from .protocol import AgentError
 from .shadowstats import ShadowStats
 
-# One live request in four by default: mirroring every request cost the requests answered meanwhile 9-14 % of their
-# p95 on the lab's x86_64 device and 10-30 % on the arm64 one (under qemu), one in four 1-3 % on x86_64 and 1-17 %
-# on arm64 (benchmarks/shadow_latency.py in `make bench`; README, "Shadow on against off"). The plan's default
+# One live request in four by default: with the candidate on a thread of the server, mirroring every request cost the
+# requests answered meanwhile 9-14 % of their p95 on the lab's x86_64 device and 10-30 % on the arm64 one (under
+# qemu), one in four 1-3 % on x86_64 and 1-19 % on arm64; in its own process at SCHED_IDLE one in four measured
+# -5 % and +3 % (benchmarks/shadow_latency.py in `make bench`; README, "Shadow on against off"). The plan's default
 # (fleetdesk.rollout.policy.ShadowPolicy) is the same.
 DEFAULT_SHARE = 0.25
 DEFAULT_QUEUE = 16  # mirrored requests waiting for the candidate; a busy device drops beyond this, never blocks
 DEFAULT_MARGIN_MB = 256.0  # memory that must stay available after the candidate is loaded (the profile may say more)
 STOP_TIMEOUT_S = 30.0  # how long stopping waits for the candidate's run in progress
-# The candidate runs on the worker thread alone: one onnxruntime intra-op thread, no thread pool of its own spinning
-# beside the active model's, so it takes at most one core from the requests. Lowering the worker's niceness was
-# measured worse (benchmarks/shadow_latency.py, arm64 lab device: callers' p95 5.7x the shadow-off figure at nice 19
-# against 1.7x at 0): the worker holds the GIL between runs, and a starved holder stalls every request thread.
+# The candidate runs in its own process at the lowest priority (fleetdesk/agent/candidate.py, which says why) with one
+# onnxruntime intra-op thread: no thread pool of its own spinning beside the active model's.
 CANDIDATE_THREADS = 1
 
 
@@ -75,15 +76,14 @@ def check_memory(artifact: str, file_bytes: int, margin_mb: float, available: fl
                             "free memory on the device, or skip the shadow step for this device")
 
 
-def same_signature(active: LoadedModel, candidate: LoadedModel) -> str | None:
+def same_signature(active: LoadedModel, candidate: CandidateProcess) -> str | None:
     """Why the candidate cannot shadow the active model (their inputs or outputs differ), or None."""
-    def described(specs: Any) -> list[tuple[str, str | None, list[int | None]]]:
-        return [(s.name, s.dtype, s.dims) for s in specs]
-
-    if described(active.inputs) != described(candidate.inputs):
-        theirs, ours = [s.describe() for s in candidate.inputs], [s.describe() for s in active.inputs]
-        return f"its inputs {theirs} differ from the active model's {ours}"
-    if [s.name for s in active.outputs] != [s.name for s in candidate.outputs]:
+    ours = [(s.name, s.dtype, s.dims) for s in active.inputs]
+    if ours != [(name, dtype, list(dims)) for name, dtype, dims in candidate.inputs]:
+        def text(specs: Any) -> str:
+            return ", ".join(f"{name} {dtype} {dims}" for name, dtype, dims in specs)
+        return f"its inputs ({text(candidate.inputs)}) differ from the active model's ({text(ours)})"
+    if active.output_names != candidate.output_names:
         return f"its outputs {candidate.output_names} differ from the active model's {active.output_names}"
     return None
 
@@ -97,7 +97,8 @@ def artifact_bytes(folder: str, files: dict[str, Any]) -> int:
 class Shadow:
     """One candidate beside the active model: `offer` from request threads, one worker runs and compares."""
 
-    def __init__(self, candidate: LoadedModel, active: str, share: float, queue_size: int = DEFAULT_QUEUE) -> None:
+    def __init__(self, candidate: CandidateProcess, active: str, share: float,
+                 queue_size: int = DEFAULT_QUEUE) -> None:
         self.candidate = candidate
         self.share = share
         self.queue_size = queue_size
@@ -137,22 +138,22 @@ class Shadow:
             if job is None:
                 return
             feeds, active_outputs, active_ms = job
-            started = time.monotonic()
             try:
-                outputs = self.candidate.run(feeds)
-            except Exception as exc:  # onnxruntime's own types; counted, the active model is not concerned
-                self.stats.record_failure(f"onnxruntime failed to run candidate {self.candidate.sha}: "
-                                          f"{one_line(exc)}")
+                outputs, candidate_ms = self.candidate.run(feeds)
+            except CandidateFailed as exc:  # counted; the active model is not concerned
+                self.stats.record_failure(str(exc))
                 continue
-            self.stats.record(active_outputs, outputs, active_ms, (time.monotonic() - started) * 1000.0)
+            self.stats.record(active_outputs, outputs, active_ms, candidate_ms)
 
     def stop(self) -> None:
-        """Stop mirroring, let the worker finish what is queued, and let the candidate go."""
+        """Stop mirroring, let the worker finish what is queued (for up to STOP_TIMEOUT_S), and end the
+        candidate's process."""
         with self._lock:
             self._closed = True
         if self._thread.is_alive():
             self._queue.put(None)  # the worker empties the queue, so this finds room
             self._thread.join(STOP_TIMEOUT_S)
+        self.candidate.close()
 
     def queued(self) -> int:
         return self._queue.qsize()
@@ -160,7 +161,7 @@ class Shadow:
     def describe(self, state: str = "running", reason: str = "") -> dict[str, Any]:
         figures = self.stats.snapshot()
         return {"state": state, "reason": reason, "share": self.share, "queue_size": self.queue_size,
-                "queued": self.queued(), "started_at": round(self.started_at, 3),
+                "queued": self.queued(), "priority": self.candidate.priority, "started_at": round(self.started_at, 3),
                 "expires_s": self.expires_s if math.isfinite(self.expires_s) else None, **figures}
 
 
