@@ -88,14 +88,14 @@ class CandidateProcess:
         try:
             ready, _, _ = select.select([self._from], [], [], load_timeout)
             if not ready:
-                raise CandidateFailed(f"the candidate did not load within {load_timeout:g} s")
+                raise CandidateFailed(f"it did not load within {load_timeout:g} s")
             kind, detail = read_frame(self._from)
             if kind != "loaded":
                 raise CandidateFailed(str(detail))
         except (EOFError, OSError, pickle.UnpicklingError, ValueError, TypeError) as exc:
             said = self._said(exc)
             self.close()
-            raise CandidateFailed(f"the candidate's process ended while it loaded: {said}") from None
+            raise CandidateFailed(f"its process ended while it loaded: {said}") from None
         except CandidateFailed:
             self.close()
             raise
@@ -106,8 +106,12 @@ class CandidateProcess:
         self.pid = self._process.pid
 
     def _said(self, exc: BaseException) -> str:
-        self._errors.seek(0)
-        lines = self._errors.read().decode("utf-8", "replace").strip().splitlines()
+        """The last line the process wrote on stderr (a traceback's), else what the pipe said."""
+        try:
+            self._errors.seek(0)
+            lines = self._errors.read().decode("utf-8", "replace").strip().splitlines()
+        except (OSError, ValueError):  # closed: the shadow stopped while this run waited
+            lines = []
         return lines[-1] if lines else one_line(exc)
 
     def run(self, feeds: dict[str, Any]) -> tuple[list[Any], float]:
@@ -146,7 +150,7 @@ def main(argv: list[str]) -> int:
     try:
         model = load_model(sha, path, providers, threads)
     except Exception as exc:  # onnxruntime's own types: the server reports it, the active model is not concerned
-        write_frame(answers, ("failed", f"candidate {sha} failed to load: {one_line(exc)}"))
+        write_frame(answers, ("failed", one_line(exc)))
         return 1
     priority = lowest_priority()
     write_frame(answers, ("loaded", {

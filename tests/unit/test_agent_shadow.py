@@ -351,7 +351,7 @@ def test_a_candidate_that_onnxruntime_cannot_open_is_refused_with_the_reason_and
     broken.write_bytes(b"not a model")
     with pytest.raises(CandidateFailed) as caught:
         CandidateProcess("f" * 64, str(broken), ["CPUExecutionProvider"], 1)
-    assert "failed to load" in str(caught.value) and "broken.onnx" in str(caught.value), caught.value
+    assert "broken.onnx" in str(caught.value) and "process ended" not in str(caught.value), caught.value
 
 
 def drift_of(server: Any) -> dict[str, Any]:
