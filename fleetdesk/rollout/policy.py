@@ -385,7 +385,7 @@ class ShadowPolicy:
     # Of the live requests mirrored to the candidate, in (0, 1]. One in four by default, as the agent's own default
     # (fleetdesk/agent/shadow.py DEFAULT_SHARE, which says what the benchmark measured). The candidate runs only on
     # what the requests leave, so a busy device compares fewer: on the lab's arm64 device at half its capacity, 200
-    # requests at one in four took about 8 minutes of the 10 that max_wait_s allows (README, "Shadow on against off").
+    # requests took 4 to 8 minutes of the 10 that max_wait_s allows (README, "Shadow on against off").
     share: float = 0.25
     min_requests: int = 200  # compared requests before the verdict
     min_agreement: float | None = 0.98  # None: not judged
