@@ -295,11 +295,7 @@ class ModelServer:
         if artifact == served.model.sha:
             raise ShadowRefused(protocol.BAD_ARGUMENTS, f"candidate {artifact} is the active model itself",
                                 "shadow another artifact than the one ROOT/current points at")
-        try:
-            path, files = self._verified_model(folder)
-        except AgentError as exc:
-            raise ShadowRefused(exc.code, f"candidate {artifact} refused: {exc.message}", exc.fix or "",
-                                file=exc.file) from None
+        path, files = self._verified_candidate(folder, artifact)
         check_memory(artifact, artifact_bytes(folder, files), margin_mb, available_mb())
         try:
             candidate = CandidateProcess(artifact, path, self.providers, CANDIDATE_THREADS)
@@ -309,12 +305,7 @@ class ModelServer:
         try:
             # Its process opened the file by name after the verification: the files must still be the ones verified
             # (the verdict's cache makes this a few stat calls when nothing changed).
-            try:
-                _, again = self._verified_model(folder)
-            except AgentError as exc:
-                raise ShadowRefused(exc.code, f"candidate {artifact} refused: {exc.message}", exc.fix or "",
-                                    file=exc.file) from None
-            if again != files:
+            if self._verified_candidate(folder, artifact)[1] != files:
                 raise ShadowRefused("changed", f"candidate {artifact} changed on disk while it loaded",
                                     "start the shadow again; if it recurs, find what writes to ROOT/artifacts")
             mismatch = same_signature(served.model, candidate)
@@ -326,6 +317,14 @@ class ModelServer:
             candidate.close()
             raise
         return Shadow(candidate, served.model.sha, share, size)
+
+    def _verified_candidate(self, folder: str, artifact: str) -> tuple[str, dict[str, Any]]:
+        """_verified_model for a candidate: a failure is the shadow's refusal, naming the file."""
+        try:
+            return self._verified_model(folder)
+        except AgentError as exc:
+            raise ShadowRefused(exc.code, f"candidate {artifact} refused: {exc.message}", exc.fix or "",
+                                file=exc.file) from None
 
     def stop_shadow(self, reason: str = "stopped", *, only: Shadow | None = None) -> tuple[int, dict[str, Any]]:
         """DELETE /v1/shadow: stop mirroring and unload the candidate; 200 with its final figures (kept in

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import check, procfs, protocol
-from .candidate import CandidateFailed, CandidateProcess
+from .candidate import LOAD_TIMEOUT_S, CandidateFailed, CandidateProcess
 from .inference import LoadedModel
 from .protocol import AgentError
 from .shadowstats import ShadowStats
@@ -167,7 +167,6 @@ class Shadow:
 
 # --- the agent command: start, stop and read the running server's shadow ------------------------------------
 
-LOAD_TIMEOUT_S = 300.0  # starting loads the candidate (and verifies its signature in pure Python): slow on a Pi
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -218,6 +217,7 @@ def _ask(root: str, method: str, body: dict[str, Any] | None) -> tuple[int, dict
         raise no_server
     host, port, _ = address
     try:
+        # As long as the server waits for the candidate's process to load it: starting is what takes time.
         conn = http.client.HTTPConnection(host, port, timeout=LOAD_TIMEOUT_S)
         try:
             data = json.dumps(body).encode("utf-8") if body is not None else None
